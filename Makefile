@@ -1,0 +1,37 @@
+# Everything runs with the project's own Bun (node_modules/.bin/bun, pinned in
+# package.json and package-lock.json); nothing is installed globally.
+BUN := node_modules/.bin/bun
+TSC := node_modules/.bin/tsc
+STAMP := node_modules/.stamp
+
+.PHONY: all deps test unit typecheck release demo bench clean
+
+all: test
+
+# Debian packages (apt-get as root, else a hint) and the npm dependencies.
+deps: $(STAMP)
+	bash scripts/deps.sh
+
+$(STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+typecheck: $(STAMP)
+	$(TSC) --noEmit -p .
+
+# The whole suite: type check, unit tests, CLI and PKI tests against the real program,
+# and the arm64 release executable under qemu-user.
+test: deps typecheck
+	$(BUN) test
+
+unit: $(STAMP)
+	$(BUN) test test/*.test.ts
+
+release: $(STAMP)
+	$(BUN) build/release.ts
+
+demo: deps
+	$(BUN) scripts/demo.ts
+
+clean:
+	rm -rf dist
