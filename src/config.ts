@@ -1,0 +1,451 @@
+// One configuration schema for every role. Sources, lowest first: defaults, the TOML file
+// (--config), then command-line flags. Validation is pure: unknown keys, wrong types and
+// impossible values are all collected and reported with where they came from (the file or
+// the flag), the key, and what was expected. Role-specific needs (a relay must listen, an
+// onsite device must know its relay) are checked by `requireForRole`.
+import { parseDuration } from "./duration.ts";
+import { LOG_LEVELS, type LogLevel } from "./log.ts";
+import {
+  parseAllowEntry,
+  parseCidr,
+  parseHostPort,
+  parseIPv4,
+  PRIVATE_RANGES,
+  type AllowEntry,
+  type Cidr,
+  type HostPort,
+} from "./netaddr.ts";
+import { UsageError } from "./errors.ts";
+
+export const ROLES = ["relay", "onsite", "master"] as const;
+export type Role = (typeof ROLES)[number];
+
+export const DEFAULT_CONFIG_FILE = "/etc/agent/agent.toml";
+export const DEFAULT_CONTROL = "/run/agent/control.sock";
+export const DEFAULT_STATE_DIR = "/var/lib/agent";
+
+export interface NatConfig {
+  backend: "auto" | "iptables" | "nft";
+  min_ttl: number;
+  max_ttl: number;
+  max_rules: number;
+  allow_any_source: boolean;
+  keep_on_stop: boolean;
+}
+
+export interface UplinkConfig {
+  name: string;
+  kind: "ethernet" | "wifi" | "cellular";
+  priority: number;
+  gateway?: number;
+  apn?: string;
+  metered: boolean;
+  keepalive?: number;
+}
+
+export interface TrackingConfig {
+  targets: HostPort[];
+  interval: number;
+  timeout: number;
+  down: number;
+  up: number;
+}
+
+export interface ApConfig {
+  interface: string;
+  ssid: string;
+  passphrase?: string;
+  security: "wpa2" | "sae";
+  country: string;
+  channel: number;
+  after: number;
+  address: Cidr & { host: number };
+}
+
+export interface Config {
+  role?: Role;
+  bundle?: string;
+  relay?: HostPort;
+  listen?: HostPort;
+  proxy?: URL;
+  revocations?: string;
+  location?: string;
+  hostname?: string;
+  gui?: HostPort;
+  allow: AllowEntry[];
+  control: string;
+  state_dir: string;
+  log_level: LogLevel;
+  json_logs: boolean;
+  nat: NatConfig;
+  uplink: UplinkConfig[];
+  tracking: TrackingConfig;
+  ap: ApConfig;
+}
+
+/** A value failed its check; the message reads after "KEY: ". */
+class Expected extends Error {}
+
+type Check<T> = (v: unknown) => T;
+
+function got(v: unknown): string {
+  if (Array.isArray(v)) return "an array";
+  if (v === null) return "null";
+  if (typeof v === "object") return "a table";
+  if (typeof v === "string") return JSON.stringify(v.length > 60 ? v.slice(0, 60) + "…" : v);
+  return `${typeof v} ${String(v)}`;
+}
+
+const str =
+  (what = "a string", test?: (s: string) => string | undefined): Check<string> =>
+  (v) => {
+    if (typeof v !== "string") throw new Expected(`expected ${what}, got ${got(v)}`);
+    const problem = test?.(v);
+    if (problem) throw new Expected(problem);
+    return v;
+  };
+
+const nonEmpty = (what: string) =>
+  str(what, (s) => (s.length === 0 ? `expected ${what}, got an empty string` : /[\0\n\r]/.test(s) ? `expected ${what} without control characters` : undefined));
+
+const bool: Check<boolean> = (v) => {
+  if (typeof v !== "boolean") throw new Expected(`expected true or false, got ${got(v)}`);
+  return v;
+};
+
+const int =
+  (min: number, max: number): Check<number> =>
+  (v) => {
+    const n = typeof v === "bigint" ? Number(v) : v;
+    if (typeof n !== "number" || !Number.isInteger(n)) throw new Expected(`expected a whole number ${min}-${max}, got ${got(v)}`);
+    if (n < min || n > max) throw new Expected(`expected a whole number ${min}-${max}, got ${n}`);
+    return n;
+  };
+
+const oneOf =
+  <T extends string>(options: readonly T[]): Check<T> =>
+  (v) => {
+    if (typeof v !== "string" || !(options as readonly string[]).includes(v)) {
+      throw new Expected(`expected one of ${options.join(", ")}, got ${got(v)}`);
+    }
+    return v as T;
+  };
+
+const wrap =
+  <T>(what: string, parse: (s: string) => T): Check<T> =>
+  (v) => {
+    if (typeof v !== "string") throw new Expected(`expected ${what}, got ${got(v)}`);
+    try {
+      return parse(v);
+    } catch (e) {
+      throw new Expected((e as Error).message);
+    }
+  };
+
+const duration = (min: number, max: number, what = "a duration such as 10s, 30m or 8h") =>
+  wrap(what, (s) => {
+    const ms = parseDuration(s);
+    if (ms < min || ms > max) {
+      throw new Error(`expected a duration between ${fmtMs(min)} and ${fmtMs(max)}, got ${JSON.stringify(s)}`);
+    }
+    return ms;
+  });
+
+function fmtMs(ms: number): string {
+  if (ms % 86_400_000 === 0) return `${ms / 86_400_000}d`;
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}
+
+const hostPort = wrap("HOST:PORT such as relay.example.net:443", (s) => parseHostPort(s));
+
+const proxyUrl = wrap("an http://[user:pass@]host:port proxy URL", (s) => {
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    throw new Error(`expected an http://[user:pass@]host:port proxy URL, got ${JSON.stringify(s)}`);
+  }
+  if (u.protocol !== "http:") throw new Error(`expected an http:// proxy URL (HTTP CONNECT), got ${JSON.stringify(s)}`);
+  if (!u.port) throw new Error(`expected the proxy's port in the URL, e.g. http://proxy.lan:3128, got ${JSON.stringify(s)}`);
+  if ((u.pathname !== "/" && u.pathname !== "") || u.search || u.hash) {
+    throw new Error(`expected only scheme, credentials, host and port in the proxy URL, got ${JSON.stringify(s)}`);
+  }
+  return u;
+});
+
+const ifname = str("an interface name (1-15 characters: letters, digits, . _ -)", (s) =>
+  /^[A-Za-z0-9_.-]{1,15}$/.test(s) && s !== "." && s !== ".." ? undefined : `expected an interface name (1-15 characters: letters, digits, . _ -), got ${got(s)}`,
+);
+
+const list =
+  <T>(item: Check<T>, what: string): Check<T[]> =>
+  (v) => {
+    if (!Array.isArray(v)) throw new Expected(`expected ${what}, got ${got(v)}`);
+    return v.map((x, i) => {
+      try {
+        return item(x);
+      } catch (e) {
+        throw new Expected(`item ${i + 1}: ${(e as Error).message}`);
+      }
+    });
+  };
+
+/** Where a key's value came from, for error messages. */
+export type Origin = { kind: "file"; path: string } | { kind: "flag" } | { kind: "default" };
+
+export interface ConfigProblem {
+  origin: Origin;
+  key: string;
+  message: string;
+}
+
+export class ConfigError extends UsageError {
+  readonly problems: ConfigProblem[];
+  constructor(problems: ConfigProblem[]) {
+    const lines = problems.map(formatProblem);
+    super(
+      lines.length === 1 ? lines[0]! : `${lines.length} configuration problems:\n  ${lines.join("\n  ")}`,
+      "fix the value named above; `agent --help` lists the flags, targets/*.toml shows example configs",
+    );
+    this.problems = problems;
+  }
+}
+
+export function formatProblem(p: ConfigProblem): string {
+  if (p.origin.kind === "flag") return `--${p.key.replaceAll("_", "-")}: ${p.message}`;
+  if (p.origin.kind === "file") return `${p.origin.path}: ${p.key}: ${p.message}`;
+  return `${p.key}: ${p.message}`;
+}
+
+type Schema = Record<string, Check<unknown>>;
+
+const TOP: Schema = {
+  role: oneOf(ROLES),
+  bundle: nonEmpty("a path to a bundle file"),
+  relay: hostPort,
+  listen: hostPort,
+  proxy: proxyUrl,
+  revocations: nonEmpty("a path to a revocation list"),
+  location: str("a location label (up to 128 characters)", (s) =>
+    s.length > 128 || /[\0-\x1f]/.test(s) ? `expected a location label up to 128 characters without control characters, got ${got(s)}` : undefined,
+  ),
+  hostname: str("a host name", (s) => (/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/.test(s) ? undefined : `expected a host name, got ${got(s)}`)),
+  gui: hostPort,
+  allow: list(wrap("CIDR[:PORTS]", parseAllowEntry), 'a list of "CIDR[:PORTS]" strings such as ["192.168.1.0/24", "10.0.0.5/32:22,80"]'),
+  control: nonEmpty("a path to a unix socket"),
+  state_dir: nonEmpty("a directory path"),
+  log_level: oneOf(LOG_LEVELS),
+  json_logs: bool,
+};
+
+const NAT: Schema = {
+  backend: oneOf(["auto", "iptables", "nft"] as const),
+  min_ttl: duration(1000, 7 * 86_400_000),
+  max_ttl: duration(1000, 7 * 86_400_000),
+  max_rules: int(1, 10_000),
+  allow_any_source: bool,
+  keep_on_stop: bool,
+};
+
+const UPLINK: Schema = {
+  name: ifname,
+  kind: oneOf(["ethernet", "wifi", "cellular"] as const),
+  priority: int(0, 1000),
+  gateway: wrap("an IPv4 address", parseIPv4),
+  apn: nonEmpty("an APN name"),
+  metered: bool,
+  keepalive: duration(1000, 3_600_000),
+};
+
+const TRACKING: Schema = {
+  targets: list(hostPort, 'a list of "host:port" strings'),
+  interval: duration(100, 600_000),
+  timeout: duration(100, 600_000),
+  down: int(1, 100),
+  up: int(1, 100),
+};
+
+const AP: Schema = {
+  interface: ifname,
+  ssid: str("an SSID of 1-32 bytes", (s) => {
+    const n = Buffer.byteLength(s);
+    return n >= 1 && n <= 32 && !/[\0-\x1f]/.test(s) ? undefined : `expected an SSID of 1-32 bytes without control characters, got ${got(s)}`;
+  }),
+  passphrase: str("a passphrase of 12-63 printable ASCII characters", (s) =>
+    /^[\x20-\x7e]{12,63}$/.test(s) ? undefined : "expected a passphrase of 12-63 printable ASCII characters (value not shown)",
+  ),
+  security: oneOf(["wpa2", "sae"] as const),
+  country: str("a two-letter country code", (s) => (/^[A-Z]{2}$/.test(s) ? undefined : `expected a two-letter country code such as DE, got ${got(s)}`)),
+  channel: int(1, 196),
+  after: duration(1000, 86_400_000),
+  address: wrap("an address with prefix such as 10.250.250.1/24", (s) => {
+    const slash = s.indexOf("/");
+    if (slash < 0) throw new Error(`expected an address with prefix such as 10.250.250.1/24, got ${JSON.stringify(s)}`);
+    const host = parseIPv4(s.slice(0, slash));
+    const prefixText = s.slice(slash + 1);
+    if (!/^(1[6-9]|2\d|30)$/.test(prefixText)) throw new Error(`expected a prefix length 16-30 for the AP subnet, got ${JSON.stringify(s)}`);
+    const prefix = Number(prefixText);
+    const net = parseCidr(`${formatIp(host & (0xffffffff << (32 - prefix)))}/${prefix}`);
+    return { ...net, host };
+  }),
+};
+
+function formatIp(n: number): string {
+  n >>>= 0;
+  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
+}
+
+export function defaults(): Config {
+  return {
+    allow: PRIVATE_RANGES.map(parseAllowEntry),
+    control: DEFAULT_CONTROL,
+    state_dir: DEFAULT_STATE_DIR,
+    log_level: "info",
+    json_logs: false,
+    nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, allow_any_source: false, keep_on_stop: false },
+    uplink: [],
+    tracking: { targets: [], interval: 1000, timeout: 1000, down: 3, up: 5 },
+    ap: {
+      interface: "wlan0",
+      ssid: "agent-setup",
+      security: "wpa2",
+      country: "US",
+      channel: 6,
+      after: 60_000,
+      address: { ...parseCidr("10.250.250.0/24"), host: parseIPv4("10.250.250.1") },
+    },
+  };
+}
+
+/** Raw values from one source, keyed like the TOML file (top-level keys and sections). */
+export type RawConfig = Record<string, unknown>;
+
+export interface ConfigSource {
+  origin: Origin;
+  raw: RawConfig;
+}
+
+function isTable(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === "object" && !Array.isArray(v) && !(v instanceof Date);
+}
+
+/**
+ * Builds the effective configuration from sources, lowest precedence first. Throws a
+ * ConfigError listing every problem; returns only a complete, consistent Config.
+ */
+export function resolveConfig(sources: ConfigSource[]): Config {
+  const cfg = defaults() as unknown as Record<string, unknown>;
+  const problems: ConfigProblem[] = [];
+  const originOf = new Map<string, Origin>();
+
+  const applyTable = (schema: Schema, raw: Record<string, unknown>, target: Record<string, unknown>, prefix: string, origin: Origin) => {
+    for (const [k, v] of Object.entries(raw)) {
+      const key = prefix + k;
+      const check = schema[k];
+      if (!check) {
+        problems.push({ origin, key, message: `unknown key; expected one of ${Object.keys(schema).join(", ")}` });
+        continue;
+      }
+      try {
+        target[k] = check(v);
+        originOf.set(key, origin);
+      } catch (e) {
+        problems.push({ origin, key, message: (e as Error).message });
+      }
+    }
+  };
+
+  const sections: Record<string, Schema> = { nat: NAT, tracking: TRACKING, ap: AP };
+  for (const { origin, raw } of sources) {
+    for (const [k, v] of Object.entries(raw)) {
+      if (k in sections) {
+        if (!isTable(v)) {
+          problems.push({ origin, key: k, message: `expected a table ([${k}]), got ${got(v)}` });
+          continue;
+        }
+        applyTable(sections[k]!, v, cfg[k] as Record<string, unknown>, `${k}.`, origin);
+      } else if (k === "uplink") {
+        if (!Array.isArray(v) || !v.every(isTable)) {
+          problems.push({ origin, key: k, message: `expected an array of tables ([[uplink]]), got ${got(v)}` });
+          continue;
+        }
+        const uplinks: UplinkConfig[] = [];
+        v.forEach((t, i) => {
+          const u: Record<string, unknown> = {};
+          const before = problems.length;
+          applyTable(UPLINK, t, u, `uplink[${i}].`, origin);
+          for (const req of ["name", "kind", "priority"]) {
+            if (!(req in t)) problems.push({ origin, key: `uplink[${i}].${req}`, message: "missing; every [[uplink]] needs name, kind and priority" });
+          }
+          if (problems.length === before) {
+            u.metered ??= u.kind === "cellular";
+            uplinks.push(u as unknown as UplinkConfig);
+          }
+        });
+        cfg.uplink = uplinks;
+        originOf.set("uplink", origin);
+      } else {
+        applyTable(TOP, { [k]: v }, cfg, "", origin);
+      }
+    }
+  }
+
+  const c = cfg as unknown as Config;
+  const at = (key: string): Origin => originOf.get(key) ?? { kind: "default" };
+  if (c.nat.min_ttl > c.nat.max_ttl) {
+    problems.push({ origin: at("nat.max_ttl"), key: "nat.max_ttl", message: "must not be shorter than nat.min_ttl" });
+  }
+  if (c.tracking.timeout > c.tracking.interval * 10) {
+    problems.push({ origin: at("tracking.timeout"), key: "tracking.timeout", message: "must be at most ten times tracking.interval" });
+  }
+  const seen = new Set<string>();
+  c.uplink.forEach((u, i) => {
+    if (seen.has(u.name)) problems.push({ origin: at("uplink"), key: `uplink[${i}].name`, message: `uplink ${JSON.stringify(u.name)} is listed twice` });
+    seen.add(u.name);
+  });
+  if (problems.length > 0) throw new ConfigError(problems);
+  return c;
+}
+
+/** Parses TOML text; syntax errors become a ConfigError naming the file. */
+export function parseToml(text: string, path: string): RawConfig {
+  let raw: unknown;
+  try {
+    raw = Bun.TOML.parse(text);
+  } catch (e) {
+    throw new ConfigError([{ origin: { kind: "file", path }, key: "(syntax)", message: `not valid TOML: ${(e as Error).message}` }]);
+  }
+  if (!isTable(raw)) throw new ConfigError([{ origin: { kind: "file", path }, key: "(file)", message: "expected a TOML table" }]);
+  return raw;
+}
+
+/** Reads a config file. A missing default file is no error; a missing named file is. */
+export async function loadConfigFile(path: string, explicit: boolean): Promise<ConfigSource | undefined> {
+  const file = Bun.file(path);
+  if (!(await file.exists())) {
+    if (!explicit) return undefined;
+    throw new UsageError(`config file ${path} does not exist`, "check the --config path, or leave --config out to use defaults");
+  }
+  let text: string;
+  try {
+    text = await file.text();
+  } catch (e) {
+    throw new UsageError(`cannot read config file ${path}: ${(e as Error).message}`, "check the file's permissions", { cause: e });
+  }
+  return { origin: { kind: "file", path }, raw: parseToml(text, path) };
+}
+
+/** What each role cannot start without. */
+export function requireForRole(cfg: Config, role: Role): void {
+  const missing: ConfigProblem[] = [];
+  const need = (key: keyof Config, why: string) => {
+    if (cfg[key] === undefined) missing.push({ origin: { kind: "flag" }, key, message: `required for --role ${role} (${why}); pass --${key} or set ${key} in the config file` });
+  };
+  need("bundle", "the device's certificate bundle from `agent pki issue`");
+  if (role === "relay") need("listen", "the address the relay accepts devices on");
+  else need("relay", "the relay to dial, HOST:PORT");
+  if (missing.length > 0) throw new ConfigError(missing);
+}

@@ -1,0 +1,101 @@
+// One root logger for the process; every part takes a tagged child (`log.withTag("relay")`).
+// Daemons log to stderr, one line per event:
+//   - a JSON object per line with --json-logs (time, level, tag, msg, and fields), for journald/logd;
+//   - a plain "time LEVEL [tag] message key=value" line when stderr is not a terminal;
+//   - consola's fancy reporter on a terminal.
+import { createConsola, LogLevels, type ConsolaInstance, type ConsolaReporter, type LogObject } from "consola";
+import { format } from "node:util";
+
+export const LOG_LEVELS = ["silent", "error", "warn", "info", "debug", "trace"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export type Logger = ConsolaInstance;
+
+const LEVEL_NUMBER: Record<LogLevel, number> = {
+  silent: LogLevels.silent,
+  error: LogLevels.error,
+  warn: LogLevels.warn,
+  info: LogLevels.info,
+  debug: LogLevels.debug,
+  trace: LogLevels.trace,
+};
+
+export interface LogOptions {
+  level?: LogLevel;
+  json?: boolean;
+  /** Where lines go; stderr unless a test collects them. */
+  write?: (line: string) => void;
+  /** Whether the output is a terminal; decides fancy vs plain when not JSON. */
+  tty?: boolean;
+}
+
+/** Splits consola's args into a message and structured fields (a trailing plain object). */
+function messageAndFields(args: unknown[]): { msg: string; fields: Record<string, unknown> } {
+  const last = args.at(-1);
+  const isFields = args.length > 1 && last !== null && typeof last === "object" && !Array.isArray(last) && !(last instanceof Error);
+  const rest = isFields ? args.slice(0, -1) : args;
+  const fields: Record<string, unknown> = isFields ? { ...(last as Record<string, unknown>) } : {};
+  const parts: string[] = [];
+  for (const a of rest) {
+    if (a instanceof Error) {
+      parts.push(errorText(a));
+    } else parts.push(typeof a === "string" ? a : format("%o", a));
+  }
+  return { msg: parts.join(" "), fields };
+}
+
+function errorText(err: Error): string {
+  const parts: string[] = [];
+  let cur: unknown = err;
+  for (let i = 0; cur instanceof Error && i < 8; i++) {
+    parts.push(cur.message);
+    cur = cur.cause;
+  }
+  return parts.join(": ");
+}
+
+export function jsonReporter(write: (line: string) => void): ConsolaReporter {
+  return {
+    log(obj: LogObject) {
+      const { msg, fields } = messageAndFields(obj.args);
+      const record: Record<string, unknown> = { time: obj.date.toISOString(), level: obj.type, msg };
+      if (obj.tag) record.tag = obj.tag;
+      for (const [k, v] of Object.entries(fields)) if (!(k in record)) record[k] = v;
+      write(JSON.stringify(record, (_k, v) => (typeof v === "bigint" ? v.toString() : v)) + "\n");
+    },
+  };
+}
+
+export function plainReporter(write: (line: string) => void): ConsolaReporter {
+  return {
+    log(obj: LogObject) {
+      const { msg, fields } = messageAndFields(obj.args);
+      const kv = Object.entries(fields)
+        .map(([k, v]) => `${k}=${typeof v === "string" && !/\s/.test(v) ? v : JSON.stringify(v)}`)
+        .join(" ");
+      const tag = obj.tag ? ` [${obj.tag}]` : "";
+      write(`${obj.date.toISOString()} ${obj.type.toUpperCase()}${tag} ${msg}${kv ? " " + kv : ""}\n`);
+    },
+  };
+}
+
+export function createLogger(opts: LogOptions = {}): Logger {
+  const write = opts.write ?? ((line: string) => void process.stderr.write(line));
+  const tty = opts.tty ?? Boolean(process.stderr.isTTY);
+  const level = LEVEL_NUMBER[opts.level ?? "info"];
+  if (opts.json) return createConsola({ level, reporters: [jsonReporter(write)] });
+  if (!tty || opts.write) return createConsola({ level, reporters: [plainReporter(write)] });
+  // Fancy output on a terminal, but on stderr: stdout belongs to command results.
+  return createConsola({ level, fancy: true, stdout: process.stderr, stderr: process.stderr });
+}
+
+let root: Logger | undefined;
+
+/** The process's root logger; `configureLogging` replaces it once flags are known. */
+export function rootLogger(): Logger {
+  return (root ??= createLogger());
+}
+
+export function configureLogging(opts: LogOptions): Logger {
+  root = createLogger(opts);
+  return root;
+}
