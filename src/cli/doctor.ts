@@ -1,0 +1,44 @@
+// `agent doctor [--role R] [--json] [--state-dir DIR] [--listen HOST:PORT] [--config FILE]`:
+// gathers host facts, evaluates them for the role(s) and prints the table or JSON.
+// state_dir and listen come from the config file when it sets them; flags win.
+import { DEFAULT_CONFIG_FILE, loadConfigFile, resolveConfig, type ConfigSource, type RawConfig } from "../config.ts";
+import { evaluate, formatReport, gatherFacts, type DoctorRole } from "../doctor.ts";
+import { EXIT_OK, EXIT_RUNTIME } from "../errors.ts";
+import { defineAgentCommand, flag, str } from "./args.ts";
+
+export const doctorCommand = defineAgentCommand({
+  meta: {
+    name: "doctor",
+    description:
+      "Check what each role needs on this host (TUN, capabilities, ip, iptables/nft, hostapd, dnsmasq, state dir...) and print a fix for each missing piece. " +
+      "Exit 0 when every required check for the chosen role(s) passes, 1 when one is missing; optional features never fail it. " +
+      "Creates the state dir (mode 0700) if it does not exist.",
+  },
+  args: {
+    role: { type: "enum", options: ["all", "relay", "onsite", "master"], default: "all", description: "check only what this role needs" },
+    json: { type: "boolean", description: 'print JSON: {"host", "role", "checks", "ok"}' },
+    "state-dir": { type: "string", valueHint: "dir", description: "state dir to check (default: config file's state_dir, else /var/lib/agent)" },
+    listen: { type: "string", valueHint: "host:port", description: "relay listen address; a port below 1024 needs CAP_NET_BIND_SERVICE" },
+    config: { type: "string", valueHint: "file", description: `TOML config file to take state_dir and listen from (default ${DEFAULT_CONFIG_FILE} if it exists)` },
+  },
+  async exec(args) {
+    const role = (str(args, "role") ?? "all") as DoctorRole;
+    const raw: RawConfig = {};
+    const stateDirFlag = str(args, "state-dir");
+    const listenFlag = str(args, "listen");
+    if (stateDirFlag !== undefined) raw.state_dir = stateDirFlag;
+    if (listenFlag !== undefined) raw.listen = listenFlag;
+    const configPath = str(args, "config");
+    const sources: ConfigSource[] = [];
+    const file = await loadConfigFile(configPath ?? DEFAULT_CONFIG_FILE, configPath !== undefined);
+    if (file) sources.push(file);
+    sources.push({ origin: { kind: "flag" }, raw });
+    // Validation errors (a bad --listen, a broken config file) are UsageErrors: exit 2.
+    const cfg = resolveConfig(sources);
+
+    const facts = gatherFacts({ stateDir: cfg.state_dir });
+    const report = evaluate(facts, role, cfg.listen ? { listenPort: cfg.listen.port } : {});
+    process.stdout.write(flag(args, "json") ? JSON.stringify(report, null, 2) + "\n" : formatReport(report));
+    return report.ok ? EXIT_OK : EXIT_RUNTIME;
+  },
+});

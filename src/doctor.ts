@@ -1,0 +1,546 @@
+// `agent doctor`: what each role needs on this host, and how to fix what is missing.
+//
+// Two halves, kept apart so the decisions are table-tested without touching the host:
+//   - gatherFacts(opts): the thin adapter. Looks tools up on PATH (plus the sbin dirs, which
+//     a non-root PATH often lacks), opens /dev/net/tun, runs `iptables -V` with an argument
+//     array (never a shell), reads CapEff from /proc/self/status, probes the state dir
+//     (creating it 0700 if missing, as the daemon would), and reads the OS release files.
+//   - evaluate(facts, role, opts): pure. Turns facts into one row per check with a status
+//     and a fix worded for the OS (apt-get on Debian / Raspberry Pi OS, opkg on OpenWRT).
+//
+// Status meanings: "ok"; "missing" — a required check failed, the role cannot work;
+// "optional-missing" — a feature (AP fallback, Wi-Fi client, cellular...) is unavailable,
+// the role still works; "warn" — could not decide or works with a caveat. Only "missing"
+// makes the report fail.
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { release } from "node:os";
+import { join } from "node:path";
+import { DEFAULT_STATE_DIR, ROLES, type Role } from "./config.ts";
+
+// ---------------------------------------------------------------------------------------
+// Facts
+
+export const TOOLS = [
+  "ip",
+  "iptables",
+  "iptables-restore",
+  "nft",
+  "hostapd",
+  "dnsmasq",
+  "wpa_supplicant",
+  "wpa_cli",
+  "mmcli",
+  "conntrack",
+  "ubus",
+] as const;
+export type Tool = (typeof TOOLS)[number];
+
+/** Searched after PATH: system tools live here and a non-root PATH often lacks them. */
+export const SBIN_DIRS = ["/sbin", "/usr/sbin", "/usr/local/sbin"] as const;
+
+export const TUN_PATH = "/dev/net/tun";
+
+// Capability bit numbers from <linux/capability.h>.
+export const CAP_NET_BIND_SERVICE = 10;
+export const CAP_NET_ADMIN = 12;
+export const CAP_NET_RAW = 13;
+
+export type OsFamily = "debian" | "openwrt" | "other";
+export type IptablesBackend = "nf_tables" | "legacy" | "unknown";
+export type NatBackend = "iptables" | "nft";
+
+export interface Capabilities {
+  /** CapEff as read from /proc/self/status, hex. */
+  hex: string;
+  netAdmin: boolean;
+  netRaw: boolean;
+  netBindService: boolean;
+}
+
+export interface HostFacts {
+  os: { family: OsFamily; name: string };
+  kernel: string;
+  /** Effective uid; -1 when the platform has none. */
+  uid: number;
+  /** Undefined when /proc/self/status has no readable CapEff (not Linux, or /proc hidden). */
+  caps: Capabilities | undefined;
+  /** Path of each tool, or null when not found. */
+  tools: Record<Tool, string | null>;
+  /** Only set when iptables was found. */
+  iptablesBackend: IptablesBackend | undefined;
+  tun: { path: string; exists: boolean; openable: boolean; error?: string };
+  stateDir: { path: string; writable: boolean; created: boolean; error?: string };
+}
+
+/** Parses a CapEff/CapPrm hex field ("000001ffffffffff") into a bit mask. */
+export function parseCapMask(hex: string): bigint {
+  const t = hex.trim();
+  if (!/^[0-9a-fA-F]{1,32}$/.test(t)) throw new Error(`expected a hexadecimal capability mask, got ${JSON.stringify(hex)}`);
+  return BigInt("0x" + t);
+}
+
+export function hasCap(mask: bigint, cap: number): boolean {
+  return ((mask >> BigInt(cap)) & 1n) === 1n;
+}
+
+export function capabilitiesFromHex(hex: string): Capabilities {
+  const mask = parseCapMask(hex);
+  return {
+    hex: hex.trim(),
+    netAdmin: hasCap(mask, CAP_NET_ADMIN),
+    netRaw: hasCap(mask, CAP_NET_RAW),
+    netBindService: hasCap(mask, CAP_NET_BIND_SERVICE),
+  };
+}
+
+/** The CapEff line of /proc/self/status, parsed; undefined when absent or malformed. */
+export function capabilitiesFromProcStatus(text: string): Capabilities | undefined {
+  const m = /^CapEff:\s*([0-9a-fA-F]+)\s*$/m.exec(text);
+  if (!m) return undefined;
+  try {
+    return capabilitiesFromHex(m[1]!);
+  } catch {
+    return undefined;
+  }
+}
+
+/** `iptables -V` prints e.g. "iptables v1.8.9 (nf_tables)" or "iptables v1.8.7 (legacy)". */
+export function parseIptablesVersion(text: string): IptablesBackend {
+  if (/\(nf_tables\)/.test(text)) return "nf_tables";
+  if (/\(legacy\)/.test(text)) return "legacy";
+  return "unknown";
+}
+
+function releaseFields(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const line of text.split("\n")) {
+    const m = /^\s*([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (!m) continue;
+    out[m[1]!] = m[2]!.trim().replace(/^(["'])(.*)\1$/, "$2");
+  }
+  return out;
+}
+
+/**
+ * The OS from /etc/openwrt_release (preferred when present) or /etc/os-release. Debian,
+ * Raspberry Pi OS (ID=raspbian, or ID=debian on the 64-bit images) and other Debian
+ * derivatives are "debian": they share apt-get and package names.
+ */
+export function detectOs(osRelease: string | undefined, openwrtRelease: string | undefined): HostFacts["os"] {
+  if (openwrtRelease !== undefined) {
+    const f = releaseFields(openwrtRelease);
+    return { family: "openwrt", name: f.DISTRIB_DESCRIPTION || f.DISTRIB_ID || "OpenWrt" };
+  }
+  if (osRelease === undefined) return { family: "other", name: "unknown" };
+  const f = releaseFields(osRelease);
+  const id = (f.ID ?? "").toLowerCase();
+  const like = (f.ID_LIKE ?? "").toLowerCase().split(/\s+/);
+  const name = f.PRETTY_NAME || f.NAME || id || "unknown";
+  if (id === "openwrt") return { family: "openwrt", name };
+  if (id === "debian" || id === "raspbian" || like.includes("debian")) return { family: "debian", name };
+  return { family: "other", name };
+}
+
+export interface GatherOptions {
+  /** State dir to probe; default DEFAULT_STATE_DIR. Created 0700 when missing. */
+  stateDir?: string;
+  /** PATH to search before SBIN_DIRS; default process.env.PATH. */
+  PATH?: string;
+}
+
+function errCode(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === "string" ? code : e instanceof Error ? e.message : String(e);
+}
+
+function readOptional(path: string): string | undefined {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return undefined;
+  }
+}
+
+/** Reads the host. Side effects: may create the state dir; writes and removes a probe file in it. */
+export function gatherFacts(opts: GatherOptions = {}): HostFacts {
+  const searchPath = [...(opts.PATH ?? process.env.PATH ?? "").split(":").filter(Boolean), ...SBIN_DIRS];
+  const PATH = [...new Set(searchPath)].join(":");
+  const tools = Object.fromEntries(TOOLS.map((t) => [t, Bun.which(t, { PATH }) ?? null])) as Record<Tool, string | null>;
+
+  let iptablesBackend: IptablesBackend | undefined;
+  if (tools.iptables) {
+    try {
+      const r = Bun.spawnSync([tools.iptables, "-V"], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 5000 });
+      iptablesBackend = parseIptablesVersion(r.stdout.toString() + r.stderr.toString());
+    } catch {
+      iptablesBackend = "unknown";
+    }
+  }
+
+  const tun: HostFacts["tun"] = { path: TUN_PATH, exists: existsSync(TUN_PATH), openable: false };
+  try {
+    closeSync(openSync(TUN_PATH, "r+"));
+    tun.openable = true;
+  } catch (e) {
+    tun.error = errCode(e);
+  }
+
+  const status = readOptional("/proc/self/status");
+  const caps = status === undefined ? undefined : capabilitiesFromProcStatus(status);
+
+  return {
+    os: detectOs(readOptional("/etc/os-release"), readOptional("/etc/openwrt_release")),
+    kernel: release(),
+    uid: typeof process.geteuid === "function" ? process.geteuid() : -1,
+    caps,
+    tools,
+    iptablesBackend,
+    tun,
+    stateDir: probeStateDir(opts.stateDir ?? DEFAULT_STATE_DIR),
+  };
+}
+
+function probeStateDir(path: string): HostFacts["stateDir"] {
+  const out: HostFacts["stateDir"] = { path, writable: false, created: false };
+  try {
+    if (!existsSync(path)) {
+      mkdirSync(path, { recursive: true, mode: 0o700 });
+      out.created = true;
+    }
+    const probe = join(path, `.doctor-probe-${process.pid}`);
+    writeFileSync(probe, "", { flag: "wx", mode: 0o600 });
+    unlinkSync(probe);
+    out.writable = true;
+  } catch (e) {
+    out.error = errCode(e);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Decisions
+
+export type CheckStatus = "ok" | "missing" | "optional-missing" | "warn";
+export type DoctorRole = Role | "all";
+
+export interface CheckRow {
+  /** Stable id: state-dir, cap-net-bind-service, tun, ip, cap-net-admin, nat, conntrack, hostapd, dnsmasq, wifi-client, cellular. */
+  check: string;
+  /** Roles that use it (restricted to the chosen role when one is given). */
+  roles: Role[];
+  /** A required check that is not ok makes the role unusable; optional ones never fail. */
+  required: boolean;
+  status: CheckStatus;
+  detail: string;
+  /** Empty when status is ok. */
+  fix: string;
+}
+
+export interface HostSummary {
+  os: string;
+  os_family: OsFamily;
+  kernel: string;
+  uid: number;
+  cap_eff: string | null;
+  capabilities: { net_admin: boolean; net_raw: boolean; net_bind_service: boolean } | null;
+  tools: Record<Tool, string | null>;
+  iptables_backend: IptablesBackend | null;
+  nat_backend_auto: NatBackend | null;
+  tun: HostFacts["tun"];
+  state_dir: HostFacts["stateDir"];
+}
+
+export interface DoctorReport {
+  host: HostSummary;
+  role: DoctorRole;
+  checks: CheckRow[];
+  /** True when no required check for the chosen role(s) is missing. */
+  ok: boolean;
+}
+
+export interface EvaluateOptions {
+  /** The relay's listen port (from --listen); decides whether CAP_NET_BIND_SERVICE matters. */
+  listenPort?: number;
+}
+
+/**
+ * What `[nat] backend = "auto"` would pick here: nft when nft exists and iptables is absent,
+ * incomplete (no iptables-restore) or itself the nf_tables variant (then both write the same
+ * kernel tables and nft is the native tool); iptables when it and iptables-restore exist;
+ * otherwise nothing.
+ */
+export function autoNatBackend(f: HostFacts): NatBackend | undefined {
+  const iptablesUsable = f.tools.iptables !== null && f.tools["iptables-restore"] !== null;
+  if (f.tools.nft !== null && (!iptablesUsable || f.iptablesBackend === "nf_tables")) return "nft";
+  if (iptablesUsable) return "iptables";
+  return undefined;
+}
+
+type FixKey = "ip" | "nat" | "tun-missing" | "conntrack" | "hostapd" | "dnsmasq" | "wifi-client" | "cellular";
+
+const FIXES: Record<FixKey, Record<OsFamily, string>> = {
+  ip: { debian: "apt-get install iproute2", openwrt: "opkg install ip-full", other: "install iproute2 (the `ip` command)" },
+  nat: {
+    debian: "apt-get install iptables (or apt-get install nftables)",
+    openwrt: "opkg install nftables (or opkg install iptables-nft)",
+    other: "install iptables (with iptables-restore) or nftables",
+  },
+  "tun-missing": {
+    debian: "modprobe tun (in a container: mkdir -p /dev/net && mknod /dev/net/tun c 10 200)",
+    openwrt: "opkg install kmod-tun",
+    other: "load the tun kernel module: modprobe tun",
+  },
+  conntrack: { debian: "apt-get install conntrack", openwrt: "opkg install conntrack", other: "install conntrack-tools (the `conntrack` command)" },
+  hostapd: { debian: "apt-get install hostapd", openwrt: "opkg install hostapd", other: "install hostapd" },
+  // dnsmasq-base is the binary alone: the `dnsmasq` package also starts a system DNS server
+  // that would hold port 53 on the interfaces the agent wants to serve.
+  dnsmasq: { debian: "apt-get install dnsmasq-base", openwrt: "opkg install dnsmasq", other: "install dnsmasq" },
+  "wifi-client": { debian: "apt-get install wpasupplicant", openwrt: "opkg install wpa-supplicant wpa-cli", other: "install wpa_supplicant (with wpa_cli)" },
+  cellular: { debian: "apt-get install modemmanager", openwrt: "opkg install modemmanager", other: "install ModemManager (the `mmcli` command)" },
+};
+
+function privilegeFix(os: OsFamily, cap: "CAP_NET_ADMIN" | "CAP_NET_BIND_SERVICE"): string {
+  if (os === "openwrt") return `run as root (the procd service in targets/ does)`;
+  return `run as root or grant ${cap} (the systemd units in targets/ do: AmbientCapabilities=${cap})`;
+}
+
+interface Spec {
+  check: string;
+  roles: Role[];
+  required: boolean;
+  run: (f: HostFacts, roles: Role[]) => { status: CheckStatus; detail: string; fix?: string };
+}
+
+const found = (f: HostFacts, t: Tool) => f.tools[t] !== null;
+const at = (f: HostFacts, t: Tool) => `${t} at ${f.tools[t]}`;
+
+function toolCheck(f: HostFacts, tool: Tool, fixKey: FixKey, required: boolean, why: string) {
+  if (found(f, tool)) return { status: "ok" as const, detail: at(f, tool) };
+  return {
+    status: required ? ("missing" as const) : ("optional-missing" as const),
+    detail: `${tool} not found on PATH or in ${SBIN_DIRS.join(" ")}${why ? `; ${why}` : ""}`,
+    fix: FIXES[fixKey][f.os.family],
+  };
+}
+
+function capCheck(f: HostFacts, cap: "CAP_NET_ADMIN" | "CAP_NET_BIND_SERVICE", have: (c: Capabilities) => boolean) {
+  const who = f.uid === 0 ? "root" : `uid ${f.uid}`;
+  if (f.caps === undefined) {
+    // No CapEff to read (not Linux, or /proc hidden): root is the best evidence left.
+    if (f.uid === 0) return { status: "warn" as const, detail: `running as root; CapEff unreadable, assuming ${cap}` };
+    return { status: "missing" as const, detail: `running as ${who}; CapEff unreadable`, fix: privilegeFix(f.os.family, cap) };
+  }
+  if (have(f.caps)) return { status: "ok" as const, detail: `${who}, ${cap} in CapEff ${f.caps.hex}` };
+  const note = f.uid === 0 ? " (root without it: a container or a capability bounding set dropped it)" : "";
+  return { status: "missing" as const, detail: `${who}, ${cap} not in CapEff ${f.caps.hex}${note}`, fix: privilegeFix(f.os.family, cap) };
+}
+
+function specs(opts: EvaluateOptions): Spec[] {
+  return [
+    {
+      check: "state-dir",
+      roles: ["relay", "onsite", "master"],
+      required: true,
+      run: (f) => {
+        const d = f.stateDir;
+        if (d.writable) return { status: "ok", detail: `${d.path} is writable${d.created ? " (created, mode 0700)" : ""}` };
+        const why: Record<string, string> = {
+          EACCES: "permission denied",
+          EPERM: "permission denied",
+          ENOTDIR: "a component of the path is not a directory",
+          EROFS: "read-only file system",
+          ENOSPC: "no space left on device",
+        };
+        const reason = d.error ? (why[d.error] ? `${why[d.error]} (${d.error})` : d.error) : "unknown error";
+        const fix =
+          d.error === "EACCES" || d.error === "EPERM"
+            ? `run as root, or give the agent's user the directory: mkdir -p ${d.path} && chown USER ${d.path} && chmod 700 ${d.path}; or pass --state-dir`
+            : `pass --state-dir with a writable directory (or set state_dir in the config file)`;
+        return { status: "missing", detail: `${d.path} is not writable: ${reason}`, fix };
+      },
+    },
+    {
+      check: "cap-net-bind-service",
+      roles: ["relay"],
+      required: true,
+      run: (f) => {
+        const port = opts.listenPort;
+        if (port !== undefined && port >= 1024) return { status: "ok", detail: `not needed: listening on port ${port}` };
+        const r = capCheck(f, "CAP_NET_BIND_SERVICE", (c) => c.netBindService);
+        if (port === undefined) {
+          // Without --listen we cannot tell whether a privileged port is wanted.
+          if (r.status === "ok") return { status: "ok", detail: `${r.detail}; needed to listen on a port below 1024` };
+          return {
+            status: "warn",
+            detail: `${r.detail}; needed only if the relay listens on a port below 1024 (pass --listen to decide)`,
+            fix: `${privilegeFix(f.os.family, "CAP_NET_BIND_SERVICE")}, or listen on a port ≥ 1024`,
+          };
+        }
+        if (r.status === "missing") return { ...r, detail: `${r.detail}; needed to listen on port ${port}`, fix: `${r.fix}, or listen on a port ≥ 1024` };
+        return r;
+      },
+    },
+    {
+      check: "tun",
+      roles: ["onsite", "master"],
+      required: true,
+      run: (f) => {
+        const t = f.tun;
+        if (t.openable) return { status: "ok", detail: `${t.path} opens read-write` };
+        if (t.error === "ENOENT" || t.error === "ENODEV" || t.error === "ENXIO") {
+          return { status: "missing", detail: `${t.path}: ${t.error} (the tun module is not loaded or the device node is missing)`, fix: FIXES["tun-missing"][f.os.family] };
+        }
+        if (t.error === "EACCES" || t.error === "EPERM") {
+          return {
+            status: "missing",
+            detail: `${t.path}: ${t.error} (no permission to open it)`,
+            fix: `${privilegeFix(f.os.family, "CAP_NET_ADMIN")}; a non-root user also needs ${t.path} mode 0666 (the stock mode)`,
+          };
+        }
+        return { status: "missing", detail: `${t.path} cannot be opened: ${t.error ?? "unknown error"}`, fix: FIXES["tun-missing"][f.os.family] };
+      },
+    },
+    {
+      check: "ip",
+      roles: ["onsite", "master"],
+      required: true,
+      run: (f) => toolCheck(f, "ip", "ip", true, "needed to configure tunnel interfaces and routes"),
+    },
+    {
+      check: "cap-net-admin",
+      roles: ["onsite", "master"],
+      required: true,
+      run: (f) => capCheck(f, "CAP_NET_ADMIN", (c) => c.netAdmin),
+    },
+    {
+      check: "nat",
+      roles: ["onsite"],
+      required: true,
+      run: (f) => {
+        const have: string[] = [];
+        if (found(f, "iptables")) {
+          have.push(`iptables${f.iptablesBackend ? ` (${f.iptablesBackend})` : ""}${found(f, "iptables-restore") ? "" : " without iptables-restore"}`);
+        }
+        if (found(f, "nft")) have.push("nft");
+        const pick = autoNatBackend(f);
+        if (pick) return { status: "ok", detail: `${have.join(", ")}; backend auto → ${pick}` };
+        return {
+          status: "missing",
+          detail: have.length ? `${have.join(", ")}: neither iptables with iptables-restore nor nft is usable` : "neither iptables nor nft found",
+          fix: FIXES.nat[f.os.family],
+        };
+      },
+    },
+    {
+      check: "conntrack",
+      roles: ["onsite"],
+      required: false,
+      run: (f) => toolCheck(f, "conntrack", "conntrack", false, "used to cut the flows of expired NAT rules; without it they run until they close"),
+    },
+    {
+      check: "hostapd",
+      roles: ["onsite"],
+      required: false,
+      run: (f) => toolCheck(f, "hostapd", "hostapd", false, "needed only for the AP fallback"),
+    },
+    {
+      check: "dnsmasq",
+      roles: ["onsite", "master"],
+      required: false,
+      run: (f, roles) => {
+        const why = [
+          roles.includes("onsite") ? "the AP fallback (onsite)" : undefined,
+          roles.includes("master") ? "DHCP on the secondary interface (master)" : undefined,
+        ].filter(Boolean);
+        return toolCheck(f, "dnsmasq", "dnsmasq", false, `needed only for ${why.join(" and ")}`);
+      },
+    },
+    {
+      check: "wifi-client",
+      roles: ["onsite"],
+      required: false,
+      run: (f) => {
+        if (found(f, "wpa_supplicant") && found(f, "wpa_cli")) return { status: "ok", detail: `${at(f, "wpa_supplicant")}, ${at(f, "wpa_cli")}` };
+        const lacking = (["wpa_supplicant", "wpa_cli"] as const).filter((t) => !found(f, t));
+        return {
+          status: "optional-missing",
+          detail: `${lacking.join(" and ")} not found; needed only for Wi-Fi client uplinks`,
+          fix: FIXES["wifi-client"][f.os.family],
+        };
+      },
+    },
+    {
+      check: "cellular",
+      roles: ["onsite"],
+      required: false,
+      run: (f) => {
+        // OpenWRT drives modems as netifd interfaces over ubus; elsewhere through ModemManager.
+        if (f.os.family === "openwrt" && found(f, "ubus")) return { status: "ok", detail: `${at(f, "ubus")} (netifd)` };
+        if (found(f, "mmcli")) return { status: "ok", detail: at(f, "mmcli") };
+        const tool = f.os.family === "openwrt" ? "ubus and mmcli" : "mmcli";
+        return { status: "optional-missing", detail: `${tool} not found; needed only for cellular uplinks`, fix: FIXES.cellular[f.os.family] };
+      },
+    },
+  ];
+}
+
+export function summarizeHost(f: HostFacts): HostSummary {
+  return {
+    os: f.os.name,
+    os_family: f.os.family,
+    kernel: f.kernel,
+    uid: f.uid,
+    cap_eff: f.caps?.hex ?? null,
+    capabilities: f.caps ? { net_admin: f.caps.netAdmin, net_raw: f.caps.netRaw, net_bind_service: f.caps.netBindService } : null,
+    tools: { ...f.tools },
+    iptables_backend: f.iptablesBackend ?? null,
+    nat_backend_auto: autoNatBackend(f) ?? null,
+    tun: { ...f.tun },
+    state_dir: { ...f.stateDir },
+  };
+}
+
+/** Pure: every check the chosen role(s) need, with status, detail and fix. */
+export function evaluate(facts: HostFacts, role: DoctorRole, opts: EvaluateOptions = {}): DoctorReport {
+  const chosen: Role[] = role === "all" ? [...ROLES] : [role];
+  const checks: CheckRow[] = [];
+  for (const s of specs(opts)) {
+    const roles = s.roles.filter((r) => chosen.includes(r));
+    if (roles.length === 0) continue;
+    const r = s.run(facts, roles);
+    checks.push({ check: s.check, roles, required: s.required, status: r.status, detail: r.detail, fix: r.status === "ok" ? "" : (r.fix ?? "") });
+  }
+  const ok = !checks.some((c) => c.required && c.status === "missing");
+  return { host: summarizeHost(facts), role, checks, ok };
+}
+
+// ---------------------------------------------------------------------------------------
+// Presentation
+
+/** An aligned table (CHECK, [ROLES,] STATUS, DETAIL, FIX), a host line and a summary line. */
+export function formatReport(report: DoctorReport): string {
+  const h = report.host;
+  const withRoles = report.role === "all";
+  const header = withRoles ? ["CHECK", "ROLES", "STATUS", "DETAIL", "FIX"] : ["CHECK", "STATUS", "DETAIL", "FIX"];
+  const rows = report.checks.map((c) =>
+    withRoles ? [c.check, c.roles.join(","), c.status, c.detail, c.fix] : [c.check, c.status, c.detail, c.fix],
+  );
+  const table = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
+  const lines = table.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ").trimEnd());
+
+  const roleText = report.role === "all" ? ROLES.join(", ") : report.role;
+  const missing = report.checks.filter((c) => c.required && c.status === "missing").map((c) => c.check);
+  const optional = report.checks.filter((c) => c.status === "optional-missing").map((c) => c.check);
+  const warns = report.checks.filter((c) => c.status === "warn").map((c) => c.check);
+  const extras = [
+    optional.length ? `${optional.length} optional missing (${optional.join(", ")})` : "",
+    warns.length ? `${warns.length} warning${warns.length > 1 ? "s" : ""} (${warns.join(", ")})` : "",
+  ].filter(Boolean);
+  const summary = report.ok
+    ? `ok: every required check passes for ${roleText}${extras.length ? `; ${extras.join("; ")}` : ""}`
+    : `FAIL: ${missing.length} required check${missing.length > 1 ? "s" : ""} missing for ${roleText} (${missing.join(", ")})${extras.length ? `; ${extras.join("; ")}` : ""}`;
+
+  const hostLine = `host: ${h.os}, kernel ${h.kernel}, uid ${h.uid}${h.cap_eff ? `, CapEff ${h.cap_eff}` : ""}`;
+  return [hostLine, "", ...lines, "", summary].join("\n") + "\n";
+}
