@@ -85,7 +85,8 @@ export function createLogger(opts: LogOptions = {}): Logger {
   if (opts.json) return createConsola({ level, reporters: [jsonReporter(write)] });
   if (!tty || opts.write) return createConsola({ level, reporters: [plainReporter(write)] });
   // Fancy output on a terminal, but on stderr: stdout belongs to command results.
-  return createConsola({ level, fancy: true, stdout: process.stderr, stderr: process.stderr });
+  const fancy = { level, fancy: true, stdout: process.stderr, stderr: process.stderr } as Parameters<typeof createConsola>[0];
+  return createConsola(fancy);
 }
 
 let root: Logger | undefined;

@@ -1,0 +1,34 @@
+// `agent --role relay|onsite|master ...`: builds the config, loads the bundle and runs the
+// daemon of that role until a signal stops it.
+import { requireForRole, type Role } from "../config.ts";
+import { UsageError } from "../errors.ts";
+import { configureLogging } from "../log.ts";
+import { loadBundle } from "../pki.ts";
+import { Daemon, runUntilSignal } from "../roles/daemon.ts";
+import { bakedRole } from "../version.ts";
+import { defineAgentCommand } from "./args.ts";
+import { configFromArgs, daemonArgs } from "./common.ts";
+
+export const daemonCommand = defineAgentCommand({
+  meta: { name: "agent", description: "Edge remote-access agent. Without a command, runs the daemon of --role." },
+  args: daemonArgs,
+  repeatable: ["allow"],
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const role = (cfg.role ?? bakedRole()) as Role | undefined;
+    if (!role) {
+      throw new UsageError("no role given", "run `agent --role relay|onsite|master ...`, or a command such as `agent status` (see `agent --help`)");
+    }
+    requireForRole(cfg, role);
+    const log = configureLogging({ level: cfg.log_level, json: cfg.json_logs });
+    const bundle = await loadBundle(cfg.bundle!);
+    if (bundle.role !== role) {
+      throw new UsageError(
+        `bundle ${cfg.bundle} is for role ${bundle.role} (id ${bundle.id}), not ${role}`,
+        `issue one with \`agent pki issue --role ${role} ...\` or start with --role ${bundle.role}`,
+      );
+    }
+    const daemon = new Daemon({ role, id: bundle.id }, cfg, log.withTag(role));
+    return runUntilSignal(daemon);
+  },
+});

@@ -1,0 +1,72 @@
+// The command tree and its dispatcher. Commands are citty definitions (arguments and usage
+// text); dispatch walks subcommands by name, handles --help and --version, parses the rest
+// strictly (./args.ts) and runs the command's `exec`. Nothing here exits the process.
+import { renderUsage, type CommandDef } from "citty";
+import { UsageError } from "../errors.ts";
+import { versionInfo, versionText, VERSION } from "../version.ts";
+import { parseStrict, type AgentCommand } from "./args.ts";
+import { daemonCommand } from "./daemon.ts";
+import { doctorCommand } from "./doctor.ts";
+import { pkiCommand } from "./pki.ts";
+import { statusCommand } from "./status.ts";
+
+const versionCommand: AgentCommand = {
+  meta: { name: "version", description: "Print version, git commit, build target and Bun version" },
+  args: { json: { type: "boolean", description: "print JSON" } },
+  exec(args) {
+    process.stdout.write(args.json ? JSON.stringify(versionInfo()) + "\n" : versionText() + "\n");
+  },
+};
+
+export const rootCommand: AgentCommand = {
+  ...daemonCommand,
+  meta: { name: "agent", version: VERSION, description: "Edge remote-access agent: relay, onsite and master roles in one executable" },
+  subCommands: {
+    status: statusCommand,
+    doctor: doctorCommand,
+    pki: pkiCommand,
+    version: versionCommand,
+  },
+};
+
+export interface CliOutput {
+  stdout: (text: string) => void;
+}
+
+/** Runs the CLI; returns the exit code. Throws UsageError/RuntimeError for main to report. */
+export async function runCli(argv: readonly string[], out: CliOutput = { stdout: (t) => void process.stdout.write(t) }): Promise<number> {
+  if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
+    out.stdout(versionText() + "\n");
+    return 0;
+  }
+  let cmd: AgentCommand = rootCommand;
+  let parent: AgentCommand | undefined;
+  const path: string[] = ["agent"];
+  let rest = [...argv];
+  while (cmd.subCommands && rest.length > 0 && !rest[0]!.startsWith("-")) {
+    const subs = cmd.subCommands as Record<string, AgentCommand>;
+    const next = subs[rest[0]!];
+    if (!next) {
+      if (cmd === rootCommand) {
+        throw new UsageError(`unknown command ${JSON.stringify(rest[0])}`, `commands: ${Object.keys(subs).join(", ")}; to run a daemon: agent --role relay|onsite|master`);
+      }
+      throw new UsageError(`unknown command ${JSON.stringify(`${path.join(" ")} ${rest[0]}`)}`, `\`${path.join(" ")}\` takes: ${Object.keys(subs).join(", ")}`);
+    }
+    parent = cmd;
+    cmd = next;
+    path.push(rest[0]!);
+    rest = rest.slice(1);
+  }
+  if (rest.includes("--help") || rest.includes("-h")) {
+    out.stdout((await renderUsage(cmd as CommandDef, parent as CommandDef | undefined)) + "\n");
+    return 0;
+  }
+  const name = path.join(" ");
+  if (!cmd.exec) {
+    const subs = Object.keys((cmd.subCommands ?? {}) as Record<string, unknown>);
+    throw new UsageError(`\`${name}\` needs a command: ${subs.join(", ")}`, `see \`${name} --help\``);
+  }
+  const args = parseStrict(cmd, rest, name);
+  const code = await cmd.exec(args);
+  return typeof code === "number" ? code : 0;
+}

@@ -1,0 +1,31 @@
+// `agent status [--json]`: asks the running daemon over its control socket.
+import { controlRequest } from "../control.ts";
+import type { DaemonStatus } from "../roles/daemon.ts";
+import { formatDuration } from "../duration.ts";
+import { defineAgentCommand, flag } from "./args.ts";
+import { configArgs, configFromArgs } from "./common.ts";
+
+export const statusCommand = defineAgentCommand({
+  meta: { name: "status", description: "Show the running daemon's role, id, version, uptime and pid" },
+  args: { ...configArgs, json: { type: "boolean", description: "print JSON" } },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const s = (await controlRequest(cfg.control, "status")) as DaemonStatus;
+    if (flag(args, "json")) {
+      process.stdout.write(JSON.stringify(s, null, 2) + "\n");
+      return 0;
+    }
+    const rows: [string, string][] = [
+      ["role", s.role],
+      ["id", s.id],
+      ["version", `${s.version} (commit ${s.commit}, ${s.target})`],
+      ["pid", String(s.pid)],
+      ["uptime", `${formatDuration(s.uptime_s * 1000)} (since ${s.started})`],
+      ["control", s.control],
+      ["state dir", s.state_dir],
+    ];
+    const w = Math.max(...rows.map(([k]) => k.length));
+    process.stdout.write(rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join("\n") + "\n");
+    return 0;
+  },
+});

@@ -1,0 +1,198 @@
+// The local control socket: how `agent status` (and later `agent nat ...`, `agent uplink ...`)
+// talk to a running daemon. A unix stream socket; each request is one JSON object ending in
+// "\n":  {"cmd": "status", "args": {...}}  →  {"ok": true, "result": ...} or
+// {"ok": false, "error": "...", "code": "usage" | "runtime"}. Several requests may share a
+// connection; responses come back in order. Requests over MAX_REQUEST bytes are refused and
+// the connection closed. Handlers are registered per command by the role that owns them.
+import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
+import { dirname } from "node:path";
+import type { Socket, UnixSocketListener } from "bun";
+import { RuntimeError, UsageError } from "./errors.ts";
+import type { Logger } from "./log.ts";
+
+export const MAX_REQUEST = 1 << 20;
+
+export type Handler = (args: Record<string, unknown>) => Promise<unknown> | unknown;
+
+export interface ControlResponse {
+  ok: boolean;
+  result?: unknown;
+  error?: string;
+  code?: "usage" | "runtime";
+}
+
+interface ConnState {
+  buf: string;
+  chain: Promise<void>;
+}
+
+export class ControlServer {
+  readonly path: string;
+  private readonly handlers = new Map<string, Handler>();
+  private listener: UnixSocketListener<ConnState> | undefined;
+  private readonly log: Logger;
+
+  constructor(path: string, log: Logger) {
+    this.path = path;
+    this.log = log;
+  }
+
+  handle(cmd: string, handler: Handler): this {
+    this.handlers.set(cmd, handler);
+    return this;
+  }
+
+  /** Answers one decoded request; exported for tests and for other front ends. */
+  async dispatch(line: string): Promise<ControlResponse> {
+    let req: unknown;
+    try {
+      req = JSON.parse(line);
+    } catch {
+      return { ok: false, code: "usage", error: "request is not valid JSON" };
+    }
+    if (req === null || typeof req !== "object" || typeof (req as { cmd?: unknown }).cmd !== "string") {
+      return { ok: false, code: "usage", error: 'request must be an object with a string "cmd"' };
+    }
+    const { cmd, args } = req as { cmd: string; args?: unknown };
+    const handler = this.handlers.get(cmd);
+    if (!handler) {
+      return { ok: false, code: "usage", error: `unknown command ${JSON.stringify(cmd)}; this daemon knows ${[...this.handlers.keys()].sort().join(", ")}` };
+    }
+    if (args !== undefined && (args === null || typeof args !== "object" || Array.isArray(args))) {
+      return { ok: false, code: "usage", error: '"args" must be an object' };
+    }
+    try {
+      return { ok: true, result: await handler((args ?? {}) as Record<string, unknown>) };
+    } catch (e) {
+      const usage = e instanceof UsageError;
+      if (!usage && !(e instanceof RuntimeError)) this.log.error(`control command ${cmd} failed`, e);
+      return { ok: false, code: usage ? "usage" : "runtime", error: (e as Error).message };
+    }
+  }
+
+  /**
+   * Binds the socket. A socket file left by a dead daemon is removed; one that still
+   * answers means another daemon owns it, which is refused.
+   */
+  async start(): Promise<void> {
+    mkdirSync(dirname(this.path), { recursive: true, mode: 0o755 });
+    if (existsSync(this.path)) {
+      if (await isAlive(this.path)) {
+        throw new RuntimeError(`another daemon is already listening on ${this.path}`, "stop it first, or pass --control with another path");
+      }
+      unlinkSync(this.path);
+    }
+    const self = this;
+    this.listener = Bun.listen<ConnState>({
+      unix: this.path,
+      socket: {
+        open(s) {
+          s.data = { buf: "", chain: Promise.resolve() };
+        },
+        data(s, chunk) {
+          s.data.buf += chunk.toString();
+          if (s.data.buf.length > MAX_REQUEST) {
+            s.write(JSON.stringify({ ok: false, code: "usage", error: `request larger than ${MAX_REQUEST} bytes` }) + "\n");
+            s.end();
+            return;
+          }
+          let nl: number;
+          while ((nl = s.data.buf.indexOf("\n")) >= 0) {
+            const line = s.data.buf.slice(0, nl);
+            s.data.buf = s.data.buf.slice(nl + 1);
+            if (line.trim() === "") continue;
+            s.data.chain = s.data.chain.then(async () => {
+              const res = await self.dispatch(line);
+              writeAll(s, JSON.stringify(res) + "\n");
+            });
+          }
+        },
+        error(_s, err) {
+          self.log.debug("control connection error", err);
+        },
+      },
+    });
+    // The socket grants full control of the agent: owner only.
+    chmodSync(this.path, 0o600);
+  }
+
+  /** Stops accepting and removes the socket file. Idempotent. */
+  close(): void {
+    if (!this.listener) return;
+    this.listener.stop(true);
+    this.listener = undefined;
+    try {
+      unlinkSync(this.path);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+function writeAll(s: Socket<ConnState>, text: string): void {
+  // Responses are small; Bun buffers what the kernel does not take at once.
+  s.write(text);
+}
+
+async function isAlive(path: string): Promise<boolean> {
+  try {
+    const s = await Bun.connect({ unix: path, socket: { data() {} } });
+    s.end();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Sends one request to a daemon and returns its result; errors carry the daemon's message. */
+export async function controlRequest(path: string, cmd: string, args: Record<string, unknown> = {}, timeoutMs = 10_000): Promise<unknown> {
+  if (!existsSync(path)) {
+    throw new RuntimeError(`no daemon control socket at ${path}`, "is the daemon running? pass --control SOCKET if it uses another path");
+  }
+  const res = await new Promise<ControlResponse>((resolve, reject) => {
+    let buf = "";
+    let settled = false;
+    const timer = setTimeout(() => finish(new RuntimeError(`daemon at ${path} did not answer within ${timeoutMs / 1000}s`)), timeoutMs);
+    const finish = (v: ControlResponse | Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (v instanceof Error) reject(v);
+      else resolve(v);
+    };
+    Bun.connect({
+      unix: path,
+      socket: {
+        open(s) {
+          s.write(JSON.stringify({ cmd, args }) + "\n");
+        },
+        data(s, chunk) {
+          buf += chunk.toString();
+          const nl = buf.indexOf("\n");
+          if (nl < 0) return;
+          try {
+            finish(JSON.parse(buf.slice(0, nl)) as ControlResponse);
+          } catch {
+            finish(new RuntimeError(`daemon at ${path} sent a malformed answer`));
+          }
+          s.end();
+        },
+        close() {
+          finish(new RuntimeError(`daemon at ${path} closed the connection without answering`));
+        },
+        error(_s, err) {
+          finish(new RuntimeError(`control socket ${path}: ${err.message}`));
+        },
+      },
+    }).catch((e: Error) => {
+      const code = (e as NodeJS.ErrnoException).code;
+      const hint = code === "EACCES" ? "the socket is owner-only: run as the daemon's user (root)" : "is the daemon running?";
+      finish(new RuntimeError(`cannot connect to control socket ${path}: ${e.message}`, hint));
+    });
+  });
+  if (!res.ok) {
+    const Err = res.code === "usage" ? UsageError : RuntimeError;
+    throw new Err(res.error ?? "daemon reported an unspecified error");
+  }
+  return res.result;
+}
