@@ -4,7 +4,7 @@ BUN := node_modules/.bin/bun
 TSC := node_modules/.bin/tsc
 STAMP := node_modules/.stamp
 
-.PHONY: all deps test unit typecheck release demo bench clean
+.PHONY: all deps test unit typecheck release demo clean
 
 all: test
 
