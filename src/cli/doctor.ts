@@ -1,10 +1,11 @@
 // `agent doctor [--role R] [--json] [--state-dir DIR] [--listen HOST:PORT] [--config FILE]`:
 // gathers host facts, evaluates them for the role(s) and prints the table or JSON.
 // state_dir and listen come from the config file when it sets them; flags win.
-import { DEFAULT_CONFIG_FILE, loadConfigFile, resolveConfig, type ConfigSource, type RawConfig } from "../config.ts";
+import { DEFAULT_CONFIG_FILE } from "../config.ts";
 import { evaluate, formatReport, gatherFacts, type DoctorRole } from "../doctor.ts";
 import { EXIT_OK, EXIT_RUNTIME } from "../errors.ts";
 import { defineAgentCommand, flag, str } from "./args.ts";
+import { configFromArgs } from "./common.ts";
 
 export const doctorCommand = defineAgentCommand({
   meta: {
@@ -23,18 +24,10 @@ export const doctorCommand = defineAgentCommand({
   },
   async exec(args) {
     const role = (str(args, "role") ?? "all") as DoctorRole;
-    const raw: RawConfig = {};
-    const stateDirFlag = str(args, "state-dir");
-    const listenFlag = str(args, "listen");
-    if (stateDirFlag !== undefined) raw.state_dir = stateDirFlag;
-    if (listenFlag !== undefined) raw.listen = listenFlag;
-    const configPath = str(args, "config");
-    const sources: ConfigSource[] = [];
-    const file = await loadConfigFile(configPath ?? DEFAULT_CONFIG_FILE, configPath !== undefined);
-    if (file) sources.push(file);
-    sources.push({ origin: { kind: "flag" }, raw });
-    // Validation errors (a bad --listen, a broken config file) are UsageErrors: exit 2.
-    const cfg = resolveConfig(sources);
+    // state_dir and listen from the config file, flags winning; doctor's --role ("all" too)
+    // is not the daemon's role, so it stays out of the config. A bad --listen or a broken
+    // config file is a UsageError: exit 2.
+    const cfg = await configFromArgs({ ...args, role: undefined });
 
     const facts = gatherFacts({ stateDir: cfg.state_dir });
     const report = evaluate(facts, role, cfg.listen ? { listenPort: cfg.listen.port } : {});
