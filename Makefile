@@ -4,7 +4,7 @@ BUN := node_modules/.bin/bun
 TSC := node_modules/.bin/tsc
 STAMP := node_modules/.stamp
 
-.PHONY: all deps test unit typecheck release demo clean
+.PHONY: all deps test unit typecheck release release-check demo clean
 
 all: test
 
@@ -27,8 +27,16 @@ test: deps typecheck
 unit: $(STAMP)
 	$(BUN) test test/*.test.ts
 
+# All 16 executables (4 targets x generic/onsite/master/relay), SHA256SUMS and SIZES.txt
+# into dist/; `make release-linux-arm64` builds one target.
 release: $(STAMP)
 	$(BUN) build/release.ts
+
+release-%: $(STAMP)
+	$(BUN) build/release.ts --target $*
+
+release-check:
+	cd dist && sha256sum -c SHA256SUMS
 
 demo: deps
 	$(BUN) scripts/demo.ts

@@ -20,9 +20,16 @@ import { UsageError } from "./errors.ts";
 export const ROLES = ["relay", "onsite", "master"] as const;
 export type Role = (typeof ROLES)[number];
 
-export const DEFAULT_CONFIG_FILE = "/etc/agent/agent.toml";
-export const DEFAULT_CONTROL = "/run/agent/control.sock";
-export const DEFAULT_STATE_DIR = "/var/lib/agent";
+// Platform paths. Release builds bake in their target's paths from targets/targets.toml
+// (OpenWRT keeps state on flash under /etc/agent/state, since its /var is a RAM disk);
+// a run from source uses the Debian ones.
+declare const AGENT_DEFAULT_CONFIG: string | undefined;
+declare const AGENT_DEFAULT_STATE_DIR: string | undefined;
+declare const AGENT_DEFAULT_CONTROL: string | undefined;
+
+export const DEFAULT_CONFIG_FILE: string = typeof AGENT_DEFAULT_CONFIG === "string" ? AGENT_DEFAULT_CONFIG : "/etc/agent/agent.toml";
+export const DEFAULT_CONTROL: string = typeof AGENT_DEFAULT_CONTROL === "string" ? AGENT_DEFAULT_CONTROL : "/run/agent/control.sock";
+export const DEFAULT_STATE_DIR: string = typeof AGENT_DEFAULT_STATE_DIR === "string" ? AGENT_DEFAULT_STATE_DIR : "/var/lib/agent";
 
 export interface NatConfig {
   backend: "auto" | "iptables" | "nft";

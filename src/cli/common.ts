@@ -1,11 +1,11 @@
 // Flag sets shared by several commands and the mapping from flags to config keys.
 import type { ArgsDef } from "citty";
-import { DEFAULT_CONFIG_FILE, loadConfigFile, resolveConfig, type Config, type ConfigSource, type RawConfig } from "../config.ts";
+import { DEFAULT_CONFIG_FILE, DEFAULT_CONTROL, DEFAULT_STATE_DIR, loadConfigFile, resolveConfig, type Config, type ConfigSource, type RawConfig } from "../config.ts";
 import { str, strs, type ParsedArgs } from "./args.ts";
 
 export const configArgs = {
   config: { type: "string", valueHint: "file", description: `TOML config file (default ${DEFAULT_CONFIG_FILE} if it exists)` },
-  control: { type: "string", valueHint: "socket", description: "control socket of the daemon (default /run/agent/control.sock)" },
+  control: { type: "string", valueHint: "socket", description: `control socket of the daemon (default ${DEFAULT_CONTROL})` },
 } as const satisfies ArgsDef;
 
 export const daemonArgs = {
@@ -19,7 +19,7 @@ export const daemonArgs = {
   allow: { type: "string", valueHint: "cidr[:ports]", description: "LAN targets sessions and NAT rules may reach (onsite; repeatable)" },
   location: { type: "string", valueHint: "label", description: 'location label shown in the inventory (onsite), e.g. "Royal Champagne"' },
   gui: { type: "string", valueHint: "host:port", description: "serve the web GUI here (master)" },
-  "state-dir": { type: "string", valueHint: "dir", description: "where state is kept (default /var/lib/agent)" },
+  "state-dir": { type: "string", valueHint: "dir", description: `where state is kept (default ${DEFAULT_STATE_DIR})` },
   "log-level": { type: "enum", options: ["silent", "error", "warn", "info", "debug", "trace"], description: "log level (default info)" },
   "json-logs": { type: "boolean", description: "log one JSON object per line" },
 } as const satisfies ArgsDef;

@@ -1,7 +1,7 @@
 // `agent doctor [--role R] [--json] [--state-dir DIR] [--listen HOST:PORT] [--config FILE]`:
 // gathers host facts, evaluates them for the role(s) and prints the table or JSON.
 // state_dir and listen come from the config file when it sets them; flags win.
-import { DEFAULT_CONFIG_FILE } from "../config.ts";
+import { DEFAULT_CONFIG_FILE, DEFAULT_STATE_DIR } from "../config.ts";
 import { evaluate, formatReport, gatherFacts, type DoctorRole } from "../doctor.ts";
 import { EXIT_OK, EXIT_RUNTIME } from "../errors.ts";
 import { defineAgentCommand, flag, str } from "./args.ts";
@@ -18,7 +18,7 @@ export const doctorCommand = defineAgentCommand({
   args: {
     role: { type: "enum", options: ["all", "relay", "onsite", "master"], default: "all", description: "check only what this role needs" },
     json: { type: "boolean", description: 'print JSON: {"host", "role", "checks", "ok"}' },
-    "state-dir": { type: "string", valueHint: "dir", description: "state dir to check (default: config file's state_dir, else /var/lib/agent)" },
+    "state-dir": { type: "string", valueHint: "dir", description: `state dir to check (default: config file's state_dir, else ${DEFAULT_STATE_DIR})` },
     listen: { type: "string", valueHint: "host:port", description: "relay listen address; a port below 1024 needs CAP_NET_BIND_SERVICE" },
     config: { type: "string", valueHint: "file", description: `TOML config file to take state_dir and listen from (default ${DEFAULT_CONFIG_FILE} if it exists)` },
   },
