@@ -170,3 +170,10 @@ describe("daemon lifecycle", () => {
     expect(r.stderr).toContain("nope.bundle");
   });
 });
+
+test("help of a nested command names the whole command, without colour codes in a pipe", async () => {
+  const r = await agent(["pki", "issue", "--help"]);
+  expect(r.code).toBe(0);
+  expect(r.stdout).toContain("USAGE agent pki issue [OPTIONS]");
+  expect(r.stdout).not.toContain("\x1b[");
+});

@@ -28,6 +28,14 @@ export const daemonCommand = defineAgentCommand({
         `issue one with \`agent pki issue --role ${role} ...\` or start with --role ${bundle.role}`,
       );
     }
+    // An expired or not-yet-valid certificate is logged, not fatal: a Pi has no RTC and may
+    // boot with a wrong clock until NTP answers, and the relay decides with its own clock.
+    const now = Date.now();
+    if (now > bundle.notAfter.getTime()) {
+      log.error(`certificate in ${cfg.bundle} expired on ${bundle.notAfter.toISOString()}; the relay will refuse it`, { hint: "issue a new bundle with `agent pki issue --force`" });
+    } else if (now < bundle.notBefore.getTime()) {
+      log.warn(`certificate in ${cfg.bundle} is valid only from ${bundle.notBefore.toISOString()}; is this clock right?`, { now: new Date(now).toISOString() });
+    }
     const daemon = new Daemon({ role, id: bundle.id }, cfg, log.withTag(role));
     return runUntilSignal(daemon);
   },

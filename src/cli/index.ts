@@ -40,7 +40,6 @@ export async function runCli(argv: readonly string[], out: CliOutput = { stdout:
     return 0;
   }
   let cmd: AgentCommand = rootCommand;
-  let parent: AgentCommand | undefined;
   const path: string[] = ["agent"];
   let rest = [...argv];
   while (cmd.subCommands && rest.length > 0 && !rest[0]!.startsWith("-")) {
@@ -52,13 +51,16 @@ export async function runCli(argv: readonly string[], out: CliOutput = { stdout:
       }
       throw new UsageError(`unknown command ${JSON.stringify(`${path.join(" ")} ${rest[0]}`)}`, `\`${path.join(" ")}\` takes: ${Object.keys(subs).join(", ")}`);
     }
-    parent = cmd;
     cmd = next;
     path.push(rest[0]!);
     rest = rest.slice(1);
   }
   if (rest.includes("--help") || rest.includes("-h")) {
-    out.stdout((await renderUsage(cmd as CommandDef, parent as CommandDef | undefined)) + "\n");
+    // citty names a command after its direct parent only; give it the whole path instead.
+    const parentPath: CommandDef | undefined = path.length > 1 ? { meta: { name: path.slice(0, -1).join(" ") } } : undefined;
+    const usage = await renderUsage(cmd as CommandDef, parentPath);
+    // Colours only for a person at a terminal, not for pipes, files or tests.
+    out.stdout((process.stdout.isTTY ? usage : usage.replace(/\x1b\[[0-9;]*m/g, "")) + "\n");
     return 0;
   }
   const name = path.join(" ");
