@@ -3,8 +3,8 @@
 //   RuntimeError → exit 1: the request was well formed but could not be carried out.
 // Anything else is an unexpected failure and also exits 1, with its cause chain logged.
 
-export class UsageError extends Error {
-  override readonly name = "UsageError";
+/** An error meant for a person: a short message and, where there is one, the fix. */
+abstract class HintedError extends Error {
   readonly hint: string | undefined;
   constructor(message: string, hint?: string, options?: ErrorOptions) {
     super(message, options);
@@ -12,13 +12,12 @@ export class UsageError extends Error {
   }
 }
 
-export class RuntimeError extends Error {
+export class UsageError extends HintedError {
+  override readonly name = "UsageError";
+}
+
+export class RuntimeError extends HintedError {
   override readonly name = "RuntimeError";
-  readonly hint: string | undefined;
-  constructor(message: string, hint?: string, options?: ErrorOptions) {
-    super(message, options);
-    this.hint = hint;
-  }
 }
 
 export const EXIT_OK = 0;
