@@ -2,8 +2,10 @@
 // Daemons log to stderr, one line per event:
 //   - a JSON object per line with --json-logs (time, level, tag, msg, and fields), for journald/logd;
 //   - a plain "time LEVEL [tag] message key=value" line when stderr is not a terminal;
-//   - consola's fancy reporter on a terminal.
-import { createConsola, LogLevels, type ConsolaInstance, type ConsolaReporter, type LogObject } from "consola";
+//   - the same plain line with a coloured level on a terminal.
+// consola/core is used rather than the package root: the root pulls in the fancy
+// reporter and its dependencies, which cost ~30 ms at every start of every command.
+import { createConsola, LogLevels, type ConsolaInstance, type ConsolaReporter, type LogObject } from "consola/core";
 import { format } from "node:util";
 
 export const LOG_LEVELS = ["silent", "error", "warn", "info", "debug", "trace"] as const;
@@ -65,7 +67,9 @@ export function jsonReporter(write: (line: string) => void): ConsolaReporter {
   };
 }
 
-export function plainReporter(write: (line: string) => void): ConsolaReporter {
+const LEVEL_COLOUR: Record<string, string> = { fatal: "31", error: "31", warn: "33", info: "36", success: "32", debug: "90", trace: "90" };
+
+export function plainReporter(write: (line: string) => void, colour = false): ConsolaReporter {
   return {
     log(obj: LogObject) {
       const { msg, fields } = messageAndFields(obj.args);
@@ -73,7 +77,9 @@ export function plainReporter(write: (line: string) => void): ConsolaReporter {
         .map(([k, v]) => `${k}=${typeof v === "string" && !/\s/.test(v) ? v : JSON.stringify(v)}`)
         .join(" ");
       const tag = obj.tag ? ` [${obj.tag}]` : "";
-      write(`${obj.date.toISOString()} ${obj.type.toUpperCase()}${tag} ${msg}${kv ? " " + kv : ""}\n`);
+      const level = obj.type.toUpperCase();
+      const shown = colour ? `\x1b[${LEVEL_COLOUR[obj.type] ?? "0"}m${level}\x1b[0m` : level;
+      write(`${obj.date.toISOString()} ${shown}${tag} ${msg}${kv ? " " + kv : ""}\n`);
     },
   };
 }
@@ -83,10 +89,7 @@ export function createLogger(opts: LogOptions = {}): Logger {
   const tty = opts.tty ?? Boolean(process.stderr.isTTY);
   const level = LEVEL_NUMBER[opts.level ?? "info"];
   if (opts.json) return createConsola({ level, reporters: [jsonReporter(write)] });
-  if (!tty || opts.write) return createConsola({ level, reporters: [plainReporter(write)] });
-  // Fancy output on a terminal, but on stderr: stdout belongs to command results.
-  const fancy = { level, fancy: true, stdout: process.stderr, stderr: process.stderr } as Parameters<typeof createConsola>[0];
-  return createConsola(fancy);
+  return createConsola({ level, reporters: [plainReporter(write, tty && !opts.write && !process.env.NO_COLOR)] });
 }
 
 let root: Logger | undefined;

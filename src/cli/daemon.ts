@@ -3,7 +3,6 @@
 import { requireForRole, type Role } from "../config.ts";
 import { UsageError } from "../errors.ts";
 import { configureLogging } from "../log.ts";
-import { loadBundle } from "../pki.ts";
 import { Daemon, runUntilSignal } from "../roles/daemon.ts";
 import { bakedRole } from "../version.ts";
 import { defineAgentCommand } from "./args.ts";
@@ -21,6 +20,7 @@ export const daemonCommand = defineAgentCommand({
     }
     requireForRole(cfg, role);
     const log = configureLogging({ level: cfg.log_level, json: cfg.json_logs });
+    const { loadBundle } = await import("../pki.ts"); // node-forge: loaded only when a daemon starts
     const bundle = await loadBundle(cfg.bundle!);
     if (bundle.role !== role) {
       throw new UsageError(

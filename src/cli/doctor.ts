@@ -7,13 +7,13 @@ import { EXIT_OK, EXIT_RUNTIME } from "../errors.ts";
 import { defineAgentCommand, flag, str } from "./args.ts";
 import { configFromArgs } from "./common.ts";
 
+// Exit 0 when every required check for the chosen role(s) passes, 1 when one is missing;
+// optional features (AP fallback, cellular, conntrack) never fail it. Creates the state
+// dir (mode 0700) if it does not exist, as the daemon would.
 export const doctorCommand = defineAgentCommand({
   meta: {
     name: "doctor",
-    description:
-      "Check what each role needs on this host (TUN, capabilities, ip, iptables/nft, hostapd, dnsmasq, state dir...) and print a fix for each missing piece. " +
-      "Exit 0 when every required check for the chosen role(s) passes, 1 when one is missing; optional features never fail it. " +
-      "Creates the state dir (mode 0700) if it does not exist.",
+    description: "Check what each role needs on this host and print the fix for each missing piece (exit 1 if a required one is missing)",
   },
   args: {
     role: { type: "enum", options: ["all", "relay", "onsite", "master"], default: "all", description: "check only what this role needs" },

@@ -6,9 +6,6 @@ import { UsageError } from "../errors.ts";
 import { versionInfo, versionText, VERSION } from "../version.ts";
 import { parseStrict, type AgentCommand } from "./args.ts";
 import { daemonCommand } from "./daemon.ts";
-import { doctorCommand } from "./doctor.ts";
-import { pkiCommand } from "./pki.ts";
-import { statusCommand } from "./status.ts";
 
 const versionCommand: AgentCommand = {
   meta: { name: "version", description: "Print version, git commit, build target and Bun version" },
@@ -21,10 +18,12 @@ const versionCommand: AgentCommand = {
 export const rootCommand: AgentCommand = {
   ...daemonCommand,
   meta: { name: "agent", version: VERSION, description: "Edge remote-access agent: relay, onsite and master roles in one executable" },
+  // Loaded on use: node-forge alone costs ~40 ms of start-up, which every `agent status`
+  // on a Raspberry Pi would otherwise pay several times over.
   subCommands: {
-    status: statusCommand,
-    doctor: doctorCommand,
-    pki: pkiCommand,
+    status: () => import("./status.ts").then((m) => m.statusCommand),
+    doctor: () => import("./doctor.ts").then((m) => m.doctorCommand),
+    pki: () => import("./pki.ts").then((m) => m.pkiCommand),
     version: versionCommand,
   },
 };
@@ -43,8 +42,9 @@ export async function runCli(argv: readonly string[], out: CliOutput = { stdout:
   const path: string[] = ["agent"];
   let rest = [...argv];
   while (cmd.subCommands && rest.length > 0 && !rest[0]!.startsWith("-")) {
-    const subs = cmd.subCommands as Record<string, AgentCommand>;
-    const next = subs[rest[0]!];
+    const subs = cmd.subCommands as Record<string, AgentCommand | (() => Promise<AgentCommand>)>;
+    const entry = Object.hasOwn(subs, rest[0]!) ? subs[rest[0]!] : undefined;
+    const next = typeof entry === "function" ? await entry() : entry;
     if (!next) {
       if (cmd === rootCommand) {
         throw new UsageError(`unknown command ${JSON.stringify(rest[0])}`, `commands: ${Object.keys(subs).join(", ")}; to run a daemon: agent --role relay|onsite|master`);
