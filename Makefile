@@ -14,6 +14,8 @@ deps: $(STAMP)
 
 $(STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund
+	@# Bun's postinstall links the platform binary; run it by hand if npm skipped scripts.
+	$(BUN) --version >/dev/null 2>&1 || (cd node_modules/bun && node install.js)
 	touch $@
 
 typecheck: $(STAMP)

@@ -7,6 +7,7 @@ packages=(
   ca-certificates git make curl openssl   # build, PKI checks, demo
   qemu-user-static libc6-arm64-cross      # run the arm64 release executable in tests
   iproute2 iptables nftables kmod         # what `agent doctor` looks for on an onsite device
+  busybox                                 # OpenWRT's shell (ash), to check the procd init script
 )
 
 missing=()

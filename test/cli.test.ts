@@ -91,10 +91,10 @@ describe("daemon lifecycle", () => {
   }
 
   test.each([
-    ["relay", ["--listen", "127.0.0.1:4433"], "SIGTERM"],
-    ["onsite", ["--relay", "127.0.0.1:4433", "--location", "Royal Champagne"], "SIGINT"],
-    ["master", ["--relay", "127.0.0.1:4433"], "SIGTERM"],
-  ] as const)("%s: status over the control socket, clean stop on %s", async (role, extra, signal) => {
+    { role: "relay", extra: ["--listen", "127.0.0.1:4433"], signal: "SIGTERM" },
+    { role: "onsite", extra: ["--relay", "127.0.0.1:4433", "--location", "Royal Champagne"], signal: "SIGINT" },
+    { role: "master", extra: ["--relay", "127.0.0.1:4433"], signal: "SIGTERM" },
+  ] as const)("$role: status over the control socket, clean stop on $signal", async ({ role, extra, signal }) => {
     const sock = join(tmp.path, `${role}.sock`);
     const p = await startDaemon(["--role", role, "--bundle", bundles[role]!, ...extra, "--json-logs"], sock);
     try {
