@@ -17,4 +17,4 @@ async function main(): Promise<number> {
   }
 }
 
-process.exit(await main());
+void main().then((code) => process.exit(code));

@@ -154,6 +154,7 @@ describe("build matrix", () => {
     // Identifiers stay: stack traces and constructor names must read like the source.
     expect(argv.filter((a) => a === "--minify" || a === "--minify-identifiers")).toEqual([]);
     expect(argv).toContain("--sourcemap=linked");
+    expect(argv).toContain("--bytecode");
     expect(argv).toContain("--no-compile-autoload-bunfig");
     expect(argv).toContain("--no-compile-autoload-dotenv");
     expect(argv).toContain(`--outfile=${join("dist", "agent-onsite-linux-arm64")}`);
