@@ -1,10 +1,12 @@
 # Everything runs with the project's own Bun (node_modules/.bin/bun, pinned in
 # package.json and package-lock.json); nothing is installed globally.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
 BUN := node_modules/.bin/bun
 TSC := node_modules/.bin/tsc
 STAMP := node_modules/.stamp
 
-.PHONY: all deps test unit typecheck release release-check demo clean
+.PHONY: all deps test typecheck release release-check demo clean
 
 all: test
 
@@ -24,10 +26,8 @@ typecheck: $(STAMP)
 # The whole suite: type check, unit tests, CLI and PKI tests against the real program,
 # and the arm64 release executable under qemu-user.
 test: deps typecheck
-	$(BUN) test
-
-unit: $(STAMP)
-	$(BUN) test test/*.test.ts
+	$(BUN) test 2>&1 | tee .test.log
+	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} END{printf "tests: %d passed, %d failed\n", p, f}' .test.log
 
 # All 16 executables (4 targets x generic/onsite/master/relay), SHA256SUMS and SIZES.txt
 # into dist/; `make release-linux-arm64` builds one target.

@@ -6,7 +6,7 @@
 // the connection closed. Handlers are registered per command by the role that owns them.
 import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
-import type { Socket, UnixSocketListener } from "bun";
+import type { UnixSocketListener } from "bun";
 import { RuntimeError, UsageError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 
@@ -103,7 +103,8 @@ export class ControlServer {
             if (line.trim() === "") continue;
             s.data.chain = s.data.chain.then(async () => {
               const res = await self.dispatch(line);
-              writeAll(s, JSON.stringify(res) + "\n");
+              // Answers are small; Bun buffers whatever the kernel does not take at once.
+              s.write(JSON.stringify(res) + "\n");
             });
           }
         },
@@ -127,11 +128,6 @@ export class ControlServer {
       // already gone
     }
   }
-}
-
-function writeAll(s: Socket<ConnState>, text: string): void {
-  // Responses are small; Bun buffers what the kernel does not take at once.
-  s.write(text);
 }
 
 async function isAlive(path: string): Promise<boolean> {

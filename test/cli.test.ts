@@ -131,6 +131,8 @@ describe("daemon lifecycle", () => {
       p.kill("SIGTERM");
       await p.exited;
     }
+    // log_level = "warn" from the file: the info lines of start and stop are not written.
+    expect(await new Response(p.stderr).text()).not.toContain("INFO");
   });
 
   test("a second daemon on the same socket is refused with exit 1", async () => {
