@@ -3,13 +3,14 @@
 // impossible values are all collected and reported with where they came from (the file or
 // the flag), the key, and what was expected. Role-specific needs (a relay must listen, an
 // onsite device must know its relay) are checked by `requireForRole`.
-import { parseDuration } from "./duration.ts";
+import { formatDuration, parseDuration } from "./duration.ts";
 import { LOG_LEVELS, type LogLevel } from "./log.ts";
 import {
   parseAllowEntry,
   parseCidr,
   parseHostPort,
   parseIPv4,
+  maskOf,
   PRIVATE_RANGES,
   type AllowEntry,
   type Cidr,
@@ -153,18 +154,10 @@ const duration = (min: number, max: number, what = "a duration such as 10s, 30m 
   wrap(what, (s) => {
     const ms = parseDuration(s);
     if (ms < min || ms > max) {
-      throw new Error(`expected a duration between ${fmtMs(min)} and ${fmtMs(max)}, got ${JSON.stringify(s)}`);
+      throw new Error(`expected a duration between ${formatDuration(min)} and ${formatDuration(max)}, got ${JSON.stringify(s)}`);
     }
     return ms;
   });
-
-function fmtMs(ms: number): string {
-  if (ms % 86_400_000 === 0) return `${ms / 86_400_000}d`;
-  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
-  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
-}
 
 const hostPort = wrap("HOST:PORT such as relay.example.net:443", (s) => parseHostPort(s));
 
@@ -295,15 +288,9 @@ const AP: Schema = {
     const prefixText = s.slice(slash + 1);
     if (!/^(1[6-9]|2\d|30)$/.test(prefixText)) throw new Error(`expected a prefix length 16-30 for the AP subnet, got ${JSON.stringify(s)}`);
     const prefix = Number(prefixText);
-    const net = parseCidr(`${formatIp(host & (0xffffffff << (32 - prefix)))}/${prefix}`);
-    return { ...net, host };
+    return { network: (host & maskOf(prefix)) >>> 0, prefix, host };
   }),
 };
-
-function formatIp(n: number): string {
-  n >>>= 0;
-  return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".");
-}
 
 export function defaults(): Config {
   return {

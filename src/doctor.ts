@@ -16,6 +16,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, unlinkSync, w
 import { release } from "node:os";
 import { join } from "node:path";
 import { DEFAULT_STATE_DIR, ROLES, type Role } from "./config.ts";
+import { formatTable } from "./table.ts";
 
 // ---------------------------------------------------------------------------------------
 // Facts
@@ -525,9 +526,6 @@ export function formatReport(report: DoctorReport): string {
   const rows = report.checks.map((c) =>
     withRoles ? [c.check, c.roles.join(","), c.status, c.detail, c.fix] : [c.check, c.status, c.detail, c.fix],
   );
-  const table = [header, ...rows];
-  const widths = header.map((_, i) => Math.max(...table.map((r) => r[i]!.length)));
-  const lines = table.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ").trimEnd());
 
   const roleText = report.role === "all" ? ROLES.join(", ") : report.role;
   const missing = report.checks.filter((c) => c.required && c.status === "missing").map((c) => c.check);
@@ -542,5 +540,5 @@ export function formatReport(report: DoctorReport): string {
     : `FAIL: ${missing.length} required check${missing.length > 1 ? "s" : ""} missing for ${roleText} (${missing.join(", ")})${extras.length ? `; ${extras.join("; ")}` : ""}`;
 
   const hostLine = `host: ${h.os}, kernel ${h.kernel}, uid ${h.uid}${h.cap_eff ? `, CapEff ${h.cap_eff}` : ""}`;
-  return [hostLine, "", ...lines, "", summary].join("\n") + "\n";
+  return `${hostLine}\n\n${formatTable(header, rows)}\n${summary}\n`;
 }

@@ -8,12 +8,19 @@ declare const AGENT_BUILD_ROLE: string | undefined;
 
 export const VERSION: string = pkg.version;
 
+let devCommit: string | undefined;
+
 export function buildCommit(): string {
   if (typeof AGENT_BUILD_COMMIT === "string") return AGENT_BUILD_COMMIT;
+  // From source: ask git once per process, not at every `status` request.
+  return (devCommit ??= gitCommit());
+}
+
+function gitCommit(): string {
   try {
     const r = Bun.spawnSync(["git", "rev-parse", "--short=12", "HEAD"], { cwd: import.meta.dir, stderr: "ignore" });
     const out = r.stdout.toString().trim();
-    return r.exitCode === 0 && out ? `${out}` : "unknown";
+    return r.exitCode === 0 && out ? out : "unknown";
   } catch {
     return "unknown";
   }

@@ -2,6 +2,7 @@
 // calls src/pki.ts and prints results on stdout; never prints a private key.
 import { defineAgentCommand, flag, str, strs, type ParsedArgs } from "./args.ts";
 import { UsageError } from "../errors.ts";
+import { formatPairs, formatTable } from "../table.ts";
 import {
   certStatus,
   DEFAULT_CA_DAYS,
@@ -34,17 +35,6 @@ function required(args: ParsedArgs, name: string): string {
 
 function out(text: string): void {
   process.stdout.write(text.endsWith("\n") ? text : text + "\n");
-}
-
-/** Left-aligned columns, two spaces apart. */
-export function formatTable(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!)))
-      .join("  ")
-      .trimEnd();
-  return [line(header), ...rows.map(line)].join("\n") + "\n";
 }
 
 const init = defineAgentCommand({
@@ -216,10 +206,7 @@ const show = defineAgentCommand({
       }
       rows.push(["CA", `${r.caSubject} (until ${isoSeconds(r.caNotAfter)})`]);
       rows.push(["verified", r.verified ? "yes: signed by the bundle's CA" : "NO: not signed by the bundle's CA"]);
-      const width = Math.max(...rows.map(([k]) => k.length));
-      const lines = rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`);
-      for (const p of r.problems) lines.push(`problem: ${p}`);
-      out(lines.join("\n"));
+      out(formatPairs(rows) + r.problems.map((p) => `problem: ${p}\n`).join(""));
     }
     return r.problems.length > 0 || status !== "valid" ? 1 : 0;
   },

@@ -2,6 +2,7 @@
 import { controlRequest } from "../control.ts";
 import type { DaemonStatus } from "../roles/daemon.ts";
 import { formatDuration } from "../duration.ts";
+import { formatPairs } from "../table.ts";
 import { defineAgentCommand, flag } from "./args.ts";
 import { configArgs, configFromArgs } from "./common.ts";
 
@@ -24,8 +25,7 @@ export const statusCommand = defineAgentCommand({
       ["control", s.control],
       ["state dir", s.state_dir],
     ];
-    const w = Math.max(...rows.map(([k]) => k.length));
-    process.stdout.write(rows.map(([k, v]) => `${k.padEnd(w)}  ${v}`).join("\n") + "\n");
+    process.stdout.write(formatPairs(rows));
     return 0;
   },
 });
