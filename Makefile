@@ -6,7 +6,7 @@ BUN := node_modules/.bin/bun
 TSC := node_modules/.bin/tsc
 STAMP := node_modules/.stamp
 
-.PHONY: all deps test typecheck release release-check demo clean
+.PHONY: all deps test typecheck release release-check demo bench clean
 
 all: test
 
@@ -42,6 +42,11 @@ release-check:
 
 demo: deps
 	$(BUN) scripts/demo.ts
+
+# Benchmarks (bench/*.bench.ts; `make bench B=nat` runs the ones whose name starts so).
+# Each prints its figures as ratios to peers measured in the same run; tests never time.
+bench: deps
+	$(BUN) bench/index.ts $(B)
 
 clean:
 	rm -rf dist

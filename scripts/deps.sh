@@ -7,7 +7,13 @@ packages=(
   ca-certificates git make curl openssl   # build, PKI checks, demo
   qemu-user-static libc6-arm64-cross      # run the arm64 release executable in tests
   iproute2 iptables nftables kmod         # what `agent doctor` looks for on an onsite device
-  busybox                                 # OpenWRT's shell (ash), to check the procd init script
+  busybox                                 # OpenWRT's shell (ash), to check the procd init script; udhcpc
+  openssh-server openssh-client           # ssh through a forward (tests), ssh -R/-L peer (bench)
+  iperf3 stunnel4 socat                   # throughput tests; the stunnel+socat relay peer (bench)
+  conntrack                               # NAT: cutting flows of expired rules
+  dnsmasq-base hostapd wpasupplicant      # access-point fallback and Wi-Fi client
+  isc-dhcp-client                         # DHCP client in AP tests
+  hyperfine                               # start-up benchmark
 )
 
 missing=()
