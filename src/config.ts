@@ -89,6 +89,14 @@ export interface Config {
   uplink: UplinkConfig[];
   tracking: TrackingConfig;
   ap: ApConfig;
+  /** Relay: which masters may open sessions to which onsite devices; empty = every master
+   * of the fleet may reach every onsite device. */
+  access: AccessRule[];
+}
+
+export interface AccessRule {
+  masters: string[];
+  onsites: string[];
 }
 
 /** A value failed its check; the message reads after "KEY: ". */
@@ -160,6 +168,10 @@ const duration = (min: number, max: number, what = "a duration such as 10s, 30m 
   });
 
 const hostPort = wrap("HOST:PORT such as relay.example.net:443", (s) => parseHostPort(s));
+/** A listening address: port 0 lets the system choose (`agent status` then shows the port). */
+const listenHostPort = wrap("HOST:PORT such as 0.0.0.0:443 (port 0: chosen by the system)", (s) => parseHostPort(s, "HOST:PORT", true));
+
+
 
 const proxyUrl = wrap("an http://[user:pass@]host:port proxy URL", (s) => {
   let u: URL;
@@ -226,14 +238,14 @@ const TOP: Schema = {
   role: oneOf(ROLES),
   bundle: nonEmpty("a path to a bundle file"),
   relay: hostPort,
-  listen: hostPort,
+  listen: listenHostPort,
   proxy: proxyUrl,
   revocations: nonEmpty("a path to a revocation list"),
   location: str("a location label (up to 128 characters)", (s) =>
     s.length > 128 || /[\0-\x1f]/.test(s) ? `expected a location label up to 128 characters without control characters, got ${got(s)}` : undefined,
   ),
   hostname: str("a host name", (s) => (/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/.test(s) ? undefined : `expected a host name, got ${got(s)}`)),
-  gui: hostPort,
+  gui: listenHostPort,
   allow: list(wrap("CIDR[:PORTS]", parseAllowEntry), 'a list of "CIDR[:PORTS]" strings such as ["192.168.1.0/24", "10.0.0.5/32:22,80"]'),
   control: nonEmpty("a path to a unix socket"),
   state_dir: nonEmpty("a directory path"),
@@ -258,6 +270,17 @@ const UPLINK: Schema = {
   apn: nonEmpty("an APN name"),
   metered: bool,
   keepalive: duration(1000, 3_600_000),
+};
+
+/** Device ids or glob patterns ("site-*") naming who an [[access]] rule covers. */
+const idPatterns = list(
+  str("a device id or pattern", (s) => (/^[a-z0-9*][a-z0-9._*-]{0,62}$/.test(s) ? undefined : `expected a device id or a pattern with * such as "site-*", got ${got(s)}`)),
+  'a list of device ids or patterns such as ["tech-*"]',
+);
+
+const ACCESS: Schema = {
+  masters: idPatterns,
+  onsites: idPatterns,
 };
 
 const TRACKING: Schema = {
@@ -301,6 +324,7 @@ export function defaults(): Config {
     json_logs: false,
     nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, allow_any_source: false, keep_on_stop: false },
     uplink: [],
+    access: [],
     tracking: { targets: [], interval: 1000, timeout: 1000, down: 3, up: 5 },
     ap: {
       interface: "wlan0",
@@ -381,6 +405,22 @@ export function resolveConfig(sources: ConfigSource[]): Config {
         });
         cfg.uplink = uplinks;
         originOf.set("uplink", origin);
+      } else if (k === "access") {
+        if (!Array.isArray(v) || !v.every(isTable)) {
+          problems.push({ origin, key: k, message: `expected an array of tables ([[access]] with masters and onsites), got ${got(v)}` });
+          continue;
+        }
+        const rules: AccessRule[] = [];
+        v.forEach((t, i) => {
+          const r: Record<string, unknown> = {};
+          const before = problems.length;
+          applyTable(ACCESS, t, r, `access[${i}].`, origin);
+          for (const req of ["masters", "onsites"]) {
+            if (!(req in t)) problems.push({ origin, key: `access[${i}].${req}`, message: 'missing; every [[access]] needs masters and onsites, e.g. masters = ["tech-*"], onsites = ["site-*"]' });
+          }
+          if (problems.length === before) rules.push(r as unknown as AccessRule);
+        });
+        cfg.access = rules;
       } else {
         applyTable(TOP, { [k]: v }, cfg, "", origin);
       }

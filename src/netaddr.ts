@@ -99,7 +99,7 @@ export interface HostPort {
 }
 
 /** "host:port", "1.2.3.4:443" or "[::1]:443". Hosts are names or literals, never resolved here. */
-export function parseHostPort(text: string, what = "HOST:PORT"): HostPort {
+export function parseHostPort(text: string, what = "HOST:PORT", allowZero = false): HostPort {
   const bad = () => new Error(`expected ${what} such as relay.example.net:443, got ${JSON.stringify(text)}`);
   if (typeof text !== "string") throw bad();
   let host: string;
@@ -119,6 +119,8 @@ export function parseHostPort(text: string, what = "HOST:PORT"): HostPort {
     if (looksNumeric) parseIPv4(host);
     else if (!isHostname(host)) throw bad();
   }
+  // Port 0 on a listening address means "let the system choose" (tests, the demo).
+  if (allowZero && portText === "0") return { host, port: 0 };
   return { host, port: parsePort(portText) };
 }
 

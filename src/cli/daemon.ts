@@ -37,6 +37,17 @@ export const daemonCommand = defineAgentCommand({
       log.warn(`certificate in ${cfg.bundle} is valid only from ${bundle.notBefore.toISOString()}; is this clock right?`, { now: new Date(now).toISOString() });
     }
     const daemon = new Daemon({ role, id: bundle.id }, cfg, log.withTag(role));
+    const rlog = log.withTag(role);
+    if (role === "relay") {
+      const { RelayRole } = await import("../roles/relay.ts");
+      daemon.add(new RelayRole(cfg, bundle, rlog, daemon.control));
+    } else if (role === "onsite") {
+      const { OnsiteRole } = await import("../roles/onsite.ts");
+      daemon.add(new OnsiteRole(cfg, bundle, rlog, daemon.control));
+    } else {
+      const { MasterRole } = await import("../roles/master.ts");
+      daemon.add(new MasterRole(cfg, bundle, rlog, daemon.control));
+    }
     return runUntilSignal(daemon);
   },
 });

@@ -24,6 +24,10 @@ export const rootCommand: AgentCommand = {
     status: () => import("./status.ts").then((m) => m.statusCommand),
     doctor: () => import("./doctor.ts").then((m) => m.doctorCommand),
     pki: () => import("./pki.ts").then((m) => m.pkiCommand),
+    devices: () => import("./sessions.ts").then((m) => m.devicesCommand),
+    connect: () => import("./sessions.ts").then((m) => m.connectCommand),
+    sessions: () => import("./sessions.ts").then((m) => m.sessionsCommand),
+    disconnect: () => import("./sessions.ts").then((m) => m.disconnectCommand),
     version: versionCommand,
   },
 };

@@ -1,0 +1,143 @@
+// `agent devices`, `agent connect`, `agent sessions`, `agent disconnect`: clients of the
+// daemon's control socket (master; `devices` and `sessions` also on the relay).
+import { controlRequest } from "../control.ts";
+import { formatDuration, parseDuration } from "../duration.ts";
+import { UsageError } from "../errors.ts";
+import { formatTable } from "../table.ts";
+import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
+import type { SessionView } from "../tunnel/forward.ts";
+import { parseForward } from "../tunnel/forward.ts";
+import { defineAgentCommand, flag, str, strs } from "./args.ts";
+import { configArgs, configFromArgs } from "./common.ts";
+
+const json = { type: "boolean", description: "print JSON" } as const;
+
+function ago(iso: string, now = Date.now()): string {
+  const ms = now - Date.parse(iso);
+  return ms < 1000 ? "just now" : `${formatDuration(Math.floor(ms / 1000) * 1000)} ago`;
+}
+
+function left(iso: string | null, now = Date.now()): string {
+  if (!iso) return "no TTL";
+  const ms = Date.parse(iso) - now;
+  return ms <= 0 ? "expired" : `${formatDuration(Math.ceil(ms / 1000) * 1000)} left`;
+}
+
+export function formatDevices(list: DeviceInfo[], now = Date.now()): string {
+  if (list.length === 0) return "no onsite devices have connected to the relay yet\n";
+  return formatTable(
+    ["ID", "STATE", "LOCATION", "HOSTNAME", "ADDRESS", "UPLINK", "UPTIME", "LAST SEEN", "VERSION"],
+    list.map((d) => [
+      d.id,
+      d.online ? "online" : "offline",
+      d.location || "-",
+      d.hostname || "-",
+      d.address,
+      d.uplink || "-",
+      d.online ? formatDuration(d.uptime * 1000) : "-",
+      d.online ? "now" : ago(d.last_seen, now),
+      d.agent || "-",
+    ]),
+  );
+}
+
+export const devicesCommand = defineAgentCommand({
+  meta: { name: "devices", description: "List the onsite devices the relay knows (master, or on the relay itself)" },
+  args: { ...configArgs, json },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const list = (await controlRequest(cfg.control, "devices", {}, 20_000)) as DeviceInfo[];
+    process.stdout.write(flag(args, "json") ? JSON.stringify(list, null, 2) + "\n" : formatDevices(list));
+    return 0;
+  },
+});
+
+export const connectCommand = defineAgentCommand({
+  meta: { name: "connect", description: "Open a session to an onsite device with local port forwards (master)" },
+  args: {
+    ...configArgs,
+    id: { type: "positional", valueHint: "id", description: "onsite device id (see `agent devices`)" },
+    forward: { type: "string", valueHint: "[bind:]lport:host:port", description: "listen on BIND:LPORT (default bind 127.0.0.1; port 0: any) and carry each connection to HOST:PORT behind the device (repeatable)" },
+    ttl: { type: "string", valueHint: "duration", description: "end the session after this long, e.g. 30m" },
+    json,
+  },
+  repeatable: ["forward"],
+  async exec(args) {
+    const forwards = strs(args, "forward");
+    if (forwards.length === 0) throw new UsageError("agent connect needs at least one --forward [BIND:]LPORT:HOST:PORT", "e.g. agent connect site-1 --forward 8080:192.168.1.50:80");
+    for (const f of forwards) {
+      try {
+        parseForward(f);
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+    }
+    let ttl: number | undefined;
+    const ttlText = str(args, "ttl");
+    if (ttlText !== undefined) {
+      try {
+        ttl = parseDuration(ttlText);
+      } catch (e) {
+        throw new UsageError(`--ttl: ${(e as Error).message}`);
+      }
+      if (ttl < 1000) throw new UsageError("--ttl: at least 1s");
+    }
+    const cfg = await configFromArgs(args);
+    const s = (await controlRequest(cfg.control, "connect", { onsite: str(args, "id"), forwards, ttl }, 30_000)) as SessionView;
+    if (flag(args, "json")) {
+      process.stdout.write(JSON.stringify(s, null, 2) + "\n");
+      return 0;
+    }
+    const lines = [`session ${s.session} to ${s.onsite} (${left(s.expires)})`];
+    for (const f of s.forwards) lines.push(`  ${f.bind}:${f.port} → ${f.target}`);
+    lines.push(`end it with: agent disconnect ${s.session}`);
+    process.stdout.write(lines.join("\n") + "\n");
+    return 0;
+  },
+});
+
+export const sessionsCommand = defineAgentCommand({
+  meta: { name: "sessions", description: "List sessions (master: its own with forwards; relay: all; onsite: those it serves)" },
+  args: { ...configArgs, json },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const list = (await controlRequest(cfg.control, "sessions")) as (SessionView | SessionInfo | Record<string, unknown>)[];
+    if (flag(args, "json")) {
+      process.stdout.write(JSON.stringify(list, null, 2) + "\n");
+      return 0;
+    }
+    if (list.length === 0) {
+      process.stdout.write("no sessions\n");
+      return 0;
+    }
+    if ("forwards" in list[0]!) {
+      const rows = (list as SessionView[]).map((s) => [
+        s.session,
+        s.onsite,
+        s.state,
+        s.forwards.map((f) => `${f.bind}:${f.port}→${f.target}`).join(" "),
+        s.state === "closed" ? "-" : left(s.expires),
+        s.reason,
+      ]);
+      process.stdout.write(formatTable(["SESSION", "DEVICE", "STATE", "FORWARDS", "TTL", "NOTE"], rows));
+    } else if ("master" in list[0]! && "onsite" in list[0]!) {
+      const rows = (list as SessionInfo[]).map((s) => [s.session, s.master, s.onsite, s.targets.join(" "), ago(s.opened), left(s.expires)]);
+      process.stdout.write(formatTable(["SESSION", "MASTER", "ONSITE", "TARGETS", "OPENED", "TTL"], rows));
+    } else {
+      const rows = (list as Record<string, unknown>[]).map((s) => [String(s.session), String(s.master), (s.targets as string[]).join(" "), String(s.streams)]);
+      process.stdout.write(formatTable(["SESSION", "MASTER", "TARGETS", "STREAMS"], rows));
+    }
+    return 0;
+  },
+});
+
+export const disconnectCommand = defineAgentCommand({
+  meta: { name: "disconnect", description: "End a session and close its forwards (master)" },
+  args: { ...configArgs, session: { type: "positional", valueHint: "session", description: "session id (see `agent sessions`)" }, json },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const s = (await controlRequest(cfg.control, "disconnect", { session: str(args, "session") })) as SessionView;
+    process.stdout.write(flag(args, "json") ? JSON.stringify(s, null, 2) + "\n" : `session ${s.session} to ${s.onsite} closed\n`);
+    return 0;
+  },
+});

@@ -1,0 +1,67 @@
+// The master role: stays connected to the relay, lists onsite devices, opens sessions with
+// local port forwards (`agent connect`), lists and ends them.
+import type { Config } from "../config.ts";
+import type { ControlServer } from "../control.ts";
+import { UsageError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import type { Bundle } from "../pki.ts";
+import type { RelayClient } from "../transport/client.ts";
+import { ErrorCode, Msg } from "../transport/messages.ts";
+import { RemoteError } from "../transport/mux.ts";
+import { MasterSessions, parseForward, type ForwardSpec } from "../tunnel/forward.ts";
+import type { Component } from "./daemon.ts";
+import { relayClientFor } from "./device.ts";
+
+export class MasterRole implements Component {
+  readonly name = "master";
+  readonly client: RelayClient;
+  readonly sessions: MasterSessions;
+
+  constructor(cfg: Config, bundle: Bundle, log: Logger, control: ControlServer) {
+    this.sessions = new MasterSessions({
+      log: log.withTag("sessions"),
+      relay: () => this.client.connection,
+      relayState: () => `${this.client.state}${this.client.lastError ? `: ${this.client.lastError}` : ""}`,
+    });
+    this.client = relayClientFor(cfg, bundle, log, "master", {
+      setup: (conn) => this.sessions.setup(conn),
+      onUp: () => this.sessions.relayUp(),
+      onDown: (why) => this.sessions.relayDown(why.message),
+    });
+    control.handle("devices", async () => {
+      const conn = this.client.connection;
+      if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.client.state}${this.client.lastError ? `: ${this.client.lastError}` : ""})`);
+      return conn.request(Msg.DEVICES, {});
+    });
+    control.handle("connect", (args) => {
+      const onsite = args.onsite;
+      if (typeof onsite !== "string" || !onsite) throw new UsageError("connect: missing device id");
+      const forwards = Array.isArray(args.forwards) ? args.forwards : [];
+      if (forwards.length === 0) throw new UsageError("connect: give at least one --forward [BIND:]LPORT:HOST:PORT");
+      let specs: ForwardSpec[];
+      try {
+        specs = forwards.map((f) => parseForward(String(f)));
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+      const ttl = typeof args.ttl === "number" ? args.ttl : null;
+      return this.sessions.connect(onsite, specs, ttl);
+    });
+    control.handle("sessions", () => this.sessions.list());
+    control.handle("disconnect", (args) => this.sessions.disconnect(String(args.session ?? "")));
+  }
+
+  start(): void {
+    this.client.start();
+  }
+
+  status(): Record<string, unknown> {
+    const list = this.sessions.list();
+    return { ...this.client.status(), sessions: list.filter((s) => s.state !== "closed").length };
+  }
+
+  async close(): Promise<void> {
+    this.sessions.close();
+    await this.client.close();
+  }
+}

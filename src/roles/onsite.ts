@@ -1,0 +1,77 @@
+// The onsite role: stays connected to the relay, reports its inventory, serves the streams of
+// sessions towards LAN targets its allow list permits.
+import { hostname, uptime } from "node:os";
+import type { Config } from "../config.ts";
+import type { ControlServer } from "../control.ts";
+import type { Logger } from "../log.ts";
+import type { Bundle } from "../pki.ts";
+import type { RelayClient } from "../transport/client.ts";
+import { Msg } from "../transport/messages.ts";
+import type { Connection } from "../transport/mux.ts";
+import { SessionServer } from "../tunnel/serve.ts";
+import { VERSION } from "../version.ts";
+import type { Component } from "./daemon.ts";
+import { relayClientFor } from "./device.ts";
+
+/** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
+const INVENTORY_REFRESH_MS = 60_000;
+
+export class OnsiteRole implements Component {
+  readonly name = "onsite";
+  readonly client: RelayClient;
+  readonly sessions: SessionServer;
+  /** The active uplink's name; the uplink manager sets it. */
+  uplink = "";
+  private refresh: ReturnType<typeof setInterval> | null = null;
+  /** Extra request handlers on the relay connection (NAT requests), set by other parts. */
+  extraSetup: ((conn: Connection) => void)[] = [];
+
+  constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control: ControlServer) {
+    this.sessions = new SessionServer({
+      id: bundle.id,
+      allow: () => this.cfg.allow,
+      log: log.withTag("sessions"),
+      extra: (conn) => this.extraSetup.forEach((f) => f(conn)),
+    });
+    this.client = relayClientFor(cfg, bundle, log, "onsite", {
+      setup: (conn) => this.sessions.setup(conn),
+      onStream: (s) => this.sessions.serve(s),
+      onUp: (conn) => this.sendInventory(conn),
+    });
+    control.handle("sessions", () => [...this.sessions.sessions.entries()].map(([session, s]) => ({ session, master: s.master, targets: s.targets, opened: new Date(s.opened).toISOString(), streams: s.streams })));
+    control.handle("redial", (args) => {
+      this.client.redial(typeof args.reason === "string" ? args.reason : "asked over the control socket");
+      return {};
+    });
+  }
+
+  /** The uplink changed: tell the relay, and dial again over the new path at once. */
+  uplinkChanged(name: string, reason: string): void {
+    this.uplink = name;
+    this.client.redial(`uplink changed to ${name || "none"}: ${reason}`);
+  }
+
+  sendInventory(conn: Connection | null = this.client.connection): void {
+    conn?.send(Msg.INVENTORY, {
+      hostname: this.cfg.hostname ?? hostname(),
+      location: this.cfg.location ?? "",
+      agent: VERSION,
+      uptime: Math.floor(uptime()),
+      uplink: this.uplink,
+    });
+  }
+
+  start(): void {
+    this.client.start();
+    this.refresh = setInterval(() => this.sendInventory(), INVENTORY_REFRESH_MS);
+  }
+
+  status(): Record<string, unknown> {
+    return { ...this.client.status(), sessions: this.sessions.sessions.size, streams_served: this.sessions.streamsServed };
+  }
+
+  async close(): Promise<void> {
+    if (this.refresh) clearInterval(this.refresh);
+    await this.client.close();
+  }
+}

@@ -1,0 +1,135 @@
+// The relay role: TLS listener + RelayServer + revocation list (reloaded on SIGHUP and when
+// the file changes) + the audit log of refusals + `agent devices` / `agent sessions` on the
+// relay's own control socket.
+import { appendFileSync, renameSync, statSync } from "node:fs";
+import { join } from "node:path";
+import type { TCPSocketListener } from "bun";
+import type { Config } from "../config.ts";
+import type { ControlServer } from "../control.ts";
+import type { Logger } from "../log.ts";
+import { formatHostPort } from "../netaddr.ts";
+import { isRevoked, loadRevocations, parseRevocations, REVOCATIONS_HEADER, type Bundle, type RevocationList } from "../pki.ts";
+import { listenTls } from "../transport/tls.ts";
+import { Limits } from "../transport/policy.ts";
+import { RelayServer, type Refusal } from "../tunnel/relay.ts";
+import type { Component } from "./daemon.ts";
+
+const REVOCATION_POLL_MS = 1_000;
+const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
+
+export class RelayRole implements Component {
+  readonly name = "relay";
+  readonly server: RelayServer;
+  private listener: TCPSocketListener<unknown> | null = null;
+  private revocations: RevocationList = parseRevocations(REVOCATIONS_HEADER + "\n");
+  private revocationsStamp = "";
+  private poll: ReturnType<typeof setInterval> | null = null;
+  private readonly unauth = new Map<string, number>();
+  private unauthTotal = 0;
+  private readonly auditFile: string;
+
+  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control: ControlServer) {
+    this.auditFile = join(cfg.state_dir, "refusals.log");
+    this.server = new RelayServer({
+      id: bundle.id,
+      log: log,
+      access: () => this.cfg.access,
+      onRefusal: (r) => this.audit(r),
+    });
+    control.handle("devices", () => this.server.deviceList());
+    control.handle("sessions", () => this.server.sessionList());
+    control.handle("refusals", () => this.server.refusals.slice(-100));
+  }
+
+  async start(): Promise<void> {
+    await this.reloadRevocations(true);
+    const listen = this.cfg.listen!;
+    try {
+      this.listener = listenTls({
+        hostname: listen.host,
+        port: listen.port,
+        tls: this.bundle,
+        trust: () => ({ revocations: this.revocations, roles: ["onsite", "master"] }),
+        accept: ({ link, verdict }) => this.server.accept(link, verdict),
+        refuse: (r) => this.server.refusedAtTls(r.address, r.presented, r.reason),
+        admit: (source) => this.admit(source),
+        release: (source) => this.release(source),
+      }) as TCPSocketListener<unknown>;
+    } catch (e) {
+      throw new Error(`cannot listen on ${formatHostPort(listen)}: ${(e as Error).message}`, { cause: e });
+    }
+    this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}`);
+    if (this.cfg.revocations) this.poll = setInterval(() => void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`)), REVOCATION_POLL_MS);
+  }
+
+  /** SIGHUP */
+  async reload(): Promise<void> {
+    await this.reloadRevocations(true);
+  }
+
+  private async reloadRevocations(force: boolean): Promise<void> {
+    const file = this.cfg.revocations;
+    if (!file) return;
+    let stamp: string;
+    try {
+      const st = statSync(file);
+      stamp = `${st.mtimeMs}:${st.size}:${st.ino}`;
+    } catch (e) {
+      throw new Error(`cannot read revocation list ${file}: ${(e as Error).message}`, { cause: e });
+    }
+    if (!force && stamp === this.revocationsStamp) return;
+    const list = await loadRevocations(file);
+    this.revocations = list;
+    this.revocationsStamp = stamp;
+    const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
+    this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
+  }
+
+  private admit(source: string): boolean {
+    const n = this.unauth.get(source) ?? 0;
+    if (this.unauthTotal >= Limits.maxUnauthenticated || n >= Limits.maxUnauthenticatedPerSource) return false;
+    this.unauth.set(source, n + 1);
+    this.unauthTotal++;
+    return true;
+  }
+
+  private release(source: string): void {
+    const n = this.unauth.get(source) ?? 0;
+    if (n <= 1) this.unauth.delete(source);
+    else this.unauth.set(source, n - 1);
+    this.unauthTotal = Math.max(0, this.unauthTotal - 1);
+  }
+
+  /** Appends a refusal to STATE_DIR/refusals.log (JSON lines; one old generation kept). */
+  private audit(r: Refusal): void {
+    try {
+      try {
+        if (statSync(this.auditFile).size > AUDIT_MAX_BYTES) renameSync(this.auditFile, this.auditFile + ".1");
+      } catch {
+        /* no file yet */
+      }
+      appendFileSync(this.auditFile, JSON.stringify(r) + "\n", { mode: 0o600 });
+    } catch (e) {
+      this.log.debug(`cannot write ${this.auditFile}: ${(e as Error).message}`);
+    }
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
+      port: this.listener?.port ?? null,
+      unauthenticated: this.unauthTotal,
+      refusals: this.server.refusals.length,
+      revoked: this.revocations.entries.length,
+      ...this.server.stats(),
+    };
+  }
+
+  async close(): Promise<void> {
+    if (this.poll) clearInterval(this.poll);
+    this.poll = null;
+    await this.server.close();
+    this.listener?.stop(true);
+    this.listener = null;
+  }
+}

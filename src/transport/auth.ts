@@ -1,0 +1,70 @@
+// Judging a peer's certificate on the relay: a pure function of what the TLS stack reported,
+// the certificate itself, the revocation list and the clock. Every refusal names the reason
+// and the id the peer presented (also for ids the relay has never seen), for the refusal log.
+import { certificateIdentity, parseCertificate, isRevoked, type RevocationList } from "../pki.ts";
+
+export interface HandshakeFacts {
+  handshakeOk: boolean;
+  authorized: boolean;
+  authorizationError: string | null;
+  /** DER of the client certificate, if one was sent. */
+  peerDer: Uint8Array | null;
+  protocol: string | null;
+}
+
+export interface TrustPolicy {
+  revocations: RevocationList;
+  /** Roles that may connect as devices (a relay certificate may not). */
+  roles: readonly string[];
+}
+
+export type PeerVerdict =
+  | { ok: true; id: string; role: string; serial: string; notAfter: Date }
+  | { ok: false; reason: string; presented: string | null };
+
+/** Best-effort "CN (OU)" of any certificate, even one we refuse: for the log only. */
+export function presentedName(der: Uint8Array | null): string | null {
+  if (!der) return null;
+  try {
+    const cert = parseCertificate(der);
+    const cn = cert.subject.getField("CN")?.value as string | undefined;
+    const ou = cert.subject.getField("OU")?.value as string | undefined;
+    if (!cn) return "(no CN)";
+    return ou ? `${cn} (${ou})` : cn;
+  } catch {
+    return "(unparsable certificate)";
+  }
+}
+
+/** OpenSSL's verification errors, said the way an operator would look for them. */
+function explainTlsError(err: string | null): string {
+  const e = err ?? "";
+  if (/EXPIRED/i.test(e)) return "certificate has expired";
+  if (/NOT_YET_VALID/i.test(e)) return "certificate is not yet valid";
+  if (/UNABLE_TO_GET_ISSUER|SELF_SIGNED|UNABLE_TO_VERIFY|CERT_SIGNATURE_FAILURE|UNTRUSTED/i.test(e)) return "certificate was not issued by this fleet's CA";
+  if (/NO_CERTIFICATE|DID_NOT_RETURN/i.test(e)) return "no client certificate";
+  return `certificate refused by TLS (${e || "unknown reason"})`;
+}
+
+export function verifyPeer(facts: HandshakeFacts, policy: TrustPolicy, now: Date): PeerVerdict {
+  const presented = presentedName(facts.peerDer);
+  if (!facts.peerDer) return { ok: false, reason: facts.handshakeOk ? "no client certificate" : `TLS handshake failed (${facts.authorizationError ?? "unknown reason"})`, presented };
+  if (facts.protocol && facts.protocol !== "TLSv1.3") return { ok: false, reason: `${facts.protocol} is not accepted (TLS 1.3 only)`, presented };
+  if (!facts.handshakeOk || !facts.authorized) return { ok: false, reason: explainTlsError(facts.authorizationError), presented };
+  let ident;
+  try {
+    ident = certificateIdentity(facts.peerDer);
+  } catch (e) {
+    return { ok: false, reason: `certificate carries no valid identity: ${(e as Error).message}`, presented };
+  }
+  // OpenSSL checked the dates already; checking again keeps the verdict right if a TLS stack
+  // is ever configured not to.
+  if (now < ident.notBefore) return { ok: false, reason: `certificate is not yet valid (until ${ident.notBefore.toISOString()})`, presented };
+  if (now > ident.notAfter) return { ok: false, reason: `certificate expired on ${ident.notAfter.toISOString()}`, presented };
+  if (isRevoked(policy.revocations, ident.serial)) {
+    const entry = policy.revocations.entries.find((r) => r.serial === ident.serial);
+    return { ok: false, reason: `certificate ${ident.serial} is revoked${entry ? ` (since ${entry.revokedAt.toISOString()})` : ""}`, presented };
+  }
+  if (!policy.roles.includes(ident.role)) return { ok: false, reason: `a ${ident.role} certificate cannot connect as a device (allowed: ${policy.roles.join(", ")})`, presented };
+  return { ok: true, id: ident.id, role: ident.role, serial: ident.serial, notAfter: ident.notAfter };
+}

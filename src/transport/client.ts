@@ -1,0 +1,182 @@
+// The device side of a relay connection: dial (TLS, maybe through a proxy), HELLO, wait for
+// WELCOME, keep it alive, and when it ends dial again with exponential backoff and full
+// jitter. The very first attempt retries the same way: a device may boot before its network.
+import { Connection, ConnectionClosed, type Log, type Stream } from "./mux.ts";
+import type { Link } from "./link.ts";
+import { Msg, PROTOCOL_VERSIONS } from "./messages.ts";
+import { Timing, backoffDelay, nextAttempt } from "./policy.ts";
+
+export interface Welcome {
+  version: number;
+  relay: string;
+  address: string;
+}
+
+export interface RelayClientOptions {
+  role: "onsite" | "master";
+  id: string;
+  agent: string;
+  /** Opens a Link to the relay (TLS dial in production, a pipe in tests). */
+  dial: () => Promise<Link>;
+  /** Streams the relay opens towards this device (onsite: session streams). */
+  onStream?: (s: Stream) => void;
+  /** Registers the role's handlers on a fresh connection, before HELLO goes out. */
+  setup: (conn: Connection) => void;
+  /** The connection is authenticated and ready. */
+  onUp?: (conn: Connection, welcome: Welcome) => void;
+  /** It ended (the reason is logged too). */
+  onDown?: (why: Error) => void;
+  log: Log;
+  random?: () => number;
+  keepaliveInterval?: number;
+  keepaliveTimeout?: number;
+  /** Target for the log messages ("relay.example.net:443"). */
+  describe: string;
+}
+
+export type ClientState = "connecting" | "up" | "waiting" | "closed";
+
+export class RelayClient {
+  private conn: Connection | null = null;
+  private stopped = false;
+  private loop: Promise<void> | null = null;
+  private wake: (() => void) | null = null;
+  private redialNow = false;
+  state: ClientState = "connecting";
+  since = Date.now();
+  attempt = 0;
+  lastError: string | null = null;
+  nextRetryAt: number | null = null;
+  welcome: Welcome | null = null;
+  connects = 0;
+
+  constructor(private readonly o: RelayClientOptions) {}
+
+  get connection(): Connection | null {
+    return this.conn && !this.conn.closed && this.state === "up" ? this.conn : null;
+  }
+
+  start(): void {
+    this.loop ??= this.routineConnect();
+  }
+
+  /** Drops the current connection (if any) and dials again at once: the path changed. */
+  redial(reason: string): void {
+    if (this.stopped) return;
+    this.o.log.info(`redialing the relay now: ${reason}`);
+    this.redialNow = true;
+    this.attempt = 0;
+    if (this.conn && !this.conn.closed) this.conn.close(0, `redial: ${reason}`);
+    this.wake?.();
+  }
+
+  async close(): Promise<void> {
+    this.stopped = true;
+    const closing = this.conn?.closeAndWait(5, `${this.o.id} is shutting down`);
+    this.wake?.();
+    await closing;
+    await this.loop;
+    this.state = "closed";
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      relay: this.o.describe,
+      state: this.state,
+      since: new Date(this.since).toISOString(),
+      attempt: this.attempt,
+      connects: this.connects,
+      last_error: this.lastError,
+      next_retry: this.nextRetryAt ? new Date(this.nextRetryAt).toISOString() : null,
+      rtt_ms: this.conn?.rtt ?? null,
+    };
+  }
+
+  private setState(s: ClientState): void {
+    if (this.state !== s) {
+      this.state = s;
+      this.since = Date.now();
+    }
+  }
+
+  private async routineConnect(): Promise<void> {
+    while (!this.stopped) {
+      this.setState("connecting");
+      let lived: number | null = null;
+      try {
+        const conn = await this.connectOnce();
+        this.conn = conn;
+        const upAt = Date.now();
+        this.setState("up");
+        this.connects++;
+        this.lastError = null;
+        const why = await conn.wait();
+        lived = Date.now() - upAt;
+        this.conn = null;
+        if (this.stopped) break;
+        this.lastError = why.message;
+        this.o.log.warn(`relay connection lost: ${why.message}`);
+        this.o.onDown?.(why);
+      } catch (err) {
+        if (this.stopped) break;
+        const msg = err instanceof Error ? err.message : String(err);
+        if (msg !== this.lastError) this.o.log.warn(`cannot reach the relay ${this.o.describe}: ${msg}`);
+        else this.o.log.debug(`still cannot reach the relay: ${msg}`);
+        this.lastError = msg;
+      }
+      if (this.stopped) break;
+      this.attempt = nextAttempt(this.attempt, lived);
+      const delay = this.redialNow ? 0 : backoffDelay(this.attempt - 1, this.o.random);
+      this.redialNow = false;
+      this.setState("waiting");
+      this.nextRetryAt = Date.now() + delay;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, delay);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.wake = null;
+      this.nextRetryAt = null;
+    }
+    this.setState("closed");
+  }
+
+  private async connectOnce(): Promise<Connection> {
+    const link = await this.o.dial();
+    if (this.stopped) {
+      link.destroy();
+      throw new Error("stopped");
+    }
+    const conn = new Connection(link, {
+      side: "dialer",
+      log: this.o.log,
+      keepaliveInterval: this.o.keepaliveInterval,
+      keepaliveTimeout: this.o.keepaliveTimeout,
+      onStream: this.o.onStream,
+    });
+    this.o.setup(conn);
+    const welcome = await new Promise<Welcome>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        conn.close(1, "no WELCOME in time");
+        reject(new Error(`the relay did not answer HELLO within ${Timing.helloDeadline / 1000} s`));
+      }, Timing.helloDeadline);
+      conn.on(Msg.WELCOME, (b) => {
+        clearTimeout(timer);
+        resolve({ version: Number(b.version), relay: String(b.relay ?? ""), address: String(b.address ?? "") });
+      });
+      void conn.wait().then((why: ConnectionClosed) => {
+        clearTimeout(timer);
+        reject(new Error(why.remote ? `the relay refused us: ${why.message}` : why.message));
+      });
+      conn.send(Msg.HELLO, { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent });
+    });
+    this.welcome = welcome;
+    conn.peer = { id: welcome.relay, role: "relay" };
+    conn.startKeepalive();
+    this.o.log.info(`connected to relay ${welcome.relay} at ${this.o.describe} (protocol v${welcome.version}, seen as ${welcome.address})`);
+    this.o.onUp?.(conn, welcome);
+    return conn;
+  }
+}

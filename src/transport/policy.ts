@@ -1,0 +1,54 @@
+// Timing and size policies of the transport, named in one place (STYLE 8). The protocol
+// document quotes these; change them here and there together.
+
+export const Timing = {
+  /** A PING goes out this often on an otherwise quiet connection. */
+  keepaliveInterval: 5_000,
+  /** No frame at all for this long: the path is dead, close and redial. Well under a minute. */
+  keepaliveTimeout: 15_000,
+  /** TLS handshake must complete within this (relay side). */
+  handshakeDeadline: 10_000,
+  /** The HELLO must arrive within this after the handshake (relay side). */
+  helloDeadline: 10_000,
+  /** A control request gets its REPLY within this, else it fails. */
+  requestTimeout: 15_000,
+  /** Reconnect backoff: first ceiling, cap, and how long a connection must have lived to
+   * count as stable (which resets the backoff). */
+  backoffBase: 500,
+  backoffCap: 30_000,
+  stableAfter: 60_000,
+  /** How long the dialer waits for TCP connect + TLS handshake + WELCOME. */
+  dialTimeout: 15_000,
+} as const;
+
+export const Limits = {
+  /** Initial per-stream credit in each direction (bytes). */
+  streamWindow: 256 * 1024,
+  /** Concurrent streams one connection may have open. */
+  maxStreams: 1024,
+  /** A peer that lets this much pile up unsent towards it is not reading: close it. Bounds
+   * the relay's memory per connection whatever the peer does. */
+  maxQueued: 64 * 1024 * 1024,
+  /** Connections that have not completed TLS + HELLO, in total and per source address. */
+  maxUnauthenticated: 512,
+  maxUnauthenticatedPerSource: 32,
+} as const;
+
+/**
+ * Exponential backoff with full jitter (AWS architecture blog's "Full Jitter"): the delay
+ * before attempt n (0-based) is uniform in [0, min(cap, base·2^n)]. `random` is injected so
+ * tests can pin it.
+ */
+export function backoffDelay(attempt: number, random: () => number = Math.random, base: number = Timing.backoffBase, cap: number = Timing.backoffCap): number {
+  const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+/**
+ * The attempt counter after a connection ends: a connection that lived `stableAfter` or more
+ * starts over from 0; a short-lived one keeps climbing.
+ */
+export function nextAttempt(attempt: number, livedMs: number | null, stableAfter: number = Timing.stableAfter): number {
+  if (livedMs !== null && livedMs >= stableAfter) return 0;
+  return attempt + 1;
+}

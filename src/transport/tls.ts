@@ -1,0 +1,399 @@
+// TLS adapters: a Bun socket as a Link, the relay's listener (mutual TLS 1.3; the peer is
+// judged by verifyPeer before a single byte is read or written), and the device's dialer
+// (directly or through an HTTP CONNECT proxy).
+import type { Socket, TCPSocketListener } from "bun";
+import type { Link, LinkHandlers } from "./link.ts";
+import { Timing } from "./policy.ts";
+import { verifyPeer, type PeerVerdict, type TrustPolicy } from "./auth.ts";
+import { certificateIdentity } from "../pki.ts";
+
+/** TLS 1.3 as Bun wants it (a number: TLS1_3_VERSION). */
+const TLS13 = 0x0304;
+/** Coalesce queued frames into writes of at most this many bytes. */
+const WRITE_BATCH = 256 * 1024;
+
+export interface TlsMaterial {
+  certPem: string;
+  keyPem: string;
+  caPem: string;
+}
+
+interface SocketData {
+  link: SocketLink | null;
+  /** Called once the handshake is judged; null until then. */
+  onHandshake?: (ok: boolean, err: Error | null) => void;
+  opened: number;
+  source: string;
+  /** Counted against the unauthenticated-connection caps until verified or closed. */
+  counted?: boolean;
+}
+
+export class SocketLink implements Link {
+  private handlers: LinkHandlers | null = null;
+  private queue: Uint8Array[] = [];
+  queued = 0;
+  private flushScheduled = false;
+  private waitingDrain = false;
+  private ended = false;
+  private gone = false;
+  private earlyData: Uint8Array[] = [];
+
+  constructor(readonly socket: Socket<SocketData>, readonly remoteAddress: string) {
+    socket.data.link = this;
+    socket.setNoDelay(true);
+  }
+
+  setHandlers(h: LinkHandlers): void {
+    this.handlers = h;
+    for (const c of this.earlyData.splice(0)) h.data(c);
+  }
+
+  write(chunk: Uint8Array): void {
+    if (this.gone || this.ended) return;
+    this.queue.push(chunk);
+    this.queued += chunk.length;
+    if (!this.flushScheduled && !this.waitingDrain) {
+      this.flushScheduled = true;
+      queueMicrotask(() => {
+        this.flushScheduled = false;
+        this.flush();
+      });
+    }
+  }
+
+  private flush(): void {
+    while (this.queue.length && !this.gone) {
+      let buf: Uint8Array;
+      if (this.queue.length === 1 || this.queue[0]!.length >= WRITE_BATCH) {
+        buf = this.queue.shift()!;
+      } else {
+        let size = 0;
+        let n = 0;
+        while (n < this.queue.length && size + this.queue[n]!.length <= WRITE_BATCH) size += this.queue[n++]!.length;
+        if (n === 0) n = 1, size = this.queue[0]!.length;
+        buf = new Uint8Array(size);
+        let at = 0;
+        for (const c of this.queue.splice(0, n)) {
+          buf.set(c, at);
+          at += c.length;
+        }
+      }
+      const written = this.socket.write(buf);
+      if (written < 0) {
+        this.queue = [];
+        this.queued = 0;
+        return;
+      }
+      this.queued -= written;
+      if (written < buf.length) {
+        this.queue.unshift(buf.subarray(written));
+        this.waitingDrain = true;
+        return;
+      }
+    }
+    if (this.queue.length === 0 && this.ended && !this.gone) this.socket.end();
+  }
+
+  onSocketData(chunk: Uint8Array): void {
+    if (this.handlers) this.handlers.data(chunk);
+    else this.earlyData.push(chunk);
+  }
+
+  onSocketDrain(): void {
+    this.waitingDrain = false;
+    this.flush();
+    if (!this.waitingDrain) this.handlers?.drain();
+  }
+
+  onSocketClose(err: Error | null): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.queue = [];
+    this.queued = 0;
+    this.handlers?.closed(err);
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+  resume(): void {
+    this.socket.resume();
+  }
+  end(): void {
+    if (this.ended || this.gone) return;
+    this.ended = true;
+    if (this.queue.length === 0 && !this.waitingDrain) this.socket.end();
+    // A peer that never reads would keep the socket forever: give the flush a bound.
+    setTimeout(() => {
+      if (!this.gone) this.socket.terminate();
+    }, 5_000).unref?.();
+  }
+  destroy(): void {
+    if (this.gone) return;
+    this.socket.terminate();
+  }
+}
+
+// ---- listener (relay) -----------------------------------------------------------------------
+
+export interface AcceptedPeer {
+  link: SocketLink;
+  verdict: Extract<PeerVerdict, { ok: true }>;
+}
+
+export interface ListenOptions {
+  hostname: string;
+  port: number;
+  tls: TlsMaterial;
+  trust: () => TrustPolicy;
+  /** A peer passed verification: hand its link to the relay (which expects a HELLO next). */
+  accept(peer: AcceptedPeer): void;
+  /** A peer was refused (bad certificate, deadline, cap): for the refusal log. */
+  refuse(info: { address: string; reason: string; presented: string | null }): void;
+  /** Connections admitted before authentication; false refuses the connection at once. */
+  admit(source: string): boolean;
+  release(source: string): void;
+  handshakeDeadline?: number;
+}
+
+export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
+  const deadline = opts.handshakeDeadline ?? Timing.handshakeDeadline;
+  return Bun.listen<SocketData>({
+    hostname: opts.hostname,
+    port: opts.port,
+    tls: {
+      cert: opts.tls.certPem,
+      key: opts.tls.keyPem,
+      ca: opts.tls.caPem,
+      requestCert: true,
+      // We judge the certificate ourselves (verifyPeer) so the refusal can be logged with the
+      // reason and the id the stranger presented; Bun completes the handshake either way.
+      rejectUnauthorized: false,
+      minVersion: TLS13,
+    } as Bun.TLSOptions,
+    data: { link: null, opened: 0, source: "" },
+    socket: {
+      open(socket) {
+        const source = socket.remoteAddress;
+        socket.data = { link: null, opened: Date.now(), source };
+        if (!opts.admit(source)) {
+          opts.refuse({ address: source, reason: "too many unauthenticated connections", presented: null });
+          socket.terminate();
+          return;
+        }
+        socket.data.counted = true;
+        const timer = setTimeout(() => {
+          if (!socket.data.link) {
+            opts.refuse({ address: source, reason: `no TLS handshake within ${deadline / 1000} s`, presented: null });
+            socket.terminate();
+          }
+        }, deadline);
+        socket.data.onHandshake = () => clearTimeout(timer);
+      },
+      handshake(socket, success, authorizationError) {
+        socket.data.onHandshake?.(success, authorizationError);
+        socket.data.onHandshake = undefined;
+        const cert = socket.getPeerCertificate() as { raw?: Uint8Array } | undefined;
+        const verdict = verifyPeer(
+          { handshakeOk: success, authorized: socket.authorized, authorizationError: authorizationError?.message ?? null, peerDer: cert?.raw ?? null, protocol: socket.getTLSVersion() },
+          opts.trust(),
+          new Date(),
+        );
+        if (!verdict.ok) {
+          opts.refuse({ address: socket.data.source, reason: verdict.reason, presented: verdict.presented });
+          socket.terminate();
+          return;
+        }
+        socket.data.counted = false;
+        opts.release(socket.data.source);
+        const link = new SocketLink(socket, socket.data.source);
+        opts.accept({ link, verdict });
+      },
+      data(socket, chunk) {
+        socket.data.link?.onSocketData(chunk);
+      },
+      drain(socket) {
+        socket.data.link?.onSocketDrain();
+      },
+      close(socket, err) {
+        if (socket.data.counted) opts.release(socket.data.source);
+        socket.data.counted = false;
+        socket.data.link?.onSocketClose(err ?? null);
+      },
+      error(socket, err) {
+        socket.data.link?.onSocketClose(err);
+      },
+    },
+  });
+}
+
+// ---- dialer (onsite, master) ----------------------------------------------------------------
+
+export interface DialOptions {
+  host: string;
+  port: number;
+  tls: TlsMaterial;
+  /** http://[user:pass@]host:port of an HTTP CONNECT proxy. */
+  proxy?: URL;
+  timeout?: number;
+}
+
+export class DialError extends Error {
+  override name = "DialError";
+}
+
+/** Connects and completes TLS; verifies the relay's certificate (fleet CA, role relay). */
+export async function dialTls(opts: DialOptions): Promise<SocketLink> {
+  const timeout = opts.timeout ?? Timing.dialTimeout;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let abandon: (() => void) | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      abandon?.();
+      reject(new DialError(`no TLS connection to ${opts.host}:${opts.port} within ${timeout / 1000} s`));
+    }, timeout);
+  });
+  try {
+    return await Promise.race([dialInner(opts, (f) => (abandon = f)), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function tlsClientOptions(opts: DialOptions): Bun.TLSOptions {
+  return { cert: opts.tls.certPem, key: opts.tls.keyPem, ca: opts.tls.caPem, serverName: opts.host, minVersion: TLS13, rejectUnauthorized: false } as Bun.TLSOptions;
+}
+
+function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Promise<SocketLink> {
+  return new Promise<SocketLink>((resolve, reject) => {
+    let settled = false;
+    const fail = (e: Error) => {
+      if (!settled) {
+        settled = true;
+        reject(e);
+      }
+    };
+    const handlers = {
+      handshake(socket: Socket<SocketData>, success: boolean, authorizationError: Error | null) {
+        if (settled) {
+          socket.terminate();
+          return;
+        }
+        const problem = judgeRelay(socket, success, authorizationError, opts.host);
+        if (problem) {
+          socket.terminate();
+          fail(new DialError(problem));
+          return;
+        }
+        settled = true;
+        resolve(new SocketLink(socket, `${opts.host}:${opts.port}`));
+      },
+      data(socket: Socket<SocketData>, chunk: Uint8Array) {
+        socket.data.link?.onSocketData(chunk);
+      },
+      drain(socket: Socket<SocketData>) {
+        socket.data.link?.onSocketDrain();
+      },
+      close(socket: Socket<SocketData>, err?: Error) {
+        socket.data.link?.onSocketClose(err ?? null);
+        fail(new DialError(`connection to ${opts.host}:${opts.port} closed during the TLS handshake${err ? `: ${err.message}` : ""}`));
+      },
+      error(socket: Socket<SocketData>, err: Error) {
+        socket.data.link?.onSocketClose(err);
+        fail(new DialError(`TLS to ${opts.host}:${opts.port}: ${err.message}`));
+      },
+      connectError(_socket: Socket<SocketData>, err: Error) {
+        fail(new DialError(`cannot connect to ${opts.host}:${opts.port}: ${err.message}`));
+      },
+    };
+    if (!opts.proxy) {
+      Bun.connect<SocketData>({ hostname: opts.host, port: opts.port, tls: tlsClientOptions(opts), data: { link: null, opened: Date.now(), source: "" }, socket: handlers })
+        .then((s) => setAbandon(() => s.terminate()))
+        .catch((e: Error) => fail(new DialError(`cannot connect to ${opts.host}:${opts.port}: ${e.message}`)));
+      return;
+    }
+    connectThroughProxy(opts, handlers, fail, setAbandon);
+  });
+}
+
+/** Checks the relay's certificate: trusted by the fleet CA, valid now, role relay, right name. */
+function judgeRelay(socket: Socket<SocketData>, success: boolean, err: Error | null, host: string): string | null {
+  if (!success || !socket.authorized) {
+    const why = err?.message ?? "handshake failed";
+    return `the relay's certificate was refused (${why}); is ${host} a relay of this fleet, and is the bundle's CA the fleet's?`;
+  }
+  const cert = socket.getPeerCertificate() as { raw?: Uint8Array } | undefined;
+  if (!cert?.raw) return "the relay presented no certificate";
+  try {
+    const ident = certificateIdentity(cert.raw);
+    if (ident.role !== "relay") return `the peer at ${host} has a ${ident.role} certificate (${ident.id}), not a relay's`;
+  } catch (e) {
+    return `the relay's certificate has no valid identity: ${(e as Error).message}`;
+  }
+  return null;
+}
+
+function connectThroughProxy(
+  opts: DialOptions,
+  tlsHandlers: Record<string, unknown>,
+  fail: (e: Error) => void,
+  setAbandon: (f: () => void) => void,
+): void {
+  const proxy = opts.proxy!;
+  const proxyPort = Number(proxy.port || 80);
+  let response = "";
+  let upgraded = false;
+  const target = `${opts.host.includes(":") ? `[${opts.host}]` : opts.host}:${opts.port}`;
+  Bun.connect<SocketData>({
+    hostname: proxy.hostname,
+    port: proxyPort,
+    data: { link: null, opened: Date.now(), source: "" },
+    socket: {
+      open(socket) {
+        let req = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n`;
+        if (proxy.username) {
+          const cred = `${decodeURIComponent(proxy.username)}:${decodeURIComponent(proxy.password)}`;
+          req += `Proxy-Authorization: Basic ${Buffer.from(cred).toString("base64")}\r\n`;
+        }
+        socket.write(req + "\r\n");
+      },
+      data(socket, chunk) {
+        if (upgraded) return;
+        response += Buffer.from(chunk).toString("latin1");
+        if (response.length > 16 * 1024) {
+          socket.terminate();
+          fail(new DialError(`proxy ${proxy.host} sent an oversized answer to CONNECT`));
+          return;
+        }
+        const end = response.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const status = /^HTTP\/1\.[01] (\d{3})([^\r\n]*)/.exec(response);
+        if (!status || status[1] !== "200") {
+          socket.terminate();
+          const line = response.slice(0, response.indexOf("\r\n"));
+          fail(new DialError(status?.[1] === "407" ? `proxy ${proxy.host} wants authentication (${line}); give it as http://user:pass@host:port` : `proxy ${proxy.host} refused CONNECT ${target}: ${line}`));
+          return;
+        }
+        if (end + 4 < response.length) {
+          socket.terminate();
+          fail(new DialError(`proxy ${proxy.host} sent data before the TLS handshake`));
+          return;
+        }
+        upgraded = true;
+        const [, tls] = socket.upgradeTLS<SocketData>({ tls: tlsClientOptions(opts), data: { link: null, opened: Date.now(), source: "" }, socket: tlsHandlers as never });
+        setAbandon(() => tls.terminate());
+      },
+      close() {
+        if (!upgraded) fail(new DialError(`proxy ${proxy.host} closed the connection before answering CONNECT`));
+      },
+      error(_s, err) {
+        if (!upgraded) fail(new DialError(`proxy ${proxy.host}: ${err.message}`));
+      },
+      connectError(_s, err) {
+        fail(new DialError(`cannot connect to proxy ${proxy.host}: ${err.message}`));
+      },
+    },
+  })
+    .then((s) => setAbandon(() => s.terminate()))
+    .catch((e: Error) => fail(new DialError(`cannot connect to proxy ${proxy.host}: ${e.message}`)));
+}

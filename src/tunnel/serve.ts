@@ -1,0 +1,110 @@
+// The onsite side of sessions: accept or refuse session offers against the device's allow
+// list, and serve each stream by connecting to its LAN target.
+import { ResetCode } from "../transport/frame.ts";
+import { RemoteError, type Connection, type Log, type Stream } from "../transport/mux.ts";
+import { ErrorCode, Msg } from "../transport/messages.ts";
+import { allowListPermits, formatAllowEntry, parseHostPort, parseIPv4, type AllowEntry } from "../netaddr.ts";
+import { Pipe, pipeSocketHandlers, type PipeData } from "./pipe.ts";
+
+export type TargetCheck = { ok: true; host: string; port: number } | { ok: false; reason: string };
+
+/** Whether a session may reach `target` (pure). Targets are IPv4 literals: the allow list is by address. */
+export function checkTarget(allow: readonly AllowEntry[], target: string): TargetCheck {
+  let hp;
+  try {
+    hp = parseHostPort(target, "a target HOST:PORT");
+  } catch (e) {
+    return { ok: false, reason: (e as Error).message };
+  }
+  let addr: number;
+  try {
+    addr = parseIPv4(hp.host);
+  } catch {
+    return { ok: false, reason: `target ${target} is not an IPv4 address (the allow list is by address)` };
+  }
+  if (!allowListPermits([...allow], addr, hp.port)) {
+    return { ok: false, reason: `target ${target} is not in the allow list (${allow.map(formatAllowEntry).join(", ") || "empty"})` };
+  }
+  return { ok: true, host: hp.host, port: hp.port };
+}
+
+export interface ServeOptions {
+  id: string;
+  allow: () => readonly AllowEntry[];
+  log: Log;
+  /** Extra requests a role serves on the relay connection (e.g. NAT requests). */
+  extra?: (conn: Connection) => void;
+  onSessionClosed?: (session: string, reason: string) => void;
+}
+
+export class SessionServer {
+  readonly sessions = new Map<string, { master: string; targets: string[]; opened: number; streams: number }>();
+  streamsServed = 0;
+
+  constructor(private readonly o: ServeOptions) {}
+
+  /** Registers the handlers on a fresh relay connection. */
+  setup(conn: Connection): void {
+    conn.handle(Msg.SESSION_OFFER, (b) => {
+      const session = String(b.session ?? "");
+      const targets = Array.isArray(b.targets) ? b.targets.map(String) : [];
+      const refused = targets.map((t) => checkTarget(this.o.allow(), t)).filter((c): c is { ok: false; reason: string } => !c.ok);
+      if (refused.length) throw new RemoteError(ErrorCode.REFUSED, refused.map((r) => r.reason).join("; "));
+      this.sessions.set(session, { master: String(b.master ?? ""), targets, opened: Date.now(), streams: 0 });
+      this.o.log.info(`session ${session} from ${String(b.master)} accepted: ${targets.join(", ")}`);
+      return {};
+    });
+    conn.on(Msg.SESSION_CLOSE, (b) => {
+      const session = String(b.session ?? "");
+      if (this.sessions.delete(session)) this.o.log.info(`session ${session} closed: ${String(b.reason ?? "")}`);
+      this.o.onSessionClosed?.(session, String(b.reason ?? ""));
+    });
+    this.o.extra?.(conn);
+  }
+
+  /** A stream the relay opened for a session: connect to its target. */
+  serve(stream: Stream): void {
+    const target = String(stream.open.target ?? "");
+    const session = String(stream.open.session ?? "");
+    const check = checkTarget(this.o.allow(), target);
+    if (!check.ok) {
+      this.o.log.warn(`refused a stream of session ${session}: ${check.reason}`);
+      stream.reset(ResetCode.REFUSED, `${this.o.id}: ${check.reason}`);
+      return;
+    }
+    const info = this.sessions.get(session);
+    if (info) info.streams++;
+    this.streamsServed++;
+    let settled = false;
+    stream.onclose = () => {
+      settled = true; // reset before the target answered
+    };
+    Bun.connect<PipeData>({
+      hostname: check.host,
+      port: check.port,
+      allowHalfOpen: true,
+      data: { pipe: null },
+      socket: {
+        ...pipeSocketHandlers,
+        open(socket) {
+          if (settled || stream.closed) {
+            socket.terminate();
+            return;
+          }
+          settled = true;
+          stream.accept();
+          new Pipe(socket, stream);
+        },
+        connectError(_socket, err) {
+          if (settled) return;
+          settled = true;
+          stream.reset(ResetCode.UNREACHABLE, `${target}: ${err.message}`);
+        },
+      },
+    }).catch((err: Error) => {
+      if (settled) return;
+      settled = true;
+      stream.reset(ResetCode.UNREACHABLE, `${target}: ${err.message}`);
+    });
+  }
+}
