@@ -1,8 +1,9 @@
 // The README's run command (`make demo`): a throwaway fleet on this machine, without root.
-// Creates a CA and one bundle per role, starts relay, onsite and master daemons on
-// 127.0.0.1, shows what each reports over its control socket, and runs until Ctrl-C,
-// then stops every process it started and removes its temporary files.
-// `--once` stops right after the status round (used by the test suite).
+// Builds the agent executable for this machine, creates a CA and one bundle per role, starts
+// relay, onsite and master on 127.0.0.1, starts a small HTTP service that stands for a LAN
+// device behind the onsite device, opens a port forward to it through the relay, prints the
+// URL to open, and runs until Ctrl-C; then stops every process it started and removes its
+// temporary files. `--once` stops right after checking the forward (used by the test suite).
 import { mkdtempSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -13,23 +14,20 @@ const MAIN = join(ROOT, "src", "main.ts");
 const once = process.argv.includes("--once");
 const dir = mkdtempSync(join(tmpdir(), "agent-demo-"));
 const children: Subprocess[] = [];
+const arch = process.arch === "arm64" ? "arm64" : "x64";
+/** The executable under test; `bun src/main.ts` until the build step has made it. */
+let AGENT: string[] = [process.execPath, MAIN];
+let lanService: ReturnType<typeof Bun.serve> | undefined;
 
 function say(line: string) {
   process.stdout.write(`demo: ${line}\n`);
 }
 
 async function agent(args: string[]): Promise<string> {
-  const p = Bun.spawn([process.execPath, MAIN, ...args], { stdout: "pipe", stderr: "pipe" });
+  const p = Bun.spawn([...AGENT, ...args], { stdout: "pipe", stderr: "pipe" });
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   if (code !== 0) throw new Error(`agent ${args.join(" ")} failed (${code}): ${err.trim()}`);
   return out;
-}
-
-async function freePort(): Promise<number> {
-  const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
-  const port = l.port;
-  l.stop(true);
-  return port;
 }
 
 async function prefixLines(stream: ReadableStream<Uint8Array>, tag: string) {
@@ -46,43 +44,83 @@ async function prefixLines(stream: ReadableStream<Uint8Array>, tag: string) {
 }
 
 async function cleanup() {
+  lanService?.stop(true);
   for (const c of children) if (c.exitCode === null) c.kill("SIGTERM");
   await Promise.all(children.map((c) => c.exited));
   rmSync(dir, { recursive: true, force: true });
 }
 
 async function main() {
-  const ca = join(dir, "ca");
   say(`throwaway fleet in ${dir}`);
+  say(`building the agent executable for linux-${arch} (bun build --compile)`);
+  const build = Bun.spawn([process.execPath, join(ROOT, "build", "release.ts"), "--target", `linux-${arch}`, "--role", "generic", "--out", join(dir, "bin")], { stdout: "pipe", stderr: "pipe", cwd: ROOT });
+  const [buildErr, buildCode] = await Promise.all([new Response(build.stderr).text(), build.exited]);
+  if (buildCode !== 0) throw new Error(`build failed: ${buildErr.trim()}`);
+  AGENT = [join(dir, "bin", `agent-linux-${arch}`)];
+  say(`built ${AGENT[0]} (${(await agent(["--version"])).split("\n")[0]})`);
+
+  const ca = join(dir, "ca");
   await agent(["pki", "init", "--dir", ca]);
-  const relayPort = await freePort();
+  const sock = (role: string) => join(dir, `${role}.sock`);
   const fleet = [
-    { role: "relay", id: "relay-demo", issue: ["--host", "localhost", "--host", "127.0.0.1"], run: ["--listen", `127.0.0.1:${relayPort}`, "--revocations", join(ca, "revoked")] },
-    { role: "onsite", id: "site-1", issue: [], run: ["--relay", `127.0.0.1:${relayPort}`, "--location", "Royal Champagne", "--allow", "127.0.0.1/32"] },
-    { role: "master", id: "tech-1", issue: [], run: ["--relay", `127.0.0.1:${relayPort}`] },
+    { role: "relay", id: "relay-demo", issue: ["--host", "localhost", "--host", "127.0.0.1"], run: () => ["--listen", "127.0.0.1:0", "--revocations", join(ca, "revoked")] },
+    { role: "onsite", id: "site-1", issue: [], run: () => ["--relay", `127.0.0.1:${relayPort}`, "--location", "Royal Champagne", "--allow", "127.0.0.1/32"] },
+    { role: "master", id: "tech-1", issue: [], run: () => ["--relay", `127.0.0.1:${relayPort}`] },
   ];
+  let relayPort = 0;
   for (const f of fleet) {
     const bundle = join(dir, `${f.id}.bundle`);
     await agent(["pki", "issue", "--dir", ca, "--role", f.role, "--id", f.id, ...f.issue, "--out", bundle]);
-    const sock = join(dir, `${f.role}.sock`);
-    const p = Bun.spawn(
-      [process.execPath, MAIN, "--role", f.role, "--bundle", bundle, ...f.run, "--control", sock, "--state-dir", join(dir, `state-${f.role}`)],
-      { stdout: "pipe", stderr: "pipe" },
-    );
+    const p = Bun.spawn([...AGENT, "--role", f.role, "--bundle", bundle, ...f.run(), "--control", sock(f.role), "--state-dir", join(dir, `state-${f.role}`)], {
+      stdout: "pipe",
+      stderr: "pipe",
+    });
     children.push(p);
     void prefixLines(p.stderr, f.role);
     const until = Date.now() + 10_000;
-    while (!existsSync(sock) && p.exitCode === null && Date.now() < until) await Bun.sleep(20);
-    if (!existsSync(sock)) throw new Error(`${f.role} daemon did not open its control socket`);
+    while (!existsSync(sock(f.role)) && p.exitCode === null && Date.now() < until) await Bun.sleep(20);
+    if (!existsSync(sock(f.role))) throw new Error(`${f.role} daemon did not open its control socket`);
+    if (f.role === "relay") {
+      relayPort = (JSON.parse(await agent(["status", "--json", "--control", sock("relay")])) as { relay: { port: number } }).relay.port;
+      say(`relay listening on 127.0.0.1:${relayPort}`);
+    }
   }
-  await agent(["pki", "list", "--dir", ca]).then((out) => process.stdout.write(out));
-  for (const f of fleet) {
-    say(`agent status --control ${join(dir, `${f.role}.sock`)}`);
-    process.stdout.write(await agent(["status", "--control", join(dir, `${f.role}.sock`)]));
+
+  // The "LAN device": an HTTP service on 127.0.0.1 that only the onsite device's allow list reaches.
+  lanService = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch: () =>
+      new Response(`<!doctype html><title>LAN device behind site-1</title><h1>Hello from the LAN device behind site-1 (Royal Champagne)</h1><p>This page came through master → relay → onsite over TLS.</p>\n`, {
+        headers: { "content-type": "text/html; charset=utf-8" },
+      }),
+  });
+  say(`LAN service (stands for a device behind site-1) on 127.0.0.1:${lanService.port}`);
+
+  const until = Date.now() + 20_000;
+  let devices = "";
+  while (Date.now() < until) {
+    devices = await agent(["devices", "--control", sock("master")]).catch(() => "");
+    if (/^site-1\s+online/m.test(devices)) break;
+    await Bun.sleep(100);
   }
+  if (!/^site-1\s+online/m.test(devices)) throw new Error("site-1 did not come online at the relay");
+  say("agent devices (on the master):");
+  process.stdout.write(devices);
+
+  say(`agent connect site-1 --forward 127.0.0.1:0:127.0.0.1:${lanService.port} --ttl 8h`);
+  const session = JSON.parse(await agent(["connect", "site-1", "--forward", `127.0.0.1:0:127.0.0.1:${lanService.port}`, "--ttl", "8h", "--json", "--control", sock("master")])) as {
+    session: string;
+    forwards: { port: number }[];
+  };
+  const url = `http://127.0.0.1:${session.forwards[0]!.port}/`;
+  const page = await (await fetch(url)).text();
+  const title = /<title>([^<]*)<\/title>/.exec(page)?.[1] ?? "(no title)";
+  say(`fetched through the forward: "${title}"`);
+  process.stdout.write(await agent(["sessions", "--control", sock("master")]));
+  say(`open ${url} in a browser (session ${session.session})`);
   if (once) return;
   say("relay, onsite and master are running; press Ctrl-C to stop and clean up");
-  say("(sessions and port forwards arrive with the relay issue; this shows the daemons and their control sockets)");
   await new Promise<void>((resolve) => {
     process.once("SIGINT", () => resolve());
     process.once("SIGTERM", () => resolve());

@@ -4,13 +4,19 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { BUN, ROOT } from "./helpers/cli.ts";
 
-test("demo starts relay, onsite and master, reports their status, and cleans up", async () => {
+test("demo builds the executable, runs relay, onsite and master, opens a working forward, and cleans up", async () => {
   const p = Bun.spawn([BUN, join(ROOT, "scripts/demo.ts"), "--once"], { stdout: "pipe", stderr: "pipe", cwd: ROOT });
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   expect(err).toBe("");
   expect(code).toBe(0);
-  for (const role of ["relay", "onsite", "master"]) expect(out).toMatch(new RegExp(`^role\\s+${role}$`, "m"));
-  for (const id of ["relay-demo", "site-1", "tech-1"]) expect(out).toMatch(new RegExp(`^id\\s+${id}$`, "m"));
+  expect(out).toMatch(/demo: built \S+\/bin\/agent-linux-(x64|arm64) \(agent \d/);
+  expect(out).toMatch(/^site-1\s+online\s+Royal Champagne/m);
+  // The page really came through master → relay → onsite: its title is only in the LAN service.
+  expect(out).toContain('fetched through the forward: "LAN device behind site-1"');
+  const url = /open (http:\/\/127\.0\.0\.1:\d+\/) in a browser/.exec(out)?.[1];
+  expect(url).toBeDefined();
+  // After the demo stopped, nothing listens there any more.
+  expect(await fetch(url!).then(() => "answered", () => "refused")).toBe("refused");
   const dir = /throwaway fleet in (\S+)/.exec(out)?.[1];
   expect(dir).toBeDefined();
   expect(existsSync(dir!)).toBe(false);
