@@ -281,8 +281,8 @@ function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Prom
         }
         const problem = judgeRelay(socket, success, authorizationError, opts.host);
         if (problem) {
-          socket.terminate();
           fail(new DialError(problem));
+          socket.terminate(); // after fail(): terminate runs the close handler at once
           return;
         }
         settled = true;
@@ -361,22 +361,22 @@ function connectThroughProxy(
         if (upgraded) return;
         response += Buffer.from(chunk).toString("latin1");
         if (response.length > 16 * 1024) {
-          socket.terminate();
           fail(new DialError(`proxy ${proxy.host} sent an oversized answer to CONNECT`));
+          socket.terminate(); // after fail(): terminate runs the close handler at once
           return;
         }
         const end = response.indexOf("\r\n\r\n");
         if (end < 0) return;
         const status = /^HTTP\/1\.[01] (\d{3})([^\r\n]*)/.exec(response);
         if (!status || status[1] !== "200") {
-          socket.terminate();
           const line = response.slice(0, response.indexOf("\r\n"));
           fail(new DialError(status?.[1] === "407" ? `proxy ${proxy.host} wants authentication (${line}); give it as http://user:pass@host:port` : `proxy ${proxy.host} refused CONNECT ${target}: ${line}`));
+          socket.terminate();
           return;
         }
         if (end + 4 < response.length) {
-          socket.terminate();
           fail(new DialError(`proxy ${proxy.host} sent data before the TLS handshake`));
+          socket.terminate(); // after fail(): terminate runs the close handler at once
           return;
         }
         upgraded = true;

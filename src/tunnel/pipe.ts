@@ -17,7 +17,8 @@ export class Pipe {
   private finished = false;
 
   constructor(private readonly socket: Socket<PipeData>, private readonly stream: Stream, private readonly onDone?: (err: Error | null) => void) {
-    socket.data.pipe = this;
+    // A listener's `data` option is one object shared by all its sockets: give each its own.
+    socket.data = { pipe: this };
     socket.setNoDelay(true);
     stream.ondata = (chunk) => this.toSocket(chunk);
     stream.ondrain = () => socket.resume();
