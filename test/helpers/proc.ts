@@ -1,7 +1,7 @@
 // Processes and ports for system tests and benchmarks: what a process costs (RSS and CPU
 // from /proc, summed over its process tree when a server forks per connection), a child
 // process we own and stop by pid, free ports and waiting for a listener.
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 /** How long a child gets between SIGTERM and SIGKILL when we stop it. */
 export const STOP_GRACE_MS = 2_000;
@@ -194,7 +194,8 @@ export class Child implements AsyncDisposable {
 
   constructor(
     readonly name: string,
-    private readonly proc: Bun.Subprocess<"ignore", "pipe", "pipe">,
+    // stdin is "pipe" when the child was spawned with { stdin: true }, else "ignore".
+    private readonly proc: Bun.Subprocess<"pipe" | "ignore", "pipe", "pipe">,
   ) {
     this.pid = proc.pid;
     this.exited = proc.exited;
@@ -213,6 +214,14 @@ export class Child implements AsyncDisposable {
     } catch {
       // the pipe closed under us: the child is gone
     }
+  }
+
+  /** Writes to the child's stdin (spawned with { stdin: true }). */
+  write(text: string): void {
+    const sink = this.proc.stdin;
+    if (!sink || typeof sink === "number") throw new Error(`${this.name} was started without a stdin pipe`);
+    sink.write(text);
+    void sink.flush();
   }
 
   /** The tail of stdout and stderr interleaved. */
@@ -249,16 +258,23 @@ export class Child implements AsyncDisposable {
   }
 }
 
-export function spawnChild(name: string, argv: string[], opts: { cwd?: string; env?: Record<string, string | undefined> } = {}): Child {
-  const proc = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe", cwd: opts.cwd, env: opts.env ?? process.env });
-  return new Child(name, proc);
+export interface SpawnOptions {
+  cwd?: string;
+  env?: Record<string, string | undefined>;
+  /** A stdin pipe for Child.write (else stdin is /dev/null). */
+  stdin?: boolean;
+}
+
+export function spawnChild(name: string, argv: string[], opts: SpawnOptions = {}): Child {
+  const proc = Bun.spawn(argv, { stdin: opts.stdin ? "pipe" : "ignore", stdout: "pipe", stderr: "pipe", cwd: opts.cwd, env: opts.env ?? process.env });
+  return new Child(name, proc as Bun.Subprocess<"pipe" | "ignore", "pipe", "pipe">);
 }
 
 /** Children started together and stopped together, last started first. */
 export class Children implements AsyncDisposable {
   private list: Child[] = [];
 
-  spawn(name: string, argv: string[], opts: { cwd?: string; env?: Record<string, string | undefined> } = {}): Child {
+  spawn(name: string, argv: string[], opts: SpawnOptions = {}): Child {
     const c = spawnChild(name, argv, opts);
     this.list.push(c);
     return c;
@@ -350,4 +366,41 @@ export function programsPresent(file: string, names: readonly string[]): boolean
   if (process.env.CI) throw new Error(`${msg}; in CI this is a failure, not a skip`);
   console.warn(`skipping: ${msg}`);
   return false;
+}
+
+/** How many sockets a process has open (/proc/PID/fd links to "socket:[...]"): what a server really holds. */
+export function socketCount(pid: number): number {
+  let n = 0;
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith("socket:")) n++;
+    } catch {
+      // closed while we looked
+    }
+  }
+  return n;
+}
+
+/** This process's open-files limit (soft, hard) from /proc/self/limits; Infinity for "unlimited". */
+export function nofileLimits(): { soft: number; hard: number } {
+  const line = readFileSync("/proc/self/limits", "utf8").split("\n").find((l) => l.startsWith("Max open files"));
+  const f = line?.trim().split(/\s+/) ?? [];
+  const num = (v: string | undefined) => (v === "unlimited" ? Infinity : Number(v));
+  const soft = num(f[3]);
+  const hard = num(f[4]);
+  if (!Number.isFinite(soft) && soft !== Infinity) throw new Error(`cannot read "Max open files" from /proc/self/limits: ${JSON.stringify(line)}`);
+  return { soft, hard };
+}
+
+/**
+ * argv that runs with at least `want` open files where this process may grant it: children
+ * inherit our soft limit, and prlimit (which execs: same pid) raises it up to our hard limit.
+ * Raising the hard limit itself needs CAP_SYS_RESOURCE, which containers often drop, so we
+ * never ask for more than the hard limit: the child gets min(want, hard).
+ */
+export function nofileArgv(argv: string[], want: number): string[] {
+  const { soft, hard } = nofileLimits();
+  if (soft >= want || soft >= hard || missingPrograms(["prlimit"]).length) return argv;
+  const target = Math.min(want, hard);
+  return ["prlimit", `--nofile=${target}:${hard === Infinity ? "unlimited" : hard}`, "--", ...argv];
 }
