@@ -32,6 +32,7 @@
 //
 // Goals from issue 3: throughput >= (c) and >= 2x (b); p99 latency <= (c); idle relay
 // memory <= 32 KiB per device.
+import { existsSync } from "node:fs";
 import { startIperfServer } from "../test/helpers/iperf.ts";
 import { programsPresent } from "../test/helpers/proc.ts";
 import { IDLE_CONNECTOR_MODULE, idleReport, measureIdleCapacity } from "./lib/idle.ts";
@@ -84,7 +85,10 @@ try {
       rows.push({ name, notes: "not measured", unavailable: reason });
       // Only our row may be missing (the CLI is still being built); a peer that fails to
       // start is a broken benchmark.
-      if (w !== "ours") failed = true;
+      if (w !== "ours") {
+        failed = true;
+        console.error(e instanceof Error ? e.message : e);
+      }
       continue;
     }
     try {
@@ -105,6 +109,9 @@ try {
   if (env.BENCH_IDLE === "1") {
     const counts = (env.BENCH_IDLE_COUNTS ?? "1000,5000").split(",").map(Number);
     try {
+      if (!existsSync(IDLE_CONNECTOR_MODULE)) {
+        throw new Error(`${IDLE_CONNECTOR_MODULE} is missing: it must export \`connector: IdleConnector\` speaking the real protocol (see bench/lib/idle.ts)`);
+      }
       const fleet = await startFleet();
       try {
         const res = await measureIdleCapacity({

@@ -8,6 +8,7 @@ import type { Path } from "./path.ts";
 
 /** How often relay RSS is sampled while iperf3 runs (its peak under load is what we report). */
 const RSS_SAMPLE_MS = 100;
+const REAP_SETTLE_MS = 500;
 
 export interface ProcessCost {
   /** CPU seconds per GB (10^9 bytes) carried, during the iperf3 runs. */
@@ -64,6 +65,8 @@ export async function measurePath(path: Pick<Path, "name" | "notes" | "entries" 
   } finally {
     clearInterval(timer);
   }
+  // A fork-per-connection relay (socat) counts a finished worker's CPU once it has reaped it.
+  await Bun.sleep(REAP_SETTLE_MS);
   takeSample();
   const relay1 = sample(path.relayPids);
   const path1 = sample(path.pathPids);

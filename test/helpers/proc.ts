@@ -154,16 +154,27 @@ export function treeUsage(roots: readonly number[]): Usage {
 
 // ---------------------------------------------------------------- ports
 
+/** Ports freePort handed out lately: the kernel may offer a released port again at once. */
+const recentPorts: number[] = [];
+const RECENT_PORTS_KEPT = 512;
+
 /**
- * A TCP port that was free a moment ago on `host` (the kernel picks it). For programs that
- * cannot be told to listen on port 0 and report the port; another process can still take it
- * before ours binds, so callers that can should retry on "address in use".
+ * A TCP port that was free a moment ago on `host` (the kernel picks it), never one this
+ * process got from freePort lately, so several ports taken before anything binds them differ.
+ * For programs that cannot be told to listen on port 0 and report the port; another process
+ * can still take it before ours binds, so callers that can should retry on "address in use".
  */
 export async function freePort(host = "127.0.0.1"): Promise<number> {
-  const l = Bun.listen({ hostname: host, port: 0, socket: { data() {} } });
-  const port = l.port;
-  l.stop(true);
-  return port;
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const l = Bun.listen({ hostname: host, port: 0, socket: { data() {} } });
+    const port = l.port;
+    l.stop(true);
+    if (recentPorts.includes(port)) continue;
+    recentPorts.push(port);
+    if (recentPorts.length > RECENT_PORTS_KEPT) recentPorts.shift();
+    return port;
+  }
+  throw new Error(`no free TCP port on ${host} that was not handed out lately`);
 }
 
 /** Resolves once a TCP connection to host:port succeeds; throws after `ms`. */
