@@ -6,10 +6,12 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { BUN, MAIN, ROOT } from "../../test/helpers/cli.ts";
+import { BUN, MAIN as OWN_MAIN, ROOT } from "../../test/helpers/cli.ts";
 import { Children, freePort, nofileArgv, run, waitForListen, type Child } from "../../test/helpers/proc.ts";
 import { startOrClean, type Path } from "./path.ts";
 
+/** The program under test: this checkout's src/main.ts, or BENCH_AGENT_MAIN (another checkout). */
+export const MAIN = process.env.BENCH_AGENT_MAIN || OWN_MAIN;
 const START_MS = 20_000;
 const CLI_MS = 30_000;
 /** The relay of the idle-capacity benchmark holds thousands of sockets. */
@@ -94,24 +96,36 @@ export async function startFleet(opts: { logLevel?: string } = {}): Promise<Flee
   }, stop);
 }
 
-/** Our relay path: a fleet plus a forward per target through the master. */
+/** What `agent connect --json` prints (the part we use). */
+interface SessionJson {
+  session: string;
+  forwards: { bind: string; port: number; target: string }[];
+}
+
+/** Our relay path: a fleet, then one session with a forward per target through the master. */
 export async function startOursPath(targets: readonly number[]): Promise<Path> {
   if (!(await Bun.file(MAIN).exists())) throw new Error(`${MAIN} is missing`);
   const fleet = await startFleet();
   return startOrClean(async () => {
-    const entries: number[] = [];
-    for (const t of targets) {
-      const lport = await freePort();
-      await agentCli("connect", ["connect", ONSITE_ID, "--forward", `127.0.0.1:${lport}:127.0.0.1:${t}`, "--control", fleet.sockets.master, "--json"]);
-      await waitForListen(lport, START_MS, fleet.master);
-      entries.push(lport);
+    const lports = await Promise.all(targets.map(() => freePort()));
+    const out = await agentCli("connect", [
+      "connect", ONSITE_ID, ...targets.flatMap((t, i) => ["--forward", `127.0.0.1:${lports[i]}:127.0.0.1:${t}`]), "--control", fleet.sockets.master, "--json",
+    ]);
+    let s: SessionJson;
+    try {
+      s = JSON.parse(out) as SessionJson;
+    } catch (cause) {
+      throw new Error(`connect --json printed no JSON: ${out.slice(0, 200)}`, { cause });
     }
+    const entries = targets.map((t) => s.forwards?.find((f) => f.target === `127.0.0.1:${t}`)?.port);
+    if (entries.some((p) => !p)) throw new Error(`connect --json has no forward for every target: ${out.slice(0, 300)}`);
+    for (const p of entries) await waitForListen(p!, START_MS, fleet.master);
     return {
       name: "ours (master→relay→onsite)",
-      entries,
+      entries: entries as number[],
       relayPids: [fleet.relay.pid],
       pathPids: [fleet.master.pid, fleet.relay.pid, fleet.onsite.pid],
-      notes: `agent under Bun ${Bun.version}, relay/onsite/master processes, TLS 1.3 mutual auth`,
+      notes: `agent (${MAIN === OWN_MAIN ? "this checkout" : MAIN}) under Bun ${Bun.version}: relay, onsite, master processes; TLS 1.3 mutual auth; session ${s.session}`,
       stop: fleet.stop,
       [Symbol.asyncDispose]: fleet.stop,
     } satisfies Path;
