@@ -1,0 +1,142 @@
+// Transport benchmark: our relay path next to the peers it must beat, all set up and
+// measured in this one run on 127.0.0.1.
+//
+// Run:   make bench B=transport        (or: node_modules/.bin/bun bench/transport.bench.ts)
+// Needs: iperf3 openssh-server stunnel4 socat openssl (scripts/deps.sh); root for sshd
+//        (it runs as root with its own config, keys and port in a temp dir).
+//
+// Paths, each carrying an iperf3 server and a 64-byte echo server as targets:
+//   direct   the client straight to the target: the ceiling.
+//   (b)      seed 003's design: onsite `ssh -N -R` into an sshd (the relay) and the
+//            master's `ssh -N -L` to it; both legs encrypted (OpenSSH defaults).
+//   (c)      client → stunnel ═TLS 1.3═ stunnel → socat → stunnel ═TLS 1.3═ stunnel → target:
+//            a relay written in C (the middle two stunnels + socat) with our number of TLS
+//            legs; mutual auth, certificates made with openssl, TCP_NODELAY on every socket.
+//   ours     `agent pki init/issue`, `agent --role relay|onsite|master` as real processes,
+//            `agent connect site-1 --forward 127.0.0.1:LPORT:127.0.0.1:TARGET`.
+//            Until the CLI has all of that, this row says "not available: <reason>".
+//
+// Figures per path: iperf3 throughput with 1 and 4 streams (-N: TCP_NODELAY), ping-pong
+// latency (median/p99/max over sequential round trips on one TCP_NODELAY connection), the
+// relay's CPU seconds per GB carried and peak RSS during iperf3 (for (b) the sshd processes,
+// for (c) socat + the two middle stunnels, for ours the relay process), and the same for the
+// whole path (every process the path started). Then each figure as a ratio to (b) and (c).
+//
+// Environment:
+//   BENCH_SECONDS=5         iperf3 duration per run (max 10)
+//   BENCH_ROUNDS=2000       ping-pong round trips
+//   BENCH_PATHS=direct,ssh,stunnel,ours   which paths, in this order
+//   BENCH_SOCAT_BUFFER=N    socat -b (default: socat's 8192)
+//   BENCH_IDLE=1            also run the idle-capacity measurement (bench/lib/idle.ts)
+//   BENCH_IDLE_COUNTS=1000,5000
+//
+// Goals from issue 3: throughput >= (c) and >= 2x (b); p99 latency <= (c); idle relay
+// memory <= 32 KiB per device.
+import { existsSync } from "node:fs";
+import { startIperfServer } from "../test/helpers/iperf.ts";
+import { programsPresent } from "../test/helpers/proc.ts";
+import { IDLE_CONNECTOR_MODULE, idleReport, measureIdleCapacity } from "./lib/idle.ts";
+import { measurePath, report, type PathFigures } from "./lib/measure.ts";
+import { startFleet, startOursPath } from "./lib/ours.ts";
+import type { Path } from "./lib/path.ts";
+import { startSshPath, startStunnelPath } from "./lib/peers.ts";
+import { startEchoServer } from "./lib/pingpong.ts";
+
+const MAX_SECONDS = 10;
+const env = process.env;
+const seconds = Math.min(MAX_SECONDS, Math.max(1, Number(env.BENCH_SECONDS ?? 5) || 5));
+const rounds = Math.max(100, Number(env.BENCH_ROUNDS ?? 2000) || 2000);
+const socatBuffer = env.BENCH_SOCAT_BUFFER ? Number(env.BENCH_SOCAT_BUFFER) : undefined;
+const wanted = (env.BENCH_PATHS ?? "direct,ssh,stunnel,ours").split(",").map((s) => s.trim());
+
+if (!programsPresent("transport.bench.ts", ["iperf3", "/usr/sbin/sshd", "ssh", "ssh-keygen", "stunnel", "socat", "openssl"])) process.exit(1);
+
+const starters: Record<string, (targets: number[]) => Promise<Path>> = {
+  direct: async (targets) => {
+    const stop = async () => {};
+    return { name: "direct", entries: targets, relayPids: [], pathPids: [], notes: "client straight to the target", stop, [Symbol.asyncDispose]: stop };
+  },
+  ssh: (t) => startSshPath(t),
+  stunnel: (t) => startStunnelPath(t, { socatBuffer }),
+  ours: (t) => startOursPath(t),
+};
+const names: Record<string, string> = { direct: "direct", ssh: "(b) ssh -R + ssh -L", stunnel: "(c) stunnel+socat+stunnel", ours: "ours (master→relay→onsite)" };
+for (const w of wanted) {
+  if (!starters[w]) {
+    console.error(`BENCH_PATHS: unknown path ${JSON.stringify(w)}; have ${Object.keys(starters).join(", ")}`);
+    process.exit(2);
+  }
+}
+
+const iperf = await startIperfServer();
+const echo = startEchoServer();
+const rows: PathFigures[] = [];
+let failed = false;
+try {
+  console.log(`iperf3 ${seconds} s per run, ${rounds} ping-pong rounds; targets: iperf3 :${iperf.port}, echo :${echo.port}`);
+  for (const w of wanted) {
+    const name = names[w]!;
+    let path: Path;
+    try {
+      path = await starters[w]!([iperf.port, echo.port]);
+    } catch (e) {
+      const reason = oneLine(e);
+      console.log(`${name}: not available: ${reason}`);
+      rows.push({ name, notes: "not measured", unavailable: reason });
+      // Only our row may be missing (the CLI is still being built); a peer that fails to
+      // start is a broken benchmark.
+      if (w !== "ours") {
+        failed = true;
+        console.error(e instanceof Error ? e.message : e);
+      }
+      continue;
+    }
+    try {
+      console.log(`measuring ${path.name} ...`);
+      const f = await measurePath(path, { iperfPort: iperf.port, echoPort: echo.port, seconds, rounds });
+      rows.push(f);
+    } catch (e) {
+      console.log(`${name}: measurement failed: ${oneLine(e)}`);
+      rows.push({ name: path.name, notes: path.notes, unavailable: `measurement failed: ${oneLine(e)}` });
+      failed = true;
+    } finally {
+      await path.stop();
+    }
+  }
+  const peers = rows.filter((r) => r.name === names.ssh || r.name === names.stunnel);
+  console.log("\n" + report(rows, peers));
+
+  if (env.BENCH_IDLE === "1") {
+    const counts = (env.BENCH_IDLE_COUNTS ?? "1000,5000").split(",").map(Number);
+    try {
+      if (!existsSync(IDLE_CONNECTOR_MODULE)) {
+        throw new Error(`${IDLE_CONNECTOR_MODULE} is missing: it must export \`connector: IdleConnector\` speaking the real protocol (see bench/lib/idle.ts)`);
+      }
+      const fleet = await startFleet();
+      try {
+        const res = await measureIdleCapacity({
+          relayPid: fleet.relay.pid,
+          connectorModule: IDLE_CONNECTOR_MODULE,
+          context: { relay: `127.0.0.1:${fleet.relayPort}`, workDir: fleet.dir, pkiDir: `${fleet.dir}/pki` },
+          counts,
+        });
+        console.log(idleReport(res));
+      } finally {
+        await fleet.stop();
+      }
+    } catch (e) {
+      console.log(`idle capacity: not available: ${oneLine(e)}`);
+    }
+  } else {
+    console.log("idle capacity: not run (BENCH_IDLE=1 runs it)");
+  }
+} finally {
+  await echo.stop();
+  await iperf.stop();
+}
+process.exit(failed ? 1 : 0);
+
+function oneLine(e: unknown): string {
+  const msg = e instanceof Error ? e.message : String(e);
+  return msg.split("\n")[0]!.slice(0, 300);
+}
