@@ -37,6 +37,14 @@ export const daemonCommand = defineAgentCommand({
       log.warn(`certificate in ${cfg.bundle} is valid only from ${bundle.notBefore.toISOString()}; is this clock right?`, { now: new Date(now).toISOString() });
     }
     const daemon = new Daemon({ role, id: bundle.id }, cfg, log.withTag(role));
+    // --- NAT (issue 4): timed DNAT rules on the onsite device, served on the control socket.
+    // The lead's session code reaches the same rules through nat.add(request, sessionId) and
+    // nat.removeByOwner(sessionId).
+    if (role === "onsite") {
+      const { createNatComponent } = await import("../nat/component.ts");
+      daemon.add(createNatComponent({ control: daemon.control, config: cfg, log: log.withTag("nat") }));
+    }
+    // --- end NAT
     return runUntilSignal(daemon);
   },
 });

@@ -24,6 +24,7 @@ export const rootCommand: AgentCommand = {
     status: () => import("./status.ts").then((m) => m.statusCommand),
     doctor: () => import("./doctor.ts").then((m) => m.doctorCommand),
     pki: () => import("./pki.ts").then((m) => m.pkiCommand),
+    nat: () => import("./nat.ts").then((m) => m.natCommand),
     version: versionCommand,
   },
 };
