@@ -39,6 +39,14 @@ async function must(argv: string[], stdin?: string): Promise<string> {
   return r.stdout;
 }
 
+/** Runs a measuring child to completion (no time limit: the seed peer takes a while). */
+async function measure(argv: string[]): Promise<{ apply: number; remove: number }> {
+  const p = Bun.spawn(argv, { stdout: "pipe", stderr: "inherit" });
+  const [out, code] = await Promise.all([new Response(p.stdout).text(), p.exited]);
+  if (code !== 0) throw new Error(`${argv.join(" ")} exited ${code}`);
+  return JSON.parse(out) as { apply: number; remove: number };
+}
+
 function bulkRules(n: number): Rule[] {
   const t = Date.now();
   return [...Array(n).keys()].map((i) => ({
@@ -227,7 +235,7 @@ async function main(): Promise<void> {
       daemon.kill("SIGTERM");
       await daemon.exited;
 
-      bulk[backend] = JSON.parse(await must(inNs(RTR, BUN, SELF, "--inside", "backend", backend, String(BULK_RULES)))) as { apply: number; remove: number };
+      bulk[backend] = await measure(inNs(RTR, BUN, SELF, "--inside", "backend", backend, String(BULK_RULES)));
     }
 
     // Seed 001's way for the first packet: one iptables -I, then the same probe.
@@ -241,7 +249,7 @@ async function main(): Promise<void> {
       seedFirst.push((await probe.result()) - t0);
     }
     await must(inNs(RTR, "iptables", "-t", "nat", "-F", "PREROUTING"));
-    const seedBulk = JSON.parse(await must(inNs(RTR, BUN, SELF, "--inside", "seed", String(BULK_RULES)))) as { apply: number; remove: number };
+    const seedBulk = await measure(inNs(RTR, BUN, SELF, "--inside", "seed", String(BULK_RULES)));
     probe.close();
 
     const li = stats(latency.iptables!.first);

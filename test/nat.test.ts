@@ -12,7 +12,7 @@ import { createLogger } from "../src/log.ts";
 import { parseAllowEntry, parseIPv4, PRIVATE_RANGES } from "../src/netaddr.ts";
 import { FakeBackend, verifyTags, type Exec, type ExecResult } from "../src/nat/backend.ts";
 import { chooseBackend, createNatComponent, parseIpAddrJson } from "../src/nat/component.ts";
-import { conntrackCutter, conntrackDeleteArgv } from "../src/nat/conntrack.ts";
+import { conntrackCutter, conntrackDeleteArgv, flowOf, parseConntrackList } from "../src/nat/conntrack.ts";
 import { IptablesBackend, parseSave, renderRestore } from "../src/nat/iptables.ts";
 import { NftBackend, parseNftJson, renderNft } from "../src/nat/nft.ts";
 import { isNoop, plan, type InstalledRule } from "../src/nat/plan.ts";
@@ -287,9 +287,29 @@ describe("conntrack", () => {
   ])("argv for %j", (r, argv) => {
     expect(conntrackDeleteArgv(r)).toEqual(argv);
   });
-  test("no matching flow is not an error; a real failure is", async () => {
-    await conntrackCutter(scriptedExec(() => ({ code: 1, stderr: "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted." })))(r1);
-    await expect(conntrackCutter(scriptedExec(() => ({ code: 1, stderr: "Operation not permitted" })))(r1)).rejects.toThrow(/Operation not permitted/);
+  const listing = [
+    "tcp      6 431999 ESTABLISHED src=203.0.113.7 dst=198.18.0.1 sport=33014 dport=8080 src=192.168.1.50 dst=203.0.113.7 sport=80 dport=33014 [ASSURED] mark=0 use=1",
+    "udp      17 29 src=198.51.100.9 dst=198.18.0.1 sport=4000 dport=5000 [UNREPLIED] src=192.168.1.60 dst=198.51.100.9 sport=5001 dport=4000 mark=0 use=1",
+    "tcp      6 431999 ESTABLISHED src=203.0.113.8 dst=198.18.0.1 sport=1000 dport=8080 src=192.168.1.50 dst=203.0.113.8 sport=80 dport=1000 [ASSURED] mark=0 use=1",
+    "tcp      6 100 ESTABLISHED src=10.0.0.2 dst=10.0.0.1 sport=22 dport=50000 src=10.0.0.1 dst=10.0.0.2 sport=50000 dport=22 mark=0 use=1",
+  ].join("\n");
+  test("parseConntrackList and flowOf pick the flows a rule forwarded", () => {
+    const flows = parseConntrackList(listing);
+    expect(flows[0]).toEqual({ proto: "tcp", src: "203.0.113.7", dport: 8080, replySrc: "192.168.1.50", replySport: 80 });
+    expect(flows.map((f) => flowOf(r1, f))).toEqual([true, false, false, false]);
+    expect(flows.map((f) => flowOf(r2, f))).toEqual([false, true, false, false]);
+  });
+  test("one listing, then one delete per rule that has flows", async () => {
+    const exec = scriptedExec((argv) => (argv[1] === "-L" ? { stdout: listing } : {}));
+    const idle = rule("0000aaaa", { port: 9999 });
+    await conntrackCutter(exec)([r1, r2, idle]);
+    expect(exec.calls).toEqual([["conntrack", "-L"], conntrackDeleteArgv(r1), conntrackDeleteArgv(r2)]);
+  });
+  test("a flow gone since the listing is not an error; a real failure is", async () => {
+    const gone = scriptedExec((argv) => (argv[1] === "-L" ? { stdout: listing } : { code: 1, stderr: "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted." }));
+    await conntrackCutter(gone)([r1]);
+    const denied = scriptedExec((argv) => (argv[1] === "-L" ? { stdout: listing } : { code: 1, stderr: "Operation not permitted" }));
+    await expect(conntrackCutter(denied)([r1])).rejects.toThrow(/Operation not permitted/);
   });
 });
 
@@ -350,7 +370,7 @@ function setup(opts: { now?: () => number; keepOnStop?: boolean; store?: MemoryR
     limits: { ...limits, maxRules: 200, minTtlMs: opts.minTtlMs ?? limits.minTtlMs },
     keepOnStop: opts.keepOnStop ?? false,
     ownAddresses: async () => own,
-    cutFlows: async (r) => void cut.push(r.id),
+    cutFlows: async (rs) => void cut.push(...rs.map((r) => r.id)),
     log: createLogger({ level: "info", write: (l) => void lines.push(l) }),
     ...(opts.now ? { now: opts.now } : {}),
   });

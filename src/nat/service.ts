@@ -272,11 +272,11 @@ export class NatService {
   }
 
   private async cut(rules: readonly Rule[]): Promise<void> {
-    await Promise.all(
-      rules.map((r) =>
-        this.d.cutFlows(r).catch((e: unknown) => this.d.log.warn(`could not cut open connections of rule ${r.id}`, e)),
-      ),
-    );
+    try {
+      await this.d.cutFlows(rules);
+    } catch (e) {
+      this.d.log.warn(`could not cut open connections of rule(s) ${rules.map((r) => r.id).join(", ")}`, e);
+    }
   }
 
   private view(r: Rule): RuleView {
