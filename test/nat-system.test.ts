@@ -196,8 +196,9 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
     // The flow's conntrack entry is deleted, not left to time out (432000 s for an
     // established TCP flow): a kernel that keeps NAT bindings without their rule would
     // otherwise go on forwarding it.
-    const tracked = await must(inNs(RTR, "conntrack", "-L", "-p", "tcp", "--orig-port-dst", "8081"));
-    expect(tracked.trim()).toBe("");
+    // (Waited for: `nat list` drops a rule as its removal starts, the cut follows the apply.)
+    const tracked = async () => (await must(inNs(RTR, "conntrack", "-L", "-p", "tcp", "--orig-port-dst", "8081"))).trim();
+    await waitFor(async () => (await tracked()) === "", 2000, "the expired flow's conntrack entry to be deleted");
     expect(tagsIn(await ruleset())).toEqual([]);
     expect(await curl(8080)).toBe("");
   }, 30_000);
