@@ -261,6 +261,23 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
     expect(tagsIn(await ruleset())).toEqual([]);
   }, 20_000);
 
+  test("a udp rule forwards datagrams from its source only", async () => {
+    const ask = async (from: string) => {
+      const r = await run(inNs(CLI, "socat", "-T", "1", "-", `UDP4:${PUBLIC}:9000,bind=${from}`), "ping\n");
+      return r.stdout;
+    };
+    expect(await ask(PEER)).toBe("");
+    const added = await nat("add", "--proto", "udp", "--src", PEER, "--port", "9000", "--to", `${SERVER}:${ECHO_PORT}`, "--ttl", "30s", "--json");
+    expect(added.code).toBe(0);
+    const { rule } = JSON.parse(added.stdout) as { rule: { id: string; proto: string } };
+    expect(rule.proto).toBe("udp");
+    expect(await ask(PEER)).toBe("ping\n");
+    expect(await ask(OTHER)).toBe("");
+    expect((await nat("del", rule.id)).stdout).toBe(`deleted rule ${rule.id}: udp ${PEER}/32 → port 9000 → ${SERVER}:${ECHO_PORT}\n`);
+    expect(await ask(PEER)).toBe("");
+    expect(tagsIn(await ruleset())).toEqual([]);
+  }, 20_000);
+
   test("100 concurrent adds are applied exactly once, listed, and all expire", async () => {
     const N = 100;
     const req = (i: number) => ({ src: PEER, port: String(20000 + i), to: `${SERVER}:80`, ttl: "5s" });
