@@ -56,11 +56,12 @@ export class IptablesBackend implements FirewallBackend {
   async apply(rules: readonly Rule[]): Promise<void> {
     const restore = [this.cmd.restore, "--noflush", "-w", XTABLES_WAIT_S];
     checkExec("apply NAT rules", restore, await this.exec(restore, { stdin: renderRestore(rules) }));
-    await this.ensureJump("nat", "PREROUTING", NAT_CHAIN);
-    await this.ensureJump("filter", "FORWARD", FWD_CHAIN);
+    // The two tables are independent: check them side by side (each step is a process).
+    await Promise.all([this.ensureJump("nat", "PREROUTING", NAT_CHAIN), this.ensureJump("filter", "FORWARD", FWD_CHAIN)]);
     const expected = expectedTags(rules);
-    verifyTags(`nat ${NAT_CHAIN}`, expected, await this.read("nat", NAT_CHAIN));
-    verifyTags(`filter ${FWD_CHAIN}`, expected, await this.read("filter", FWD_CHAIN));
+    const [nat, filter] = await Promise.all([this.read("nat", NAT_CHAIN), this.read("filter", FWD_CHAIN)]);
+    verifyTags(`nat ${NAT_CHAIN}`, expected, nat);
+    verifyTags(`filter ${FWD_CHAIN}`, expected, filter);
   }
 
   async list(): Promise<InstalledRule[]> {
