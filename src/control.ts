@@ -29,6 +29,7 @@ interface ConnState {
 export class ControlServer {
   readonly path: string;
   private readonly handlers = new Map<string, Handler>();
+  private fallbackHandler: Handler | undefined;
   private listener: UnixSocketListener<ConnState> | undefined;
   private readonly log: Logger;
 
@@ -42,6 +43,16 @@ export class ControlServer {
     return this;
   }
 
+  /**
+   * Handles requests that have no "cmd" (another program's request shape, e.g. seed 001's
+   * NAT requests). The handler gets the whole object; returning undefined means "not
+   * mine" and the request is refused as usual.
+   */
+  fallback(handler: Handler): this {
+    this.fallbackHandler = handler;
+    return this;
+  }
+
   /** Answers one decoded request; exported for tests and for other front ends. */
   async dispatch(line: string): Promise<ControlResponse> {
     let req: unknown;
@@ -49,6 +60,14 @@ export class ControlServer {
       req = JSON.parse(line);
     } catch {
       return { ok: false, code: "usage", error: "request is not valid JSON" };
+    }
+    if (this.fallbackHandler && req !== null && typeof req === "object" && !Array.isArray(req) && !("cmd" in req)) {
+      try {
+        const result = await this.fallbackHandler(req as Record<string, unknown>);
+        if (result !== undefined) return { ok: true, result };
+      } catch (e) {
+        return this.failure("fallback request", e);
+      }
     }
     if (req === null || typeof req !== "object" || typeof (req as { cmd?: unknown }).cmd !== "string") {
       return { ok: false, code: "usage", error: 'request must be an object with a string "cmd"' };
@@ -64,10 +83,14 @@ export class ControlServer {
     try {
       return { ok: true, result: await handler((args ?? {}) as Record<string, unknown>) };
     } catch (e) {
-      const usage = e instanceof UsageError;
-      if (!usage && !(e instanceof RuntimeError)) this.log.error(`control command ${cmd} failed`, e);
-      return { ok: false, code: usage ? "usage" : "runtime", error: (e as Error).message };
+      return this.failure(`control command ${cmd}`, e);
     }
+  }
+
+  private failure(what: string, e: unknown): ControlResponse {
+    const usage = e instanceof UsageError;
+    if (!usage && !(e instanceof RuntimeError)) this.log.error(`${what} failed`, e);
+    return { ok: false, code: usage ? "usage" : "runtime", error: (e as Error).message };
   }
 
   /**

@@ -42,8 +42,13 @@ export const daemonCommand = defineAgentCommand({
       const { RelayRole } = await import("../roles/relay.ts");
       daemon.add(new RelayRole(cfg, bundle, rlog, daemon.control));
     } else if (role === "onsite") {
+      // Timed DNAT rules (src/nat) first: the onsite role hands them requests that masters
+      // make inside sessions, and removes them when those sessions end.
+      const { createNatComponent } = await import("../nat/component.ts");
       const { OnsiteRole } = await import("../roles/onsite.ts");
-      daemon.add(new OnsiteRole(cfg, bundle, rlog, daemon.control));
+      const nat = createNatComponent({ control: daemon.control, config: cfg, log: log.withTag("nat") });
+      daemon.add(nat);
+      daemon.add(new OnsiteRole(cfg, bundle, rlog, daemon.control, nat));
     } else {
       const { MasterRole } = await import("../roles/master.ts");
       daemon.add(new MasterRole(cfg, bundle, rlog, daemon.control));

@@ -28,6 +28,7 @@ export const rootCommand: AgentCommand = {
     connect: () => import("./sessions.ts").then((m) => m.connectCommand),
     sessions: () => import("./sessions.ts").then((m) => m.sessionsCommand),
     disconnect: () => import("./sessions.ts").then((m) => m.disconnectCommand),
+    nat: () => import("./nat.ts").then((m) => m.natCommand),
     version: versionCommand,
   },
 };

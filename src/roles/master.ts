@@ -48,6 +48,16 @@ export class MasterRole implements Component {
       return this.sessions.connect(onsite, specs, ttl);
     });
     control.handle("sessions", () => this.sessions.list());
+    // `agent nat add --session S ...` on the master: a timed DNAT rule on the session's onsite
+    // device whose source is this master's public address as the relay sees it.
+    control.handle("nat.add", async (args) => {
+      const session = args.session;
+      if (typeof session !== "string" || !session) throw new UsageError("on a master, nat add needs --session SESSION (see `agent sessions`); the rule's source is the session's peer");
+      if (args.src !== undefined) throw new UsageError("--src is not taken on a master: the relay sets the source to this master's public address");
+      const conn = this.client.connection;
+      if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.client.state})`);
+      return conn.request(Msg.NAT_REQUEST, { session, proto: args.proto, port: args.port, to: args.to, ttl: args.ttl, iface: args.iface });
+    });
     control.handle("disconnect", (args) => this.sessions.disconnect(String(args.session ?? "")));
   }
 

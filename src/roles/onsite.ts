@@ -7,7 +7,10 @@ import type { Logger } from "../log.ts";
 import type { Bundle } from "../pki.ts";
 import type { RelayClient } from "../transport/client.ts";
 import { Msg } from "../transport/messages.ts";
-import type { Connection } from "../transport/mux.ts";
+import { RemoteError, type Connection } from "../transport/mux.ts";
+import { ErrorCode } from "../transport/messages.ts";
+import { UsageError } from "../errors.ts";
+import type { NatComponent } from "../nat/component.ts";
 import { SessionServer } from "../tunnel/serve.ts";
 import { VERSION } from "../version.ts";
 import type { Component } from "./daemon.ts";
@@ -26,13 +29,32 @@ export class OnsiteRole implements Component {
   /** Extra request handlers on the relay connection (NAT requests), set by other parts. */
   extraSetup: ((conn: Connection) => void)[] = [];
 
-  constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control: ControlServer) {
+  constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">) {
     this.sessions = new SessionServer({
       id: bundle.id,
       allow: () => this.cfg.allow,
       log: log.withTag("sessions"),
       extra: (conn) => this.extraSetup.forEach((f) => f(conn)),
+      // A session's NAT rules live as long as the session.
+      onSessionClosed: (session) => {
+        if (nat) void nat.removeByOwner(session).then((n) => n && log.info(`removed ${n} NAT rule(s) of session ${session}`), (e) => log.warn(`removing NAT rules of ${session}: ${(e as Error).message}`));
+      },
     });
+    if (nat) {
+      this.extraSetup.push((conn) =>
+        conn.handle(Msg.NAT_REQUEST, async (b) => {
+          const session = String(b.session ?? "");
+          if (!this.sessions.sessions.has(session)) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} on ${bundle.id}`);
+          // The source is the session's peer as the relay saw it; nothing the master said.
+          try {
+            return await nat.add({ proto: b.proto, src: b.source, port: b.port, to: b.to, ttl: b.ttl, iface: b.iface }, session);
+          } catch (e) {
+            if (e instanceof UsageError) throw new RemoteError(ErrorCode.BAD_REQUEST, e.message);
+            throw e;
+          }
+        }),
+      );
+    }
     this.client = relayClientFor(cfg, bundle, log, "onsite", {
       setup: (conn) => this.sessions.setup(conn),
       onStream: (s) => this.sessions.serve(s),

@@ -1,0 +1,101 @@
+// `agent nat add|list|del|flush`: timed DNAT rules on the running onsite daemon, over its
+// control socket. Parsing and printing only; the daemon validates and applies.
+import { controlRequest } from "../control.ts";
+import { formatDuration } from "../duration.ts";
+import type { AddResult, RuleView } from "../nat/service.ts";
+import { formatTable } from "../table.ts";
+import { UsageError } from "../errors.ts";
+import { defineAgentCommand, flag, str } from "./args.ts";
+import { configArgs, configFromArgs } from "./common.ts";
+
+const jsonArg = { json: { type: "boolean", description: "print JSON" } } as const;
+
+function print(text: string): void {
+  process.stdout.write(text.endsWith("\n") ? text : text + "\n");
+}
+
+/** Whole seconds left, rounded up: a rule with 200 ms left still shows 1s. */
+function left(ms: number): string {
+  return formatDuration(Math.ceil(ms / 1000) * 1000);
+}
+
+function describeRule(r: RuleView): string {
+  return `${r.proto} ${r.src}${r.iface ? ` on ${r.iface}` : ""} → port ${r.port} → ${r.to}`;
+}
+
+const add = defineAgentCommand({
+  meta: { name: "add", description: "Forward a public port to a LAN target for one source, for a limited time" },
+  args: {
+    ...configArgs,
+    src: { type: "string", valueHint: "ip[/len]", description: "the only source address (or CIDR) allowed through (on the onsite daemon)" },
+    session: { type: "string", valueHint: "session", description: "on a master: ask the session's onsite device; the source is then this master's public address" },
+    port: { type: "string", required: true, valueHint: "n", description: "public port on this device, 1-65535" },
+    to: { type: "string", required: true, valueHint: "host:port", description: "LAN target, inside the allow list" },
+    proto: { type: "enum", options: ["tcp", "udp"], description: "protocol (default tcp)" },
+    ttl: { type: "string", required: true, valueHint: "duration", description: "how long the rule lives, e.g. 30s, 15m, 2h (nat.min_ttl..nat.max_ttl)" },
+    iface: { type: "string", valueHint: "name", description: "only for packets arriving on this interface" },
+    ...jsonArg,
+  },
+  async exec(args) {
+    const session = str(args, "session");
+    if ((session === undefined) === (str(args, "src") === undefined)) {
+      throw new UsageError("agent nat add needs exactly one of --src (on the onsite daemon) and --session (on a master)", "see `agent nat add --help`");
+    }
+    const cfg = await configFromArgs(args);
+    const req: Record<string, unknown> = { port: str(args, "port"), to: str(args, "to"), ttl: str(args, "ttl"), proto: str(args, "proto") ?? "tcp" };
+    if (session !== undefined) req.session = session;
+    else req.src = str(args, "src");
+    if (str(args, "iface") !== undefined) req.iface = str(args, "iface");
+    const res = (await controlRequest(cfg.control, "nat.add", req)) as AddResult;
+    if (flag(args, "json")) print(JSON.stringify(res));
+    else print(`${res.created ? "added" : "extended"} rule ${res.rule.id}: ${describeRule(res.rule)}, expires in ${left(res.rule.remaining_ms)} (${res.rule.expires})`);
+    return 0;
+  },
+});
+
+const list = defineAgentCommand({
+  meta: { name: "list", description: "Show the active NAT rules with the time each has left" },
+  args: { ...configArgs, ...jsonArg },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const res = (await controlRequest(cfg.control, "nat.list")) as { backend: string; now: string; rules: RuleView[] };
+    if (flag(args, "json")) {
+      print(JSON.stringify(res));
+      return 0;
+    }
+    if (res.rules.length === 0) {
+      print(`no active rules (backend ${res.backend})`);
+      return 0;
+    }
+    const rows = res.rules.map((r) => [r.id, r.proto, r.src, r.iface ?? "*", String(r.port), r.to, left(r.remaining_ms), r.owner]);
+    process.stdout.write(formatTable(["ID", "PROTO", "SOURCE", "IN", "PORT", "TO", "LEFT", "OWNER"], rows));
+    return 0;
+  },
+});
+
+const del = defineAgentCommand({
+  meta: { name: "del", description: "Remove one rule now and cut its open connections" },
+  args: { ...configArgs, id: { type: "positional", valueHint: "ID", description: "rule id from `agent nat list`" }, ...jsonArg },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const r = (await controlRequest(cfg.control, "nat.del", { id: str(args, "id") })) as RuleView;
+    print(flag(args, "json") ? JSON.stringify(r) : `deleted rule ${r.id}: ${describeRule(r)}`);
+    return 0;
+  },
+});
+
+const flush = defineAgentCommand({
+  meta: { name: "flush", description: "Remove every rule the agent added (other firewall rules are left alone)" },
+  args: { ...configArgs, ...jsonArg },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const r = (await controlRequest(cfg.control, "nat.flush")) as { removed: number };
+    print(flag(args, "json") ? JSON.stringify(r) : `removed ${r.removed} rule(s)`);
+    return 0;
+  },
+});
+
+export const natCommand = defineAgentCommand({
+  meta: { name: "nat", description: "Timed port forwards (DNAT) on the onsite daemon: add, list, del, flush" },
+  subCommands: { add, list, del, flush },
+});

@@ -1,0 +1,306 @@
+// The NAT service: the active rules in memory, the firewall kept equal to them, the state
+// file kept equal to the firewall, and a timer that removes each rule at its expiry. The
+// decisions are the pure pieces (validateRequest, decideAdd, plan); this class sequences
+// them against an injected backend, store, flow cutter, clock and logger.
+import { RuntimeError, UsageError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import type { FirewallBackend } from "./backend.ts";
+import type { FlowCutter } from "./conntrack.ts";
+import { isNoop, plan } from "./plan.ts";
+import type { RuleStore } from "./store.ts";
+import { decideAdd, FieldError, newRuleId, sameForward, validateRequest, type NatLimits, type NatRequest, type OwnAddress, type Rule } from "./rule.ts";
+
+/** Longest single setTimeout; a later expiry re-arms from there. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** After a failed expiry apply, try again this soon (the rule must not linger). */
+export const EXPIRY_RETRY_MS = 1000;
+
+export interface NatServiceDeps {
+  backend: FirewallBackend;
+  store: RuleStore;
+  limits: NatLimits;
+  keepOnStop: boolean;
+  ownAddresses: () => Promise<OwnAddress[]>;
+  cutFlows: FlowCutter;
+  log: Logger;
+  now?: () => number;
+  newId?: () => string;
+}
+
+/** A rule as `nat list` shows it. */
+export interface RuleView {
+  id: string;
+  proto: string;
+  src: string;
+  iface?: string;
+  port: number;
+  to: string;
+  owner: string;
+  created: string;
+  expires: string;
+  remaining_ms: number;
+}
+
+export interface AddResult {
+  rule: RuleView;
+  /** False when an identical rule existed and only its expiry moved. */
+  created: boolean;
+}
+
+export class NatService {
+  private readonly rules = new Map<string, Rule>();
+  private readonly now: () => number;
+  private readonly newId: () => string;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** True once the firewall holds (or held) agent rules; an idle agent never writes it. */
+  private touched = false;
+  private closed = false;
+  private queue: Promise<void> = Promise.resolve();
+  private pending: Promise<void> | undefined;
+  private closing: Promise<void> | undefined;
+
+  constructor(private readonly d: NatServiceDeps) {
+    this.now = d.now ?? Date.now;
+    this.newId = d.newId ?? newRuleId;
+  }
+
+  get backendName(): string {
+    return this.d.backend.name;
+  }
+
+  /** Reconciles the firewall with the state file: drops expired and orphan rules, re-arms the rest. */
+  async start(): Promise<void> {
+    const log = this.d.log;
+    let saved: Rule[] = [];
+    try {
+      saved = this.d.store.load();
+    } catch (e) {
+      log.error("NAT state file is damaged; starting without it (its tagged rules will be removed as orphans)", e);
+    }
+    const installed = await this.d.backend.list();
+    const p = plan(saved, installed, this.now());
+    for (const r of p.desired) this.rules.set(r.id, r);
+    if (!isNoop(p)) {
+      await this.d.backend.apply(p.desired);
+      this.touched = true;
+    } else if (installed.length > 0) {
+      this.touched = true;
+    }
+    if (saved.length > 0 || p.expired.length > 0) this.d.store.save(p.desired);
+    for (const r of p.expired) log.info(`removed rule ${r.id} at start: it expired at ${new Date(r.expiresAt).toISOString()}`, describe(r));
+    for (const o of p.orphans) log.warn(`removed tagged rule ${o.id} at start: the state does not know it`);
+    for (const r of p.desired) log.info(`re-armed rule ${r.id}: expires in ${Math.ceil((r.expiresAt - this.now()) / 1000)}s`, describe(r));
+    if (p.add.length) log.warn(`restored ${p.add.length} rule(s) missing from the firewall: ${p.add.map((r) => r.id).join(", ")}`);
+    log.info(`NAT ready (backend ${this.d.backend.name}): ${p.desired.length} active, ${p.expired.length} expired, ${p.orphans.length} orphan(s) removed`);
+    await this.cut(p.expired);
+    this.arm();
+  }
+
+  /** Validates and applies a request. Throws UsageError for a refused request. */
+  async add(req: NatRequest, owner: string): Promise<AddResult> {
+    this.assertOpen();
+    if (typeof owner !== "string" || owner.length === 0 || owner.length > 128 || /[\u0000-\u001f]/.test(owner)) {
+      throw new UsageError("owner: expected a session id or \"local\"");
+    }
+    let spec;
+    try {
+      spec = validateRequest(req, this.d.limits, await this.d.ownAddresses());
+    } catch (e) {
+      throw asUsage(e);
+    }
+    const decision = decideAdd(spec, owner, [...this.rules.values()], this.now(), () => this.uniqueId(), this.d.limits.maxRules);
+    if (decision.kind === "refuse") throw asUsage(decision.error);
+    const rule = decision.rule;
+    const prev = this.rules.get(rule.id);
+    this.rules.set(rule.id, rule);
+    try {
+      await this.sync();
+    } catch (e) {
+      if (this.rules.get(rule.id) === rule) {
+        if (prev) this.rules.set(rule.id, prev);
+        else this.rules.delete(rule.id);
+      }
+      throw new RuntimeError(`could not apply rule: ${(e as Error).message}`, "see `agent doctor` for the firewall tools this host needs", { cause: e });
+    }
+    this.d.log.info(decision.kind === "new" ? `added rule ${rule.id}` : `extended rule ${rule.id}`, describe(rule));
+    return { rule: this.view(rule), created: decision.kind === "new" };
+  }
+
+  list(): RuleView[] {
+    return [...this.rules.values()].sort((a, b) => a.expiresAt - b.expiresAt || a.id.localeCompare(b.id)).map((r) => this.view(r));
+  }
+
+  async del(id: string): Promise<RuleView> {
+    this.assertOpen();
+    if (typeof id !== "string" || !this.rules.has(id)) {
+      throw new UsageError(`no active rule ${JSON.stringify(id)}`, "`agent nat list` shows the ids");
+    }
+    const [r] = await this.removeWhere((x) => x.id === id, "deleted");
+    return this.view(r!);
+  }
+
+  /** Deletes the rule matching a forward (seed 001's `action: del`); the TTL is not compared. */
+  async delMatching(req: NatRequest): Promise<RuleView> {
+    this.assertOpen();
+    let spec;
+    try {
+      const anyTtl = { ...this.d.limits, minTtlMs: 0, maxTtlMs: Number.MAX_SAFE_INTEGER };
+      spec = validateRequest({ ...req, ttl: "1s" }, anyTtl, await this.d.ownAddresses());
+    } catch (e) {
+      throw asUsage(e);
+    }
+    const same = [...this.rules.values()].find((r) => sameForward(r, spec));
+    if (!same) throw new UsageError(`no active rule forwards ${spec.proto} port ${spec.port} from ${spec.src} to ${spec.toAddr}:${spec.toPort}`);
+    return this.del(same.id);
+  }
+
+  async flush(): Promise<number> {
+    this.assertOpen();
+    return (await this.removeWhere(() => true, "flushed")).length;
+  }
+
+  /** Removes the rules a session asked for; called when that session ends. */
+  async removeByOwner(owner: string): Promise<number> {
+    if (this.closed) return 0;
+    return (await this.removeWhere((r) => r.owner === owner, `owner ${owner} left`)).length;
+  }
+
+  status(): Record<string, unknown> {
+    const next = Math.min(...[...this.rules.values()].map((r) => r.expiresAt));
+    return { backend: this.d.backend.name, rules: this.rules.size, next_expiry: Number.isFinite(next) ? new Date(next).toISOString() : null };
+  }
+
+  /** Clean stop: removes the agent's rules (or keeps the unexpired ones when configured). Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.closed = true;
+      if (this.timer) clearTimeout(this.timer);
+      this.timer = undefined;
+      await this.queue;
+      if (!this.touched) return;
+      if (this.d.keepOnStop) {
+        this.d.log.info(`keeping ${this.rules.size} rule(s) across the stop (nat.keep_on_stop)`);
+        return;
+      }
+      const all = [...this.rules.values()];
+      this.rules.clear();
+      await this.d.backend.apply([]);
+      await this.d.backend.teardown();
+      this.d.store.save([]);
+      await this.cut(all);
+      this.d.log.info(`removed ${all.length} rule(s) on stop`);
+    })();
+    return this.closing;
+  }
+
+  // --- internals -------------------------------------------------------------------------
+
+  private assertOpen(): void {
+    if (this.closed) throw new RuntimeError("the NAT service is stopping");
+  }
+
+  private uniqueId(): string {
+    for (let i = 0; i < 100; i++) {
+      const id = this.newId();
+      if (!this.rules.has(id)) return id;
+    }
+    throw new Error("could not find a free rule id");
+  }
+
+  private async removeWhere(pred: (r: Rule) => boolean, why: string): Promise<Rule[]> {
+    const gone = [...this.rules.values()].filter(pred);
+    if (gone.length === 0) return [];
+    for (const r of gone) this.rules.delete(r.id);
+    try {
+      await this.sync();
+    } catch (e) {
+      for (const r of gone) if (!this.rules.has(r.id)) this.rules.set(r.id, r);
+      throw new RuntimeError(`could not remove rule(s): ${(e as Error).message}`, undefined, { cause: e });
+    }
+    for (const r of gone) this.d.log.info(`removed rule ${r.id} (${why})`, describe(r));
+    await this.cut(gone);
+    return gone;
+  }
+
+  /**
+   * Applies the current rule set. Calls made while an apply runs share the next one, so a
+   * burst of adds costs two transactions, not one per add; each caller learns the outcome
+   * of the transaction that carried its change.
+   */
+  private sync(): Promise<void> {
+    if (this.pending) return this.pending;
+    const p = this.queue.then(async () => {
+      this.pending = undefined;
+      const rules = [...this.rules.values()].sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id));
+      this.touched = true;
+      await this.d.backend.apply(rules);
+      this.d.store.save(rules);
+      this.arm();
+    });
+    this.pending = p;
+    this.queue = p.catch(() => {});
+    return p;
+  }
+
+  private arm(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.closed || this.rules.size === 0) return;
+    const next = Math.min(...[...this.rules.values()].map((r) => r.expiresAt));
+    const delay = Math.min(Math.max(0, next - this.now()), MAX_TIMER_MS);
+    this.timer = setTimeout(() => void this.expireDue(), delay);
+  }
+
+  /** Timer callback: removes every rule whose time is up and cuts its flows. */
+  private async expireDue(): Promise<void> {
+    this.timer = undefined;
+    if (this.closed) return;
+    const now = this.now();
+    const due = [...this.rules.values()].filter((r) => r.expiresAt <= now);
+    if (due.length === 0) return this.arm();
+    for (const r of due) this.rules.delete(r.id);
+    try {
+      await this.sync();
+    } catch (e) {
+      for (const r of due) if (!this.rules.has(r.id)) this.rules.set(r.id, r);
+      this.d.log.error(`removing expired rule(s) ${due.map((r) => r.id).join(", ")} failed; retrying`, e);
+      if (!this.closed) this.timer = setTimeout(() => void this.expireDue(), EXPIRY_RETRY_MS);
+      return;
+    }
+    for (const r of due) this.d.log.info(`rule ${r.id} expired`, describe(r));
+    await this.cut(due);
+  }
+
+  private async cut(rules: readonly Rule[]): Promise<void> {
+    try {
+      await this.d.cutFlows(rules);
+    } catch (e) {
+      this.d.log.warn(`could not cut open connections of rule(s) ${rules.map((r) => r.id).join(", ")}`, e);
+    }
+  }
+
+  private view(r: Rule): RuleView {
+    const v: RuleView = {
+      id: r.id,
+      proto: r.proto,
+      src: r.src,
+      port: r.port,
+      to: `${r.toAddr}:${r.toPort}`,
+      owner: r.owner,
+      created: new Date(r.createdAt).toISOString(),
+      expires: new Date(r.expiresAt).toISOString(),
+      remaining_ms: Math.max(0, r.expiresAt - this.now()),
+    };
+    if (r.iface !== undefined) v.iface = r.iface;
+    return v;
+  }
+}
+
+function asUsage(e: unknown): Error {
+  if (e instanceof FieldError) return new UsageError(e.message);
+  return e as Error;
+}
+
+function describe(r: Rule): Record<string, unknown> {
+  return { proto: r.proto, src: r.src, port: r.port, to: `${r.toAddr}:${r.toPort}`, owner: r.owner, expires: new Date(r.expiresAt).toISOString() };
+}
