@@ -37,6 +37,15 @@ export const daemonCommand = defineAgentCommand({
       log.warn(`certificate in ${cfg.bundle} is valid only from ${bundle.notBefore.toISOString()}; is this clock right?`, { now: new Date(now).toISOString() });
     }
     const daemon = new Daemon({ role, id: bundle.id }, cfg, log.withTag(role));
+    // --- uplink manager (issue 5): onsite devices with [[uplink]] entries ---
+    if (role === "onsite" && cfg.uplink.length > 0) {
+      const { createUplinkManager } = await import("../uplink/index.ts");
+      const uplinks = createUplinkManager(cfg, log.withTag("uplink"));
+      daemon.add(uplinks);
+      daemon.control.handle("uplink.status", () => uplinks.report());
+      // The relay dialer hooks here: uplinks.onActiveChange((ev) => redial now).
+    }
+    // --- end uplink manager ---
     return runUntilSignal(daemon);
   },
 });

@@ -24,6 +24,7 @@ export const rootCommand: AgentCommand = {
     status: () => import("./status.ts").then((m) => m.statusCommand),
     doctor: () => import("./doctor.ts").then((m) => m.doctorCommand),
     pki: () => import("./pki.ts").then((m) => m.pkiCommand),
+    uplink: () => import("./uplink.ts").then((m) => m.uplinkCommand),
     version: versionCommand,
   },
 };
