@@ -148,8 +148,11 @@ export class UplinkManager {
     this.effects = this.effects.then(async () => {
       if (a.to) {
         const r = this.rt.find((x) => x.cfg.name === a.to)!;
-        const gw = this.gatewayOf(r, this.o.monitor.snapshot());
-        if (gw) await this.o.routes.setDefault({ dev: a.to, gateway: gw }).catch((e) => this.o.log.error(`switching the default route to ${a.to} failed`, e));
+        const snap = this.o.monitor.snapshot();
+        const gw = this.gatewayOf(r, snap);
+        // A link gone again since the decision: the next decision moves on; nothing to install.
+        if (!linkUsable(snap.get(a.to))) this.o.log.debug(`uplink ${a.to} lost its link before its route was installed`);
+        else if (gw) await this.o.routes.setDefault({ dev: a.to, gateway: gw }).catch((e) => this.o.log.error(`switching the default route to ${a.to} failed`, e));
         else this.o.log.error(`uplink ${a.to} has no known gateway; set gateway in its [[uplink]] entry`);
       }
       for (const cb of this.listeners) {
@@ -172,14 +175,15 @@ export class UplinkManager {
 
   private onSnapshot(snap: Snapshot): void {
     if (this.closed) return;
+    const changed: Record<string, boolean> = {};
     for (const r of this.rt) {
       const usable = linkUsable(snap.get(r.cfg.name));
-      const u = this.state.uplinks[r.index]!;
-      if (usable !== u.link) {
-        this.feed({ type: "link", uplink: r.cfg.name, up: usable });
-        // A link that comes (back) up is probed now rather than at its next slot.
-        if (usable) this.schedule(r, 0);
-      }
+      if (usable !== this.state.uplinks[r.index]!.link) changed[r.cfg.name] = usable;
+    }
+    if (Object.keys(changed).length > 0) {
+      this.feed({ type: "links", up: changed });
+      // A link that comes (back) up is probed now rather than at its next slot.
+      for (const r of this.rt) if (changed[r.cfg.name]) this.schedule(r, 0);
     }
     this.effects = this.effects.then(() => this.reconcileRoutes(snap));
   }

@@ -70,6 +70,9 @@ export interface PolicyState {
 export type PolicyEvent =
   | { type: "probe"; uplink: string; ok: boolean }
   | { type: "link"; uplink: string; up: boolean }
+  /** Several link changes seen at once (one monitor snapshot): decided together, so a burst
+   *  of losses does not pass through a short-lived choice of a link that is also gone. */
+  | { type: "links"; up: Record<string, boolean> }
   | { type: "tick" };
 
 export type Action = { type: "switch"; from?: string; to?: string; reason: string };
@@ -107,6 +110,7 @@ function setHealth(u: UplinkState, health: Health, now: number): UplinkState {
 }
 
 function applyEvent(u: UplinkState, ev: PolicyEvent, p: PolicyParams, now: number): UplinkState {
+  if (ev.type === "links") return Object.hasOwn(ev.up, u.name) ? applyEvent(u, { type: "link", uplink: u.name, up: ev.up[u.name]! }, p, now) : u;
   if (ev.type === "tick" || ev.uplink !== u.name) return u;
   if (ev.type === "link") {
     if (!ev.up) return setHealth({ ...u, link: false, okStreak: 0, failStreak: 0 }, "down", now);
