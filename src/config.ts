@@ -304,10 +304,10 @@ export function defaults(): Config {
     json_logs: false,
     nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, allow_any_source: false, keep_on_stop: false },
     uplink: [],
-    // Failover within ~4 s of a black hole (3 failed 1 s rounds), at once on link loss; two
+    // Failover within ~4 s of a black hole (3 failed 1 s rounds), at once on link loss. Three
     // staggered connects per round keep a 10%-lossy link from failing 3 rounds in a row
-    // (about once in 6 hours instead of every few minutes). See src/uplink/README.md.
-    tracking: { targets: [], interval: 1000, timeout: 1000, down: 3, up: 5, count: 2 },
+    // (about once a month instead of every few minutes). See src/uplink/README.md.
+    tracking: { targets: [], interval: 1000, timeout: 1000, down: 3, up: 5, count: 3 },
     ap: {
       interface: "wlan0",
       ssid: "agent-setup",
