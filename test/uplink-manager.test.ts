@@ -19,7 +19,7 @@ const uplinks: UplinkConfig[] = [
 ];
 const link = (name: string, i: number, up = true): LinkInfo => ({ name, index: i + 2, up, carrier: up, addrs: [`10.0.${i + 1}.2/24`], gateways: name === "eth0" ? ["10.0.1.1"] : [] });
 
-function rig(opts: { modem?: Modem; targets?: string[] } = {}) {
+function rig(opts: { modem?: Modem; targets?: string[]; uplinks?: UplinkConfig[] } = {}) {
   const monitor = new FakeMonitor();
   const routes = new FakeRouteTable();
   const healthy = new Map<string, boolean>([
@@ -34,7 +34,7 @@ function rig(opts: { modem?: Modem; targets?: string[] } = {}) {
   };
   const tracking = { ...defaults().tracking, interval: 20, timeout: 20, targets: (opts.targets ?? []).map((t) => parseHostPort(t)) };
   const m = new UplinkManager({
-    uplinks,
+    uplinks: opts.uplinks ?? uplinks,
     tracking,
     relay: parseHostPort("10.99.0.1:443"),
     monitor,
@@ -110,6 +110,24 @@ describe("UplinkManager with fakes", () => {
       await waitFor(() => probes.length > 0, 2000, "a probe");
       expect(m.report().targets).toEqual(["10.99.0.1:443", "192.0.2.7:80"]);
       expect(probes[0]).toMatch(/>10\.99\.0\.1:443,192\.0\.2\.7:80$/);
+    } finally {
+      await m.close();
+    }
+  });
+
+  test("a metered uplink on standby is probed only every keepalive", async () => {
+    const { m, probes, healthy } = rig({ uplinks: [uplinks[0]!, { ...uplinks[1]!, keepalive: 5000 }] });
+    await m.start();
+    try {
+      await Bun.sleep(400); // 20 rounds of eth0 at 20 ms
+      const eth = probes.filter((p) => p.startsWith("10.0.1.2>")).length;
+      const wwan = probes.filter((p) => p.startsWith("10.0.2.2>")).length;
+      expect(eth).toBeGreaterThan(5);
+      expect(wwan).toBe(1); // its first round, then nothing until the keepalive
+      // Once it carries the traffic it is probed at the tracking interval again, at once.
+      healthy.set("10.0.1.2", false);
+      await waitFor(() => m.active === "wwan0", 2000, "failover to the metered uplink");
+      await waitFor(() => probes.filter((p) => p.startsWith("10.0.2.2>")).length >= 4, 500, "wwan0 probed every interval");
     } finally {
       await m.close();
     }

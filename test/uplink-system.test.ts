@@ -59,6 +59,8 @@ maybe("uplink failover in namespaces (needs root)", () => {
     expect(r.stdout).toMatch(new RegExp(`^\\* ${ETH} +ethernet +10 +up`, "m"));
     expect(r.stdout).toContain(`active: ${ETH} since`);
     expect(r.stdout).toContain("modem of upwwan0: connected, home, Orange F, lte, signal 67%");
+    const s = await agent(["status", "--json", "--control", lab.control]);
+    expect(JSON.parse(s.stdout).uplink).toEqual({ active: ETH, healthy: [ETH, WLAN, WWAN] });
   });
 
   test("cut the primary: the backup carries traffic; the primary returns after its up count", async () => {

@@ -144,6 +144,10 @@ export class UplinkManager {
   }
 
   private apply(a: Action): void {
+    // A metered uplink may sit in a long keepalive wait: once active it is probed at the
+    // tracking interval, starting now.
+    const next = this.rt.find((x) => x.cfg.name === a.to);
+    if (next?.cfg.keepalive) this.schedule(next, 0);
     this.o.log.info(a.to ? `uplink ${a.to} is now active (${a.reason})` : `no uplink is usable (${a.reason})`, { from: a.from, to: a.to });
     this.effects = this.effects.then(async () => {
       if (a.to) {
