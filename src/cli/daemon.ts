@@ -48,7 +48,17 @@ export const daemonCommand = defineAgentCommand({
       const { OnsiteRole } = await import("../roles/onsite.ts");
       const nat = createNatComponent({ control: daemon.control, config: cfg, log: log.withTag("nat") });
       daemon.add(nat);
-      daemon.add(new OnsiteRole(cfg, bundle, rlog, daemon.control, nat));
+      const onsite = new OnsiteRole(cfg, bundle, rlog, daemon.control, nat);
+      // The uplink manager (src/uplink) when the config lists [[uplink]]s: the relay
+      // connection follows the active uplink, re-dialed at once after a switch.
+      if (cfg.uplink.length > 0) {
+        const { createUplinkManager } = await import("../uplink/index.ts");
+        const uplinks = createUplinkManager(cfg, log.withTag("uplink"));
+        daemon.add(uplinks);
+        daemon.control.handle("uplink.status", () => uplinks.report());
+        uplinks.onActiveChange((ev) => onsite.uplinkChanged(ev.to ?? "", ev.reason));
+      }
+      daemon.add(onsite);
     } else {
       const { MasterRole } = await import("../roles/master.ts");
       daemon.add(new MasterRole(cfg, bundle, rlog, daemon.control));

@@ -29,6 +29,7 @@ export const rootCommand: AgentCommand = {
     sessions: () => import("./sessions.ts").then((m) => m.sessionsCommand),
     disconnect: () => import("./sessions.ts").then((m) => m.disconnectCommand),
     nat: () => import("./nat.ts").then((m) => m.natCommand),
+    uplink: () => import("./uplink.ts").then((m) => m.uplinkCommand),
     version: versionCommand,
   },
 };

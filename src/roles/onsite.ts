@@ -67,10 +67,14 @@ export class OnsiteRole implements Component {
     });
   }
 
-  /** The uplink changed: tell the relay, and dial again over the new path at once. */
+  /**
+   * The uplink changed: dial again over the new path at once (the old connection's packets
+   * would go nowhere until its keepalive gave up), and the new inventory names the uplink.
+   * With no uplink left there is nothing to dial over: the backoff loop keeps trying.
+   */
   uplinkChanged(name: string, reason: string): void {
     this.uplink = name;
-    this.client.redial(`uplink changed to ${name || "none"}: ${reason}`);
+    if (name) this.client.redial(`uplink ${name}: ${reason}`);
   }
 
   sendInventory(conn: Connection | null = this.client.connection): void {

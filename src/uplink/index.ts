@@ -1,0 +1,28 @@
+// Builds the uplink manager from the configuration with the real adapters: netlink link
+// monitor (polling fallback), `ip` routes, TCP probes and, for cellular uplinks, the modem
+// found on this system (ModemManager or OpenWRT's netifd).
+import type { Config } from "../config.ts";
+import type { Logger } from "../log.ts";
+import { realExec, type Exec } from "./exec.ts";
+import { UplinkManager } from "./manager.ts";
+import { detectModem, type Modem } from "./modem.ts";
+import { createLinkMonitor } from "./monitor.ts";
+import { tcpProber } from "./probe.ts";
+import { IpRouteTable } from "./routes.ts";
+
+export { UplinkManager, type ActiveChange, type UplinkReport } from "./manager.ts";
+
+/** Set AGENT_UPLINK_MONITOR=poll to force the polling fallback (tests, odd kernels). */
+export function createUplinkManager(cfg: Config, log: Logger, exec: Exec = realExec): UplinkManager {
+  const monitorLog = log.withTag("linkmon");
+  const prefer = process.env.AGENT_UPLINK_MONITOR === "poll" ? "poll" : "netlink";
+  const monitor = createLinkMonitor(exec, (e) => monitorLog.warn("netlink link monitor problem", e), prefer);
+  const modems = new Map<string, Modem>();
+  for (const u of cfg.uplink) {
+    if (u.kind !== "cellular") continue;
+    const m = detectModem(exec, u.name);
+    if (m) modems.set(u.name, m);
+    else log.warn(`cellular uplink ${u.name}: neither mmcli (ModemManager) nor ubus/ifup (OpenWRT) found; its link is used only if something else brings it up`);
+  }
+  return new UplinkManager({ uplinks: cfg.uplink, tracking: cfg.tracking, relay: cfg.relay, monitor, routes: new IpRouteTable(exec), prober: tcpProber, modems, log });
+}

@@ -1,0 +1,211 @@
+// The uplink lab: the namespace topology (./netns.ts) with three uplinks (eth0 and wlan0
+// stand-ins, and a cellular one that a fake mmcli brings up), a peer-echo listener standing for
+// the relay's port, a real onsite daemon (`agent --role onsite`) in the onsite namespace and a
+// traffic watcher in the LAN namespace. Shared by test/uplink-system.test.ts and
+// bench/uplink.bench.ts.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { UplinkReport } from "../../src/uplink/manager.ts";
+import { agent, BUN, MAIN, ROOT, tempDir } from "./cli.ts";
+import { buildUplinkTopology, startPeerEcho, type Topology } from "./netns.ts";
+
+export const RELAY_PORT = 4443;
+export const FIXTURES = join(ROOT, "test", "fixtures", "uplink");
+
+export interface WatchEvent {
+  at: number;
+  peer?: string;
+  err?: string;
+}
+
+export interface Lab {
+  topo: Topology;
+  dir: string;
+  control: string;
+  daemonLog: string;
+  watch: WatchEvent[];
+  /** Which uplink (1-based) carried a watch event, from the router's NAT address. */
+  via(ev: WatchEvent): number | undefined;
+  status(): Promise<UplinkReport>;
+  /** First watch event at or after `t` that went through uplink `i`. */
+  firstVia(i: number, t: number): WatchEvent | undefined;
+  close(): Promise<void>;
+}
+
+export interface LabOptions {
+  prefix: string;
+  /** Extra [tracking] lines for the daemon's config. */
+  tracking?: string;
+}
+
+/** Pipes a process's stdout lines to `onLine` until it ends. */
+async function lines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void): Promise<void> {
+  const dec = new TextDecoder();
+  let buf = "";
+  for await (const chunk of stream) {
+    buf += dec.decode(chunk);
+    let nl: number;
+    while ((nl = buf.indexOf("\n")) >= 0) {
+      onLine(buf.slice(0, nl));
+      buf = buf.slice(nl + 1);
+    }
+  }
+}
+
+export async function startLab(o: LabOptions): Promise<Lab> {
+  const p = o.prefix;
+  const tmp = tempDir(`${p}-lab`);
+  const dir = tmp.path;
+  const cleanups: (() => Promise<void> | void)[] = [() => tmp[Symbol.dispose]()];
+  const close = async () => {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch {
+        // keep cleaning
+      }
+    }
+  };
+  try {
+    const dev = { eth: `${p}eth0`, wlan: `${p}wlan0`, wwan: `${p}wwan0` };
+    const topo = await buildUplinkTopology(p, [{ dev: dev.eth }, { dev: dev.wlan }, { dev: dev.wwan, create: false }]);
+    cleanups.push(() => topo.teardown());
+    // eth0's gateway is learned from the main table, as a DHCP client would install it.
+    await topo.ns(topo.onsite, ["ip", "route", "add", "default", "via", topo.uplinks[0]!.gateway, "dev", dev.eth, "metric", "100"]);
+
+    const echo = startPeerEcho(topo, RELAY_PORT);
+    cleanups.push(() => echo.stop());
+    await echo.ready;
+
+    // A real onsite daemon: bundle from the real PKI commands.
+    const ca = join(dir, "ca");
+    for (const args of [
+      ["pki", "init", "--dir", ca],
+      ["pki", "issue", "--dir", ca, "--role", "onsite", "--id", "site-1", "--out", join(dir, "site.bundle")],
+    ]) {
+      const r = await agent(args);
+      if (r.code !== 0) throw new Error(`agent ${args.join(" ")}: ${r.stderr}`);
+    }
+    const control = join(dir, "control.sock");
+    const cfgPath = join(dir, "agent.toml");
+    writeFileSync(
+      cfgPath,
+      `role = "onsite"
+bundle = "${join(dir, "site.bundle")}"
+relay = "${topo.relayAddr}:${RELAY_PORT}"
+control = "${control}"
+state_dir = "${join(dir, "state")}"
+log_level = "debug"
+
+[[uplink]]
+name = "${dev.eth}"
+kind = "ethernet"
+priority = 10
+
+[[uplink]]
+name = "${dev.wlan}"
+kind = "wifi"
+priority = 20
+gateway = "${topo.uplinks[1]!.gateway}"
+
+[[uplink]]
+name = "${dev.wwan}"
+kind = "cellular"
+priority = 30
+apn = "internet"
+gateway = "${topo.uplinks[2]!.gateway}"
+
+[tracking]
+${o.tracking ?? ""}
+`,
+    );
+    const mm = join(dir, "mmcli");
+    mkdirSync(mm);
+    const daemonLog = join(dir, "daemon.log");
+    const u3 = topo.uplinks[2]!;
+    const daemon = Bun.spawn(["ip", "netns", "exec", topo.onsite, BUN, MAIN, "--config", cfgPath], {
+      cwd: ROOT,
+      stdin: "ignore",
+      stdout: Bun.file(daemonLog),
+      stderr: Bun.file(daemonLog + ".err"),
+      env: {
+        ...process.env,
+        PATH: `${FIXTURES}:${process.env.PATH}`,
+        FAKE_MMCLI_DIR: mm,
+        FAKE_MMCLI_DEV: u3.dev,
+        FAKE_MMCLI_PEER: u3.routerDev,
+        FAKE_MMCLI_PEER_NS: u3.router,
+        FAKE_MMCLI_ADDR: `${u3.addr}/24`,
+        FAKE_MMCLI_GW: `${u3.gateway}/24`,
+      },
+    });
+    cleanups.push(async () => {
+      daemon.kill("SIGTERM");
+      const t = setTimeout(() => daemon.kill("SIGKILL"), 5000);
+      await daemon.exited;
+      clearTimeout(t);
+    });
+
+    const watch: WatchEvent[] = [];
+    const watcher = Bun.spawn(["ip", "netns", "exec", topo.lan, BUN, join(FIXTURES, "watch.ts"), topo.relayAddr, String(RELAY_PORT)], { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+    cleanups.push(async () => {
+      watcher.kill();
+      await watcher.exited;
+    });
+    void lines(watcher.stdout, (l) => {
+      try {
+        watch.push(JSON.parse(l) as WatchEvent);
+      } catch {
+        // partial line at exit
+      }
+    });
+
+    const viaOf = (ev: WatchEvent) => {
+      const i = topo.uplinks.findIndex((u) => u.routerRelaySide === ev.peer);
+      return i < 0 ? undefined : i + 1;
+    };
+    const lab: Lab = {
+      topo,
+      dir,
+      control,
+      daemonLog,
+      watch,
+      via: viaOf,
+      async status() {
+        const r = await agent(["uplink", "status", "--json", "--control", control]);
+        if (r.code !== 0) throw new Error(`agent uplink status: exit ${r.code}: ${r.stderr}`);
+        return JSON.parse(r.stdout) as UplinkReport;
+      },
+      firstVia(i, t) {
+        return watch.find((e) => e.at >= t && viaOf(e) === i);
+      },
+      close,
+    };
+    return lab;
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+/** Polls the daemon's report until `cond` holds. */
+export async function waitReport(lab: Lab, cond: (r: UplinkReport) => boolean, ms: number, what: string): Promise<UplinkReport> {
+  const until = Date.now() + ms;
+  let last: UplinkReport | undefined;
+  let lastErr: unknown;
+  while (Date.now() < until) {
+    try {
+      last = await lab.status();
+      if (cond(last)) return last;
+    } catch (e) {
+      lastErr = e; // daemon still starting
+    }
+    await Bun.sleep(100);
+  }
+  throw new Error(`timed out after ${ms} ms waiting for ${what}; last report: ${JSON.stringify(last ?? String(lastErr))}`);
+}
+
+/** The first switch at or after `t` (epoch ms) to uplink `to`. */
+export function switchAfter(r: UplinkReport, t: number, to: string | undefined) {
+  return r.history.find((h) => Date.parse(h.at) >= t && h.to === to);
+}
