@@ -119,6 +119,9 @@ try {
           connectorModule: IDLE_CONNECTOR_MODULE,
           context: { relay: `127.0.0.1:${fleet.relayPort}`, workDir: fleet.dir, pkiDir: `${fleet.dir}/pki` },
           counts,
+          // All load comes from 127.0.0.1, and the relay admits at most 32 connections per
+          // source address that have not finished TLS (Limits.maxUnauthenticatedPerSource).
+          batch: 24,
         });
         console.log(idleReport(res));
       } finally {

@@ -3,6 +3,7 @@
 // HELLO and its inventory, then idle but for keepalive PINGs: exactly what a fleet of quiet
 // devices costs a relay. Certificates are signed in this process with one shared RSA key (a
 // key per device would take minutes to generate and changes nothing on the relay's side).
+import { sign } from "node:crypto";
 import { readFileSync } from "node:fs";
 import forge from "node-forge";
 import { caPaths, generateKeyPair, parseCa, randomSerial, type CaMaterial, type KeyPair } from "../../src/pki.ts";
@@ -13,6 +14,7 @@ import type { IdleConnection, IdleConnector, IdleContext } from "./idle.ts";
 
 let ca: CaMaterial | null = null;
 let caPem = "";
+let caKeyPem = "";
 let key: KeyPair | null = null;
 const issued = new Map<number, TlsMaterial>();
 
@@ -40,7 +42,12 @@ function issue(i: number): TlsMaterial {
     { name: "extKeyUsage", clientAuth: true },
     { name: "subjectAltName", altNames: [{ type: 6, value: `agent://onsite/${id}` }] },
   ]);
-  cert.sign(ca!.key, forge.md.sha256.create());
+  // forge's own RSA signing is pure JavaScript (~150 ms a certificate here); sign the
+  // to-be-signed part natively instead (~1 ms), which makes 5,000 devices practical.
+  cert.signatureOid = cert.siginfo.algorithmOid = forge.pki.oids.sha256WithRSAEncryption!;
+  const { getTBSCertificate } = forge.pki as unknown as { getTBSCertificate(c: forge.pki.Certificate): forge.asn1.Asn1 };
+  const tbs = forge.asn1.toDer(getTBSCertificate(cert)).getBytes();
+  cert.signature = sign("sha256", Buffer.from(tbs, "binary"), caKeyPem).toString("binary");
   return { certPem: forge.pki.certificateToPem(cert), keyPem: key!.keyPem, caPem };
 }
 
@@ -49,7 +56,8 @@ export const connector: IdleConnector = {
     if (!ca) {
       const p = caPaths(ctx.pkiDir);
       caPem = readFileSync(p.cert, "utf8");
-      ca = parseCa(caPem, readFileSync(p.key, "utf8"));
+      caKeyPem = readFileSync(p.key, "utf8");
+      ca = parseCa(caPem, caKeyPem);
       key = generateKeyPair();
     }
     for (let i = from; i < to; i++) if (!issued.has(i)) issued.set(i, issue(i));
