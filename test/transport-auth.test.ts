@@ -71,3 +71,17 @@ test("presentedName names even a certificate it cannot trust", () => {
   expect(presentedName(stranger.der)).toBe("intruder (onsite)");
   expect(presentedName(null)).toBeNull();
 });
+
+test.each([
+  ["UNABLE_TO_VERIFY_LEAF_SIGNATURE", /not issued by this fleet's CA/],
+  ["unable to verify the first certificate", /not issued by this fleet's CA/],
+  ["unable to get local issuer certificate", /not issued by this fleet's CA/],
+  ["self-signed certificate", /not issued by this fleet's CA/],
+  ["certificate signature failure", /not issued by this fleet's CA/],
+  ["certificate has expired", /^certificate has expired$/],
+  ["CERT_NOT_YET_VALID", /^certificate is not yet valid$/],
+  ["certificate is not yet valid", /^certificate is not yet valid$/],
+])("OpenSSL's %p (code or text, as Bun reports it) is explained", (err, reason) => {
+  const v = verifyPeer({ ...ok, authorized: false, authorizationError: err, peerDer: onsite.der }, policy, now);
+  expect(v).toMatchObject({ ok: false, reason: expect.stringMatching(reason), presented: "site-1 (onsite)" });
+});

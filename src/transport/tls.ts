@@ -195,7 +195,7 @@ export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
         socket.data.onHandshake = undefined;
         const cert = socket.getPeerCertificate() as { raw?: Uint8Array } | undefined;
         const verdict = verifyPeer(
-          { handshakeOk: success, authorized: socket.authorized, authorizationError: authorizationError?.message ?? null, peerDer: cert?.raw ?? null, protocol: socket.getTLSVersion() },
+          { handshakeOk: success, authorized: socket.authorized, authorizationError: authorizationError ? ((authorizationError as Error & { code?: string }).code ?? authorizationError.message) : null, peerDer: cert?.raw ?? null, protocol: socket.getTLSVersion() },
           opts.trust(),
           new Date(),
         );
