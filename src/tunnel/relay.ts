@@ -87,17 +87,19 @@ export class RelayServer {
 
   /** A link whose certificate passed verifyPeer; the HELLO must follow within the deadline. */
   accept(link: Link, cert: { id: string; role: string; serial: string }): Connection {
+    // The refusal log names a peer the way the TLS level does ("CN (OU)"), whatever stage.
+    const presented = `${cert.id} (${cert.role})`;
     const conn: Connection = new Connection(link, {
       side: "acceptor",
       log: this.o.log,
       window: this.o.window,
       keepaliveInterval: this.o.keepaliveInterval,
       keepaliveTimeout: this.o.keepaliveTimeout,
-      routeFrame: (f, c) => this.route(f, c),
+      routeFrame: (f, c) => this.route(f, c, presented),
       onUnhandled: (type) => {
-        if (!this.peers.has(conn)) this.refuse(conn, cert.id, `${msgName(type)} before HELLO`, GoAwayCode.PROTOCOL);
+        if (!this.peers.has(conn)) this.refuse(conn, presented, `${msgName(type)} before HELLO`, GoAwayCode.PROTOCOL);
       },
-      onProtocolError: (err) => this.recordRefusal(conn.remoteAddress, `${cert.id} (${cert.role})`, `protocol error: ${err.message}`),
+      onProtocolError: (err) => this.recordRefusal(conn.remoteAddress, presented, `protocol error: ${err.message}`),
     });
     if (this.closed) {
       conn.close(GoAwayCode.SHUTDOWN, "relay is shutting down");
@@ -105,7 +107,7 @@ export class RelayServer {
     }
     this.pendingHello.add(conn);
     const timer = setTimeout(() => {
-      if (this.pendingHello.has(conn)) this.refuse(conn, cert.id, `no HELLO within ${(this.o.helloDeadline ?? Timing.helloDeadline) / 1000} s`, GoAwayCode.PROTOCOL);
+      if (this.pendingHello.has(conn)) this.refuse(conn, presented, `no HELLO within ${(this.o.helloDeadline ?? Timing.helloDeadline) / 1000} s`, GoAwayCode.PROTOCOL);
     }, this.o.helloDeadline ?? Timing.helloDeadline);
     conn.on(Msg.HELLO, (b) => {
       clearTimeout(timer);
@@ -128,8 +130,8 @@ export class RelayServer {
   }
 
   /** Logs and closes a connection the relay will not serve. */
-  private refuse(conn: Connection, id: string, reason: string, code: number): void {
-    this.recordRefusal(conn.remoteAddress, id, reason);
+  private refuse(conn: Connection, presented: string, reason: string, code: number): void {
+    this.recordRefusal(conn.remoteAddress, presented, reason);
     this.pendingHello.delete(conn);
     conn.close(code, reason);
   }
@@ -140,6 +142,7 @@ export class RelayServer {
   }
 
   private onHello(conn: Connection, cert: { id: string; role: string; serial: string }, b: Record<string, unknown>): void {
+    const presented = `${cert.id} (${cert.role})`;
     if (!this.pendingHello.has(conn)) {
       conn.close(GoAwayCode.PROTOCOL, "second HELLO");
       return;
@@ -147,15 +150,15 @@ export class RelayServer {
     const versions = Array.isArray(b.versions) ? b.versions.filter((v): v is number => typeof v === "number") : [];
     const common = versions.filter((v) => (PROTOCOL_VERSIONS as readonly number[]).includes(v));
     if (common.length === 0) {
-      this.refuse(conn, cert.id, `no common protocol version (relay speaks ${PROTOCOL_VERSIONS.join(", ")}, peer offers ${versions.join(", ") || "none"})`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `no common protocol version (relay speaks ${PROTOCOL_VERSIONS.join(", ")}, peer offers ${versions.join(", ") || "none"})`, GoAwayCode.PROTOCOL);
       return;
     }
     if (b.role !== cert.role) {
-      this.refuse(conn, cert.id, `HELLO says role ${JSON.stringify(b.role)} but the certificate of ${cert.id} is for role ${cert.role}`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `HELLO says role ${JSON.stringify(b.role)} but the certificate of ${cert.id} is for role ${cert.role}`, GoAwayCode.PROTOCOL);
       return;
     }
     if (b.id !== cert.id) {
-      this.refuse(conn, cert.id, `HELLO says id ${JSON.stringify(b.id)} but the certificate is for ${cert.id}`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `HELLO says id ${JSON.stringify(b.id)} but the certificate is for ${cert.id}`, GoAwayCode.PROTOCOL);
       return;
     }
     this.pendingHello.delete(conn);
@@ -337,10 +340,10 @@ export class RelayServer {
 
   // ---- stream routing ---------------------------------------------------------------------
 
-  private route(f: Frame, conn: Connection): void {
+  private route(f: Frame, conn: Connection, presented: string): void {
     const peer = this.peers.get(conn);
     if (!peer) {
-      this.refuse(conn, conn.peer?.id ?? "?", "stream frames before HELLO", GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, "stream frames before HELLO", GoAwayCode.PROTOCOL);
       return;
     }
     if (f.type === FrameType.DATA && f.flags & Flag.SYN) {
@@ -375,7 +378,7 @@ export class RelayServer {
     const reset = (code: number, reason: string) => conn.writeFrame(FrameType.RESET, 0, f.stream, encodeReset(code, reason));
     if (peer.role !== "master") return reset(ResetCode.REFUSED, "only a master opens streams");
     if (peer.routes.has(f.stream) || f.stream % 2 !== 1) {
-      this.refuse(conn, peer.id, `bad stream id ${f.stream}`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, `${peer.id} (${peer.role})`, `bad stream id ${f.stream}`, GoAwayCode.PROTOCOL);
       return;
     }
     let open: Record<string, unknown>;
