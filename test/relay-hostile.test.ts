@@ -1,0 +1,383 @@
+// Bad input against a real relay process, each case followed by a check that the relay still
+// carries a healthy session (curl through a real master's forward, via a real onsite daemon,
+// to a real HTTP service). Every refusal must be in the relay's log and refusals.log with the
+// reason, the peer address and the id the peer presented, even for ids the relay never saw.
+//
+// The slow cases (deadlines of 10 s, keepalive of 15 s) are started first and checked last so
+// they overlap with the rest instead of adding up.
+import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { readFileSync, writeFileSync, existsSync, statSync, utimesSync } from "node:fs";
+import net from "node:net";
+import tls from "node:tls";
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { BUN, MAIN, agent, tempDir, waitFor } from "./helpers/cli.ts";
+import { bundleText, makeCert, newCa, type TestCert } from "./helpers/certs.ts";
+import { caPaths, loadBundle, parseCa, type Bundle } from "../src/pki.ts";
+import { dialTls } from "../src/transport/tls.ts";
+import { Connection, type ConnectionClosed } from "../src/transport/mux.ts";
+import { Flag, FrameType, GoAwayCode, HEADER_SIZE, MAX_PAYLOAD, encodeFrame, encodeJson } from "../src/transport/frame.ts";
+import { Msg } from "../src/transport/messages.ts";
+
+// Each case waits for a real refusal and a real curl; generous, since other tests share the CPU.
+setDefaultTimeout(30_000);
+
+const tmp = tempDir("relaysec");
+const dir = tmp.path;
+const caDir = join(dir, "ca");
+const relayState = join(dir, "state-relay");
+const refusalsLog = join(relayState, "refusals.log");
+const sock = (name: string) => join(dir, `${name}.sock`);
+
+interface Daemon {
+  name: string;
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  stderr: string[];
+}
+const daemons: Daemon[] = [];
+let relayPort = 0;
+let forwardPort = 0;
+let http: ReturnType<typeof Bun.serve> | null = null;
+const openSockets = new Set<net.Socket>();
+let fleetCa: ReturnType<typeof parseCa>;
+let caPem = "";
+
+async function run(args: string[]): Promise<string> {
+  const r = await agent(args);
+  if (r.code !== 0) throw new Error(`agent ${args.join(" ")} failed (${r.code}): ${r.stderr}`);
+  return r.stdout;
+}
+
+function collect(d: Daemon, stream: ReadableStream<Uint8Array>) {
+  void (async () => {
+    const dec = new TextDecoder();
+    for await (const chunk of stream) d.stderr.push(dec.decode(chunk, { stream: true }));
+  })();
+}
+
+async function startDaemon(name: string, role: string, bundle: string, extra: string[]): Promise<Daemon> {
+  const proc = Bun.spawn([BUN, MAIN, "--role", role, "--bundle", bundle, "--control", sock(name), "--state-dir", join(dir, `state-${name}`), ...extra], {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  const d: Daemon = { name, proc, stderr: [] };
+  daemons.push(d);
+  collect(d, proc.stderr);
+  void new Response(proc.stdout).text();
+  await waitFor(() => existsSync(sock(name)) || proc.exitCode !== null, 15_000, `${name} control socket`);
+  if (proc.exitCode !== null) throw new Error(`${name} exited with ${proc.exitCode}: ${d.stderr.join("")}`);
+  return d;
+}
+
+async function stopDaemon(d: Daemon): Promise<void> {
+  if (d.proc.exitCode === null) d.proc.kill("SIGTERM");
+  const t = setTimeout(() => d.proc.exitCode === null && d.proc.kill("SIGKILL"), 5_000);
+  await d.proc.exited;
+  clearTimeout(t);
+}
+
+async function statusJson(name: string): Promise<Record<string, any>> {
+  return JSON.parse(await run(["status", "--json", "--control", sock(name)]));
+}
+async function devices(): Promise<Array<Record<string, any>>> {
+  return JSON.parse(await run(["devices", "--json", "--control", sock("relay")]));
+}
+const relayLog = () => daemons.find((d) => d.name === "relay")!.stderr.join("");
+
+interface RefusalRecord {
+  time: string;
+  address: string;
+  presented: string | null;
+  reason: string;
+}
+function refusals(): RefusalRecord[] {
+  if (!existsSync(refusalsLog)) return [];
+  return readFileSync(refusalsLog, "utf8")
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as RefusalRecord);
+}
+
+/** Waits for a refusal matching the reason (and presented id) and checks the stderr log has it too. */
+async function expectRefusal(reason: RegExp, presented: string | null, address = "127.0.0.1"): Promise<RefusalRecord> {
+  let found: RefusalRecord | undefined;
+  await waitFor(() => (found = refusals().find((r) => reason.test(r.reason) && r.presented === presented && r.address === address)) !== undefined, 15_000, `a refusal matching ${reason} for ${presented} from ${address}; have ${JSON.stringify(refusals().slice(-5))}`);
+  expect(Number.isNaN(Date.parse(found!.time))).toBe(false);
+  // The operator's log (stderr) says the same, with the address and the presented id.
+  await waitFor(() => relayLog().includes(`refused ${presented ?? "(no certificate)"} from ${address}: ${found!.reason}`), 5_000, `the relay's stderr to log the refusal ${found!.reason}`);
+  return found!;
+}
+
+/** curl through the master's forward to the HTTP service behind the onsite device. */
+async function expectHealthy(): Promise<void> {
+  const p = Bun.spawn(["curl", "-sS", "--max-time", "10", `http://127.0.0.1:${forwardPort}/health`], { stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  expect({ code, err, out }).toEqual({ code: 0, err: "", out: "healthy /health" });
+  const relay = daemons.find((d) => d.name === "relay")!;
+  expect(relay.proc.exitCode).toBeNull();
+}
+
+interface Probe {
+  /** TLS handshake completed from the client's point of view. */
+  secure: boolean;
+  /** Application bytes received after the handshake. */
+  received: number;
+  closed: Promise<void>;
+  socket: tls.TLSSocket;
+}
+
+/** A raw TLS client with whatever certificate the test likes; optionally sends bytes once secure. */
+function tlsProbe(cert: { certPem: string; keyPem: string } | null, opts: { send?: Uint8Array; localAddress?: string } = {}): Promise<Probe> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host: "127.0.0.1",
+      port: relayPort,
+      localAddress: opts.localAddress,
+      cert: cert?.certPem,
+      key: cert?.keyPem,
+      ca: caPem,
+      rejectUnauthorized: false,
+      minVersion: "TLSv1.3" as const,
+    });
+    const probe: Probe = { secure: false, received: 0, closed: new Promise((r) => socket.once("close", () => r())), socket };
+    socket.on("data", (d: Buffer) => (probe.received += d.length));
+    socket.on("error", () => {});
+    socket.once("secureConnect", () => {
+      probe.secure = true;
+      if (opts.send) socket.write(opts.send);
+      resolve(probe);
+    });
+    socket.once("close", () => resolve(probe));
+    setTimeout(() => reject(new Error("TLS probe got neither a handshake nor a close within 15 s")), 15_000).unref();
+  });
+}
+
+/** A device-side Connection over real TLS with the given bundle; `hello` overrides fields. */
+async function rawConnection(b: { certPem: string; keyPem: string; caPem: string }): Promise<Connection> {
+  const link = await dialTls({ host: "127.0.0.1", port: relayPort, tls: b, timeout: 10_000 });
+  return new Connection(link, { side: "dialer" });
+}
+
+function hello(role: string, id: string): Uint8Array {
+  const json = encodeJson({ versions: [1], role, id, agent: "test" });
+  const payload = new Uint8Array(2 + json.length);
+  new DataView(payload.buffer).setUint16(0, Msg.HELLO);
+  payload.set(json, 2);
+  return encodeFrame(FrameType.CONTROL, 0, 0, payload);
+}
+
+function rawHeader(type: number, flags: number, stream: number, length: number): Uint8Array {
+  const b = new Uint8Array(HEADER_SIZE);
+  const v = new DataView(b.buffer);
+  v.setUint8(0, 1);
+  v.setUint8(1, type);
+  v.setUint16(2, flags);
+  v.setUint32(4, stream);
+  v.setUint32(8, length);
+  return b;
+}
+
+let tech2: Bundle;
+
+beforeAll(async () => {
+  await run(["pki", "init", "--dir", caDir]);
+  const issue = (role: string, id: string, extra: string[] = []) => run(["pki", "issue", "--dir", caDir, "--role", role, "--id", id, ...extra, "--out", join(dir, `${id}.bundle`)]);
+  // One at a time: `agent pki` holds a lock on the CA directory.
+  await issue("relay", "relay-1", ["--host", "127.0.0.1"]);
+  await issue("relay", "relay-x", ["--host", "127.0.0.1"]);
+  for (const id of ["site-1", "site-rev"]) await issue("onsite", id);
+  for (const id of ["tech-1", "tech-2"]) await issue("master", id);
+  const p = caPaths(caDir);
+  caPem = readFileSync(p.cert, "utf8");
+  fleetCa = parseCa(caPem, readFileSync(p.key, "utf8"));
+  tech2 = await loadBundle(join(dir, "tech-2.bundle"));
+
+  http = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: (req) => new Response(`healthy ${new URL(req.url).pathname}`) });
+  await startDaemon("relay", "relay", join(dir, "relay-1.bundle"), ["--listen", "127.0.0.1:0", "--revocations", p.revoked]);
+  relayPort = (await statusJson("relay")).relay.port;
+  expect(relayPort).toBeGreaterThan(0);
+  const relayArg = ["--relay", `127.0.0.1:${relayPort}`];
+  await startDaemon("onsite", "onsite", join(dir, "site-1.bundle"), [...relayArg, "--allow", "127.0.0.1/32", "--location", "Royal Champagne"]);
+  await startDaemon("master", "master", join(dir, "tech-1.bundle"), relayArg);
+  await waitFor(async () => (await devices()).some((d) => d.id === "site-1" && d.online), 15_000, "site-1 online at the relay");
+  const session = JSON.parse(await run(["connect", "site-1", "--forward", `127.0.0.1:0:127.0.0.1:${http.port}`, "--json", "--control", sock("master")]));
+  forwardPort = session.forwards[0].port;
+  expect(forwardPort).toBeGreaterThan(0);
+  await expectHealthy();
+}, 60_000);
+
+afterAll(async () => {
+  // A daemon that died on its own is a finding: show what it said.
+  for (const d of daemons) if (d.proc.exitCode !== null) console.error(`${d.name} exited with ${d.proc.exitCode}:\n${d.stderr.join("").slice(-4000)}`);
+  for (const s of openSockets) s.destroy();
+  await Promise.all([...daemons].reverse().map(stopDaemon));
+  http?.stop(true);
+  tmp[Symbol.dispose]();
+});
+
+test("the fleet is up: a healthy session through relay, onsite and master", async () => {
+  await expectHealthy();
+});
+
+// ---- slow cases, started first --------------------------------------------------------------
+
+let silentTcp: { socket: net.Socket; closed: Promise<number> } | null = null;
+let silentTls: { conn: Connection; closed: Promise<ConnectionClosed> } | null = null;
+let helloThenSilence: { probe: Probe; at: number } | null = null;
+
+test("slow cases start: a TCP connect that never starts TLS, TLS that never says HELLO, a HELLO then silence", async () => {
+  const started = Date.now();
+  const s = net.connect({ host: "127.0.0.1", port: relayPort });
+  openSockets.add(s);
+  s.on("error", () => {});
+  silentTcp = { socket: s, closed: new Promise((r) => s.once("close", () => r(Date.now() - started))) };
+  const conn = await rawConnection(tech2);
+  silentTls = { conn, closed: conn.wait() };
+  // A HELLO, then nothing at all (not even answers to the relay's PINGs).
+  const probe = await tlsProbe(tech2, { send: hello("master", "tech-2") });
+  expect(probe.secure).toBe(true);
+  helloThenSilence = { probe, at: Date.now() };
+  await expectHealthy();
+});
+
+// ---- TLS level -------------------------------------------------------------------------------
+
+test("garbage bytes on the TLS port are dropped and logged", async () => {
+  const s = net.connect({ host: "127.0.0.1", port: relayPort });
+  openSockets.add(s);
+  let got = 0;
+  s.on("data", (d: Buffer) => (got += d.length));
+  s.on("error", () => {});
+  const closed = new Promise((r) => s.once("close", r));
+  await new Promise((r) => s.once("connect", r));
+  s.write(Buffer.from("GET / HTTP/1.1\r\nHost: relay\r\n\r\n" + "\x00\xff".repeat(500), "latin1"));
+  await closed;
+  await expectRefusal(/TLS handshake failed/, null);
+  await expectHealthy();
+});
+
+test("TLS without a client certificate (openssl s_client) is refused and logged", async () => {
+  const p = Bun.spawn(["openssl", "s_client", "-connect", `127.0.0.1:${relayPort}`, "-tls1_3", "-CAfile", caPaths(caDir).cert, "-quiet"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  p.stdin.write("hello relay\n");
+  p.stdin.flush();
+  const kill = setTimeout(() => p.kill(), 10_000);
+  const [out] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  clearTimeout(kill);
+  expect(out).toBe("");
+  await expectRefusal(/^no client certificate$/, null);
+  await expectHealthy();
+});
+
+test("a certificate from another CA gets no byte of application data and is logged with the id it presented", async () => {
+  const stranger = makeCert(newCa("intruder CA"), { role: "onsite", id: "intruder" });
+  const probe = await tlsProbe(stranger, { send: hello("onsite", "intruder") });
+  await probe.closed;
+  expect(probe.received).toBe(0);
+  await expectRefusal(/not issued by this fleet's CA/, "intruder (onsite)");
+  await expectHealthy();
+});
+
+test("an expired certificate of the fleet is refused and logged", async () => {
+  const day = 86_400_000;
+  const expired = makeCert(fleetCa, { role: "onsite", id: "site-old", notBefore: new Date(Date.now() - 30 * day), notAfter: new Date(Date.now() - day) });
+  const probe = await tlsProbe(expired, { send: hello("onsite", "site-old") });
+  await probe.closed;
+  expect(probe.received).toBe(0);
+  await expectRefusal(/expired/, "site-old (onsite)");
+  await expectHealthy();
+});
+
+test("a relay certificate cannot connect as a device", async () => {
+  const relayX = await loadBundle(join(dir, "relay-x.bundle"));
+  const probe = await tlsProbe(relayX, { send: hello("onsite", "relay-x") });
+  await probe.closed;
+  expect(probe.received).toBe(0);
+  await expectRefusal(/^a relay certificate cannot connect as a device/, "relay-x (relay)");
+  await expectHealthy();
+});
+
+// ---- protocol level --------------------------------------------------------------------------
+
+async function expectGoAway(conn: Connection, code: number, reason: RegExp): Promise<void> {
+  const why = await conn.wait();
+  expect(why.remote).toBe(true);
+  expect(why.code).toBe(code);
+  expect(why.message).toMatch(reason);
+}
+
+test("a master certificate whose HELLO claims onsite is refused", async () => {
+  const conn = await rawConnection(tech2);
+  conn.send(Msg.HELLO, { versions: [1], role: "onsite", id: "tech-2", agent: "test" });
+  await expectGoAway(conn, GoAwayCode.PROTOCOL, /HELLO says role "onsite" but the certificate of tech-2 is for role master/);
+  await expectRefusal(/HELLO says role "onsite"/, "tech-2 (master)");
+  await expectHealthy();
+});
+
+test("a HELLO with another id than the certificate's is refused", async () => {
+  const conn = await rawConnection(tech2);
+  conn.send(Msg.HELLO, { versions: [1], role: "master", id: "tech-1", agent: "test" });
+  await expectGoAway(conn, GoAwayCode.PROTOCOL, /HELLO says id "tech-1" but the certificate is for tech-2/);
+  await expectRefusal(/HELLO says id "tech-1"/, "tech-2 (master)");
+  await expectHealthy();
+});
+
+test("stream frames before the HELLO close the connection", async () => {
+  const conn = await rawConnection(tech2);
+  conn.link.write(encodeFrame(FrameType.DATA, Flag.SYN, 1, encodeJson({ session: "s-xxxx", target: "127.0.0.1:22" })));
+  await expectGoAway(conn, GoAwayCode.PROTOCOL, /stream frames before HELLO/);
+  await expectRefusal(/^stream frames before HELLO$/, "tech-2 (master)");
+  await expectHealthy();
+});
+
+test("a control request before the HELLO closes the connection", async () => {
+  const conn = await rawConnection(tech2);
+  const answer = conn.request(Msg.DEVICES, {}, 5_000).then(
+    () => "answered",
+    (e: Error) => e.message,
+  );
+  await expectGoAway(conn, GoAwayCode.PROTOCOL, /DEVICES before HELLO/);
+  expect(await answer).toMatch(/DEVICES before HELLO/);
+  await expectRefusal(/^DEVICES before HELLO$/, "tech-2 (master)");
+  await expectHealthy();
+});
+
+describe.each([
+  ["before", false],
+  ["after", true],
+])("%s the HELLO", (_when, helloFirst) => {
+  async function connected(): Promise<Connection> {
+    const conn = await rawConnection(tech2);
+    if (helloFirst) {
+      const welcomed = new Promise((r) => conn.on(Msg.WELCOME, r));
+      conn.send(Msg.HELLO, { versions: [1], role: "master", id: "tech-2", agent: "test" });
+      await welcomed;
+    }
+    return conn;
+  }
+
+  test("an oversized frame closes the connection before its payload is read", async () => {
+    const conn = await connected();
+    // Only the header: the relay must judge it without waiting for (or allocating) 16 MiB.
+    conn.link.write(rawHeader(FrameType.DATA, 0, 1, 16 * 1024 * 1024));
+    await expectGoAway(conn, GoAwayCode.PROTOCOL, new RegExp(`frame of ${16 * 1024 * 1024} bytes exceeds the limit of ${MAX_PAYLOAD}`));
+    await expectRefusal(/^protocol error: frame of 16777216 bytes exceeds/, "tech-2 (master)");
+    await expectHealthy();
+  });
+
+  test("an unknown frame type closes the connection", async () => {
+    const conn = await connected();
+    conn.link.write(rawHeader(0x42, 0, 1, 0));
+    await expectGoAway(conn, GoAwayCode.PROTOCOL, /unknown frame type 66/);
+    await expectRefusal(/^protocol error: unknown frame type 66$/, "tech-2 (master)");
+    await expectHealthy();
+  });
+});
+
+test("no common protocol version", async () => {
+  const conn = await rawConnection(tech2);
+  conn.send(Msg.HELLO, { versions: [7, 8], role: "master", id: "tech-2", agent: "test" });
+  await expectGoAway(conn, GoAwayCode.PROTOCOL, /no common protocol version \(relay speaks 1, peer offers 7, 8\)/);
+  await expectRefusal(/no common protocol version/, "tech-2 (master)");
+  await expectHealthy();
+});
