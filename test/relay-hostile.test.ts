@@ -133,9 +133,8 @@ function tlsProbe(cert: { certPem: string; keyPem: string } | null, opts: { send
     const socket = tls.connect({
       host: "127.0.0.1",
       port: relayPort,
-      localAddress: opts.localAddress,
-      cert: cert?.certPem,
-      key: cert?.keyPem,
+      ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
+      ...(cert ? { cert: cert.certPem, key: cert.keyPem } : {}),
       ca: caPem,
       rejectUnauthorized: false,
       minVersion: "TLSv1.3" as const,
@@ -379,5 +378,61 @@ test("no common protocol version", async () => {
   conn.send(Msg.HELLO, { versions: [7, 8], role: "master", id: "tech-2", agent: "test" });
   await expectGoAway(conn, GoAwayCode.PROTOCOL, /no common protocol version \(relay speaks 1, peer offers 7, 8\)/);
   await expectRefusal(/no common protocol version/, "tech-2 (master)");
+  await expectHealthy();
+});
+
+// ---- revocation ------------------------------------------------------------------------------
+
+const reloads = () => relayLog().split("\n").filter((l) => l.includes(`revocation list ${caPaths(caDir).revoked}:`)).length;
+
+test("revoking a connected device closes its live connection, and its redial is refused", async () => {
+  const bundle = join(dir, "site-rev.bundle");
+  const serial = (await loadBundle(bundle)).serial;
+  const d = await startDaemon("site-rev", "onsite", bundle, ["--relay", `127.0.0.1:${relayPort}`]);
+  try {
+    await waitFor(async () => (await devices()).some((x) => x.id === "site-rev" && x.online), 15_000, "site-rev online");
+    await run(["pki", "revoke", "--dir", caDir, "--id", "site-rev"]);
+    // The relay polls the file (every second): no signal needed.
+    await expectRefusal(new RegExp(`^certificate ${serial} was revoked; closing its live connection$`), "site-rev (onsite)");
+    await waitFor(async () => (await devices()).some((x) => x.id === "site-rev" && !x.online), 10_000, "site-rev offline");
+    // The device dials again by itself and is refused at the TLS level now.
+    await expectRefusal(new RegExp(`^certificate ${serial} is revoked \\(since `), "site-rev (onsite)");
+    expect((await devices()).find((x) => x.id === "site-rev")!.online).toBe(false);
+  } finally {
+    await stopDaemon(d);
+  }
+  await expectHealthy();
+});
+
+test("SIGHUP reloads the revocation list even when the file looks unchanged to the poll", async () => {
+  await run(["pki", "issue", "--dir", caDir, "--role", "onsite", "--id", "site-hup", "--out", join(dir, "site-hup.bundle")]);
+  const hup = await loadBundle(join(dir, "site-hup.bundle"));
+  const file = caPaths(caDir).revoked;
+  const current = readFileSync(file, "utf8");
+  const line = `${hup.serial} site-hup 2026-01-01T00:00:00Z\n`;
+  // Same size, same inode, same mtime before and after: only a reload that is asked for sees it.
+  const padded = current + "#".repeat(line.length - 1) + "\n";
+  const stamp = new Date(Math.floor(Date.now() / 1000) * 1000 - 60_000);
+  let before = reloads();
+  writeFileSync(file, padded);
+  utimesSync(file, stamp, stamp);
+  await waitFor(() => reloads() > before, 5_000, "the poll to read the padded list");
+
+  const probe = await tlsProbe(hup, { send: hello("onsite", "site-hup") });
+  await waitFor(() => probe.received > 0, 5_000, "the WELCOME for site-hup");
+  const ino = statSync(file).ino;
+  writeFileSync(file, current + line);
+  utimesSync(file, stamp, stamp);
+  expect(statSync(file).ino).toBe(ino);
+  expect(statSync(file).size).toBe(padded.length);
+  before = reloads();
+  await Bun.sleep(2_500); // two poll rounds: the poll must not have noticed
+  expect(reloads()).toBe(before);
+  expect((await devices()).find((x) => x.id === "site-hup")?.online).toBe(true);
+
+  daemons.find((x) => x.name === "relay")!.proc.kill("SIGHUP");
+  await expectRefusal(new RegExp(`^certificate ${hup.serial} was revoked; closing its live connection$`), "site-hup (onsite)");
+  await probe.closed;
+  expect((await devices()).find((x) => x.id === "site-hup")?.online).toBe(false);
   await expectHealthy();
 });
