@@ -33,6 +33,7 @@ interface Daemon {
   name: string;
   proc: Subprocess<"ignore", "pipe", "pipe">;
   stderr: string[];
+  stopping: boolean;
 }
 const daemons: Daemon[] = [];
 let relayPort = 0;
@@ -61,7 +62,7 @@ async function startDaemon(name: string, role: string, bundle: string, extra: st
     stdout: "pipe",
     stderr: "pipe",
   });
-  const d: Daemon = { name, proc, stderr: [] };
+  const d: Daemon = { name, proc, stderr: [], stopping: false };
   daemons.push(d);
   collect(d, proc.stderr);
   void new Response(proc.stdout).text();
@@ -71,6 +72,7 @@ async function startDaemon(name: string, role: string, bundle: string, extra: st
 }
 
 async function stopDaemon(d: Daemon): Promise<void> {
+  d.stopping = true;
   if (d.proc.exitCode === null) d.proc.kill("SIGTERM");
   const t = setTimeout(() => d.proc.exitCode === null && d.proc.kill("SIGKILL"), 5_000);
   await d.proc.exited;
@@ -178,6 +180,7 @@ function rawHeader(type: number, flags: number, stream: number, length: number):
 }
 
 let tech2: Bundle;
+let tech3: Bundle;
 
 beforeAll(async () => {
   await run(["pki", "init", "--dir", caDir]);
@@ -186,11 +189,12 @@ beforeAll(async () => {
   await issue("relay", "relay-1", ["--host", "127.0.0.1"]);
   await issue("relay", "relay-x", ["--host", "127.0.0.1"]);
   for (const id of ["site-1", "site-rev"]) await issue("onsite", id);
-  for (const id of ["tech-1", "tech-2"]) await issue("master", id);
+  for (const id of ["tech-1", "tech-2", "tech-3"]) await issue("master", id);
   const p = caPaths(caDir);
   caPem = readFileSync(p.cert, "utf8");
   fleetCa = parseCa(caPem, readFileSync(p.key, "utf8"));
   tech2 = await loadBundle(join(dir, "tech-2.bundle"));
+  tech3 = await loadBundle(join(dir, "tech-3.bundle"));
 
   http = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: (req) => new Response(`healthy ${new URL(req.url).pathname}`) });
   await startDaemon("relay", "relay", join(dir, "relay-1.bundle"), ["--listen", "127.0.0.1:0", "--revocations", p.revoked]);
@@ -208,7 +212,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   // A daemon that died on its own is a finding: show what it said.
-  for (const d of daemons) if (d.proc.exitCode !== null) console.error(`${d.name} exited with ${d.proc.exitCode}:\n${d.stderr.join("").slice(-4000)}`);
+  for (const d of daemons) if (d.proc.exitCode !== null && !d.stopping) console.error(`${d.name} exited with ${d.proc.exitCode}:\n${d.stderr.join("").slice(-4000)}`);
   for (const s of openSockets) s.destroy();
   await Promise.all([...daemons].reverse().map(stopDaemon));
   http?.stop(true);
@@ -234,7 +238,8 @@ test("slow cases start: a TCP connect that never starts TLS, TLS that never says
   const conn = await rawConnection(tech2);
   silentTls = { conn, closed: conn.wait() };
   // A HELLO, then nothing at all (not even answers to the relay's PINGs).
-  const probe = await tlsProbe(tech2, { send: hello("master", "tech-2") });
+  // tech-3 is used by nothing else: a later HELLO with the same id would replace it.
+  const probe = await tlsProbe(tech3, { send: hello("master", "tech-3") });
   expect(probe.secure).toBe(true);
   helloThenSilence = { probe, at: Date.now() };
   await expectHealthy();
@@ -435,4 +440,109 @@ test("SIGHUP reloads the revocation list even when the file looks unchanged to t
   await probe.closed;
   expect((await devices()).find((x) => x.id === "site-hup")?.online).toBe(false);
   await expectHealthy();
+});
+
+// ---- the slow cases, checked -----------------------------------------------------------------
+
+test("a TCP connection that never starts TLS is closed at the handshake deadline and logged", async () => {
+  await silentTcp!.closed;
+  await expectRefusal(/^no TLS handshake within 10 s$/, null);
+  await expectHealthy();
+});
+
+test("TLS that never says HELLO is closed at the HELLO deadline, with the reason, and logged", async () => {
+  await expectGoAway(silentTls!.conn, GoAwayCode.PROTOCOL, /^no HELLO within 10 s$/);
+  await expectRefusal(/^no HELLO within 10 s$/, "tech-2 (master)");
+  await expectHealthy();
+});
+
+test("a HELLO then silence is closed by the keepalive", async () => {
+  await helloThenSilence!.probe.closed;
+  expect(helloThenSilence!.probe.received).toBeGreaterThan(0); // WELCOME and PINGs, then GOAWAY
+  expect(relayLog()).toMatch(/master tech-3 disconnected: no frame from the peer for \d+ s \(keepalive timeout\)/);
+  await expectHealthy();
+});
+
+// ---- floods ----------------------------------------------------------------------------------
+
+async function unauthenticated(): Promise<number> {
+  return (await statusJson("relay")).relay.unauthenticated;
+}
+
+/** Opens `n` plain TCP connections that never start TLS; resolves once each is open or refused. */
+async function flood(n: number, source: (i: number) => string): Promise<net.Socket[]> {
+  const sockets: net.Socket[] = [];
+  await Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      new Promise<void>((resolve) => {
+        const s = net.connect({ host: "127.0.0.1", port: relayPort, localAddress: source(i) });
+        openSockets.add(s);
+        sockets.push(s);
+        s.on("error", () => {});
+        s.once("connect", () => resolve());
+        s.once("close", () => resolve());
+      }),
+    ),
+  );
+  return sockets;
+}
+
+function closeAll(sockets: net.Socket[]): void {
+  for (const s of sockets) {
+    s.destroy();
+    openSockets.delete(s);
+  }
+}
+
+async function legitDevice(localAddress?: string): Promise<void> {
+  const probe = await tlsProbe(tech3, { send: hello("master", "tech-3"), ...(localAddress ? { localAddress } : {}) });
+  await waitFor(() => probe.received > 0, 10_000, "a WELCOME for a legitimate device");
+  probe.socket.destroy();
+}
+
+test("600 half-open connections from one address: 32 are held, the rest refused at once; others still get in", async () => {
+  await waitFor(async () => (await unauthenticated()) === 0, 15_000, "no unauthenticated connections left from earlier cases");
+  const before = refusals().filter((r) => r.reason === "too many unauthenticated connections").length;
+  const sockets = await flood(600, () => "127.0.0.1");
+  try {
+    await waitFor(async () => refusals().filter((r) => r.reason === "too many unauthenticated connections").length - before === 600 - 32, 15_000, "568 refusals for the cap per source");
+    expect(await unauthenticated()).toBe(32);
+    // Another address is not held back by this one's flood; the authenticated session carries on.
+    await legitDevice("127.0.0.2");
+    await expectHealthy();
+  } finally {
+    closeAll(sockets);
+  }
+  await waitFor(async () => (await unauthenticated()) === 0, 5_000, "the flood's slots to be released");
+  await legitDevice();
+  await expectHealthy();
+});
+
+test("600 half-open connections from 30 addresses fill the total cap of 512; the relay keeps serving and admits again after", async () => {
+  const sockets = await flood(600, (i) => `127.0.1.${1 + (i % 30)}`);
+  try {
+    await waitFor(async () => (await unauthenticated()) === 512, 15_000, "512 unauthenticated connections held");
+    await expectHealthy();
+    const log = refusals().filter((r) => r.reason === "too many unauthenticated connections" && r.address.startsWith("127.0.1."));
+    expect(log.length).toBe(88);
+  } finally {
+    closeAll(sockets);
+  }
+  await waitFor(async () => (await unauthenticated()) === 0, 5_000, "the flood's slots to be released");
+  await legitDevice();
+  await expectHealthy();
+  expect((await statusJson("relay")).relay.onsite_online).toBeGreaterThanOrEqual(1);
+});
+
+test("after all of it a new session opens and carries traffic", async () => {
+  const session = JSON.parse(await run(["connect", "site-1", "--forward", `127.0.0.1:0:127.0.0.1:${http!.port}`, "--json", "--control", sock("master")]));
+  const p = Bun.spawn(["curl", "-sS", "--max-time", "10", `http://127.0.0.1:${session.forwards[0].port}/again`], { stdout: "pipe", stderr: "pipe" });
+  expect(await new Response(p.stdout).text()).toBe("healthy /again");
+  expect(await p.exited).toBe(0);
+  // Every refusal the relay wrote is a complete record: time, address, reason (and the id, if any).
+  for (const r of refusals()) {
+    expect(typeof r.reason).toBe("string");
+    expect(r.address).toMatch(/^127\.0\.\d+\.\d+$/);
+    expect(r.presented === null || typeof r.presented === "string").toBe(true);
+  }
 });
