@@ -77,7 +77,9 @@ export class RelayServer {
   private readonly masters = new Map<string, Connection>();
   private readonly sessions = new Map<string, Session>();
   private readonly peers = new Map<Connection, PeerState>();
-  private readonly pendingHello = new Set<Connection>();
+  /** Authenticated at TLS, HELLO not yet seen; the certificate is kept so a revocation that
+   * lands in between still closes them. */
+  private readonly pendingHello = new Map<Connection, { id: string; role: string; serial: string }>();
   readonly refusals: Refusal[] = [];
   private closed = false;
 
@@ -105,7 +107,7 @@ export class RelayServer {
       conn.close(GoAwayCode.SHUTDOWN, "relay is shutting down");
       return conn;
     }
-    this.pendingHello.add(conn);
+    this.pendingHello.set(conn, cert);
     const timer = setTimeout(() => {
       if (this.pendingHello.has(conn)) this.refuse(conn, presented, `no HELLO within ${(this.o.helloDeadline ?? Timing.helloDeadline) / 1000} s`, GoAwayCode.PROTOCOL);
     }, this.o.helloDeadline ?? Timing.helloDeadline);
@@ -426,7 +428,7 @@ export class RelayServer {
   /** Closes live connections whose certificate serial is now revoked. */
   enforceRevocations(isRevoked: (serial: string) => boolean): number {
     let n = 0;
-    for (const [conn, p] of this.peers) {
+    for (const [conn, p] of [...this.peers, ...this.pendingHello]) {
       if (isRevoked(p.serial)) {
         n++;
         this.recordRefusal(conn.remoteAddress, `${p.id} (${p.role})`, `certificate ${p.serial} was revoked; closing its live connection`);
@@ -448,6 +450,6 @@ export class RelayServer {
     if (this.closed) return;
     this.closed = true;
     for (const s of [...this.sessions.values()]) this.closeSession(s, "relay is shutting down", false);
-    await Promise.all([...this.peers.keys(), ...this.pendingHello].map((c) => c.closeAndWait(GoAwayCode.SHUTDOWN, "relay is shutting down")));
+    await Promise.all([...this.peers.keys(), ...this.pendingHello.keys()].map((c) => c.closeAndWait(GoAwayCode.SHUTDOWN, "relay is shutting down")));
   }
 }
