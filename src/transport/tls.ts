@@ -281,8 +281,10 @@ function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Prom
         }
         const problem = judgeRelay(socket, success, authorizationError, opts.host);
         if (problem) {
-          socket.terminate();
+          // Fail first: terminate() runs the close handler at once, whose generic "closed
+          // during the TLS handshake" would otherwise hide the reason.
           fail(new DialError(problem));
+          socket.terminate();
           return;
         }
         settled = true;
