@@ -12,6 +12,8 @@ export interface CertSpec {
   uri?: string;
   notBefore?: Date;
   notAfter?: Date;
+  /** IP address SANs (what a relay's certificate carries; the fleet tooling allows them only there). */
+  ips?: string[];
 }
 
 export interface TestCert {
@@ -45,7 +47,7 @@ export function makeCert(ca: CaMaterial, spec: CertSpec): TestCert {
     { name: "basicConstraints", cA: false, critical: true },
     { name: "keyUsage", digitalSignature: true, keyEncipherment: true, critical: true },
     { name: "extKeyUsage", clientAuth: true, serverAuth: true },
-    { name: "subjectAltName", altNames: [{ type: 6, value: spec.uri ?? `agent://${spec.role}/${spec.id}` }] },
+    { name: "subjectAltName", altNames: [{ type: 6, value: spec.uri ?? `agent://${spec.role}/${spec.id}` }, ...(spec.ips ?? []).map((ip) => ({ type: 7, ip }))] },
     { name: "subjectKeyIdentifier" },
     { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },
   ]);
