@@ -257,7 +257,7 @@ test("garbage bytes on the TLS port are dropped and logged", async () => {
   await new Promise((r) => s.once("connect", r));
   s.write(Buffer.from("GET / HTTP/1.1\r\nHost: relay\r\n\r\n" + "\x00\xff".repeat(500), "latin1"));
   await closed;
-  await expectRefusal(/TLS handshake failed/, null);
+  await expectRefusal(/^TLS handshake failed \(.*HTTP_REQUEST\)$/, null);
   await expectHealthy();
 });
 
@@ -298,6 +298,33 @@ test("a relay certificate cannot connect as a device", async () => {
   await probe.closed;
   expect(probe.received).toBe(0);
   await expectRefusal(/^a relay certificate cannot connect as a device/, "relay-x (relay)");
+  await expectHealthy();
+});
+
+test.each([
+  ["not yet valid", { notBefore: new Date(Date.now() + 86_400_000), notAfter: new Date(Date.now() + 30 * 86_400_000) }, /not yet valid/],
+  ["an identity that disagrees with itself", { uri: "agent://master/site-odd" }, /^certificate carries no valid identity: certificate URI SAN "agent:\/\/master\/site-odd" disagrees with its subject/],
+])("a fleet certificate that is %s is refused and logged", async (_name, spec, reason) => {
+  const cert = makeCert(fleetCa, { role: "onsite", id: "site-odd", ...spec });
+  const probe = await tlsProbe(cert, { send: hello("onsite", "site-odd") });
+  await probe.closed;
+  expect(probe.received).toBe(0);
+  await expectRefusal(reason, "site-odd (onsite)");
+  await expectHealthy();
+});
+
+test("TLS 1.2 is refused, even with a valid certificate", async () => {
+  const b = join(dir, "tech-2.bundle");
+  const p = Bun.spawn(["openssl", "s_client", "-connect", `127.0.0.1:${relayPort}`, "-tls1_2", "-cert", b, "-key", b, "-CAfile", caPaths(caDir).cert, "-quiet"], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+  p.stdin.write(hello("master", "tech-2"));
+  p.stdin.flush();
+  const kill = setTimeout(() => p.kill(), 10_000);
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  clearTimeout(kill);
+  expect(out).toBe("");
+  expect(code).not.toBe(0);
+  expect(err).toMatch(/alert|version/i);
+  await expectRefusal(/^TLS handshake failed \(EPROTO: .*(VERSION|PROTOCOL).*\)$/, null);
   await expectHealthy();
 });
 
