@@ -212,10 +212,18 @@ export class Connection {
       Promise.resolve()
         .then(() => handler(b, this))
         .then(
-          (result) => this.send(Msg.REPLY, { rid, ok: true, result: result ?? null }),
+          (result) => {
+            // A result too big for one control frame must become an error REPLY: thrown here
+            // it would be an unhandled rejection, which ends the whole process (the relay).
+            try {
+              this.send(Msg.REPLY, { rid, ok: true, result: result ?? null });
+            } catch (err) {
+              this.send(Msg.REPLY, { rid, ok: false, code: ErrorCode.INTERNAL, error: `the answer to ${msgName(type)} is too big to send: ${(err as Error).message}` });
+            }
+          },
           (err: unknown) => {
             const code = err instanceof RemoteError ? err.code : ErrorCode.INTERNAL;
-            this.send(Msg.REPLY, { rid, ok: false, code, error: err instanceof Error ? err.message : String(err) });
+            this.send(Msg.REPLY, { rid, ok: false, code, error: (err instanceof Error ? err.message : String(err)).slice(0, 1024) });
           },
         );
       return;
