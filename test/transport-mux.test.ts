@@ -287,6 +287,23 @@ describe("control messages", () => {
     expect(dialer.closed).toBe(false);
   });
 
+  test("an answer too big for one control frame becomes an error reply; nothing is thrown and the connection stays", async () => {
+    const { dialer, acceptor } = pair();
+    acceptor.handle(Msg.DEVICES, () => Array.from({ length: 400 }, (_, i) => ({ id: `site-${i}`, hostname: "h".repeat(200) })));
+    acceptor.handle(Msg.SESSIONS, () => {
+      throw new Error("x".repeat(100_000));
+    });
+    const err = (await dialer.request(Msg.DEVICES, {}).catch((e: RemoteError) => e)) as RemoteError;
+    expect(err).toBeInstanceOf(RemoteError);
+    expect(err.code).toBe(ErrorCode.INTERNAL);
+    expect(err.message).toMatch(/^the answer to DEVICES is too big to send: control message REPLY of \d+ bytes is too big$/);
+    const err2 = (await dialer.request(Msg.SESSIONS, {}).catch((e: RemoteError) => e)) as RemoteError;
+    expect(err2.message).toBe("x".repeat(1024));
+    acceptor.handle(Msg.DEVICES, () => []);
+    expect(await dialer.request(Msg.DEVICES, {})).toEqual([]);
+    expect(dialer.closed || acceptor.closed).toBe(false);
+  });
+
   test("pending requests fail with the reason when the connection closes", async () => {
     const { dialer, acceptor } = pair();
     acceptor.handle(Msg.DEVICES, () => new Promise(() => {}));
