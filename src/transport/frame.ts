@@ -191,9 +191,12 @@ function parseHeader(b: Uint8Array, at: number): { type: FrameTypeId; flags: num
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
-/** RESET and GOAWAY payloads: u32 code + UTF-8 reason (at most 1 KiB of it). */
+/** Longest reason kept from a RESET or GOAWAY, in characters, both ways. */
+export const MAX_REASON = 1024;
+
+/** RESET and GOAWAY payloads: u32 code + UTF-8 reason (at most MAX_REASON characters). */
 export function encodeReset(code: number, reason: string): Uint8Array {
-  const text = textEncoder.encode(reason.slice(0, 1024));
+  const text = textEncoder.encode(reason.slice(0, MAX_REASON));
   const out = new Uint8Array(4 + text.length);
   new DataView(out.buffer).setUint32(0, code);
   out.set(text, 4);
@@ -205,7 +208,9 @@ export function decodeReset(payload: Uint8Array): { code: number; reason: string
   const code = new DataView(payload.buffer, payload.byteOffset, payload.length).getUint32(0);
   let reason: string;
   try {
-    reason = textDecoder.decode(payload.subarray(4));
+    // A peer may send up to a frame of reason; it ends up in logs and in messages the relay
+    // passes on (SESSION_CLOSE), which must still fit in one control frame.
+    reason = textDecoder.decode(payload.subarray(4)).slice(0, MAX_REASON);
   } catch {
     reason = "(reason not UTF-8)";
   }
