@@ -282,6 +282,24 @@ describe("sessions", () => {
     expect(onsite.closes[0]).toEqual({ session: info.session, reason: "master tech-1 disconnected: bye", final: false });
   });
 
+  test("a peer leaving with a huge GOAWAY reason cannot break the relay's SESSION_CLOSE to the other side", async () => {
+    const r = relay();
+    const { onsite, master, info } = await session(r);
+    // The largest GOAWAY a frame can carry: a u32 code and 65,532 bytes of reason.
+    const payload = new Uint8Array(MAX_PAYLOAD);
+    payload.fill(0x7a, 4);
+    master.link.write(encodeFrame(FrameType.GOAWAY, 0, 0, payload));
+    await waitFor(() => onsite.closes.length === 1, 1_000, "SESSION_CLOSE to the onsite device");
+    const reason = String(onsite.closes[0]!.reason);
+    expect(reason).toStartWith("master tech-1 disconnected: zzz");
+    expect(reason.length).toBe("master tech-1 disconnected: ".length + 1024);
+    expect(onsite.closes[0]!.session).toBe(info.session);
+    // The relay goes on serving.
+    expect(onsite.conn.closed).toBe(false);
+    const again = await online(r, "master", "tech-1");
+    expect(await again.conn.request(Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"] })).toMatchObject({ master: "tech-1" });
+  });
+
   test("SESSION_END by the master ends it for both", async () => {
     const r = relay();
     const { onsite, master, info } = await session(r);

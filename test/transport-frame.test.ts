@@ -3,7 +3,7 @@
 // frame).
 import { describe, expect, test } from "bun:test";
 import {
-  Flag, FrameDecoder, FrameType, HEADER_SIZE, MAX_PAYLOAD, ProtocolError, ResetCode,
+  Flag, FrameDecoder, FrameType, HEADER_SIZE, MAX_PAYLOAD, MAX_REASON, ProtocolError, ResetCode,
   decodeJson, decodeReset, encodeFrame, encodeJson, encodeReset, type Frame,
 } from "../src/transport/frame.ts";
 
@@ -160,4 +160,10 @@ describe("reset payloads and JSON bodies", () => {
     expect(() => decodeJson(new Uint8Array([0xff]), "the HELLO")).toThrow("the HELLO is not UTF-8");
     expect(() => decodeJson(new TextEncoder().encode("{nope"), "the HELLO")).toThrow("the HELLO is not JSON");
   });
+});
+
+test("a peer's reason is cut to MAX_REASON characters on the way in too", () => {
+  const payload = new Uint8Array(MAX_PAYLOAD);
+  payload.fill(0x61, 4);
+  expect(decodeReset(payload).reason).toBe("a".repeat(MAX_REASON));
 });
