@@ -4,7 +4,7 @@
 // stream ids and enforcing each stream's credit so no peer can make it buffer without bound.
 import { Connection, ConnectionClosed, RemoteError, type Log } from "../transport/mux.ts";
 import type { Link } from "../transport/link.ts";
-import { Flag, FrameType, GoAwayCode, ResetCode, decodeJson, encodeJson, encodeReset, type Frame } from "../transport/frame.ts";
+import { Flag, FrameType, GoAwayCode, MAX_REASON, ResetCode, decodeJson, encodeJson, encodeReset, type Frame } from "../transport/frame.ts";
 import { ErrorCode, Msg, PROTOCOL_VERSIONS, msgName, type DeviceInfo, type SessionInfo } from "../transport/messages.ts";
 import { Limits, Timing } from "../transport/policy.ts";
 import type { AccessRule } from "../config.ts";
@@ -72,6 +72,12 @@ interface PeerState {
   routes: Map<number, Route>;
 }
 
+/** A value the peer sent, quoted for a log line and cut short. */
+function brief(v: unknown, quote = true): string {
+  const text = quote ? (JSON.stringify(v) ?? String(v)) : String(v);
+  return text.length > 80 ? `${text.slice(0, 80)}…` : text;
+}
+
 export class RelayServer {
   private readonly devices = new Map<string, Device>();
   private readonly masters = new Map<string, Connection>();
@@ -124,10 +130,11 @@ export class RelayServer {
   }
 
   private recordRefusal(address: string, presented: string | null, reason: string): void {
-    const r: Refusal = { time: new Date().toISOString(), address, presented, reason };
+    // Reasons quote what the peer sent; a log line must not grow with it.
+    const r: Refusal = { time: new Date().toISOString(), address, presented, reason: reason.slice(0, MAX_REASON) };
     this.refusals.push(r);
     if (this.refusals.length > 1000) this.refusals.shift();
-    this.o.log.warn(`refused ${presented ?? "(no certificate)"} from ${address}: ${reason}`);
+    this.o.log.warn(`refused ${presented ?? "(no certificate)"} from ${address}: ${r.reason}`);
     this.o.onRefusal?.(r);
   }
 
@@ -152,15 +159,15 @@ export class RelayServer {
     const versions = Array.isArray(b.versions) ? b.versions.filter((v): v is number => typeof v === "number") : [];
     const common = versions.filter((v) => (PROTOCOL_VERSIONS as readonly number[]).includes(v));
     if (common.length === 0) {
-      this.refuse(conn, presented, `no common protocol version (relay speaks ${PROTOCOL_VERSIONS.join(", ")}, peer offers ${versions.join(", ") || "none"})`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `no common protocol version (relay speaks ${PROTOCOL_VERSIONS.join(", ")}, peer offers ${brief(versions.join(", ") || "none", false)})`, GoAwayCode.PROTOCOL);
       return;
     }
     if (b.role !== cert.role) {
-      this.refuse(conn, presented, `HELLO says role ${JSON.stringify(b.role)} but the certificate of ${cert.id} is for role ${cert.role}`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `HELLO says role ${brief(b.role)} but the certificate of ${cert.id} is for role ${cert.role}`, GoAwayCode.PROTOCOL);
       return;
     }
     if (b.id !== cert.id) {
-      this.refuse(conn, presented, `HELLO says id ${JSON.stringify(b.id)} but the certificate is for ${cert.id}`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `HELLO says id ${brief(b.id)} but the certificate is for ${cert.id}`, GoAwayCode.PROTOCOL);
       return;
     }
     this.pendingHello.delete(conn);
