@@ -413,6 +413,29 @@ test("no common protocol version", async () => {
   await expectHealthy();
 });
 
+test("a master that opens a session and leaves with a frame-sized GOAWAY reason does not take the relay down", async () => {
+  const conn = await rawConnection(tech2);
+  const welcomed = new Promise((r) => conn.on(Msg.WELCOME, r));
+  conn.send(Msg.HELLO, { versions: [1], role: "master", id: "tech-2", agent: "test" });
+  await welcomed;
+  const s = (await conn.request(Msg.SESSION_OPEN, { onsite: "site-1", targets: [`127.0.0.1:${http!.port}`] })) as { session: string };
+  const payload = new Uint8Array(MAX_PAYLOAD);
+  payload.fill(0x7a, 4);
+  conn.link.write(encodeFrame(FrameType.GOAWAY, 0, 0, payload));
+  await conn.wait();
+  await waitFor(() => relayLog().includes(`session ${s.session} closed: master tech-2 disconnected: zzz`), 5_000, "the session to close");
+  await expectHealthy();
+});
+
+test("HELLO fields of 30 KB do not turn into 30 KB log lines", async () => {
+  const conn = await rawConnection(tech2);
+  conn.send(Msg.HELLO, { versions: [1], role: "r".repeat(30_000), id: "tech-2", agent: "test" });
+  await expectGoAway(conn, GoAwayCode.PROTOCOL, /^HELLO says role "rrr/);
+  const r = await expectRefusal(/^HELLO says role "rrr/, "tech-2 (master)");
+  expect(r.reason).toMatch(/^HELLO says role "r{79}… but the certificate of tech-2 is for role master$/);
+  await expectHealthy();
+});
+
 // ---- revocation ------------------------------------------------------------------------------
 
 const reloads = () => relayLog().split("\n").filter((l) => l.includes(`revocation list ${caPaths(caDir).revoked}:`)).length;
