@@ -32,6 +32,9 @@ export const Limits = {
   /** Connections that have not completed TLS + HELLO, in total and per source address. */
   maxUnauthenticated: 512,
   maxUnauthenticatedPerSource: 32,
+  /** Sessions one master may hold open at the relay: each costs the relay and the device
+   * memory, so one master must not be able to open them without end. */
+  maxSessionsPerMaster: 256,
 } as const;
 
 /**

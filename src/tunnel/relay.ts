@@ -305,6 +305,11 @@ export class RelayServer {
     } catch (e) {
       throw new RemoteError(ErrorCode.BAD_REQUEST, (e as Error).message);
     }
+    let mine = 0;
+    for (const s of this.sessions.values()) if (s.master === master && s.id !== req.session) mine++;
+    if (mine >= Limits.maxSessionsPerMaster) {
+      throw new RemoteError(ErrorCode.REFUSED, `${master} already has ${mine} sessions (limit ${Limits.maxSessionsPerMaster}); end some with agent disconnect`);
+    }
     const dev = this.devices.get(req.onsite);
     const decision = decidePairing(this.o.access(), master, req.onsite, { known: dev !== undefined, online: dev?.conn != null && !dev.conn.closed });
     if (!decision.ok) {
