@@ -8,6 +8,7 @@ import { linkPair, type MemoryLink } from "../src/transport/link.ts";
 import { Flag, FrameType, GoAwayCode, MAX_PAYLOAD, ResetCode, encodeFrame, encodeJson } from "../src/transport/frame.ts";
 import { ErrorCode, Msg, type SessionInfo } from "../src/transport/messages.ts";
 import type { AccessRule } from "../src/config.ts";
+import { Limits } from "../src/transport/policy.ts";
 import { waitFor } from "./helpers/cli.ts";
 
 const WINDOW = 64 * 1024;
@@ -298,6 +299,23 @@ describe("sessions", () => {
     expect(onsite.conn.closed).toBe(false);
     const again = await online(r, "master", "tech-1");
     expect(await again.conn.request(Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"] })).toMatchObject({ master: "tech-1" });
+  });
+
+  test("one master cannot open sessions without end; ending one makes room", async () => {
+    const r = relay();
+    await online(r, "onsite", "site-1");
+    const m = await online(r, "master", "tech-1");
+    const opened: SessionInfo[] = [];
+    for (let i = 0; i < Limits.maxSessionsPerMaster; i++) opened.push((await m.conn.request(Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"] })) as SessionInfo);
+    const err = (await m.conn.request(Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"] }).catch((e: RemoteError) => e)) as RemoteError;
+    expect(err.code).toBe(ErrorCode.REFUSED);
+    expect(err.message).toBe(`tech-1 already has ${Limits.maxSessionsPerMaster} sessions (limit ${Limits.maxSessionsPerMaster}); end some with agent disconnect`);
+    // Another master is not affected, and re-opening an existing id is not a new session.
+    const other = await online(r, "master", "tech-2");
+    expect(await other.conn.request(Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"] })).toMatchObject({ master: "tech-2" });
+    expect(await m.conn.request(Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"], session: opened[0]!.session })).toMatchObject({ session: opened[0]!.session });
+    await m.conn.request(Msg.SESSION_END, { session: opened[1]!.session });
+    expect(await m.conn.request(Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"] })).toMatchObject({ master: "tech-1" });
   });
 
   test("SESSION_END by the master ends it for both", async () => {
