@@ -16,8 +16,12 @@ export const FRAME_VERSION = 1;
 export const HEADER_SIZE = 12;
 /** Largest payload of one DATA/CONTROL/RESET frame. Writers split bigger chunks. */
 export const MAX_PAYLOAD = 64 * 1024;
-/** Largest control message body (JSON); smaller than a frame so one always fits. */
+/** Largest control message (u16 type + JSON) one CONTROL frame carries. A longer message is
+ * sent as several CONTROL frames, MORE set on all but the last; a receiver accepts that only
+ * up to the limit it chose (the relay: one frame, so a peer cannot make it buffer more). */
 export const MAX_CONTROL = MAX_PAYLOAD;
+/** Largest control message a sender will split over frames (a DEVICES answer for a big fleet). */
+export const MAX_CONTROL_MESSAGE = 16 * 1024 * 1024;
 
 /** Frame types. Frozen: a test pins these numbers; never renumber, only add. */
 export const FrameType = {
@@ -37,7 +41,8 @@ export const FrameType = {
 export type FrameTypeId = (typeof FrameType)[keyof typeof FrameType];
 const MAX_TYPE = 5;
 
-export const Flag = { SYN: 1, ACK: 2, FIN: 4 } as const;
+/** MORE: CONTROL only; the control message continues in the next CONTROL frame. */
+export const Flag = { SYN: 1, ACK: 2, FIN: 4, MORE: 8 } as const;
 
 /** Why a stream was reset. Frozen like the frame types. */
 export const ResetCode = {
@@ -175,7 +180,8 @@ function parseHeader(b: Uint8Array, at: number): { type: FrameTypeId; flags: num
   const type = v.getUint8(1);
   if (type > MAX_TYPE) throw new ProtocolError(`unknown frame type ${type}`);
   const flags = v.getUint16(2);
-  if (flags & ~(Flag.SYN | Flag.ACK | Flag.FIN)) throw new ProtocolError(`unknown frame flags 0x${flags.toString(16)}`);
+  if (flags & ~(Flag.SYN | Flag.ACK | Flag.FIN | Flag.MORE)) throw new ProtocolError(`unknown frame flags 0x${flags.toString(16)}`);
+  if (flags & Flag.MORE && type !== FrameType.CONTROL) throw new ProtocolError(`flag MORE on frame type ${type}; only CONTROL frames continue`);
   const stream = v.getUint32(4);
   const length = v.getUint32(8);
   if (hasPayload(type) && length > MAX_PAYLOAD) throw new ProtocolError(`frame of ${length} bytes exceeds the limit of ${MAX_PAYLOAD}`);
