@@ -5,7 +5,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { RelayServer, type Refusal } from "../src/tunnel/relay.ts";
 import { Connection, RemoteError, type Stream, type StreamError } from "../src/transport/mux.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
-import { Flag, FrameType, GoAwayCode, MAX_PAYLOAD, ResetCode, encodeFrame, encodeJson } from "../src/transport/frame.ts";
+import { Flag, FrameType, GoAwayCode, MAX_CONTROL_MESSAGE, MAX_PAYLOAD, ResetCode, encodeFrame, encodeJson } from "../src/transport/frame.ts";
 import { ErrorCode, Msg, type SessionInfo } from "../src/transport/messages.ts";
 import type { AccessRule } from "../src/config.ts";
 import { Limits } from "../src/transport/policy.ts";
@@ -59,7 +59,8 @@ function connect(r: Relay, role: string, id: string, opts: { address?: string; h
   const [link, relayLink] = linkPair(opts.address ?? "10.0.0.1", "10.9.9.9");
   const streams: Stream[] = [];
   const closes: Record<string, unknown>[] = [];
-  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: (s) => streams.push(s) });
+  // As RelayClient builds it: answers from the relay may span several frames.
+  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: (s) => streams.push(s), maxControlIn: MAX_CONTROL_MESSAGE });
   conns.push(conn);
   conn.on(Msg.SESSION_CLOSE, (b) => closes.push(b));
   conn.handle(Msg.SESSION_OFFER, () => ({}));
@@ -174,6 +175,31 @@ describe("inventory", () => {
     expect((await first.conn.wait()).code).toBe(GoAwayCode.REPLACED);
     await Bun.sleep(5);
     expect(r.server.stats().masters).toBe(1);
+  });
+
+  test("DEVICES of a fleet bigger than one frame reaches the master whole", async () => {
+    const r = relay();
+    for (let i = 0; i < 600; i++) {
+      const d = await online(r, "onsite", `site-${String(i).padStart(3, "0")}`);
+      d.conn.send(Msg.INVENTORY, { hostname: `h${i}-${"x".repeat(100)}`, location: "Royal Champagne", agent: "1.0", uptime: i, uplink: "lte" });
+    }
+    const m = await online(r, "master", "tech-1");
+    await Bun.sleep(20);
+    const list = (await m.conn.request(Msg.DEVICES, {})) as { id: string; hostname: string }[];
+    expect(list).toHaveLength(600);
+    expect(JSON.stringify(list).length).toBeGreaterThan(MAX_PAYLOAD);
+    expect(list[599]).toMatchObject({ id: "site-599", hostname: `h599-${"x".repeat(100)}` });
+  });
+
+  test.each([
+    ["before", false],
+    ["after", true],
+  ])("a control message spread over several frames %s the HELLO is a protocol error at the relay", async (_when, helloFirst) => {
+    const r = relay();
+    const d = helloFirst ? await online(r, "onsite", "site-1") : connect(r, "onsite", "site-1", { hello: null });
+    d.conn.send(Msg.INVENTORY, { hostname: "h".repeat(MAX_PAYLOAD) });
+    await refusedWith(d, new RegExp(`^protocol error: control message of more than ${MAX_PAYLOAD} bytes \\(the limit here\\)$`));
+    expect(r.refusals).toMatchObject([{ presented: "site-1 (onsite)", reason: `protocol error: control message of more than ${MAX_PAYLOAD} bytes (the limit here)` }]);
   });
 
   test("a device that goes away is offline with its last-seen time", async () => {

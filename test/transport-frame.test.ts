@@ -108,6 +108,8 @@ describe("FrameDecoder", () => {
     ["an unknown frame type", header(1, 6, 0, 1, 0), /unknown frame type 6/],
     ["frame type 255", header(1, 255, 0, 1, 0), /unknown frame type 255/],
     ["unknown flags", header(1, FrameType.DATA, 0x10, 1, 0), /unknown frame flags 0x10/],
+    ["MORE on a DATA frame", header(1, FrameType.DATA, Flag.MORE, 1, 0), /flag MORE on frame type 0; only CONTROL frames continue/],
+    ["MORE on a WINDOW frame", header(1, FrameType.WINDOW, Flag.MORE, 1, 0), /flag MORE on frame type 1/],
     ["an oversized DATA frame", header(1, FrameType.DATA, 0, 1, MAX_PAYLOAD + 1), /exceeds the limit/],
     ["a 4 GiB CONTROL frame", header(1, FrameType.CONTROL, 0, 0, 0xffffffff), /exceeds the limit/],
     ["an oversized RESET frame", header(1, FrameType.RESET, 0, 1, MAX_PAYLOAD + 1), /exceeds the limit/],

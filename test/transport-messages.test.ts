@@ -17,7 +17,7 @@ test("frame type ids are frozen", () => {
 });
 
 test("flag bits are frozen", () => {
-  expect({ ...Flag }).toEqual({ SYN: 1, ACK: 2, FIN: 4 });
+  expect({ ...Flag }).toEqual({ SYN: 1, ACK: 2, FIN: 4, MORE: 8 });
 });
 
 test("reset codes are frozen", () => {

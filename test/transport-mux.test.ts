@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { Connection, RemoteError, StreamError, type Stream } from "../src/transport/mux.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
-import { Flag, FrameDecoder, FrameType, GoAwayCode, MAX_PAYLOAD, ResetCode, decodeReset, encodeFrame, encodeJson, type Frame } from "../src/transport/frame.ts";
+import { Flag, FrameDecoder, FrameType, GoAwayCode, MAX_CONTROL_MESSAGE, MAX_PAYLOAD, ResetCode, decodeReset, encodeFrame, encodeJson, type Frame } from "../src/transport/frame.ts";
 import { ErrorCode, Msg } from "../src/transport/messages.ts";
 import { Limits } from "../src/transport/policy.ts";
 import { waitFor } from "./helpers/cli.ts";
@@ -287,9 +287,37 @@ describe("control messages", () => {
     expect(dialer.closed).toBe(false);
   });
 
-  test("an answer too big for one control frame becomes an error reply; nothing is thrown and the connection stays", async () => {
+  test("an answer bigger than a frame travels in several CONTROL frames to a peer that accepts it", async () => {
+    const [a, b] = linkPair();
+    const master = new Connection(a, { side: "dialer", maxControlIn: MAX_CONTROL_MESSAGE });
+    const relay = new Connection(b, { side: "acceptor" });
+    open.push(master, relay);
+    const fleet = Array.from({ length: 5000 }, (_, i) => ({ id: `site-${i}`, hostname: `host-${i}.example.net`, location: "Royal Champagne" }));
+    relay.handle(Msg.DEVICES, () => fleet);
+    const frames: number[] = [];
+    const write = b.write.bind(b);
+    b.write = (chunk: Uint8Array) => {
+      if (chunk[1] === FrameType.CONTROL) frames.push(chunk[3]!);
+      write(chunk);
+    };
+    expect(await master.request(Msg.DEVICES, {})).toEqual(fleet);
+    expect(frames.length).toBeGreaterThan(3);
+    expect(frames.slice(0, -1).every((flags) => flags === Flag.MORE)).toBe(true);
+    expect(frames.at(-1)).toBe(0);
+  });
+
+  test("a peer that sends a control message over several frames is closed when it passes this end's limit", async () => {
+    const { dialer, acceptor } = pair(); // the acceptor keeps the default: one frame
+    acceptor.handle(Msg.DEVICES, () => []);
+    void dialer.request(Msg.DEVICES, { pad: "p".repeat(MAX_PAYLOAD) }).catch(() => {});
+    const why = await acceptor.wait();
+    expect(why.code).toBe(GoAwayCode.PROTOCOL);
+    expect(why.message).toBe(`protocol error: control message of more than ${MAX_PAYLOAD} bytes (the limit here)`);
+  });
+
+  test("an answer too big even for several frames becomes an error reply; nothing is thrown and the connection stays", async () => {
     const { dialer, acceptor } = pair();
-    acceptor.handle(Msg.DEVICES, () => Array.from({ length: 400 }, (_, i) => ({ id: `site-${i}`, hostname: "h".repeat(200) })));
+    acceptor.handle(Msg.DEVICES, () => Array.from({ length: 17 }, () => "h".repeat(1024 * 1024)));
     acceptor.handle(Msg.SESSIONS, () => {
       throw new Error("x".repeat(100_000));
     });
