@@ -56,6 +56,8 @@ export interface ConnectionOptions {
   routeFrame?: (f: Frame, conn: Connection) => void;
   /** Every control message that has no handler; default: requests get an error reply. */
   onUnhandled?: (type: number, body: Record<string, unknown>) => void;
+  /** Bytes queued towards a peer that does not read before it is closed (Limits.maxQueued). */
+  maxQueued?: number;
   /** Largest control message accepted from the peer, in bytes (default: one frame). Devices
    * raise it for the relay's answers; the relay keeps one frame so no peer makes it buffer. */
   maxControlIn?: number;
@@ -362,7 +364,8 @@ export class Connection {
     if (payload && len) out.set(payload, HEADER_SIZE);
     this.bytesOut += out.length;
     this.link.write(out);
-    if (this.link.queued > Limits.maxQueued) {
+    // Not for the GOAWAY itself: close() writes one, which would land here again, forever.
+    if (type !== FrameType.GOAWAY && this.link.queued > (this.opts.maxQueued ?? Limits.maxQueued)) {
       this.close(GoAwayCode.PROTOCOL, `peer is not reading (${this.link.queued} bytes queued)`);
     }
   }
