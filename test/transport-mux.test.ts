@@ -342,6 +342,20 @@ describe("control messages", () => {
   });
 });
 
+describe("a peer that does not read", () => {
+  test("is closed once too much is queued towards it, with the reason and without an exception", async () => {
+    const [a, b] = linkPair();
+    const writer = new Connection(a, { side: "dialer", maxQueued: 1024 * 1024 });
+    const reader = new Connection(b, { side: "acceptor" });
+    open.push(writer, reader);
+    b.pause(); // the reader's socket is never read
+    for (let i = 0; i < 40 && !writer.closed; i++) writer.send(Msg.INVENTORY, { pad: "p".repeat(60_000) });
+    expect(writer.closed).toBe(true);
+    expect(writer.closedWith!.code).toBe(GoAwayCode.PROTOCOL);
+    expect(writer.closedWith!.message).toMatch(/^peer is not reading \(\d+ bytes queued\)$/);
+  });
+});
+
 describe("keepalive", () => {
   test("PINGs measure the round trip; a frozen peer is closed for keepalive", async () => {
     const { dialer, acceptor, a } = pair({ keepaliveInterval: 10, keepaliveTimeout: 80 });
