@@ -6,7 +6,7 @@ import { Connection, ConnectionClosed, RemoteError, type Log } from "../transpor
 import type { Link } from "../transport/link.ts";
 import { Flag, FrameType, GoAwayCode, MAX_REASON, ResetCode, decodeJson, encodeJson, encodeReset, type Frame } from "../transport/frame.ts";
 import { ErrorCode, Msg, PROTOCOL_VERSIONS, msgName, type DeviceInfo, type SessionInfo } from "../transport/messages.ts";
-import { Limits, Timing } from "../transport/policy.ts";
+import { Limits, Timing, maxRoutedStreams } from "../transport/policy.ts";
 import type { AccessRule } from "../config.ts";
 import { decidePairing, mayReach, newSessionId, parseSessionRequest } from "./pairing.ts";
 
@@ -408,10 +408,11 @@ export class RelayServer {
     if (typeof open.target !== "string" || !s.targets.has(open.target)) return reset(ResetCode.REFUSED, `target ${JSON.stringify(open.target)} is not part of session ${s.id}`);
     const other = this.peers.get(s.onsiteConn);
     if (!other) return reset(ResetCode.NO_SESSION, "the onsite device is gone");
-    if (peer.routes.size >= Limits.maxStreams || other.routes.size >= Limits.maxStreams) return reset(ResetCode.REFUSED, `too many streams (limit ${Limits.maxStreams})`);
+    const window = this.o.window ?? Limits.streamWindow;
+    const limit = maxRoutedStreams(window);
+    if (peer.routes.size >= limit || other.routes.size >= limit) return reset(ResetCode.REFUSED, `too many streams on one connection (limit ${limit})`);
     const sid = other.nextStreamId;
     other.nextStreamId += 2;
-    const window = this.o.window ?? Limits.streamWindow;
     const a: Route = { conn, sid: f.stream, session: s, credit: window, fin: false, peer: null as unknown as Route };
     const b: Route = { conn: s.onsiteConn, sid, session: s, credit: window, fin: false, peer: a };
     a.peer = b;
