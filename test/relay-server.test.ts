@@ -1,15 +1,18 @@
 // RelayServer driven through in-memory links, with real Connections on the device side: the
 // HELLO rules, deadlines, replacement, the pairing policy, session teardown and stream routing
 // with credit enforcement (a frozen reader cannot make the relay buffer beyond one window).
-import { afterEach, describe, expect, test } from "bun:test";
+import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { RelayServer, type Refusal } from "../src/tunnel/relay.ts";
 import { Connection, RemoteError, type Stream, type StreamError } from "../src/transport/mux.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
 import { Flag, FrameType, GoAwayCode, MAX_CONTROL_MESSAGE, MAX_PAYLOAD, ResetCode, encodeFrame, encodeJson } from "../src/transport/frame.ts";
 import { ErrorCode, Msg, type SessionInfo } from "../src/transport/messages.ts";
 import type { AccessRule } from "../src/config.ts";
-import { Limits } from "../src/transport/policy.ts";
+import { Limits, maxRoutedStreams } from "../src/transport/policy.ts";
 import { waitFor } from "./helpers/cli.ts";
+
+// A few cases move tens of megabytes through in-memory links; give a busy CI machine room.
+setDefaultTimeout(20_000);
 
 const WINDOW = 64 * 1024;
 const quiet = { debug() {}, info() {}, warn() {} };
@@ -19,6 +22,7 @@ interface Relay {
   refusals: Refusal[];
   warnings: string[];
   rules: AccessRule[];
+  window: number;
 }
 
 const relays: RelayServer[] = [];
@@ -28,7 +32,7 @@ afterEach(async () => {
   await Promise.all(relays.splice(0).map((r) => r.close()));
 });
 
-function relay(opts: { helloDeadline?: number; rules?: AccessRule[] } = {}): Relay {
+function relay(opts: { helloDeadline?: number; rules?: AccessRule[]; window?: number } = {}): Relay {
   const refusals: Refusal[] = [];
   const warnings: string[] = [];
   const rules = opts.rules ?? [];
@@ -38,11 +42,11 @@ function relay(opts: { helloDeadline?: number; rules?: AccessRule[] } = {}): Rel
     access: () => rules,
     onRefusal: (r) => refusals.push(r),
     helloDeadline: opts.helloDeadline ?? 5_000,
-    window: WINDOW,
+    window: opts.window ?? WINDOW,
     keepaliveInterval: 60_000,
   });
   relays.push(server);
-  return { server, refusals, warnings, rules };
+  return { server, refusals, warnings, rules, window: opts.window ?? WINDOW };
 }
 
 interface Device {
@@ -60,7 +64,7 @@ function connect(r: Relay, role: string, id: string, opts: { address?: string; h
   const streams: Stream[] = [];
   const closes: Record<string, unknown>[] = [];
   // As RelayClient builds it: answers from the relay may span several frames.
-  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: (s) => streams.push(s), maxControlIn: MAX_CONTROL_MESSAGE });
+  const conn = new Connection(link, { side: "dialer", window: r.window, onStream: (s) => streams.push(s), maxControlIn: MAX_CONTROL_MESSAGE });
   conns.push(conn);
   conn.on(Msg.SESSION_CLOSE, (b) => closes.push(b));
   conn.handle(Msg.SESSION_OFFER, () => ({}));
@@ -510,6 +514,30 @@ describe("stream routing", () => {
     expect(toFrozen.bytesOut).toBe(WINDOW);
     expect(frozen.closed).toBe(false);
   });
+});
+
+test("many busy streams towards a device on a slow uplink cannot get it disconnected", async () => {
+  const r = relay({ window: Limits.streamWindow });
+  const { onsite, master, info } = await session(r);
+  const limit = maxRoutedStreams(Limits.streamWindow);
+  expect(limit).toBeLessThan(Limits.maxStreams);
+  onsite.link.pause(); // the device reads nothing for a while
+  const results = Array.from({ length: limit + 20 }, () => {
+    const s = master.conn.openStream({ session: info.session, target: "10.0.0.5:80" });
+    const c = collect(s);
+    s.write(new Uint8Array(Limits.streamWindow)); // each stream sends exactly its credit
+    return c;
+  });
+  await waitFor(() => results.filter((c) => c.closed).length === 20, 5_000, "the streams beyond the limit to be refused");
+  for (const c of results.filter((x) => x.closed)) expect(c.error!.message).toBe(`too many streams on one connection (limit ${limit})`);
+  // Every admitted stream's window ends up queued for the device, and the relay keeps it connected.
+  await waitFor(() => onsite.relayLink.queued > limit * Limits.streamWindow, 10_000, "every admitted window to reach the relay");
+  await Bun.sleep(20);
+  expect(onsite.relayLink.queued).toBeLessThan(Limits.maxQueued);
+  expect(r.server.deviceList()[0]!.online).toBe(true);
+  onsite.link.resume();
+  await waitFor(() => onsite.streams.length === limit, 5_000, "the device to catch up");
+  expect(onsite.conn.closed).toBe(false);
 });
 
 describe("revocation and shutdown", () => {
