@@ -290,10 +290,8 @@ function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Prom
         }
         const problem = judgeRelay(socket, success, authorizationError, opts.host);
         if (problem) {
-          // Fail first: terminate() runs the close handler at once, whose generic "closed
-          // during the TLS handshake" would otherwise hide the reason.
           fail(new DialError(problem));
-          socket.terminate();
+          socket.terminate(); // after fail(): terminate runs the close handler at once
           return;
         }
         settled = true;
