@@ -492,6 +492,28 @@ test("SIGHUP reloads the revocation list even when the file looks unchanged to t
   await expectHealthy();
 });
 
+test("a damaged revocation list is reported once, and the relay keeps enforcing the previous one", async () => {
+  const file = caPaths(caDir).revoked;
+  const good = readFileSync(file, "utf8");
+  const complaints = () => relayLog().split("\n").filter((l) => l.includes("revocation list") && l.includes("keeping the previous one")).length;
+  const before = complaints();
+  try {
+    writeFileSync(file, "this is not a revocation list\n");
+    await waitFor(() => complaints() > before, 5_000, "the relay to report the damaged list");
+    expect(relayLog()).toMatch(/revocation list .*line 1: expected the header "# agent revocations v1".*keeping the previous one/);
+    await Bun.sleep(2_500); // more poll rounds: the same damage is not reported again
+    expect(complaints()).toBe(before + 1);
+    // site-rev (revoked earlier) is still refused.
+    const rev = await loadBundle(join(dir, "site-rev.bundle"));
+    const probe = await tlsProbe(rev, { send: hello("onsite", "site-rev") });
+    await probe.closed;
+    expect(probe.received).toBe(0);
+    await expectHealthy();
+  } finally {
+    writeFileSync(file, good);
+  }
+});
+
 // ---- the slow cases, checked -----------------------------------------------------------------
 
 test("a TCP connection that never starts TLS is closed at the handshake deadline and logged", async () => {
