@@ -78,9 +78,11 @@ export class RelayRole implements Component {
       throw new Error(`cannot read revocation list ${file}: ${(e as Error).message}`, { cause: e });
     }
     if (!force && stamp === this.revocationsStamp) return;
+    // Remembered before parsing: a damaged file is reported once, not at every poll, and the
+    // previous list stays in force until the file changes again (or SIGHUP).
+    this.revocationsStamp = stamp;
     const list = await loadRevocations(file);
     this.revocations = list;
-    this.revocationsStamp = stamp;
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
   }

@@ -39,10 +39,12 @@ export function presentedName(der: Uint8Array | null): string | null {
 /** OpenSSL's verification errors, said the way an operator would look for them. */
 function explainTlsError(err: string | null): string {
   const e = err ?? "";
+  // Bun reports OpenSSL's code (CERT_HAS_EXPIRED) or its text ("certificate has expired")
+  // depending on the path: match both spellings.
   if (/EXPIRED/i.test(e)) return "certificate has expired";
-  if (/NOT_YET_VALID/i.test(e)) return "certificate is not yet valid";
-  if (/UNABLE_TO_GET_ISSUER|SELF_SIGNED|UNABLE_TO_VERIFY|CERT_SIGNATURE_FAILURE|UNTRUSTED/i.test(e)) return "certificate was not issued by this fleet's CA";
-  if (/NO_CERTIFICATE|DID_NOT_RETURN/i.test(e)) return "no client certificate";
+  if (/NOT[ _]YET[ _]VALID/i.test(e)) return "certificate is not yet valid";
+  if (/UNABLE[ _]TO[ _]GET[ _](LOCAL[ _])?ISSUER|SELF[ _-]SIGNED|UNABLE[ _]TO[ _]VERIFY|SIGNATURE[ _]FAILURE|UNTRUSTED/i.test(e)) return "certificate was not issued by this fleet's CA";
+  if (/NO[ _]CERTIFICATE|DID[ _]NOT[ _]RETURN/i.test(e)) return "no client certificate";
   return `certificate refused by TLS (${e || "unknown reason"})`;
 }
 

@@ -4,6 +4,7 @@
 import { Connection, ConnectionClosed, type Log, type Stream } from "./mux.ts";
 import type { Link } from "./link.ts";
 import { Msg, PROTOCOL_VERSIONS } from "./messages.ts";
+import { MAX_CONTROL_MESSAGE } from "./frame.ts";
 import { Timing, backoffDelay, nextAttempt } from "./policy.ts";
 
 export interface Welcome {
@@ -155,6 +156,8 @@ export class RelayClient {
       keepaliveInterval: this.o.keepaliveInterval,
       keepaliveTimeout: this.o.keepaliveTimeout,
       onStream: this.o.onStream,
+      // The relay (authenticated) may answer with more than a frame: DEVICES of a big fleet.
+      maxControlIn: MAX_CONTROL_MESSAGE,
     });
     this.o.setup(conn);
     const welcome = await new Promise<Welcome>((resolve, reject) => {

@@ -16,8 +16,12 @@ export const FRAME_VERSION = 1;
 export const HEADER_SIZE = 12;
 /** Largest payload of one DATA/CONTROL/RESET frame. Writers split bigger chunks. */
 export const MAX_PAYLOAD = 64 * 1024;
-/** Largest control message body (JSON); smaller than a frame so one always fits. */
+/** Largest control message (u16 type + JSON) one CONTROL frame carries. A longer message is
+ * sent as several CONTROL frames, MORE set on all but the last; a receiver accepts that only
+ * up to the limit it chose (the relay: one frame, so a peer cannot make it buffer more). */
 export const MAX_CONTROL = MAX_PAYLOAD;
+/** Largest control message a sender will split over frames (a DEVICES answer for a big fleet). */
+export const MAX_CONTROL_MESSAGE = 16 * 1024 * 1024;
 
 /** Frame types. Frozen: a test pins these numbers; never renumber, only add. */
 export const FrameType = {
@@ -37,7 +41,8 @@ export const FrameType = {
 export type FrameTypeId = (typeof FrameType)[keyof typeof FrameType];
 const MAX_TYPE = 5;
 
-export const Flag = { SYN: 1, ACK: 2, FIN: 4 } as const;
+/** MORE: CONTROL only; the control message continues in the next CONTROL frame. */
+export const Flag = { SYN: 1, ACK: 2, FIN: 4, MORE: 8 } as const;
 
 /** Why a stream was reset. Frozen like the frame types. */
 export const ResetCode = {
@@ -175,7 +180,8 @@ function parseHeader(b: Uint8Array, at: number): { type: FrameTypeId; flags: num
   const type = v.getUint8(1);
   if (type > MAX_TYPE) throw new ProtocolError(`unknown frame type ${type}`);
   const flags = v.getUint16(2);
-  if (flags & ~(Flag.SYN | Flag.ACK | Flag.FIN)) throw new ProtocolError(`unknown frame flags 0x${flags.toString(16)}`);
+  if (flags & ~(Flag.SYN | Flag.ACK | Flag.FIN | Flag.MORE)) throw new ProtocolError(`unknown frame flags 0x${flags.toString(16)}`);
+  if (flags & Flag.MORE && type !== FrameType.CONTROL) throw new ProtocolError(`flag MORE on frame type ${type}; only CONTROL frames continue`);
   const stream = v.getUint32(4);
   const length = v.getUint32(8);
   if (hasPayload(type) && length > MAX_PAYLOAD) throw new ProtocolError(`frame of ${length} bytes exceeds the limit of ${MAX_PAYLOAD}`);
@@ -191,9 +197,12 @@ function parseHeader(b: Uint8Array, at: number): { type: FrameTypeId; flags: num
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
-/** RESET and GOAWAY payloads: u32 code + UTF-8 reason (at most 1 KiB of it). */
+/** Longest reason kept from a RESET or GOAWAY, in characters, both ways. */
+export const MAX_REASON = 1024;
+
+/** RESET and GOAWAY payloads: u32 code + UTF-8 reason (at most MAX_REASON characters). */
 export function encodeReset(code: number, reason: string): Uint8Array {
-  const text = textEncoder.encode(reason.slice(0, 1024));
+  const text = textEncoder.encode(reason.slice(0, MAX_REASON));
   const out = new Uint8Array(4 + text.length);
   new DataView(out.buffer).setUint32(0, code);
   out.set(text, 4);
@@ -205,7 +214,9 @@ export function decodeReset(payload: Uint8Array): { code: number; reason: string
   const code = new DataView(payload.buffer, payload.byteOffset, payload.length).getUint32(0);
   let reason: string;
   try {
-    reason = textDecoder.decode(payload.subarray(4));
+    // A peer may send up to a frame of reason; it ends up in logs and in messages the relay
+    // passes on (SESSION_CLOSE), which must still fit in one control frame.
+    reason = textDecoder.decode(payload.subarray(4)).slice(0, MAX_REASON);
   } catch {
     reason = "(reason not UTF-8)";
   }

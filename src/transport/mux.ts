@@ -2,7 +2,7 @@
 // endpoints) multiplexed streams with per-stream credit flow control. The relay uses the same
 // Connection but routes stream frames itself (`routeFrame`) instead of terminating streams.
 import {
-  Flag, FrameDecoder, FrameType, GoAwayCode, ProtocolError, ResetCode, MAX_PAYLOAD, HEADER_SIZE, MAX_CONTROL,
+  Flag, FrameDecoder, FrameType, GoAwayCode, ProtocolError, ResetCode, MAX_PAYLOAD, HEADER_SIZE, MAX_CONTROL, MAX_CONTROL_MESSAGE,
   encodeHeader, encodeReset, decodeReset, encodeJson, decodeJson, type Frame,
 } from "./frame.ts";
 import { Msg, isKnownMsg, msgName, ErrorCode } from "./messages.ts";
@@ -56,6 +56,11 @@ export interface ConnectionOptions {
   routeFrame?: (f: Frame, conn: Connection) => void;
   /** Every control message that has no handler; default: requests get an error reply. */
   onUnhandled?: (type: number, body: Record<string, unknown>) => void;
+  /** Bytes queued towards a peer that does not read before it is closed (Limits.maxQueued). */
+  maxQueued?: number;
+  /** Largest control message accepted from the peer, in bytes (default: one frame). Devices
+   * raise it for the relay's answers; the relay keeps one frame so no peer makes it buffer. */
+  maxControlIn?: number;
   /** Called for a protocol error before the connection is closed (for the refusal log). */
   onProtocolError?: (err: Error) => void;
   now?: () => number;
@@ -76,6 +81,9 @@ export class Connection {
   private readonly handlers = new Map<number, RequestHandler>();
   private readonly listeners = new Map<number, MessageHandler>();
   private readonly blocked = new Set<Stream>();
+  /** Pieces of a control message sent over several frames (Flag.MORE), bounded by maxControlIn. */
+  private readonly controlParts: Uint8Array[] = [];
+  private controlBytes = 0;
   private keepaliveTimer: ReturnType<typeof setInterval> | null = null;
   private pingSentAt = new Map<number, number>();
   private pingSeq = 0;
@@ -163,11 +171,16 @@ export class Connection {
   send(type: number, body: Record<string, unknown>): void {
     if (this.closed) return;
     const json = encodeJson(body);
-    if (json.length + 2 > MAX_CONTROL) throw new RangeError(`control message ${msgName(type)} of ${json.length} bytes is too big`);
+    if (json.length + 2 > MAX_CONTROL_MESSAGE) throw new RangeError(`control message ${msgName(type)} of ${json.length} bytes is too big`);
     const payload = new Uint8Array(2 + json.length);
     new DataView(payload.buffer).setUint16(0, type);
     payload.set(json, 2);
-    this.writeFrame(FrameType.CONTROL, 0, 0, payload);
+    // Frames of one message go out back to back (writeFrame is synchronous), so the receiver
+    // never sees two messages' pieces interleaved.
+    for (let at = 0; at < payload.length; at += MAX_CONTROL) {
+      const end = Math.min(at + MAX_CONTROL, payload.length);
+      this.writeFrame(FrameType.CONTROL, end < payload.length ? Flag.MORE : 0, 0, payload.subarray(at, end));
+    }
   }
 
   request(type: number, body: Record<string, unknown>, timeoutMs: number = Timing.requestTimeout): Promise<unknown> {
@@ -212,10 +225,18 @@ export class Connection {
       Promise.resolve()
         .then(() => handler(b, this))
         .then(
-          (result) => this.send(Msg.REPLY, { rid, ok: true, result: result ?? null }),
+          (result) => {
+            // A result too big for one control frame must become an error REPLY: thrown here
+            // it would be an unhandled rejection, which ends the whole process (the relay).
+            try {
+              this.send(Msg.REPLY, { rid, ok: true, result: result ?? null });
+            } catch (err) {
+              this.send(Msg.REPLY, { rid, ok: false, code: ErrorCode.INTERNAL, error: `the answer to ${msgName(type)} is too big to send: ${(err as Error).message}` });
+            }
+          },
           (err: unknown) => {
             const code = err instanceof RemoteError ? err.code : ErrorCode.INTERNAL;
-            this.send(Msg.REPLY, { rid, ok: false, code, error: err instanceof Error ? err.message : String(err) });
+            this.send(Msg.REPLY, { rid, ok: false, code, error: (err instanceof Error ? err.message : String(err)).slice(0, 1024) });
           },
         );
       return;
@@ -247,9 +268,26 @@ export class Connection {
   private onFrame(f: Frame): void {
     if (this.closed) return;
     switch (f.type) {
-      case FrameType.CONTROL:
+      case FrameType.CONTROL: {
+        const limit = this.opts.maxControlIn ?? MAX_CONTROL;
+        if (f.flags & Flag.MORE || this.controlParts.length) {
+          this.controlBytes += f.payload.length;
+          if (this.controlBytes > limit) throw new ProtocolError(`control message of more than ${limit} bytes (the limit here)`);
+          this.controlParts.push(f.payload.slice());
+          if (f.flags & Flag.MORE) return;
+          const whole = new Uint8Array(this.controlBytes);
+          let at = 0;
+          for (const p of this.controlParts.splice(0)) {
+            whole.set(p, at);
+            at += p.length;
+          }
+          this.controlBytes = 0;
+          this.onControl(whole);
+          return;
+        }
         this.onControl(f.payload);
         return;
+      }
       case FrameType.PING:
         if (f.flags & Flag.ACK) {
           const sent = this.pingSentAt.get(f.length);
@@ -326,7 +364,8 @@ export class Connection {
     if (payload && len) out.set(payload, HEADER_SIZE);
     this.bytesOut += out.length;
     this.link.write(out);
-    if (this.link.queued > Limits.maxQueued) {
+    // Not for the GOAWAY itself: close() writes one, which would land here again, forever.
+    if (type !== FrameType.GOAWAY && this.link.queued > (this.opts.maxQueued ?? Limits.maxQueued)) {
       this.close(GoAwayCode.PROTOCOL, `peer is not reading (${this.link.queued} bytes queued)`);
     }
   }

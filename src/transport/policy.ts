@@ -32,7 +32,23 @@ export const Limits = {
   /** Connections that have not completed TLS + HELLO, in total and per source address. */
   maxUnauthenticated: 512,
   maxUnauthenticatedPerSource: 32,
+  /** Sessions one master may hold open at the relay: each costs the relay and the device
+   * memory, so one master must not be able to open them without end. */
+  maxSessionsPerMaster: 256,
 } as const;
+
+/** Room kept under Limits.maxQueued for what credit does not cover (control answers, headers). */
+export const CONTROL_SLACK = 8 * 1024 * 1024;
+
+/**
+ * Streams the relay routes over one connection. Each may have a full window in flight towards
+ * the connection, and the relay closes a connection with more than maxQueued waiting for it:
+ * so routes × window must stay under that, or a master with many busy streams would get a
+ * device on a slow uplink disconnected while everyone kept to their credit.
+ */
+export function maxRoutedStreams(window: number = Limits.streamWindow, maxQueued: number = Limits.maxQueued): number {
+  return Math.max(1, Math.min(Limits.maxStreams, Math.floor((maxQueued - CONTROL_SLACK) / window)));
+}
 
 /**
  * Exponential backoff with full jitter (AWS architecture blog's "Full Jitter"): the delay

@@ -195,7 +195,7 @@ export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
         socket.data.onHandshake = undefined;
         const cert = socket.getPeerCertificate() as { raw?: Uint8Array } | undefined;
         const verdict = verifyPeer(
-          { handshakeOk: success, authorized: socket.authorized, authorizationError: authorizationError?.message ?? null, peerDer: cert?.raw ?? null, protocol: socket.getTLSVersion() },
+          { handshakeOk: success, authorized: socket.authorized, authorizationError: describeTlsError(authorizationError), peerDer: cert?.raw ?? null, protocol: socket.getTLSVersion() },
           opts.trust(),
           new Date(),
         );
@@ -225,6 +225,15 @@ export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
       },
     },
   });
+}
+
+/** OpenSSL's code and text together ("EPROTO: ...:UNSUPPORTED_PROTOCOL"): the code alone can
+ * be as vague as EPROTO, the text alone varies between paths. */
+function describeTlsError(err: Error | null): string | null {
+  if (!err) return null;
+  const code = (err as Error & { code?: string }).code;
+  if (!code || err.message === code || err.message.includes(code)) return err.message || code || null;
+  return err.message ? `${code}: ${err.message}` : code;
 }
 
 // ---- dialer (onsite, master) ----------------------------------------------------------------

@@ -4,9 +4,9 @@
 // stream ids and enforcing each stream's credit so no peer can make it buffer without bound.
 import { Connection, ConnectionClosed, RemoteError, type Log } from "../transport/mux.ts";
 import type { Link } from "../transport/link.ts";
-import { Flag, FrameType, GoAwayCode, ResetCode, decodeJson, encodeJson, encodeReset, type Frame } from "../transport/frame.ts";
+import { Flag, FrameType, GoAwayCode, MAX_REASON, ResetCode, decodeJson, encodeJson, encodeReset, type Frame } from "../transport/frame.ts";
 import { ErrorCode, Msg, PROTOCOL_VERSIONS, msgName, type DeviceInfo, type SessionInfo } from "../transport/messages.ts";
-import { Limits, Timing } from "../transport/policy.ts";
+import { Limits, Timing, maxRoutedStreams } from "../transport/policy.ts";
 import type { AccessRule } from "../config.ts";
 import { decidePairing, mayReach, newSessionId, parseSessionRequest } from "./pairing.ts";
 
@@ -72,12 +72,20 @@ interface PeerState {
   routes: Map<number, Route>;
 }
 
+/** A value the peer sent, quoted for a log line and cut short. */
+function brief(v: unknown, quote = true): string {
+  const text = quote ? (JSON.stringify(v) ?? String(v)) : String(v);
+  return text.length > 80 ? `${text.slice(0, 80)}…` : text;
+}
+
 export class RelayServer {
   private readonly devices = new Map<string, Device>();
   private readonly masters = new Map<string, Connection>();
   private readonly sessions = new Map<string, Session>();
   private readonly peers = new Map<Connection, PeerState>();
-  private readonly pendingHello = new Set<Connection>();
+  /** Authenticated at TLS, HELLO not yet seen; the certificate is kept so a revocation that
+   * lands in between still closes them. */
+  private readonly pendingHello = new Map<Connection, { id: string; role: string; serial: string }>();
   readonly refusals: Refusal[] = [];
   private closed = false;
 
@@ -87,25 +95,27 @@ export class RelayServer {
 
   /** A link whose certificate passed verifyPeer; the HELLO must follow within the deadline. */
   accept(link: Link, cert: { id: string; role: string; serial: string }): Connection {
+    // The refusal log names a peer the way the TLS level does ("CN (OU)"), whatever stage.
+    const presented = `${cert.id} (${cert.role})`;
     const conn: Connection = new Connection(link, {
       side: "acceptor",
       log: this.o.log,
       window: this.o.window,
       keepaliveInterval: this.o.keepaliveInterval,
       keepaliveTimeout: this.o.keepaliveTimeout,
-      routeFrame: (f, c) => this.route(f, c),
+      routeFrame: (f, c) => this.route(f, c, presented),
       onUnhandled: (type) => {
-        if (!this.peers.has(conn)) this.refuse(conn, cert.id, `${msgName(type)} before HELLO`, GoAwayCode.PROTOCOL);
+        if (!this.peers.has(conn)) this.refuse(conn, presented, `${msgName(type)} before HELLO`, GoAwayCode.PROTOCOL);
       },
-      onProtocolError: (err) => this.recordRefusal(conn.remoteAddress, `${cert.id} (${cert.role})`, `protocol error: ${err.message}`),
+      onProtocolError: (err) => this.recordRefusal(conn.remoteAddress, presented, `protocol error: ${err.message}`),
     });
     if (this.closed) {
       conn.close(GoAwayCode.SHUTDOWN, "relay is shutting down");
       return conn;
     }
-    this.pendingHello.add(conn);
+    this.pendingHello.set(conn, cert);
     const timer = setTimeout(() => {
-      if (this.pendingHello.has(conn)) this.refuse(conn, cert.id, `no HELLO within ${(this.o.helloDeadline ?? Timing.helloDeadline) / 1000} s`, GoAwayCode.PROTOCOL);
+      if (this.pendingHello.has(conn)) this.refuse(conn, presented, `no HELLO within ${(this.o.helloDeadline ?? Timing.helloDeadline) / 1000} s`, GoAwayCode.PROTOCOL);
     }, this.o.helloDeadline ?? Timing.helloDeadline);
     conn.on(Msg.HELLO, (b) => {
       clearTimeout(timer);
@@ -120,16 +130,17 @@ export class RelayServer {
   }
 
   private recordRefusal(address: string, presented: string | null, reason: string): void {
-    const r: Refusal = { time: new Date().toISOString(), address, presented, reason };
+    // Reasons quote what the peer sent; a log line must not grow with it.
+    const r: Refusal = { time: new Date().toISOString(), address, presented, reason: reason.slice(0, MAX_REASON) };
     this.refusals.push(r);
     if (this.refusals.length > 1000) this.refusals.shift();
-    this.o.log.warn(`refused ${presented ?? "(no certificate)"} from ${address}: ${reason}`);
+    this.o.log.warn(`refused ${presented ?? "(no certificate)"} from ${address}: ${r.reason}`);
     this.o.onRefusal?.(r);
   }
 
   /** Logs and closes a connection the relay will not serve. */
-  private refuse(conn: Connection, id: string, reason: string, code: number): void {
-    this.recordRefusal(conn.remoteAddress, id, reason);
+  private refuse(conn: Connection, presented: string, reason: string, code: number): void {
+    this.recordRefusal(conn.remoteAddress, presented, reason);
     this.pendingHello.delete(conn);
     conn.close(code, reason);
   }
@@ -140,6 +151,7 @@ export class RelayServer {
   }
 
   private onHello(conn: Connection, cert: { id: string; role: string; serial: string }, b: Record<string, unknown>): void {
+    const presented = `${cert.id} (${cert.role})`;
     if (!this.pendingHello.has(conn)) {
       conn.close(GoAwayCode.PROTOCOL, "second HELLO");
       return;
@@ -147,15 +159,15 @@ export class RelayServer {
     const versions = Array.isArray(b.versions) ? b.versions.filter((v): v is number => typeof v === "number") : [];
     const common = versions.filter((v) => (PROTOCOL_VERSIONS as readonly number[]).includes(v));
     if (common.length === 0) {
-      this.refuse(conn, cert.id, `no common protocol version (relay speaks ${PROTOCOL_VERSIONS.join(", ")}, peer offers ${versions.join(", ") || "none"})`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `no common protocol version (relay speaks ${PROTOCOL_VERSIONS.join(", ")}, peer offers ${brief(versions.join(", ") || "none", false)})`, GoAwayCode.PROTOCOL);
       return;
     }
     if (b.role !== cert.role) {
-      this.refuse(conn, cert.id, `HELLO says role ${JSON.stringify(b.role)} but the certificate of ${cert.id} is for role ${cert.role}`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `HELLO says role ${brief(b.role)} but the certificate of ${cert.id} is for role ${cert.role}`, GoAwayCode.PROTOCOL);
       return;
     }
     if (b.id !== cert.id) {
-      this.refuse(conn, cert.id, `HELLO says id ${JSON.stringify(b.id)} but the certificate is for ${cert.id}`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, `HELLO says id ${brief(b.id)} but the certificate is for ${cert.id}`, GoAwayCode.PROTOCOL);
       return;
     }
     this.pendingHello.delete(conn);
@@ -293,6 +305,11 @@ export class RelayServer {
     } catch (e) {
       throw new RemoteError(ErrorCode.BAD_REQUEST, (e as Error).message);
     }
+    let mine = 0;
+    for (const s of this.sessions.values()) if (s.master === master && s.id !== req.session) mine++;
+    if (mine >= Limits.maxSessionsPerMaster) {
+      throw new RemoteError(ErrorCode.REFUSED, `${master} already has ${mine} sessions (limit ${Limits.maxSessionsPerMaster}); end some with agent disconnect`);
+    }
     const dev = this.devices.get(req.onsite);
     const decision = decidePairing(this.o.access(), master, req.onsite, { known: dev !== undefined, online: dev?.conn != null && !dev.conn.closed });
     if (!decision.ok) {
@@ -337,10 +354,10 @@ export class RelayServer {
 
   // ---- stream routing ---------------------------------------------------------------------
 
-  private route(f: Frame, conn: Connection): void {
+  private route(f: Frame, conn: Connection, presented: string): void {
     const peer = this.peers.get(conn);
     if (!peer) {
-      this.refuse(conn, conn.peer?.id ?? "?", "stream frames before HELLO", GoAwayCode.PROTOCOL);
+      this.refuse(conn, presented, "stream frames before HELLO", GoAwayCode.PROTOCOL);
       return;
     }
     if (f.type === FrameType.DATA && f.flags & Flag.SYN) {
@@ -375,7 +392,7 @@ export class RelayServer {
     const reset = (code: number, reason: string) => conn.writeFrame(FrameType.RESET, 0, f.stream, encodeReset(code, reason));
     if (peer.role !== "master") return reset(ResetCode.REFUSED, "only a master opens streams");
     if (peer.routes.has(f.stream) || f.stream % 2 !== 1) {
-      this.refuse(conn, peer.id, `bad stream id ${f.stream}`, GoAwayCode.PROTOCOL);
+      this.refuse(conn, `${peer.id} (${peer.role})`, `bad stream id ${f.stream}`, GoAwayCode.PROTOCOL);
       return;
     }
     let open: Record<string, unknown>;
@@ -391,10 +408,11 @@ export class RelayServer {
     if (typeof open.target !== "string" || !s.targets.has(open.target)) return reset(ResetCode.REFUSED, `target ${JSON.stringify(open.target)} is not part of session ${s.id}`);
     const other = this.peers.get(s.onsiteConn);
     if (!other) return reset(ResetCode.NO_SESSION, "the onsite device is gone");
-    if (peer.routes.size >= Limits.maxStreams || other.routes.size >= Limits.maxStreams) return reset(ResetCode.REFUSED, `too many streams (limit ${Limits.maxStreams})`);
+    const window = this.o.window ?? Limits.streamWindow;
+    const limit = maxRoutedStreams(window);
+    if (peer.routes.size >= limit || other.routes.size >= limit) return reset(ResetCode.REFUSED, `too many streams on one connection (limit ${limit})`);
     const sid = other.nextStreamId;
     other.nextStreamId += 2;
-    const window = this.o.window ?? Limits.streamWindow;
     const a: Route = { conn, sid: f.stream, session: s, credit: window, fin: false, peer: null as unknown as Route };
     const b: Route = { conn: s.onsiteConn, sid, session: s, credit: window, fin: false, peer: a };
     a.peer = b;
@@ -423,7 +441,7 @@ export class RelayServer {
   /** Closes live connections whose certificate serial is now revoked. */
   enforceRevocations(isRevoked: (serial: string) => boolean): number {
     let n = 0;
-    for (const [conn, p] of this.peers) {
+    for (const [conn, p] of [...this.peers, ...this.pendingHello]) {
       if (isRevoked(p.serial)) {
         n++;
         this.recordRefusal(conn.remoteAddress, `${p.id} (${p.role})`, `certificate ${p.serial} was revoked; closing its live connection`);
@@ -445,6 +463,6 @@ export class RelayServer {
     if (this.closed) return;
     this.closed = true;
     for (const s of [...this.sessions.values()]) this.closeSession(s, "relay is shutting down", false);
-    await Promise.all([...this.peers.keys(), ...this.pendingHello].map((c) => c.closeAndWait(GoAwayCode.SHUTDOWN, "relay is shutting down")));
+    await Promise.all([...this.peers.keys(), ...this.pendingHello.keys()].map((c) => c.closeAndWait(GoAwayCode.SHUTDOWN, "relay is shutting down")));
   }
 }
