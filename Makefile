@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 # The whole suite: type check, unit tests, CLI and PKI tests against the real program,
 # and the arm64 release executable under qemu-user.
 test: deps typecheck
-	$(BUN) test 2>&1 | tee .test.log
+	$(BUN) test --timeout 30000 2>&1 | tee .test.log
 	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} END{printf "tests: %d passed, %d failed\n", p, f}' .test.log
 
 # All 16 executables (4 targets x generic/onsite/master/relay), SHA256SUMS and SIZES.txt
