@@ -81,3 +81,13 @@ test("the catalogue lookup knows exactly the listed messages", () => {
   for (let id = 0; id <= 0xffff; id++) if (!known.has(id)) expect(isKnownMsg(id)).toBe(false);
   expect(msgName(999)).toBe("#999");
 });
+
+test("docs/protocol.md documents every frame type, message and error code with its id", async () => {
+  const doc = await Bun.file(new URL("../docs/protocol.md", import.meta.url)).text();
+  for (const [name, id] of Object.entries(FrameType)) expect(doc).toMatch(new RegExp(`\\|\\s*${id}\\s*\\|\\s*${name}\\s*\\|`));
+  for (const [name, id] of Object.entries(Msg)) expect(doc).toMatch(new RegExp(`\\|\\s*${id}\\s*\\|\\s*${name}\\s*\\|`));
+  for (const [name, id] of Object.entries(ResetCode)) expect(doc).toContain(`${id} ${name}`);
+  for (const [name, id] of Object.entries(GoAwayCode)) expect(doc).toContain(`${id} ${name}`);
+  for (const [name, bit] of Object.entries(Flag)) expect(doc).toContain(`\`${name} = ${bit}\``);
+  for (const code of Object.values(ErrorCode)) expect(doc).toContain(`\`${code}\``);
+});
