@@ -59,6 +59,9 @@ export class OnsiteRole implements Component {
       setup: (conn) => this.sessions.setup(conn),
       onStream: (s) => this.sessions.serve(s),
       onUp: (conn) => this.sendInventory(conn),
+      // Without this the sessions (and their NAT rules) of a lost connection would linger
+      // until their TTL: no SESSION_CLOSE can arrive for them any more.
+      onDown: (why) => this.sessions.endAll(`relay connection lost: ${why.message}`),
     });
     control.handle("sessions", () => [...this.sessions.sessions.entries()].map(([session, s]) => ({ session, master: s.master, targets: s.targets, opened: new Date(s.opened).toISOString(), streams: s.streams })));
     control.handle("redial", (args) => {
