@@ -216,6 +216,17 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
     expect(await curl(OTH, 8081)).toBe("");
   }, 20_000);
 
+  test("a session that reaches its TTL takes its rule with it", async () => {
+    const s = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`], "2s")).session;
+    const rule = await addJson(tech1, "--session", s, "--port", "8084", "--to", `${SERVER}:80`, "--ttl", "5m");
+    expect(rule.remaining_ms).toBeGreaterThan(290_000); // the rule's own TTL is not what ends it
+    expect(await curl(REM, 8084)).toBe("lan-ok\n");
+    await removed(1, s);
+    expect(await listed()).toEqual([]);
+    expect(tagsIn(await ruleset())).toEqual([]);
+    expect(await curl(REM, 8084)).toBe("");
+  }, 20_000);
+
   test("the onsite device losing the relay ends its sessions and removes their rules", async () => {
     const s3 = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`])).session;
     const rule = await addJson(tech1, "--session", s3, "--port", "8083", "--to", `${SERVER}:80`, "--ttl", "5m");
