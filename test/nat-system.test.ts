@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { controlRequest } from "../src/control.ts";
 import { agent, BUN, MAIN, ROOT, waitFor } from "./helpers/cli.ts";
+import { inNs, must, rulesetOf, run, startLanServer, tagsIn } from "./helpers/nat-lab.ts";
 
 const isRoot = process.getuid?.() === 0;
 // CI runs as root: there this must run, never skip.
@@ -26,20 +27,6 @@ const ROUTER_LAN = "192.168.77.1";
 const SERVER = "192.168.77.50";
 const HTTP_PORT = 80;
 const ECHO_PORT = 7;
-
-async function run(argv: string[], stdin?: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = Bun.spawn(argv, { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { code, stdout, stderr };
-}
-
-async function must(argv: string[], stdin?: string): Promise<string> {
-  const r = await run(argv, stdin);
-  if (r.code !== 0) throw new Error(`${argv.join(" ")} exited ${r.code}: ${r.stderr}`);
-  return r.stdout;
-}
-
-const inNs = (ns: string, ...argv: string[]) => ["ip", "netns", "exec", ns, ...argv];
 
 async function deleteNamespaces(): Promise<void> {
   for (const ns of [CLI, RTR, LAN]) await run(["ip", "netns", "del", ns]);
@@ -67,17 +54,6 @@ async function buildTopology(): Promise<void> {
 async function curl(port: number, from = PEER): Promise<string> {
   const r = await run(inNs(CLI, "curl", "-s", "--connect-timeout", "1", "-m", "2", "--interface", from, `http://${PUBLIC}:${port}/`));
   return r.code === 0 ? r.stdout : "";
-}
-
-/** The router's rules as the backend's own tool shows them, for tags and for "nothing changed". */
-async function rulesetOf(backend: "iptables" | "nft"): Promise<string> {
-  if (backend === "nft") return (await must(inNs(RTR, "nft", "list", "ruleset"))).replace(/counter packets \d+ bytes \d+/g, "counter");
-  const save = await must(inNs(RTR, "iptables-save"));
-  return save.split("\n").filter((l) => !l.startsWith("#")).join("\n").replace(/\[\d+:\d+\]/g, "");
-}
-
-function tagsIn(text: string): string[] {
-  return [...text.matchAll(/agent-nat id=([0-9a-f]{8})/g)].map((m) => m[1]!);
 }
 
 interface Daemon {
@@ -127,7 +103,7 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
     daemon = undefined;
   }
 
-  const ruleset = () => rulesetOf(backend);
+  const ruleset = () => rulesetOf(RTR, backend);
   const nat = (...args: string[]) => agent(["nat", ...args, "--config", cfgPath]);
   const list = async () => ((await controlRequest(sock, "nat.list")) as { rules: { id: string; port: number; remaining_ms: number }[] }).rules;
 
@@ -157,11 +133,7 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
       ].join("\n"),
     );
     await buildTopology();
-    const server = Bun.spawn(inNs(LAN, BUN, join(ROOT, "test/fixtures/nat/lan-server.ts"), String(HTTP_PORT), String(ECHO_PORT)), { stdout: "pipe", stderr: "inherit" });
-    procs.push(server);
-    const reader = server.stdout.getReader();
-    const first = await reader.read();
-    expect(new TextDecoder().decode(first.value)).toContain("ready");
+    procs.push(await startLanServer(LAN, HTTP_PORT, ECHO_PORT));
     daemon = await startDaemon();
   }, 60_000);
 

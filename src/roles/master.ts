@@ -2,7 +2,7 @@
 // local port forwards (`agent connect`), lists and ends them.
 import type { Config } from "../config.ts";
 import type { ControlServer } from "../control.ts";
-import { UsageError } from "../errors.ts";
+import { RuntimeError, UsageError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { Bundle } from "../pki.ts";
 import type { RelayClient } from "../transport/client.ts";
@@ -51,12 +51,18 @@ export class MasterRole implements Component {
     // `agent nat add --session S ...` on the master: a timed DNAT rule on the session's onsite
     // device whose source is this master's public address as the relay sees it.
     control.handle("nat.add", async (args) => {
+      // --src first: a user who gave it must learn that a master cannot choose the source,
+      // not merely that --session is missing.
+      if (args.src !== undefined) throw new UsageError("--src is not taken on a master: the relay sets the source to this master's public address; give --session SESSION (see `agent sessions`)");
       const session = args.session;
       if (typeof session !== "string" || !session) throw new UsageError("on a master, nat add needs --session SESSION (see `agent sessions`); the rule's source is the session's peer");
-      if (args.src !== undefined) throw new UsageError("--src is not taken on a master: the relay sets the source to this master's public address");
       const conn = this.client.connection;
-      if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.client.state})`);
-      return conn.request(Msg.NAT_REQUEST, { session, proto: args.proto, port: args.port, to: args.to, ttl: args.ttl, iface: args.iface });
+      if (!conn) throw new RuntimeError(`not connected to the relay (${this.client.state}${this.client.lastError ? `: ${this.client.lastError}` : ""})`);
+      try {
+        return await conn.request(Msg.NAT_REQUEST, { session, proto: args.proto, port: args.port, to: args.to, ttl: args.ttl, iface: args.iface });
+      } catch (e) {
+        throw natRefusal(e);
+      }
     });
     control.handle("disconnect", (args) => this.sessions.disconnect(String(args.session ?? "")));
   }
@@ -74,4 +80,16 @@ export class MasterRole implements Component {
     this.sessions.close();
     await this.client.close();
   }
+}
+
+/**
+ * What the relay or the onsite device answered to a NAT request, as the control socket's
+ * error kinds: a refused request (bad field, target outside the allow list, a session this
+ * master does not own) is the user's to fix (exit 2, like `nat add` on the device itself);
+ * the rest (device offline, firewall failure) is exit 1. Either way the message is theirs.
+ */
+export function natRefusal(e: unknown): Error {
+  if (!(e instanceof RemoteError)) return e as Error;
+  const user: string[] = [ErrorCode.BAD_REQUEST, ErrorCode.NO_SESSION, ErrorCode.FORBIDDEN, ErrorCode.REFUSED];
+  return user.includes(e.code) ? new UsageError(e.message) : new RuntimeError(e.message);
 }

@@ -46,12 +46,20 @@ export class OnsiteRole implements Component {
           const session = String(b.session ?? "");
           if (!this.sessions.sessions.has(session)) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} on ${bundle.id}`);
           // The source is the session's peer as the relay saw it; nothing the master said.
+          let added;
           try {
-            return await nat.add({ proto: b.proto, src: b.source, port: b.port, to: b.to, ttl: b.ttl, iface: b.iface }, session);
+            added = await nat.add({ proto: b.proto, src: b.source, port: b.port, to: b.to, ttl: b.ttl, iface: b.iface }, session);
           } catch (e) {
             if (e instanceof UsageError) throw new RemoteError(ErrorCode.BAD_REQUEST, e.message);
             throw e;
           }
+          // The session may have ended while the rule was being applied; its removeByOwner
+          // then ran before the rule existed and would leave it until its TTL.
+          if (!this.sessions.sessions.has(session)) {
+            await nat.removeByOwner(session);
+            throw new RemoteError(ErrorCode.NO_SESSION, `session ${session} ended while its NAT rule was being added; the rule was removed`);
+          }
+          return added;
         }),
       );
     }
@@ -59,6 +67,9 @@ export class OnsiteRole implements Component {
       setup: (conn) => this.sessions.setup(conn),
       onStream: (s) => this.sessions.serve(s),
       onUp: (conn) => this.sendInventory(conn),
+      // Without this the sessions (and their NAT rules) of a lost connection would linger
+      // until their TTL: no SESSION_CLOSE can arrive for them any more.
+      onDown: (why) => this.sessions.endAll(`relay connection lost: ${why.message}`),
     });
     control.handle("sessions", () => [...this.sessions.sessions.entries()].map(([session, s]) => ({ session, master: s.master, targets: s.targets, opened: new Date(s.opened).toISOString(), streams: s.streams })));
     control.handle("redial", (args) => {

@@ -65,3 +65,16 @@ export function newSessionId(random: () => number = Math.random): string {
   for (let i = 0; i < 8; i++) s += Math.floor(random() * 36).toString(36);
   return s;
 }
+
+/**
+ * The source of a NAT rule a master asks for: its address as the relay's socket reports it.
+ * A relay listening on `[::]` (dual stack) sees IPv4 peers as `::ffff:a.b.c.d`; the rule
+ * needs the IPv4 address. NAT rules are IPv4-only, so a real IPv6 peer is refused here with
+ * the reason rather than by the device's field check. Pure.
+ */
+export function natSource(remoteAddress: string): { ok: true; source: string } | { ok: false; reason: string } {
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(remoteAddress);
+  const v4 = mapped ? mapped[1]! : remoteAddress;
+  if (/^\d{1,3}(?:\.\d{1,3}){3}$/.test(v4)) return { ok: true, source: v4 };
+  return { ok: false, reason: `NAT rules are IPv4-only and the relay sees this master at ${remoteAddress || "an unknown address"}` };
+}

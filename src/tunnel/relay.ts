@@ -8,7 +8,7 @@ import { Flag, FrameType, GoAwayCode, MAX_REASON, ResetCode, decodeJson, encodeJ
 import { ErrorCode, Msg, PROTOCOL_VERSIONS, msgName, type DeviceInfo, type SessionInfo } from "../transport/messages.ts";
 import { Limits, Timing, maxRoutedStreams } from "../transport/policy.ts";
 import type { AccessRule } from "../config.ts";
-import { decidePairing, mayReach, newSessionId, parseSessionRequest } from "./pairing.ts";
+import { decidePairing, mayReach, natSource, newSessionId, parseSessionRequest } from "./pairing.ts";
 
 export interface RelayOptions {
   id: string;
@@ -235,8 +235,9 @@ export class RelayServer {
       if (!s || s.master !== id) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(b.session)} of ${id}`);
       // The rule's source is the master's public address as the relay sees it: the peer of
       // the session, never something the master claims.
-      const peer = conn.remoteAddress;
-      return s.onsiteConn.request(Msg.NAT_REQUEST, { ...b, session: s.id, source: peer });
+      const peer = natSource(conn.remoteAddress);
+      if (!peer.ok) throw new RemoteError(ErrorCode.BAD_REQUEST, peer.reason);
+      return s.onsiteConn.request(Msg.NAT_REQUEST, { ...b, session: s.id, source: peer.source });
     });
   }
 

@@ -62,6 +62,20 @@ export class SessionServer {
     this.o.extra?.(conn);
   }
 
+  /**
+   * The relay connection is gone: the relay ended every session it carried (it closes them
+   * when a side disconnects) but could not say so over the dead connection. A master that
+   * resumes offers the session again over the next connection.
+   */
+  endAll(reason: string): void {
+    const ended = [...this.sessions.keys()];
+    this.sessions.clear();
+    for (const session of ended) {
+      this.o.log.info(`session ${session} ended: ${reason}`);
+      this.o.onSessionClosed?.(session, reason);
+    }
+  }
+
   /** A stream the relay opened for a session: connect to its target. */
   serve(stream: Stream): void {
     const target = String(stream.open.target ?? "");

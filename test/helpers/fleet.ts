@@ -14,6 +14,8 @@ export interface Daemon {
   sock: string;
   bundle: string;
   args: string[];
+  /** Network namespace it runs in (`ip netns exec`), if any. */
+  netns?: string;
   log: () => string;
 }
 
@@ -52,18 +54,20 @@ export class Fleet {
     return out;
   }
 
-  async start(role: string, id: string, args: string[], bundle?: string): Promise<Daemon> {
+  async start(role: string, id: string, args: string[], bundle?: string, netns?: string): Promise<Daemon> {
     bundle ??= existsSync(join(this.dir, `${id}.bundle`)) ? join(this.dir, `${id}.bundle`) : await this.issue(role, id, role === "relay" ? ["--host", "127.0.0.1"] : []);
     const sock = join(this.dir, `${id}.sock`);
     const full = ["--role", role, "--bundle", bundle, ...args, "--control", sock, "--state-dir", join(this.dir, `state-${id}`)];
-    const proc = Bun.spawn([BUN, MAIN, ...full], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    // `ip netns exec` execs the program: the pid is the daemon's own.
+    const argv = [BUN, MAIN, ...full];
+    const proc = Bun.spawn(netns ? ["ip", "netns", "exec", netns, ...argv] : argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
     let text = "";
     void (async () => {
       const dec = new TextDecoder();
       for await (const c of proc.stderr) text += dec.decode(c, { stream: true });
     })();
     void new Response(proc.stdout).text();
-    const d: Daemon = { role, id, proc, sock, bundle, args, log: () => text };
+    const d: Daemon = { role, id, proc, sock, bundle, args, netns, log: () => text };
     this.daemons.push(d);
     await waitUntil(() => existsSync(sock) || proc.exitCode !== null, 10_000, `${id} control socket`);
     if (proc.exitCode !== null) throw new Error(`${id} exited with ${proc.exitCode}: ${text}`);
@@ -123,7 +127,7 @@ export class Fleet {
     const idx = this.daemons.indexOf(d);
     if (idx >= 0) this.daemons.splice(idx, 1);
     const args = d.role === "relay" ? ["--listen", `127.0.0.1:${this.relayPort}`, ...d.args.slice(2)] : d.args;
-    const again = await this.start(d.role, d.id, args, d.bundle);
+    const again = await this.start(d.role, d.id, args, d.bundle, d.netns);
     return again;
   }
 

@@ -1,0 +1,44 @@
+// Shared pieces of the NAT system tests (test/nat-system.test.ts, test/nat-session.test.ts):
+// running commands (optionally inside a namespace), reading a namespace's firewall as the
+// backend's own tool prints it, the rule tags in it, and the LAN fixture server.
+import { join } from "node:path";
+import type { Subprocess } from "bun";
+import { BUN, ROOT } from "./cli.ts";
+
+export type NatBackendName = "iptables" | "nft";
+
+export async function run(argv: string[], stdin?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  const p = Bun.spawn(argv, { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { code, stdout, stderr };
+}
+
+/** Runs and returns stdout; throws with stderr when the command fails. */
+export async function must(argv: string[], stdin?: string): Promise<string> {
+  const r = await run(argv, stdin);
+  if (r.code !== 0) throw new Error(`${argv.join(" ")} exited ${r.code}: ${r.stderr}`);
+  return r.stdout;
+}
+
+export const inNs = (ns: string, ...argv: string[]) => ["ip", "netns", "exec", ns, ...argv];
+
+/** A namespace's rules as the backend's own tool shows them (counters blanked), for tags and for "nothing changed". */
+export async function rulesetOf(ns: string, backend: NatBackendName): Promise<string> {
+  if (backend === "nft") return (await must(inNs(ns, "nft", "list", "ruleset"))).replace(/counter packets \d+ bytes \d+/g, "counter");
+  const save = await must(inNs(ns, "iptables-save"));
+  return save.split("\n").filter((l) => !l.startsWith("#")).join("\n").replace(/\[\d+:\d+\]/g, "");
+}
+
+/** The rule ids in the agent's tags (`agent-nat id=…`), one per firewall rule carrying it. */
+export function tagsIn(text: string): string[] {
+  return [...text.matchAll(/agent-nat id=([0-9a-f]{8})/g)].map((m) => m[1]!);
+}
+
+/** Starts test/fixtures/nat/lan-server.ts (HTTP "lan-ok", TCP and UDP echo) in `ns`; resolves once it listens. */
+export async function startLanServer(ns: string, httpPort: number, echoPort: number): Promise<Subprocess<"ignore", "pipe", "inherit">> {
+  const server = Bun.spawn(inNs(ns, BUN, join(ROOT, "test/fixtures/nat/lan-server.ts"), String(httpPort), String(echoPort)), { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+  const first = await server.stdout.getReader().read();
+  const text = new TextDecoder().decode(first.value);
+  if (!text.includes("ready")) throw new Error(`the LAN server in ${ns} did not start: ${JSON.stringify(text)}`);
+  return server;
+}

@@ -1,0 +1,248 @@
+// NAT rules asked for by a master inside a session, end to end with real processes and real
+// firewall rules carrying real traffic:
+//
+//   ns-rem (198.18.0.2: relay + master tech-1) ─┐
+//   ns-oth (198.18.0.3: master tech-2)         ─┼─ bridge in ns-rtr (198.18.0.1: onsite site-1) ── ns-lan (HTTP server)
+//
+// The relay sees each master at its namespace's address, so a master's rule must carry that
+// address as its source (whatever the master says), must let exactly that address through,
+// and must vanish from `nat list` and from the firewall when the session ends: by
+// `agent disconnect`, by the master's death, or by the onsite device losing the relay. The
+// same bodies run with iptables and with nft. Everything is removed in afterAll, also when
+// a test fails.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { waitFor } from "./helpers/cli.ts";
+import { Fleet, type Daemon } from "./helpers/fleet.ts";
+import { inNs, must, rulesetOf, run, startLanServer, tagsIn, type NatBackendName } from "./helpers/nat-lab.ts";
+
+const isRoot = process.getuid?.() === 0;
+// CI runs as root: there this must run, never skip.
+if (!isRoot && process.env.CI) throw new Error("the NAT session test needs root (network namespaces); CI must run it as root");
+
+const REM = "ns-rem";
+const OTH = "ns-oth";
+const RTR = "ns-rtr";
+const LAN = "ns-lan";
+const REMOTE = "198.18.0.2"; // relay and master tech-1: the address the relay sees tech-1 at
+const OTHER = "198.18.0.3"; // master tech-2: another source
+const PUBLIC = "198.18.0.1"; // the router's outside address
+const ROUTER_LAN = "192.168.78.1";
+const SERVER = "192.168.78.50";
+const ALLOW = "192.168.78.0/24";
+
+async function deleteNamespaces(): Promise<void> {
+  for (const ns of [REM, OTH, RTR, LAN]) await run(["ip", "netns", "del", ns]);
+}
+
+async function buildTopology(): Promise<void> {
+  await deleteNamespaces(); // a crashed earlier run may have left them
+  for (const ns of [REM, OTH, RTR, LAN]) {
+    await must(["ip", "netns", "add", ns]);
+    await must(inNs(ns, "ip", "link", "set", "lo", "up"));
+  }
+  // The "internet": a bridge in the router namespace joining both remote namespaces.
+  await must(inNs(RTR, "ip", "link", "add", "nsbr0", "type", "bridge"));
+  await must(["ip", "link", "add", "nsv-rem", "netns", REM, "type", "veth", "peer", "name", "nsv-rr", "netns", RTR]);
+  await must(["ip", "link", "add", "nsv-oth", "netns", OTH, "type", "veth", "peer", "name", "nsv-ro", "netns", RTR]);
+  await must(["ip", "link", "add", "nsv-lan", "netns", LAN, "type", "veth", "peer", "name", "nsv-rl", "netns", RTR]);
+  for (const port of ["nsv-rr", "nsv-ro"]) await must(inNs(RTR, "ip", "link", "set", port, "master", "nsbr0"));
+  await must(inNs(REM, "ip", "addr", "add", `${REMOTE}/24`, "dev", "nsv-rem"));
+  await must(inNs(OTH, "ip", "addr", "add", `${OTHER}/24`, "dev", "nsv-oth"));
+  await must(inNs(RTR, "ip", "addr", "add", `${PUBLIC}/24`, "dev", "nsbr0"));
+  await must(inNs(RTR, "ip", "addr", "add", `${ROUTER_LAN}/24`, "dev", "nsv-rl"));
+  await must(inNs(LAN, "ip", "addr", "add", `${SERVER}/24`, "dev", "nsv-lan"));
+  for (const [ns, dev] of [[REM, "nsv-rem"], [OTH, "nsv-oth"], [RTR, "nsbr0"], [RTR, "nsv-rr"], [RTR, "nsv-ro"], [RTR, "nsv-rl"], [LAN, "nsv-lan"]] as const) {
+    await must(inNs(ns, "ip", "link", "set", dev, "up"));
+  }
+  await must(inNs(LAN, "ip", "route", "add", "default", "via", ROUTER_LAN));
+  await must(inNs(RTR, "sysctl", "-qw", "net.ipv4.ip_forward=1"));
+}
+
+/** Real HTTP from a remote namespace to the router's public address; "" when it fails. */
+async function curl(from: string, port: number): Promise<string> {
+  const r = await run(inNs(from, "curl", "-s", "--connect-timeout", "1", "-m", "2", `http://${PUBLIC}:${port}/`));
+  return r.code === 0 ? r.stdout : "";
+}
+
+interface RuleView {
+  id: string;
+  proto: string;
+  src: string;
+  port: number;
+  to: string;
+  owner: string;
+  remaining_ms: number;
+}
+
+// The relay listens on its IPv4 address in one run and on [::] (dual stack: it then sees IPv4
+// peers as ::ffff:a.b.c.d) in the other; the rule's source must be the plain IPv4 address.
+const runs: { backend: NatBackendName; listen: string }[] = [
+  { backend: "iptables", listen: `${REMOTE}:0` },
+  { backend: "nft", listen: "[::]:0" },
+];
+
+describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $listen", ({ backend, listen }) => {
+  if (!isRoot) {
+    test.skip("needs root to build network namespaces (CI runs as root and fails instead of skipping)", () => {});
+    return;
+  }
+  let fleet: Fleet | undefined;
+  let relay: Daemon;
+  let onsite: Daemon;
+  let tech1: Daemon;
+  let tech2: Daemon;
+  let lanServer: { kill(sig?: number | NodeJS.Signals): void; exited: Promise<number> } | undefined;
+  /** The session of tech-1 the first tests share. */
+  let s1 = "";
+
+  const ruleset = () => rulesetOf(RTR, backend);
+  const listed = async () => (await fleet!.json<{ rules: RuleView[] }>(onsite, ["nat", "list"])).rules;
+  const natAdd = (master: Daemon, ...args: string[]) => fleet!.cli(master, ["nat", "add", ...args]);
+  const addJson = async (master: Daemon, ...args: string[]) => {
+    const r = await natAdd(master, ...args, "--json");
+    if (r.code !== 0) throw new Error(`nat add ${args.join(" ")}: exit ${r.code}: ${r.stderr}`);
+    return (JSON.parse(r.stdout) as { rule: RuleView; created: boolean }).rule;
+  };
+
+  /**
+   * Waits for the onsite daemon's log line that follows the firewall change and the flow cut
+   * (`nat list` drops a rule as its removal starts, so it alone would race the firewall).
+   */
+  const removed = (n: number, session: string) => waitFor(() => onsite.log().includes(`removed ${n} NAT rule(s) of session ${session}`), 5000, `the ${n} rule(s) of session ${session} to be removed`);
+
+  beforeAll(async () => {
+    await buildTopology();
+    lanServer = await startLanServer(LAN, 80, 7);
+    fleet = await Fleet.create();
+    await fleet.issue("relay", "relay-1", ["--host", REMOTE]);
+    relay = await fleet.start("relay", "relay-1", ["--listen", listen], undefined, REM);
+    const port = ((await fleet.status(relay)).relay as { port: number }).port;
+    const cfg = join(fleet.dir, "site-1.toml");
+    writeFileSync(cfg, [`allow = ["${ALLOW}"]`, "[nat]", `backend = "${backend}"`, ""].join("\n"));
+    onsite = await fleet.start("onsite", "site-1", ["--config", cfg, "--relay", `${REMOTE}:${port}`], undefined, RTR);
+    tech1 = await fleet.start("master", "tech-1", ["--relay", `${REMOTE}:${port}`], undefined, REM);
+    tech2 = await fleet.start("master", "tech-2", ["--relay", `${REMOTE}:${port}`], undefined, OTH);
+    await Promise.all([onsite, tech1, tech2].map((d) => fleet!.waitConnected(d)));
+    const nat = (await fleet.status(onsite)).nat as { backend?: string };
+    expect(nat.backend).toBe(backend);
+  }, 60_000);
+
+  afterAll(async () => {
+    await fleet?.close();
+    lanServer?.kill("SIGKILL");
+    await lanServer?.exited;
+    await deleteNamespaces();
+  }, 30_000);
+
+  test("a master's rule in its session takes the master's address as the relay sees it as its source", async () => {
+    expect(await curl(REM, 8080)).toBe(""); // nothing forwards yet
+    s1 = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`])).session;
+    const rule = await addJson(tech1, "--session", s1, "--port", "8080", "--to", `${SERVER}:80`, "--ttl", "5m");
+    expect(rule).toMatchObject({ proto: "tcp", src: `${REMOTE}/32`, port: 8080, to: `${SERVER}:80`, owner: s1 });
+
+    expect(await curl(REM, 8080)).toBe("lan-ok\n"); // real DNAT from the session's peer
+    expect(await curl(OTH, 8080)).toBe(""); // another source is not forwarded
+
+    const onDevice = await listed();
+    expect(onDevice).toEqual([expect.objectContaining({ id: rule.id, owner: s1, src: `${REMOTE}/32`, port: 8080 })]);
+    expect(onDevice[0]!.remaining_ms).toBeGreaterThan(290_000);
+    const human = await fleet!.cli(onsite, ["nat", "list"]);
+    expect(human.stdout).toMatch(new RegExp(`^${rule.id}\\s+tcp\\s+${REMOTE}/32\\s+\\*\\s+8080\\s+${SERVER}:80\\s+\\S+\\s+${s1}$`, "m"));
+    expect(tagsIn(await ruleset())).toEqual([rule.id, rule.id]); // DNAT + forward accept
+
+    // The same request again extends the rule instead of adding a second one.
+    const again = await natAdd(tech1, "--session", s1, "--port", "8080", "--to", `${SERVER}:80`, "--ttl", "5m");
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(new RegExp(`^extended rule ${rule.id}: tcp ${REMOTE}/32 → port 8080 → ${SERVER}:80`));
+    expect((await listed()).length).toBe(1);
+  }, 30_000);
+
+  test("a master cannot choose the source, reach another master's session or leave the allow list", async () => {
+    const before = await ruleset();
+    const cases: [Daemon, string[], RegExp][] = [
+      [tech1, ["--src", OTHER, "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], /--src is not taken on a master/],
+      [tech1, ["--src", OTHER, "--session", s1, "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], /exactly one of --src .* and --session/],
+      [tech2, ["--session", s1, "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], new RegExp(`no session "${s1}" of tech-2`)],
+      [tech1, ["--session", "nosuchsession", "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], /no session "nosuchsession" of tech-1/],
+      [tech1, ["--session", s1, "--port", "8090", "--to", "10.9.9.9:80", "--ttl", "1m"], /to: 10\.9\.9\.9:80 is outside the LAN allow list/],
+      [tech1, ["--session", s1, "--port", "8090", "--to", `${ROUTER_LAN}:80`, "--ttl", "1m"], /to: 192\.168\.78\.1 is one of this device's own addresses/],
+      [tech1, ["--session", s1, "--port", "0x16", "--to", `${SERVER}:80`, "--ttl", "1m"], /port: expected a port number 1-65535/],
+      [tech1, ["--session", s1, "--port", "8090", "--to", `${SERVER}:80;reboot`, "--ttl", "1m"], /to: contains a space or shell character/],
+      [tech1, ["--session", s1, "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "9h"], /ttl: 9h is longer than nat\.max_ttl \(8h\)/],
+    ];
+    for (const [master, args, message] of cases) {
+      const r = await natAdd(master, ...args);
+      expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 2, stderr: expect.stringMatching(message) });
+    }
+    expect(await ruleset()).toBe(before);
+    expect((await listed()).map((r) => r.port)).toEqual([8080]);
+  }, 30_000);
+
+  test("each session's rules carry its own peer; disconnect removes that session's rules only, from the list and the firewall", async () => {
+    const udp = await addJson(tech1, "--session", s1, "--proto", "udp", "--port", "9000", "--to", `${SERVER}:7`, "--ttl", "5m");
+    expect(udp).toMatchObject({ proto: "udp", src: `${REMOTE}/32`, owner: s1 });
+    const udpEcho = await run(inNs(REM, "socat", "-T", "1", "-", `UDP4:${PUBLIC}:9000`), "ping\n");
+    expect(udpEcho.stdout).toBe("ping\n");
+
+    const s2 = (await fleet!.connect(tech2, "site-1", [`${SERVER}:80`])).session;
+    const other = await addJson(tech2, "--session", s2, "--port", "8081", "--to", `${SERVER}:80`, "--ttl", "5m");
+    expect(other).toMatchObject({ src: `${OTHER}/32`, owner: s2 });
+    expect(await curl(OTH, 8081)).toBe("lan-ok\n");
+    expect(await curl(REM, 8081)).toBe("");
+
+    const d = await fleet!.cli(tech1, ["disconnect", s1]);
+    expect(d.code).toBe(0);
+    await removed(2, s1);
+    expect((await listed()).map((r) => r.id)).toEqual([other.id]);
+    expect(tagsIn(await ruleset())).toEqual([other.id, other.id]);
+    expect(await curl(REM, 8080)).toBe("");
+    expect((await run(inNs(REM, "socat", "-T", "1", "-", `UDP4:${PUBLIC}:9000`), "ping\n")).stdout).toBe("");
+    expect(await curl(OTH, 8081)).toBe("lan-ok\n"); // the other session's rule stays
+    // The session is gone: it cannot ask for more.
+    const late = await natAdd(tech1, "--session", s1, "--port", "8080", "--to", `${SERVER}:80`, "--ttl", "1m");
+    expect(late.code).toBe(2);
+    expect(late.stderr).toContain(`no session "${s1}" of tech-1`);
+  }, 30_000);
+
+  test("a master killed with SIGKILL: the relay ends its session and the onsite device removes its rule", async () => {
+    const [rule] = await listed();
+    expect(rule).toMatchObject({ src: `${OTHER}/32`, port: 8081 });
+    await fleet!.stop(tech2, "SIGKILL");
+    await removed(1, rule!.owner);
+    expect(await listed()).toEqual([]);
+    expect(tagsIn(await ruleset())).toEqual([]);
+    expect(await curl(OTH, 8081)).toBe("");
+  }, 20_000);
+
+  test("a session that reaches its TTL takes its rule with it", async () => {
+    const s = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`], "2s")).session;
+    const rule = await addJson(tech1, "--session", s, "--port", "8084", "--to", `${SERVER}:80`, "--ttl", "5m");
+    expect(rule.remaining_ms).toBeGreaterThan(290_000); // the rule's own TTL is not what ends it
+    expect(await curl(REM, 8084)).toBe("lan-ok\n");
+    await removed(1, s);
+    expect(await listed()).toEqual([]);
+    expect(tagsIn(await ruleset())).toEqual([]);
+    expect(await curl(REM, 8084)).toBe("");
+  }, 20_000);
+
+  test("the onsite device losing the relay ends its sessions and removes their rules", async () => {
+    const s3 = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`])).session;
+    const rule = await addJson(tech1, "--session", s3, "--port", "8083", "--to", `${SERVER}:80`, "--ttl", "5m");
+    expect(await curl(REM, 8083)).toBe("lan-ok\n");
+    // The relay dies: nobody is left to tell the onsite device that the session ended.
+    await fleet!.stop(relay, "SIGKILL");
+    await removed(1, s3);
+    expect(await listed()).toEqual([]);
+    expect(tagsIn(await ruleset())).toEqual([]);
+    expect(await curl(REM, 8083)).toBe("");
+    expect(rule.owner).toBe(s3);
+  }, 20_000);
+});
+
+describe.if(isRoot)("NAT session test prerequisites", () => {
+  test.each(["ip", "iptables", "iptables-save", "nft", "curl", "socat"])("%s is installed", (tool) => {
+    expect(Bun.which(tool, { PATH: `${process.env.PATH}:/usr/sbin:/sbin` })).not.toBeNull();
+  });
+});
