@@ -359,11 +359,14 @@ export class Connection {
   writeFrame(type: number, flags: number, stream: number, payload?: Uint8Array, value?: number): void {
     if (this.closed) return;
     const len = payload ? payload.length : 0;
-    const out = new Uint8Array(HEADER_SIZE + len);
-    encodeHeader(out, 0, type, flags, stream, value ?? len);
-    if (payload && len) out.set(payload, HEADER_SIZE);
-    this.bytesOut += out.length;
-    this.link.write(out);
+    // Header and payload go to the link as two pieces: the link coalesces queued pieces into
+    // one write (one TLS record), so the payload is copied once per hop, not twice. Holding
+    // the payload view is safe: Bun hands every data event a buffer of its own.
+    const head = new Uint8Array(HEADER_SIZE);
+    encodeHeader(head, 0, type, flags, stream, value ?? len);
+    this.bytesOut += HEADER_SIZE + len;
+    this.link.write(head);
+    if (payload && len) this.link.write(payload);
     // Not for the GOAWAY itself: close() writes one, which would land here again, forever.
     if (type !== FrameType.GOAWAY && this.link.queued > (this.opts.maxQueued ?? Limits.maxQueued)) {
       this.close(GoAwayCode.PROTOCOL, `peer is not reading (${this.link.queued} bytes queued)`);
