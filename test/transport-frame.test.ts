@@ -25,6 +25,23 @@ function decodeAll(chunks: Uint8Array[]): Frame[] {
   return out;
 }
 
+/**
+ * Joins consecutive DATA pieces of one stream back into the frame they came from: the decoder
+ * hands stream bytes on as they arrive (FIN only on the last piece), which is the same data.
+ */
+function joinPieces(frames: Frame[]): Frame[] {
+  const out: Frame[] = [];
+  for (const f of frames) {
+    const prev = out.at(-1);
+    const continues = prev && prev.type === FrameType.DATA && f.type === FrameType.DATA && prev.stream === f.stream && !(prev.flags & (Flag.FIN | Flag.SYN)) && !(f.flags & Flag.SYN) && prev.length < MAX_PAYLOAD && f.length > 0;
+    if (continues) {
+      const payload = concat([prev.payload, f.payload]);
+      out[out.length - 1] = { ...prev, flags: f.flags, length: payload.length, payload };
+    } else out.push(f);
+  }
+  return out;
+}
+
 function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
@@ -89,17 +106,36 @@ describe("FrameDecoder", () => {
   test.each([1, 2, 5, 11, 12, 13, 1000, 65_547])("gives the same frames when the bytes arrive in chunks of %d", (size) => {
     const chunks: Uint8Array[] = [];
     for (let at = 0; at < wire.length; at += size) chunks.push(wire.slice(at, at + size));
-    expect(decodeAll(chunks)).toEqual(expected);
+    const got = decodeAll(chunks);
+    // Stream bytes come out as soon as they arrive, never more than was received...
+    for (const f of got) if (f.type === FrameType.DATA && !(f.flags & Flag.SYN)) expect(f.length).toBeLessThanOrEqual(Math.max(size, MAX_PAYLOAD));
+    // ...and joined up they are exactly the frames that were sent; other types arrive whole.
+    expect(joinPieces(got)).toEqual(expected);
+  });
+
+  test("a DATA frame split over chunks is handed on in pieces, FIN only on the last", () => {
+    const f = encodeFrame(FrameType.DATA, Flag.FIN, 7, sample(1000, 4));
+    const got = decodeAll([f.slice(0, HEADER_SIZE + 300), f.slice(HEADER_SIZE + 300, HEADER_SIZE + 700), f.slice(HEADER_SIZE + 700)]);
+    expect(got.map((x) => [x.type, x.flags, x.stream, x.payload.length])).toEqual([
+      [FrameType.DATA, 0, 7, 300],
+      [FrameType.DATA, 0, 7, 400],
+      [FrameType.DATA, Flag.FIN, 7, 300],
+    ]);
+    expect(concat(got.map((x) => x.payload))).toEqual(sample(1000, 4));
   });
 
   test("buffers at most one header plus one payload for an incomplete frame", () => {
     const d = new FrameDecoder(() => {});
-    const big = encodeFrame(FrameType.DATA, 0, 1, sample(MAX_PAYLOAD, 3));
+    const big = encodeFrame(FrameType.CONTROL, 0, 0, sample(MAX_PAYLOAD, 3));
     d.push(big.subarray(0, 5));
     expect(d.buffered).toBe(5);
     d.push(big.subarray(5, HEADER_SIZE + 100));
     expect(d.buffered).toBe(100);
     d.push(big.subarray(HEADER_SIZE + 100));
+    expect(d.buffered).toBe(0);
+    // Stream bytes are not held at all: they are handed on as they come.
+    const data = encodeFrame(FrameType.DATA, 0, 1, sample(MAX_PAYLOAD, 3));
+    d.push(data.subarray(0, HEADER_SIZE + 100));
     expect(d.buffered).toBe(0);
   });
 

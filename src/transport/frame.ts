@@ -115,6 +115,8 @@ export class FrameDecoder {
   private headLen = 0;
   private pending: { type: FrameTypeId; flags: number; stream: number; length: number } | null = null;
   private body: Uint8Array | null = null;
+  /** The pending frame is DATA being handed on piece by piece (see push). */
+  private streaming = false;
   private bodyLen = 0;
 
   constructor(private readonly onFrame: (f: Frame) => void) {}
@@ -150,10 +152,30 @@ export class FrameDecoder {
           this.onFrame({ ...p, payload });
           continue;
         }
-        this.body = new Uint8Array(p.length);
-        this.bodyLen = 0;
+        if (p.type === FrameType.DATA && !(p.flags & Flag.SYN)) {
+          // Stream bytes need no assembling: hand on what has arrived as a DATA frame of its
+          // own (FIN only on the last piece). A 64 KiB frame spread over several TLS records
+          // then costs no copy here, on the relay or at an endpoint.
+          this.streaming = true;
+        } else {
+          this.body = new Uint8Array(p.length);
+          this.bodyLen = 0;
+        }
       }
       const p = this.pending!;
+      if (this.streaming) {
+        const take = Math.min(p.length, n - pos);
+        const last = take === p.length;
+        const payload = chunk.subarray(pos, pos + take);
+        pos += take;
+        p.length -= take;
+        if (last) {
+          this.pending = null;
+          this.streaming = false;
+        }
+        this.onFrame({ type: p.type, flags: last ? p.flags : p.flags & ~Flag.FIN, stream: p.stream, length: take, payload });
+        continue;
+      }
       const body = this.body!;
       const take = Math.min(p.length - this.bodyLen, n - pos);
       body.set(chunk.subarray(pos, pos + take), this.bodyLen);
