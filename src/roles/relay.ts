@@ -10,6 +10,7 @@ import type { Logger } from "../log.ts";
 import { formatHostPort } from "../netaddr.ts";
 import { isRevoked, loadRevocations, parseRevocations, REVOCATIONS_HEADER, type Bundle, type RevocationList } from "../pki.ts";
 import { listenTls } from "../transport/tls.ts";
+import { fdLimit } from "../fdlimit.ts";
 import { Limits } from "../transport/policy.ts";
 import { RelayServer, type Refusal } from "../tunnel/relay.ts";
 import type { Component } from "./daemon.ts";
@@ -27,6 +28,7 @@ export class RelayRole implements Component {
   private readonly unauth = new Map<string, number>();
   private unauthTotal = 0;
   private readonly auditFile: string;
+  private fdLimit: number | null = null;
 
   constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control: ControlServer) {
     this.auditFile = join(cfg.state_dir, "refusals.log");
@@ -42,6 +44,12 @@ export class RelayRole implements Component {
   }
 
   async start(): Promise<void> {
+    try {
+      this.fdLimit = fdLimit().soft;
+      if (this.fdLimit < 4096) this.log.warn(`open-files limit is ${this.fdLimit}: the relay can hold fewer devices than that; raise it (systemd LimitNOFILE=, ulimit -n)`);
+    } catch (e) {
+      this.log.warn(`cannot read the open-files limit: ${(e as Error).message}`);
+    }
     await this.reloadRevocations(true);
     const listen = this.cfg.listen!;
     try {
@@ -121,6 +129,7 @@ export class RelayRole implements Component {
       listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
       port: this.listener?.port ?? null,
       unauthenticated: this.unauthTotal,
+      open_files_limit: this.fdLimit,
       refusals: this.server.refusals.length,
       revoked: this.revocations.entries.length,
       ...this.server.stats(),

@@ -6,6 +6,7 @@
 // the kernel has queued and returns; the monitor calls it from a short timer. (A worker
 // thread doing blocking recv() was the alternative; a timer costs one failed recv() per tick,
 // a few microseconds, measured in bench/uplink.bench.ts, and keeps everything on one thread.)
+import { libcPath } from "../libc.ts";
 import { dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
 import { existsSync } from "node:fs";
 import { parseMessages, formatMessage } from "netlink/dist/structs";
@@ -38,12 +39,7 @@ const RECV_BUF = 64 * 1024;
 /** Dump replies come in as we read; a dump that is not done after this many reads is broken. */
 const DUMP_MAX_READS = 10_000;
 
-/** libc by a name that exists on each target: glibc's soname, or musl's loader (which is libc). */
-export function libcPath(): string {
-  const arch = process.arch === "arm64" ? "aarch64" : process.arch === "x64" ? "x86_64" : process.arch;
-  const musl = `/lib/ld-musl-${arch}.so.1`;
-  return existsSync(musl) ? musl : "libc.so.6";
-}
+export { libcPath };
 
 let libc: ReturnType<typeof openLibc> | undefined;
 function openLibc() {

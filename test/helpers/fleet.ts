@@ -39,6 +39,8 @@ export class Fleet {
   readonly ca = join(this.dir, "ca");
   readonly daemons: Daemon[] = [];
   relayPort = 0;
+  /** Put before the daemon's command line, e.g. ["prlimit", "--nofile=80:80"] (it execs). */
+  wrap: string[] = [];
 
   static async create(): Promise<Fleet> {
     const f = new Fleet();
@@ -59,7 +61,7 @@ export class Fleet {
     const sock = join(this.dir, `${id}.sock`);
     const full = ["--role", role, "--bundle", bundle, ...args, "--control", sock, "--state-dir", join(this.dir, `state-${id}`)];
     // `ip netns exec` execs the program: the pid is the daemon's own.
-    const argv = [BUN, MAIN, ...full];
+    const argv = [...this.wrap, BUN, MAIN, ...full];
     const proc = Bun.spawn(netns ? ["ip", "netns", "exec", netns, ...argv] : argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
     let text = "";
     void (async () => {
