@@ -41,7 +41,7 @@ export interface NetconnectdCell {
 }
 
 export interface NetconnectdBackend {
-  status(): Promise<NetconnectdStatus> | NetconnectdStatus;
+  netconnectdStatus(): Promise<NetconnectdStatus> | NetconnectdStatus;
   startAp(): Promise<string>;
   stopAp(): Promise<string>;
   listWifi(force: boolean): Promise<NetconnectdCell[]>;
@@ -86,7 +86,7 @@ export async function answerNetconnectd(b: NetconnectdBackend, text: string): Pr
   try {
     switch (cmd) {
       case "status":
-        return { result: await b.status() };
+        return { result: await b.netconnectdStatus() };
       case "start_ap":
         return { result: await b.startAp() };
       case "stop_ap":
