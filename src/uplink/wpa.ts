@@ -45,7 +45,7 @@ export function channelOf(freq: number): number {
 export function securityOf(flags: string): WifiNetwork["security"] {
   if (/EAP/.test(flags)) return "enterprise";
   const sae = /SAE/.test(flags);
-  const psk = /WPA2-PSK|RSN-PSK|WPA2-[A-Z0-9+-]*PSK/.test(flags) || /\[WPA2-/.test(flags);
+  const psk = /\[(?:WPA2|RSN)-[A-Z0-9+-]*PSK/.test(flags);
   if (sae && psk) return "wpa2/wpa3";
   if (sae) return "wpa3";
   if (psk) return "wpa2";
