@@ -360,6 +360,9 @@ export class WifiClient {
     } finally {
       off();
       outcome.catch(() => {});
+      // SELECT_NETWORK disables every other network: enable them again so the supplicant
+      // keeps roaming between all known networks by priority.
+      if (id !== undefined) await this.ctl.request("ENABLE_NETWORK all").catch(() => {});
     }
   }
 
