@@ -15,6 +15,9 @@ export interface SetupBackend {
   configure(ssid: string, psk: string): Promise<string>;
 }
 
+/** How long answers in flight may take when the page stops (the AP goes down right after). */
+export const PAGE_DRAIN_MS = 1_000;
+
 /** SSID (32) + passphrase (64) + token, urlencoded, with room to spare. */
 const MAX_FORM = 4096;
 
@@ -124,9 +127,13 @@ export class SetupPage {
     this.o.log.info(`setup page on ${this.url}`);
   }
 
-  stop(): void {
-    this.server?.stop(true);
+  /** Stops listening; a request in flight (the form that just configured a network) still gets its answer. */
+  async stop(): Promise<void> {
+    const s = this.server;
     this.server = undefined;
+    if (!s) return;
+    await Promise.race([s.stop(false), Bun.sleep(PAGE_DRAIN_MS)]);
+    s.stop(true);
   }
 }
 

@@ -116,7 +116,7 @@ export class WifiService implements NetconnectdBackend {
     this.closed = true;
     clearInterval(this.timer);
     await this.chain;
-    this.page?.stop();
+    await this.page?.stop();
     this.page = undefined;
     await this.ap.stop();
     this.wpaCtl?.close();
@@ -168,10 +168,10 @@ export class WifiService implements NetconnectdBackend {
     }
   }
 
-  private async bringUpAp(): Promise<void> {
+  private async bringUpAp(scanFirst = true): Promise<void> {
     // Last look around before the radio becomes an AP: the setup page lists these.
     try {
-      await this.scan(PRE_AP_SCAN_MS);
+      if (scanFirst) await this.scan(PRE_AP_SCAN_MS);
       await this.client().disconnect();
     } catch (e) {
       this.o.log.debug(`no scan before the AP: ${(e as Error).message}`);
@@ -202,7 +202,7 @@ export class WifiService implements NetconnectdBackend {
   }
 
   private async bringDownAp(): Promise<void> {
-    this.page?.stop();
+    await this.page?.stop();
     this.page = undefined;
     await this.ap.stop();
   }
@@ -301,7 +301,7 @@ export class WifiService implements NetconnectdBackend {
         try {
           out = await this.scan();
         } finally {
-          if (this.state.mode === "ap") await this.bringUpAp();
+          if (this.state.mode === "ap") await this.bringUpAp(false);
         }
       });
       return out;
