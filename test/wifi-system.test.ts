@@ -339,6 +339,37 @@ wpa_ctrl = "${fake.path}"
     expect(daemonLogs()).not.toContain("correct horse battery");
   }, 60_000);
 
+  test("CLI: list-wifi, configure-wifi (PSK from stdin, priority), start-ap, stop-ap", async () => {
+    const list = await agent(["uplink", "list-wifi", "--control", lab.control]);
+    expect(list.code).toBe(0);
+    const rows = list.stdout.trim().split("\n");
+    expect(rows[0]).toMatch(/^SSID\s+SIGNAL\s+CHANNEL\s+SECURITY\s+BSSID$/);
+    expect(rows[1]).toMatch(/^Shop WiFi\s+-45 dBm\s+6\s+wpa2\s+02:00:00:00:02:01$/);
+    expect(rows[2]).toMatch(/^Guest\s+-71 dBm\s+36\s+open\s+02:00:00:00:02:02$/);
+    const p = Bun.spawn([process.execPath, join(ROOT, "src", "main.ts"), "uplink", "configure-wifi", "Backoffice", "-", "--priority", "3", "--control", lab.control], { stdin: "pipe", stdout: "pipe", stderr: "pipe" });
+    p.stdin.write("backoffice secret\n");
+    p.stdin.end();
+    const [out, code] = await Promise.all([new Response(p.stdout).text(), p.exited]);
+    expect({ code, out }).toEqual({ code: 0, out: 'configured wifi as "Backoffice"\n' });
+    const net = [...fake.networks.values()].find((n) => n.ssid === "Backoffice");
+    expect(net).toMatchObject({ psk: "backoffice secret", priority: 3 });
+    // Backoffice is out of range: the try fails and the radio goes back to the network it had.
+    await waitWifi((r) => r.mode === "client" && r.wifi.ssid === "Shop WiFi" && r.wifi.state === "COMPLETED", 20_000, "back on Shop WiFi");
+    await waitReport(lab, (r) => r.active === WLAN, 20_000, "the wlan uplink active again");
+    const bad = await agent(["uplink", "configure-wifi", "Backoffice", "tiny", "--control", lab.control]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("8 to 63 characters");
+    expect(bad.stderr).not.toContain("tiny");
+    const start = await agent(["uplink", "start-ap", "--control", lab.control]);
+    expect(start.code).toBe(0);
+    expect(start.stdout).toContain("started ap");
+    expect(start.stdout).toContain(`setup page http://${AP_ADDR}:80/`);
+    expect((await wifiStatus()).manual_ap).toBe(true);
+    const stop = await agent(["uplink", "stop-ap", "--control", lab.control]);
+    expect(stop.stdout).toBe("stopped ap\n");
+    expect((await wifiStatus()).ap.running).toBe(false);
+  }, 60_000);
+
   test("agent killed with -9 while the AP runs: the next start stops the orphaned hostapd and dnsmasq", async () => {
     expect(await netconnectd(lab.control, { start_ap: {} })).toEqual({ result: "started ap" });
     const r = await wifiStatus();

@@ -164,6 +164,8 @@ export class WifiService implements NetconnectdBackend {
       }
       this.pendingSsid = undefined;
       this.lastTry = { ok, at: Date.now() };
+      // A failed try of one network (SELECT_NETWORK) left the others: back to any known one in range.
+      if (!ok && this.state.resume === "client") await this.wpaCtl?.request("REASSOCIATE").catch(() => {});
       this.feed({ type: "try_result", ok });
     }
   }
