@@ -140,7 +140,7 @@ wifi_interface = "${WLAN}"
 ssid = "wf-setup"
 passphrase = "${PASS}"
 after = "3s"
-retry = "1h"
+retry = "10s"
 address = "${AP_ADDR}/24"
 hostapd = "${join(FIX, "fake-hostapd")}"
 wpa_ctrl = "${fake.path}"
@@ -381,6 +381,27 @@ wpa_ctrl = "${fake.path}"
     lab.restartDaemon();
     await waitFor(() => pids.every((p) => !alive(p)), 20_000, "orphans stopped by the new daemon");
     await waitWifi(() => true, 20_000, "new daemon answering");
-    expect((await inNs(lab.topo.onsite, ["nft", "list", "table", "inet", "agent_ap"], true)).code).not.toBe(0);
+    const log = daemonLogs();
+    expect(log).toContain(`stopping fake-hostapd (pid ${pids[0]}) left running by a previous agent`);
+    expect(log).toContain(`stopping dnsmasq (pid ${pids[1]}) left running by a previous agent`);
   }, 60_000);
+
+  test("in AP mode the radio retries the known networks every ap.retry, and goes back to the AP when they fail", async () => {
+    // The restarted daemon has no healthy uplink (the AP took the radio from Shop WiFi): AP
+    // mode after ap.after. Shop WiFi is out of range for the first retry, back for the next.
+    const shop = fake.cells.find((c) => c.ssid === "Shop WiFi")!;
+    fake.cells = fake.cells.filter((c) => c !== shop);
+    const ap = await waitWifi((r) => r.mode === "ap" && r.ap.running && !r.manual_ap, 30_000, "AP mode after the restart");
+    expect(ap.known.map((k) => k.ssid).sort()).toEqual(["Backoffice", "Shop WiFi"]);
+    const failed = await waitWifi(
+      (r) => r.history.some((h) => h.action === "try-wifi" && h.reason === "retrying the known Wi-Fi networks") && r.history.at(-1)?.action === "start-ap" && r.ap.running,
+      30_000,
+      "a failed retry and the AP back",
+    );
+    expect(failed.history.at(-1)?.reason).toBe("the Wi-Fi client could not connect");
+    expect(failed.wifi.error).toContain("network not found");
+    fake.cells.push(shop);
+    await waitWifi((r) => r.mode === "client" && !r.ap.running, 30_000, "the next retry connects");
+    await waitReport(lab, (r) => r.active === WLAN, 20_000, "the wlan uplink active");
+  }, 90_000);
 });

@@ -197,6 +197,7 @@ describe("AP fallback policy", () => {
     ["manual start holds against health and retries", [[0, { type: "start_ap" }], [1000, up], [900_000, down(1)]], ["0:start-ap"], "ap"],
     ["manual stop restarts the clock", [[60_000, down()], [61_000, { type: "stop_ap" }], [120_000, down()], [121_000, down()]], ["60000:start-ap", "61000:stop-ap", "121000:start-ap"], "ap"],
     ["reset: AP at the next unhealthy tick", [[0, up], [1000, { type: "reset" }], [1500, down()]], ["1500:start-ap"], "ap"],
+    ["configured during a try: one more try before the AP returns", [[60_000, down()], [70_000, { type: "configured" }], [71_000, { type: "configured" }], [72_000, { type: "try_result", ok: false }], [73_000, { type: "try_result", ok: false }]], ["60000:start-ap", "70000:stop-ap", "70000:try-wifi", "72000:try-wifi", "73000:start-ap"], "ap"],
     ["a second start_ap does nothing", [[0, { type: "start_ap" }], [1, { type: "start_ap" }]], ["0:start-ap"], "ap"],
   ])("%s", (_name, events, want, mode) => {
     const r = run(events);

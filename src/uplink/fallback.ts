@@ -26,6 +26,8 @@ export interface ApState {
   lastTry?: number;
   /** Where a failed try returns to. */
   resume: "client" | "ap";
+  /** A network was configured during a try: try again before giving up. */
+  again?: boolean;
 }
 
 export type ApEvent =
@@ -70,7 +72,7 @@ export function decideAp(s: ApState, ev: ApEvent, now: number, o: ApPolicyOption
       return out({ ...s, manual: false, resume: "client", unhealthySince: now });
     case "configured":
     case "start_wifi":
-      if (s.mode === "trying") return out(s);
+      if (s.mode === "trying") return out({ ...s, again: true });
       return tryFrom(ev.type === "configured" ? "a network was configured" : "requested");
     case "reset":
       // netconnectd's reset: forget the grace period; the AP comes at the next tick if no uplink is healthy.
@@ -78,7 +80,8 @@ export function decideAp(s: ApState, ev: ApEvent, now: number, o: ApPolicyOption
       return out(s);
     case "try_result":
       if (s.mode !== "trying") return out(s);
-      if (ev.ok) return out({ ...s, mode: "client", manual: false, unhealthySince: now });
+      if (ev.ok) return out({ ...s, mode: "client", manual: false, unhealthySince: now, again: false });
+      if (s.again) return out({ ...s, again: false, lastTry: now }, { type: "try-wifi", reason: "a network was configured during the last try" });
       if (s.resume === "ap") return out({ ...s, mode: "ap", lastTry: now }, { type: "start-ap", reason: "the Wi-Fi client could not connect" });
       return out({ ...s, mode: "client" });
   }

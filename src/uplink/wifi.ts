@@ -151,10 +151,11 @@ export class WifiService implements NetconnectdBackend {
     else if (a.type === "stop-ap") await this.bringDownAp();
     else {
       let ok = false;
+      const want = this.pendingSsid;
       try {
         const wifi = this.client();
         await this.syncKnown();
-        const id = this.pendingSsid === undefined ? undefined : (await wifi.networks()).find((n) => n.ssid === this.pendingSsid)?.id;
+        const id = want === undefined ? undefined : (await wifi.networks()).find((n) => n.ssid === want)?.id;
         const r = await wifi.connect(id);
         this.o.log.info(`Wi-Fi client connected${r.bssid ? ` to ${r.bssid}` : ""}`);
         ok = true;
@@ -162,7 +163,8 @@ export class WifiService implements NetconnectdBackend {
         this.o.log.warn(`Wi-Fi client could not connect: ${(e as Error).message}`);
         this.wpaError = (e as Error).message;
       }
-      this.pendingSsid = undefined;
+      // A network configured during this try is tried next, by name.
+      if (this.pendingSsid === want) this.pendingSsid = undefined;
       this.lastTry = { ok, at: Date.now() };
       // A failed try of one network (SELECT_NETWORK) left the others: back to any known one in range.
       if (!ok && this.state.resume === "client") await this.wpaCtl?.request("REASSOCIATE").catch(() => {});

@@ -63,7 +63,12 @@ export class FakeWpaSupplicant {
       const cmd = d.data.toString();
       this.commands.push(cmd);
       const reply = this.handle(cmd, d.from);
-      if (reply !== undefined && d.from) this.sock.send(reply, d.from);
+      if (reply === undefined || !d.from) return;
+      try {
+        this.sock.send(reply, d.from);
+      } catch {
+        // the client closed its socket right after sending (DETACH at close): nobody to answer
+      }
     });
   }
 
