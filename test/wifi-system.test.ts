@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { renderHostapd } from "../src/uplink/apconf.ts";
+import { WifiClient, WpaClient } from "../src/uplink/wpa.ts";
 import { defaults } from "../src/config.ts";
 import type { WifiReport } from "../src/uplink/wifi.ts";
 import { agent, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
@@ -91,6 +92,62 @@ maybe("hostapd's own parser (needs root for the namespace)", () => {
     expect(out).toMatch(/Line \d+: invalid key_mgmt 'BOGUS'/);
     expect(out).toContain("errors found in configuration file");
   });
+});
+
+maybe("our ctrl_iface client against the real wpa_supplicant (wired driver: no radio needed)", () => {
+  // wpa_supplicant's "wired" driver runs on a veth and serves the same control interface:
+  // the commands the agent sends are checked by the real parser, and SAVE_CONFIG shows
+  // what it understood.
+  const ns = "wf-wt";
+  const tmp = tempDir("wf-wt");
+  const conf = join(tmp.path, "wpa.conf");
+  let proc: ReturnType<typeof Bun.spawn> | undefined;
+  let ctl: WpaClient | undefined;
+  beforeAll(async () => {
+    await sh(["ip", "netns", "del", ns], true);
+    await sh(["ip", "netns", "add", ns]);
+    await inNs(ns, ["ip", "link", "add", "wfw0", "type", "veth", "peer", "name", "wfw1"]);
+    await inNs(ns, ["ip", "link", "set", "wfw0", "up"]);
+    await Bun.write(conf, `ctrl_interface=${join(tmp.path, "run")}\nupdate_config=1\n`);
+    proc = Bun.spawn(["ip", "netns", "exec", ns, "wpa_supplicant", "-i", "wfw0", "-D", "wired", "-c", conf], { stdout: "pipe", stderr: "pipe" });
+    await waitFor(() => existsSync(join(tmp.path, "run", "wfw0")), 10_000, "wpa_supplicant's control socket");
+    ctl = new WpaClient(join(tmp.path, "run", "wfw0"), join(tmp.path, "client"));
+  }, 20_000);
+  afterAll(async () => {
+    ctl?.close();
+    proc?.kill();
+    await proc?.exited;
+    await sh(["ip", "netns", "del", ns], true);
+    tmp[Symbol.dispose]();
+  });
+
+  test("PING, ADD/SET/ENABLE_NETWORK, LIST_NETWORKS, SAVE_CONFIG, REMOVE_NETWORK, STATUS", async () => {
+    expect((await ctl!.request("PING")).trim()).toBe("PONG");
+    const wifi = new WifiClient(ctl!);
+    const ssid = 'Café "Zur Post"';
+    const { id, saved } = await wifi.upsert({ ssid, psk: 'pa"ss phrase', priority: 7 });
+    expect(saved).toBe(true);
+    await wifi.upsert({ ssid: "Lager", psk: "f".repeat(64), priority: 3 });
+    await wifi.upsert({ ssid: "W3", psk: "sae-only-pass", priority: 1, security: "sae" });
+    await wifi.upsert({ ssid: "Open", priority: 0 });
+    expect((await wifi.networks()).map((n) => n.ssid)).toEqual([ssid, "Lager", "W3", "Open"]);
+    const saved1 = readFileSync(conf, "utf8");
+    expect(saved1).toContain(`ssid=${Buffer.from(ssid).toString("hex")}`); // written as hex: not plain ASCII
+    expect(saved1).toContain('psk="pa"ss phrase"');
+    expect(saved1).toContain("priority=7");
+    expect(saved1).toContain(`psk=${"f".repeat(64)}`); // a raw PSK is saved only with key_mgmt WPA-PSK (no SAE)
+    expect(saved1).toContain('sae_password="sae-only-pass"');
+    expect(saved1).toContain("key_mgmt=NONE");
+    // Same SSID again: replaced, not duplicated.
+    await wifi.upsert({ ssid, psk: "another pass", priority: 8 });
+    expect((await wifi.networks()).filter((n) => n.ssid === ssid)).toHaveLength(1);
+    expect(await wifi.remove("Lager")).toBe(1);
+    expect(readFileSync(conf, "utf8")).not.toContain("Lager");
+    expect((await wifi.status()).wpa_state).toBeDefined();
+    expect(id).toBeGreaterThanOrEqual(0);
+    // A value the real parser refuses comes back as a refusal naming the command, not the secret.
+    await expect(ctl!.request("SET_NETWORK 9999 psk \"whatever1\"").then((r) => r.trim())).resolves.toBe("FAIL");
+  }, 20_000);
 });
 
 maybe("Wi-Fi client and AP fallback in namespaces (needs root)", () => {

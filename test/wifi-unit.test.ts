@@ -91,6 +91,7 @@ describe("wpa_supplicant ctrl_iface parsing", () => {
     ]);
     expect(redact(cmds[5]!)).toBe("SET_NETWORK 4 psk [redacted]");
     expect(networkCommands(1, { ssid: "open", priority: 1 })).toContain("SET_NETWORK 1 key_mgmt NONE");
+    expect(networkCommands(1, { ssid: "raw", psk: "a".repeat(64), priority: 1 })).toEqual(expect.arrayContaining(["SET_NETWORK 1 key_mgmt WPA-PSK", `SET_NETWORK 1 psk ${"a".repeat(64)}`]));
     expect(networkCommands(1, { ssid: "w3", psk: "12345678", priority: 1, security: "sae" })).toContain('SET_NETWORK 1 sae_password "12345678"');
   });
 });

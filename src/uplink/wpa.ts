@@ -151,7 +151,10 @@ export function networkCommands(id: number, n: { ssid: string; psk?: string; pri
   const cmds = [`SET_NETWORK ${id} ssid ${Buffer.from(n.ssid).toString("hex")}`, `SET_NETWORK ${id} scan_ssid 1`, `SET_NETWORK ${id} priority ${n.priority}`];
   if (n.psk === undefined || n.psk === "") cmds.push(`SET_NETWORK ${id} key_mgmt NONE`);
   else {
-    cmds.push(`SET_NETWORK ${id} key_mgmt ${n.security === "sae" ? "SAE" : "WPA-PSK SAE"}`);
+    // A raw 64-hex PSK cannot do SAE (SAE needs the passphrase itself): WPA-PSK only, or
+    // wpa_supplicant keeps the network in memory but leaves it out of SAVE_CONFIG.
+    const raw = n.security !== "sae" && /^[0-9a-fA-F]{64}$/.test(n.psk);
+    cmds.push(`SET_NETWORK ${id} key_mgmt ${n.security === "sae" ? "SAE" : raw ? "WPA-PSK" : "WPA-PSK SAE"}`);
     if (n.security !== "sae") cmds.push(`SET_NETWORK ${id} ieee80211w 1`);
     cmds.push(/^[0-9a-fA-F]{64}$/.test(n.psk) ? `SET_NETWORK ${id} psk ${n.psk}` : `SET_NETWORK ${id} ${n.security === "sae" ? "sae_password" : "psk"} "${n.psk}"`);
   }
