@@ -131,18 +131,21 @@ export class UnixDgramSocket {
   /** Delivers every datagram to `cb`, polled every POLL_MS. */
   onMessage(cb: (d: Datagram) => void): void {
     this.listener = cb;
-    this.timer ??= setInterval(() => {
-      for (;;) {
-        let d: Datagram | undefined;
-        try {
-          d = this.recv();
-        } catch {
-          return; // reported by the next send; a broken socket has nothing to read
-        }
-        if (!d) return;
-        this.listener?.(d);
+    this.timer ??= setInterval(() => this.drain(), POLL_MS);
+  }
+
+  /** Delivers what is queued now; callers expecting a reply call it more often than POLL_MS. */
+  drain(): void {
+    for (;;) {
+      let d: Datagram | undefined;
+      try {
+        d = this.recv();
+      } catch {
+        return; // reported by the next send; a broken socket has nothing to read
       }
-    }, POLL_MS);
+      if (!d) return;
+      this.listener?.(d);
+    }
   }
 
   close(): void {
