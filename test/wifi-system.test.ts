@@ -461,4 +461,15 @@ wpa_ctrl = "${fake.path}"
     await waitWifi((r) => r.mode === "client" && !r.ap.running, 30_000, "the next retry connects");
     await waitReport(lab, (r) => r.active === WLAN, 20_000, "the wlan uplink active");
   }, 90_000);
+
+  test("netconnectd start_wifi reconnects; forget_wifi removes every known network", async () => {
+    const reassoc = fake.commands.filter((c) => c === "REASSOCIATE").length;
+    expect(await netconnectd(lab.control, { start_wifi: {} })).toEqual({ result: "connected to wifi" });
+    expect(fake.commands.filter((c) => c === "REASSOCIATE").length).toBe(reassoc + 1);
+    expect(await netconnectd(lab.control, { forget_wifi: {} })).toEqual({ result: "forgot configured wifi" });
+    expect([...fake.networks.values()].map((n) => n.ssid)).toEqual([]);
+    expect(JSON.parse(readFileSync(join(stateDir(), "wifi-networks.json"), "utf8"))).toEqual([]);
+    const st = (await netconnectd(lab.control, { status: {} })).result as { wifi: { valid_config: boolean } };
+    expect(st.wifi.valid_config).toBe(false);
+  }, 30_000);
 });

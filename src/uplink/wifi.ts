@@ -17,6 +17,8 @@ import { checkPsk, checkSsid, WifiClient, WpaClient, type WifiNetwork, type WpaC
 
 /** How often the policy hears the uplinks' health. */
 export const TICK_MS = 500;
+/** An AP that failed to start is tried again this often while the policy wants AP mode. */
+export const AP_RETRY_START_MS = 10_000;
 /** Scan wait before the AP comes up (the radio is about to be busy). */
 export const PRE_AP_SCAN_MS = 4_000;
 
@@ -75,6 +77,8 @@ export class WifiService implements NetconnectdBackend {
   private cells: WifiNetwork[] = [];
   private lastScan: number | undefined;
   private timer: Timer | undefined;
+  private apStarting = false;
+  private apAttempt = 0;
   private chain: Promise<void> = Promise.resolve();
   private closed = false;
   private wpaCtl: WpaControl | undefined;
@@ -106,7 +110,7 @@ export class WifiService implements NetconnectdBackend {
     // hostapd/dnsmasq of a killed agent, and its firewall table, go first.
     await this.ap.cleanupOrphans();
     this.state = initialApState(Date.now());
-    this.timer = setInterval(() => this.feed({ type: "tick", healthy: this.o.healthy().length > 0, known: this.known.length }), TICK_MS);
+    this.timer = setInterval(() => this.tick(), TICK_MS);
     // Networks configured while the supplicant was away are handed to it now.
     void this.serial(() => this.syncKnown());
   }
@@ -124,6 +128,17 @@ export class WifiService implements NetconnectdBackend {
   }
 
   // ------------------------------------------------------------ policy and effects
+
+  private tick(): void {
+    this.feed({ type: "tick", healthy: this.o.healthy().length > 0, known: this.known.length });
+    // AP mode whose AP failed to start (interface missing, hostapd refused): try again now and then.
+    const now = Date.now();
+    if (this.state.mode === "ap" && !this.ap.running && !this.apStarting && now - this.apAttempt >= AP_RETRY_START_MS) {
+      this.apAttempt = now;
+      this.o.log.info("AP mode without a running access point: starting it again");
+      void this.serial(() => this.bringUpAp(false));
+    }
+  }
 
   private feed(ev: ApEvent): ApAction[] {
     if (this.closed) return [];
@@ -173,6 +188,17 @@ export class WifiService implements NetconnectdBackend {
   }
 
   private async bringUpAp(scanFirst = true): Promise<void> {
+    this.apStarting = true;
+    this.apAttempt = Date.now();
+    try {
+      await this.bringUpApOnce(scanFirst);
+    } finally {
+      this.apStarting = false;
+    }
+  }
+
+  private async bringUpApOnce(scanFirst: boolean): Promise<void> {
+    if (this.ap.running && this.page) return; // a queued retry behind a start that worked
     // Last look around before the radio becomes an AP: the setup page lists these.
     try {
       if (scanFirst) await this.scan(PRE_AP_SCAN_MS);
