@@ -19,6 +19,8 @@ import { checkPsk, checkSsid, WifiClient, WpaClient, type WifiNetwork, type WpaC
 export const TICK_MS = 500;
 /** An AP that failed to start is tried again this often while the policy wants AP mode. */
 export const AP_RETRY_START_MS = 10_000;
+/** How long close() waits for a running step (a scan, a connection attempt) before tearing down. */
+export const CLOSE_WAIT_MS = 3_000;
 /** Scan wait before the AP comes up (the radio is about to be busy). */
 export const PRE_AP_SCAN_MS = 4_000;
 
@@ -119,7 +121,8 @@ export class WifiService implements NetconnectdBackend {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
-    await this.chain;
+    // A connection attempt may wait up to its timeout: do not hold the daemon's stop for it.
+    await Promise.race([this.chain, Bun.sleep(CLOSE_WAIT_MS)]);
     await this.page?.stop();
     this.page = undefined;
     await this.ap.stop();
