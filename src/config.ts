@@ -70,6 +70,21 @@ export interface ApConfig {
   channel: number;
   after: number;
   address: Cidr & { host: number };
+  /** AP fallback and Wi-Fi client run only when true (a device without a radio has nothing to do). */
+  enabled: boolean;
+  /** Interface wpa_supplicant drives for the Wi-Fi client; the AP's by default (one radio). */
+  wifi_interface?: string;
+  /** wpa_supplicant's control socket; default /run/wpa_supplicant/<wifi_interface>. */
+  wpa_ctrl?: string;
+  hostapd: string;
+  dnsmasq: string;
+  /** dnsmasq answers every DNS name with the AP address, so a phone opens the setup page. */
+  captive_dns: boolean;
+  /** A healthy uplink ends AP mode. */
+  stop_on_uplink: boolean;
+  /** While in AP mode, how often the radio leaves it to retry the known networks. */
+  retry: number;
+  setup_port: number;
 }
 
 export interface Config {
@@ -316,6 +331,15 @@ const AP: Schema = {
     const prefix = Number(prefixText);
     return { network: (host & maskOf(prefix)) >>> 0, prefix, host };
   }),
+  enabled: bool,
+  wifi_interface: ifname,
+  wpa_ctrl: nonEmpty("a path such as /run/wpa_supplicant/wlan0"),
+  hostapd: nonEmpty("a path to the hostapd executable"),
+  dnsmasq: nonEmpty("a path to the dnsmasq executable"),
+  captive_dns: bool,
+  stop_on_uplink: bool,
+  retry: duration(10_000, 86_400_000),
+  setup_port: int(1, 65535),
 };
 
 export function defaults(): Config {
@@ -340,6 +364,13 @@ export function defaults(): Config {
       channel: 6,
       after: 60_000,
       address: { ...parseCidr("10.250.250.0/24"), host: parseIPv4("10.250.250.1") },
+      enabled: false,
+      hostapd: "hostapd",
+      dnsmasq: "dnsmasq",
+      captive_dns: true,
+      stop_on_uplink: true,
+      retry: 300_000,
+      setup_port: 80,
     },
   };
 }

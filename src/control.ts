@@ -4,6 +4,12 @@
 // {"ok": false, "error": "...", "code": "usage" | "runtime"}. Several requests may share a
 // connection; responses come back in order. Requests over MAX_REQUEST bytes are refused and
 // the connection closed. Handlers are registered per command by the role that owns them.
+//
+// A second protocol shares the socket when registered with `nulProtocol()`: netconnectd's
+// (seed 002), one JSON object terminated by NUL per connection. A connection whose first
+// request ends in NUL (before any newline) is answered by that handler, with NUL, and
+// closed. A request left unterminated for NUL_TIMEOUT_MS is answered with an error and
+// closed, so a silent client never holds a connection.
 import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import type { UnixSocketListener } from "bun";
@@ -21,15 +27,21 @@ export interface ControlResponse {
   code?: "usage" | "runtime";
 }
 
+/** How long a started request may stay without its terminator (newline or NUL). */
+export const NUL_TIMEOUT_MS = 5_000;
+
 interface ConnState {
   buf: string;
   chain: Promise<void>;
+  nul?: boolean;
+  timer?: Timer;
 }
 
 export class ControlServer {
   readonly path: string;
   private readonly handlers = new Map<string, Handler>();
   private fallbackHandler: Handler | undefined;
+  private nulHandler: ((text: string) => Promise<string>) | undefined;
   private listener: UnixSocketListener<ConnState> | undefined;
   private readonly log: Logger;
 
@@ -50,6 +62,15 @@ export class ControlServer {
    */
   fallback(handler: Handler): this {
     this.fallbackHandler = handler;
+    return this;
+  }
+
+  /**
+   * Serves NUL-terminated requests (netconnectd's protocol): the handler gets the request
+   * text without its NUL and returns the whole answer, NUL included.
+   */
+  nulProtocol(handler: (text: string) => Promise<string>): this {
+    this.nulHandler = handler;
     return this;
   }
 
@@ -114,13 +135,32 @@ export class ControlServer {
         },
         data(s, chunk) {
           s.data.buf += chunk.toString();
+          clearTimeout(s.data.timer);
+          s.data.timer = undefined;
           if (s.data.buf.length > MAX_REQUEST) {
-            s.write(JSON.stringify({ ok: false, code: "usage", error: `request larger than ${MAX_REQUEST} bytes` }) + "\n");
+            s.write(JSON.stringify({ ok: false, code: "usage", error: `request larger than ${MAX_REQUEST} bytes` }) + (s.data.nul ? "\0" : "\n"));
             s.end();
+            return;
+          }
+          const nul = s.data.buf.indexOf("\0");
+          const firstNl = s.data.buf.indexOf("\n");
+          if (self.nulHandler && s.data.nul === undefined && nul >= 0 && (firstNl < 0 || nul < firstNl)) s.data.nul = true;
+          if (s.data.nul) {
+            if (nul < 0) return;
+            const text = s.data.buf.slice(0, nul);
+            s.data.buf = "";
+            const handler = self.nulHandler!;
+            s.data.chain = s.data.chain.then(async () => {
+              const answer = await handler(text).catch((e: Error) => JSON.stringify({ error: e.message }) + "\0");
+              // The client may have gone: writing to a closed socket is a no-op.
+              s.write(answer);
+              s.end();
+            });
             return;
           }
           let nl: number;
           while ((nl = s.data.buf.indexOf("\n")) >= 0) {
+            s.data.nul = false;
             const line = s.data.buf.slice(0, nl);
             s.data.buf = s.data.buf.slice(nl + 1);
             if (line.trim() === "") continue;
@@ -130,6 +170,16 @@ export class ControlServer {
               s.write(JSON.stringify(res) + "\n");
             });
           }
+          if (s.data.buf.length > 0) {
+            s.data.timer = setTimeout(() => {
+              const err = `request not terminated within ${NUL_TIMEOUT_MS / 1000}s`;
+              s.write(s.data.nul === false || !self.nulHandler ? JSON.stringify({ ok: false, code: "usage", error: err }) + "\n" : JSON.stringify({ error: err }) + "\0");
+              s.end();
+            }, NUL_TIMEOUT_MS);
+          }
+        },
+        close(s) {
+          clearTimeout(s.data?.timer);
         },
         error(_s, err) {
           self.log.debug("control connection error", err);

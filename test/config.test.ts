@@ -35,6 +35,9 @@ describe("shipped example configs parse", () => {
     expect(cfg.uplink[2]!.keepalive).toBe(60_000);
     expect(cfg.nat.max_ttl).toBe(8 * 3600_000);
     expect(cfg.tracking).toMatchObject({ interval: 1000, timeout: 1000, down: 3, up: 5 });
+    // No shared passphrase in a shipped file: each device generates its own.
+    expect(cfg.ap).toMatchObject({ enabled: true, interface: "wlan0", country: "FR", retry: 300_000 });
+    expect(cfg.ap.passphrase).toBeUndefined();
   });
 });
 

@@ -51,12 +51,32 @@ export const daemonCommand = defineAgentCommand({
       const onsite = new OnsiteRole(cfg, bundle, rlog, daemon.control, nat);
       // The uplink manager (src/uplink) when the config lists [[uplink]]s: the relay
       // connection follows the active uplink, re-dialed at once after a switch.
+      let healthy: () => string[] = () => [];
       if (cfg.uplink.length > 0) {
         const { createUplinkManager } = await import("../uplink/index.ts");
         const uplinks = createUplinkManager(cfg, log.withTag("uplink"));
         daemon.add(uplinks);
         daemon.control.handle("uplink.status", () => uplinks.report());
         uplinks.onActiveChange((ev) => onsite.uplinkChanged(ev.to ?? "", ev.reason));
+        healthy = () => (uplinks.status().healthy as string[]) ?? [];
+      }
+      // Wi-Fi client and AP fallback (src/uplink/wifi.ts), also spoken as netconnectd's
+      // NUL-terminated protocol on the same control socket.
+      if (cfg.ap.enabled) {
+        const { createWifiService, answerNetconnectd, encodeNetconnectd } = await import("../uplink/index.ts");
+        const wifi = await createWifiService(cfg, log.withTag("wifi"), () => healthy());
+        daemon.add(wifi);
+        const c = daemon.control;
+        c.handle("wifi.status", () => wifi.report());
+        c.handle("wifi.list", (a) => wifi.listNetworks(a.force === true));
+        c.handle("wifi.configure", (a) => {
+          if (typeof a.ssid !== "string" || (a.psk !== undefined && typeof a.psk !== "string")) throw new UsageError("wifi.configure needs a string ssid and psk");
+          if (a.priority !== undefined && typeof a.priority !== "number") throw new UsageError("priority must be a number");
+          return wifi.configure(a.ssid, a.psk as string | undefined, { priority: a.priority as number | undefined });
+        });
+        c.handle("ap.start", () => wifi.startAp());
+        c.handle("ap.stop", () => wifi.stopAp());
+        c.nulProtocol(async (text) => encodeNetconnectd(await answerNetconnectd(wifi, text)));
       }
       daemon.add(onsite);
     } else {

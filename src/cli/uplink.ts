@@ -2,10 +2,12 @@
 // latency), which one is active and since when, and the switch history.
 import { controlRequest } from "../control.ts";
 import { formatDuration } from "../duration.ts";
-import { RuntimeError } from "../errors.ts";
+import { RuntimeError, UsageError } from "../errors.ts";
 import { formatTable } from "../table.ts";
 import type { UplinkReport } from "../uplink/manager.ts";
-import { defineAgentCommand, flag } from "./args.ts";
+import type { WifiReport } from "../uplink/wifi.ts";
+import type { WifiNetwork } from "../uplink/wpa.ts";
+import { defineAgentCommand, flag, str } from "./args.ts";
 import { configArgs, configFromArgs } from "./common.ts";
 
 const since = (iso: string | undefined, now: number) => (iso ? `${formatDuration(Math.max(0, Math.round((now - Date.parse(iso)) / 1000) * 1000)) || "0s"} ago` : "-");
@@ -55,7 +57,117 @@ const status = defineAgentCommand({
   },
 });
 
+/** Wi-Fi/AP commands: a daemon without `[ap] enabled = true` does not know them; say how to fix that. */
+async function wifiRequest(control: string, cmd: string, args: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<unknown> {
+  try {
+    return await controlRequest(control, cmd, args, timeoutMs);
+  } catch (e) {
+    if ((e as Error).message.includes(`unknown command "${cmd}"`)) {
+      throw new RuntimeError("this daemon runs no Wi-Fi/AP service", "it starts on an onsite daemon whose config has [ap] enabled = true", { cause: e });
+    }
+    throw e;
+  }
+}
+
+export function formatNetworks(nets: WifiNetwork[]): string {
+  if (nets.length === 0) return "no networks found\n";
+  return formatTable(
+    ["SSID", "SIGNAL", "CHANNEL", "SECURITY", "BSSID"],
+    nets.map((n) => [n.ssid, `${n.signal} dBm`, String(n.channel), n.security, n.bssid]),
+  );
+}
+
+const json = { type: "boolean", description: "print JSON" } as const;
+
+const listWifi = defineAgentCommand({
+  meta: { name: "list-wifi", description: "Wi-Fi networks in range (SSID, signal, channel, security, BSSID); in AP mode the last scan unless --force" },
+  args: { ...configArgs, force: { type: "boolean", description: "in AP mode: leave the AP for a fresh scan, then come back" }, json },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const nets = (await wifiRequest(cfg.control, "wifi.list", { force: flag(args, "force") })) as WifiNetwork[];
+    process.stdout.write(flag(args, "json") ? JSON.stringify(nets, null, 2) + "\n" : formatNetworks(nets));
+    return 0;
+  },
+});
+
+async function readStdin(): Promise<string> {
+  const text = await new Response(Bun.stdin.stream()).text();
+  return text.replace(/\r?\n$/, "");
+}
+
+const configureWifi = defineAgentCommand({
+  meta: { name: "configure-wifi", description: "Add (or replace) a known Wi-Fi network and try it; PSK \"-\" reads it from stdin (keeps it out of ps)" },
+  args: {
+    ...configArgs,
+    ssid: { type: "positional", valueHint: "SSID", description: "network name, 1-32 bytes" },
+    psk: { type: "positional", valueHint: "PSK", description: "passphrase (8-63 printable ASCII, or 64 hex digits); \"-\": read from stdin; omit for an open network" },
+    priority: { type: "string", valueHint: "n", description: "0-1000, higher is preferred (default: above every known network)" },
+  },
+  async exec(args) {
+    const [ssid, pskArg, ...extra] = args._;
+    if (ssid === undefined) throw new UsageError("agent uplink configure-wifi needs an SSID", "agent uplink configure-wifi SSID PSK (PSK - reads it from stdin)");
+    if (extra.length) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`, "quote an SSID or passphrase with spaces");
+    const psk = pskArg === "-" ? await readStdin() : pskArg;
+    const { checkPsk, checkSsid } = await import("../uplink/wpa.ts");
+    const bad = checkSsid(ssid) ?? (psk ? checkPsk(psk) : undefined);
+    if (bad) throw new UsageError(bad);
+    let priority: number | undefined;
+    const p = str(args, "priority");
+    if (p !== undefined) {
+      if (!/^\d{1,4}$/.test(p) || Number(p) > 1000) throw new UsageError(`--priority: expected 0-1000, got ${JSON.stringify(p)}`);
+      priority = Number(p);
+    }
+    const cfg = await configFromArgs(args);
+    const msg = (await wifiRequest(cfg.control, "wifi.configure", { ssid, psk, priority })) as string;
+    process.stdout.write(msg + "\n");
+    return 0;
+  },
+});
+
+const startAp = defineAgentCommand({
+  meta: { name: "start-ap", description: "Start the setup access point now (held until stop-ap)" },
+  args: { ...configArgs },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    process.stdout.write(((await wifiRequest(cfg.control, "ap.start")) as string) + "\n");
+    const r = (await wifiRequest(cfg.control, "wifi.status")) as WifiReport;
+    process.stdout.write(`ssid ${JSON.stringify(r.ap.ssid)} (${r.ap.security}) on ${r.ap.interface} ${r.ap.address}${r.setup_page ? `; setup page ${r.setup_page}` : ""}${r.passphrase_file ? `; passphrase in ${r.passphrase_file}` : ""}\n`);
+    return 0;
+  },
+});
+
+const stopAp = defineAgentCommand({
+  meta: { name: "stop-ap", description: "Stop the setup access point" },
+  args: { ...configArgs },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    process.stdout.write(((await wifiRequest(cfg.control, "ap.stop")) as string) + "\n");
+    return 0;
+  },
+});
+
+const wifiStatus = defineAgentCommand({
+  meta: { name: "wifi-status", description: "Wi-Fi client and AP: mode, AP processes, known networks, recent decisions" },
+  args: { ...configArgs, json },
+  async exec(args) {
+    const cfg = await configFromArgs(args);
+    const r = (await wifiRequest(cfg.control, "wifi.status")) as WifiReport;
+    if (flag(args, "json")) {
+      process.stdout.write(JSON.stringify(r, null, 2) + "\n");
+      return 0;
+    }
+    const proc = (p?: { running: boolean; pid?: number; restarts: number }) => (p ? `${p.running ? `pid ${p.pid}` : "down"}, ${p.restarts} restarts` : "-");
+    let t = `mode: ${r.mode}${r.manual_ap ? " (started by hand)" : ""}\n`;
+    t += `ap: ${r.ap.running ? `up since ${r.ap.since}` : "down"}, ssid ${JSON.stringify(r.ap.ssid)} ${r.ap.security} on ${r.ap.interface} ${r.ap.address}; hostapd ${proc(r.ap.hostapd)}; dnsmasq ${proc(r.ap.dnsmasq)}${r.ap.error ? `; last error: ${r.ap.error}` : ""}\n`;
+    t += `wifi: ${r.wifi.interface}${r.wifi.present ? "" : " (absent)"}, ${r.wifi.state ?? "unknown"}${r.wifi.ssid ? ` on ${JSON.stringify(r.wifi.ssid)}` : ""}${r.wifi.error ? `; last error: ${r.wifi.error}` : ""}\n`;
+    t += `known: ${r.known.map((k) => `${k.ssid} (priority ${k.priority})`).join(", ") || "none"}\n`;
+    if (r.history.length) t += "\n" + formatTable(["AT", "ACTION", "REASON"], r.history.map((h) => [h.at, h.action, h.reason]));
+    process.stdout.write(t);
+    return 0;
+  },
+});
+
 export const uplinkCommand = defineAgentCommand({
-  meta: { name: "uplink", description: "Uplink failover (onsite): status" },
-  subCommands: { status },
+  meta: { name: "uplink", description: "Uplink failover, Wi-Fi client and setup access point (onsite)" },
+  subCommands: { status, "list-wifi": listWifi, "configure-wifi": configureWifi, "start-ap": startAp, "stop-ap": stopAp, "wifi-status": wifiStatus },
 });

@@ -26,3 +26,15 @@ export function createUplinkManager(cfg: Config, log: Logger, exec: Exec = realE
   }
   return new UplinkManager({ uplinks: cfg.uplink, tracking: cfg.tracking, relay: cfg.relay, monitor, routes: new IpRouteTable(exec), prober: tcpProber, modems, log });
 }
+
+export { WifiService, type WifiReport } from "./wifi.ts";
+export { answerNetconnectd, encodeNetconnectd } from "./netconnectd.ts";
+
+/**
+ * The Wi-Fi client and AP fallback (`[ap] enabled = true`). `healthy` gives the names of the
+ * healthy uplinks: the uplink manager's view, or [] on a device without [[uplink]]s.
+ */
+export async function createWifiService(cfg: Config, log: Logger, healthy: () => string[], exec: Exec = realExec) {
+  const { WifiService } = await import("./wifi.ts");
+  return new WifiService({ cfg, log, exec, healthy, kinds: new Map(cfg.uplink.map((u) => [u.name, u.kind])) });
+}

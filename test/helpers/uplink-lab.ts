@@ -29,6 +29,10 @@ export interface Lab {
   status(): Promise<UplinkReport>;
   /** First watch event at or after `t` that went through uplink `i`. */
   firstVia(i: number, t: number): WatchEvent | undefined;
+  /** The running daemon process (for tests that kill it). */
+  daemon(): ReturnType<typeof Bun.spawn>;
+  /** Starts the daemon again (after a test killed it); its output goes to `daemonLog`.N. */
+  restartDaemon(): ReturnType<typeof Bun.spawn>;
   close(): Promise<void>;
 }
 
@@ -36,6 +40,10 @@ export interface LabOptions {
   prefix: string;
   /** Extra [tracking] lines for the daemon's config. */
   tracking?: string;
+  /** Appended to the daemon's config (further sections, e.g. [ap]). */
+  extraConfig?: string;
+  /** Extra environment of the daemon. */
+  env?: Record<string, string>;
 }
 
 /** Pipes a process's stdout lines to `onLine` until it ends. */
@@ -117,28 +125,33 @@ gateway = "${topo.uplinks[2]!.gateway}"
 
 [tracking]
 ${o.tracking ?? ""}
+${o.extraConfig ?? ""}
 `,
     );
     const mm = join(dir, "mmcli");
     mkdirSync(mm);
     const daemonLog = join(dir, "daemon.log");
     const u3 = topo.uplinks[2]!;
-    const daemon = Bun.spawn(["ip", "netns", "exec", topo.onsite, BUN, MAIN, "--config", cfgPath], {
-      cwd: ROOT,
-      stdin: "ignore",
-      stdout: Bun.file(daemonLog),
-      stderr: Bun.file(daemonLog + ".err"),
-      env: {
-        ...process.env,
-        PATH: `${FIXTURES}:${process.env.PATH}`,
-        FAKE_MMCLI_DIR: mm,
-        FAKE_MMCLI_DEV: u3.dev,
-        FAKE_MMCLI_PEER: u3.routerDev,
-        FAKE_MMCLI_PEER_NS: u3.router,
-        FAKE_MMCLI_ADDR: `${u3.addr}/24`,
-        FAKE_MMCLI_GW: `${u3.gateway}/24`,
-      },
-    });
+    let runs = 0;
+    const spawnDaemon = () =>
+      Bun.spawn(["ip", "netns", "exec", topo.onsite, BUN, MAIN, "--config", cfgPath], {
+        cwd: ROOT,
+        stdin: "ignore",
+        stdout: Bun.file(daemonLog + (runs ? `.${runs}` : "")),
+        stderr: Bun.file(daemonLog + (runs++ ? `.${runs - 1}` : "") + ".err"),
+        env: {
+          ...process.env,
+          PATH: `${FIXTURES}:${process.env.PATH}`,
+          FAKE_MMCLI_DIR: mm,
+          FAKE_MMCLI_DEV: u3.dev,
+          FAKE_MMCLI_PEER: u3.routerDev,
+          FAKE_MMCLI_PEER_NS: u3.router,
+          FAKE_MMCLI_ADDR: `${u3.addr}/24`,
+          FAKE_MMCLI_GW: `${u3.gateway}/24`,
+          ...o.env,
+        },
+      });
+    let daemon = spawnDaemon();
     cleanups.push(async () => {
       daemon.kill("SIGTERM");
       const t = setTimeout(() => daemon.kill("SIGKILL"), 5000);
@@ -179,6 +192,8 @@ ${o.tracking ?? ""}
       firstVia(i, t) {
         return watch.find((e) => e.at >= t && viaOf(e) === i);
       },
+      daemon: () => daemon,
+      restartDaemon: () => (daemon = spawnDaemon()),
       close,
     };
     return lab;

@@ -1,0 +1,175 @@
+// The access point: writes hostapd and dnsmasq configurations into the state directory,
+// gives the AP interface its address, fences the AP subnet off (nft table + per-interface
+// forwarding off), and supervises hostapd and dnsmasq. `stop()` undoes all of it.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { ApConfig } from "../config.ts";
+import type { Logger } from "../log.ts";
+import { formatIPv4 } from "../netaddr.ts";
+import { generatePassphrase, NFT_TABLE, renderDnsmasq, renderHostapd, renderNft } from "./apconf.ts";
+import { describeFailure, type Exec } from "./exec.ts";
+import { stopOrphan, Supervisor, type SupervisedStatus } from "./supervisor.ts";
+
+export interface ApStatus {
+  running: boolean;
+  since?: string;
+  interface: string;
+  ssid: string;
+  address: string;
+  security: string;
+  hostapd?: SupervisedStatus;
+  dnsmasq?: SupervisedStatus;
+  error?: string;
+}
+
+/**
+ * The AP passphrase: `[ap] passphrase` if set, else one generated for this device on first
+ * use and kept in the state directory (mode 0600), so it can be printed on a label.
+ */
+export function apPassphrase(ap: ApConfig, stateDir: string): string {
+  if (ap.passphrase) return ap.passphrase;
+  const file = join(stateDir, "ap-passphrase");
+  if (existsSync(file)) {
+    const p = readFileSync(file, "utf8").trim();
+    if (/^[\x20-\x7e]{12,63}$/.test(p)) return p;
+  }
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  const p = generatePassphrase();
+  writeFileSync(file, p + "\n", { mode: 0o600 });
+  return p;
+}
+
+export class AccessPoint {
+  private readonly dir: string;
+  private hostapd: Supervisor | undefined;
+  private dnsmasq: Supervisor | undefined;
+  private since: number | undefined;
+  private lastError: string | undefined;
+  private savedForwarding: string | undefined;
+  readonly passphrase: string;
+
+  constructor(
+    private readonly ap: ApConfig,
+    stateDir: string,
+    private readonly exec: Exec,
+    private readonly log: Logger,
+  ) {
+    this.dir = join(stateDir, "ap");
+    this.passphrase = apPassphrase(ap, stateDir);
+  }
+
+  get running(): boolean {
+    return this.since !== undefined;
+  }
+
+  get paths() {
+    return {
+      hostapdConf: join(this.dir, "hostapd.conf"),
+      dnsmasqConf: join(this.dir, "dnsmasq.conf"),
+      hostapdPid: join(this.dir, "hostapd.pid"),
+      dnsmasqPid: join(this.dir, "dnsmasq.pid"),
+      leases: join(this.dir, "dnsmasq.leases"),
+    };
+  }
+
+  private argv() {
+    const p = this.paths;
+    return { hostapd: [this.ap.hostapd, p.hostapdConf], dnsmasq: [this.ap.dnsmasq, "--keep-in-foreground", `--conf-file=${p.dnsmasqConf}`] };
+  }
+
+  /** Stops hostapd/dnsmasq left by a killed agent and removes its firewall table. */
+  async cleanupOrphans(): Promise<void> {
+    const a = this.argv();
+    await stopOrphan(this.paths.hostapdPid, a.hostapd, this.log);
+    await stopOrphan(this.paths.dnsmasqPid, a.dnsmasq, this.log);
+    await this.exec(["nft", "delete", "table", "inet", NFT_TABLE]);
+  }
+
+  private async run(argv: string[], input?: string): Promise<void> {
+    let r;
+    if (input !== undefined) {
+      // nft -f reads a file: a private one in our directory (never a shell pipe).
+      const f = join(this.dir, "fence.nft");
+      writeFileSync(f, input, { mode: 0o600 });
+      r = await this.exec([...argv, f]);
+    } else r = await this.exec(argv);
+    if (r.code !== 0) throw new Error(describeFailure(argv, r));
+  }
+
+  async start(): Promise<void> {
+    if (this.running) return;
+    const p = this.paths;
+    const a = this.argv();
+    const ifname = this.ap.interface;
+    const addr = `${formatIPv4(this.ap.address.host)}/${this.ap.address.prefix}`;
+    try {
+      mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+      await this.cleanupOrphans();
+      // Configurations hold the passphrase: owner only.
+      writeFileSync(p.hostapdConf, renderHostapd(this.ap, this.passphrase), { mode: 0o600 });
+      writeFileSync(p.dnsmasqConf, renderDnsmasq(this.ap, { leaseFile: p.leases }), { mode: 0o600 });
+      // The fence goes up before the address: no packet from the AP side is ever forwarded.
+      await this.run(["nft", "-f"], renderNft(this.ap));
+      const fwd = `/proc/sys/net/ipv4/conf/${ifname}/forwarding`;
+      try {
+        this.savedForwarding = readFileSync(fwd, "utf8").trim();
+        writeFileSync(fwd, "0");
+      } catch (e) {
+        throw new Error(`AP interface ${ifname} not found (${fwd}: ${(e as Error).message})`);
+      }
+      await this.run(["ip", "addr", "flush", "dev", ifname]);
+      await this.run(["ip", "addr", "add", addr, "dev", ifname]);
+      await this.run(["ip", "link", "set", ifname, "up"]);
+      this.hostapd = new Supervisor({ name: "hostapd", argv: a.hostapd, pidFile: p.hostapdPid, log: this.log });
+      this.dnsmasq = new Supervisor({ name: "dnsmasq", argv: a.dnsmasq, pidFile: p.dnsmasqPid, log: this.log });
+      await this.hostapd.start();
+      await this.dnsmasq.start();
+      this.since = Date.now();
+      this.lastError = undefined;
+      this.log.info(`access point ${JSON.stringify(this.ap.ssid)} up on ${ifname} (${addr})`);
+    } catch (e) {
+      this.lastError = (e as Error).message;
+      await this.teardown();
+      throw new Error(`starting the access point on ${ifname}`, { cause: e });
+    }
+  }
+
+  private async teardown(): Promise<void> {
+    await this.dnsmasq?.stop();
+    await this.hostapd?.stop();
+    this.dnsmasq = this.hostapd = undefined;
+    const ifname = this.ap.interface;
+    await this.exec(["ip", "addr", "del", `${formatIPv4(this.ap.address.host)}/${this.ap.address.prefix}`, "dev", ifname]);
+    await this.exec(["nft", "delete", "table", "inet", NFT_TABLE]);
+    if (this.savedForwarding !== undefined) {
+      try {
+        writeFileSync(`/proc/sys/net/ipv4/conf/${ifname}/forwarding`, this.savedForwarding);
+      } catch {
+        // interface gone
+      }
+      this.savedForwarding = undefined;
+    }
+  }
+
+  /** Idempotent. */
+  async stop(): Promise<void> {
+    if (!this.running && !this.hostapd && !this.dnsmasq) return;
+    this.since = undefined;
+    await this.teardown();
+    this.log.info(`access point on ${this.ap.interface} down`);
+  }
+
+  status(): ApStatus {
+    return {
+      running: this.running,
+      since: this.since === undefined ? undefined : new Date(this.since).toISOString(),
+      interface: this.ap.interface,
+      ssid: this.ap.ssid,
+      address: `${formatIPv4(this.ap.address.host)}/${this.ap.address.prefix}`,
+      security: this.ap.security === "sae" ? "WPA3-SAE" : "WPA2-PSK",
+      hostapd: this.hostapd?.status(),
+      dnsmasq: this.dnsmasq?.status(),
+      error: this.lastError,
+    };
+  }
+}

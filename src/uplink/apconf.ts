@@ -1,0 +1,128 @@
+// Pure pieces of the access point: hostapd and dnsmasq configuration files, the DHCP range,
+// the per-device passphrase, and the nft ruleset that keeps AP clients off the LAN and the
+// uplinks. Rendered here, written and run by ap.ts.
+import { randomInt } from "node:crypto";
+import type { ApConfig } from "../config.ts";
+import { formatIPv4, maskOf } from "../netaddr.ts";
+
+/** Letters and digits without look-alikes (0/O, 1/l/I): read off a label, typed on a phone. */
+const PASS_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+/** 16 characters of a 56-letter alphabet: ~93 bits, far beyond WPA2 offline guessing. */
+export const GENERATED_PASSPHRASE_LENGTH = 16;
+export const DHCP_LEASE = "1h";
+
+export function generatePassphrase(len = GENERATED_PASSPHRASE_LENGTH): string {
+  let s = "";
+  for (let i = 0; i < len; i++) s += PASS_ALPHABET[randomInt(PASS_ALPHABET.length)];
+  return s;
+}
+
+export interface DhcpRange {
+  start: string;
+  end: string;
+  netmask: string;
+}
+
+/** From .100 to .200 in a /24 (netconnectd's range); the whole host range minus the AP in smaller subnets. */
+export function dhcpRange(a: ApConfig["address"]): DhcpRange {
+  const size = 2 ** (32 - a.prefix);
+  const first = a.network + 1;
+  const last = a.network + size - 2;
+  let start = size >= 256 ? a.network + 100 : first;
+  let end = size >= 256 ? Math.min(a.network + 200, last) : last;
+  if (start === a.host) start++;
+  if (end === a.host) end--;
+  return { start: formatIPv4(start >>> 0), end: formatIPv4(end >>> 0), netmask: formatIPv4(maskOf(a.prefix)) };
+}
+
+/** hostapd.conf. Values were validated by the config schema (SSID without control characters, passphrase printable). */
+export function renderHostapd(ap: ApConfig, passphrase: string, ctrlDir?: string): string {
+  const lines = [
+    "# written by the agent at each AP start; edits are overwritten",
+    `interface=${ap.interface}`,
+    "driver=nl80211",
+    `ssid=${ap.ssid}`,
+    "utf8_ssid=1",
+    `country_code=${ap.country}`,
+    "ieee80211d=1",
+    `hw_mode=${ap.channel <= 14 ? "g" : "a"}`,
+    `channel=${ap.channel}`,
+    "ieee80211n=1",
+    "wmm_enabled=1",
+    "auth_algs=1",
+    "ignore_broadcast_ssid=0",
+    // Clients of the AP cannot talk to each other: one phone cannot attack another.
+    "ap_isolate=1",
+    "wpa=2",
+    "rsn_pairwise=CCMP",
+  ];
+  if (ap.security === "sae") {
+    // WPA3-Personal only: management frame protection is mandatory with SAE.
+    lines.push("wpa_key_mgmt=SAE", "ieee80211w=2", "sae_require_mfp=1", `sae_password=${passphrase}`);
+  } else {
+    lines.push("wpa_key_mgmt=WPA-PSK", `wpa_passphrase=${passphrase}`);
+  }
+  if (ctrlDir) lines.push(`ctrl_interface=${ctrlDir}`);
+  return lines.join("\n") + "\n";
+}
+
+export function renderDnsmasq(ap: ApConfig, o: { leaseFile: string }): string {
+  const addr = formatIPv4(ap.address.host);
+  const r = dhcpRange(ap.address);
+  const lines = [
+    "# written by the agent at each AP start; edits are overwritten",
+    `interface=${ap.interface}`,
+    // Only the AP interface: never answer DHCP or DNS on the LAN or an uplink.
+    "bind-interfaces",
+    `listen-address=${addr}`,
+    "except-interface=lo",
+    "no-resolv",
+    "no-hosts",
+    "no-poll",
+    // No pid file of its own: the agent supervises the process and keeps its pid.
+    "pid-file=",
+    "user=root",
+    `dhcp-leasefile=${o.leaseFile}`,
+    "dhcp-authoritative",
+    `dhcp-range=${r.start},${r.end},${r.netmask},${DHCP_LEASE}`,
+    // The AP address as router and DNS server: phones treat the network as usable and probe
+    // for a captive portal, which the setup page answers; nothing is forwarded past it.
+    `dhcp-option=option:router,${addr}`,
+    `dhcp-option=option:dns-server,${addr}`,
+  ];
+  if (ap.captive_dns) lines.push("port=53", `address=/#/${addr}`);
+  else lines.push("port=0");
+  return lines.join("\n") + "\n";
+}
+
+export const NFT_TABLE = "agent_ap";
+
+/**
+ * nft ruleset (for `nft -f -`): nothing is forwarded to or from the AP interface, and AP
+ * clients reach the device only for DHCP, DNS and the setup page on the AP address. Its own
+ * table, created and deleted as a whole, so it never touches rules others own. Priority
+ * -300 runs it before the usual filter chains (0) and NAT.
+ */
+export function renderNft(ap: ApConfig): string {
+  const i = JSON.stringify(ap.interface);
+  const addr = formatIPv4(ap.address.host);
+  return [
+    `table inet ${NFT_TABLE} {`,
+    `  chain forward {`,
+    `    type filter hook forward priority -300; policy accept;`,
+    `    iifname ${i} drop`,
+    `    oifname ${i} drop`,
+    `  }`,
+    `  chain input {`,
+    `    type filter hook input priority -300; policy accept;`,
+    `    iifname ${i} udp dport 67 accept`,
+    `    iifname ${i} ip daddr ${addr} udp dport 53 accept`,
+    `    iifname ${i} ip daddr ${addr} tcp dport { 53, ${ap.setup_port} } accept`,
+    `    iifname ${i} ip daddr ${addr} icmp type echo-request accept`,
+    `    iifname ${i} ct state established,related accept`,
+    `    iifname ${i} drop`,
+    `  }`,
+    `}`,
+    "",
+  ].join("\n");
+}
