@@ -48,6 +48,13 @@ export const SessionTiming = {
   resumeWindow: 5 * 60_000,
   /** How often it tries while the relay connection is up. */
   resumeRetry: 2_000,
+  /**
+   * The first try after the relay said a side went away. An onsite device that re-dials over
+   * a new uplink replaces its old connection at the relay, and the relay announces the
+   * interruption only then, with the device already back: a try at once succeeds, where
+   * waiting a full resumeRetry kept the forward dead ~2 s longer than the tunnel.
+   */
+  resumeFirst: 50,
 } as const;
 
 type SessionState = "active" | "resuming" | "closed";
@@ -236,7 +243,7 @@ export class MasterSessions {
     this.setState(s, "resuming", reason);
     s.resumeUntil ??= Date.now() + SessionTiming.resumeWindow;
     this.o.log.warn(`session ${s.id} interrupted (${reason}); resuming for up to ${SessionTiming.resumeWindow / 1000} s`);
-    this.scheduleResume(s, SessionTiming.resumeRetry);
+    this.scheduleResume(s, SessionTiming.resumeFirst);
   }
 
   private scheduleResume(s: MasterSession, delay: number): void {
