@@ -9,8 +9,7 @@
 // same id on the same local port, with nobody touching it. Times are printed, never asserted
 // (bench/uplink.bench.ts measures them over many cuts); the assertions are ordering facts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import type { Subprocess } from "bun";
-import { startLab, waitReport, switchAfter, type Lab, type LabFleet } from "./helpers/uplink-lab.ts";
+import { LAN_HTTP, startLab, switchAfter, waitReport, type Lab, type LabFleet } from "./helpers/uplink-lab.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
 import type { SessionView } from "../src/tunnel/forward.ts";
 
@@ -20,15 +19,13 @@ const maybe = isRoot ? describe : describe.skip; // outside CI without root: ski
 
 const ETH = "ufeth0";
 const WLAN = "ufwlan0";
-const HTTP_PORT = 8080;
-const BODY = "hello from the LAN behind site-1";
+const BODY = LAN_HTTP.body;
 /** The keepalive timeout of the relay connection (src/transport/policy.ts), for the printout. */
 const KEEPALIVE_TIMEOUT_S = 15;
 
 maybe("the relay connection follows the active uplink (needs root)", () => {
   let lab: Lab;
   let fleet: LabFleet;
-  let http: Subprocess<"ignore", "pipe", "inherit"> | undefined;
   let forward: { session: string; port: number };
   const timings: string[] = [];
 
@@ -106,24 +103,10 @@ maybe("the relay connection follows the active uplink (needs root)", () => {
   beforeAll(async () => {
     lab = await startLab({ prefix: "uf", relay: true });
     fleet = lab.fleet!;
-    const lanAddr = lab.topo.lanAddr;
-    const server = Bun.spawn(
-      ["ip", "netns", "exec", lab.topo.lan, process.execPath, "-e", `Bun.serve({ hostname: ${JSON.stringify(lanAddr)}, port: ${HTTP_PORT}, fetch: () => new Response(${JSON.stringify(BODY)}) }); console.log("ready");`],
-      { stdin: "ignore", stdout: "pipe", stderr: "inherit" },
-    );
-    http = server;
-    const reader = server.stdout.getReader();
-    const { value } = await reader.read();
-    reader.releaseLock();
-    if (!value || !new TextDecoder().decode(value).includes("ready")) throw new Error("HTTP server in the LAN namespace did not start");
   }, 90_000);
 
   afterAll(async () => {
     if (timings.length) console.log(`relay follows the uplink:\n  ${timings.join("\n  ")}`);
-    if (http) {
-      http.kill();
-      await http.exited;
-    }
     await lab?.close();
   }, 30_000);
 
@@ -134,7 +117,7 @@ maybe("the relay connection follows the active uplink (needs root)", () => {
       return d?.online === true && d.uplink === ETH && d.address === lab.topo.uplinks[0]!.routerRelaySide;
     }, 20_000, "site-1 online via eth0");
     await until(async () => (await fleet.json<DeviceInfo[]>(fleet.masterControl, ["devices"])).some((d) => d.id === "site-1" && d.online), 20_000, "the master sees site-1");
-    const s = await fleet.json<SessionView>(fleet.masterControl, ["connect", "site-1", "--forward", `127.0.0.1:0:${lab.topo.lanAddr}:${HTTP_PORT}`]);
+    const s = await fleet.json<SessionView>(fleet.masterControl, ["connect", "site-1", "--forward", `127.0.0.1:0:${fleet.lanHttp}`]);
     expect(s.state).toBe("active");
     forward = { session: s.session, port: s.forwards[0]!.port };
     expect(forward.port).toBeGreaterThan(0);

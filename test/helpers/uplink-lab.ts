@@ -16,6 +16,8 @@ import { buildUplinkTopology, startPeerEcho, type Topology } from "./netns.ts";
 export const RELAY_PORT = 4443;
 /** The peer echo's port when a real relay holds RELAY_PORT. */
 export const ECHO_PORT_BESIDE_RELAY = 4444;
+/** The HTTP server in the LAN namespace of a lab with a real relay (the forward's target). */
+export const LAN_HTTP = { port: 8080, body: "hello from the LAN behind site-1" } as const;
 export const FIXTURES = join(ROOT, "test", "fixtures", "uplink");
 
 export interface WatchEvent {
@@ -48,6 +50,8 @@ export interface LabFleet {
   masterControl: string;
   relayLog(): string;
   masterLog(): string;
+  /** The LAN HTTP server's HOST:PORT (answers LAN_HTTP.body). */
+  lanHttp: string;
   /** `agent ARGS --json --control SOCK`, parsed; throws with stderr on a non-zero exit. */
   json<T>(control: string, args: string[]): Promise<T>;
 }
@@ -96,7 +100,7 @@ async function waitSocket(path: string, proc: { exitCode: number | null }, log: 
 }
 
 /** Pipes a process's stdout lines to `onLine` until it ends. */
-async function lines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void): Promise<void> {
+export async function lines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void): Promise<void> {
   const dec = new TextDecoder();
   let buf = "";
   for await (const chunk of stream) {
@@ -164,7 +168,21 @@ export async function startLab(o: LabOptions): Promise<Lab> {
       const master = spawnIn(topo.relay, ["--role", "master", "--bundle", join(dir, "tech.bundle"), "--relay", `${topo.relayAddr}:${RELAY_PORT}`, "--control", masterControl, "--state-dir", join(dir, "master-state"), "--log-level", "debug"], masterLog);
       cleanups.push(master.stop);
       await waitSocket(masterControl, master.proc, masterLog, "the master");
+      // A target for forwards: an HTTP server in the LAN namespace.
+      const http = Bun.spawn(
+        ["ip", "netns", "exec", topo.lan, BUN, "-e", `Bun.serve({ hostname: ${JSON.stringify(topo.lanAddr)}, port: ${LAN_HTTP.port}, fetch: () => new Response(${JSON.stringify(LAN_HTTP.body)}) }); console.log("ready");`],
+        { stdin: "ignore", stdout: "pipe", stderr: "inherit" },
+      );
+      cleanups.push(async () => {
+        http.kill();
+        await http.exited;
+      });
+      const reader = http.stdout.getReader();
+      const { value } = await reader.read();
+      reader.releaseLock();
+      if (!value || !new TextDecoder().decode(value).includes("ready")) throw new Error("the HTTP server in the LAN namespace did not start");
       fleet = {
+        lanHttp: `${topo.lanAddr}:${LAN_HTTP.port}`,
         relayControl,
         masterControl,
         relayLog: () => readOr(relayLog),
