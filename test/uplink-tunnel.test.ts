@@ -10,6 +10,7 @@
 // (bench/uplink.bench.ts measures them over many cuts); the assertions are ordering facts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { LAN_HTTP, startLab, switchAfter, waitReport, type Lab, type LabFleet } from "./helpers/uplink-lab.ts";
+import { controlRequest } from "../src/control.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
 import type { SessionView } from "../src/tunnel/forward.ts";
 
@@ -161,4 +162,29 @@ maybe("the relay connection follows the active uplink (needs root)", () => {
     // The relay replaced the old connections instead of waiting for them to time out.
     expect(fleet.relayLog()).toContain("site-1: a new connection from");
   }, 90_000);
+
+  test("a switch while a dial into the black-holed primary is in flight: that dial is dropped and the backup dialed at once", async () => {
+    expect(forward).toBeDefined();
+    await waitReport(lab, (r) => r.active === ETH, 5_000, "eth0 active");
+    const logFrom = lab.onsiteLog().length;
+    const t0 = Date.now();
+    await lab.topo.blackhole(1, true);
+    try {
+      // Ask for a redial now: eth0 still carries the default route, so the new dial's SYNs go
+      // into the black hole and would hang until the 15 s dial timeout.
+      await controlRequest(lab.control, "redial", { reason: "test: dial into the black hole" });
+      await followed(t0, logFrom, WLAN, 2, "black hole with a dial in flight");
+      const log = lab.onsiteLog().slice(logFrom);
+      const redial = log.indexOf(`redialing the relay now: uplink ${WLAN}`);
+      const abandoned = log.indexOf(`dial abandoned to redial: uplink ${WLAN}`);
+      expect(abandoned).toBeGreaterThan(redial);
+      expect(log.indexOf("connected to relay", redial)).toBeGreaterThan(abandoned);
+      // The hanging dial never got to its own timeout before the device was back.
+      const connected = log.indexOf("connected to relay", redial);
+      const timedOut = log.indexOf("no TLS connection to");
+      if (timedOut >= 0) expect(connected).toBeLessThan(timedOut);
+    } finally {
+      await lab.topo.blackhole(1, false);
+    }
+  }, 60_000);
 });
