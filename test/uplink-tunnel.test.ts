@@ -187,4 +187,26 @@ maybe("the relay connection follows the active uplink (needs root)", () => {
       await lab.topo.blackhole(1, false);
     }
   }, 60_000);
+
+  test("every uplink down, then another one back: the tunnel and the same forward come back without a restart", async () => {
+    expect(forward).toBeDefined();
+    // Whichever uplink is active now (eth0 may still be held back after its third flap).
+    await until(async () => (await curl()) === BODY, 10_000, "the forward answering before the cut");
+    const before = (await lab.status()).active;
+    // The uplink that comes back is not the one the old connection used: a connection that
+    // merely survived the outage on its own link would prove nothing.
+    const back = before === ETH ? 2 : 1;
+    const backDev = lab.topo.uplinks[back - 1]!.dev;
+    try {
+      for (const i of [1, 2, 3]) await lab.topo.setLink(i, false);
+      await waitReport(lab, (r) => r.active === undefined, 10_000, "no active uplink");
+      expect(await curl()).toBeUndefined(); // nothing reaches the LAN now
+      const logFrom = lab.onsiteLog().length;
+      const t0 = Date.now();
+      await lab.topo.setLink(back, true);
+      await followed(t0, logFrom, backDev, back, `all down, then ${backDev} back`);
+    } finally {
+      for (const i of [1, 2, 3]) await lab.topo.setLink(i, true);
+    }
+  }, 60_000);
 });
