@@ -5,17 +5,32 @@
 // stays up). Each cut hits whichever of the two unmetered uplinks is active, so the other one
 // takes over; the cut one is restored and must be healthy again before the next cut.
 //
-// Printed: time to detect (cut → the switch in the daemon's history) and time until LAN
+// The relay port is served by a real relay, with a real master beside it in the relay
+// namespace; the master holds one session with a forward to an HTTP server on the LAN, and a
+// poller in the master's namespace sends a request through that forward every 50 ms.
+//
+// Printed: time to detect (cut → the switch in the daemon's history), time until LAN
 // traffic flows on the backup (cut → first connection the relay sees through the backup's
-// router), median / p95 / max; next to mwan3 with its defaults (interval 10 s, down 5,
-// timeout 4 s), computed for the same cuts: mwan3 declares a link offline `down` failed probes
-// after the cut, the first probe falling anywhere in its interval (spread evenly over the 20
-// cuts), each failure known `timeout` after its probe; the route switch lag is ours.
+// router), and time until the relay session is back (cut → the first request through the
+// master's forward, started once the cut is in place, that gets its answer), median / p95 / max; next to
+// mwan3 with its defaults (interval 10 s, down 5, timeout 4 s), computed for the same cuts:
+// mwan3 declares a link offline `down` failed probes after the cut, the first probe falling
+// anywhere in its interval (spread evenly over the 20 cuts), each failure known `timeout`
+// after its probe; the route switch lag is ours. For the session: without the redial hook
+// the tunnel would be re-dialed only when our keepalive gives up (no frame for 15 s, checked
+// every 5 s: 15-20 s after the cut, spread evenly), so "no redial hook" is
+// max(our switch, keepalive) + our measured lag from switch to session, and "mwan3 + 15 s
+// keepalive" is max(mwan3's switch, keepalive) + the same lag. Both computed rows leave out the
+// reconnect backoff (≤ 0.5 s) and any dial that fails over the still-dead path before mwan3
+// switches: they are lower bounds.
 // Also: the cost of reading the non-blocking netlink socket from a timer.
+import { join } from "node:path";
 import { defaults } from "../src/config.ts";
+import { Timing } from "../src/transport/policy.ts";
+import type { SessionView } from "../src/tunnel/forward.ts";
 import { NETLINK_READ_MS } from "../src/uplink/monitor.ts";
 import { RouteSocket, RTMGRP_LINK } from "../src/uplink/netlink.ts";
-import { startLab, switchAfter, waitReport, type Lab } from "../test/helpers/uplink-lab.ts";
+import { FIXTURES, LAN_HTTP, lines, startLab, switchAfter, waitReport, type Lab } from "../test/helpers/uplink-lab.ts";
 
 const CUTS = Number(process.env.UPLINK_BENCH_CUTS ?? 20);
 const MWAN3 = { interval: 10_000, down: 5, timeout: 4_000 };
@@ -30,7 +45,7 @@ const pct = (xs: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
 };
 const fmt = (ms: number) => (ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
-const row = (name: string, xs: number[]) => `${name.padEnd(48)} ${fmt(pct(xs, 50)).padStart(8)} ${fmt(pct(xs, 95)).padStart(8)} ${fmt(Math.max(...xs)).padStart(8)}`;
+const row = (name: string, xs: number[]) => `${name.padEnd(58)} ${fmt(pct(xs, 50)).padStart(8)} ${fmt(pct(xs, 95)).padStart(8)} ${fmt(Math.max(...xs)).padStart(8)}`;
 
 /** mwan3's time to declare the link offline for the k-th of n cuts. */
 function mwan3Detect(k: number, n: number): number {
@@ -38,7 +53,20 @@ function mwan3Detect(k: number, n: number): number {
   return phase + (MWAN3.down - 1) * MWAN3.interval + MWAN3.timeout;
 }
 
-async function cutOnce(lab: Lab, kind: "link" | "blackhole"): Promise<{ detect: number; traffic: number }> {
+/** When our keepalive would close the dead connection for the k-th of n cuts (after the cut). */
+function keepaliveClose(k: number, n: number): number {
+  return Timing.keepaliveTimeout + ((k + 0.5) / n) * Timing.keepaliveInterval;
+}
+
+interface Poll {
+  start: number;
+  at: number;
+  ok?: boolean;
+  err?: string;
+}
+const polls: Poll[] = [];
+
+async function cutOnce(lab: Lab, kind: "link" | "blackhole"): Promise<{ detect: number; traffic: number; session: number }> {
   const r0 = await lab.status();
   const active = r0.active!;
   const i = lab.topo.uplinks.findIndex((u) => u.dev === active) + 1;
@@ -47,6 +75,8 @@ async function cutOnce(lab: Lab, kind: "link" | "blackhole"): Promise<{ detect: 
   const t0 = Date.now();
   if (kind === "link") await lab.topo.setLink(i, false);
   else await lab.topo.blackhole(i, true);
+  // Requests started before the `ip`/`iptables` process had made the cut could still succeed.
+  const inPlace = Date.now();
   try {
     const r = await waitReport(lab, (r) => r.active === otherDev, 20_000, `failover ${active} → ${otherDev}`);
     const sw = switchAfter(r, t0, otherDev)!;
@@ -54,7 +84,12 @@ async function cutOnce(lab: Lab, kind: "link" | "blackhole"): Promise<{ detect: 
     while (!lab.firstVia(other, t0) && Date.now() < end) await Bun.sleep(50);
     const first = lab.firstVia(other, t0);
     if (!first) throw new Error(`no LAN traffic through ${otherDev} after the cut`);
-    return { detect: Date.parse(sw.at) - t0, traffic: first.at - t0 };
+    const back = () => polls.find((p) => p.start >= inPlace && p.ok);
+    const end2 = Date.now() + 20_000;
+    while (!back() && Date.now() < end2) await Bun.sleep(50);
+    const ok = back();
+    if (!ok) throw new Error(`no request through the forward succeeded within 20 s of the cut; last: ${JSON.stringify(polls.at(-1))}`);
+    return { detect: Date.parse(sw.at) - t0, traffic: first.at - t0, session: ok.at - t0 };
   } finally {
     if (kind === "link") await lab.topo.setLink(i, true);
     else await lab.topo.blackhole(i, false);
@@ -74,24 +109,45 @@ function netlinkReadCost(): number {
   }
 }
 
-const lab = await startLab({ prefix: "upb" });
+const lab = await startLab({ prefix: "upb", relay: true });
+let poller: ReturnType<typeof Bun.spawn> | undefined;
 try {
   await waitReport(lab, (r) => r.active === "upbeth0" && r.uplinks.every((u) => u.health === "up"), 30_000, "all uplinks healthy");
+  const fleet = lab.fleet!;
+  // One session with a forward to the LAN's HTTP server, opened once and kept across all cuts.
+  let view: SessionView | undefined;
+  for (const until = Date.now() + 30_000; !view && Date.now() < until; await Bun.sleep(200)) {
+    view = await fleet.json<SessionView>(fleet.masterControl, ["connect", "site-1", "--forward", `127.0.0.1:0:${fleet.lanHttp}`]).catch(() => undefined);
+  }
+  if (!view) throw new Error("could not open a session to site-1 through the real relay");
+  const port = view.forwards[0]!.port;
+  const poll = Bun.spawn(["ip", "netns", "exec", lab.topo.relay, process.execPath, join(FIXTURES, "poll-forward.ts"), "127.0.0.1", String(port), LAN_HTTP.body], { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+  poller = poll;
+  void lines(poll.stdout, (l) => {
+    try {
+      polls.push(JSON.parse(l) as Poll);
+    } catch {
+      // partial line at exit
+    }
+  });
+  for (const until = Date.now() + 10_000; !polls.some((p) => p.ok) && Date.now() < until; ) await Bun.sleep(50);
+  if (!polls.some((p) => p.ok)) throw new Error(`the forward does not answer before the first cut: ${JSON.stringify(polls.at(-1))}`);
   const t = defaults().tracking;
   console.log(`defaults: interval ${t.interval} ms, timeout ${t.timeout} ms, down ${t.down}, up ${t.up}, ${t.count} connects per round; ${CUTS} cuts each`);
-  const results: Record<string, { detect: number[]; traffic: number[] }> = {};
+  const results: Record<string, { detect: number[]; traffic: number[]; session: number[] }> = {};
   for (const kind of ["link", "blackhole"] as const) {
-    const res = { detect: [] as number[], traffic: [] as number[] };
+    const res = { detect: [] as number[], traffic: [] as number[], session: [] as number[] };
     for (let k = 0; k < CUTS; k++) {
       const r = await cutOnce(lab, kind);
       res.detect.push(r.detect);
       res.traffic.push(r.traffic);
+      res.session.push(r.session);
       process.stdout.write(".");
     }
     results[kind] = res;
   }
   console.log("\n");
-  console.log(`${"".padEnd(48)} ${"median".padStart(8)} ${"p95".padStart(8)} ${"max".padStart(8)}`);
+  console.log(`${"".padEnd(58)} ${"median".padStart(8)} ${"p95".padStart(8)} ${"max".padStart(8)}`);
   for (const [kind, label] of [
     ["link", "link down"],
     ["blackhole", "black hole"],
@@ -103,8 +159,21 @@ try {
     console.log(row(`${label}: detect (mwan3 defaults, computed)`, mwDetect));
     console.log(row(`${label}: traffic on backup (agent)`, r.traffic));
     console.log(row(`${label}: traffic on backup (mwan3, computed)`, mwTraffic));
+    const lag = r.session.map((x, k) => x - r.detect[k]!); // switch → session back, measured
+    const noHook = r.detect.map((d, k) => Math.max(d, keepaliveClose(k, CUTS)) + lag[k]!);
+    const mwSession = mwDetect.map((d, k) => Math.max(d, keepaliveClose(k, CUTS)) + lag[k]!);
+    console.log(row(`${label}: relay session back (agent)`, r.session));
+    console.log(row(`${label}: session back, no redial hook (computed)`, noHook));
+    console.log(row(`${label}: session back, mwan3 + 15 s keepalive (comp.)`, mwSession));
     console.log(`${label}: mwan3 / agent, median time to traffic: ${(pct(mwTraffic, 50) / pct(r.traffic, 50)).toFixed(1)}x`);
+    console.log(
+      `${label}: median time to the relay session: no redial hook / agent ${(pct(noHook, 50) / pct(r.session, 50)).toFixed(1)}x, ` +
+        `mwan3 + keepalive / agent ${(pct(mwSession, 50) / pct(r.session, 50)).toFixed(1)}x`,
+    );
   }
+  const sessions = await fleet.json<SessionView[]>(fleet.masterControl, ["sessions"]);
+  const same = sessions.find((s) => s.session === view!.session);
+  console.log(`\nthe forward's session after ${2 * CUTS} cuts: ${same?.session} ${same?.state} on port ${same?.forwards[0]?.port} (opened once, on port ${port}); ${same?.forwards[0]?.connections} connections carried`);
   const us = netlinkReadCost();
   console.log(
     `\nnetlink socket read from a ${NETLINK_READ_MS} ms timer (non-blocking recv, nothing queued): ${us.toFixed(2)} µs per read, ` +
@@ -112,5 +181,9 @@ try {
   );
   console.log("note: on OpenWRT a carrier loss can also reach mwan3 through netifd's ifdown hotplug; the mwan3 figures are its probe path.");
 } finally {
+  if (poller) {
+    poller.kill();
+    await poller.exited;
+  }
   await lab.close();
 }

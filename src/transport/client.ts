@@ -43,6 +43,8 @@ export class RelayClient {
   private loop: Promise<void> | null = null;
   private wake: (() => void) | null = null;
   private redialNow = false;
+  /** Abandons the dial (or HELLO/WELCOME exchange) in flight; set while connectOnce runs. */
+  private abandonDial: ((why: Error) => void) | null = null;
   state: ClientState = "connecting";
   since = Date.now();
   attempt = 0;
@@ -68,12 +70,16 @@ export class RelayClient {
     this.redialNow = true;
     this.attempt = 0;
     if (this.conn && !this.conn.closed) this.conn.close(0, `redial: ${reason}`);
+    // A dial in flight may be stuck on the old path (its SYNs into a black hole) until the
+    // dial timeout: drop it so the next one takes the new path now.
+    this.abandonDial?.(new Error(`dial abandoned to redial: ${reason}`));
     this.wake?.();
   }
 
   async close(): Promise<void> {
     this.stopped = true;
     const closing = this.conn?.closeAndWait(5, `${this.o.id} is shutting down`);
+    this.abandonDial?.(new Error("stopped")); // else shutdown waits for a hanging dial's timeout
     this.wake?.();
     await closing;
     await this.loop;
@@ -145,7 +151,25 @@ export class RelayClient {
   }
 
   private async connectOnce(): Promise<Connection> {
-    const link = await this.o.dial();
+    const abandoned = new Promise<never>((_, reject) => (this.abandonDial = reject));
+    abandoned.catch(() => {}); // only ever raced
+    try {
+      return await this.dialAndGreet(abandoned);
+    } finally {
+      this.abandonDial = null;
+    }
+  }
+
+  private async dialAndGreet(abandoned: Promise<never>): Promise<Connection> {
+    const dialing = this.o.dial();
+    let link: Link;
+    try {
+      link = await Promise.race([dialing, abandoned]);
+    } catch (e) {
+      // An abandoned dial that completes later is closed at once.
+      void dialing.then((l) => l.destroy(), () => {});
+      throw e;
+    }
     if (this.stopped) {
       link.destroy();
       throw new Error("stopped");
@@ -160,7 +184,7 @@ export class RelayClient {
       maxControlIn: MAX_CONTROL_MESSAGE,
     });
     this.o.setup(conn);
-    const welcome = await new Promise<Welcome>((resolve, reject) => {
+    const greeting = new Promise<Welcome>((resolve, reject) => {
       const timer = setTimeout(() => {
         conn.close(1, "no WELCOME in time");
         reject(new Error(`the relay did not answer HELLO within ${Timing.helloDeadline / 1000} s`));
@@ -175,6 +199,14 @@ export class RelayClient {
       });
       conn.send(Msg.HELLO, { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent });
     });
+    let welcome: Welcome;
+    try {
+      welcome = await Promise.race([greeting, abandoned]);
+    } catch (e) {
+      greeting.catch(() => {});
+      conn.close(0, (e as Error).message);
+      throw e;
+    }
     this.welcome = welcome;
     conn.peer = { id: welcome.relay, role: "relay" };
     conn.startKeepalive();

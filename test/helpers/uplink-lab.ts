@@ -1,15 +1,23 @@
 // The uplink lab: the namespace topology (./netns.ts) with three uplinks (eth0 and wlan0
 // stand-ins, and a cellular one that a fake mmcli brings up), a peer-echo listener standing for
 // the relay's port, a real onsite daemon (`agent --role onsite`) in the onsite namespace and a
-// traffic watcher in the LAN namespace. Shared by test/uplink-system.test.ts and
-// bench/uplink.bench.ts.
-import { mkdirSync, writeFileSync } from "node:fs";
+// traffic watcher in the LAN namespace. Shared by test/uplink-system.test.ts,
+// test/uplink-tunnel.test.ts and bench/uplink.bench.ts.
+//
+// With `relay: true` the relay's port is served by a REAL relay (`agent --role relay`) in the
+// relay namespace, with a real master daemon beside it (bundles from the same throwaway CA),
+// and the peer echo the watcher uses moves to the next port.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { UplinkReport } from "../../src/uplink/manager.ts";
 import { agent, BUN, MAIN, ROOT, tempDir } from "./cli.ts";
 import { buildUplinkTopology, startPeerEcho, type Topology } from "./netns.ts";
 
 export const RELAY_PORT = 4443;
+/** The peer echo's port when a real relay holds RELAY_PORT. */
+export const ECHO_PORT_BESIDE_RELAY = 4444;
+/** The HTTP server in the LAN namespace of a lab with a real relay (the forward's target). */
+export const LAN_HTTP = { port: 8080, body: "hello from the LAN behind site-1" } as const;
 export const FIXTURES = join(ROOT, "test", "fixtures", "uplink");
 
 export interface WatchEvent {
@@ -33,7 +41,23 @@ export interface Lab {
   daemon(): ReturnType<typeof Bun.spawn>;
   /** Starts the daemon again (after a test killed it); its output goes to `daemonLog`.N. */
   restartDaemon(): ReturnType<typeof Bun.spawn>;
+  /** The onsite daemon's log so far (stderr). */
+  onsiteLog(): string;
+  /** Set with `relay: true`. */
+  fleet?: LabFleet;
   close(): Promise<void>;
+}
+
+/** The real relay and master of a lab started with `relay: true`. */
+export interface LabFleet {
+  relayControl: string;
+  masterControl: string;
+  relayLog(): string;
+  masterLog(): string;
+  /** The LAN HTTP server's HOST:PORT (answers LAN_HTTP.body). */
+  lanHttp: string;
+  /** `agent ARGS --json --control SOCK`, parsed; throws with stderr on a non-zero exit. */
+  json<T>(control: string, args: string[]): Promise<T>;
 }
 
 export interface LabOptions {
@@ -44,10 +68,47 @@ export interface LabOptions {
   extraConfig?: string;
   /** Extra environment of the daemon. */
   env?: Record<string, string>;
+  /** A real relay on RELAY_PORT and a real master, both in the relay namespace. */
+  relay?: boolean;
+}
+
+/** Starts `agent ARGS` inside a namespace with its stderr in `log`; stopped by the returned cleanup. */
+function spawnIn(ns: string, args: string[], log: string, env?: Record<string, string>) {
+  const proc = Bun.spawn(["ip", "netns", "exec", ns, BUN, MAIN, ...args], {
+    cwd: ROOT,
+    stdin: "ignore",
+    stdout: Bun.file(log + ".out"),
+    stderr: Bun.file(log),
+    env: { ...process.env, ...env },
+  });
+  const stop = async () => {
+    proc.kill("SIGTERM");
+    const t = setTimeout(() => proc.kill("SIGKILL"), 5000);
+    await proc.exited;
+    clearTimeout(t);
+  };
+  return { proc, stop };
+}
+
+const readOr = (path: string) => {
+  try {
+    return readFileSync(path, "utf8");
+  } catch {
+    return "";
+  }
+};
+
+async function waitSocket(path: string, proc: { exitCode: number | null }, log: string, what: string): Promise<void> {
+  const until = Date.now() + 15_000;
+  while (!existsSync(path)) {
+    if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}: ${readOr(log)}`);
+    if (Date.now() > until) throw new Error(`${what}: no control socket after 15 s: ${readOr(log)}`);
+    await Bun.sleep(50);
+  }
 }
 
 /** Pipes a process's stdout lines to `onLine` until it ends. */
-async function lines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void): Promise<void> {
+export async function lines(stream: ReadableStream<Uint8Array>, onLine: (l: string) => void): Promise<void> {
   const dec = new TextDecoder();
   let buf = "";
   for await (const chunk of stream) {
@@ -81,18 +142,65 @@ export async function startLab(o: LabOptions): Promise<Lab> {
     // eth0's gateway is learned from the main table, as a DHCP client would install it.
     await topo.ns(topo.onsite, ["ip", "route", "add", "default", "via", topo.uplinks[0]!.gateway, "dev", dev.eth, "metric", "100"]);
 
-    const echo = startPeerEcho(topo, RELAY_PORT);
+    const echoPort = o.relay ? ECHO_PORT_BESIDE_RELAY : RELAY_PORT;
+    const echo = startPeerEcho(topo, echoPort);
     cleanups.push(() => echo.stop());
     await echo.ready;
 
     // A real onsite daemon: bundle from the real PKI commands.
     const ca = join(dir, "ca");
-    for (const args of [
+    const issue = [
       ["pki", "init", "--dir", ca],
       ["pki", "issue", "--dir", ca, "--role", "onsite", "--id", "site-1", "--out", join(dir, "site.bundle")],
-    ]) {
+    ];
+    if (o.relay) {
+      issue.push(
+        ["pki", "issue", "--dir", ca, "--role", "relay", "--id", "relay-1", "--host", topo.relayAddr, "--out", join(dir, "relay.bundle")],
+        ["pki", "issue", "--dir", ca, "--role", "master", "--id", "tech-1", "--out", join(dir, "tech.bundle")],
+      );
+    }
+    for (const args of issue) {
       const r = await agent(args);
       if (r.code !== 0) throw new Error(`agent ${args.join(" ")}: ${r.stderr}`);
+    }
+    let fleet: LabFleet | undefined;
+    if (o.relay) {
+      // The relay first (the others dial it), then the master beside it in the relay namespace.
+      const relayControl = join(dir, "relay.sock");
+      const relayLog = join(dir, "relay.log");
+      const relay = spawnIn(topo.relay, ["--role", "relay", "--bundle", join(dir, "relay.bundle"), "--listen", `${topo.relayAddr}:${RELAY_PORT}`, "--control", relayControl, "--state-dir", join(dir, "relay-state"), "--log-level", "debug"], relayLog);
+      cleanups.push(relay.stop);
+      await waitSocket(relayControl, relay.proc, relayLog, "the relay");
+      const masterControl = join(dir, "master.sock");
+      const masterLog = join(dir, "master.log");
+      const master = spawnIn(topo.relay, ["--role", "master", "--bundle", join(dir, "tech.bundle"), "--relay", `${topo.relayAddr}:${RELAY_PORT}`, "--control", masterControl, "--state-dir", join(dir, "master-state"), "--log-level", "debug"], masterLog);
+      cleanups.push(master.stop);
+      await waitSocket(masterControl, master.proc, masterLog, "the master");
+      // A target for forwards: an HTTP server in the LAN namespace.
+      const http = Bun.spawn(
+        ["ip", "netns", "exec", topo.lan, BUN, "-e", `Bun.serve({ hostname: ${JSON.stringify(topo.lanAddr)}, port: ${LAN_HTTP.port}, fetch: () => new Response(${JSON.stringify(LAN_HTTP.body)}) }); console.log("ready");`],
+        { stdin: "ignore", stdout: "pipe", stderr: "inherit" },
+      );
+      cleanups.push(async () => {
+        http.kill();
+        await http.exited;
+      });
+      const reader = http.stdout.getReader();
+      const { value } = await reader.read();
+      reader.releaseLock();
+      if (!value || !new TextDecoder().decode(value).includes("ready")) throw new Error("the HTTP server in the LAN namespace did not start");
+      fleet = {
+        lanHttp: `${topo.lanAddr}:${LAN_HTTP.port}`,
+        relayControl,
+        masterControl,
+        relayLog: () => readOr(relayLog),
+        masterLog: () => readOr(masterLog),
+        async json<T>(control: string, args: string[]) {
+          const r = await agent([...args, "--json", "--control", control]);
+          if (r.code !== 0) throw new Error(`agent ${args.join(" ")}: exit ${r.code}: ${r.stderr}`);
+          return JSON.parse(r.stdout) as T;
+        },
+      };
     }
     const control = join(dir, "control.sock");
     const cfgPath = join(dir, "agent.toml");
@@ -160,7 +268,7 @@ ${o.extraConfig ?? ""}
     });
 
     const watch: WatchEvent[] = [];
-    const watcher = Bun.spawn(["ip", "netns", "exec", topo.lan, BUN, join(FIXTURES, "watch.ts"), topo.relayAddr, String(RELAY_PORT)], { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+    const watcher = Bun.spawn(["ip", "netns", "exec", topo.lan, BUN, join(FIXTURES, "watch.ts"), topo.relayAddr, String(echoPort)], { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
     cleanups.push(async () => {
       watcher.kill();
       await watcher.exited;
@@ -194,6 +302,8 @@ ${o.extraConfig ?? ""}
       },
       daemon: () => daemon,
       restartDaemon: () => (daemon = spawnDaemon()),
+      onsiteLog: () => readOr(daemonLog + ".err"),
+      fleet,
       close,
     };
     return lab;
