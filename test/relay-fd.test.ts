@@ -76,3 +76,23 @@ test("out of descriptors: the relay survives, serves the connected devices, and 
   const list = await fleet.json<{ id: string; online: boolean }[]>(relay, ["devices"]);
   expect(list.filter((d) => d.online).map((d) => d.id).sort()).toEqual(["site-fd", "site-late"]);
 }, 60_000);
+
+test("a bare TCP connect-and-close (an uplink probe) is counted, not logged as a refusal; garbage still is", async () => {
+  const relay = await fleet.startRelay("relay-probe");
+  const connectClose = (payload?: string) =>
+    new Promise<void>((resolve) => {
+      const s = net.connect({ host: "127.0.0.1", port: fleet.relayPort }, () => {
+        if (payload) s.end(payload);
+        else s.destroy();
+      });
+      s.on("error", () => resolve());
+      s.on("close", () => resolve());
+    });
+  for (let i = 0; i < 5; i++) await connectClose();
+  await waitUntil(async () => ((await fleet.status(relay)).relay as { abandoned_handshakes: number }).abandoned_handshakes === 5, 5000, "5 abandoned handshakes counted");
+  expect(relay.log()).not.toContain("refused");
+  await connectClose("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  await waitUntil(() => relay.log().includes("refused"), 5000, "garbage to be refused and logged");
+  expect(relay.log()).toMatch(/refused \(no certificate\) from 127\.0\.0\.1: TLS handshake failed/);
+  await fleet.stop(relay);
+});

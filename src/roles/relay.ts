@@ -29,6 +29,8 @@ export class RelayRole implements Component {
   private unauthTotal = 0;
   private readonly auditFile: string;
   private fdLimit: number | null = null;
+  /** Connections closed by their peer before TLS completed (probes, dropped links). */
+  private abandoned = 0;
 
   constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control: ControlServer) {
     this.auditFile = join(cfg.state_dir, "refusals.log");
@@ -60,6 +62,7 @@ export class RelayRole implements Component {
         trust: () => ({ revocations: this.revocations, roles: ["onsite", "master"] }),
         accept: ({ link, verdict }) => this.server.accept(link, verdict),
         refuse: (r) => this.server.refusedAtTls(r.address, r.presented, r.reason),
+        abandoned: () => void this.abandoned++,
         admit: (source) => this.admit(source),
         release: (source) => this.release(source),
       }) as TCPSocketListener<unknown>;
@@ -130,6 +133,7 @@ export class RelayRole implements Component {
       port: this.listener?.port ?? null,
       unauthenticated: this.unauthTotal,
       open_files_limit: this.fdLimit,
+      abandoned_handshakes: this.abandoned,
       refusals: this.server.refusals.length,
       revoked: this.revocations.entries.length,
       ...this.server.stats(),

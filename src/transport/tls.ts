@@ -134,6 +134,11 @@ export class SocketLink implements Link {
   }
 }
 
+/** The error Bun reports when the client closed the connection in the middle of the handshake. */
+export function isPeerGone(err: Error | null | undefined): boolean {
+  return /ECONNRESET|disconnected before secure TLS connection/i.test(err?.message ?? "") || (err as { code?: string } | null)?.code === "ECONNRESET";
+}
+
 // ---- listener (relay) -----------------------------------------------------------------------
 
 export interface AcceptedPeer {
@@ -150,6 +155,8 @@ export interface ListenOptions {
   accept(peer: AcceptedPeer): void;
   /** A peer was refused (bad certificate, deadline, cap): for the refusal log. */
   refuse(info: { address: string; reason: string; presented: string | null }): void;
+  /** A peer closed before the handshake completed without presenting anything. */
+  abandoned?(source: string): void;
   /** Connections admitted before authentication; false refuses the connection at once. */
   admit(source: string): boolean;
   release(source: string): void;
@@ -194,6 +201,14 @@ export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
         socket.data.onHandshake?.(success, authorizationError);
         socket.data.onHandshake = undefined;
         const cert = socket.getPeerCertificate() as { raw?: Uint8Array } | undefined;
+        if (!success && !cert?.raw && isPeerGone(authorizationError)) {
+          // The peer left before TLS was done and presented nothing: a TCP health check (the
+          // uplink manager's probes connect to this port every second) or a dropped link.
+          // Nothing was refused, so it is counted, not written to the refusal log.
+          opts.abandoned?.(socket.data.source);
+          socket.terminate();
+          return;
+        }
         const verdict = verifyPeer(
           { handshakeOk: success, authorized: socket.authorized, authorizationError: describeTlsError(authorizationError), peerDer: cert?.raw ?? null, protocol: socket.getTLSVersion() },
           opts.trust(),
