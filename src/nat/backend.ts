@@ -3,36 +3,17 @@
 // one transaction, so a plan lands all-or-nothing and a rule the state does not know
 // cannot survive an apply. Commands run through an injected `exec(argv)`: argument arrays,
 // never a shell string.
+import { realExec, type Exec, type ExecResult } from "../exec.ts";
 import type { InstalledRule } from "./plan.ts";
 import { parseTag, ruleTag, type Rule } from "./rule.ts";
 
-export interface ExecResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+export type { Exec, ExecResult } from "../exec.ts";
 
-export type Exec = (argv: readonly string[], opts?: { stdin?: string }) => Promise<ExecResult>;
+/** A hung firewall tool must not freeze the daemon; iptables' own lock wait (-w) is shorter. */
+export const FIREWALL_TIMEOUT_MS = 20_000;
 
-/** A hung firewall tool must not freeze the daemon; iptables' own lock wait is shorter. */
-export const EXEC_TIMEOUT_MS = 20_000;
-
-/** Runs a program with an argument array (no shell) and collects its output. */
-export const spawnExec: Exec = async (argv, opts = {}) => {
-  let p;
-  try {
-    p = Bun.spawn([...argv], {
-      stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
-      stdout: "pipe",
-      stderr: "pipe",
-      timeout: EXEC_TIMEOUT_MS,
-    });
-  } catch (e) {
-    return { code: 127, stdout: "", stderr: `cannot run ${argv[0]}: ${(e as Error).message}` };
-  }
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { code, stdout, stderr };
-};
+/** The shared runner (src/exec.ts) with the firewall's longer timeout. */
+export const spawnExec: Exec = (argv, opts = {}) => realExec(argv, { timeoutMs: FIREWALL_TIMEOUT_MS, ...opts });
 
 export type BackendName = "iptables" | "nft" | "fake";
 
