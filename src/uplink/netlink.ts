@@ -39,7 +39,6 @@ const RECV_BUF = 64 * 1024;
 /** Dump replies come in as we read; a dump that is not done after this many reads is broken. */
 const DUMP_MAX_READS = 10_000;
 
-export { libcPath };
 
 let libc: ReturnType<typeof openLibc> | undefined;
 function openLibc() {

@@ -4,7 +4,7 @@
 // non-blocking, read from a short timer, never blocking the event loop.
 import { dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
 import { unlinkSync } from "node:fs";
-import { libcPath } from "./netlink.ts";
+import { libcPath } from "../libc.ts";
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
