@@ -12,7 +12,7 @@
 // closed, so a silent client never holds a connection.
 import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
-import type { UnixSocketListener } from "bun";
+import type { Socket, UnixSocketListener } from "bun";
 import { RuntimeError, UsageError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 
@@ -35,6 +35,29 @@ interface ConnState {
   chain: Promise<void>;
   nul?: boolean;
   timer?: Timer;
+  /** Answer bytes the kernel has not taken yet (a device list of thousands is ~200 KB). */
+  out?: Uint8Array;
+  endAfterOut?: boolean;
+}
+
+/** Writes all of `text`: what the socket does not take now goes out on drain. */
+function send(s: Socket<ConnState>, text: string, end = false): void {
+  const bytes = new TextEncoder().encode(text);
+  const pending = s.data.out ? concatBytes(s.data.out, bytes) : bytes;
+  s.data.out = undefined;
+  const n = s.write(pending);
+  if (n >= 0 && n < pending.length) s.data.out = pending.subarray(n);
+  if (end) {
+    if (s.data.out) s.data.endAfterOut = true;
+    else s.end();
+  }
+}
+
+function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
 }
 
 export class ControlServer {
@@ -138,8 +161,7 @@ export class ControlServer {
           clearTimeout(s.data.timer);
           s.data.timer = undefined;
           if (s.data.buf.length > MAX_REQUEST) {
-            s.write(JSON.stringify({ ok: false, code: "usage", error: `request larger than ${MAX_REQUEST} bytes` }) + (s.data.nul ? "\0" : "\n"));
-            s.end();
+            send(s, JSON.stringify({ ok: false, code: "usage", error: `request larger than ${MAX_REQUEST} bytes` }) + (s.data.nul ? "\0" : "\n"), true);
             return;
           }
           const nul = s.data.buf.indexOf("\0");
@@ -153,8 +175,7 @@ export class ControlServer {
             s.data.chain = s.data.chain.then(async () => {
               const answer = await handler(text).catch((e: Error) => JSON.stringify({ error: e.message }) + "\0");
               // The client may have gone: writing to a closed socket is a no-op.
-              s.write(answer);
-              s.end();
+              send(s, answer, true);
             });
             return;
           }
@@ -166,17 +187,23 @@ export class ControlServer {
             if (line.trim() === "") continue;
             s.data.chain = s.data.chain.then(async () => {
               const res = await self.dispatch(line);
-              // Answers are small; Bun buffers whatever the kernel does not take at once.
-              s.write(JSON.stringify(res) + "\n");
+              send(s, JSON.stringify(res) + "\n");
             });
           }
           if (s.data.buf.length > 0) {
             s.data.timer = setTimeout(() => {
               const err = `request not terminated within ${NUL_TIMEOUT_MS / 1000}s`;
-              s.write(s.data.nul === false || !self.nulHandler ? JSON.stringify({ ok: false, code: "usage", error: err }) + "\n" : JSON.stringify({ error: err }) + "\0");
-              s.end();
+              send(s, s.data.nul === false || !self.nulHandler ? JSON.stringify({ ok: false, code: "usage", error: err }) + "\n" : JSON.stringify({ error: err }) + "\0", true);
             }, NUL_TIMEOUT_MS);
           }
+        },
+        drain(s) {
+          const out = s.data.out;
+          if (!out) return;
+          s.data.out = undefined;
+          const n = s.write(out);
+          if (n >= 0 && n < out.length) s.data.out = out.subarray(n);
+          else if (s.data.endAfterOut) s.end();
         },
         close(s) {
           clearTimeout(s.data?.timer);

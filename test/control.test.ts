@@ -32,6 +32,11 @@ describe("control socket", () => {
     expect(existsSync(server.path)).toBe(false);
     server.close(); // idempotent
   });
+  test("an answer bigger than the socket takes at once arrives whole (a device list of thousands)", async () => {
+    server.handle("big", () => "x".repeat(3 * 1024 * 1024));
+    const got = (await controlRequest(server.path, "big")) as string;
+    expect(got.length).toBe(3 * 1024 * 1024);
+  });
   test("handler errors keep their kind", async () => {
     await expect(controlRequest(server.path, "boom")).rejects.toBeInstanceOf(UsageError);
     await expect(controlRequest(server.path, "nope")).rejects.toThrow('unknown command "nope"');
