@@ -149,15 +149,20 @@ function spawnLoad(module: string, ctx: IdleContext, batch: number) {
   const child: Child = spawnChild("idle load", nofileArgv(argv, CHILD_NOFILE), { stdin: true });
   return {
     async request(line: string, timeoutMs: number): Promise<LoadReply> {
-      const before = child.output().length;
-      child.write(`${line}\n`);
-      const until = Date.now() + timeoutMs;
-      for (;;) {
-        const m = /^REPLY (.*)$/m.exec(child.output().slice(Math.max(0, before - 1)));
-        if (m) return JSON.parse(m[1]!) as LoadReply;
-        if (!child.running) throw child.failure(`idle load process exited during "${line}"`);
-        if (Date.now() > until) throw child.failure(`idle load process did not finish "${line}" within ${timeoutMs} ms`);
-        await Bun.sleep(50);
+      let seen = "";
+      const off = child.onOutput((t) => void (seen += t));
+      try {
+        child.write(`${line}\n`);
+        const until = Date.now() + timeoutMs;
+        for (;;) {
+          const m = /^REPLY (.*)$/m.exec(seen);
+          if (m) return JSON.parse(m[1]!) as LoadReply;
+          if (!child.running) throw child.failure(`idle load process exited during "${line}"`);
+          if (Date.now() > until) throw child.failure(`idle load process did not finish "${line}" within ${timeoutMs} ms`);
+          await Bun.sleep(50);
+        }
+      } finally {
+        off();
       }
     },
     async close(): Promise<void> {

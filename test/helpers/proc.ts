@@ -202,6 +202,7 @@ export class Child implements AsyncDisposable {
   readonly exited: Promise<number>;
   private out = "";
   private stopped = false;
+  private listeners = new Set<(text: string) => void>();
 
   constructor(
     readonly name: string,
@@ -219,12 +220,20 @@ export class Child implements AsyncDisposable {
     const dec = new TextDecoder();
     try {
       for await (const chunk of stream) {
-        this.out += dec.decode(chunk, { stream: true });
+        const text = dec.decode(chunk, { stream: true });
+        this.out += text;
+        for (const l of this.listeners) l(text);
         if (this.out.length > 2 * KEEP_OUTPUT_CHARS) this.out = this.out.slice(-KEEP_OUTPUT_CHARS);
       }
     } catch {
       // the pipe closed under us: the child is gone
     }
+  }
+
+  /** Calls `fn` with each piece of output from now on (stdout and stderr); returns the unsubscribe. */
+  onOutput(fn: (text: string) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
   }
 
   /** Writes to the child's stdin (spawned with { stdin: true }). */
