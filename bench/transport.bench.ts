@@ -39,7 +39,7 @@
 // Goals from issue 3: throughput >= (c) and >= 2x (b); p99 latency <= (c); idle relay
 // memory <= 32 KiB per device.
 import { existsSync } from "node:fs";
-import { startIperfServer, type IperfServer } from "../test/helpers/iperf.ts";
+import { startIperfServer } from "../test/helpers/iperf.ts";
 import { programsPresent } from "../test/helpers/proc.ts";
 import { IDLE_CONNECTOR_MODULE, idleReport, measureIdleCapacity } from "./lib/idle.ts";
 import { measurePaths, report, type PathFigures } from "./lib/measure.ts";
@@ -77,10 +77,23 @@ for (const w of wanted) {
 
 // One iperf3 server per path: iperf3 -s serves one test at a time, and a path that hangs a
 // test must not leave the server busy for the paths measured after it.
-const iperfs: IperfServer[] = [];
-const echo = startEchoServer();
-const rows: PathFigures[] = [];
 const started: Path[] = [];
+// Everything started, stopped last-first at the end or on Ctrl-C / SIGTERM (no orphans).
+const cleanups: (() => Promise<void>)[] = [];
+let cleaning: Promise<void> | undefined;
+const cleanup = () =>
+  (cleaning ??= (async () => {
+    for (const c of cleanups.reverse()) await c().catch((e: Error) => console.error(`cleanup: ${e.message}`));
+  })());
+for (const sig of ["SIGINT", "SIGTERM"] as const) {
+  process.on(sig, () => {
+    console.error(`${sig}: stopping everything the benchmark started`);
+    void cleanup().then(() => process.exit(130));
+  });
+}
+const echo = startEchoServer();
+cleanups.push(() => echo.stop());
+const rows: PathFigures[] = [];
 let failed = false;
 try {
   console.log(`iperf3 ${seconds} s per run, ${repeat} run(s) per path interleaved, ${rounds} ping-pong rounds per path`);
@@ -89,10 +102,11 @@ try {
   for (const w of wanted) {
     try {
       const iperf = await startIperfServer();
-      iperfs.push(iperf);
+      cleanups.push(() => iperf.stop());
       const path = await starters[w]!([iperf.port, echo.port]);
       path.name = names[w]!; // the report finds rows and peers by these names
       started.push(path);
+      cleanups.push(() => path.stop());
     } catch (e) {
       const reason = oneLine(e);
       console.log(`${names[w]}: not available: ${reason}`);
@@ -122,6 +136,7 @@ try {
         throw new Error(`${IDLE_CONNECTOR_MODULE} is missing: it must export \`connector: IdleConnector\` speaking the real protocol (see bench/lib/idle.ts)`);
       }
       const fleet = await startFleet();
+      cleanups.push(() => fleet.stop());
       try {
         const res = await measureIdleCapacity({
           relayPid: fleet.relay.pid,
@@ -143,9 +158,7 @@ try {
   console.error(`transport benchmark failed: ${e instanceof Error ? e.message : e}`);
   failed = true;
 } finally {
-  for (const p of started.reverse()) await p.stop();
-  await echo.stop();
-  for (const i of iperfs) await i.stop();
+  await cleanup();
 }
 process.exit(failed ? 1 : 0);
 
