@@ -102,7 +102,7 @@ export async function startSshd(opts: { extraConfig?: string[] } = {}): Promise<
       if (check.code !== 0) throw new Error(`sshd rejects its config ${config}: ${check.stderr.trim()}`);
       const c = spawnChild("sshd", [SSHD, "-D", "-e", "-f", config]);
       try {
-        await waitForListen(port, START_MS, c);
+        await waitForListen(port, START_MS, c, { owned: true });
         child = c;
       } catch (e) {
         lastError = e;
