@@ -43,7 +43,7 @@ import { startIperfServer } from "../test/helpers/iperf.ts";
 import { programsPresent } from "../test/helpers/proc.ts";
 import { IDLE_CONNECTOR_MODULE, idleReport, measureIdleCapacity } from "./lib/idle.ts";
 import { measurePaths, report, type PathFigures } from "./lib/measure.ts";
-import { startFleet, startOursPath } from "./lib/ours.ts";
+import { agentCli, startFleet, startOursPath } from "./lib/ours.ts";
 import type { Path } from "./lib/path.ts";
 import { DEFAULT_SOCAT_BUFFER, startSshPath, startStunnelPath } from "./lib/peers.ts";
 import { startEchoServer } from "./lib/pingpong.ts";
@@ -145,6 +145,11 @@ try {
           connectorModule: IDLE_CONNECTOR_MODULE,
           context: { relay: `127.0.0.1:${fleet.relayPort}`, workDir: fleet.dir, pkiDir: `${fleet.dir}/pki` },
           counts,
+          // The relay's own inventory: the connections really are authenticated devices.
+          listed: async () => {
+            const list = JSON.parse(await agentCli("devices", ["devices", "--json", "--control", fleet.sockets.relay])) as { online?: boolean }[];
+            return list.filter((d) => d.online).length;
+          },
         });
         console.log(idleReport(res));
       } finally {

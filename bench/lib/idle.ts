@@ -59,6 +59,8 @@ export interface IdleLevel {
   relaySockets: number;
   /** Relay CPU while idle at this level, percent of one core. */
   idleCpuPercent: number;
+  /** Devices the relay itself lists as online (IdleOptions.listed), if asked. */
+  listed?: number;
 }
 
 export interface IdleResult {
@@ -89,6 +91,8 @@ export interface IdleOptions {
   batch?: number;
   idleMs?: number;
   settleMs?: number;
+  /** How many devices the relay reports online (e.g. via `agent devices --json`): proves they authenticated. */
+  listed?: () => Promise<number>;
 }
 
 /** Opens the levels in turn from a separate load process and samples the relay at each. */
@@ -111,9 +115,9 @@ export async function measureIdleCapacity(o: IdleOptions): Promise<IdleResult> {
       const cpu0 = cpuSeconds(o.relayPid);
       await Bun.sleep(idleMs);
       const cpu1 = cpuSeconds(o.relayPid);
-      levels.push(
-        levelFigures({ count, opened: r.opened, failed: r.failed, firstError: r.error, baselineRssKiB, rssKiB: rssKiB(o.relayPid), sockets: socketCount(o.relayPid), cpu0, cpu1, idleMs }),
-      );
+      const level = levelFigures({ count, opened: r.opened, failed: r.failed, firstError: r.error, baselineRssKiB, rssKiB: rssKiB(o.relayPid), sockets: socketCount(o.relayPid), cpu0, cpu1, idleMs });
+      if (o.listed) level.listed = await o.listed();
+      levels.push(level);
     }
     return { baselineRssKiB, baselineSockets, levels };
   } finally {
@@ -129,10 +133,11 @@ export function idleReport(r: IdleResult): string {
     (l.relayRssKiB / 1024).toFixed(1),
     l.rssPerConnectionKiB.toFixed(1),
     l.idleCpuPercent.toFixed(2),
+    l.listed === undefined ? "-" : String(l.listed),
   ]);
   return (
     `idle capacity (relay baseline ${(r.baselineRssKiB / 1024).toFixed(1)} MiB, goal <= 32 KiB per device)\n` +
-    formatTable(["devices", "opened", "relay sockets +", "relay RSS MiB", "KiB/device", "idle CPU %"], rows)
+    formatTable(["devices", "opened", "relay sockets +", "relay RSS MiB", "KiB/device", "idle CPU %", "relay lists online"], rows)
   );
 }
 
