@@ -49,6 +49,8 @@ import { DEFAULT_SOCAT_BUFFER, startSshPath, startStunnelPath } from "./lib/peer
 import { startEchoServer } from "./lib/pingpong.ts";
 
 const MAX_SECONDS = 10;
+/** Bounds the idle load: the fd limit here is 20,000 and the relay holds one fd per device. */
+const MAX_IDLE_COUNT = 15_000;
 const env = process.env;
 const seconds = Math.min(MAX_SECONDS, Math.max(1, Number(env.BENCH_SECONDS ?? 5) || 5));
 const rounds = Math.max(100, Number(env.BENCH_ROUNDS ?? 2000) || 2000);
@@ -56,6 +58,11 @@ const repeat = Math.min(10, Math.max(1, Number(env.BENCH_REPEAT ?? 2) || 2));
 // socat's own default is 8 KiB; with 64 KiB the same chain moved 1.2-1.4x the bytes for
 // 0.8x the relay CPU per GB in an interleaved A/B here: the stronger peer is the fair one.
 const socatBuffer = Number(env.BENCH_SOCAT_BUFFER ?? DEFAULT_SOCAT_BUFFER) || DEFAULT_SOCAT_BUFFER;
+const idleCounts = (env.BENCH_IDLE_COUNTS ?? "1000,5000").split(",").map(Number);
+if (idleCounts.some((n) => !Number.isInteger(n) || n < 1 || n > MAX_IDLE_COUNT)) {
+  console.error(`BENCH_IDLE_COUNTS: want comma-separated counts from 1 to ${MAX_IDLE_COUNT}, got ${JSON.stringify(env.BENCH_IDLE_COUNTS)}`);
+  process.exit(2);
+}
 const wanted = (env.BENCH_PATHS ?? "direct,ssh,stunnel,ours").split(",").map((s) => s.trim());
 
 if (!programsPresent("transport.bench.ts", ["iperf3", "/usr/sbin/sshd", "ssh", "ssh-keygen", "stunnel", "socat", "openssl"])) process.exit(1);
@@ -77,8 +84,6 @@ for (const w of wanted) {
   }
 }
 
-// One iperf3 server per path: iperf3 -s serves one test at a time, and a path that hangs a
-// test must not leave the server busy for the paths measured after it.
 const started: Path[] = [];
 // Everything started, stopped last-first at the end or on Ctrl-C / SIGTERM (no orphans).
 const cleanups: (() => Promise<void>)[] = [];
@@ -103,6 +108,8 @@ try {
   const unavailable = new Map<string, string>();
   for (const w of wanted) {
     try {
+      // One iperf3 server per path: iperf3 -s serves one test at a time, and a path that
+      // hangs a test must not leave the server busy for the paths measured after it.
       const iperf = await startIperfServer();
       cleanups.push(() => iperf.stop());
       const path = await starters[w]!([iperf.port, echo.port]);
@@ -130,9 +137,10 @@ try {
   }
   const peers = rows.filter((r) => r.name === names.ssh || r.name === names.stunnel);
   console.log("\n" + report(rows, peers));
+  // Idle paths would only add noise to what follows.
+  for (const p of started) await p.stop();
 
   if (env.BENCH_IDLE === "1") {
-    const counts = (env.BENCH_IDLE_COUNTS ?? "1000,5000").split(",").map(Number);
     try {
       if (!existsSync(IDLE_CONNECTOR_MODULE)) {
         throw new Error(`${IDLE_CONNECTOR_MODULE} is missing: it must export \`connector: IdleConnector\` speaking the real protocol (see bench/lib/idle.ts)`);
@@ -144,7 +152,7 @@ try {
           relayPid: fleet.relay.pid,
           connectorModule: IDLE_CONNECTOR_MODULE,
           context: { relay: `127.0.0.1:${fleet.relayPort}`, workDir: fleet.dir, pkiDir: `${fleet.dir}/pki` },
-          counts,
+          counts: idleCounts,
           // The relay's own inventory: the connections really are authenticated devices.
           listed: async () => {
             const list = JSON.parse(await agentCli("devices", ["devices", "--json", "--control", fleet.sockets.relay])) as { online?: boolean }[];
