@@ -35,10 +35,13 @@
 //   BENCH_SOCAT_BUFFER=65536  socat -b (socat's own default is 8192, a weaker peer)
 //   BENCH_IDLE=1            also run the idle-capacity measurement (bench/lib/idle.ts)
 //   BENCH_IDLE_COUNTS=1000,5000
+//   BENCH_IDLE_CONNECTOR=FILE  the connector module (default bench/lib/idle-connector.ts;
+//                              with BENCH_AGENT_MAIN, that checkout's)
 //
 // Goals from issue 3: throughput >= (c) and >= 2x (b); p99 latency <= (c); idle relay
 // memory <= 32 KiB per device.
 import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { startIperfServer } from "../test/helpers/iperf.ts";
 import { programsPresent } from "../test/helpers/proc.ts";
 import { IDLE_CONNECTOR_MODULE, idleReport, measureIdleCapacity } from "./lib/idle.ts";
@@ -63,6 +66,8 @@ if (idleCounts.some((n) => !Number.isInteger(n) || n < 1 || n > MAX_IDLE_COUNT))
   console.error(`BENCH_IDLE_COUNTS: want comma-separated counts from 1 to ${MAX_IDLE_COUNT}, got ${JSON.stringify(env.BENCH_IDLE_COUNTS)}`);
   process.exit(2);
 }
+// The connector speaks the protocol of the agent under test: take it from the same checkout.
+const idleConnector = env.BENCH_IDLE_CONNECTOR || (env.BENCH_AGENT_MAIN ? join(dirname(env.BENCH_AGENT_MAIN), "..", "bench", "lib", "idle-connector.ts") : IDLE_CONNECTOR_MODULE);
 const wanted = (env.BENCH_PATHS ?? "direct,ssh,stunnel,ours").split(",").map((s) => s.trim());
 
 if (!programsPresent("transport.bench.ts", ["iperf3", "/usr/sbin/sshd", "ssh", "ssh-keygen", "stunnel", "socat", "openssl"])) process.exit(1);
@@ -142,15 +147,15 @@ try {
 
   if (env.BENCH_IDLE === "1") {
     try {
-      if (!existsSync(IDLE_CONNECTOR_MODULE)) {
-        throw new Error(`${IDLE_CONNECTOR_MODULE} is missing: it must export \`connector: IdleConnector\` speaking the real protocol (see bench/lib/idle.ts)`);
+      if (!existsSync(idleConnector)) {
+        throw new Error(`${idleConnector} is missing: it must export \`connector: IdleConnector\` speaking the real protocol (see bench/lib/idle.ts)`);
       }
       const fleet = await startFleet();
       cleanups.push(() => fleet.stop());
       try {
         const res = await measureIdleCapacity({
           relayPid: fleet.relay.pid,
-          connectorModule: IDLE_CONNECTOR_MODULE,
+          connectorModule: idleConnector,
           context: { relay: `127.0.0.1:${fleet.relayPort}`, workDir: fleet.dir, pkiDir: `${fleet.dir}/pki` },
           counts: idleCounts,
           // The relay's own inventory: the connections really are authenticated devices.
