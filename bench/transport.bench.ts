@@ -158,6 +158,7 @@ try {
           connectorModule: idleConnector,
           context: { relay: `127.0.0.1:${fleet.relayPort}`, workDir: fleet.dir, pkiDir: `${fleet.dir}/pki` },
           counts: idleCounts,
+          log: (l) => console.log(l),
           // The relay's own inventory: the connections really are authenticated devices.
           listed: async () => {
             const list = JSON.parse(await agentCli("devices", ["devices", "--json", "--control", fleet.sockets.relay])) as { online?: boolean }[];

@@ -73,6 +73,8 @@ export interface IdleLevel {
   idleCpuPercent: number;
   /** Devices the relay itself lists as online (IdleOptions.listed), if asked. */
   listed?: number;
+  /** Why asking the relay for its list failed (the other figures still stand). */
+  listedError?: string;
 }
 
 export interface IdleResult {
@@ -105,6 +107,8 @@ export interface IdleOptions {
   settleMs?: number;
   /** How many devices the relay reports online (e.g. via `agent devices --json`): proves they authenticated. */
   listed?: () => Promise<number>;
+  /** Progress lines (preparation and each level take minutes at 5,000). */
+  log?: (line: string) => void;
 }
 
 /** Opens the levels in turn from a separate load process and samples the relay at each. */
@@ -117,20 +121,32 @@ export async function measureIdleCapacity(o: IdleOptions): Promise<IdleResult> {
   const idleMs = o.idleMs ?? DEFAULT_IDLE_MS;
   const load = spawnLoad(o.connectorModule, o.context, o.batch ?? DEFAULT_BATCH);
   try {
+    const log = o.log ?? (() => {});
+    let t = performance.now();
+    const took = () => `${((performance.now() - t) / 1000).toFixed(1)} s`;
     const prep = await load.request(`prepare ${Math.max(...counts)}`, PREPARE_TIMEOUT_MS);
     if (prep.error) throw new Error(`idle connector prepare failed: ${prep.error}`);
+    log(`idle: connector prepared ${Math.max(...counts)} devices in ${took()}`);
     await Bun.sleep(settleMs);
     const baselineRssKiB = rssKiB(o.relayPid);
     const baselineSockets = socketCount(o.relayPid);
     const levels: IdleLevel[] = [];
     for (const count of counts) {
+      t = performance.now();
       const r = await load.request(`open ${count}`, LEVEL_TIMEOUT_MS);
+      log(`idle: ${r.opened} open (${r.failed} failed) after ${took()}`);
       await Bun.sleep(settleMs);
       const cpu0 = cpuSeconds(o.relayPid);
       await Bun.sleep(idleMs);
       const cpu1 = cpuSeconds(o.relayPid);
       const level = levelFigures({ count, opened: r.opened, failed: r.failed, firstError: r.error, baselineRssKiB, rssKiB: rssKiB(o.relayPid), sockets: socketCount(o.relayPid), cpu0, cpu1, idleMs });
-      if (o.listed) level.listed = await o.listed();
+      if (o.listed) {
+        try {
+          level.listed = await o.listed();
+        } catch (e) {
+          level.listedError = (e as Error).message.split("\n")[0];
+        }
+      }
       levels.push(level);
     }
     return { baselineRssKiB, baselineSockets, levels };
@@ -147,7 +163,7 @@ export function idleReport(r: IdleResult): string {
     (l.relayRssKiB / 1024).toFixed(1),
     l.rssPerConnectionKiB.toFixed(1),
     l.idleCpuPercent.toFixed(2),
-    l.listed === undefined ? "-" : String(l.listed),
+    l.listed !== undefined ? String(l.listed) : l.listedError ? `error: ${l.listedError}` : "-",
   ]);
   return (
     `idle capacity (relay baseline ${(r.baselineRssKiB / 1024).toFixed(1)} MiB, goal <= 32 KiB per device)\n` +
