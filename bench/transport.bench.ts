@@ -5,7 +5,7 @@
 // Needs: iperf3 openssh-server stunnel4 socat openssl (scripts/deps.sh); root for sshd
 //        (it runs as root with its own config, keys and port in a temp dir).
 //
-// Paths, each carrying an iperf3 server and a 64-byte echo server as targets:
+// Paths, each leading to its own iperf3 server and to a shared 64-byte echo server:
 //   direct   the client straight to the target: the ceiling.
 //   (b)      seed 003's design: onsite `ssh -N -R` into an sshd (the relay) and the
 //            master's `ssh -N -L` to it; both legs encrypted (OpenSSH defaults).
@@ -15,38 +15,59 @@
 //   ours     `agent pki init/issue`, `agent --role relay|onsite|master` as real processes,
 //            `agent connect site-1 --forward 127.0.0.1:LPORT:127.0.0.1:TARGET`.
 //            Until the CLI has all of that, this row says "not available: <reason>".
+//            BENCH_AGENT_MAIN=/path/to/src/main.ts measures another checkout's agent.
+// A path that fails while measured is reported "not available: <step> failed: ..." and left
+// out of later runs; the benchmark exits 1 if a peer (not ours) could not be measured.
 //
-// Figures per path: iperf3 throughput with 1 and 4 streams (-N: TCP_NODELAY), ping-pong
-// latency (median/p99/max over sequential round trips on one TCP_NODELAY connection), the
+// All paths are set up first, then measured taking turns (A B C D, A B C D, ...), so load
+// from other work on the machine falls on every path alike. Figures per path: iperf3
+// throughput with 1 and 4 streams (-N: TCP_NODELAY), ping-pong latency (median/p99/max over
+// sequential 64-byte round trips on one TCP_NODELAY connection), the
 // relay's CPU seconds per GB carried and peak RSS during iperf3 (for (b) the sshd processes,
 // for (c) socat + the two middle stunnels, for ours the relay process), and the same for the
 // whole path (every process the path started). Then each figure as a ratio to (b) and (c).
 //
 // Environment:
 //   BENCH_SECONDS=5         iperf3 duration per run (max 10)
-//   BENCH_ROUNDS=2000       ping-pong round trips
+//   BENCH_ROUNDS=2000       ping-pong round trips per path (split over the repeats)
+//   BENCH_REPEAT=2          runs per path; paths take turns, figures are medians
 //   BENCH_PATHS=direct,ssh,stunnel,ours   which paths, in this order
-//   BENCH_SOCAT_BUFFER=N    socat -b (default: socat's 8192)
+//   BENCH_SOCAT_BUFFER=65536  socat -b (socat's own default is 8192, a weaker peer)
 //   BENCH_IDLE=1            also run the idle-capacity measurement (bench/lib/idle.ts)
 //   BENCH_IDLE_COUNTS=1000,5000
+//   BENCH_IDLE_CONNECTOR=FILE  the connector module (default bench/lib/idle-connector.ts;
+//                              with BENCH_AGENT_MAIN, that checkout's)
 //
 // Goals from issue 3: throughput >= (c) and >= 2x (b); p99 latency <= (c); idle relay
 // memory <= 32 KiB per device.
 import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { startIperfServer } from "../test/helpers/iperf.ts";
 import { programsPresent } from "../test/helpers/proc.ts";
 import { IDLE_CONNECTOR_MODULE, idleReport, measureIdleCapacity } from "./lib/idle.ts";
-import { measurePath, report, type PathFigures } from "./lib/measure.ts";
-import { startFleet, startOursPath } from "./lib/ours.ts";
+import { measurePaths, report, type PathFigures } from "./lib/measure.ts";
+import { agentCli, startFleet, startOursPath } from "./lib/ours.ts";
 import type { Path } from "./lib/path.ts";
-import { startSshPath, startStunnelPath } from "./lib/peers.ts";
+import { DEFAULT_SOCAT_BUFFER, startSshPath, startStunnelPath } from "./lib/peers.ts";
 import { startEchoServer } from "./lib/pingpong.ts";
 
 const MAX_SECONDS = 10;
+/** Bounds the idle load: the fd limit here is 20,000 and the relay holds one fd per device. */
+const MAX_IDLE_COUNT = 15_000;
 const env = process.env;
 const seconds = Math.min(MAX_SECONDS, Math.max(1, Number(env.BENCH_SECONDS ?? 5) || 5));
 const rounds = Math.max(100, Number(env.BENCH_ROUNDS ?? 2000) || 2000);
-const socatBuffer = env.BENCH_SOCAT_BUFFER ? Number(env.BENCH_SOCAT_BUFFER) : undefined;
+const repeat = Math.min(10, Math.max(1, Number(env.BENCH_REPEAT ?? 2) || 2));
+// socat's own default is 8 KiB; with 64 KiB the same chain moved 1.2-1.4x the bytes for
+// 0.8x the relay CPU per GB in an interleaved A/B here: the stronger peer is the fair one.
+const socatBuffer = Number(env.BENCH_SOCAT_BUFFER ?? DEFAULT_SOCAT_BUFFER) || DEFAULT_SOCAT_BUFFER;
+const idleCounts = (env.BENCH_IDLE_COUNTS ?? "1000,5000").split(",").map(Number);
+if (idleCounts.some((n) => !Number.isInteger(n) || n < 1 || n > MAX_IDLE_COUNT)) {
+  console.error(`BENCH_IDLE_COUNTS: want comma-separated counts from 1 to ${MAX_IDLE_COUNT}, got ${JSON.stringify(env.BENCH_IDLE_COUNTS)}`);
+  process.exit(2);
+}
+// The connector speaks the protocol of the agent under test: take it from the same checkout.
+const idleConnector = env.BENCH_IDLE_CONNECTOR || (env.BENCH_AGENT_MAIN ? join(dirname(env.BENCH_AGENT_MAIN), "..", "bench", "lib", "idle-connector.ts") : IDLE_CONNECTOR_MODULE);
 const wanted = (env.BENCH_PATHS ?? "direct,ssh,stunnel,ours").split(",").map((s) => s.trim());
 
 if (!programsPresent("transport.bench.ts", ["iperf3", "/usr/sbin/sshd", "ssh", "ssh-keygen", "stunnel", "socat", "openssl"])) process.exit(1);
@@ -68,60 +89,81 @@ for (const w of wanted) {
   }
 }
 
-const iperf = await startIperfServer();
+const started: Path[] = [];
+// Everything started, stopped last-first at the end or on Ctrl-C / SIGTERM (no orphans).
+const cleanups: (() => Promise<void>)[] = [];
+let cleaning: Promise<void> | undefined;
+const cleanup = () =>
+  (cleaning ??= (async () => {
+    for (const c of cleanups.reverse()) await c().catch((e: Error) => console.error(`cleanup: ${e.message}`));
+  })());
+for (const sig of ["SIGINT", "SIGTERM"] as const) {
+  process.on(sig, () => {
+    console.error(`${sig}: stopping everything the benchmark started`);
+    void cleanup().then(() => process.exit(130));
+  });
+}
 const echo = startEchoServer();
+cleanups.push(() => echo.stop());
 const rows: PathFigures[] = [];
 let failed = false;
 try {
-  console.log(`iperf3 ${seconds} s per run, ${rounds} ping-pong rounds; targets: iperf3 :${iperf.port}, echo :${echo.port}`);
+  console.log(`iperf3 ${seconds} s per run, ${repeat} run(s) per path interleaved, ${rounds} ping-pong rounds per path`);
+  // Every path is set up first and stays up (idle) while the others are measured.
+  const unavailable = new Map<string, string>();
   for (const w of wanted) {
-    const name = names[w]!;
-    let path: Path;
     try {
-      path = await starters[w]!([iperf.port, echo.port]);
+      // One iperf3 server per path: iperf3 -s serves one test at a time, and a path that
+      // hangs a test must not leave the server busy for the paths measured after it.
+      const iperf = await startIperfServer();
+      cleanups.push(() => iperf.stop());
+      const path = await starters[w]!([iperf.port, echo.port]);
+      path.name = names[w]!; // the report finds rows and peers by these names
+      started.push(path);
+      cleanups.push(() => path.stop());
     } catch (e) {
       const reason = oneLine(e);
-      console.log(`${name}: not available: ${reason}`);
-      rows.push({ name, notes: "not measured", unavailable: reason });
+      console.log(`${names[w]}: not available: ${reason}`);
+      unavailable.set(names[w]!, reason);
       // Only our row may be missing (the CLI is still being built); a peer that fails to
       // start is a broken benchmark.
       if (w !== "ours") {
         failed = true;
         console.error(e instanceof Error ? e.message : e);
       }
-      continue;
     }
-    try {
-      console.log(`measuring ${path.name} ...`);
-      const f = await measurePath(path, { iperfPort: iperf.port, echoPort: echo.port, seconds, rounds });
-      rows.push(f);
-    } catch (e) {
-      console.log(`${name}: measurement failed: ${oneLine(e)}`);
-      rows.push({ name: path.name, notes: path.notes, unavailable: `measurement failed: ${oneLine(e)}` });
-      failed = true;
-    } finally {
-      await path.stop();
-    }
+  }
+  const measured = await measurePaths(started, { seconds, rounds, repeat, log: (l) => console.log(l) });
+  for (const w of wanted) {
+    const name = names[w]!;
+    const m = measured.find((f) => f.name === name);
+    rows.push(m ?? { name, notes: "not measured", unavailable: unavailable.get(name) ?? "not started" });
+    if (w !== "ours" && rows.at(-1)!.unavailable) failed = true;
   }
   const peers = rows.filter((r) => r.name === names.ssh || r.name === names.stunnel);
   console.log("\n" + report(rows, peers));
+  // Idle paths would only add noise to what follows.
+  for (const p of started) await p.stop();
 
   if (env.BENCH_IDLE === "1") {
-    const counts = (env.BENCH_IDLE_COUNTS ?? "1000,5000").split(",").map(Number);
     try {
-      if (!existsSync(IDLE_CONNECTOR_MODULE)) {
-        throw new Error(`${IDLE_CONNECTOR_MODULE} is missing: it must export \`connector: IdleConnector\` speaking the real protocol (see bench/lib/idle.ts)`);
+      if (!existsSync(idleConnector)) {
+        throw new Error(`${idleConnector} is missing: it must export \`connector: IdleConnector\` speaking the real protocol (see bench/lib/idle.ts)`);
       }
       const fleet = await startFleet();
+      cleanups.push(() => fleet.stop());
       try {
         const res = await measureIdleCapacity({
           relayPid: fleet.relay.pid,
-          connectorModule: IDLE_CONNECTOR_MODULE,
+          connectorModule: idleConnector,
           context: { relay: `127.0.0.1:${fleet.relayPort}`, workDir: fleet.dir, pkiDir: `${fleet.dir}/pki` },
-          counts,
-          // All load comes from 127.0.0.1, and the relay admits at most 32 connections per
-          // source address that have not finished TLS (Limits.maxUnauthenticatedPerSource).
-          batch: 24,
+          counts: idleCounts,
+          log: (l) => console.log(l),
+          // The relay's own inventory: the connections really are authenticated devices.
+          listed: async () => {
+            const list = JSON.parse(await agentCli("devices", ["devices", "--json", "--control", fleet.sockets.relay])) as { online?: boolean }[];
+            return list.filter((d) => d.online).length;
+          },
         });
         console.log(idleReport(res));
       } finally {
@@ -133,9 +175,11 @@ try {
   } else {
     console.log("idle capacity: not run (BENCH_IDLE=1 runs it)");
   }
+} catch (e) {
+  console.error(`transport benchmark failed: ${e instanceof Error ? e.message : e}`);
+  failed = true;
 } finally {
-  await echo.stop();
-  await iperf.stop();
+  await cleanup();
 }
 process.exit(failed ? 1 : 0);
 

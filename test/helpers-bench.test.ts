@@ -3,6 +3,8 @@
 // anything; the ping-pong client catches a wrong echo; the idle-capacity machinery opens
 // exactly what it says against a real server process. No test here asserts a timing.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startChecksumServer, transferBothWays, type ChecksumServer } from "./helpers/iperf.ts";
 import { freePort, processTree, programsPresent, socketCount, spawnChild, treeUsage, waitForListen } from "./helpers/proc.ts";
@@ -196,13 +198,14 @@ describe("idle capacity machinery", () => {
     // A real server process stands in for the relay; the connector is plain TCP.
     const port = await freePort();
     const server = spawnChild("echo server", [process.execPath, join(import.meta.dir, "..", "bench", "lib", "pingpong.ts"), "serve", String(port)]);
+    const work = mkdtempSync(join(tmpdir(), "agent-idle-test-"));
     try {
       await waitForListen(port, 10_000, server);
       const base = socketCount(server.pid);
       const res = await measureIdleCapacity({
         relayPid: server.pid,
         connectorModule: join(import.meta.dir, "..", "bench", "lib", "idle-tcp-connector.ts"),
-        context: { relay: `127.0.0.1:${port}`, workDir: "/tmp", pkiDir: "/tmp" },
+        context: { relay: `127.0.0.1:${port}`, workDir: work, pkiDir: work },
         counts: [200, 600],
         batch: 50,
         idleMs: 300,
@@ -217,12 +220,15 @@ describe("idle capacity machinery", () => {
       expect(res.levels[1]!.relaySockets - base).toBe(600);
       expect(res.levels[1]!.relayRssKiB).toBeGreaterThan(0);
       expect(idleReport(res)).toMatch(/^600 +600 +600 /m);
+      // The slow preparation ran once, for every level, before any connection was open.
+      expect(readFileSync(join(work, "prepare.log"), "utf8")).toBe("prepare 0 600 after 0 opened\n");
       // The load process closed its connections when done.
       const until = Date.now() + 5_000;
       while (socketCount(server.pid) > base && Date.now() < until) await Bun.sleep(50);
       expect(socketCount(server.pid)).toBe(base);
     } finally {
       await server.stop();
+      rmSync(work, { recursive: true, force: true });
     }
   }, 60_000);
 });

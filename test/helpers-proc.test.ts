@@ -5,14 +5,17 @@ import {
   Children,
   cpuSeconds,
   freePort,
+  listeners,
   listeningPorts,
   missingPrograms,
+  parseListeners,
   parseListening,
   parseStat,
   parseStatusKiB,
   processTree,
   rssKiB,
   run,
+  socketInodes,
   spawnChild,
   treeUsage,
   waitForListen,
@@ -49,15 +52,19 @@ describe("parseStatusKiB", () => {
   });
 });
 
-test("parseListening keeps LISTEN rows only and reads hex ports", () => {
+test("parseListening / parseListeners keep LISTEN rows only, read hex ports and inodes", () => {
   const table = [
     "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode",
-    "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0",
+    "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4711 1 0 100 0 0 10 0",
     "   1: 0100007F:A1B2 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1",
-    "   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1 0 100 0 0 10 0",
+    "   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 815 1 0 100 0 0 10 0",
     "",
   ].join("\n");
   expect(parseListening(table)).toEqual([8080, 22]);
+  expect(parseListeners(table)).toEqual([
+    { port: 8080, inode: 4711 },
+    { port: 22, inode: 815 },
+  ]);
 });
 
 test("rssKiB sees memory this process touches", () => {
@@ -73,11 +80,11 @@ test("cpuSeconds agrees with process.cpuUsage()", () => {
   const u0 = process.cpuUsage();
   let x = 0;
   // Bounded busy loop: about a third of a second of CPU.
-  for (let i = 0; i < 50 && cpuSeconds(process.pid) - c0 < 0.3; i++) for (let j = 0; j < 2_000_000; j++) x += j % 7;
+  for (let i = 0; i < 1000 && cpuSeconds(process.pid) - c0 < 0.3; i++) for (let j = 0; j < 1_000_000; j++) x += j % 7;
   const c1 = cpuSeconds(process.pid);
   const u1 = process.cpuUsage(u0);
   expect(x).toBeGreaterThan(0);
-  expect(c1 - c0).toBeGreaterThan(0.2);
+  expect(c1 - c0).toBeGreaterThan(0.29); // 0.3 s in 10 ms ticks, less float rounding
   // /proc counts in clock ticks (10 ms here), cpuUsage in microseconds.
   expect(Math.abs(c1 - c0 - (u1.user + u1.system) / 1e6)).toBeLessThan(0.1);
 });
@@ -116,6 +123,21 @@ test("freePort gives a port one can listen on; waitForListen and waitForPort see
   expect(listeningPorts().has(port)).toBe(false);
   await expect(waitForPort("127.0.0.1", port, 200)).rejects.toThrow(/timed out after 200 ms/);
   await expect(waitForListen(port, 200)).rejects.toThrow(/nothing listens on TCP port/);
+});
+
+test("waitForListen with owned: a port someone else holds does not count for the child", async () => {
+  const l = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+  const c = spawnChild("sleeper", ["sleep", "30"]);
+  try {
+    await waitForListen(l.port, 1_000, c);
+    await expect(waitForListen(l.port, 300, c, { owned: true })).rejects.toThrow(/sleeper does not listen on TCP port \d+ after 300 ms/);
+    // The inode matching that decides ownership finds this process as the holder.
+    const mine = socketInodes(process.pid);
+    expect(listeners().some((x) => x.port === l.port && mine.has(x.inode))).toBe(true);
+  } finally {
+    l.stop(true);
+    await c.stop();
+  }
 });
 
 test("waitForListen fails at once when the child that should listen exits, with its output", async () => {

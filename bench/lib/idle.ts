@@ -9,6 +9,8 @@
 // one onsite device with its own id, authenticated, then idle (keepalives only).
 //
 //   parent (bench)                          child (bun bench/lib/idle.ts --child MODULE CTX)
+//   ──"prepare MAX"─────────────────────▶   connector.prepare(ctx, 0, MAX)
+//   ◀─{"opened":0,"failed":0}───────────
 //   ──"open N"──────────────────────────▶   opens until N are up (batches of `batch`)
 //   ◀─{"opened":N,"failed":F,"error":...}──
 //   ──"exit"────────────────────────────▶   closes everything, exits
@@ -18,13 +20,19 @@ import { cpuSeconds, nofileArgv, rssKiB, socketCount, spawnChild, type Child } f
 import { formatTable } from "../../src/table.ts";
 
 export const IDLE_CONNECTOR_MODULE = join(import.meta.dir, "idle-connector.ts");
-/** Connections opened at once: bounds the handshake storm on a 2-core machine. */
-export const DEFAULT_BATCH = 100;
+/**
+ * Connections opened at once. All come from 127.0.0.1, and a relay caps connections that
+ * have not finished TLS + HELLO per source address (ours: 32, src/transport/policy.ts):
+ * a batch above that measures the cap, not capacity.
+ */
+export const DEFAULT_BATCH = 24;
 export const DEFAULT_IDLE_MS = 10_000;
 /** After a level is reached: let handshakes, GC and lazy allocations settle before sampling. */
 export const SETTLE_MS = 3_000;
 /** The longest one level may take to open (5,000 TLS handshakes on 2 cores fit well inside). */
 const LEVEL_TIMEOUT_MS = 300_000;
+/** The longest prepare may take (signing 5,000 certificates in JavaScript). */
+const PREPARE_TIMEOUT_MS = 600_000;
 /** The load process holds one fd per connection and a few more. */
 const CHILD_NOFILE = 65_536;
 
@@ -41,7 +49,11 @@ export interface IdleConnection {
 }
 
 export interface IdleConnector {
-  /** Once per level, before opening: e.g. issue certificates for devices [from, to). */
+  /**
+   * Called once, before the first connection opens, for devices [from, to) (all levels): do
+   * the slow work here (issuing certificates). Work done later blocks the event loop that
+   * answers the keepalives of the connections already open, and the relay rightly drops them.
+   */
   prepare?(ctx: IdleContext, from: number, to: number): Promise<void>;
   /** Opens device `index` (0-based, unique per connection), resolved once authenticated. */
   open(ctx: IdleContext, index: number): Promise<IdleConnection>;
@@ -59,6 +71,10 @@ export interface IdleLevel {
   relaySockets: number;
   /** Relay CPU while idle at this level, percent of one core. */
   idleCpuPercent: number;
+  /** Devices the relay itself lists as online (IdleOptions.listed), if asked. */
+  listed?: number;
+  /** Why asking the relay for its list failed (the other figures still stand). */
+  listedError?: string;
 }
 
 export interface IdleResult {
@@ -89,6 +105,10 @@ export interface IdleOptions {
   batch?: number;
   idleMs?: number;
   settleMs?: number;
+  /** How many devices the relay reports online (e.g. via `agent devices --json`): proves they authenticated. */
+  listed?: () => Promise<number>;
+  /** Progress lines (preparation and each level take minutes at 5,000). */
+  log?: (line: string) => void;
 }
 
 /** Opens the levels in turn from a separate load process and samples the relay at each. */
@@ -101,19 +121,33 @@ export async function measureIdleCapacity(o: IdleOptions): Promise<IdleResult> {
   const idleMs = o.idleMs ?? DEFAULT_IDLE_MS;
   const load = spawnLoad(o.connectorModule, o.context, o.batch ?? DEFAULT_BATCH);
   try {
+    const log = o.log ?? (() => {});
+    let t = performance.now();
+    const took = () => `${((performance.now() - t) / 1000).toFixed(1)} s`;
+    const prep = await load.request(`prepare ${Math.max(...counts)}`, PREPARE_TIMEOUT_MS);
+    if (prep.error) throw new Error(`idle connector prepare failed: ${prep.error}`);
+    log(`idle: connector prepared ${Math.max(...counts)} devices in ${took()}`);
     await Bun.sleep(settleMs);
     const baselineRssKiB = rssKiB(o.relayPid);
     const baselineSockets = socketCount(o.relayPid);
     const levels: IdleLevel[] = [];
     for (const count of counts) {
+      t = performance.now();
       const r = await load.request(`open ${count}`, LEVEL_TIMEOUT_MS);
+      log(`idle: ${r.opened} open (${r.failed} failed) after ${took()}`);
       await Bun.sleep(settleMs);
       const cpu0 = cpuSeconds(o.relayPid);
       await Bun.sleep(idleMs);
       const cpu1 = cpuSeconds(o.relayPid);
-      levels.push(
-        levelFigures({ count, opened: r.opened, failed: r.failed, firstError: r.error, baselineRssKiB, rssKiB: rssKiB(o.relayPid), sockets: socketCount(o.relayPid), cpu0, cpu1, idleMs }),
-      );
+      const level = levelFigures({ count, opened: r.opened, failed: r.failed, firstError: r.error, baselineRssKiB, rssKiB: rssKiB(o.relayPid), sockets: socketCount(o.relayPid), cpu0, cpu1, idleMs });
+      if (o.listed) {
+        try {
+          level.listed = await o.listed();
+        } catch (e) {
+          level.listedError = (e as Error).message.split("\n")[0];
+        }
+      }
+      levels.push(level);
     }
     return { baselineRssKiB, baselineSockets, levels };
   } finally {
@@ -129,10 +163,11 @@ export function idleReport(r: IdleResult): string {
     (l.relayRssKiB / 1024).toFixed(1),
     l.rssPerConnectionKiB.toFixed(1),
     l.idleCpuPercent.toFixed(2),
+    l.listed !== undefined ? String(l.listed) : l.listedError ? `error: ${l.listedError}` : "-",
   ]);
   return (
     `idle capacity (relay baseline ${(r.baselineRssKiB / 1024).toFixed(1)} MiB, goal <= 32 KiB per device)\n` +
-    formatTable(["devices", "opened", "relay sockets +", "relay RSS MiB", "KiB/device", "idle CPU %"], rows)
+    formatTable(["devices", "opened", "relay sockets +", "relay RSS MiB", "KiB/device", "idle CPU %", "relay lists online"], rows)
   );
 }
 
@@ -149,15 +184,20 @@ function spawnLoad(module: string, ctx: IdleContext, batch: number) {
   const child: Child = spawnChild("idle load", nofileArgv(argv, CHILD_NOFILE), { stdin: true });
   return {
     async request(line: string, timeoutMs: number): Promise<LoadReply> {
-      const before = child.output().length;
-      child.write(`${line}\n`);
-      const until = Date.now() + timeoutMs;
-      for (;;) {
-        const m = /^REPLY (.*)$/m.exec(child.output().slice(Math.max(0, before - 1)));
-        if (m) return JSON.parse(m[1]!) as LoadReply;
-        if (!child.running) throw child.failure(`idle load process exited during "${line}"`);
-        if (Date.now() > until) throw child.failure(`idle load process did not finish "${line}" within ${timeoutMs} ms`);
-        await Bun.sleep(50);
+      let seen = "";
+      const off = child.onOutput((t) => void (seen += t));
+      try {
+        child.write(`${line}\n`);
+        const until = Date.now() + timeoutMs;
+        for (;;) {
+          const m = /^REPLY (.*)$/m.exec(seen);
+          if (m) return JSON.parse(m[1]!) as LoadReply;
+          if (!child.running) throw child.failure(`idle load process exited during "${line}"`);
+          if (Date.now() > until) throw child.failure(`idle load process did not finish "${line}" within ${timeoutMs} ms`);
+          await Bun.sleep(50);
+        }
+      } finally {
+        off();
       }
     },
     async close(): Promise<void> {
@@ -182,16 +222,24 @@ async function childMain(module: string, ctxJson: string, batchText: string): Pr
   for await (const line of console) {
     const cmd = line.trim();
     if (cmd === "exit") break;
+    const prep = /^prepare (\d+)$/.exec(cmd);
+    if (prep) {
+      try {
+        await connector.prepare?.(ctx, 0, Number(prep[1]));
+        reply({ opened: open.length, failed });
+      } catch (e) {
+        reply({ opened: open.length, failed, error: (e as Error).message });
+      }
+      continue;
+    }
     const m = /^open (\d+)$/.exec(cmd);
     if (!m) {
       reply({ opened: open.length, failed, error: `unknown command ${JSON.stringify(cmd)}` });
       continue;
     }
     const target = Number(m[1]);
-    const from = open.length + failed;
-    await connector.prepare?.(ctx, from, from + (target - open.length));
     // Each index is used once, also after a failure: a retried id would replace a live one.
-    let next = from;
+    let next = open.length + failed;
     while (open.length < target) {
       const n = Math.min(batch, target - open.length);
       const results = await Promise.allSettled(Array.from({ length: n }, () => connector.open(ctx, next++)));

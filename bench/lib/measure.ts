@@ -3,11 +3,12 @@
 import { runIperf, type IperfResult } from "../../test/helpers/iperf.ts";
 import { treeUsage } from "../../test/helpers/proc.ts";
 import { formatTable } from "../../src/table.ts";
-import { pingPong, type LatencySummary } from "./pingpong.ts";
+import { pingPongSamples, summarize, type LatencySummary } from "./pingpong.ts";
 import type { Path } from "./path.ts";
 
 /** How often relay RSS is sampled while iperf3 runs (its peak under load is what we report). */
 const RSS_SAMPLE_MS = 100;
+/** After a run, before the last CPU sample. */
 const REAP_SETTLE_MS = 500;
 
 export interface ProcessCost {
@@ -24,66 +25,140 @@ export interface PathFigures {
   unavailable?: string;
   gbps1?: number;
   gbps4?: number;
+  /** Every iperf3 run's result, for the report's spread. */
+  runs?: { gbps1: number[]; gbps4: number[] };
   latency?: LatencySummary;
   relay?: ProcessCost;
   wholePath?: ProcessCost;
 }
 
 export interface MeasureOptions {
-  iperfPort: number;
-  echoPort: number;
+  /** iperf3 duration per run, seconds. */
   seconds: number;
+  /** Ping-pong round trips per path, in total over the repeats. */
   rounds: number;
+  /** Rounds over all paths: each figure is the median of this many runs per path. */
+  repeat: number;
+  /** Progress lines. */
+  log?: (line: string) => void;
 }
 
 export function cpuPerGB(cpuSeconds: number, bytes: number): number {
   return bytes > 0 ? cpuSeconds / (bytes / 1e9) : NaN;
 }
 
-/**
- * Throughput (1 and 4 streams), then 64-byte ping-pong; relay and whole-path CPU over the
- * iperf3 runs and their RSS sampled during them. Entries: [iperf3, echo].
- */
-export async function measurePath(path: Pick<Path, "name" | "notes" | "entries" | "relayPids" | "pathPids">, o: MeasureOptions): Promise<PathFigures> {
-  const [iperfEntry, echoEntry] = path.entries;
-  if (iperfEntry === undefined || echoEntry === undefined) throw new Error(`${path.name}: want two entries (iperf3, echo), got ${path.entries.length}`);
-  const sample = (pids: number[]) => (pids.length ? treeUsage(pids) : undefined);
-  let relayPeak = 0;
-  let pathPeak = 0;
-  const takeSample = () => {
-    relayPeak = Math.max(relayPeak, sample(path.relayPids)?.rssKiB ?? 0);
-    pathPeak = Math.max(pathPeak, sample(path.pathPids)?.rssKiB ?? 0);
-  };
-  const relay0 = sample(path.relayPids);
-  const path0 = sample(path.pathPids);
-  const timer = setInterval(takeSample, RSS_SAMPLE_MS);
-  let one: IperfResult;
-  let four: IperfResult;
-  try {
-    one = await runIperf({ host: "127.0.0.1", port: iperfEntry, seconds: o.seconds, parallel: 1 });
-    four = await runIperf({ host: "127.0.0.1", port: iperfEntry, seconds: o.seconds, parallel: 4 });
-  } finally {
-    clearInterval(timer);
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return NaN;
+  const v = [...values].sort((a, b) => a - b);
+  const mid = v.length >> 1;
+  return v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
+}
+
+type Measured = Pick<Path, "name" | "notes" | "entries" | "relayPids" | "pathPids">;
+
+/** Running totals of one path over all its runs. */
+class Tally {
+  gbps1: number[] = [];
+  gbps4: number[] = [];
+  samplesNs: number[] = [];
+  bytes = 0;
+  relayCpu = 0;
+  pathCpu = 0;
+  relayPeakKiB = 0;
+  pathPeakKiB = 0;
+  /** Set when a run through this path failed: the path is left out of the later runs. */
+  error: string | undefined;
+  constructor(readonly path: Measured) {}
+
+  /** Runs one step for this path unless it already failed; a failure is kept, not thrown. */
+  async step(what: string, fn: () => Promise<void>): Promise<void> {
+    if (this.error) return;
+    try {
+      await fn();
+    } catch (e) {
+      this.error = `${what} failed: ${(e instanceof Error ? e.message : String(e)).split("\n")[0]}`;
+    }
   }
-  // A fork-per-connection relay (socat) counts a finished worker's CPU once it has reaped it.
-  await Bun.sleep(REAP_SETTLE_MS);
-  takeSample();
-  const relay1 = sample(path.relayPids);
-  const path1 = sample(path.pathPids);
-  // Bytes that went through the path: what the senders wrote (receivers may miss the tail).
-  const bytes = one.sentBytes + four.sentBytes;
-  const latency = await pingPong("127.0.0.1", echoEntry, o.rounds);
-  const cost = (a: typeof relay0, b: typeof relay0, peak: number): ProcessCost | undefined =>
-    a && b ? { cpuSecondsPerGB: cpuPerGB(b.cpuSeconds - a.cpuSeconds, bytes), peakRssMiB: peak / 1024 } : undefined;
-  return {
-    name: path.name,
-    notes: path.notes,
-    gbps1: one.receivedBps / 1e9,
-    gbps4: four.receivedBps / 1e9,
-    latency,
-    relay: cost(relay0, relay1, relayPeak),
-    wholePath: cost(path0, path1, pathPeak),
-  };
+
+  usage(which: "relay" | "path") {
+    const pids = which === "relay" ? this.path.relayPids : this.path.pathPids;
+    return pids.length ? treeUsage(pids) : undefined;
+  }
+
+  sampleRss(): void {
+    this.relayPeakKiB = Math.max(this.relayPeakKiB, this.usage("relay")?.rssKiB ?? 0);
+    this.pathPeakKiB = Math.max(this.pathPeakKiB, this.usage("path")?.rssKiB ?? 0);
+  }
+
+  /** One iperf3 run through this path, its relay's CPU counted and RSS sampled meanwhile. */
+  async iperf(port: number, seconds: number, parallel: number): Promise<IperfResult> {
+    const r0 = this.usage("relay");
+    const p0 = this.usage("path");
+    const timer = setInterval(() => this.sampleRss(), RSS_SAMPLE_MS);
+    let r: IperfResult;
+    try {
+      r = await runIperf({ host: "127.0.0.1", port, seconds, parallel });
+    } finally {
+      clearInterval(timer);
+    }
+    // A fork-per-connection relay (socat) counts a finished worker's CPU once it has reaped it.
+    await Bun.sleep(REAP_SETTLE_MS);
+    this.sampleRss();
+    const r1 = this.usage("relay");
+    const p1 = this.usage("path");
+    // Bytes that went through the path: what the sender wrote (the receiver may miss the tail).
+    this.bytes += r.sentBytes;
+    if (r0 && r1) this.relayCpu += r1.cpuSeconds - r0.cpuSeconds;
+    if (p0 && p1) this.pathCpu += p1.cpuSeconds - p0.cpuSeconds;
+    return r;
+  }
+
+  figures(): PathFigures {
+    if (this.error) return { name: this.path.name, notes: this.path.notes, unavailable: this.error };
+    const hasRelay = this.path.relayPids.length > 0;
+    const hasPath = this.path.pathPids.length > 0;
+    return {
+      name: this.path.name,
+      notes: this.path.notes,
+      gbps1: median(this.gbps1),
+      gbps4: median(this.gbps4),
+      runs: { gbps1: this.gbps1, gbps4: this.gbps4 },
+      latency: summarize(this.samplesNs),
+      relay: hasRelay ? { cpuSecondsPerGB: cpuPerGB(this.relayCpu, this.bytes), peakRssMiB: this.relayPeakKiB / 1024 } : undefined,
+      wholePath: hasPath ? { cpuSecondsPerGB: cpuPerGB(this.pathCpu, this.bytes), peakRssMiB: this.pathPeakKiB / 1024 } : undefined,
+    };
+  }
+}
+
+/**
+ * Measures every path, interleaved: each repeat runs iperf3 with 1 then 4 streams through
+ * path A, B, C..., then the ping-pong through each; so background load on a shared machine
+ * falls on all paths alike instead of on whichever ran during it. Each path's entries are
+ * [iperf3, echo]. Throughput is the median over repeats, latency is over all round trips,
+ * CPU per GB over all bytes carried, RSS the peak sampled during iperf3.
+ */
+export async function measurePaths(paths: readonly Measured[], o: MeasureOptions): Promise<PathFigures[]> {
+  for (const p of paths) {
+    if (p.entries.length !== 2) throw new Error(`${p.name}: want two entries (iperf3, echo), got ${p.entries.length}`);
+  }
+  const tallies = paths.map((p) => new Tally(p));
+  const roundsPerRepeat = Math.max(1, Math.ceil(o.rounds / o.repeat));
+  for (let rep = 1; rep <= o.repeat; rep++) {
+    for (const t of tallies) {
+      await t.step("iperf3", async () => {
+        const one = await t.iperf(t.path.entries[0]!, o.seconds, 1);
+        const four = await t.iperf(t.path.entries[0]!, o.seconds, 4);
+        t.gbps1.push(one.receivedBps / 1e9);
+        t.gbps4.push(four.receivedBps / 1e9);
+        o.log?.(`run ${rep}/${o.repeat} ${t.path.name}: ${(one.receivedBps / 1e9).toFixed(2)} Gbit/s x1, ${(four.receivedBps / 1e9).toFixed(2)} Gbit/s x4`);
+      });
+      if (t.error) o.log?.(`${t.path.name}: ${t.error}`);
+    }
+    for (const t of tallies) {
+      await t.step("ping-pong", async () => void t.samplesNs.push(...(await pingPongSamples("127.0.0.1", t.path.entries[1]!, roundsPerRepeat))));
+    }
+  }
+  return tallies.map((t) => t.figures());
 }
 
 // ---------------------------------------------------------------- report
@@ -126,6 +201,8 @@ export function report(rows: readonly PathFigures[], peers: readonly PathFigures
     const lines = rows.filter((r) => !r.unavailable && r !== peer).map((r) => [r.name, ...METRICS.map((m) => ratio(m.get(r), m.get(peer)))]);
     out.push(`ratio to ${peer.name} (throughput: higher is better; latency, CPU, RSS: lower is better)\n` + formatTable(["path", ...METRICS.map((m) => m.label)], lines));
   }
+  const spread = (v: number[] | undefined) => (v && v.length ? v.map((x) => x.toFixed(2)).join(" ") : "-");
+  out.push(rows.filter((r) => r.runs).map((r) => `${r.name}: Gbit/s per run x1 [${spread(r.runs?.gbps1)}], x4 [${spread(r.runs?.gbps4)}]`).join("\n") + "\n");
   out.push(rows.map((r) => `${r.name}: ${r.notes}`).join("\n") + "\n");
   return out.join("\n");
 }

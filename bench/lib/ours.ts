@@ -71,7 +71,7 @@ export async function startFleet(opts: { logLevel?: string } = {}): Promise<Flee
     const common = (role: keyof typeof sockets) => ["--control", sockets[role], "--state-dir", join(dir, `${role}-state`), "--log-level", opts.logLevel ?? "warn"];
     const relayPort = await freePort();
     const relay = kids.spawn("agent relay", agentArgv(["--role", "relay", "--bundle", bundles.relay, "--listen", `127.0.0.1:${relayPort}`, ...common("relay")]), { cwd: ROOT });
-    await waitForListen(relayPort, START_MS, relay).catch((e: Error) => {
+    await waitForListen(relayPort, START_MS, relay, { owned: true }).catch((e: Error) => {
       const state = relay.running ? `still running after ${START_MS} ms` : "exited";
       throw new Error(`relay never listened on 127.0.0.1:${relayPort} (${state}): ${lastLine(relay.output()) || "no output"}`, { cause: e });
     });
@@ -119,7 +119,7 @@ export async function startOursPath(targets: readonly number[]): Promise<Path> {
     }
     const entries = targets.map((t) => s.forwards?.find((f) => f.target === `127.0.0.1:${t}`)?.port);
     if (entries.some((p) => !p)) throw new Error(`connect --json has no forward for every target: ${out.slice(0, 300)}`);
-    for (const p of entries) await waitForListen(p!, START_MS, fleet.master);
+    for (const p of entries) await waitForListen(p!, START_MS, fleet.master, { owned: true });
     return {
       name: "ours (master→relay→onsite)",
       entries: entries as number[],

@@ -14,6 +14,8 @@ import { startSshd, type Sshd } from "../../test/helpers/sshd.ts";
 import { startOrClean, type Path } from "./path.ts";
 
 const START_MS = 15_000;
+/** socat -b for the (c) relay: 64 KiB rather than socat's 8 KiB (see transport.bench.ts). */
+export const DEFAULT_SOCAT_BUFFER = 65_536;
 
 // ---------------------------------------------------------------- (b) ssh -R + ssh -L
 
@@ -31,10 +33,11 @@ export async function startSshPath(targets: readonly number[]): Promise<Path> {
     const common = ["-N", "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15"];
     // Onsite: one connection carrying a reverse forward per target.
     const onsite = kids.spawn("ssh -R (onsite)", sshd.sshArgs(sshd.port, [...common, ...targets.flatMap((t, i) => ["-R", `127.0.0.1:${remote[i]}:127.0.0.1:${t}`])]));
+    // sshd, not the ssh client, listens on the remote ports.
     for (const p of remote) await waitForListen(p, START_MS, onsite);
     // Master: one connection carrying a local forward to each of those remote ports.
     const master = kids.spawn("ssh -L (master)", sshd.sshArgs(sshd.port, [...common, ...entries.flatMap((e, i) => ["-L", `127.0.0.1:${e}:127.0.0.1:${remote[i]}`])]));
-    for (const p of entries) await waitForListen(p, START_MS, master);
+    for (const p of entries) await waitForListen(p, START_MS, master, { owned: true });
     const cipher = /cipher:\s*(\S+)/.exec((await run([...sshd.sshArgs(sshd.port, ["-v"]), "true"], { timeoutMs: 20_000 })).stderr);
     return {
       name: "(b) ssh -R + ssh -L",
@@ -117,7 +120,7 @@ export async function startStunnelPath(targets: readonly number[], opts: { socat
       const file = join(dir, `${label}.conf`);
       writeFileSync(file, stunnelConfig({ mode, services, ca: tls.ca, ...id }));
       const c = kids.spawn(`stunnel ${label}`, ["stunnel", file]);
-      for (const svc of services) await waitForListen(svc.accept, START_MS, c);
+      for (const svc of services) await waitForListen(svc.accept, START_MS, c, { owned: true });
       return c;
     };
     const svc = (from: number[], to: number[]) => targets.map((_, i) => ({ name: `t${i}`, accept: from[i]!, connect: to[i]! }));
@@ -126,11 +129,10 @@ export async function startStunnelPath(targets: readonly number[], opts: { socat
     const cMid = await spawnStunnel("C-relay-client", "client", svc(m, r2), tls.client);
     const socats = [];
     for (let i = 0; i < targets.length; i++) {
-      const argv = ["socat"];
-      if (opts.socatBuffer) argv.push("-b", String(opts.socatBuffer));
+      const argv = ["socat", "-b", String(opts.socatBuffer ?? DEFAULT_SOCAT_BUFFER)];
       argv.push(`TCP-LISTEN:${s[i]},bind=127.0.0.1,reuseaddr,fork,nodelay`, `TCP:127.0.0.1:${m[i]},nodelay`);
       const c = kids.spawn(`socat ${i}`, argv);
-      await waitForListen(s[i]!, START_MS, c);
+      await waitForListen(s[i]!, START_MS, c, { owned: true });
       socats.push(c);
     }
     const bMid = await spawnStunnel("B-relay-server", "server", svc(r1, s), tls.server);
@@ -141,7 +143,7 @@ export async function startStunnelPath(targets: readonly number[], opts: { socat
       entries,
       relayPids: [bMid.pid, ...socats.map((c) => c.pid), cMid.pid],
       pathPids: [a.pid, bMid.pid, ...socats.map((c) => c.pid), cMid.pid, d.pid],
-      notes: `${version.trim()}, TLS 1.3 (OpenSSL default suite), mutual auth, RSA-2048; socat buffer ${opts.socatBuffer ?? 8192} B, fork per connection`,
+      notes: `${version.trim()}, TLS 1.3 (OpenSSL default suite), mutual auth, RSA-2048; socat -b ${opts.socatBuffer ?? DEFAULT_SOCAT_BUFFER}, fork per connection`,
       stop,
       [Symbol.asyncDispose]: stop,
     } satisfies Path;

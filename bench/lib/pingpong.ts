@@ -84,6 +84,11 @@ export function startEchoServer(host = "127.0.0.1", port = 0): EchoServer {
  * number, and the echo is checked, so a path that mixes up bytes fails instead of timing.
  */
 export async function pingPong(host: string, port: number, rounds = 2000): Promise<LatencySummary> {
+  return summarize(await pingPongSamples(host, port, rounds));
+}
+
+/** pingPong's raw round-trip times, nanoseconds, in the order measured. */
+export async function pingPongSamples(host: string, port: number, rounds = 2000): Promise<number[]> {
   const samples: number[] = [];
   let want: Uint8Array | undefined;
   let got = 0;
@@ -137,7 +142,7 @@ export async function pingPong(host: string, port: number, rounds = 2000): Promi
   } finally {
     socket.end();
   }
-  return summarize(samples);
+  return samples;
 }
 
 if (import.meta.main) {

@@ -27,7 +27,7 @@ export async function startIperfServer(host = "127.0.0.1"): Promise<IperfServer>
     const port = await freePort(host);
     const child = spawnChild("iperf3 -s", ["iperf3", "-s", "-B", host, "-p", String(port)]);
     try {
-      await waitForListen(port, IPERF_START_MS, child);
+      await waitForListen(port, IPERF_START_MS, child, { owned: true });
       const stop = () => child.stop();
       return { host, port, child, stop, [Symbol.asyncDispose]: stop };
     } catch (e) {

@@ -202,6 +202,7 @@ export class Child implements AsyncDisposable {
   readonly exited: Promise<number>;
   private out = "";
   private stopped = false;
+  private listeners = new Set<(text: string) => void>();
 
   constructor(
     readonly name: string,
@@ -219,12 +220,20 @@ export class Child implements AsyncDisposable {
     const dec = new TextDecoder();
     try {
       for await (const chunk of stream) {
-        this.out += dec.decode(chunk, { stream: true });
+        const text = dec.decode(chunk, { stream: true });
+        this.out += text;
+        for (const l of this.listeners) l(text);
         if (this.out.length > 2 * KEEP_OUTPUT_CHARS) this.out = this.out.slice(-KEEP_OUTPUT_CHARS);
       }
     } catch {
       // the pipe closed under us: the child is gone
     }
+  }
+
+  /** Calls `fn` with each piece of output from now on (stdout and stderr); returns the unsubscribe. */
+  onOutput(fn: (text: string) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
   }
 
   /** Writes to the child's stdin (spawned with { stdin: true }). */
@@ -323,7 +332,12 @@ export async function run(argv: string[], opts: { timeoutMs?: number; cwd?: stri
  * iperf3 (it would start a test) and a log line to sshd.
  */
 export function listeningPorts(): Set<number> {
-  const ports = new Set<number>();
+  return new Set(listeners().map((l) => l.port));
+}
+
+/** LISTEN sockets of this network namespace: port and socket inode. */
+export function listeners(): { port: number; inode: number }[] {
+  const out: { port: number; inode: number }[] = [];
   for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
     let text: string;
     try {
@@ -331,32 +345,69 @@ export function listeningPorts(): Set<number> {
     } catch {
       continue; // no IPv6 in this kernel
     }
-    for (const port of parseListening(text)) ports.add(port);
-  }
-  return ports;
-}
-
-/** Ports of the LISTEN (state 0A) rows of a /proc/net/tcp table. */
-export function parseListening(text: string): number[] {
-  const out: number[] = [];
-  for (const line of text.split("\n").slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 4 || f[3] !== "0A") continue;
-    const port = parseInt(f[1]!.split(":")[1] ?? "", 16);
-    if (Number.isInteger(port)) out.push(port);
+    out.push(...parseListeners(text));
   }
   return out;
 }
 
-/** Resolves once something listens on TCP `port`; throws after `ms`, or at once if `child` exits. */
-export async function waitForListen(port: number, ms = 10_000, child?: Child): Promise<void> {
+/** The LISTEN (state 0A) rows of a /proc/net/tcp table: local port and socket inode. */
+export function parseListeners(text: string): { port: number; inode: number }[] {
+  const out: { port: number; inode: number }[] = [];
+  for (const line of text.split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 10 || f[3] !== "0A") continue;
+    const port = parseInt(f[1]!.split(":")[1] ?? "", 16);
+    const inode = Number(f[9]);
+    if (Number.isInteger(port) && Number.isInteger(inode)) out.push({ port, inode });
+  }
+  return out;
+}
+
+/** Ports of the LISTEN rows of a /proc/net/tcp table. */
+export function parseListening(text: string): number[] {
+  return parseListeners(text).map((l) => l.port);
+}
+
+/** Inodes of the sockets open in `pid` and its descendants. */
+export function socketInodes(pid: number): Set<number> {
+  const out = new Set<number>();
+  for (const p of processTree(pid)) {
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${p}/fd`);
+    } catch {
+      continue; // exited
+    }
+    for (const fd of fds) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${p}/fd/${fd}`));
+        if (m) out.add(Number(m[1]));
+      } catch {
+        // closed while we looked
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * Resolves once something listens on TCP `port`; throws after `ms`, or at once if `child`
+ * exits. With `owned`, only a listener of `child` (or its descendants) counts: another
+ * process that took the port between freePort() and the child's bind must not pass for it.
+ */
+export async function waitForListen(port: number, ms = 10_000, child?: Child, opts: { owned?: boolean } = {}): Promise<void> {
   const until = Date.now() + ms;
   while (Date.now() < until) {
-    if (listeningPorts().has(port)) return;
+    const l = listeners().filter((x) => x.port === port);
+    if (l.length && !(opts.owned && child)) return;
+    if (l.length && child) {
+      const mine = socketInodes(child.pid);
+      if (l.some((x) => mine.has(x.inode))) return;
+    }
     if (child && !child.running) throw child.failure(`exited before listening on port ${port}`);
     await Bun.sleep(20);
   }
-  const msg = `nothing listens on TCP port ${port} after ${ms} ms`;
+  const msg = `${opts.owned && child ? `${child.name} does not listen` : "nothing listens"} on TCP port ${port} after ${ms} ms`;
   throw child ? child.failure(msg) : new Error(msg);
 }
 

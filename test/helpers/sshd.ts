@@ -5,7 +5,7 @@
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Child, freePort, processTree, run, spawnChild, waitForListen } from "./proc.ts";
+import { Child, freePort, processTree, run, spawnChild, STOP_GRACE_MS, waitForListen } from "./proc.ts";
 
 export const SSHD = "/usr/sbin/sshd";
 /** The name the host key is pinned under in known_hosts, whatever host:port reaches it. */
@@ -35,6 +35,35 @@ export interface Sshd extends AsyncDisposable {
 async function keygen(file: string, comment: string): Promise<void> {
   const r = await run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", file], { timeoutMs: 10_000 });
   if (r.code !== 0) throw new Error(`ssh-keygen for ${file} failed (exit ${r.code}): ${r.stderr.trim()}`);
+}
+
+const signal = (pid: number, sig: NodeJS.Signals) => {
+  try {
+    process.kill(pid, sig);
+    return true;
+  } catch {
+    return false; // gone
+  }
+};
+
+/** SIGTERM, wait until they are gone, SIGKILL what is left after STOP_GRACE_MS. */
+async function endPids(pids: number[]): Promise<void> {
+  let left = pids.filter((p) => signal(p, "SIGTERM"));
+  const until = Date.now() + STOP_GRACE_MS;
+  while (left.length && Date.now() < until) {
+    await Bun.sleep(20);
+    left = left.filter((p) => existsSync(`/proc/${p}`) && !isZombie(p));
+  }
+  for (const p of left) signal(p, "SIGKILL");
+}
+
+function isZombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
+  } catch {
+    return true;
+  }
 }
 
 /** The login name of this uid (Bun's os.userInfo() says "unknown" when $USER is unset). */
@@ -102,7 +131,7 @@ export async function startSshd(opts: { extraConfig?: string[] } = {}): Promise<
       if (check.code !== 0) throw new Error(`sshd rejects its config ${config}: ${check.stderr.trim()}`);
       const c = spawnChild("sshd", [SSHD, "-D", "-e", "-f", config]);
       try {
-        await waitForListen(port, START_MS, c);
+        await waitForListen(port, START_MS, c, { owned: true });
         child = c;
       } catch (e) {
         lastError = e;
@@ -136,13 +165,7 @@ export async function startSshd(opts: { extraConfig?: string[] } = {}): Promise<
         // live as long as their client): end them too, by pid, so nothing outlives the test.
         const forked = sshd.running ? processTree(sshd.pid).filter((p) => p !== sshd.pid) : [];
         await sshd.stop();
-        for (const pid of forked) {
-          try {
-            process.kill(pid, "SIGTERM");
-          } catch {
-            // already gone with its client
-          }
-        }
+        await endPids(forked);
         rmSync(dir, { recursive: true, force: true });
       })());
     return {
