@@ -17,4 +17,11 @@ async function main(): Promise<number> {
   }
 }
 
-void main().then((code) => process.exit(code));
+// process.exit() right after a large write to a pipe drops what the pipe has not taken yet
+// (`agent devices --json` for 5,000 devices came out cut short). So the process ends by
+// itself once its work is done, which flushes stdout; a leftover handle cannot keep it
+// alive, since the unref'd timer still ends it a second later.
+void main().then((code) => {
+  process.exitCode = code;
+  setTimeout(() => process.exit(code), 1000).unref();
+});

@@ -416,7 +416,9 @@ export class Connection {
   /** close(), then wait (bounded) until the GOAWAY has left. */
   async closeAndWait(code: number, reason: string, maxMs = 1000): Promise<void> {
     this.close(code, reason);
-    await Promise.race([this.linkClosed, new Promise((r) => setTimeout(r, maxMs))]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.linkClosed, new Promise((r) => (timer = setTimeout(r, maxMs)))]);
+    clearTimeout(timer); // a pending timer would keep a stopping process alive for maxMs
   }
 
   /** Sends GOAWAY with the reason, flushes, closes. Idempotent. */
