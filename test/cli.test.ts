@@ -179,3 +179,23 @@ test("help of a nested command names the whole command, without colour codes in 
   expect(r.stdout).toContain("USAGE agent pki issue [OPTIONS]");
   expect(r.stdout).not.toContain("\x1b[");
 });
+
+test("a large answer is printed whole through a pipe (agent devices --json for 5,000 devices)", async () => {
+  using dir = tempDir("bigout");
+  const { ControlServer } = await import("../src/control.ts");
+  const { createLogger } = await import("../src/log.ts");
+  const sock = `${dir.path}/c.sock`;
+  const server = new ControlServer(sock, createLogger({ level: "silent" }));
+  const now = new Date().toISOString();
+  server.handle("devices", () =>
+    Array.from({ length: 5000 }, (_, i) => ({ id: `site-${i}`, hostname: `h${i}`, location: "bench", address: "127.0.0.1", agent: "0", uptime: 1, uplink: "", online: true, connected_since: now, last_seen: now, rtt_ms: 1 })),
+  );
+  await server.start();
+  try {
+    const r = await agent(["devices", "--json", "--control", sock]);
+    expect(r.code).toBe(0);
+    expect((JSON.parse(r.stdout) as unknown[]).length).toBe(5000);
+  } finally {
+    server.close();
+  }
+});
