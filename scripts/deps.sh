@@ -11,6 +11,7 @@ packages=(
   openssh-server openssh-client           # ssh through a forward (tests), ssh -R/-L peer (bench)
   iperf3 stunnel4 socat                   # throughput tests; the stunnel+socat relay peer (bench)
   conntrack                               # NAT: cutting flows of expired rules
+  procps util-linux                       # sysctl (AP fence, namespaces), prlimit (relay fd tests)
   dnsmasq-base hostapd wpasupplicant      # access-point fallback and Wi-Fi client
   isc-dhcp-client                         # DHCP client in AP tests
   hyperfine                               # start-up benchmark
