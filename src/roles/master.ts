@@ -18,6 +18,7 @@ export class MasterRole implements Component {
   readonly sessions: MasterSessions;
 
   constructor(cfg: Config, bundle: Bundle, log: Logger, control: ControlServer) {
+    if (cfg.gui) log.warn(`the web GUI is not built yet: ${cfg.gui.host}:${cfg.gui.port} serves nothing; use agent devices / connect / sessions`);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
       relay: () => this.client.connection,
