@@ -1,6 +1,7 @@
 // The access point: writes hostapd and dnsmasq configurations into the state directory,
 // gives the AP interface its address, fences the AP subnet off (nft table + per-interface
-// forwarding off), and supervises hostapd and dnsmasq. `stop()` undoes all of it.
+// forwarding off, opened only for what `ap.forward` lists), and supervises hostapd and
+// dnsmasq. `stop()` undoes all of it.
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ApConfig } from "../config.ts";
@@ -53,6 +54,8 @@ export class AccessPoint {
     stateDir: string,
     private readonly exec: Exec,
     private readonly log: Logger,
+    /** The [[uplink]] interface names, for `ap.forward`'s "uplinks" and "lan". */
+    private readonly uplinks: readonly string[] = [],
   ) {
     this.dir = join(stateDir, "ap");
     this.passphrase = apPassphrase(ap, stateDir);
@@ -108,12 +111,15 @@ export class AccessPoint {
       // Configurations hold the passphrase: owner only.
       writeFileSync(p.hostapdConf, renderHostapd(this.ap, this.passphrase), { mode: 0o600 });
       writeFileSync(p.dnsmasqConf, renderDnsmasq(this.ap, { leaseFile: p.leases }), { mode: 0o600 });
-      // The fence goes up before the address: no packet from the AP side is ever forwarded.
-      await this.run(["nft", "-f"], renderNft(this.ap));
+      // The fence goes up before the address: no packet from the AP side is ever forwarded
+      // but what `ap.forward` lists.
+      await this.run(["nft", "-f"], renderNft(this.ap, this.uplinks));
       const fwd = `/proc/sys/net/ipv4/conf/${ifname}/forwarding`;
       try {
         this.savedForwarding = readFileSync(fwd, "utf8").trim();
-        writeFileSync(fwd, "0");
+        // IPv4 forwarding is decided by the interface a packet came in on: off unless
+        // `ap.forward` asks for it (the fence then still limits where to).
+        writeFileSync(fwd, this.ap.forward.length > 0 ? "1" : "0");
       } catch (e) {
         throw new Error(`AP interface ${ifname} not found (${fwd}: ${(e as Error).message})`);
       }
