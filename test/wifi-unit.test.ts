@@ -171,7 +171,7 @@ describe("AP configuration files", () => {
       `${SUB} oifname { "eth0" } masquerade`,
     ]],
   ])("nft fence with forward %s", (_n, forward, uplinks, rules) => {
-    const r = renderNft(ap({ interface: "wlan1", forward }), uplinks);
+    const r = renderNft(ap({ interface: "wlan1", forward: forward as ApConfig["forward"] }), uplinks);
     expect(forwardRules(r)).toEqual(rules);
     expect(r.includes("hook postrouting")).toBe(rules.length > 0);
     // The catch-all drops stay last in the forward chain whatever is opened.
