@@ -11,6 +11,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { DeviceInfo } from "../src/transport/messages.ts";
 import type { SessionView } from "../src/tunnel/forward.ts";
+import { defaults, type ApConfig } from "../src/config.ts";
+import { renderNft } from "../src/uplink/apconf.ts";
 import type { WifiReport } from "../src/uplink/wifi.ts";
 import { agent, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
 import { FakeWpaSupplicant } from "./helpers/fake-wpa.ts";
@@ -62,6 +64,38 @@ function netconnectd(control: string, req: unknown, ms = 60_000): Promise<{ resu
     }).catch(reject);
   });
 }
+
+maybe("the real nft parser takes the AP fence for every ap.forward (needs root for the namespace)", () => {
+  // `nft -c` parses and checks the whole ruleset against the kernel without applying it;
+  // the system test below carries traffic through only the ["lan"] variant.
+  const ns = "wg-nft";
+  const tmp = tempDir("wg-nft");
+  beforeAll(async () => {
+    await sh(["ip", "netns", "del", ns], true);
+    await sh(["ip", "netns", "add", ns]);
+  });
+  afterAll(async () => {
+    await sh(["ip", "netns", "del", ns], true);
+    tmp[Symbol.dispose]();
+  });
+  test.each([
+    [[], ["eth0", "wwan0"]],
+    [["lan"], ["eth0", "wwan0"]],
+    [["uplinks"], ["eth0", "wwan0"]],
+    [["lan", "uplinks"], ["eth0"]],
+    [["lan", "uplinks"], []],
+  ])("forward %j with uplinks %j", async (forward, uplinks) => {
+    const f = join(tmp.path, "fence.nft");
+    await Bun.write(f, renderNft({ ...defaults().ap, interface: "wlan1", forward: forward as ApConfig["forward"] }, uplinks));
+    const r = await inNs(ns, ["nft", "-c", "-f", f], true);
+    expect({ code: r.code, err: r.stderr }).toEqual({ code: 0, err: "" });
+  });
+  test("control: a broken rule is refused", async () => {
+    const f = join(tmp.path, "bad.nft");
+    await Bun.write(f, renderNft({ ...defaults().ap, interface: "wlan1", forward: ["uplinks"] }, ["eth0"]).replace("masquerade", "masquerad"));
+    expect((await inNs(ns, ["nft", "-c", "-f", f], true)).code).not.toBe(0);
+  });
+});
 
 maybe("Wi-Fi fallback end to end with a real relay and master (needs root)", () => {
   let lab: Lab;
