@@ -275,4 +275,28 @@ forward = ["lan"]
     await waitFor(() => lab.onsiteLog().includes(`access point on ${AP_IF} down`), 5_000, "the AP down in the log");
     expect(lab.onsiteLog()).not.toContain(PSK);
   }, 90_000);
+
+  test("agent killed with -9 while the AP runs, restarted with a healthy uplink: no AP address, forwarding and fence left behind", async () => {
+    expect(await netconnectd(lab.control, { start_ap: {} })).toEqual({ result: "started ap" });
+    const on = lab.topo.onsite;
+    expect((await inNs(on, ["ip", "-4", "-o", "addr", "show", "dev", AP_IF])).stdout).toContain(`${AP_ADDR}/24`);
+    expect(await apForwarding()).toBe("1");
+    // The AP took the radio from the Wi-Fi uplink: the cellular one is the way out for the
+    // next daemon, healthy before it starts, so it never opens the AP itself.
+    const WWAN = lab.topo.uplinks[2]!.dev;
+    await lab.topo.blackhole(3, false);
+    await waitReport(lab, (r) => r.uplinks.find((u) => u.name === WWAN)?.health === "up", 20_000, "the cellular uplink healthy");
+    const d = lab.daemon();
+    d.kill("SIGKILL");
+    await d.exited;
+    lab.restartDaemon();
+    await waitReport(lab, (r) => r.active === WWAN, 30_000, "the cellular uplink active after the restart");
+    await until(async () => !(await inNs(on, ["ip", "-4", "-o", "addr", "show", "dev", AP_IF])).stdout.includes(AP_ADDR), 10_000, "the stale AP address removed");
+    const w = await wifiStatus();
+    expect(w.ap.running).toBe(false);
+    expect(w.history.map((h) => h.action)).not.toContain("start-ap"); // removed by the orphan cleanup, not by an AP stop
+    expect(await apForwarding()).toBe(forwardingBefore);
+    expect((await inNs(on, ["nft", "list", "table", "inet", "agent_ap"], true)).code).not.toBe(0);
+    expect(await phonePing(AP_ADDR)).toBe(1);
+  }, 60_000);
 });
