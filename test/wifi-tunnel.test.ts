@@ -6,6 +6,8 @@
 // configured through the netconnectd protocol → the fake supplicant "associates" (the wlan
 // veth comes up and carries traffic) → AP mode ends and the tunnel comes back over the Wi-Fi
 // uplink: the relay lists site-1 online via it, and the same forward answers curl again.
+// Then: a kill -9 during AP mode leaves nothing behind for the next daemon, and with
+// `forward = ["uplinks"]` the phone gets out through the active uplink but not to the LAN.
 // Times are printed, never asserted.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
@@ -16,7 +18,8 @@ import { renderNft } from "../src/uplink/apconf.ts";
 import type { WifiReport } from "../src/uplink/wifi.ts";
 import { agent, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
 import { FakeWpaSupplicant } from "./helpers/fake-wpa.ts";
-import { LAN_HTTP, startLab, waitReport, type Lab, type LabFleet } from "./helpers/uplink-lab.ts";
+import { readFileSync, writeFileSync } from "node:fs";
+import { ECHO_PORT_BESIDE_RELAY, LAN_HTTP, startLab, waitReport, type Lab, type LabFleet } from "./helpers/uplink-lab.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot && process.env.CI) throw new Error("Wi-Fi tunnel system tests need root; CI runs as root, so this must not be skipped there");
@@ -298,5 +301,32 @@ forward = ["lan"]
     expect(await apForwarding()).toBe(forwardingBefore);
     expect((await inNs(on, ["nft", "list", "table", "inet", "agent_ap"], true)).code).not.toBe(0);
     expect(await phonePing(AP_ADDR)).toBe(1);
+  }, 60_000);
+
+  test('forward = ["uplinks"] (daemon restarted with it): the phone reaches the outside through the active uplink, masqueraded, and not the LAN', async () => {
+    const WWAN = lab.topo.uplinks[2]!.dev;
+    const cfg = join(lab.dir, "agent.toml");
+    const text = readFileSync(cfg, "utf8");
+    expect(text).toContain('forward = ["lan"]');
+    writeFileSync(cfg, text.replace('forward = ["lan"]', 'forward = ["uplinks"]'));
+    const d = lab.daemon();
+    d.kill("SIGTERM");
+    await d.exited;
+    lab.restartDaemon();
+    await waitReport(lab, (r) => r.active === WWAN, 30_000, "the cellular uplink active after the restart");
+    expect(await netconnectd(lab.control, { start_ap: {} })).toEqual({ result: "started ap" });
+    expect(await apForwarding()).toBe("1");
+    // The peer echo beside the relay answers with the address it sees: the cellular router's
+    // NAT address, so the phone's packets left through the uplink (masqueraded there and by
+    // the router; the router has no route to the AP subnet).
+    const nc = await inNs(PHONE, ["busybox", "nc", "-w", "3", lab.topo.relayAddr, String(ECHO_PORT_BESIDE_RELAY)], true);
+    expect(nc.stdout.trim()).toBe(lab.topo.uplinks[2]!.routerRelaySide);
+    expect(await phonePing(lab.topo.uplinks[2]!.gateway)).toBe(0);
+    // Not the LAN.
+    expect(await phonePing(lab.topo.lanAddr)).toBe(1);
+    const http = await inNs(PHONE, ["curl", "-sS", "--max-time", "2", `http://${fleet.lanHttp}/`], true);
+    expect(http.code).not.toBe(0);
+    expect(await netconnectd(lab.control, { stop_ap: {} })).toEqual({ result: "stopped ap" });
+    expect(await apForwarding()).toBe(forwardingBefore);
   }, 60_000);
 });
