@@ -85,7 +85,13 @@ export interface ApConfig {
   /** While in AP mode, how often the radio leaves it to retry the known networks. */
   retry: number;
   setup_port: number;
+  /** Where AP clients may be forwarded to (masqueraded): "lan" (any interface but the uplinks
+   * and the AP) and/or "uplinks" (the [[uplink]] interfaces). Empty: nowhere. */
+  forward: ApForward[];
 }
+
+export const AP_FORWARD = ["lan", "uplinks"] as const;
+export type ApForward = (typeof AP_FORWARD)[number];
 
 export interface Config {
   role?: Role;
@@ -340,6 +346,10 @@ const AP: Schema = {
   stop_on_uplink: bool,
   retry: duration(10_000, 86_400_000),
   setup_port: int(1, 65535),
+  forward: (v) => {
+    const items = list(oneOf(AP_FORWARD), 'a list of "lan" and/or "uplinks" such as ["lan"] (empty: AP clients reach nothing past the device)')(v);
+    return [...new Set(items)];
+  },
 };
 
 export function defaults(): Config {
@@ -371,6 +381,7 @@ export function defaults(): Config {
       stop_on_uplink: true,
       retry: 300_000,
       setup_port: 80,
+      forward: [],
     },
   };
 }

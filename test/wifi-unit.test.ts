@@ -154,6 +154,41 @@ describe("AP configuration files", () => {
     expect(r).toContain('iifname "wlan1" ip daddr 10.250.250.1 tcp dport { 53, 8080 } accept');
   });
 
+  const forwardRules = (r: string) => r.split("\n").filter((l) => / (accept|masquerade)$/.test(l) && !l.includes("dport") && !l.includes("icmp") && !l.includes('iifname "wlan1" ct state')).map((l) => l.trim());
+  const SUB = 'iifname "wlan1" ip saddr 10.250.250.0/24';
+  const BACK = 'oifname "wlan1" ip daddr 10.250.250.0/24 ct state established,related accept';
+  test.each([
+    ["default []: nothing forwarded, no NAT chain", [] as ApConfig["forward"], ["eth0", "wwan0"], [] as string[]],
+    ['["lan"]: every interface but the AP and the uplinks', ["lan"], ["eth0", "wwan0"], [`${SUB} oifname != { "wlan1", "eth0", "wwan0" } accept`, BACK, `${SUB} oifname != { "wlan1", "eth0", "wwan0" } masquerade`]],
+    ['["uplinks"]: the uplink interfaces only', ["uplinks"], ["eth0", "wwan0"], [`${SUB} oifname { "eth0", "wwan0" } accept`, BACK, `${SUB} oifname { "eth0", "wwan0" } masquerade`]],
+    ['["uplinks"] without [[uplink]] entries: nothing', ["uplinks"], [], []],
+    ['["lan"] without [[uplink]] entries: anything but the AP', ["lan"], [], [`${SUB} oifname != { "wlan1" } accept`, BACK, `${SUB} oifname != { "wlan1" } masquerade`]],
+    ['["lan", "uplinks"], the AP interface also an uplink name: never forwarded to itself', ["lan", "uplinks"], ["eth0", "wlan1"], [
+      `${SUB} oifname != { "wlan1", "eth0" } accept`,
+      `${SUB} oifname { "eth0" } accept`,
+      BACK,
+      `${SUB} oifname != { "wlan1", "eth0" } masquerade`,
+      `${SUB} oifname { "eth0" } masquerade`,
+    ]],
+  ])("nft fence with forward %s", (_n, forward, uplinks, rules) => {
+    const r = renderNft(ap({ interface: "wlan1", forward: forward as ApConfig["forward"] }), uplinks);
+    expect(forwardRules(r)).toEqual(rules);
+    expect(r.includes("hook postrouting")).toBe(rules.length > 0);
+    // The catch-all drops stay last in the forward chain whatever is opened.
+    const fwd = r.slice(r.indexOf("chain forward"), r.indexOf("chain input"));
+    expect(fwd.trim().split("\n").slice(-3).map((l) => l.trim())).toEqual(['iifname "wlan1" drop', 'oifname "wlan1" drop', "}"]);
+  });
+
+  test.each([
+    [["lan"], ["lan"]],
+    [["uplinks", "lan", "uplinks"], ["uplinks", "lan"]],
+    [[], []],
+  ])("[ap] forward = %j is accepted as %j", (raw, want) => {
+    expect(resolveConfig([{ origin: { kind: "flag" }, raw: { ap: { forward: raw } } }]).ap.forward).toEqual(want as ApConfig["forward"]);
+  });
+
+  test("[ap] forward defaults to nothing", () => expect(defaults().ap.forward).toEqual([]));
+
   test("generated passphrases: 16 characters, no look-alikes, different each time", () => {
     const a = generatePassphrase();
     expect(a).toMatch(/^[a-km-zA-HJ-NP-Z2-9]{16}$/);
@@ -165,6 +200,8 @@ describe("AP configuration files", () => {
     [{ retry: "1s" }, "ap.retry"],
     [{ setup_port: 0 }, "expected a whole number 1-65535, got 0"],
     [{ enabled: "yes" }, "ap.enabled"],
+    [{ forward: ["wan"] }, 'ap.forward: item 1: expected one of lan, uplinks, got "wan"'],
+    [{ forward: "lan" }, 'ap.forward: expected a list of "lan" and/or "uplinks"'],
   ])("bad [ap] %j is refused", (raw, msg) => {
     expect(() => resolveConfig([{ origin: { kind: "flag" }, raw: { ap: raw } }])).toThrow(msg);
   });

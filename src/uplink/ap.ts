@@ -1,7 +1,8 @@
 // The access point: writes hostapd and dnsmasq configurations into the state directory,
 // gives the AP interface its address, fences the AP subnet off (nft table + per-interface
-// forwarding off), and supervises hostapd and dnsmasq. `stop()` undoes all of it.
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+// forwarding off, opened only for what `ap.forward` lists), and supervises hostapd and
+// dnsmasq. `stop()` undoes all of it.
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ApConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
@@ -53,6 +54,8 @@ export class AccessPoint {
     stateDir: string,
     private readonly exec: Exec,
     private readonly log: Logger,
+    /** The [[uplink]] interface names, for `ap.forward`'s "uplinks" and "lan". */
+    private readonly uplinks: readonly string[] = [],
   ) {
     this.dir = join(stateDir, "ap");
     this.passphrase = apPassphrase(ap, stateDir);
@@ -69,6 +72,8 @@ export class AccessPoint {
       hostapdPid: join(this.dir, "hostapd.pid"),
       dnsmasqPid: join(this.dir, "dnsmasq.pid"),
       leases: join(this.dir, "dnsmasq.leases"),
+      /** The AP interface's forwarding before the AP; exists exactly while an AP is up. */
+      savedForwarding: join(this.dir, "forwarding.saved"),
     };
   }
 
@@ -77,12 +82,34 @@ export class AccessPoint {
     return { hostapd: [this.ap.hostapd, p.hostapdConf], dnsmasq: [this.ap.dnsmasq, "--keep-in-foreground", `--conf-file=${p.dnsmasqConf}`] };
   }
 
-  /** Stops hostapd/dnsmasq left by a killed agent and removes its firewall table. */
+  /**
+   * Undoes what a killed agent's AP left: stops its hostapd/dnsmasq, removes its firewall
+   * table and, when it was up (the saved forwarding value is there), its address on the AP
+   * interface and the interface's forwarding, so a radio that goes back to client mode does
+   * not keep the AP subnet.
+   */
   async cleanupOrphans(): Promise<void> {
     const a = this.argv();
-    await stopOrphan(this.paths.hostapdPid, a.hostapd, this.log);
-    await stopOrphan(this.paths.dnsmasqPid, a.dnsmasq, this.log);
+    const p = this.paths;
+    await stopOrphan(p.hostapdPid, a.hostapd, this.log);
+    await stopOrphan(p.dnsmasqPid, a.dnsmasq, this.log);
     await this.exec(["nft", "delete", "table", "inet", NFT_TABLE]);
+    if (!existsSync(p.savedForwarding)) return;
+    const saved = readFileSync(p.savedForwarding, "utf8").trim();
+    await this.exec(["ip", "addr", "del", this.cidr, "dev", this.ap.interface]);
+    if (saved === "0" || saved === "1") {
+      try {
+        writeFileSync(`/proc/sys/net/ipv4/conf/${this.ap.interface}/forwarding`, saved);
+      } catch {
+        // interface gone
+      }
+    }
+    rmSync(p.savedForwarding, { force: true });
+    this.log.info(`removed the address ${this.cidr} a previous agent's access point left on ${this.ap.interface}; forwarding=${saved} restored`);
+  }
+
+  private get cidr(): string {
+    return `${formatIPv4(this.ap.address.host)}/${this.ap.address.prefix}`;
   }
 
   private async run(argv: string[], input?: string): Promise<void> {
@@ -108,12 +135,17 @@ export class AccessPoint {
       // Configurations hold the passphrase: owner only.
       writeFileSync(p.hostapdConf, renderHostapd(this.ap, this.passphrase), { mode: 0o600 });
       writeFileSync(p.dnsmasqConf, renderDnsmasq(this.ap, { leaseFile: p.leases }), { mode: 0o600 });
-      // The fence goes up before the address: no packet from the AP side is ever forwarded.
-      await this.run(["nft", "-f"], renderNft(this.ap));
+      // The fence goes up before the address: no packet from the AP side is ever forwarded
+      // but what `ap.forward` lists.
+      await this.run(["nft", "-f"], renderNft(this.ap, this.uplinks));
       const fwd = `/proc/sys/net/ipv4/conf/${ifname}/forwarding`;
       try {
         this.savedForwarding = readFileSync(fwd, "utf8").trim();
-        writeFileSync(fwd, "0");
+        // Kept on disk too: a killed agent's successor restores it (cleanupOrphans).
+        writeFileSync(p.savedForwarding, this.savedForwarding + "\n", { mode: 0o600 });
+        // IPv4 forwarding is decided by the interface a packet came in on: off unless
+        // `ap.forward` asks for it (the fence then still limits where to).
+        writeFileSync(fwd, this.ap.forward.length > 0 ? "1" : "0");
       } catch (e) {
         throw new Error(`AP interface ${ifname} not found (${fwd}: ${(e as Error).message})`);
       }
@@ -148,6 +180,7 @@ export class AccessPoint {
         // interface gone
       }
       this.savedForwarding = undefined;
+      rmSync(this.paths.savedForwarding, { force: true });
     }
   }
 

@@ -98,18 +98,29 @@ export function renderDnsmasq(ap: ApConfig, o: { leaseFile: string }): string {
 export const NFT_TABLE = "agent_ap";
 
 /**
- * nft ruleset (for `nft -f -`): nothing is forwarded to or from the AP interface, and AP
- * clients reach the device only for DHCP, DNS and the setup page on the AP address. Its own
- * table, created and deleted as a whole, so it never touches rules others own. Priority
- * -300 runs it before the usual filter chains (0) and NAT.
+ * nft ruleset (for `nft -f`): by default nothing is forwarded to or from the AP interface,
+ * and AP clients reach the device only for DHCP, DNS and the setup page on the AP address.
+ * `ap.forward` opens the forward fence for what it lists, masqueraded behind the device's
+ * address on the way out (the LAN and the uplinks' routers have no route to the AP subnet):
+ * "uplinks" to the `uplinks` interfaces, "lan" to every other interface but the AP itself;
+ * only answers come back in. Its own table, created and deleted as a whole, so it never
+ * touches rules others own. Priority -300 runs it before the usual filter chains (0) and
+ * NAT; a system firewall that drops forwarding still has the last word.
  */
-export function renderNft(ap: ApConfig): string {
+export function renderNft(ap: ApConfig, uplinks: readonly string[] = []): string {
   const i = JSON.stringify(ap.interface);
   const addr = formatIPv4(ap.address.host);
-  return [
-    `table inet ${NFT_TABLE} {`,
-    `  chain forward {`,
-    `    type filter hook forward priority -300; policy accept;`,
+  const subnet = `${formatIPv4(ap.address.network)}/${ap.address.prefix}`;
+  const set = (names: readonly string[]) => `{ ${names.map((n) => JSON.stringify(n)).join(", ")} }`;
+  const ups = uplinks.filter((u) => u !== ap.interface);
+  // The outgoing interfaces each listed target stands for, as nft matches.
+  const outs: string[] = [];
+  if (ap.forward.includes("lan")) outs.push(`oifname != ${set([ap.interface, ...ups])}`);
+  if (ap.forward.includes("uplinks") && ups.length > 0) outs.push(`oifname ${set(ups)}`);
+  const lines = [`table inet ${NFT_TABLE} {`, `  chain forward {`, `    type filter hook forward priority -300; policy accept;`];
+  for (const o of outs) lines.push(`    iifname ${i} ip saddr ${subnet} ${o} accept`);
+  if (outs.length > 0) lines.push(`    oifname ${i} ip daddr ${subnet} ct state established,related accept`);
+  lines.push(
     `    iifname ${i} drop`,
     `    oifname ${i} drop`,
     `  }`,
@@ -122,7 +133,12 @@ export function renderNft(ap: ApConfig): string {
     `    iifname ${i} ct state established,related accept`,
     `    iifname ${i} drop`,
     `  }`,
-    `}`,
-    "",
-  ].join("\n");
+  );
+  if (outs.length > 0) {
+    lines.push(`  chain postrouting {`, `    type nat hook postrouting priority 100; policy accept;`);
+    for (const o of outs) lines.push(`    iifname ${i} ip saddr ${subnet} ${o} masquerade`);
+    lines.push(`  }`);
+  }
+  lines.push(`}`, "");
+  return lines.join("\n");
 }

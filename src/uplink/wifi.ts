@@ -97,7 +97,7 @@ export class WifiService implements NetconnectdBackend {
     this.ifname = ap.wifi_interface ?? ap.interface;
     this.ctrlPath = ap.wpa_ctrl ?? `/run/wpa_supplicant/${this.ifname}`;
     mkdirSync(o.cfg.state_dir, { recursive: true, mode: 0o700 });
-    this.ap = new AccessPoint(ap, o.cfg.state_dir, o.exec, o.log.withTag("ap"));
+    this.ap = new AccessPoint(ap, o.cfg.state_dir, o.exec, o.log.withTag("ap"), o.cfg.uplink.map((u) => u.name));
     this.knownFile = join(o.cfg.state_dir, "wifi-networks.json");
     this.known = loadKnown(this.knownFile, o.log);
     this.state = initialApState(Date.now());
