@@ -16,6 +16,7 @@ import { IptablesBackend } from "../src/nat/iptables.ts";
 import { NftBackend } from "../src/nat/nft.ts";
 import type { Rule } from "../src/nat/rule.ts";
 import { formatTable } from "../src/table.ts";
+import { buildRouterTopology, deleteNamespaces, inNs, must } from "../test/helpers/nat-lab.ts";
 
 const CLI = "nt-bc";
 const RTR = "nt-br";
@@ -31,13 +32,6 @@ const SELF = import.meta.path;
 const MAIN = join(ROOT, "src", "main.ts");
 const now = () => performance.timeOrigin + performance.now();
 
-const inNs = (ns: string, ...argv: string[]) => ["ip", "netns", "exec", ns, ...argv];
-
-async function must(argv: string[], stdin?: string): Promise<string> {
-  const r = await spawnExec(argv, stdin === undefined ? {} : { stdin });
-  if (r.code !== 0) throw new Error(`${argv.join(" ")} exited ${r.code}: ${r.stderr}`);
-  return r.stdout;
-}
 
 /** Runs a measuring child to completion (no time limit: the seed peer takes a while). */
 async function measure(argv: string[]): Promise<{ apply: number; remove: number }> {
@@ -120,26 +114,8 @@ async function inside(mode: string, args: string[]): Promise<void> {
 
 // --- the orchestrating run ---------------------------------------------------------------
 
-async function topology(): Promise<void> {
-  await teardown();
-  for (const ns of [CLI, RTR, LAN]) {
-    await must(["ip", "netns", "add", ns]);
-    await must(inNs(ns, "ip", "link", "set", "lo", "up"));
-  }
-  await must(["ip", "link", "add", "ntb-c", "netns", CLI, "type", "veth", "peer", "name", "ntb-rc", "netns", RTR]);
-  await must(["ip", "link", "add", "ntb-l", "netns", LAN, "type", "veth", "peer", "name", "ntb-rl", "netns", RTR]);
-  await must(inNs(CLI, "ip", "addr", "add", `${PEER}/24`, "dev", "ntb-c"));
-  await must(inNs(RTR, "ip", "addr", "add", `${PUBLIC}/24`, "dev", "ntb-rc"));
-  await must(inNs(RTR, "ip", "addr", "add", "192.168.79.1/24", "dev", "ntb-rl"));
-  await must(inNs(LAN, "ip", "addr", "add", `${SERVER}/24`, "dev", "ntb-l"));
-  for (const [ns, dev] of [[CLI, "ntb-c"], [RTR, "ntb-rc"], [RTR, "ntb-rl"], [LAN, "ntb-l"]] as const) await must(inNs(ns, "ip", "link", "set", dev, "up"));
-  await must(inNs(LAN, "ip", "route", "add", "default", "via", "192.168.79.1"));
-  await must(inNs(RTR, "sysctl", "-qw", "net.ipv4.ip_forward=1"));
-}
-
-async function teardown(): Promise<void> {
-  for (const ns of [CLI, RTR, LAN]) await spawnExec(["ip", "netns", "del", ns]);
-}
+const topology = () => buildRouterTopology({ cli: CLI, rtr: RTR, lan: LAN, veth: "ntb", clientAddrs: [PEER], publicAddr: PUBLIC, routerLan: "192.168.79.1", server: SERVER });
+const teardown = () => deleteNamespaces([CLI, RTR, LAN]);
 
 function stats(xs: number[]): { median: number; p99: number } {
   const s = [...xs].sort((a, b) => a - b);

@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ControlServer } from "../src/control.ts";
-import { configureLogging } from "../src/log.ts";
+import { createLogger } from "../src/log.ts";
 import { formatTable } from "../src/table.ts";
 import { answerNetconnectd, encodeNetconnectd } from "../src/uplink/netconnectd.ts";
 import { networkCommands, WifiClient, WpaClient } from "../src/uplink/wpa.ts";
@@ -88,7 +88,7 @@ try {
   });
 
   // netconnectd status on a real control socket (connection per request, as netconnectd clients do).
-  const log = configureLogging({ level: "error", json: false });
+  const log = createLogger({ level: "error", json: false });
   const srv = new ControlServer(join(dir, "control.sock"), log);
   const status = { link: true, devs: ["eth0"], connections: { wifi: false, ap: false, wired: true }, wifi: { current_ssid: null, current_address: null, valid_config: false, present: true } };
   const backend = { netconnectdStatus: () => status } as never;

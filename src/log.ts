@@ -91,15 +91,3 @@ export function createLogger(opts: LogOptions = {}): Logger {
   if (opts.json) return createConsola({ level, reporters: [jsonReporter(write)] });
   return createConsola({ level, reporters: [plainReporter(write, tty && !opts.write && !process.env.NO_COLOR)] });
 }
-
-let root: Logger | undefined;
-
-/** The process's root logger; `configureLogging` replaces it once flags are known. */
-export function rootLogger(): Logger {
-  return (root ??= createLogger());
-}
-
-export function configureLogging(opts: LogOptions): Logger {
-  root = createLogger(opts);
-  return root;
-}

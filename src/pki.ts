@@ -61,8 +61,6 @@ export const MAX_REVOCATIONS_BYTES = 16 << 20;
 export const MAX_INDEX_BYTES = 64 << 20;
 
 const DAY_MS = 86_400_000;
-const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
-const OID_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 
 // ---------------------------------------------------------------------------------------
 // Identifiers, roles, hosts, serials, days

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { controlRequest } from "../src/control.ts";
 import { agent, BUN, MAIN, ROOT, waitFor } from "./helpers/cli.ts";
-import { inNs, must, rulesetOf, run, startLanServer, tagsIn } from "./helpers/nat-lab.ts";
+import { buildRouterTopology, deleteNamespaces, inNs, must, rulesetOf, run, startLanServer, tagsIn } from "./helpers/nat-lab.ts";
 
 const isRoot = process.getuid?.() === 0;
 // CI runs as root: there this must run, never skip.
@@ -28,27 +28,7 @@ const SERVER = "192.168.77.50";
 const HTTP_PORT = 80;
 const ECHO_PORT = 7;
 
-async function deleteNamespaces(): Promise<void> {
-  for (const ns of [CLI, RTR, LAN]) await run(["ip", "netns", "del", ns]);
-}
-
-async function buildTopology(): Promise<void> {
-  await deleteNamespaces(); // a crashed earlier run may have left them
-  for (const ns of [CLI, RTR, LAN]) {
-    await must(["ip", "netns", "add", ns]);
-    await must(inNs(ns, "ip", "link", "set", "lo", "up"));
-  }
-  await must(["ip", "link", "add", "ntv-c", "netns", CLI, "type", "veth", "peer", "name", "ntv-rc", "netns", RTR]);
-  await must(["ip", "link", "add", "ntv-l", "netns", LAN, "type", "veth", "peer", "name", "ntv-rl", "netns", RTR]);
-  await must(inNs(CLI, "ip", "addr", "add", `${PEER}/24`, "dev", "ntv-c"));
-  await must(inNs(CLI, "ip", "addr", "add", `${OTHER}/24`, "dev", "ntv-c"));
-  await must(inNs(RTR, "ip", "addr", "add", `${PUBLIC}/24`, "dev", "ntv-rc"));
-  await must(inNs(RTR, "ip", "addr", "add", `${ROUTER_LAN}/24`, "dev", "ntv-rl"));
-  await must(inNs(LAN, "ip", "addr", "add", `${SERVER}/24`, "dev", "ntv-l"));
-  for (const [ns, dev] of [[CLI, "ntv-c"], [RTR, "ntv-rc"], [RTR, "ntv-rl"], [LAN, "ntv-l"]] as const) await must(inNs(ns, "ip", "link", "set", dev, "up"));
-  await must(inNs(LAN, "ip", "route", "add", "default", "via", ROUTER_LAN));
-  await must(inNs(RTR, "sysctl", "-qw", "net.ipv4.ip_forward=1"));
-}
+const TOPOLOGY = { cli: CLI, rtr: RTR, lan: LAN, veth: "ntv", clientAddrs: [PEER, OTHER], publicAddr: PUBLIC, routerLan: ROUTER_LAN, server: SERVER };
 
 /** Real HTTP from the client namespace; "" when the connection fails. */
 async function curl(port: number, from = PEER): Promise<string> {
@@ -132,7 +112,7 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
         "",
       ].join("\n"),
     );
-    await buildTopology();
+    await buildRouterTopology(TOPOLOGY);
     procs.push(await startLanServer(LAN, HTTP_PORT, ECHO_PORT));
     daemon = await startDaemon();
   }, 60_000);
@@ -140,7 +120,7 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
   afterAll(async () => {
     for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
     await Promise.all(procs.map((p) => p.exited));
-    await deleteNamespaces();
+    await deleteNamespaces([CLI, RTR, LAN]);
     if (dir) rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 

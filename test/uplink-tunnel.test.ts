@@ -9,7 +9,7 @@
 // same id on the same local port, with nobody touching it. Times are printed, never asserted
 // (bench/uplink.bench.ts measures them over many cuts); the assertions are ordering facts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { LAN_HTTP, startLab, switchAfter, waitReport, type Lab, type LabFleet } from "./helpers/uplink-lab.ts";
+import { LAN_HTTP, startLab, switchAfter, waitReport, type Lab, type LabFleet, labUntil } from "./helpers/uplink-lab.ts";
 import { controlRequest } from "../src/control.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
 import type { SessionView } from "../src/tunnel/forward.ts";
@@ -37,20 +37,7 @@ maybe("the relay connection follows the active uplink (needs root)", () => {
     return r.code === 0 ? r.stdout : undefined;
   };
 
-  /** Polls `fn` every 50 ms; returns when it first held (epoch ms). */
-  async function until(fn: () => Promise<boolean>, ms: number, what: string): Promise<number> {
-    const end = Date.now() + ms;
-    let last: unknown;
-    while (Date.now() < end) {
-      try {
-        if (await fn()) return Date.now();
-      } catch (e) {
-        last = e;
-      }
-      await Bun.sleep(50);
-    }
-    throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ""}\n--- onsite log tail:\n${lab.onsiteLog().slice(-3000)}`);
-  }
+  const until = (fn: () => Promise<boolean>, ms: number, what: string) => labUntil(lab, fn, ms, what);
 
   /**
    * After a switch to `to` (uplink index `i`, 1-based) at or after `t0`: the device is back at

@@ -13,6 +13,8 @@ import { defaults } from "../src/config.ts";
 import type { WifiReport } from "../src/uplink/wifi.ts";
 import { agent, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
 import { FakeWpaSupplicant } from "./helpers/fake-wpa.ts";
+import { netconnectd } from "./helpers/netconnectd.ts";
+import { inNs, sh } from "./helpers/netns.ts";
 import { startLab, waitReport, type Lab } from "./helpers/uplink-lab.ts";
 
 const isRoot = process.getuid?.() === 0;
@@ -25,38 +27,8 @@ const AP_ADDR = "10.250.250.1";
 const PHONE = "wf-cl";
 const WLAN = "wfwlan0";
 
-async function sh(argv: string[], tolerate = false) {
-  const p = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  if (code !== 0 && !tolerate) throw new Error(`${argv.join(" ")}: exit ${code}: ${stderr.trim()}`);
-  return { code, stdout, stderr };
-}
-const inNs = (ns: string, argv: string[], tolerate = false) => sh(["ip", "netns", "exec", ns, ...argv], tolerate);
 const alive = (pid: number) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
 
-/** One netconnectd request: JSON + NUL in, JSON + NUL out, connection closed by the daemon. */
-function netconnectd(control: string, req: unknown, ms = 60_000): Promise<{ result?: unknown; error?: string }> {
-  return new Promise((resolve, reject) => {
-    let text = "";
-    const t = setTimeout(() => reject(new Error(`netconnectd ${JSON.stringify(req)}: no answer in ${ms} ms`)), ms);
-    void Bun.connect({
-      unix: control,
-      socket: {
-        open(s) {
-          s.write(JSON.stringify(req) + "\0");
-        },
-        data(_s, d) {
-          text += d.toString();
-        },
-        close() {
-          clearTimeout(t);
-          if (!text.endsWith("\0")) reject(new Error(`netconnectd ${JSON.stringify(req)}: answer not NUL-terminated: ${JSON.stringify(text)}`));
-          else resolve(JSON.parse(text.slice(0, -1)));
-        },
-      },
-    }).catch(reject);
-  });
-}
 
 maybe("hostapd's own parser (needs root for the namespace)", () => {
   // hostapd parses the whole file before it opens nl80211: parse errors print "Line N: …"

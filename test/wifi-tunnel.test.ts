@@ -18,8 +18,10 @@ import { renderNft } from "../src/uplink/apconf.ts";
 import type { WifiReport } from "../src/uplink/wifi.ts";
 import { agent, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
 import { FakeWpaSupplicant } from "./helpers/fake-wpa.ts";
+import { netconnectd } from "./helpers/netconnectd.ts";
+import { inNs, sh } from "./helpers/netns.ts";
 import { readFileSync, writeFileSync } from "node:fs";
-import { ECHO_PORT_BESIDE_RELAY, LAN_HTTP, startLab, waitReport, type Lab, type LabFleet } from "./helpers/uplink-lab.ts";
+import { ECHO_PORT_BESIDE_RELAY, LAN_HTTP, startLab, waitReport, type Lab, type LabFleet, labUntil } from "./helpers/uplink-lab.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot && process.env.CI) throw new Error("Wi-Fi tunnel system tests need root; CI runs as root, so this must not be skipped there");
@@ -36,37 +38,7 @@ const PHONE_ADDR = "10.250.250.50";
 const SSID = "Shop WiFi";
 const PSK = "correct horse battery";
 
-async function sh(argv: string[], tolerate = false) {
-  const p = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  if (code !== 0 && !tolerate) throw new Error(`${argv.join(" ")}: exit ${code}: ${stderr.trim()}`);
-  return { code, stdout, stderr };
-}
-const inNs = (ns: string, argv: string[], tolerate = false) => sh(["ip", "netns", "exec", ns, ...argv], tolerate);
 
-/** One netconnectd request: JSON + NUL in, JSON + NUL out. */
-function netconnectd(control: string, req: unknown, ms = 60_000): Promise<{ result?: unknown; error?: string }> {
-  return new Promise((resolve, reject) => {
-    let text = "";
-    const t = setTimeout(() => reject(new Error(`netconnectd ${JSON.stringify(req)}: no answer in ${ms} ms`)), ms);
-    void Bun.connect({
-      unix: control,
-      socket: {
-        open(s) {
-          s.write(JSON.stringify(req) + "\0");
-        },
-        data(_s, d) {
-          text += d.toString();
-        },
-        close() {
-          clearTimeout(t);
-          if (!text.endsWith("\0")) reject(new Error(`netconnectd: answer not NUL-terminated: ${JSON.stringify(text)}`));
-          else resolve(JSON.parse(text.slice(0, -1)));
-        },
-      },
-    }).catch(reject);
-  });
-}
 
 maybe("the real nft parser takes the AP fence for every ap.forward (needs root for the namespace)", () => {
   // `nft -c` parses and checks the whole ruleset against the kernel without applying it;
@@ -120,20 +92,7 @@ maybe("Wi-Fi fallback end to end with a real relay and master (needs root)", () 
     if (r.code !== 0) throw new Error(`wifi-status: ${r.stderr}`);
     return JSON.parse(r.stdout) as WifiReport;
   };
-  /** Polls `fn` every 50 ms; returns when it first held (epoch ms). */
-  async function until(fn: () => Promise<boolean>, ms: number, what: string): Promise<number> {
-    const end = Date.now() + ms;
-    let last: unknown;
-    while (Date.now() < end) {
-      try {
-        if (await fn()) return Date.now();
-      } catch (e) {
-        last = e;
-      }
-      await Bun.sleep(50);
-    }
-    throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ""}\n--- onsite log tail:\n${lab.onsiteLog().slice(-3000)}`);
-  }
+  const until = (fn: () => Promise<boolean>, ms: number, what: string) => labUntil(lab, fn, ms, what);
   const phonePing = async (target: string) => (await inNs(PHONE, ["busybox", "ping", "-c", "1", "-W", "1", target], true)).code;
 
   beforeAll(async () => {

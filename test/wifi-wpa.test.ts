@@ -4,7 +4,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { ControlServer, controlRequest } from "../src/control.ts";
-import { configureLogging } from "../src/log.ts";
+import { createLogger } from "../src/log.ts";
 import { answerNetconnectd, encodeNetconnectd, type NetconnectdBackend } from "../src/uplink/netconnectd.ts";
 import { WifiClient, WpaClient } from "../src/uplink/wpa.ts";
 import { tempDir } from "./helpers/cli.ts";
@@ -12,7 +12,7 @@ import { FakeWpaSupplicant } from "./helpers/fake-wpa.ts";
 
 const tmp = tempDir("wf-wpa");
 afterAll(() => tmp[Symbol.dispose]());
-const log = configureLogging({ level: "error", json: false });
+const log = createLogger({ level: "error", json: false });
 
 function setup(name: string) {
   const fake = new FakeWpaSupplicant(join(tmp.path, `${name}.ctrl`));

@@ -2,7 +2,7 @@
 // daemon of that role until a signal stops it.
 import { requireForRole, type Role } from "../config.ts";
 import { UsageError } from "../errors.ts";
-import { configureLogging } from "../log.ts";
+import { createLogger } from "../log.ts";
 import { Daemon, runUntilSignal } from "../roles/daemon.ts";
 import { bakedRole } from "../version.ts";
 import { defineAgentCommand } from "./args.ts";
@@ -19,7 +19,7 @@ export const daemonCommand = defineAgentCommand({
       throw new UsageError("no role given", "run `agent --role relay|onsite|master ...`, or a command such as `agent status` (see `agent --help`)");
     }
     requireForRole(cfg, role);
-    const log = configureLogging({ level: cfg.log_level, json: cfg.json_logs });
+    const log = createLogger({ level: cfg.log_level, json: cfg.json_logs });
     const { loadBundle } = await import("../pki.ts"); // node-forge: loaded only when a daemon starts
     const bundle = await loadBundle(cfg.bundle!);
     if (bundle.role !== role) {

@@ -29,7 +29,7 @@ export class OnsiteRole implements Component {
   /** Extra request handlers on the relay connection (NAT requests), set by other parts. */
   extraSetup: ((conn: Connection) => void)[] = [];
 
-  constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">) {
+  constructor(private readonly cfg: Config, bundle: Bundle, log: Logger, control: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">) {
     this.sessions = new SessionServer({
       id: bundle.id,
       allow: () => this.cfg.allow,

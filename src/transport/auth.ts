@@ -1,6 +1,7 @@
 // Judging a peer's certificate on the relay: a pure function of what the TLS stack reported,
 // the certificate itself, the revocation list and the clock. Every refusal names the reason
 // and the id the peer presented (also for ids the relay has never seen), for the refusal log.
+import type forge from "node-forge";
 import { certificateIdentity, parseCertificate, isRevoked, type RevocationList } from "../pki.ts";
 
 export interface HandshakeFacts {
@@ -22,18 +23,27 @@ export type PeerVerdict =
   | { ok: true; id: string; role: string; serial: string; notAfter: Date }
   | { ok: false; reason: string; presented: string | null };
 
-/** Best-effort "CN (OU)" of any certificate, even one we refuse: for the log only. */
-export function presentedName(der: Uint8Array | null): string | null {
-  if (!der) return null;
+function nameOf(cert: forge.pki.Certificate): string {
+  const cn = cert.subject.getField("CN")?.value as string | undefined;
+  const ou = cert.subject.getField("OU")?.value as string | undefined;
+  if (!cn) return "(no CN)";
+  return ou ? `${cn} (${ou})` : cn;
+}
+
+/** Parses a peer's certificate once: the forge object (null if unparsable) and its "CN (OU)". */
+function parsePeer(der: Uint8Array | null): { cert: forge.pki.Certificate | null; presented: string | null } {
+  if (!der) return { cert: null, presented: null };
   try {
     const cert = parseCertificate(der);
-    const cn = cert.subject.getField("CN")?.value as string | undefined;
-    const ou = cert.subject.getField("OU")?.value as string | undefined;
-    if (!cn) return "(no CN)";
-    return ou ? `${cn} (${ou})` : cn;
+    return { cert, presented: nameOf(cert) };
   } catch {
-    return "(unparsable certificate)";
+    return { cert: null, presented: "(unparsable certificate)" };
   }
+}
+
+/** Best-effort "CN (OU)" of any certificate, even one we refuse: for the log only. */
+export function presentedName(der: Uint8Array | null): string | null {
+  return parsePeer(der).presented;
 }
 
 /** OpenSSL's verification errors, said the way an operator would look for them. */
@@ -49,13 +59,14 @@ function explainTlsError(err: string | null): string {
 }
 
 export function verifyPeer(facts: HandshakeFacts, policy: TrustPolicy, now: Date): PeerVerdict {
-  const presented = presentedName(facts.peerDer);
+  // One parse per handshake: the name for the log and the identity come from the same object.
+  const { cert, presented } = parsePeer(facts.peerDer);
   if (!facts.peerDer) return { ok: false, reason: facts.handshakeOk ? "no client certificate" : `TLS handshake failed (${facts.authorizationError ?? "unknown reason"})`, presented };
   if (facts.protocol && facts.protocol !== "TLSv1.3") return { ok: false, reason: `${facts.protocol} is not accepted (TLS 1.3 only)`, presented };
   if (!facts.handshakeOk || !facts.authorized) return { ok: false, reason: explainTlsError(facts.authorizationError), presented };
   let ident;
   try {
-    ident = certificateIdentity(facts.peerDer);
+    ident = certificateIdentity(cert ?? facts.peerDer);
   } catch (e) {
     return { ok: false, reason: `certificate carries no valid identity: ${(e as Error).message}`, presented };
   }

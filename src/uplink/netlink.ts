@@ -8,7 +8,6 @@
 // a few microseconds, measured in bench/uplink.bench.ts, and keeps everything on one thread.)
 import { libcPath } from "../libc.ts";
 import { dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
-import { existsSync } from "node:fs";
 import { parseMessages, formatMessage } from "netlink/dist/structs";
 import { parseMessage as parseRtMessage, formatLink, formatAddress, formatRoute, type Message } from "netlink/dist/rt/structs";
 import { formatIPv4 } from "../netaddr.ts";

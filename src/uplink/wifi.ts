@@ -10,7 +10,7 @@ import type { Logger } from "../log.ts";
 import { formatIPv4 } from "../netaddr.ts";
 import { AccessPoint, type ApStatus } from "./ap.ts";
 import { decideAp, initialApState, type ApAction, type ApEvent, type ApState } from "./fallback.ts";
-import type { Exec } from "./exec.ts";
+import type { Exec } from "../exec.ts";
 import type { NetconnectdBackend, NetconnectdCell, NetconnectdStatus } from "./netconnectd.ts";
 import { SetupPage } from "./setup-page.ts";
 import { checkPsk, checkSsid, WifiClient, WpaClient, type WifiNetwork, type WpaControl } from "./wpa.ts";

@@ -1,4 +1,5 @@
-// Shared pieces of the NAT system tests (test/nat-system.test.ts, test/nat-session.test.ts):
+// Shared pieces of the NAT system tests (test/nat-system.test.ts, test/nat-session.test.ts)
+// and the NAT benchmark: the router topology,
 // running commands (optionally inside a namespace), reading a namespace's firewall as the
 // backend's own tool prints it, the rule tags in it, and the LAN fixture server.
 import { join } from "node:path";
@@ -21,6 +22,45 @@ export async function must(argv: string[], stdin?: string): Promise<string> {
 }
 
 export const inNs = (ns: string, ...argv: string[]) => ["ip", "netns", "exec", ns, ...argv];
+
+/**
+ * The NAT test topology: a client namespace (the remote peer, with one or more addresses), a
+ * router namespace with the public address and the LAN gateway (IP forwarding on), and a LAN
+ * namespace with the server, routed via the router. Veths are named `${veth}-c`/`-rc` and
+ * `-l`/`-rl`. Namespaces of an earlier crashed run are removed first.
+ */
+export interface RouterTopology {
+  cli: string;
+  rtr: string;
+  lan: string;
+  veth: string;
+  clientAddrs: string[];
+  publicAddr: string;
+  routerLan: string;
+  server: string;
+}
+
+export async function deleteNamespaces(names: readonly string[]): Promise<void> {
+  for (const ns of names) await run(["ip", "netns", "del", ns]);
+}
+
+export async function buildRouterTopology(t: RouterTopology): Promise<void> {
+  const { cli, rtr, lan, veth: v } = t;
+  await deleteNamespaces([cli, rtr, lan]);
+  for (const ns of [cli, rtr, lan]) {
+    await must(["ip", "netns", "add", ns]);
+    await must(inNs(ns, "ip", "link", "set", "lo", "up"));
+  }
+  await must(["ip", "link", "add", `${v}-c`, "netns", cli, "type", "veth", "peer", "name", `${v}-rc`, "netns", rtr]);
+  await must(["ip", "link", "add", `${v}-l`, "netns", lan, "type", "veth", "peer", "name", `${v}-rl`, "netns", rtr]);
+  for (const a of t.clientAddrs) await must(inNs(cli, "ip", "addr", "add", `${a}/24`, "dev", `${v}-c`));
+  await must(inNs(rtr, "ip", "addr", "add", `${t.publicAddr}/24`, "dev", `${v}-rc`));
+  await must(inNs(rtr, "ip", "addr", "add", `${t.routerLan}/24`, "dev", `${v}-rl`));
+  await must(inNs(lan, "ip", "addr", "add", `${t.server}/24`, "dev", `${v}-l`));
+  for (const [ns, dev] of [[cli, `${v}-c`], [rtr, `${v}-rc`], [rtr, `${v}-rl`], [lan, `${v}-l`]] as const) await must(inNs(ns, "ip", "link", "set", dev, "up"));
+  await must(inNs(lan, "ip", "route", "add", "default", "via", t.routerLan));
+  await must(inNs(rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1"));
+}
 
 /** A namespace's rules as the backend's own tool shows them (counters blanked), for tags and for "nothing changed". */
 export async function rulesetOf(ns: string, backend: NatBackendName): Promise<string> {

@@ -41,12 +41,14 @@ export interface Topology {
 
 export const RELAY_ADDR = "10.99.0.1";
 
-async function sh(argv: string[], tolerate = false) {
+/** Runs a command (argv, no shell); throws with its stderr on failure unless `tolerate`. */
+export async function sh(argv: string[], tolerate = false) {
   const p = Bun.spawn(argv, { stdout: "pipe", stderr: "pipe", stdin: "ignore" });
   const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   if (code !== 0 && !tolerate) throw new Error(`${argv.join(" ")}: exit ${code}: ${stderr.trim()}`);
   return { code, stdout, stderr };
 }
+export const inNs = (ns: string, argv: string[], tolerate = false) => sh(["ip", "netns", "exec", ns, ...argv], tolerate);
 
 /** Builds the topology. `uplinks` are in order: uplink 1 is usually the primary. */
 export async function buildUplinkTopology(prefix: string, uplinks: UplinkSpec[]): Promise<Topology> {

@@ -313,6 +313,24 @@ ${o.extraConfig ?? ""}
   }
 }
 
+/**
+ * Polls `fn` every 50 ms; returns when it first held (epoch ms, for the printed times). A
+ * timeout names what was awaited, the last error and the onsite daemon's log tail.
+ */
+export async function labUntil(lab: Lab, fn: () => Promise<boolean>, ms: number, what: string): Promise<number> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  while (Date.now() < end) {
+    try {
+      if (await fn()) return Date.now();
+    } catch (e) {
+      last = e;
+    }
+    await Bun.sleep(50);
+  }
+  throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ""}\n--- onsite log tail:\n${lab.onsiteLog().slice(-3000)}`);
+}
+
 /** Polls the daemon's report until `cond` holds. */
 export async function waitReport(lab: Lab, cond: (r: UplinkReport) => boolean, ms: number, what: string): Promise<UplinkReport> {
   const until = Date.now() + ms;
