@@ -8,6 +8,7 @@ import {
 import { Msg, isKnownMsg, msgName, ErrorCode } from "./messages.ts";
 import type { Link } from "./link.ts";
 import { Limits, Timing } from "./policy.ts";
+import type { Clock } from "../clock.ts";
 
 export interface Log {
   debug(...a: unknown[]): void;
@@ -64,6 +65,8 @@ export interface ConnectionOptions {
   /** Called for a protocol error before the connection is closed (for the refusal log). */
   onProtocolError?: (err: Error) => void;
   now?: () => number;
+  /** Time for keepalive and request deadlines (monotonic); default: the system clock. */
+  clock?: Clock;
 }
 
 /** A link's queue beyond this: streams keep their data (and pause their sources) until drain. */
