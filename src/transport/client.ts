@@ -6,6 +6,7 @@ import type { Link } from "./link.ts";
 import { Msg, PROTOCOL_VERSIONS } from "./messages.ts";
 import { MAX_CONTROL_MESSAGE } from "./frame.ts";
 import { Timing, backoffDelay, nextAttempt } from "./policy.ts";
+import { systemClock, wallOf, type Clock } from "../clock.ts";
 
 export interface Welcome {
   version: number;
@@ -33,6 +34,9 @@ export interface RelayClientOptions {
   keepaliveTimeout?: number;
   /** Target for the log messages ("relay.example.net:443"). */
   describe: string;
+  /** Backoff, "stable after", the WELCOME deadline and the connection's keepalive run on its
+   * monotonic `now()`; `wall()` only turns instants into the times `status()` shows. */
+  clock?: Clock;
 }
 
 export type ClientState = "connecting" | "up" | "waiting" | "closed";
@@ -45,15 +49,21 @@ export class RelayClient {
   private redialNow = false;
   /** Abandons the dial (or HELLO/WELCOME exchange) in flight; set while connectOnce runs. */
   private abandonDial: ((why: Error) => void) | null = null;
+  private readonly clock: Clock;
   state: ClientState = "connecting";
-  since = Date.now();
+  /** Monotonic instant (clock.now()) the state last changed. */
+  since: number;
   attempt = 0;
   lastError: string | null = null;
+  /** Monotonic instant of the next dial while waiting. */
   nextRetryAt: number | null = null;
   welcome: Welcome | null = null;
   connects = 0;
 
-  constructor(private readonly o: RelayClientOptions) {}
+  constructor(private readonly o: RelayClientOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.since = this.clock.now();
+  }
 
   get connection(): Connection | null {
     return this.conn && !this.conn.closed && this.state === "up" ? this.conn : null;
@@ -90,11 +100,11 @@ export class RelayClient {
     return {
       relay: this.o.describe,
       state: this.state,
-      since: new Date(this.since).toISOString(),
+      since: new Date(wallOf(this.clock, this.since)).toISOString(),
       attempt: this.attempt,
       connects: this.connects,
       last_error: this.lastError,
-      next_retry: this.nextRetryAt ? new Date(this.nextRetryAt).toISOString() : null,
+      next_retry: this.nextRetryAt !== null ? new Date(wallOf(this.clock, this.nextRetryAt)).toISOString() : null,
       rtt_ms: this.conn?.rtt ?? null,
     };
   }
@@ -102,7 +112,7 @@ export class RelayClient {
   private setState(s: ClientState): void {
     if (this.state !== s) {
       this.state = s;
-      this.since = Date.now();
+      this.since = this.clock.now();
     }
   }
 
@@ -113,12 +123,12 @@ export class RelayClient {
       try {
         const conn = await this.connectOnce();
         this.conn = conn;
-        const upAt = Date.now();
+        const upAt = this.clock.now();
         this.setState("up");
         this.connects++;
         this.lastError = null;
         const why = await conn.wait();
-        lived = Date.now() - upAt;
+        lived = this.clock.now() - upAt;
         this.conn = null;
         if (this.stopped) break;
         this.lastError = why.message;
@@ -136,11 +146,11 @@ export class RelayClient {
       const delay = this.redialNow ? 0 : backoffDelay(this.attempt - 1, this.o.random);
       this.redialNow = false;
       this.setState("waiting");
-      this.nextRetryAt = Date.now() + delay;
+      this.nextRetryAt = this.clock.now() + delay;
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, delay);
+        const t = this.clock.setTimeout(resolve, delay);
         this.wake = () => {
-          clearTimeout(t);
+          this.clock.clearTimeout(t);
           resolve();
         };
       });
@@ -180,21 +190,22 @@ export class RelayClient {
       keepaliveInterval: this.o.keepaliveInterval,
       keepaliveTimeout: this.o.keepaliveTimeout,
       onStream: this.o.onStream,
+      clock: this.clock,
       // The relay (authenticated) may answer with more than a frame: DEVICES of a big fleet.
       maxControlIn: MAX_CONTROL_MESSAGE,
     });
     this.o.setup(conn);
     const greeting = new Promise<Welcome>((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const timer = this.clock.setTimeout(() => {
         conn.close(1, "no WELCOME in time");
         reject(new Error(`the relay did not answer HELLO within ${Timing.helloDeadline / 1000} s`));
       }, Timing.helloDeadline);
       conn.on(Msg.WELCOME, (b) => {
-        clearTimeout(timer);
+        this.clock.clearTimeout(timer);
         resolve({ version: Number(b.version), relay: String(b.relay ?? ""), address: String(b.address ?? "") });
       });
       void conn.wait().then((why: ConnectionClosed) => {
-        clearTimeout(timer);
+        this.clock.clearTimeout(timer);
         reject(new Error(why.remote ? `the relay refused us: ${why.message}` : why.message));
       });
       conn.send(Msg.HELLO, { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent });

@@ -8,7 +8,7 @@ import {
 import { Msg, isKnownMsg, msgName, ErrorCode } from "./messages.ts";
 import type { Link } from "./link.ts";
 import { Limits, Timing } from "./policy.ts";
-import type { Clock } from "../clock.ts";
+import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 
 export interface Log {
   debug(...a: unknown[]): void;
@@ -64,8 +64,9 @@ export interface ConnectionOptions {
   maxControlIn?: number;
   /** Called for a protocol error before the connection is closed (for the refusal log). */
   onProtocolError?: (err: Error) => void;
-  now?: () => number;
-  /** Time for keepalive and request deadlines (monotonic); default: the system clock. */
+  /** Time for keepalive and request deadlines: every duration is measured on `clock.now()`
+   * (monotonic), so a step of the wall clock neither drops the connection nor switches
+   * dead-peer detection off. Default: the system clock. */
   clock?: Clock;
 }
 
@@ -79,7 +80,7 @@ export class Connection {
   private readonly decoder: FrameDecoder;
   private readonly streams = new Map<number, Stream>();
   private nextId: number;
-  private readonly requests = new Map<number, { resolve(v: unknown): void; reject(e: Error): void; timer: ReturnType<typeof setTimeout>; type: number }>();
+  private readonly requests = new Map<number, { resolve(v: unknown): void; reject(e: Error): void; timer: TimerHandle; type: number }>();
   private nextRid = 1;
   private readonly handlers = new Map<number, RequestHandler>();
   private readonly listeners = new Map<number, MessageHandler>();
@@ -87,11 +88,12 @@ export class Connection {
   /** Pieces of a control message sent over several frames (Flag.MORE), bounded by maxControlIn. */
   private readonly controlParts: Uint8Array[] = [];
   private controlBytes = 0;
-  private keepaliveTimer: ReturnType<typeof setInterval> | null = null;
+  private keepaliveTimer: TimerHandle | null = null;
   private pingSentAt = new Map<number, number>();
   private pingSeq = 0;
-  private readonly now: () => number;
-  lastReceived: number;
+  readonly clock: Clock;
+  /** Monotonic instant of the last byte from the peer (clock.now()): what keepalive measures. */
+  lastHeard: number;
   /** Round-trip time of the last answered PING, ms. */
   rtt: number | null = null;
   /** Set by the code that authenticated the peer. */
@@ -109,8 +111,8 @@ export class Connection {
     this.log = opts.log ?? quiet;
     this.window = opts.window ?? Limits.streamWindow;
     this.nextId = opts.side === "dialer" ? 1 : 2;
-    this.now = opts.now ?? Date.now;
-    this.lastReceived = this.now();
+    this.clock = opts.clock ?? systemClock;
+    this.lastHeard = this.clock.now();
     this.decoder = new FrameDecoder((f) => this.onFrame(f));
     link.setHandlers({
       data: (chunk) => this.onData(chunk),
@@ -131,6 +133,10 @@ export class Connection {
   get streamCount(): number {
     return this.streams.size;
   }
+  /** Wall-clock time (epoch ms) of the last byte from the peer: a "last seen" people read. */
+  get lastReceived(): number {
+    return wallOf(this.clock, this.lastHeard);
+  }
 
   /** Resolves when the connection is closed (never rejects). */
   wait(): Promise<ConnectionClosed> {
@@ -142,18 +148,18 @@ export class Connection {
     const interval = this.opts.keepaliveInterval ?? Timing.keepaliveInterval;
     const timeout = this.opts.keepaliveTimeout ?? Timing.keepaliveTimeout;
     if (this.keepaliveTimer) return;
-    this.keepaliveTimer = setInterval(() => this.routineKeepalive(timeout), interval);
+    this.keepaliveTimer = this.clock.setInterval(() => this.routineKeepalive(timeout), interval);
   }
 
   private routineKeepalive(timeout: number): void {
     if (this.closed) return;
-    const quietFor = this.now() - this.lastReceived;
+    const quietFor = this.clock.now() - this.lastHeard;
     if (quietFor > timeout) {
       this.close(GoAwayCode.KEEPALIVE, `no frame from the peer for ${Math.round(quietFor / 1000)} s (keepalive timeout)`);
       return;
     }
     const seq = (this.pingSeq = (this.pingSeq + 1) >>> 0);
-    this.pingSentAt.set(seq, this.now());
+    this.pingSentAt.set(seq, this.clock.now());
     if (this.pingSentAt.size > 8) this.pingSentAt.delete(this.pingSentAt.keys().next().value!);
     this.writeFrame(FrameType.PING, 0, 0, undefined, seq);
   }
@@ -190,7 +196,7 @@ export class Connection {
     if (this.closedWith) return Promise.reject(this.closedWith);
     const rid = this.nextRid++;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const timer = this.clock.setTimeout(() => {
         this.requests.delete(rid);
         reject(new RemoteError(ErrorCode.INTERNAL, `${msgName(type)}: no answer within ${timeoutMs / 1000} s`));
       }, timeoutMs);
@@ -210,7 +216,7 @@ export class Connection {
       const pending = typeof rid === "number" ? this.requests.get(rid) : undefined;
       if (!pending) return; // late answer to a request that timed out
       this.requests.delete(rid as number);
-      clearTimeout(pending.timer);
+      this.clock.clearTimeout(pending.timer);
       if (b.ok === true) pending.resolve(b.result);
       else pending.reject(new RemoteError(typeof b.code === "string" ? b.code : ErrorCode.INTERNAL, typeof b.error === "string" ? b.error : "request failed"));
       return;
@@ -257,7 +263,7 @@ export class Connection {
 
   private onData(chunk: Uint8Array): void {
     if (this.closed) return;
-    this.lastReceived = this.now();
+    this.lastHeard = this.clock.now();
     this.bytesIn += chunk.length;
     try {
       this.decoder.push(chunk);
@@ -295,7 +301,7 @@ export class Connection {
         if (f.flags & Flag.ACK) {
           const sent = this.pingSentAt.get(f.length);
           if (sent !== undefined) {
-            this.rtt = this.now() - sent;
+            this.rtt = this.clock.now() - sent;
             this.pingSentAt.delete(f.length);
           }
         } else {
@@ -419,9 +425,9 @@ export class Connection {
   /** close(), then wait (bounded) until the GOAWAY has left. */
   async closeAndWait(code: number, reason: string, maxMs = 1000): Promise<void> {
     this.close(code, reason);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([this.linkClosed, new Promise((r) => (timer = setTimeout(r, maxMs)))]);
-    clearTimeout(timer); // a pending timer would keep a stopping process alive for maxMs
+    let timer: TimerHandle | undefined;
+    await Promise.race([this.linkClosed, new Promise((r) => (timer = this.clock.setTimeout(() => r(undefined), maxMs)))]);
+    this.clock.clearTimeout(timer); // a pending timer would keep a stopping process alive for maxMs
   }
 
   /** Sends GOAWAY with the reason, flushes, closes. Idempotent. */
@@ -435,10 +441,10 @@ export class Connection {
   private teardown(why: ConnectionClosed): void {
     if (this.closedWith) return;
     this.closedWith = why;
-    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    if (this.keepaliveTimer) this.clock.clearInterval(this.keepaliveTimer);
     this.keepaliveTimer = null;
     for (const r of this.requests.values()) {
-      clearTimeout(r.timer);
+      this.clock.clearTimeout(r.timer);
       r.reject(why);
     }
     this.requests.clear();

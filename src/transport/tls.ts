@@ -6,6 +6,7 @@ import type { Link, LinkHandlers } from "./link.ts";
 import { Timing } from "./policy.ts";
 import { verifyPeer, type PeerVerdict, type TrustPolicy } from "./auth.ts";
 import { certificateIdentity } from "../pki.ts";
+import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 
 /** TLS 1.3 as Bun wants it (a number: TLS1_3_VERSION). */
 const TLS13 = 0x0304;
@@ -26,6 +27,7 @@ interface SocketData {
   link: SocketLink | null;
   /** Called once the handshake is judged; null until then. */
   onHandshake?: (ok: boolean, err: Error | null) => void;
+  /** Monotonic instant the socket opened (clock.now()). */
   opened: number;
   source: string;
   /** Counted against the unauthenticated-connection caps until verified or closed. */
@@ -165,10 +167,13 @@ export interface ListenOptions {
   admit(source: string): boolean;
   release(source: string): void;
   handshakeDeadline?: number;
+  /** The handshake deadline runs on its timers; certificates are judged at its wall(). */
+  clock?: Clock;
 }
 
 export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
   const deadline = opts.handshakeDeadline ?? Timing.handshakeDeadline;
+  const clock = opts.clock ?? systemClock;
   return Bun.listen<SocketData>({
     hostname: opts.hostname,
     port: opts.port,
@@ -186,20 +191,20 @@ export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
     socket: {
       open(socket) {
         const source = socket.remoteAddress;
-        socket.data = { link: null, opened: Date.now(), source };
+        socket.data = { link: null, opened: clock.now(), source };
         if (!opts.admit(source)) {
           opts.refuse({ address: source, reason: "too many unauthenticated connections", presented: null });
           socket.terminate();
           return;
         }
         socket.data.counted = true;
-        const timer = setTimeout(() => {
+        const timer = clock.setTimeout(() => {
           if (!socket.data.link) {
             opts.refuse({ address: source, reason: `no TLS handshake within ${deadline / 1000} s`, presented: null });
             socket.terminate();
           }
         }, deadline);
-        socket.data.onHandshake = () => clearTimeout(timer);
+        socket.data.onHandshake = () => clock.clearTimeout(timer);
       },
       handshake(socket, success, authorizationError) {
         socket.data.onHandshake?.(success, authorizationError);
@@ -216,7 +221,7 @@ export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
         const verdict = verifyPeer(
           { handshakeOk: success, authorized: socket.authorized, authorizationError: describeTlsError(authorizationError), peerDer: cert?.raw ?? null, protocol: socket.getTLSVersion() },
           opts.trust(),
-          new Date(),
+          new Date(clock.wall()), // certificate validity is wall-clock time
         );
         if (!verdict.ok) {
           opts.refuse({ address: socket.data.source, reason: verdict.reason, presented: verdict.presented });
@@ -264,6 +269,8 @@ export interface DialOptions {
   /** http://[user:pass@]host:port of an HTTP CONNECT proxy. */
   proxy?: URL;
   timeout?: number;
+  /** The dial timeout runs on its timers. */
+  clock?: Clock;
 }
 
 export class DialError extends Error {
@@ -273,10 +280,11 @@ export class DialError extends Error {
 /** Connects and completes TLS; verifies the relay's certificate (fleet CA, role relay). */
 export async function dialTls(opts: DialOptions): Promise<SocketLink> {
   const timeout = opts.timeout ?? Timing.dialTimeout;
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  const clock = opts.clock ?? systemClock;
+  let timer: TimerHandle | undefined;
   let abandon: (() => void) | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
+    timer = clock.setTimeout(() => {
       abandon?.();
       reject(new DialError(`no TLS connection to ${opts.host}:${opts.port} within ${timeout / 1000} s`));
     }, timeout);
@@ -284,7 +292,7 @@ export async function dialTls(opts: DialOptions): Promise<SocketLink> {
   try {
     return await Promise.race([dialInner(opts, (f) => (abandon = f)), deadline]);
   } finally {
-    clearTimeout(timer);
+    clock.clearTimeout(timer);
   }
 }
 
@@ -335,7 +343,7 @@ function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Prom
       },
     };
     if (!opts.proxy) {
-      Bun.connect<SocketData>({ hostname: opts.host, port: opts.port, tls: tlsClientOptions(opts), data: { link: null, opened: Date.now(), source: "" }, socket: handlers })
+      Bun.connect<SocketData>({ hostname: opts.host, port: opts.port, tls: tlsClientOptions(opts), data: { link: null, opened: (opts.clock ?? systemClock).now(), source: "" }, socket: handlers })
         .then((s) => setAbandon(() => s.terminate()))
         .catch((e: Error) => fail(new DialError(`cannot connect to ${opts.host}:${opts.port}: ${e.message}`)));
       return;
@@ -375,7 +383,7 @@ function connectThroughProxy(
   Bun.connect<SocketData>({
     hostname: proxy.hostname,
     port: proxyPort,
-    data: { link: null, opened: Date.now(), source: "" },
+    data: { link: null, opened: (opts.clock ?? systemClock).now(), source: "" },
     socket: {
       open(socket) {
         let req = `CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\n`;
@@ -408,7 +416,7 @@ function connectThroughProxy(
           return;
         }
         upgraded = true;
-        const [, tls] = socket.upgradeTLS<SocketData>({ tls: tlsClientOptions(opts), data: { link: null, opened: Date.now(), source: "" }, socket: tlsHandlers as never });
+        const [, tls] = socket.upgradeTLS<SocketData>({ tls: tlsClientOptions(opts), data: { link: null, opened: (opts.clock ?? systemClock).now(), source: "" }, socket: tlsHandlers as never });
         setAbandon(() => tls.terminate());
       },
       close() {
