@@ -15,6 +15,7 @@ import { fromSeedRequest, FieldError, type NatRequest, type OwnAddress } from ".
 import { NatService, type AddResult } from "./service.ts";
 import { FileRuleStore } from "./store.ts";
 import { parseIPv4 } from "../netaddr.ts";
+import { systemClock, type Clock } from "../clock.ts";
 
 /** The device's own addresses change rarely; re-read them at most this often. */
 export const OWN_ADDRESSES_TTL_MS = 5_000;
@@ -26,6 +27,8 @@ export interface NatComponentOptions {
   exec?: Exec;
   /** Overrides the backend the config would pick (tests). */
   backend?: FirewallBackend;
+  /** Rule deadlines and the address cache run on its monotonic now(); see service.ts "Time". */
+  clock?: Clock;
 }
 
 export interface NatComponent {
@@ -67,14 +70,14 @@ export function parseIpAddrJson(text: string): OwnAddress[] {
   return out;
 }
 
-function ownAddressReader(exec: Exec): () => Promise<OwnAddress[]> {
+function ownAddressReader(exec: Exec, clock: Clock): () => Promise<OwnAddress[]> {
   let cached: { at: number; value: OwnAddress[] } | undefined;
   return async () => {
-    if (cached && Date.now() - cached.at < OWN_ADDRESSES_TTL_MS) return cached.value;
+    if (cached && clock.now() - cached.at < OWN_ADDRESSES_TTL_MS) return cached.value;
     const r = await exec(["ip", "-j", "-4", "addr", "show"]);
     // Without the list the device's own addresses cannot be refused: fail closed.
     if (r.code !== 0) throw new RuntimeError(`cannot read this device's addresses: ip exited ${r.code}: ${r.stderr.trim()}`);
-    cached = { at: Date.now(), value: parseIpAddrJson(r.stdout) };
+    cached = { at: clock.now(), value: parseIpAddrJson(r.stdout) };
     return cached.value;
   };
 }
@@ -82,6 +85,7 @@ function ownAddressReader(exec: Exec): () => Promise<OwnAddress[]> {
 export function createNatComponent(opts: NatComponentOptions): NatComponent {
   const { control, config, log } = opts;
   const exec = opts.exec ?? spawnExec;
+  const clock = opts.clock ?? systemClock;
   let service: NatService | undefined;
   let unavailable = "the NAT service has not started";
 
@@ -95,7 +99,7 @@ export function createNatComponent(opts: NatComponentOptions): NatComponent {
   };
 
   control.handle("nat.add", async (a) => need().add({ proto: a.proto, src: a.src, iface: a.iface, port: a.port, to: a.to, ttl: a.ttl }, "local"));
-  control.handle("nat.list", () => ({ backend: need().backendName, now: new Date().toISOString(), rules: need().list() }));
+  control.handle("nat.list", () => ({ backend: need().backendName, now: new Date(clock.wall()).toISOString(), rules: need().list() }));
   control.handle("nat.del", async (a) => need().del(str(a.id, "id")));
   control.handle("nat.flush", async () => ({ removed: await need().flush() }));
   // Seed 001's shape: one JSON object with "action" and no "cmd". Its api_key is accepted
@@ -129,9 +133,10 @@ export function createNatComponent(opts: NatComponentOptions): NatComponent {
             allow: config.allow,
           },
           keepOnStop: config.nat.keep_on_stop,
-          ownAddresses: ownAddressReader(exec),
+          ownAddresses: ownAddressReader(exec, clock),
           cutFlows: conntrackCutter(exec),
           log: nlog,
+          clock,
         });
         await s.start();
         service = s;

@@ -52,3 +52,17 @@ export function plan(wanted: readonly Rule[], installed: readonly InstalledRule[
 export function isNoop(p: Plan): boolean {
   return p.add.length === 0 && p.retag.length === 0 && p.remove.length === 0;
 }
+
+/**
+ * The running deadline (monotonic, clock.now()) of a rule read from the state file at a moment
+ * whose clocks read `wall` and `mono`: it keeps exactly the time it had left by the wall clock
+ * then, and from there on no wall step moves it.
+ */
+export function deadlineAtLoad(expiresAt: number, wall: number, mono: number): number {
+  return mono + (expiresAt - wall);
+}
+
+/** The persisted (wall-clock) expiry written for a running deadline set at (`wall`, `mono`). */
+export function persistedExpiry(deadline: number, wall: number, mono: number): number {
+  return wall + (deadline - mono);
+}

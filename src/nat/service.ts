@@ -2,11 +2,25 @@
 // file kept equal to the firewall, and a timer that removes each rule at its expiry. The
 // decisions are the pure pieces (validateRequest, decideAdd, plan); this class sequences
 // them against an injected backend, store, flow cutter, clock and logger.
+//
+// Time. A rule has two expiries, and the rule picked is this one:
+// - its persisted expiry, `Rule.expiresAt`: wall-clock epoch ms, in the state file and in
+//   the firewall tag. It is what a restart reads (no monotonic clock survives a reboot), and
+//   it is written only when the rule's deadline is set: at add (wall at add + ttl) and at an
+//   extend that moves the deadline (wall then + the new time left);
+// - its running deadline: a monotonic instant (clock.now()), kept in memory only. At add it is
+//   mono at add + ttl; for a rule loaded at start it is mono at load + the time the rule had
+//   left by the wall clock at load. The expiry timer, `remaining_ms`, the extend decision and
+//   the order of `list()` all use it.
+// A wall step while the daemon runs therefore changes no running rule: a rule of ten minutes
+// ends after ten minutes of monotonic time, and the state file keeps saying what it said.
+// (Only a restart judges the persisted expiry by the wall clock of that moment.)
 import { RuntimeError, UsageError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { FirewallBackend } from "./backend.ts";
 import type { FlowCutter } from "./conntrack.ts";
-import { isNoop, plan } from "./plan.ts";
+import { deadlineAtLoad, isNoop, persistedExpiry, plan } from "./plan.ts";
+import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 import type { RuleStore } from "./store.ts";
 import { decideAdd, FieldError, newRuleId, sameForward, validateRequest, type NatLimits, type NatRequest, type OwnAddress, type Rule } from "./rule.ts";
 
@@ -23,6 +37,9 @@ export interface NatServiceDeps {
   ownAddresses: () => Promise<OwnAddress[]>;
   cutFlows: FlowCutter;
   log: Logger;
+  /** Monotonic now() for the running deadlines and the timer; wall() for persisted expiries. */
+  clock?: Clock;
+  /** Older seam: the wall clock alone (epoch ms); the monotonic side stays the system's. */
   now?: () => number;
   newId?: () => string;
 }
@@ -49,9 +66,11 @@ export interface AddResult {
 
 export class NatService {
   private readonly rules = new Map<string, Rule>();
-  private readonly now: () => number;
+  /** Running deadline of each rule in `rules`: a monotonic instant (see "Time" above). */
+  private readonly deadlines = new Map<string, number>();
+  private readonly clock: Clock;
   private readonly newId: () => string;
-  private timer: ReturnType<typeof setTimeout> | undefined;
+  private timer: TimerHandle | undefined;
   /** True once the firewall holds (or held) agent rules; an idle agent never writes it. */
   private touched = false;
   private closed = false;
@@ -60,7 +79,7 @@ export class NatService {
   private closing: Promise<void> | undefined;
 
   constructor(private readonly d: NatServiceDeps) {
-    this.now = d.now ?? Date.now;
+    this.clock = d.clock ?? (d.now ? { ...systemClock, wall: d.now } : systemClock);
     this.newId = d.newId ?? newRuleId;
   }
 
@@ -78,8 +97,14 @@ export class NatService {
       log.error("NAT state file is damaged; starting without it (its tagged rules will be removed as orphans)", e);
     }
     const installed = await this.d.backend.list();
-    const p = plan(saved, installed, this.now());
-    for (const r of p.desired) this.rules.set(r.id, r);
+    // One reading of both clocks: a loaded rule keeps exactly the time it had left by the wall.
+    const wall = this.clock.wall();
+    const mono = this.clock.now();
+    const p = plan(saved, installed, wall);
+    for (const r of p.desired) {
+      this.rules.set(r.id, r);
+      this.deadlines.set(r.id, deadlineAtLoad(r.expiresAt, wall, mono));
+    }
     if (!isNoop(p)) {
       await this.d.backend.apply(p.desired);
       this.touched = true;
@@ -89,7 +114,7 @@ export class NatService {
     if (saved.length > 0 || p.expired.length > 0) this.d.store.save(p.desired);
     for (const r of p.expired) log.info(`removed rule ${r.id} at start: it expired at ${new Date(r.expiresAt).toISOString()}`, describe(r));
     for (const o of p.orphans) log.warn(`removed tagged rule ${o.id} at start: the state does not know it`);
-    for (const r of p.desired) log.info(`re-armed rule ${r.id}: expires in ${Math.ceil((r.expiresAt - this.now()) / 1000)}s`, describe(r));
+    for (const r of p.desired) log.info(`re-armed rule ${r.id}: expires in ${Math.ceil((this.deadlines.get(r.id)! - mono) / 1000)}s`, describe(r));
     if (p.add.length) log.warn(`restored ${p.add.length} rule(s) missing from the firewall: ${p.add.map((r) => r.id).join(", ")}`);
     log.info(`NAT ready (backend ${this.d.backend.name}): ${p.desired.length} active, ${p.expired.length} expired, ${p.orphans.length} orphan(s) removed`);
     await this.cut(p.expired);
@@ -108,17 +133,35 @@ export class NatService {
     } catch (e) {
       throw asUsage(e);
     }
-    const decision = decideAdd(spec, owner, [...this.rules.values()], this.now(), () => this.uniqueId(), this.d.limits.maxRules);
+    // The decision runs on the monotonic clock: the active rules as their running deadlines.
+    const wall = this.clock.wall();
+    const mono = this.clock.now();
+    const running = [...this.rules.values()].map((r) => ({ ...r, expiresAt: this.deadlines.get(r.id)! }));
+    const decision = decideAdd(spec, owner, running, mono, () => this.uniqueId(), this.d.limits.maxRules);
     if (decision.kind === "refuse") throw asUsage(decision.error);
-    const rule = decision.rule;
-    const prev = this.rules.get(rule.id);
-    this.rules.set(rule.id, rule);
+    const id = decision.rule.id;
+    const prev = this.rules.get(id);
+    const prevDeadline = this.deadlines.get(id);
+    const deadline = decision.rule.expiresAt;
+    // Back to persisted (wall) times: a new rule from now; an extend keeps its creation time,
+    // and its persisted expiry moves only when its deadline did.
+    const rule: Rule =
+      decision.kind === "new"
+        ? { ...decision.rule, createdAt: wall, expiresAt: persistedExpiry(deadline, wall, mono) }
+        : { ...decision.rule, createdAt: prev!.createdAt, expiresAt: deadline === prevDeadline ? prev!.expiresAt : persistedExpiry(deadline, wall, mono) };
+    this.rules.set(id, rule);
+    this.deadlines.set(id, deadline);
     try {
       await this.sync();
     } catch (e) {
-      if (this.rules.get(rule.id) === rule) {
-        if (prev) this.rules.set(rule.id, prev);
-        else this.rules.delete(rule.id);
+      if (this.rules.get(id) === rule) {
+        if (prev) {
+          this.rules.set(id, prev);
+          this.deadlines.set(id, prevDeadline!);
+        } else {
+          this.rules.delete(id);
+          this.deadlines.delete(id);
+        }
       }
       throw new RuntimeError(`could not apply rule: ${(e as Error).message}`, "see `agent doctor` for the firewall tools this host needs", { cause: e });
     }
@@ -127,7 +170,7 @@ export class NatService {
   }
 
   list(): RuleView[] {
-    return [...this.rules.values()].sort((a, b) => a.expiresAt - b.expiresAt || a.id.localeCompare(b.id)).map((r) => this.view(r));
+    return [...this.rules.values()].sort((a, b) => this.deadlineOf(a) - this.deadlineOf(b) || a.id.localeCompare(b.id)).map((r) => this.view(r));
   }
 
   async del(id: string): Promise<RuleView> {
@@ -166,15 +209,15 @@ export class NatService {
   }
 
   status(): Record<string, unknown> {
-    const next = Math.min(...[...this.rules.values()].map((r) => r.expiresAt));
-    return { backend: this.d.backend.name, rules: this.rules.size, next_expiry: Number.isFinite(next) ? new Date(next).toISOString() : null };
+    const next = this.nextRule();
+    return { backend: this.d.backend.name, rules: this.rules.size, next_expiry: next ? new Date(next.expiresAt).toISOString() : null };
   }
 
   /** Clean stop: removes the agent's rules (or keeps the unexpired ones when configured). Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.closed = true;
-      if (this.timer) clearTimeout(this.timer);
+      this.clock.clearTimeout(this.timer);
       this.timer = undefined;
       await this.queue;
       if (!this.touched) return;
@@ -184,6 +227,7 @@ export class NatService {
       }
       const all = [...this.rules.values()];
       this.rules.clear();
+      this.deadlines.clear();
       await this.d.backend.apply([]);
       await this.d.backend.teardown();
       this.d.store.save([]);
@@ -197,6 +241,17 @@ export class NatService {
 
   private assertOpen(): void {
     if (this.closed) throw new RuntimeError("the NAT service is stopping");
+  }
+
+  private deadlineOf(r: Rule): number {
+    return this.deadlines.get(r.id)!;
+  }
+
+  /** The rule whose running deadline comes first. */
+  private nextRule(): Rule | undefined {
+    let best: Rule | undefined;
+    for (const r of this.rules.values()) if (!best || this.deadlineOf(r) < this.deadlineOf(best)) best = r;
+    return best;
   }
 
   private uniqueId(): string {
@@ -217,6 +272,7 @@ export class NatService {
       for (const r of gone) if (!this.rules.has(r.id)) this.rules.set(r.id, r);
       throw new RuntimeError(`could not remove rule(s): ${(e as Error).message}`, undefined, { cause: e });
     }
+    for (const r of gone) if (!this.rules.has(r.id)) this.deadlines.delete(r.id);
     for (const r of gone) this.d.log.info(`removed rule ${r.id} (${why})`, describe(r));
     await this.cut(gone);
     return gone;
@@ -243,20 +299,20 @@ export class NatService {
   }
 
   private arm(): void {
-    if (this.timer) clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.closed || this.rules.size === 0) return;
-    const next = Math.min(...[...this.rules.values()].map((r) => r.expiresAt));
-    const delay = Math.min(Math.max(0, next - this.now()), MAX_TIMER_MS);
-    this.timer = setTimeout(() => void this.expireDue(), delay);
+    const next = this.nextRule();
+    if (this.closed || !next) return;
+    const delay = Math.min(Math.max(0, this.deadlineOf(next) - this.clock.now()), MAX_TIMER_MS);
+    this.timer = this.clock.setTimeout(() => void this.expireDue(), delay);
   }
 
   /** Timer callback: removes every rule whose time is up and cuts its flows. */
   private async expireDue(): Promise<void> {
     this.timer = undefined;
     if (this.closed) return;
-    const now = this.now();
-    const due = [...this.rules.values()].filter((r) => r.expiresAt <= now);
+    const now = this.clock.now();
+    const due = [...this.rules.values()].filter((r) => this.deadlineOf(r) <= now);
     if (due.length === 0) return this.arm();
     for (const r of due) this.rules.delete(r.id);
     try {
@@ -264,9 +320,10 @@ export class NatService {
     } catch (e) {
       for (const r of due) if (!this.rules.has(r.id)) this.rules.set(r.id, r);
       this.d.log.error(`removing expired rule(s) ${due.map((r) => r.id).join(", ")} failed; retrying`, e);
-      if (!this.closed) this.timer = setTimeout(() => void this.expireDue(), EXPIRY_RETRY_MS);
+      if (!this.closed) this.timer = this.clock.setTimeout(() => void this.expireDue(), EXPIRY_RETRY_MS);
       return;
     }
+    for (const r of due) if (!this.rules.has(r.id)) this.deadlines.delete(r.id);
     for (const r of due) this.d.log.info(`rule ${r.id} expired`, describe(r));
     await this.cut(due);
   }
@@ -289,7 +346,7 @@ export class NatService {
       owner: r.owner,
       created: new Date(r.createdAt).toISOString(),
       expires: new Date(r.expiresAt).toISOString(),
-      remaining_ms: Math.max(0, r.expiresAt - this.now()),
+      remaining_ms: Math.max(0, this.deadlineOf(r) - this.clock.now()),
     };
     if (r.iface !== undefined) v.iface = r.iface;
     return v;
