@@ -10,6 +10,7 @@ import { formatIPv4 } from "../netaddr.ts";
 import { generatePassphrase, NFT_TABLE, renderDnsmasq, renderHostapd, renderNft } from "./apconf.ts";
 import { describeFailure, type Exec } from "../exec.ts";
 import { stopOrphan, Supervisor, type SupervisedStatus } from "./supervisor.ts";
+import { systemClock, type Clock } from "../clock.ts";
 
 export interface ApStatus {
   running: boolean;
@@ -56,6 +57,8 @@ export class AccessPoint {
     private readonly log: Logger,
     /** The [[uplink]] interface names, for `ap.forward`'s "uplinks" and "lan". */
     private readonly uplinks: readonly string[] = [],
+    /** `since` is a time people read: its wall clock. */
+    private readonly clock: Clock = systemClock,
   ) {
     this.dir = join(stateDir, "ap");
     this.passphrase = apPassphrase(ap, stateDir);
@@ -156,7 +159,7 @@ export class AccessPoint {
       this.dnsmasq = new Supervisor({ name: "dnsmasq", argv: a.dnsmasq, pidFile: p.dnsmasqPid, log: this.log });
       await this.hostapd.start();
       await this.dnsmasq.start();
-      this.since = Date.now();
+      this.since = this.clock.wall();
       this.lastError = undefined;
       this.log.info(`access point ${JSON.stringify(this.ap.ssid)} up on ${ifname} (${addr})`);
     } catch (e) {

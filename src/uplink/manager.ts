@@ -11,6 +11,7 @@ import { linkUsable, type LinkMonitor, type Snapshot } from "./monitor.ts";
 import type { Prober, RoundResult } from "./probe.ts";
 import { RULE_PREF_BASE, TABLE_BASE, type RouteTable, type UplinkRoute } from "./routes.ts";
 import type { Modem, ModemStatus } from "./modem.ts";
+import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 
 /** Probe rounds kept per uplink for loss and latency. */
 export const STATS_WINDOW = 20;
@@ -34,6 +35,10 @@ export interface UplinkManagerOptions {
   /** Modems by uplink name (cellular uplinks). */
   modems?: Map<string, Modem>;
   log: Logger;
+  /** Probe schedule, hold-downs and flap windows run on its monotonic now() and timers; the
+   * report shows those instants on its wall clock. Default: the system clock. */
+  clock?: Clock;
+  /** Older seam: a monotonic now() alone (the timers stay the clock's). */
   now?: () => number;
 }
 
@@ -49,7 +54,7 @@ interface UplinkRuntime {
   installed?: UplinkRoute;
   rounds: Round[];
   last?: RoundResult & { at: number };
-  timer?: Timer;
+  timer?: TimerHandle;
   probing?: Promise<void>;
   modem?: ModemStatus & { error?: string; at: number };
 }
@@ -86,12 +91,14 @@ export class UplinkManager {
   private readonly listeners: ((ev: ActiveChange) => void)[] = [];
   private effects: Promise<void> = Promise.resolve();
   private closed = false;
-  private modemTimer: Timer | undefined;
+  private modemTimer: TimerHandle | undefined;
+  private readonly clock: Clock;
   private readonly now: () => number;
   private readonly targets: HostPort[];
 
   constructor(private readonly o: UplinkManagerOptions) {
-    this.now = o.now ?? Date.now;
+    this.clock = o.clock ?? systemClock;
+    this.now = o.now ?? (() => this.clock.now());
     this.state = initialState(
       o.uplinks.map((u) => ({ name: u.name, priority: u.priority, metered: u.metered })),
       { down: o.tracking.down, up: o.tracking.up },
@@ -121,15 +128,15 @@ export class UplinkManager {
     for (const r of this.rt) this.schedule(r, 0);
     if (this.o.modems?.size) {
       void this.checkModems();
-      this.modemTimer = setInterval(() => void this.checkModems(), MODEM_CHECK_MS);
+      this.modemTimer = this.clock.setInterval(() => void this.checkModems(), MODEM_CHECK_MS);
     }
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    clearInterval(this.modemTimer);
-    for (const r of this.rt) clearTimeout(r.timer);
+    this.clock.clearInterval(this.modemTimer);
+    for (const r of this.rt) this.clock.clearTimeout(r.timer);
     await Promise.allSettled(this.rt.map((r) => r.probing));
     await this.o.monitor.close();
     await this.effects;
@@ -222,8 +229,8 @@ export class UplinkManager {
 
   private schedule(r: UplinkRuntime, delay: number): void {
     if (this.closed) return;
-    clearTimeout(r.timer);
-    r.timer = setTimeout(() => {
+    this.clock.clearTimeout(r.timer);
+    r.timer = this.clock.setTimeout(() => {
       if (r.probing) return; // the running round reschedules itself
       r.probing = this.round(r).finally(() => {
         r.probing = undefined;
@@ -240,7 +247,7 @@ export class UplinkManager {
     // Without carrier or address the link monitor has already marked the uplink down; no probe
     // can leave, and none is counted (the uplink must still pass `up` rounds once it is back).
     if (linkUsable(link) && source && r.installed) {
-      const res = await this.o.prober(source, this.targets, { timeoutMs: this.o.tracking.timeout, count: this.o.tracking.count });
+      const res = await this.o.prober(source, this.targets, { timeoutMs: this.o.tracking.timeout, count: this.o.tracking.count, clock: this.clock });
       if (this.closed) return;
       const at = this.now();
       r.last = { ...res, at };
@@ -279,7 +286,8 @@ export class UplinkManager {
   /** `agent uplink status`: everything. */
   report(): UplinkReport {
     const snap = this.o.monitor.snapshot();
-    const iso = (t?: number) => (t === undefined ? undefined : new Date(t).toISOString());
+    // Instants are monotonic; people read them as wall-clock times of now.
+    const iso = (t?: number) => (t === undefined ? undefined : new Date(wallOf(this.clock, t)).toISOString());
     const t = this.o.tracking;
     return {
       active: this.state.active,

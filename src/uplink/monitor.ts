@@ -10,6 +10,7 @@
 import { readdirSync, readFileSync } from "node:fs";
 import { RouteSocket, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, snapshotFromMessages, type LinkInfo, type Snapshot } from "./netlink.ts";
 import type { Exec } from "../exec.ts";
+import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 
 export type { LinkInfo, Snapshot } from "./netlink.ts";
 
@@ -69,13 +70,16 @@ export class NetlinkMonitor extends BaseMonitor implements LinkMonitor {
   readonly kind = "netlink" as const;
   private events: RouteSocket | undefined;
   private requests: RouteSocket | undefined;
-  private readTimer: Timer | undefined;
-  private resyncTimer: Timer | undefined;
-  private debounce: Timer | undefined;
+  private readTimer: TimerHandle | undefined;
+  private resyncTimer: TimerHandle | undefined;
+  private debounce: TimerHandle | undefined;
   /** Raw netlink messages seen (for status and tests). */
   rawEvents = 0;
 
-  constructor(private readonly onError: (e: unknown) => void = () => {}) {
+  constructor(
+    private readonly onError: (e: unknown) => void = () => {},
+    private readonly clock: Clock = systemClock,
+  ) {
     super();
   }
 
@@ -84,8 +88,8 @@ export class NetlinkMonitor extends BaseMonitor implements LinkMonitor {
     // Dumps go over their own socket so their replies never interleave with events.
     this.requests = new RouteSocket(0);
     this.resync();
-    this.readTimer = setInterval(() => this.read(), NETLINK_READ_MS);
-    this.resyncTimer = setInterval(() => this.resync(), RESYNC_MS);
+    this.readTimer = this.clock.setInterval(() => this.read(), NETLINK_READ_MS);
+    this.resyncTimer = this.clock.setInterval(() => this.resync(), RESYNC_MS);
   }
 
   private read(): void {
@@ -95,8 +99,8 @@ export class NetlinkMonitor extends BaseMonitor implements LinkMonitor {
       if (n > 0 || this.events.overrun) {
         this.rawEvents += n;
         this.events.overrun = false;
-        clearTimeout(this.debounce);
-        this.debounce = setTimeout(() => this.resync(), DEBOUNCE_MS);
+        this.clock.clearTimeout(this.debounce);
+        this.debounce = this.clock.setTimeout(() => this.resync(), DEBOUNCE_MS);
       }
     } catch (e) {
       this.onError(e);
@@ -113,9 +117,9 @@ export class NetlinkMonitor extends BaseMonitor implements LinkMonitor {
   }
 
   async close(): Promise<void> {
-    clearInterval(this.readTimer);
-    clearInterval(this.resyncTimer);
-    clearTimeout(this.debounce);
+    this.clock.clearInterval(this.readTimer);
+    this.clock.clearInterval(this.resyncTimer);
+    this.clock.clearTimeout(this.debounce);
     this.events?.close();
     this.requests?.close();
     this.events = this.requests = undefined;
@@ -124,7 +128,7 @@ export class NetlinkMonitor extends BaseMonitor implements LinkMonitor {
 
 export class PollingMonitor extends BaseMonitor implements LinkMonitor {
   readonly kind = "poll" as const;
-  private timer: Timer | undefined;
+  private timer: TimerHandle | undefined;
   private running: Promise<void> | undefined;
   private closed = false;
 
@@ -132,13 +136,14 @@ export class PollingMonitor extends BaseMonitor implements LinkMonitor {
     private readonly exec: Exec,
     private readonly sysNet = "/sys/class/net",
     private readonly periodMs = POLL_MS,
+    private readonly clock: Clock = systemClock,
   ) {
     super();
   }
 
   async start(): Promise<void> {
     await this.poll();
-    this.timer = setInterval(() => {
+    this.timer = this.clock.setInterval(() => {
       this.running ??= this.poll().finally(() => (this.running = undefined));
     }, this.periodMs);
   }
@@ -176,7 +181,7 @@ export class PollingMonitor extends BaseMonitor implements LinkMonitor {
 
   async close(): Promise<void> {
     this.closed = true;
-    clearInterval(this.timer);
+    this.clock.clearInterval(this.timer);
     await this.running;
   }
 }
@@ -192,15 +197,15 @@ export class FakeMonitor extends BaseMonitor implements LinkMonitor {
 }
 
 /** Netlink when it works here, else the polling fallback. */
-export function createLinkMonitor(exec: Exec, onError?: (e: unknown) => void, prefer: "netlink" | "poll" = "netlink"): LinkMonitor {
+export function createLinkMonitor(exec: Exec, onError?: (e: unknown) => void, prefer: "netlink" | "poll" = "netlink", clock: Clock = systemClock): LinkMonitor {
   if (prefer === "netlink") {
     try {
       // Probe once: opening the socket fails fast where netlink or bun:ffi is unavailable.
       new RouteSocket(0).close();
-      return new NetlinkMonitor(onError);
+      return new NetlinkMonitor(onError, clock);
     } catch (e) {
       onError?.(e);
     }
   }
-  return new PollingMonitor(exec);
+  return new PollingMonitor(exec, undefined, undefined, clock);
 }

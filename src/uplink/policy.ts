@@ -1,6 +1,8 @@
 // The failover decision: a pure state machine. Every input (a probe result, a link change,
 // a clock tick) is an event; `decide(state, event, now)` returns the next state and the
 // actions the effects adapter must carry out. Nothing here touches the system or the clock.
+// `now` and every instant in the state (since, flaps, history) are monotonic milliseconds
+// (Clock.now()), so hold-downs and flap windows do not move when the wall clock is stepped.
 //
 // Semantics (mwan3's, with faster defaults):
 // - `down` consecutive failed probe rounds mark a healthy uplink down; `up` consecutive good

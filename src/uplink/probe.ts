@@ -10,6 +10,7 @@ import { Socket } from "node:net";
 import { lookup } from "node:dns/promises";
 import type { HostPort } from "../netaddr.ts";
 import { formatHostPort } from "../netaddr.ts";
+import { systemClock, type Clock } from "../clock.ts";
 
 export interface TargetResult {
   target: string;
@@ -28,6 +29,8 @@ export interface RoundResult {
 export interface ProbeOptions {
   timeoutMs: number;
   count: number;
+  /** Timeouts, stagger and round-trip times on its monotonic clock; default the system's. */
+  clock?: Clock;
 }
 
 /** Probes one uplink: `source` is its IPv4 address. */
@@ -37,20 +40,20 @@ export type Prober = (source: string, targets: readonly HostPort[], opts: ProbeO
 const STAGGER_SHARE = 0.25;
 
 /** One TCP connect from `source` to host:port; resolves with the connect time or an error. */
-export function tcpConnect(source: string, host: string, port: number, timeoutMs: number): Promise<{ ok: boolean; rttMs?: number; error?: string }> {
+export function tcpConnect(source: string, host: string, port: number, timeoutMs: number, clock: Clock = systemClock): Promise<{ ok: boolean; rttMs?: number; error?: string }> {
   return new Promise((resolve) => {
-    const t0 = performance.now();
+    const t0 = clock.now();
     const s = new Socket();
     let done = false;
     const finish = (r: { ok: boolean; rttMs?: number; error?: string }) => {
       if (done) return;
       done = true;
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       s.destroy();
       resolve(r);
     };
-    const timer = setTimeout(() => finish({ ok: false, error: "timeout" }), timeoutMs);
-    s.once("connect", () => finish({ ok: true, rttMs: performance.now() - t0 }));
+    const timer = clock.setTimeout(() => finish({ ok: false, error: "timeout" }), timeoutMs);
+    s.once("connect", () => finish({ ok: true, rttMs: clock.now() - t0 }));
     s.once("error", (e: NodeJS.ErrnoException) => finish({ ok: false, error: e.code ?? e.message }));
     s.connect({ host, port, localAddress: source });
   });
@@ -63,6 +66,8 @@ async function resolveHost(host: string): Promise<string> {
 
 export const tcpProber: Prober = async (source, targets, opts) => {
   const count = Math.max(1, opts.count);
+  const clock = opts.clock ?? systemClock;
+  const sleep = (ms: number) => new Promise<void>((r) => clock.setTimeout(r, ms));
   const stagger = (opts.timeoutMs * STAGGER_SHARE) / count;
   const results = await Promise.all(
     targets.map(async (t): Promise<TargetResult> => {
@@ -73,14 +78,14 @@ export const tcpProber: Prober = async (source, targets, opts) => {
       } catch (e) {
         return { target: name, ok: false, error: `resolve: ${(e as Error).message}` };
       }
-      const t0 = performance.now();
+      const t0 = clock.now();
       let answered = false;
       const attempts = Array.from({ length: count }, async (_, i) => {
-        if (i > 0) await Bun.sleep(i * stagger);
+        if (i > 0) await sleep(i * stagger);
         if (answered) return { ok: false, error: "not needed" };
-        const left = opts.timeoutMs - (performance.now() - t0);
+        const left = opts.timeoutMs - (clock.now() - t0);
         if (left <= 0) return { ok: false, error: "timeout" };
-        const r = await tcpConnect(source, addr, t.port, left);
+        const r = await tcpConnect(source, addr, t.port, left, clock);
         return r.ok ? { ok: true, rttMs: r.rttMs } : r;
       });
       // Success as soon as any attempt connects; failure once all have failed.

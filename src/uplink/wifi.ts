@@ -14,6 +14,7 @@ import type { Exec } from "../exec.ts";
 import type { NetconnectdBackend, NetconnectdCell, NetconnectdStatus } from "./netconnectd.ts";
 import { SetupPage } from "./setup-page.ts";
 import { checkPsk, checkSsid, WifiClient, WpaClient, type WifiNetwork, type WpaControl } from "./wpa.ts";
+import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 
 /** How often the policy hears the uplinks' health. */
 export const TICK_MS = 500;
@@ -53,6 +54,9 @@ export interface WifiServiceOptions {
   kinds?: Map<string, string>;
   /** Test seam: the supplicant's control; default a WpaClient on the configured socket. */
   wpa?: () => WpaControl;
+  /** The fallback's `after` and `retry`, the AP restart pace and the supplicant's timeouts run
+   * on its monotonic now() and timers; wall() only stamps what people read. */
+  clock?: Clock;
 }
 
 /** Loads the known networks; a broken file is moved aside, never silently overwritten. */
@@ -77,8 +81,10 @@ export class WifiService implements NetconnectdBackend {
   private readonly knownFile: string;
   private known: KnownNetwork[];
   private cells: WifiNetwork[] = [];
+  /** Monotonic instant of the last scan. */
   private lastScan: number | undefined;
-  private timer: Timer | undefined;
+  private timer: TimerHandle | undefined;
+  private readonly clock: Clock;
   private apStarting = false;
   private apAttempt = 0;
   private chain: Promise<void> = Promise.resolve();
@@ -93,14 +99,15 @@ export class WifiService implements NetconnectdBackend {
   private readonly ctrlPath: string;
 
   constructor(private readonly o: WifiServiceOptions) {
+    this.clock = o.clock ?? systemClock;
     const ap = o.cfg.ap;
     this.ifname = ap.wifi_interface ?? ap.interface;
     this.ctrlPath = ap.wpa_ctrl ?? `/run/wpa_supplicant/${this.ifname}`;
     mkdirSync(o.cfg.state_dir, { recursive: true, mode: 0o700 });
-    this.ap = new AccessPoint(ap, o.cfg.state_dir, o.exec, o.log.withTag("ap"), o.cfg.uplink.map((u) => u.name));
+    this.ap = new AccessPoint(ap, o.cfg.state_dir, o.exec, o.log.withTag("ap"), o.cfg.uplink.map((u) => u.name), this.clock);
     this.knownFile = join(o.cfg.state_dir, "wifi-networks.json");
     this.known = loadKnown(this.knownFile, o.log);
-    this.state = initialApState(Date.now());
+    this.state = initialApState(this.clock.now());
   }
 
   private opts() {
@@ -111,8 +118,8 @@ export class WifiService implements NetconnectdBackend {
   async start(): Promise<void> {
     // hostapd/dnsmasq of a killed agent, and its firewall table, go first.
     await this.ap.cleanupOrphans();
-    this.state = initialApState(Date.now());
-    this.timer = setInterval(() => this.tick(), TICK_MS);
+    this.state = initialApState(this.clock.now());
+    this.timer = this.clock.setInterval(() => this.tick(), TICK_MS);
     // Networks configured while the supplicant was away are handed to it now.
     void this.serial(() => this.syncKnown());
   }
@@ -120,9 +127,11 @@ export class WifiService implements NetconnectdBackend {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    clearInterval(this.timer);
+    this.clock.clearInterval(this.timer);
     // A connection attempt may wait up to its timeout: do not hold the daemon's stop for it.
-    await Promise.race([this.chain, Bun.sleep(CLOSE_WAIT_MS)]);
+    let wait: TimerHandle | undefined;
+    await Promise.race([this.chain, new Promise<void>((r) => (wait = this.clock.setTimeout(r, CLOSE_WAIT_MS)))]);
+    this.clock.clearTimeout(wait);
     await this.page?.stop();
     this.page = undefined;
     await this.ap.stop();
@@ -135,7 +144,7 @@ export class WifiService implements NetconnectdBackend {
   private tick(): void {
     this.feed({ type: "tick", healthy: this.o.healthy().length > 0, known: this.known.length });
     // AP mode whose AP failed to start (interface missing, hostapd refused): try again now and then.
-    const now = Date.now();
+    const now = this.clock.now();
     if (this.state.mode === "ap" && !this.ap.running && !this.apStarting && now - this.apAttempt >= AP_RETRY_START_MS) {
       this.apAttempt = now;
       this.o.log.info("AP mode without a running access point: starting it again");
@@ -145,10 +154,10 @@ export class WifiService implements NetconnectdBackend {
 
   private feed(ev: ApEvent): ApAction[] {
     if (this.closed) return [];
-    const d = decideAp(this.state, ev, Date.now(), this.opts());
+    const d = decideAp(this.state, ev, this.clock.now(), this.opts());
     this.state = d.state;
     for (const a of d.actions) {
-      this.history.push({ at: new Date().toISOString(), action: a.type, reason: a.reason });
+      this.history.push({ at: new Date(this.clock.wall()).toISOString(), action: a.type, reason: a.reason });
       if (this.history.length > 50) this.history.shift();
       this.o.log.info(`${a.type}: ${a.reason}`);
       void this.serial(() => this.apply(a));
@@ -183,7 +192,7 @@ export class WifiService implements NetconnectdBackend {
       }
       // A network configured during this try is tried next, by name.
       if (this.pendingSsid === want) this.pendingSsid = undefined;
-      this.lastTry = { ok, at: Date.now() };
+      this.lastTry = { ok, at: this.clock.now() };
       // A failed try of one network (SELECT_NETWORK) left the others: back to any known one in range.
       if (!ok && this.state.resume === "client") await this.wpaCtl?.request("REASSOCIATE").catch(() => {});
       this.feed({ type: "try_result", ok });
@@ -192,7 +201,7 @@ export class WifiService implements NetconnectdBackend {
 
   private async bringUpAp(scanFirst = true): Promise<void> {
     this.apStarting = true;
-    this.apAttempt = Date.now();
+    this.apAttempt = this.clock.now();
     try {
       await this.bringUpApOnce(scanFirst);
     } finally {
@@ -245,19 +254,19 @@ export class WifiService implements NetconnectdBackend {
   private client(): WifiClient {
     if (!this.wpaCtl) {
       try {
-        this.wpaCtl = this.o.wpa ? this.o.wpa() : new WpaClient(this.ctrlPath, join(this.o.cfg.state_dir, "wpa-client"));
+        this.wpaCtl = this.o.wpa ? this.o.wpa() : new WpaClient(this.ctrlPath, join(this.o.cfg.state_dir, "wpa-client"), this.clock);
         this.wpaError = undefined;
       } catch (e) {
         this.wpaError = (e as Error).message;
         throw e;
       }
     }
-    return new WifiClient(this.wpaCtl);
+    return new WifiClient(this.wpaCtl, this.clock);
   }
 
   private async scan(waitMs?: number): Promise<WifiNetwork[]> {
     this.cells = await this.client().scan(waitMs);
-    this.lastScan = Date.now();
+    this.lastScan = this.clock.now();
     return this.cells;
   }
 
@@ -288,7 +297,7 @@ export class WifiService implements NetconnectdBackend {
     if (o.priority !== undefined && (!Number.isInteger(o.priority) || o.priority < 0 || o.priority > 1000)) throw new UsageError("priority must be an integer 0-1000");
     const priority = o.priority ?? Math.max(0, ...this.known.map((n) => n.priority)) + 1;
     this.known = this.known.filter((n) => n.ssid !== ssid);
-    this.known.push({ ssid, psk: psk || undefined, priority, added: new Date().toISOString() });
+    this.known.push({ ssid, psk: psk || undefined, priority, added: new Date(this.clock.wall()).toISOString() });
     this.saveKnown();
     this.o.log.info(`Wi-Fi network ${JSON.stringify(ssid)} configured (priority ${priority})`);
     let saved = "";
@@ -356,7 +365,7 @@ export class WifiService implements NetconnectdBackend {
 
   async startWifi(): Promise<string> {
     if (this.known.length === 0) throw new RuntimeError("wifi is not yet configured");
-    const asked = Date.now();
+    const asked = this.clock.now();
     if (this.state.mode !== "trying") this.feed({ type: "start_wifi" });
     // The try runs on the effects chain; a failed one queues the AP again behind it.
     while (!this.lastTry || this.lastTry.at < asked) {
@@ -437,7 +446,7 @@ export class WifiService implements NetconnectdBackend {
       setup_page: this.page?.url,
       wifi: { interface: this.ifname, present: existsSync(`/sys/class/net/${this.ifname}`), ctrl: this.ctrlPath, state: st?.wpa_state, ssid: st?.ssid, bssid: st?.bssid, ip: st?.ip_address, error: this.wpaError },
       known: this.known.map((n) => ({ ssid: n.ssid, priority: n.priority, added: n.added })),
-      last_scan: this.lastScan === undefined ? undefined : { at: new Date(this.lastScan).toISOString(), count: this.cells.length },
+      last_scan: this.lastScan === undefined ? undefined : { at: new Date(wallOf(this.clock, this.lastScan)).toISOString(), count: this.cells.length },
       history: [...this.history],
     };
   }

@@ -12,6 +12,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { UnixDgramSocket } from "./unixdgram.ts";
+import { systemClock, type Clock } from "../clock.ts";
 
 /** A reply that takes longer means a wedged supplicant (wpa_ctrl's own timeout is 10 s). */
 export const WPA_REQUEST_TIMEOUT_MS = 10_000;
@@ -192,6 +193,8 @@ export class WpaClient implements WpaControl {
   constructor(
     readonly ctrlPath: string,
     clientDir: string,
+    /** The reply deadline (the fast reply poll is socket I/O and stays on real timers). */
+    private readonly clock: Clock = systemClock,
   ) {
     mkdirSync(clientDir, { recursive: true, mode: 0o700 });
     const base = join(clientDir, `wpa_ctrl_${process.pid}_${++clientSeq}`);
@@ -224,14 +227,14 @@ export class WpaClient implements WpaControl {
         // While a reply is due the socket is read every millisecond (most replies take
         // well under one), not at the idle POLL_MS: a configure is about ten requests.
         const fast = setInterval(() => this.cmd.drain(), REPLY_POLL_MS);
-        const timer = setTimeout(() => {
+        const timer = this.clock.setTimeout(() => {
           clearInterval(fast);
           this.pending = undefined;
           reject(new WpaError(`wpa_supplicant at ${this.ctrlPath} did not answer ${redact(cmd).split(" ")[0]} within ${timeoutMs / 1000}s`));
         }, timeoutMs);
         this.pending = (r) => {
           clearInterval(fast);
-          clearTimeout(timer);
+          this.clock.clearTimeout(timer);
           resolve(r);
         };
         try {
@@ -239,7 +242,7 @@ export class WpaClient implements WpaControl {
           this.cmd.drain();
         } catch (e) {
           clearInterval(fast);
-          clearTimeout(timer);
+          this.clock.clearTimeout(timer);
           this.pending = undefined;
           reject(new WpaError(`sending ${redact(cmd).split(" ")[0]} to wpa_supplicant at ${this.ctrlPath}: ${(e as Error).message}`));
         }
@@ -274,7 +277,11 @@ export class WpaClient implements WpaControl {
 
 /** The operations the agent needs, on top of a WpaControl. */
 export class WifiClient {
-  constructor(private readonly ctl: WpaControl) {}
+  constructor(
+    private readonly ctl: WpaControl,
+    /** The scan wait and the connection timeout run on its timers. */
+    private readonly clock: Clock = systemClock,
+  ) {}
 
   private async ok(cmd: string): Promise<void> {
     const r = (await this.ctl.request(cmd)).trim();
@@ -285,10 +292,10 @@ export class WifiClient {
   async scan(waitMs = WPA_SCAN_WAIT_MS): Promise<WifiNetwork[]> {
     let off: () => void = () => {};
     const done = new Promise<void>((resolve) => {
-      const t = setTimeout(resolve, waitMs);
+      const t = this.clock.setTimeout(resolve, waitMs);
       off = this.ctl.onEvent((e) => {
         if (e.type === "scan-results") {
-          clearTimeout(t);
+          this.clock.clearTimeout(t);
           resolve();
         }
       });
@@ -349,16 +356,16 @@ export class WifiClient {
   async connect(id: number | undefined, timeoutMs = WPA_CONNECT_TIMEOUT_MS): Promise<{ bssid?: string }> {
     let off: () => void = () => {};
     const outcome = new Promise<{ bssid?: string }>((resolve, reject) => {
-      const t = setTimeout(() => reject(new WpaError(`no connection within ${timeoutMs / 1000}s`)), timeoutMs);
+      const t = this.clock.setTimeout(() => reject(new WpaError(`no connection within ${timeoutMs / 1000}s`)), timeoutMs);
       off = this.ctl.onEvent((e) => {
         if (e.type === "connected" && (id === undefined || e.id === undefined || e.id === id)) {
-          clearTimeout(t);
+          this.clock.clearTimeout(t);
           resolve({ bssid: e.bssid });
         } else if (e.type === "temp-disabled" && (id === undefined || e.id === undefined || e.id === id)) {
-          clearTimeout(t);
+          this.clock.clearTimeout(t);
           reject(new WpaError(e.reason === "WRONG_KEY" ? `wrong passphrase for ${e.ssid ?? "the network"}` : `network ${e.ssid ?? ""} disabled: ${e.reason}`.replace("  ", " ")));
         } else if (e.type === "not-found") {
-          clearTimeout(t);
+          this.clock.clearTimeout(t);
           reject(new WpaError("network not found (out of range, or the SSID is wrong)"));
         }
       });
