@@ -19,7 +19,11 @@ import {
 export const PROTOCOLS = ["tcp", "udp"] as const;
 export type Proto = (typeof PROTOCOLS)[number];
 
-/** An active (or formerly active) forward. Times are epoch milliseconds. */
+/**
+ * An active (or formerly active) forward. Times are wall-clock epoch milliseconds: what the
+ * state file and the firewall tag hold and a restart reads. While the daemon runs, a rule
+ * ends at its monotonic running deadline instead (src/nat/service.ts, "Time").
+ */
 export interface Rule {
   /** 8 lowercase hex digits; also the tag in the firewall comment. */
   id: string;
