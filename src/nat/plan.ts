@@ -62,7 +62,8 @@ export function deadlineAtLoad(expiresAt: number, wall: number, mono: number): n
   return mono + (expiresAt - wall);
 }
 
-/** The persisted (wall-clock) expiry written for a running deadline set at (`wall`, `mono`). */
+/** The persisted (wall-clock) expiry written for a running deadline set at (`wall`, `mono`),
+ * in whole milliseconds as the state file has always kept them. */
 export function persistedExpiry(deadline: number, wall: number, mono: number): number {
-  return wall + (deadline - mono);
+  return Math.round(wall + (deadline - mono));
 }
