@@ -30,14 +30,15 @@ typecheck: $(STAMP)
 # CI=true a system test whose prerequisite (root, a program) is missing skips, saying why, and
 # the skipped count shows it; with CI=true (.ci/run sets it) such a test fails instead.
 # "failed" counts failed tests plus bun's errors outside a test (a file that throws while
-# loading, e.g. a CI guard, is an error there, not a failed test). The target fails when bun
-# test or the leak check fails, after the closing line.
+# loading, e.g. a CI guard, is an error there, not a failed test; bun's own "fail" count
+# misses some of them). The target fails when bun test or the leak check fails, after the
+# closing line.
 test: deps typecheck
 	@rm -f .test-status.log
 	$(BUN) test --timeout 30000 2>&1 | tee .test.log || echo "bun test exited with status $$?" >> .test-status.log
 	@if [ -f scripts/leaks.sh ]; then bash scripts/leaks.sh || echo "the leak check (scripts/leaks.sh) failed" >> .test-status.log; fi
 	@if [ -s .test-status.log ]; then cat .test-status.log >&2; fi
-	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} /^ *[0-9]+ skip$$/{s=$$1} /^ *[0-9]+ errors?$$/{e=$$1} /^\(fail\) /{fl++} END{n=fl+e; if (f>n) n=f; printf "tests: %d passed, %d failed, %d skipped\n", p, n, s}' .test.log
+	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} /^ *[0-9]+ skip$$/{s=$$1} /^ *[0-9]+ errors?$$/{e=$$1} /^[0-9]+ tests? failed:$$/{r=1} !r && /^\(fail\) /{fl++} END{n=fl+e; if (f>n) n=f; printf "tests: %d passed, %d failed, %d skipped\n", p, n, s}' .test.log
 	@test ! -s .test-status.log
 
 # All 16 executables (4 targets x generic/onsite/master/relay), SHA256SUMS and SIZES.txt
