@@ -56,7 +56,12 @@ demo: deps
 	$(BUN) scripts/demo.ts
 
 # Benchmarks (bench/*.bench.ts; `make bench B=nat` runs the ones whose name starts so).
-# Each prints its figures as ratios to peers measured in the same run; tests never time.
+# nat, transport and wifi print their figures beside peers measured in the same run (the
+# seed's one iptables per rule, the ssh and stunnel relays, one wpa_cli per command). uplink
+# measures only the agent: its mwan3 and no-redial-hook rows are computed, labelled so. No
+# peer: wifi's netconnectd-protocol row, uplink's netlink read cost, transport's idle
+# capacity (BENCH_IDLE=1). No test checks a benchmark figure (test/helpers-bench and
+# test/bench-mwan3 check the benchmarks' own machinery and arithmetic).
 bench: deps
 	$(BUN) bench/index.ts $(B)
 
