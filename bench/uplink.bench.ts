@@ -151,7 +151,7 @@ try {
     const r = results[kind]!;
     const mwDetect = r.detect.map((_, k) => mwan3Detect(MWAN3, kind, k, CUTS));
     const mwTraffic = mwDetect.map((d, k) => d + (r.traffic[k]! - r.detect[k]!));
-    const mwWhy = kind === "link" ? "link-down hotplug, at once" : "5 probe rounds";
+    const mwWhy = kind === "link" ? "hotplug, at once" : `${MWAN3.down} probe rounds`;
     console.log(row(`${label}: detect (agent)`, r.detect));
     console.log(row(`${label}: detect (mwan3 defaults, computed: ${mwWhy})`, mwDetect));
     console.log(row(`${label}: traffic on backup (agent)`, r.traffic));
