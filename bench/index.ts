@@ -1,6 +1,7 @@
 // `make bench`: runs every bench/*.bench.ts (or the ones named on the command line) one after
 // another, each in its own process, so one benchmark's sockets and memory do not colour the
-// next. Each benchmark prints its own figures next to the peers it measured in the same run.
+// next. nat, transport and wifi print their figures next to peers measured in the same run;
+// uplink measures the agent and labels its mwan3 figures as computed (see the Makefile).
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
 

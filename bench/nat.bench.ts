@@ -6,6 +6,8 @@
 //     concurrent nat.add requests to the daemon then one nat.flush, per backend; peer:
 //     seed 001's one `iptables -I` (and `-D`) process per rule.
 // The backends are each other's peer; the seed way is measured in the same run.
+// A rule that lets no connection through within PROBE_TIMEOUT_MS, or a daemon that does not
+// come up with the asked backend, ends the benchmark with an error: never a figure.
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -31,7 +33,10 @@ const BUN = process.execPath;
 const SELF = import.meta.path;
 const MAIN = join(ROOT, "src", "main.ts");
 const now = () => performance.timeOrigin + performance.now();
-
+/** How long the probe tries one port before it reports that the rule does not work. */
+const PROBE_TIMEOUT_MS = 10_000;
+/** How long the onsite daemon may take to answer `status` with the asked NAT backend. */
+const READY_TIMEOUT_MS = 15_000;
 
 /** Runs a measuring child to completion (no time limit: the seed peer takes a while). */
 async function measure(argv: string[]): Promise<{ apply: number; remove: number }> {
@@ -61,18 +66,29 @@ function bulkRules(n: number): Rule[] {
 
 async function inside(mode: string, args: string[]): Promise<void> {
   if (mode === "probe") {
-    // Reads ports on stdin; for each, tries to connect every millisecond until one
-    // connection succeeds, then prints "PORT TIME".
+    // Reads ports on stdin; for each, tries to connect every millisecond until one connection
+    // succeeds (nothing on the router listens there: a connection is the DNAT working), then
+    // prints "PORT ok TIME"; after PROBE_TIMEOUT_MS without one, "PORT fail ATTEMPTS".
     for await (const line of console) {
+      if (!line.trim()) continue;
       const port = Number(line.trim());
-      for (let i = 0; i < 30_000; i++) {
-        const ok = await new Promise<boolean>((resolve) => {
-          Bun.connect({ hostname: PUBLIC, port, socket: { open(s) { s.end(); resolve(true); }, error() { resolve(false); }, connectError() { resolve(false); }, data() {} } }).catch(() => resolve(false));
+      const until = performance.now() + PROBE_TIMEOUT_MS;
+      let attempts = 0;
+      let ok = false;
+      while (!ok && performance.now() < until) {
+        attempts++;
+        ok = await new Promise<boolean>((resolve) => {
+          // A connect into a black hole waits for the kernel's SYN retries: bound it too.
+          const timer = setTimeout(() => resolve(false), Math.max(1, until - performance.now()));
+          const done = (v: boolean) => {
+            clearTimeout(timer);
+            resolve(v);
+          };
+          Bun.connect({ hostname: PUBLIC, port, socket: { open(s) { s.end(); done(true); }, error() { done(false); }, connectError() { done(false); }, data() {} } }).catch(() => done(false));
         });
-        if (ok) break;
-        await Bun.sleep(1);
+        if (!ok) await Bun.sleep(1);
       }
-      console.log(`${port} ${now()}`);
+      console.log(ok ? `${port} ok ${now()}` : `${port} fail ${attempts}`);
     }
     return;
   }
@@ -137,15 +153,19 @@ class Probe {
     this.proc.stdin.write(`${port}\n`);
     this.proc.stdin.flush();
   }
-  async result(): Promise<number> {
+  /** When the first connection through the rule for `port` succeeded; throws when none did. */
+  async result(port: number, rule: string): Promise<number> {
     while (!this.buf.includes("\n")) {
       const { value, done } = await this.reader.read();
-      if (done) throw new Error("probe exited");
+      if (done) throw new Error(`the probe exited while trying port ${port}`);
       this.buf += new TextDecoder().decode(value);
     }
     const line = this.buf.slice(0, this.buf.indexOf("\n"));
     this.buf = this.buf.slice(this.buf.indexOf("\n") + 1);
-    return Number(line.split(" ")[1]);
+    const [p, verdict, value] = line.split(" ");
+    if (Number(p) !== port) throw new Error(`the probe answered for port ${p} while port ${port} was asked: ${line}`);
+    if (verdict !== "ok") throw new Error(`${rule}: no TCP connection to ${PUBLIC}:${port} went through within ${PROBE_TIMEOUT_MS} ms (${value} attempts): the rule does not work, so there is no figure`);
+    return Number(value);
   }
   close(): void {
     this.proc.kill();
@@ -178,14 +198,17 @@ async function main(): Promise<void> {
       writeFileSync(cfg, `bundle = "${join(dir, "b.bundle")}"\nrelay = "127.0.0.1:9"\nallow = ["192.168.79.0/24"]\ncontrol = "${sock}"\nstate_dir = "${join(dir, backend)}"\nlog_level = "warn"\n[nat]\nbackend = "${backend}"\nmax_rules = ${BULK_RULES + 10}\nmax_ttl = "1h"\n`);
       const daemon = Bun.spawn(inNs(RTR, BUN, MAIN, "--role", "onsite", "--config", cfg), { stdout: "inherit", stderr: "inherit" });
       procs.push(daemon);
-      for (let i = 0; i < 500; i++) {
+      let last = "no answer yet";
+      for (const until = performance.now() + READY_TIMEOUT_MS; ; await Bun.sleep(20)) {
+        if (daemon.exitCode !== null) throw new Error(`the onsite daemon (nat backend ${backend}) exited ${daemon.exitCode} before it was ready`);
         try {
           const s = (await controlRequest(sock, "status", {}, 500)) as { nat?: { backend?: string } };
           if (s.nat?.backend === backend) break;
-        } catch {
-          // not up yet
+          last = `status reports nat ${JSON.stringify(s.nat ?? null)}`;
+        } catch (e) {
+          last = (e as Error).message; // not up yet
         }
-        await Bun.sleep(20);
+        if (performance.now() > until) throw new Error(`the onsite daemon did not report nat backend ${backend} within ${READY_TIMEOUT_MS} ms (last: ${last})`);
       }
 
       const first: number[] = [];
@@ -197,7 +220,7 @@ async function main(): Promise<void> {
         const t0 = now();
         await controlRequest(sock, "nat.add", { src: PEER, port: String(port), to: `${SERVER}:80`, ttl: "10m" });
         ack.push(now() - t0);
-        first.push((await probe.result()) - t0);
+        first.push((await probe.result(port, `agent ${backend} rule (nat.add)`)) - t0);
       }
       latency[backend] = { first, ack };
       await controlRequest(sock, "nat.flush");
@@ -222,7 +245,7 @@ async function main(): Promise<void> {
       await Bun.sleep(5);
       const t0 = now();
       await must(inNs(RTR, "iptables", "-w", "-t", "nat", "-I", "PREROUTING", "-s", `${PEER}/32`, "-p", "tcp", "-m", "tcp", "--dport", String(port), "-j", "DNAT", "--to-destination", `${SERVER}:80`));
-      seedFirst.push((await probe.result()) - t0);
+      seedFirst.push((await probe.result(port, "seed rule (iptables -I)")) - t0);
     }
     await must(inNs(RTR, "iptables", "-t", "nat", "-F", "PREROUTING"));
     const seedBulk = await measure(inNs(RTR, BUN, SELF, "--inside", "seed", String(BULK_RULES)));

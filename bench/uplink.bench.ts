@@ -12,28 +12,34 @@
 // Printed: time to detect (cut → the switch in the daemon's history), time until LAN
 // traffic flows on the backup (cut → first connection the relay sees through the backup's
 // router), and time until the relay session is back (cut → the first request through the
-// master's forward, started once the cut is in place, that gets its answer), median / p95 / max; next to
-// mwan3 with its defaults (interval 10 s, down 5, timeout 4 s), computed for the same cuts:
-// mwan3 declares a link offline `down` failed probes after the cut, the first probe falling
-// anywhere in its interval (spread evenly over the 20 cuts), each failure known `timeout`
-// after its probe; the route switch lag is ours. For the session: without the redial hook
-// the tunnel would be re-dialed only when our keepalive gives up (no frame for 15 s, checked
-// every 5 s: 15-20 s after the cut, spread evenly), so "no redial hook" is
-// max(our switch, keepalive) + our measured lag from switch to session, and "mwan3 + 15 s
-// keepalive" is max(mwan3's switch, keepalive) + the same lag. Both computed rows leave out the
-// reconnect backoff (≤ 0.5 s) and any dial that fails over the still-dead path before mwan3
-// switches: they are lower bounds.
+// master's forward, started once the cut is in place, that gets its answer), median / p95 / max.
+//
+// Beside them, figures that are COMPUTED, not measured (no mwan3 runs here), each labelled so:
+// - mwan3 with its defaults (interval 10 s, down 5, timeout 4 s, count 1), tracking the same
+//   targets ours does (the relay); the model is in bench/lib/mwan3.ts. Black hole (the carrier
+//   stays up): its probe rounds, each failed one waiting the ping timeout per target before
+//   the interval: 60-70 s. Link down: netifd's ifdown hotplug tells mwan3 at once, taken as
+//   0 ms (a lower bound). Either way the route switch → traffic lag added is ours, measured.
+// - the relay session without the redial hook: the tunnel would be re-dialed only when our
+//   keepalive gives up (no frame for 15 s, checked every 5 s: 15-20 s after the cut, spread
+//   evenly), so "no redial hook" is max(our switch, keepalive) + our measured lag from switch
+//   to session, and "mwan3 + 15 s keepalive" is max(mwan3's switch, keepalive) + the same lag.
+//   Both leave out the reconnect backoff (≤ 0.5 s) and any dial that fails over the
+//   still-dead path before the switch: they are lower bounds.
+// Ratio lines name the computed side as computed.
 // Also: the cost of reading the non-blocking netlink socket from a timer.
 import { join } from "node:path";
 import { defaults } from "../src/config.ts";
 import { Timing } from "../src/transport/policy.ts";
+import { keepaliveClose as keepaliveAt, mwan3Defaults, mwan3Detect } from "./lib/mwan3.ts";
 import type { SessionView } from "../src/tunnel/forward.ts";
 import { NETLINK_READ_MS } from "../src/uplink/monitor.ts";
 import { RouteSocket, RTMGRP_LINK } from "../src/uplink/netlink.ts";
 import { FIXTURES, LAN_HTTP, lines, startLab, switchAfter, waitReport, type Lab } from "../test/helpers/uplink-lab.ts";
 
 const CUTS = Number(process.env.UPLINK_BENCH_CUTS ?? 20);
-const MWAN3 = { interval: 10_000, down: 5, timeout: 4_000 };
+/** mwan3 is assumed to track what ours does: the relay plus [tracking] targets (none by default). */
+const MWAN3 = mwan3Defaults(1 + defaults().tracking.targets.length);
 
 if (process.getuid?.() !== 0) {
   console.error("uplink bench needs root (network namespaces)");
@@ -45,18 +51,8 @@ const pct = (xs: number[], p: number) => {
   return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
 };
 const fmt = (ms: number) => (ms >= 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
-const row = (name: string, xs: number[]) => `${name.padEnd(58)} ${fmt(pct(xs, 50)).padStart(8)} ${fmt(pct(xs, 95)).padStart(8)} ${fmt(Math.max(...xs)).padStart(8)}`;
-
-/** mwan3's time to declare the link offline for the k-th of n cuts. */
-function mwan3Detect(k: number, n: number): number {
-  const phase = ((k + 0.5) / n) * MWAN3.interval; // wait for its next probe
-  return phase + (MWAN3.down - 1) * MWAN3.interval + MWAN3.timeout;
-}
-
-/** When our keepalive would close the dead connection for the k-th of n cuts (after the cut). */
-function keepaliveClose(k: number, n: number): number {
-  return Timing.keepaliveTimeout + ((k + 0.5) / n) * Timing.keepaliveInterval;
-}
+const KEEPALIVE = { timeout: Timing.keepaliveTimeout, interval: Timing.keepaliveInterval };
+const row = (name: string, xs: number[]) => `${name.padEnd(64)} ${fmt(pct(xs, 50)).padStart(8)} ${fmt(pct(xs, 95)).padStart(8)} ${fmt(Math.max(...xs)).padStart(8)}`;
 
 interface Poll {
   start: number;
@@ -147,30 +143,38 @@ try {
     results[kind] = res;
   }
   console.log("\n");
-  console.log(`${"".padEnd(58)} ${"median".padStart(8)} ${"p95".padStart(8)} ${"max".padStart(8)}`);
+  console.log(`${"".padEnd(64)} ${"median".padStart(8)} ${"p95".padStart(8)} ${"max".padStart(8)}`);
   for (const [kind, label] of [
     ["link", "link down"],
     ["blackhole", "black hole"],
   ] as const) {
     const r = results[kind]!;
-    const mwDetect = r.detect.map((_, k) => mwan3Detect(k, CUTS));
+    const mwDetect = r.detect.map((_, k) => mwan3Detect(MWAN3, kind, k, CUTS));
     const mwTraffic = mwDetect.map((d, k) => d + (r.traffic[k]! - r.detect[k]!));
+    const mwWhy = kind === "link" ? "hotplug, at once" : `${MWAN3.down} probe rounds`;
     console.log(row(`${label}: detect (agent)`, r.detect));
-    console.log(row(`${label}: detect (mwan3 defaults, computed)`, mwDetect));
+    console.log(row(`${label}: detect (mwan3 defaults, computed: ${mwWhy})`, mwDetect));
     console.log(row(`${label}: traffic on backup (agent)`, r.traffic));
     console.log(row(`${label}: traffic on backup (mwan3, computed)`, mwTraffic));
     const lag = r.session.map((x, k) => x - r.detect[k]!); // switch → session back, measured
-    const noHook = r.detect.map((d, k) => Math.max(d, keepaliveClose(k, CUTS)) + lag[k]!);
-    const mwSession = mwDetect.map((d, k) => Math.max(d, keepaliveClose(k, CUTS)) + lag[k]!);
+    const noHook = r.detect.map((d, k) => Math.max(d, keepaliveAt(KEEPALIVE, k, CUTS)) + lag[k]!);
+    const mwSession = mwDetect.map((d, k) => Math.max(d, keepaliveAt(KEEPALIVE, k, CUTS)) + lag[k]!);
     console.log(row(`${label}: relay session back (agent)`, r.session));
     console.log(row(`${label}: session back, no redial hook (computed)`, noHook));
-    console.log(row(`${label}: session back, mwan3 + 15 s keepalive (comp.)`, mwSession));
-    console.log(`${label}: mwan3 / agent, median time to traffic: ${(pct(mwTraffic, 50) / pct(r.traffic, 50)).toFixed(1)}x`);
+    console.log(row(`${label}: session back, mwan3 + 15 s keepalive (computed)`, mwSession));
+    console.log(`${label}: median time to traffic, mwan3 (computed) / agent: ${(pct(mwTraffic, 50) / pct(r.traffic, 50)).toFixed(1)}x`);
     console.log(
-      `${label}: median time to the relay session: no redial hook / agent ${(pct(noHook, 50) / pct(r.session, 50)).toFixed(1)}x, ` +
-        `mwan3 + keepalive / agent ${(pct(mwSession, 50) / pct(r.session, 50)).toFixed(1)}x`,
+      `${label}: median time to the relay session: no redial hook (computed) / agent ${(pct(noHook, 50) / pct(r.session, 50)).toFixed(1)}x, ` +
+        `mwan3 + keepalive (computed) / agent ${(pct(mwSession, 50) / pct(r.session, 50)).toFixed(1)}x`,
     );
   }
+  console.log(
+    `\ncomputed, not measured (no mwan3 runs here): mwan3 defaults interval ${MWAN3.interval / 1000} s, down ${MWAN3.down}, ` +
+      `timeout ${MWAN3.timeout / 1000} s, count ${MWAN3.count}, ${MWAN3.targets} target(s) as ours tracks. Black hole: the next round starts ` +
+      `anywhere in its interval, then ${MWAN3.down} failed rounds, each waiting the ping timeout per target and then the interval. ` +
+      `Link down: netifd's ifdown hotplug reaches mwan3 at once, taken as 0 ms (a lower bound). Our measured switch → traffic ` +
+      `(and → session) lag is added to both; the session rows leave out the reconnect backoff: lower bounds.`,
+  );
   const sessions = await fleet.json<SessionView[]>(fleet.masterControl, ["sessions"]);
   const same = sessions.find((s) => s.session === view!.session);
   console.log(`\nthe forward's session after ${2 * CUTS} cuts: ${same?.session} ${same?.state} on port ${same?.forwards[0]?.port} (opened once, on port ${port}); ${same?.forwards[0]?.connections} connections carried`);
@@ -179,7 +183,6 @@ try {
     `\nnetlink socket read from a ${NETLINK_READ_MS} ms timer (non-blocking recv, nothing queued): ${us.toFixed(2)} µs per read, ` +
       `${((us * (1000 / NETLINK_READ_MS)) / 1000).toFixed(3)} ms of CPU per second (${((us * (1000 / NETLINK_READ_MS)) / 10_000).toFixed(4)}% of a core)`,
   );
-  console.log("note: on OpenWRT a carrier loss can also reach mwan3 through netifd's ifdown hotplug; the mwan3 figures are its probe path.");
 } finally {
   if (poller) {
     poller.kill();

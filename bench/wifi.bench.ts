@@ -5,7 +5,9 @@
 //     SET_NETWORK, ENABLE_NETWORK, SAVE_CONFIG, REMOVE_NETWORK) through our ffi datagram
 //     client; peer: the same commands as one `wpa_cli` process each, which is how
 //     shell-driven tools (netconnectd's ifupdown, most setup scripts) talk to it;
-//  2. a netconnectd `status` round trip on a control socket (connect, JSON+NUL, answer, close).
+//  2. the netconnectd protocol's cost on our control socket: a `status` round trip (connect,
+//     JSON+NUL, answer, close) answered from a canned status, so it times the socket, the
+//     framing and the JSON, not the daemon gathering its status; no peer.
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -87,7 +89,9 @@ try {
     await cli("remove_network", String(id));
   });
 
-  // netconnectd status on a real control socket (connection per request, as netconnectd clients do).
+  // The netconnectd protocol on a real control socket (a connection per request, as netconnectd
+  // clients do), answered from a canned status: not the daemon's round trip, which also reads
+  // the uplinks and wpa_supplicant.
   const log = createLogger({ level: "error", json: false });
   const srv = new ControlServer(join(dir, "control.sock"), log);
   const status = { link: true, devs: ["eth0"], connections: { wifi: false, ap: false, wired: true }, wifi: { current_ssid: null, current_address: null, valid_config: false, present: true } };
@@ -107,11 +111,11 @@ try {
       [
         ["one request (PING)", `${f(op.median)} / ${f(op.p95)}`, `${f(pp.median)} / ${f(pp.p95)}`, `${(pp.median / op.median).toFixed(1)}x`],
         ["configure a network (11 requests)", `${f(cp.median)} / ${f(cp.p95)}`, `${f(pc.median)} / ${f(pc.p95)}`, `${(pc.median / cp.median).toFixed(1)}x`],
-        ["netconnectd status round trip", `${f(n.median)} / ${f(n.p95)}`, "-", "-"],
+        ["netconnectd protocol, canned status (socket + framing)", `${f(n.median)} / ${f(n.p95)}`, "- (no peer)", "-"],
       ],
     ),
   );
-  console.log(`(${PINGS} / ${CONFIGURES} ours, ${PEER_PINGS} / ${PEER_CONFIGURES} wpa_cli, ${NC_ROUNDS} netconnectd; real wpa_supplicant, wired driver, same run)`);
+  console.log(`(${PINGS} / ${CONFIGURES} ours, ${PEER_PINGS} / ${PEER_CONFIGURES} wpa_cli, real wpa_supplicant, wired driver, same run; ${NC_ROUNDS} netconnectd-protocol round trips against a canned status, not the daemon's)`);
 } finally {
   ctl?.close();
   proc?.kill();

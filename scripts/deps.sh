@@ -8,6 +8,7 @@ packages=(
   qemu-user-static libc6-arm64-cross      # run the arm64 release executable in tests
   iproute2 iptables nftables kmod         # what `agent doctor` looks for on an onsite device
   busybox                                 # OpenWRT's shell (ash), to check the procd init script; udhcpc
+  systemd                                 # systemd-analyze and the unit tree, to verify the .service files
   openssh-server openssh-client           # ssh through a forward (tests), ssh -R/-L peer (bench)
   iperf3 stunnel4 socat                   # throughput tests; the stunnel+socat relay peer (bench)
   conntrack                               # NAT: cutting flows of expired rules

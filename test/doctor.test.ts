@@ -298,8 +298,14 @@ describe("formatReport", () => {
   });
 });
 
+// The first test reads this machine as root sees it (uid 0, CAP_NET_ADMIN). CI runs as root, so
+// there a missing root is a failure; elsewhere that test skips, saying why.
+const isRoot = process.getuid?.() === 0;
+if (!isRoot && process.env.CI) throw new Error("doctor.test.ts: gatherFacts on this machine needs root (uid 0, CAP_NET_ADMIN); CI runs as root, so this must not be skipped there");
+if (!isRoot) console.warn("skipping: doctor.test.ts's root facts test needs root (uid 0, CAP_NET_ADMIN)");
+
 describe("gatherFacts on this machine", () => {
-  test("root, CAP_NET_ADMIN, a writable temp state dir, and a state dir under a file is not writable", () => {
+  test.skipIf(!isRoot)("root, CAP_NET_ADMIN, a writable temp state dir, and a state dir under a file is not writable (needs root)", () => {
     const tmp = mkdtempSync(join(tmpdir(), "doctor-"));
     try {
       const stateDir = join(tmp, "state");

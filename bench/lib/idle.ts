@@ -1,8 +1,9 @@
 // Idle capacity: how much a relay pays for devices that are connected and doing nothing.
 // A separate load process (this file run with --child, open-files limit raised with prlimit)
 // opens idle authenticated device connections through a *connector* module, in bounded
-// batches, up to each count in turn (1,000 then 5,000); after each level settles we sample
-// the relay's RSS, the sockets it really holds, and its CPU over an idle window.
+// batches, up to each count in turn (1,000 then 5,000); once the relay holds them and the level
+// has settled we sample the relay's RSS, the sockets it really holds, and its CPU over an idle
+// window.
 //
 // The connector speaks the real protocol; the relay's owner supplies it as a module that
 // exports `connector: IdleConnector` (default: bench/lib/idle-connector.ts). One connection is
@@ -31,6 +32,13 @@ export const DEFAULT_IDLE_MS = 10_000;
 export const SETTLE_MS = 3_000;
 /** The longest one level may take to open (5,000 TLS handshakes on 2 cores fit well inside). */
 const LEVEL_TIMEOUT_MS = 300_000;
+/**
+ * The load process counts a connection open when its side is; the relay's accept can come
+ * later (a busy machine, a deep backlog). Sampling waits, up to this long, until the relay
+ * holds at least one socket per opened connection; a relay that never does is sampled anyway
+ * and shows the shortfall in its socket count.
+ */
+export const HOLD_TIMEOUT_MS = 30_000;
 /** The longest prepare may take (signing 5,000 certificates in JavaScript). */
 const PREPARE_TIMEOUT_MS = 600_000;
 /** The load process holds one fd per connection and a few more. */
@@ -105,6 +113,8 @@ export interface IdleOptions {
   batch?: number;
   idleMs?: number;
   settleMs?: number;
+  /** How long to wait for the relay to hold the opened connections (default HOLD_TIMEOUT_MS). */
+  holdTimeoutMs?: number;
   /** How many devices the relay reports online (e.g. via `agent devices --json`): proves they authenticated. */
   listed?: () => Promise<number>;
   /** Progress lines (preparation and each level take minutes at 5,000). */
@@ -135,6 +145,8 @@ export async function measureIdleCapacity(o: IdleOptions): Promise<IdleResult> {
       t = performance.now();
       const r = await load.request(`open ${count}`, LEVEL_TIMEOUT_MS);
       log(`idle: ${r.opened} open (${r.failed} failed) after ${took()}`);
+      const held = await waitHeld(o.relayPid, baselineSockets + r.opened, o.holdTimeoutMs ?? HOLD_TIMEOUT_MS);
+      if (!held) log(`idle: the relay holds ${socketCount(o.relayPid) - baselineSockets} of ${r.opened} opened connections after ${took()}`);
       await Bun.sleep(settleMs);
       const cpu0 = cpuSeconds(o.relayPid);
       await Bun.sleep(idleMs);
@@ -152,6 +164,16 @@ export async function measureIdleCapacity(o: IdleOptions): Promise<IdleResult> {
     return { baselineRssKiB, baselineSockets, levels };
   } finally {
     await load.close();
+  }
+}
+
+/** Waits until `pid` holds at least `sockets` sockets; false when `timeoutMs` passed first. */
+async function waitHeld(pid: number, sockets: number, timeoutMs: number): Promise<boolean> {
+  const until = performance.now() + timeoutMs;
+  for (;;) {
+    if (socketCount(pid) >= sockets) return true;
+    if (performance.now() > until) return false;
+    await Bun.sleep(20);
   }
 }
 

@@ -15,10 +15,15 @@ export const FIREWALL_TIMEOUT_MS = 20_000;
 /** The shared runner (src/exec.ts) with the firewall's longer timeout. */
 export const spawnExec: Exec = (argv, opts = {}) => realExec(argv, { timeoutMs: FIREWALL_TIMEOUT_MS, ...opts });
 
-export type BackendName = "iptables" | "nft" | "fake";
+/**
+ * The firewalls a user can name in `[nat] backend` (besides "auto") and sees in `status` and
+ * `agent nat list`. The in-memory FakeBackend is not one: configuration cannot reach it.
+ */
+export type BackendName = "iptables" | "nft";
 
 export interface FirewallBackend {
-  readonly name: BackendName;
+  /** A real firewall's name; "memory" only for the unit tests' FakeBackend. */
+  readonly name: BackendName | "memory";
   /** Makes the agent's rules exactly `rules` in one transaction, then checks they are there. */
   apply(rules: readonly Rule[]): Promise<void>;
   /** The agent's tagged rules as the firewall holds them now (empty when nothing exists). */
@@ -60,9 +65,12 @@ export function verifyTags(where: string, expected: Map<string, number>, found: 
   for (const id of seen.keys()) if (!expected.has(id)) throw new FirewallError(`${where}: unexpected rule ${id} is still installed after apply`);
 }
 
-/** In-memory backend for unit tests: same contract, plus knobs to fail and to inspect. */
+/**
+ * In-memory backend for unit tests: same contract, plus knobs to fail and to inspect. Only
+ * code can construct it (chooseBackend picks nft or iptables; config accepts no other name).
+ */
 export class FakeBackend implements FirewallBackend {
-  readonly name = "fake";
+  readonly name = "memory";
   installed = new Map<string, Rule>();
   /** Extra tagged entries, as a hand-added orphan would appear. */
   strays: InstalledRule[] = [];
