@@ -29,6 +29,10 @@ describe.each([
     expect(describeFailure(["sh", "-c", "..."], r)).toBe("sh -c ...: exit 3: oops");
   });
 
+  test("runs in the directory asked for", async () => {
+    expect((await exec(["pwd"], { cwd: "/proc" })).stdout).toBe("/proc\n");
+  });
+
   test("a missing program is a failed command (127) naming it, not a throw", async () => {
     const r = await exec(["/nonexistent/agent-tool", "-V"]);
     expect(r.code).toBe(CANNOT_RUN);

@@ -67,6 +67,8 @@ export interface ExecOptions {
   /** Text for the command's stdin (e.g. an `iptables-restore` or `nft -f -` script). */
   stdin?: string;
   timeoutMs?: number;
+  /** Working directory (default: ours). */
+  cwd?: string;
 }
 
 export type Exec = (argv: readonly string[], opts?: ExecOptions) => Promise<ExecResult>;
@@ -88,7 +90,7 @@ export function execWith(spawn: Spawner, defaultTimeoutMs = EXEC_TIMEOUT_MS): Ex
   return async (argv, opts = {}) => {
     let p: Child;
     try {
-      p = spawn(argv, { stdin: opts.stdin, stdout: "pipe", stderr: "pipe", timeoutMs: opts.timeoutMs ?? defaultTimeoutMs });
+      p = spawn(argv, { stdin: opts.stdin, stdout: "pipe", stderr: "pipe", cwd: opts.cwd, timeoutMs: opts.timeoutMs ?? defaultTimeoutMs });
     } catch (e) {
       // A missing executable is reported like a failed command, so callers handle one shape.
       return cannotRun(argv, e);
@@ -104,7 +106,7 @@ export const realExec: Exec = execWith(realSpawn);
 export const realExecSync: ExecSync = (argv, opts = {}) => {
   let r;
   try {
-    r = Bun.spawnSync([...argv], { stdin: stdinOf(opts.stdin), stdout: "pipe", stderr: "pipe", timeout: opts.timeoutMs ?? EXEC_TIMEOUT_MS });
+    r = Bun.spawnSync([...argv], { stdin: stdinOf(opts.stdin), stdout: "pipe", stderr: "pipe", cwd: opts.cwd, timeout: opts.timeoutMs ?? EXEC_TIMEOUT_MS });
   } catch (e) {
     return cannotRun(argv, e);
   }
