@@ -97,11 +97,7 @@ export class StagedFile {
   }
 
   private remove(): void {
-    try {
-      this.fs.unlinkSync(this.tmp);
-    } catch {
-      // never created, or gone already
-    }
+    quietly(() => this.fs.unlinkSync(this.tmp)); // never created, or gone already
   }
 }
 
@@ -113,31 +109,16 @@ export function stageFile(path: string, data: string | Uint8Array, opts: AtomicW
   const bytes = typeof data === "string" ? Buffer.from(data) : data;
   // Created with its final mode (O_CREAT|O_EXCL): the data is never readable by others, not even briefly.
   const fd = f.openSync(tmp, "wx", mode);
+  let open = true;
   try {
     f.fchmodSync(fd, mode); // the umask may have taken bits the caller asked for
     for (let off = 0; off < bytes.length; ) off += f.writeSync(fd, bytes, off, bytes.length - off);
     f.fsyncSync(fd);
-  } catch (e) {
-    try {
-      f.closeSync(fd);
-    } catch {
-      // the write error is the one to report
-    }
-    try {
-      f.unlinkSync(tmp);
-    } catch {
-      // gone
-    }
-    throw e;
-  }
-  try {
+    open = false;
     f.closeSync(fd); // NFS reports a failed write at close
   } catch (e) {
-    try {
-      f.unlinkSync(tmp);
-    } catch {
-      // gone
-    }
+    if (open) quietly(() => f.closeSync(fd)); // the write error is the one to report
+    quietly(() => f.unlinkSync(tmp));
     throw e;
   }
   return new StagedFile(tmp, path, f);
@@ -156,15 +137,16 @@ export function syncDir(dir: string, f: AtomicFs = realFs): void {
   } catch {
     return;
   }
+  quietly(() => f.fsyncSync(fd)); // the rename itself succeeded; durability is all that is lost
+  quietly(() => f.closeSync(fd));
+}
+
+/** Clean-up whose failure must not hide the error being reported (or has nothing to report). */
+function quietly(fn: () => void): void {
   try {
-    f.fsyncSync(fd);
+    fn();
   } catch {
-    // The rename itself succeeded; durability is all that is lost.
-  }
-  try {
-    f.closeSync(fd);
-  } catch {
-    // a read-only descriptor of a directory: nothing was written through it
+    // see the caller
   }
 }
 
