@@ -16,6 +16,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, unlinkSync, w
 import { release } from "node:os";
 import { join } from "node:path";
 import { DEFAULT_STATE_DIR, ROLES, type Role } from "./config.ts";
+import { realExecSync, type ExecSync } from "./os/spawn.ts";
 import { formatTable } from "./table.ts";
 
 // ---------------------------------------------------------------------------------------
@@ -147,7 +148,12 @@ export interface GatherOptions {
   stateDir?: string;
   /** PATH to search before SBIN_DIRS; default process.env.PATH. */
   PATH?: string;
+  /** Runs `iptables -V`; default the real synchronous runner. */
+  execSync?: ExecSync;
 }
+
+/** `iptables -V` answers at once; a hung one must not hang `agent doctor`. */
+export const IPTABLES_VERSION_TIMEOUT_MS = 5000;
 
 function errCode(e: unknown): string {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
@@ -170,12 +176,9 @@ export function gatherFacts(opts: GatherOptions = {}): HostFacts {
 
   let iptablesBackend: IptablesBackend | undefined;
   if (tools.iptables) {
-    try {
-      const r = Bun.spawnSync([tools.iptables, "-V"], { stdout: "pipe", stderr: "pipe", stdin: "ignore", timeout: 5000 });
-      iptablesBackend = parseIptablesVersion(r.stdout.toString() + r.stderr.toString());
-    } catch {
-      iptablesBackend = "unknown";
-    }
+    // A program that cannot be started answers code 127 with no version text: "unknown".
+    const r = (opts.execSync ?? realExecSync)([tools.iptables, "-V"], { timeoutMs: IPTABLES_VERSION_TIMEOUT_MS });
+    iptablesBackend = parseIptablesVersion(r.stdout + r.stderr);
   }
 
   const tun: HostFacts["tun"] = { path: TUN_PATH, exists: existsSync(TUN_PATH), openable: false };

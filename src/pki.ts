@@ -33,12 +33,13 @@
 // message ever includes key material.
 import forge from "node-forge";
 import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
-import { chmod, link, mkdir, open, readdir, rename, stat, unlink, type FileHandle } from "node:fs/promises";
+import { chmod, mkdir, open, readdir, stat, unlink, type FileHandle } from "node:fs/promises";
 import { isIP } from "node:net";
 import path from "node:path";
 import { ROLES, type Role } from "./config.ts";
 import { RuntimeError, UsageError } from "./errors.ts";
 import { isHostname, parseIPv4 } from "./netaddr.ts";
+import { stageFile, writeFileAtomic, type StagedFile } from "./os/atomic.ts";
 
 export { ROLES, type Role };
 
@@ -877,69 +878,10 @@ function errno(e: unknown): string | undefined {
   return (e as NodeJS.ErrnoException | undefined)?.code;
 }
 
-/** A file written under a temporary name with its final mode, ready to be published. */
-interface StagedFile {
-  tmp: string;
-  file: string;
-}
-
-async function stageFile(file: string, data: string, mode: number): Promise<StagedFile> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`);
-  // Created with its final mode (O_CREAT|O_EXCL): the data is never readable by others, not even briefly.
-  const fh = await open(tmp, "wx", mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } catch (e) {
-    await fh.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
-    throw e;
-  }
-  await fh.close();
-  return { tmp, file };
-}
-
-/** Moves a staged file into place; with `noClobber` an existing file is never replaced. */
-async function publish(s: StagedFile, noClobber: boolean): Promise<void> {
-  try {
-    if (noClobber) {
-      try {
-        // link(2) fails if the name exists: no window in which another writer is clobbered.
-        await link(s.tmp, s.file);
-        await unlink(s.tmp);
-      } catch (e) {
-        // Filesystems without hard links (a vfat USB stick): check, then rename.
-        if (!["EPERM", "ENOTSUP", "EOPNOTSUPP", "ENOSYS"].includes(errno(e) ?? "")) throw e;
-        if (await exists(s.file)) throw Object.assign(new Error(`${s.file} exists`), { code: "EEXIST" });
-        await rename(s.tmp, s.file);
-      }
-    } else {
-      await rename(s.tmp, s.file);
-    }
-  } catch (e) {
-    await unlink(s.tmp).catch(() => {});
-    throw e;
-  }
-  await syncDir(path.dirname(s.file));
-}
-
-/** Makes a rename durable across a crash; best effort (not every filesystem allows it). */
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const fh = await open(dir, "r");
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  } catch {
-    // The rename itself succeeded; durability is all that is lost.
-  }
-}
-
+/** Every file of the CA directory and every bundle is written whole or not at all (`src/os/atomic.ts`). */
 async function writeAtomic(file: string, data: string, mode: number, noClobber = false): Promise<void> {
   try {
-    await publish(await stageFile(file, data, mode), noClobber);
+    writeFileAtomic(file, data, { mode, noClobber });
   } catch (e) {
     if (errno(e) === "EEXIST" && noClobber) throw new UsageError(`${file} already exists; refusing to overwrite it`, "move it away first");
     throw new RuntimeError(`cannot write ${file}`, undefined, { cause: e });
@@ -1123,7 +1065,7 @@ export async function issueToFile(dir: string, req: IssueFileRequest): Promise<I
     const bundleText = formatBundle({ role: identity.role, id: identity.id, certPem: issued.certPem, keyPem: issued.keyPem, caPem: ca.certPem });
     let staged: StagedFile;
     try {
-      staged = await stageFile(out, bundleText, 0o600);
+      staged = stageFile(out, bundleText, { mode: 0o600 });
     } catch (e) {
       throw new RuntimeError(`cannot write bundle ${out}`, undefined, { cause: e });
     }
@@ -1150,11 +1092,11 @@ export async function issueToFile(dir: string, req: IssueFileRequest): Promise<I
       await writeAtomic(p.index, formatIndex(next), 0o644);
       if (superseded.length > 0) await writeAtomic(p.revoked, formatRevocations(next), 0o644);
     } catch (e) {
-      await unlink(staged.tmp).catch(() => {});
+      staged.discard();
       throw new RuntimeError(`cannot record certificate ${issued.serial} for ${req.id} in ${dir}; no bundle was written`, undefined, { cause: e });
     }
     try {
-      await publish(staged, !force);
+      staged.publish(!force);
     } catch (e) {
       throw new RuntimeError(
         `certificate ${issued.serial} for ${req.id} is recorded in ${p.index} but its bundle could not be written to ${out}`,

@@ -1,8 +1,9 @@
 // The active rules on disk, so a crash or reboot neither loses nor leaks a forward. Written
-// atomically: a temp file beside the target, fsync, rename, fsync of the directory; a
-// reader sees the old file or the new one, never half of one.
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from "node:fs";
-import { dirname, join } from "node:path";
+// atomically (`src/os/atomic.ts`: a temp file beside the target, fsync, rename, fsync of the
+// directory); a reader sees the old file or the new one, never half of one.
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { writeFileAtomic, type AtomicFs } from "../os/atomic.ts";
 import { ID_PATTERN, PROTOCOLS, type Rule } from "./rule.ts";
 
 export const STATE_FILE = "nat-rules.json";
@@ -46,7 +47,11 @@ export function parseState(text: string): Rule[] {
 export class FileRuleStore implements RuleStore {
   readonly path: string;
 
-  constructor(stateDir: string) {
+  /** `fs` only for tests that make a write fail. */
+  constructor(
+    stateDir: string,
+    private readonly fs?: AtomicFs,
+  ) {
     this.path = join(stateDir, STATE_FILE);
   }
 
@@ -57,22 +62,7 @@ export class FileRuleStore implements RuleStore {
   }
 
   save(rules: readonly Rule[]): void {
-    const tmp = `${this.path}.tmp-${process.pid}`;
-    const fd = openSync(tmp, "w", 0o600);
-    try {
-      writeSync(fd, JSON.stringify({ version: STATE_VERSION, rules }, null, 1) + "\n");
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, this.path);
-    // The rename is durable only once the directory entry is on disk too.
-    const dfd = openSync(dirname(this.path), "r");
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
-    }
+    writeFileAtomic(this.path, JSON.stringify({ version: STATE_VERSION, rules }, null, 1) + "\n", { mode: 0o600, fs: this.fs });
   }
 }
 

@@ -2,26 +2,19 @@
 // for the messages. The package's own socket cannot be used: it needs libuv's uv_poll,
 // which Bun does not implement, and aborts the process.
 //
-// The socket is non-blocking. Nothing here ever blocks the event loop: `drain()` reads what
-// the kernel has queued and returns; the monitor calls it from a short timer. (A worker
+// The socket is non-blocking and read through `src/os/polled-fd.ts` (libc from `src/os/libc.ts`).
+// Nothing here ever blocks the event loop: `drain()` reads what the kernel has queued and
+// returns; the monitor calls it from a short timer. (A worker
 // thread doing blocking recv() was the alternative; a timer costs one failed recv() per tick,
 // a few microseconds, measured in bench/uplink.bench.ts, and keeps everything on one thread.)
-import { libcPath } from "../libc.ts";
-import { dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
+import { ptr } from "bun:ffi";
 import { parseMessages, formatMessage } from "netlink/dist/structs";
 import { parseMessage as parseRtMessage, formatLink, formatAddress, formatRoute, type Message } from "netlink/dist/rt/structs";
 import { formatIPv4 } from "../netaddr.ts";
+import { AF_INET, AF_NETLINK, E, errno, libc, OsError, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_RAW } from "../os/libc.ts";
+import { PolledFd } from "../os/polled-fd.ts";
 
-const AF_NETLINK = 16;
-const AF_INET = 2;
-const SOCK_RAW = 3;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
 const NETLINK_ROUTE = 0;
-const MSG_DONTWAIT = 0x40;
-const EAGAIN = 11;
-const EINTR = 4;
-const ENOBUFS = 105;
 
 const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;
@@ -38,44 +31,18 @@ const RECV_BUF = 64 * 1024;
 /** Dump replies come in as we read; a dump that is not done after this many reads is broken. */
 const DUMP_MAX_READS = 10_000;
 
-
-let libc: ReturnType<typeof openLibc> | undefined;
-function openLibc() {
-  return dlopen(libcPath(), {
-    socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-    bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
-    send: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i64 },
-    recv: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32], returns: FFIType.i64 },
-    close: { args: [FFIType.i32], returns: FFIType.i32 },
-    __errno_location: { args: [], returns: FFIType.ptr },
-  }).symbols;
-}
-function lib() {
-  return (libc ??= openLibc());
-}
-function errno(): number {
-  return read.i32(lib().__errno_location() as Pointer, 0);
-}
-
-export class NetlinkError extends Error {
-  constructor(
-    message: string,
-    readonly errno: number,
-  ) {
-    super(`${message} (errno ${errno})`);
-  }
-}
+export class NetlinkError extends OsError {}
 
 /** One NETLINK_ROUTE socket. `groups` subscribes to multicast events; 0 for requests only. */
 export class RouteSocket {
   private fd: number;
   private seq = 1;
-  private readonly buf = new Uint8Array(RECV_BUF);
+  private readonly reader: PolledFd;
   /** Set when the kernel dropped events (ENOBUFS): the caller must resync with a dump. */
   overrun = false;
 
   constructor(groups: number) {
-    const l = lib();
+    const l = libc();
     this.fd = l.socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
     if (this.fd < 0) throw new NetlinkError("netlink socket()", errno());
     const sa = Buffer.alloc(12); // sockaddr_nl: family u16, pad u16, pid u32, groups u32
@@ -88,6 +55,7 @@ export class RouteSocket {
       this.fd = -1;
       throw new NetlinkError("netlink bind()", e);
     }
+    this.reader = new PolledFd(this.fd, { bufSize: RECV_BUF, name: "netlink" });
   }
 
   get closed(): boolean {
@@ -115,7 +83,8 @@ export class RouteSocket {
 
   close(): void {
     if (this.fd < 0) return;
-    lib().close(this.fd);
+    this.reader.stop(true);
+    libc().close(this.fd);
     this.fd = -1;
   }
 
@@ -124,7 +93,7 @@ export class RouteSocket {
     const seq = this.seq++;
     const parts = formatMessage({ type, flags: NLM_F_REQUEST | NLM_F_DUMP, seq, port: 0, data: body });
     const req = Buffer.concat(parts.map((p) => Buffer.from(p.buffer, p.byteOffset, p.byteLength)));
-    if (Number(lib().send(this.fd, ptr(req), req.length, 0)) < 0) throw new NetlinkError("netlink send()", errno());
+    if (Number(libc().send(this.fd, ptr(req), req.length, 0)) < 0) throw new NetlinkError("netlink send()", errno());
     const out: Message[] = [];
     // The kernel writes the first part of a dump during send() and each further part during
     // our recv(), so a non-blocking read loop finishes without waiting. EAGAIN before DONE
@@ -140,21 +109,22 @@ export class RouteSocket {
 
   /** One recv(); undefined when nothing is queued. Messages of other sequences are kept as events. */
   private recvOnce(seq?: number): { msgs: (Message | undefined)[]; done: boolean } | undefined {
-    const n = Number(lib().recv(this.fd, ptr(this.buf), this.buf.length, MSG_DONTWAIT));
-    if (n < 0) {
-      const e = errno();
-      if (e === EAGAIN || e === EINTR) return undefined;
-      if (e === ENOBUFS) {
+    let packet;
+    try {
+      packet = this.reader.readOnce();
+    } catch (e) {
+      const n = (e as OsError).errno;
+      if (n === E.ENOBUFS) {
         this.overrun = true;
         return { msgs: [], done: false };
       }
-      throw new NetlinkError("netlink recv()", e);
+      throw new NetlinkError("netlink recv()", n);
     }
-    if (n === 0) return undefined;
-    const data = Buffer.from(this.buf.buffer, 0, n);
+    if (!packet || packet.data.length === 0) return undefined;
+    const data = packet.data;
     let done = false;
     const msgs: (Message | undefined)[] = [];
-    for (const m of parseMessages(Buffer.from(data))) {
+    for (const m of parseMessages(data)) {
       if (m.type === NLMSG_DONE) {
         if (seq === undefined || m.seq === seq) done = true;
         continue;

@@ -4,9 +4,16 @@
 // orphan, but only if /proc/<pid>/cmdline still shows the same executable and our own
 // configuration file: a pid reused by another process is never signalled, and nothing is
 // ever stopped by its name alone.
-import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+//
+// The child is started through the one spawner (`src/os/spawn.ts`) and every duration
+// (backoff, a stable run, the stop grace) is measured on the injected monotonic clock, so a
+// wall-clock step neither resets nor stretches a backoff; tests run it on FakeSpawner + FakeClock.
+import { existsSync, mkdirSync, readFileSync, unlinkSync } from "node:fs";
 import { basename, dirname } from "node:path";
+import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 import type { Logger } from "../log.ts";
+import { writeFileAtomic } from "../os/atomic.ts";
+import { realSpawn, type Child, type Spawner } from "../os/spawn.ts";
 
 /** First restart after this long; doubles per crash up to BACKOFF_MAX_MS. */
 export const BACKOFF_MIN_MS = 500;
@@ -60,12 +67,14 @@ const alive = (pid: number) => {
   }
 };
 
-async function waitGone(pid: number, ms: number): Promise<boolean> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
+const sleep = (clock: Clock, ms: number) => new Promise<void>((r) => clock.setTimeout(r, ms));
+
+async function waitGone(pid: number, ms: number, clock: Clock): Promise<boolean> {
+  const until = clock.now() + ms;
+  while (clock.now() < until) {
     const c = cmdlineOf(pid);
     if (!alive(pid) || c === undefined) return true;
-    await Bun.sleep(25);
+    await sleep(clock, 25);
   }
   return !alive(pid);
 }
@@ -74,7 +83,7 @@ async function waitGone(pid: number, ms: number): Promise<boolean> {
  * Stops a process left by a previous agent run, found by its pid file; returns its pid if
  * one was stopped. The pid file is removed either way.
  */
-export async function stopOrphan(pidFile: string, argv: readonly string[], log?: Logger): Promise<number | undefined> {
+export async function stopOrphan(pidFile: string, argv: readonly string[], log?: Logger, clock: Clock = systemClock): Promise<number | undefined> {
   if (!existsSync(pidFile)) return undefined;
   const pid = Number(readFileSync(pidFile, "utf8").trim());
   try {
@@ -89,9 +98,9 @@ export async function stopOrphan(pidFile: string, argv: readonly string[], log?:
   }
   log?.warn(`stopping ${basename(argv[0]!)} (pid ${pid}) left running by a previous agent`);
   process.kill(pid, "SIGTERM");
-  if (!(await waitGone(pid, STOP_GRACE_MS))) {
+  if (!(await waitGone(pid, STOP_GRACE_MS, clock))) {
     process.kill(pid, "SIGKILL");
-    await waitGone(pid, STOP_GRACE_MS);
+    await waitGone(pid, STOP_GRACE_MS, clock);
   }
   return pid;
 }
@@ -103,19 +112,28 @@ export interface SupervisorOptions {
   log: Logger;
   /** Output lines of the child go to the log at debug level (hostapd and dnsmasq are chatty). */
   env?: Record<string, string>;
+  /** Default: the real spawner. */
+  spawn?: Spawner;
+  /** Default: the system clock. Backoff and grace periods use `now()`, `last_exit.at` uses `wall()`. */
+  clock?: Clock;
 }
 
 export class Supervisor {
-  private proc: ReturnType<typeof Bun.spawn> | undefined;
+  private proc: Child | undefined;
   private stopping = true;
   private backoff: number | undefined;
   private restarts = 0;
   private lastExit: SupervisedStatus["last_exit"];
-  private timer: Timer | undefined;
+  private timer: TimerHandle | undefined;
   private nextAt: number | undefined;
   private exitWaiters: (() => void)[] = [];
+  private readonly clock: Clock;
+  private readonly spawner: Spawner;
 
-  constructor(private readonly o: SupervisorOptions) {}
+  constructor(private readonly o: SupervisorOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.spawner = o.spawn ?? realSpawn;
+  }
 
   get pid(): number | undefined {
     return this.proc?.pid;
@@ -123,7 +141,7 @@ export class Supervisor {
 
   /** Stops an orphan of an earlier run, then starts the process. */
   async start(): Promise<void> {
-    await stopOrphan(this.o.pidFile, this.o.argv, this.o.log);
+    await stopOrphan(this.o.pidFile, this.o.argv, this.o.log, this.clock);
     this.stopping = false;
     this.backoff = undefined;
     this.spawn();
@@ -133,10 +151,10 @@ export class Supervisor {
     this.timer = undefined;
     this.nextAt = undefined;
     if (this.stopping) return;
-    const started = Date.now();
-    let p: ReturnType<typeof Bun.spawn>;
+    const started = this.clock.now();
+    let p: Child;
     try {
-      p = Bun.spawn([...this.o.argv], { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...this.o.env } });
+      p = this.spawner(this.o.argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe", env: { ...process.env, ...this.o.env } });
     } catch (e) {
       this.o.log.error(`cannot start ${this.o.name}: ${(e as Error).message}`);
       this.scheduleRestart(0, null, undefined);
@@ -144,31 +162,31 @@ export class Supervisor {
     }
     this.proc = p;
     mkdirSync(dirname(this.o.pidFile), { recursive: true, mode: 0o700 });
-    writeFileSync(this.o.pidFile, `${p.pid}\n`, { mode: 0o600 });
+    writeFileAtomic(this.o.pidFile, `${p.pid}\n`, { mode: 0o600 });
     this.o.log.info(`${this.o.name} started (pid ${p.pid})`);
     void this.pipe(p.stdout as ReadableStream<Uint8Array>);
     void this.pipe(p.stderr as ReadableStream<Uint8Array>);
     void p.exited.then((code) => {
       if (this.proc === p) this.proc = undefined;
       const signal = p.signalCode == null ? undefined : String(p.signalCode);
-      this.lastExit = { code: signal ? null : code, signal, at: new Date().toISOString() };
+      this.lastExit = { code: signal ? null : code, signal, at: new Date(this.clock.wall()).toISOString() };
       for (const w of this.exitWaiters.splice(0)) w();
       if (this.stopping) return;
-      this.scheduleRestart(Date.now() - started, signal ? null : code, signal);
+      this.scheduleRestart(Math.round(this.clock.now() - started), signal ? null : code, signal);
     });
   }
 
   private scheduleRestart(ranMs: number, code: number | null, signal: string | undefined): void {
     this.backoff = nextBackoff(this.backoff, ranMs);
     this.restarts++;
-    this.nextAt = Date.now() + this.backoff;
+    this.nextAt = this.clock.now() + this.backoff;
     try {
       unlinkSync(this.o.pidFile);
     } catch {
       // not written
     }
     this.o.log.warn(`${this.o.name} exited (${signal ? `signal ${signal}` : `code ${code}`}) after ${ranMs} ms; restarting in ${this.backoff} ms`);
-    this.timer = setTimeout(() => this.spawn(), this.backoff);
+    this.timer = this.clock.setTimeout(() => this.spawn(), this.backoff);
   }
 
   private async pipe(stream: ReadableStream<Uint8Array>): Promise<void> {
@@ -192,16 +210,16 @@ export class Supervisor {
   /** Stops the process (SIGTERM, then SIGKILL) and any pending restart. Idempotent. */
   async stop(): Promise<void> {
     this.stopping = true;
-    clearTimeout(this.timer);
+    this.clock.clearTimeout(this.timer);
     this.timer = undefined;
     this.nextAt = undefined;
     const p = this.proc;
     if (p) {
       const gone = new Promise<void>((r) => this.exitWaiters.push(r));
       p.kill("SIGTERM");
-      const t = setTimeout(() => p.kill("SIGKILL"), STOP_GRACE_MS);
+      const t = this.clock.setTimeout(() => p.kill("SIGKILL"), STOP_GRACE_MS);
       await gone;
-      clearTimeout(t);
+      this.clock.clearTimeout(t);
       this.o.log.info(`${this.o.name} stopped`);
     }
     try {
@@ -218,7 +236,7 @@ export class Supervisor {
       pid: this.proc?.pid,
       restarts: this.restarts,
       last_exit: this.lastExit,
-      next_restart_ms: this.nextAt === undefined ? undefined : Math.max(0, this.nextAt - Date.now()),
+      next_restart_ms: this.nextAt === undefined ? undefined : Math.max(0, Math.round(this.nextAt - this.clock.now())),
     };
   }
 }

@@ -1,18 +1,13 @@
 // AF_UNIX SOCK_DGRAM sockets through bun:ffi, the transport of wpa_supplicant's control
 // interface. Bun has no unix datagram socket (Bun.udpSocket is UDP only, node:dgram has no
-// "unix_dgram"), so this opens one with libc the way netlink.ts does for NETLINK_ROUTE:
-// non-blocking, read from a short timer, never blocking the event loop.
-import { dlopen, FFIType, ptr, read, type Pointer } from "bun:ffi";
+// "unix_dgram"), so this opens one with libc (`src/os/libc.ts`) the way netlink.ts does for
+// NETLINK_ROUTE: non-blocking, read by `src/os/polled-fd.ts` from a short timer, never
+// blocking the event loop.
+import { ptr } from "bun:ffi";
 import { unlinkSync } from "node:fs";
-import { libcPath } from "../libc.ts";
+import { AF_UNIX, errno, libc, OsError, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK } from "../os/libc.ts";
+import { PolledFd } from "../os/polled-fd.ts";
 
-const AF_UNIX = 1;
-const SOCK_DGRAM = 2;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const MSG_DONTWAIT = 0x40;
-const EAGAIN = 11;
-const EINTR = 4;
 /** sizeof(struct sockaddr_un): sa_family_t (2) + sun_path[108]. */
 const SUN_LEN = 110;
 const SUN_PATH_MAX = 107;
@@ -21,29 +16,7 @@ const RECV_BUF = 64 * 1024;
 /** How often queued datagrams are read: short enough for request latency, a failed recv() costs ~1 µs. */
 export const POLL_MS = 10;
 
-let libc: ReturnType<typeof openLibc> | undefined;
-function openLibc() {
-  return dlopen(libcPath(), {
-    socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
-    bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
-    connect: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
-    sendto: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i64 },
-    recvfrom: { args: [FFIType.i32, FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i64 },
-    close: { args: [FFIType.i32], returns: FFIType.i32 },
-    __errno_location: { args: [], returns: FFIType.ptr },
-  }).symbols;
-}
-const lib = () => (libc ??= openLibc());
-const errno = () => read.i32(lib().__errno_location() as Pointer, 0);
-
-export class UnixDgramError extends Error {
-  constructor(
-    message: string,
-    readonly errno: number,
-  ) {
-    super(`${message} (errno ${errno})`);
-  }
-}
+export class UnixDgramError extends OsError {}
 
 function sockaddr(path: string): Buffer {
   const b = Buffer.alloc(SUN_LEN);
@@ -66,14 +39,11 @@ export interface Datagram {
  */
 export class UnixDgramSocket {
   private fd: number;
-  private readonly buf = Buffer.alloc(RECV_BUF);
-  private readonly addrBuf = Buffer.alloc(SUN_LEN);
-  private readonly lenBuf = Buffer.alloc(4);
-  private timer: Timer | undefined;
+  private readonly reader: PolledFd;
   private listener: ((d: Datagram) => void) | undefined;
 
   constructor(readonly path: string) {
-    const l = lib();
+    const l = libc();
     const sa = sockaddr(path);
     try {
       unlinkSync(path);
@@ -82,6 +52,7 @@ export class UnixDgramSocket {
     }
     this.fd = l.socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (this.fd < 0) throw new UnixDgramError("unix dgram socket()", errno());
+    this.reader = new PolledFd(this.fd, { bufSize: RECV_BUF, addrSize: SUN_LEN, name: path });
     if (l.bind(this.fd, ptr(sa), SUN_LEN) < 0) {
       const e = errno();
       this.close();
@@ -95,7 +66,7 @@ export class UnixDgramSocket {
 
   connect(peer: string): void {
     const sa = sockaddr(peer);
-    if (lib().connect(this.fd, ptr(sa), SUN_LEN) < 0) throw new UnixDgramError(`connect(${peer})`, errno());
+    if (libc().connect(this.fd, ptr(sa), SUN_LEN) < 0) throw new UnixDgramError(`connect(${peer})`, errno());
   }
 
   /** Sends to the connected peer, or to `to`. */
@@ -104,34 +75,33 @@ export class UnixDgramSocket {
     const b = typeof data === "string" ? Buffer.from(data) : data;
     const body = b.length ? b : Buffer.alloc(1); // ptr() refuses an empty buffer
     const sa = to === undefined ? null : sockaddr(to);
-    const n = Number(lib().sendto(this.fd, ptr(body), b.length, 0, sa ? ptr(sa) : null, sa ? SUN_LEN : 0));
+    const n = Number(libc().sendto(this.fd, ptr(body), b.length, 0, sa ? ptr(sa) : null, sa ? SUN_LEN : 0));
     if (n < 0) throw new UnixDgramError(`send to ${to ?? "peer"}`, errno());
   }
 
   /** One queued datagram, or undefined. */
   recv(): Datagram | undefined {
     if (this.fd < 0) return undefined;
-    this.lenBuf.writeUInt32LE(SUN_LEN, 0);
-    const n = Number(lib().recvfrom(this.fd, ptr(this.buf), this.buf.length, MSG_DONTWAIT, ptr(this.addrBuf), ptr(this.lenBuf)));
-    if (n < 0) {
-      const e = errno();
-      if (e === EAGAIN || e === EINTR) return undefined;
-      throw new UnixDgramError(`recv on ${this.path}`, e);
+    let p;
+    try {
+      p = this.reader.readOnce();
+    } catch (e) {
+      throw new UnixDgramError(`recv on ${this.path}`, (e as OsError).errno);
     }
-    const alen = this.lenBuf.readUInt32LE(0);
+    if (!p) return undefined;
     let from = "";
-    if (alen > 2) {
-      const raw = this.addrBuf.subarray(2, alen);
+    if (p.from && p.from.length > 2) {
+      const raw = p.from.subarray(2);
       const z = raw.indexOf(0);
       from = raw.subarray(0, z < 0 ? raw.length : z).toString();
     }
-    return { data: Buffer.from(this.buf.subarray(0, n)), from };
+    return { data: p.data, from };
   }
 
   /** Delivers every datagram to `cb`, polled every POLL_MS. */
   onMessage(cb: (d: Datagram) => void): void {
     this.listener = cb;
-    this.timer ??= setInterval(() => this.drain(), POLL_MS);
+    this.reader.start(POLL_MS, () => this.drain());
   }
 
   /** Delivers what is queued now; callers expecting a reply call it more often than POLL_MS. */
@@ -149,10 +119,9 @@ export class UnixDgramSocket {
   }
 
   close(): void {
-    clearInterval(this.timer);
-    this.timer = undefined;
+    this.reader.stop(true);
     if (this.fd >= 0) {
-      lib().close(this.fd);
+      libc().close(this.fd);
       this.fd = -1;
     }
     try {
