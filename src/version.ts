@@ -1,6 +1,7 @@
 // Build identity. Release builds replace the AGENT_BUILD_* globals with `bun build --define`
 // (see build/release.ts); a run from source reports "dev" and asks git for the commit.
 import pkg from "../package.json" with { type: "json" };
+import { realExecSync } from "./os/spawn.ts";
 
 declare const AGENT_BUILD_COMMIT: string | undefined;
 declare const AGENT_BUILD_TARGET: string | undefined;
@@ -17,13 +18,9 @@ export function buildCommit(): string {
 }
 
 function gitCommit(): string {
-  try {
-    const r = Bun.spawnSync(["git", "rev-parse", "--short=12", "HEAD"], { cwd: import.meta.dir, stderr: "ignore" });
-    const out = r.stdout.toString().trim();
-    return r.exitCode === 0 && out ? out : "unknown";
-  } catch {
-    return "unknown";
-  }
+  const r = realExecSync(["git", "rev-parse", "--short=12", "HEAD"], { cwd: import.meta.dir });
+  const out = r.stdout.trim();
+  return r.code === 0 && out ? out : "unknown";
 }
 
 export function buildTarget(): string {

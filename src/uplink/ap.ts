@@ -3,6 +3,7 @@
 // forwarding off, opened only for what `ap.forward` lists), and supervises hostapd and
 // dnsmasq. `stop()` undoes all of it.
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { writeFileAtomic } from "../os/atomic.ts";
 import { join } from "node:path";
 import type { ApConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
@@ -37,7 +38,7 @@ export function apPassphrase(ap: ApConfig, stateDir: string): string {
   }
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const p = generatePassphrase();
-  writeFileSync(file, p + "\n", { mode: 0o600 });
+  writeFileAtomic(file, p + "\n", { mode: 0o600 });
   return p;
 }
 
@@ -145,7 +146,7 @@ export class AccessPoint {
       try {
         this.savedForwarding = readFileSync(fwd, "utf8").trim();
         // Kept on disk too: a killed agent's successor restores it (cleanupOrphans).
-        writeFileSync(p.savedForwarding, this.savedForwarding + "\n", { mode: 0o600 });
+        writeFileAtomic(p.savedForwarding, this.savedForwarding + "\n", { mode: 0o600 });
         // IPv4 forwarding is decided by the interface a packet came in on: off unless
         // `ap.forward` asks for it (the fence then still limits where to).
         writeFileSync(fwd, this.ap.forward.length > 0 ? "1" : "0");

@@ -2,7 +2,8 @@
 // policy of fallback.ts fed every TICK_MS with the uplink manager's health, the AP of ap.ts,
 // wpa_supplicant through wpa.ts, the known networks (a 0600 file in the state directory),
 // the setup page while the AP is up, and the backend of netconnectd's protocol.
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync } from "node:fs";
+import { writeFileAtomic } from "../os/atomic.ts";
 import { join } from "node:path";
 import type { Config } from "../config.ts";
 import { RuntimeError, UsageError } from "../errors.ts";
@@ -283,9 +284,7 @@ export class WifiService implements NetconnectdBackend {
   }
 
   private saveKnown(): void {
-    const tmp = `${this.knownFile}.tmp`;
-    writeFileSync(tmp, JSON.stringify(this.known, null, 2) + "\n", { mode: 0o600 });
-    renameSync(tmp, this.knownFile);
+    writeFileAtomic(this.knownFile, JSON.stringify(this.known, null, 2) + "\n", { mode: 0o600 });
   }
 
   // ------------------------------------------------------------ API (CLI, setup page, netconnectd)
