@@ -16,6 +16,9 @@
 //            `agent connect site-1 --forward 127.0.0.1:LPORT:127.0.0.1:TARGET`.
 //            Until the CLI has all of that, this row says "not available: <reason>".
 //            BENCH_AGENT_MAIN=/path/to/src/main.ts measures another checkout's agent.
+//   base     with BENCH_BASE_MAIN=/path/to/other/src/main.ts: the same path built from another
+//            checkout (an earlier commit), measured in turns with ours in the same run: an
+//            interleaved A/B. It is added to the paths by itself when the variable is set.
 // A path that fails while measured is reported "not available: <step> failed: ..." and left
 // out of later runs; the benchmark exits 1 if a peer (not ours) could not be measured.
 //
@@ -68,7 +71,7 @@ if (idleCounts.some((n) => !Number.isInteger(n) || n < 1 || n > MAX_IDLE_COUNT))
 }
 // The connector speaks the protocol of the agent under test: take it from the same checkout.
 const idleConnector = env.BENCH_IDLE_CONNECTOR || (env.BENCH_AGENT_MAIN ? join(dirname(env.BENCH_AGENT_MAIN), "..", "bench", "lib", "idle-connector.ts") : IDLE_CONNECTOR_MODULE);
-const wanted = (env.BENCH_PATHS ?? "direct,ssh,stunnel,ours").split(",").map((s) => s.trim());
+const wanted = (env.BENCH_PATHS ?? `direct,ssh,stunnel,ours${env.BENCH_BASE_MAIN ? ",base" : ""}`).split(",").map((s) => s.trim());
 
 if (!programsPresent("transport.bench.ts", ["iperf3", "/usr/sbin/sshd", "ssh", "ssh-keygen", "stunnel", "socat", "openssl"])) process.exit(1);
 
@@ -80,8 +83,14 @@ const starters: Record<string, (targets: number[]) => Promise<Path>> = {
   ssh: (t) => startSshPath(t),
   stunnel: (t) => startStunnelPath(t, { socatBuffer }),
   ours: (t) => startOursPath(t),
+  base: (t) => {
+    if (!env.BENCH_BASE_MAIN) throw new Error("the base path needs BENCH_BASE_MAIN=/path/to/other/checkout/src/main.ts");
+    return startOursPath(t, env.BENCH_BASE_MAIN);
+  },
 };
-const names: Record<string, string> = { direct: "direct", ssh: "(b) ssh -R + ssh -L", stunnel: "(c) stunnel+socat+stunnel", ours: "ours (master→relay→onsite)" };
+const names: Record<string, string> = {
+  direct: "direct", ssh: "(b) ssh -R + ssh -L", stunnel: "(c) stunnel+socat+stunnel", ours: "ours (master→relay→onsite)", base: "base (same path, BENCH_BASE_MAIN)",
+};
 for (const w of wanted) {
   if (!starters[w]) {
     console.error(`BENCH_PATHS: unknown path ${JSON.stringify(w)}; have ${Object.keys(starters).join(", ")}`);
@@ -140,7 +149,7 @@ try {
     rows.push(m ?? { name, notes: "not measured", unavailable: unavailable.get(name) ?? "not started" });
     if (w !== "ours" && rows.at(-1)!.unavailable) failed = true;
   }
-  const peers = rows.filter((r) => r.name === names.ssh || r.name === names.stunnel);
+  const peers = rows.filter((r) => r.name === names.ssh || r.name === names.stunnel || r.name === names.base);
   console.log("\n" + report(rows, peers));
   // Idle paths would only add noise to what follows.
   for (const p of started) await p.stop();

@@ -26,8 +26,8 @@ function lastLine(text: string): string {
 }
 
 /** `agent ARGS` to completion; a non-zero exit becomes an error naming the step. */
-export async function agentCli(step: string, args: string[]): Promise<string> {
-  const r = await run([BUN, MAIN, ...args], { cwd: ROOT, timeoutMs: CLI_MS });
+export async function agentCli(step: string, args: string[], main = MAIN): Promise<string> {
+  const r = await run([BUN, main, ...args], { cwd: ROOT, timeoutMs: CLI_MS });
   if (r.code !== 0) {
     const why = (r.stderr.trim() || r.stdout.trim()).split("\n")[0] ?? "";
     throw new Error(`${step}: \`agent ${args.join(" ")}\` exit ${r.code}: ${why}`);
@@ -36,8 +36,8 @@ export async function agentCli(step: string, args: string[]): Promise<string> {
 }
 
 /** argv that runs `agent` with as many open files as we may give it (see proc.nofileArgv). */
-export function agentArgv(args: string[], nofile = RELAY_NOFILE): string[] {
-  return nofileArgv([BUN, MAIN, ...args], nofile);
+export function agentArgv(args: string[], nofile = RELAY_NOFILE, main = MAIN): string[] {
+  return nofileArgv([BUN, main, ...args], nofile);
 }
 
 export interface Fleet {
@@ -53,7 +53,8 @@ export interface Fleet {
 }
 
 /** Throwaway PKI, then relay, onsite and master daemons; resolves once the master lists site-1. */
-export async function startFleet(opts: { logLevel?: string } = {}): Promise<Fleet> {
+export async function startFleet(opts: { logLevel?: string; main?: string } = {}): Promise<Fleet> {
+  const main = opts.main ?? MAIN;
   const kids = new Children();
   const dir = mkdtempSync(join(tmpdir(), "agent-bench-ours-"));
   const stop = async () => {
@@ -70,21 +71,21 @@ export async function startFleet(opts: { logLevel?: string } = {}): Promise<Flee
     const sockets = { relay: join(dir, "relay.sock"), onsite: join(dir, "onsite.sock"), master: join(dir, "master.sock") };
     const common = (role: keyof typeof sockets) => ["--control", sockets[role], "--state-dir", join(dir, `${role}-state`), "--log-level", opts.logLevel ?? "warn"];
     const relayPort = await freePort();
-    const relay = kids.spawn("agent relay", agentArgv(["--role", "relay", "--bundle", bundles.relay, "--listen", `127.0.0.1:${relayPort}`, ...common("relay")]), { cwd: ROOT });
+    const relay = kids.spawn("agent relay", agentArgv(["--role", "relay", "--bundle", bundles.relay, "--listen", `127.0.0.1:${relayPort}`, ...common("relay")], RELAY_NOFILE, main), { cwd: ROOT });
     await waitForListen(relayPort, START_MS, relay, { owned: true }).catch((e: Error) => {
       const state = relay.running ? `still running after ${START_MS} ms` : "exited";
       throw new Error(`relay never listened on 127.0.0.1:${relayPort} (${state}): ${lastLine(relay.output()) || "no output"}`, { cause: e });
     });
     const relayAddr = `127.0.0.1:${relayPort}`;
-    const onsite = kids.spawn("agent onsite", [BUN, MAIN, "--role", "onsite", "--bundle", bundles.onsite, "--relay", relayAddr, "--allow", "127.0.0.1/32", ...common("onsite")], { cwd: ROOT });
-    const master = kids.spawn("agent master", [BUN, MAIN, "--role", "master", "--bundle", bundles.master, "--relay", relayAddr, ...common("master")], { cwd: ROOT });
+    const onsite = kids.spawn("agent onsite", [BUN, main, "--role", "onsite", "--bundle", bundles.onsite, "--relay", relayAddr, "--allow", "127.0.0.1/32", ...common("onsite")], { cwd: ROOT });
+    const master = kids.spawn("agent master", [BUN, main, "--role", "master", "--bundle", bundles.master, "--relay", relayAddr, ...common("master")], { cwd: ROOT });
     // The onsite device is usable once the master's relay lists it.
     const until = Date.now() + START_MS;
     let last = "";
     for (;;) {
       for (const c of [relay, onsite, master]) if (!c.running) throw new Error(`${c.name} exited: ${lastLine(c.output()) || "no output"}`);
       try {
-        last = await agentCli("devices", ["devices", "--json", "--control", sockets.master]);
+        last = await agentCli("devices", ["devices", "--json", "--control", sockets.master], main);
         if (last.includes(`"${ONSITE_ID}"`)) break;
       } catch (e) {
         last = (e as Error).message;
@@ -102,15 +103,16 @@ interface SessionJson {
   forwards: { bind: string; port: number; target: string }[];
 }
 
-/** Our relay path: a fleet, then one session with a forward per target through the master. */
-export async function startOursPath(targets: readonly number[]): Promise<Path> {
-  if (!(await Bun.file(MAIN).exists())) throw new Error(`${MAIN} is missing`);
-  const fleet = await startFleet();
+/** Our relay path: a fleet, then one session with a forward per target through the master.
+ * `main` picks the checkout (an A/B against an earlier commit runs both in one benchmark). */
+export async function startOursPath(targets: readonly number[], main = MAIN): Promise<Path> {
+  if (!(await Bun.file(main).exists())) throw new Error(`${main} is missing`);
+  const fleet = await startFleet({ main });
   return startOrClean(async () => {
     const lports = await Promise.all(targets.map(() => freePort()));
     const out = await agentCli("connect", [
       "connect", ONSITE_ID, ...targets.flatMap((t, i) => ["--forward", `127.0.0.1:${lports[i]}:127.0.0.1:${t}`]), "--control", fleet.sockets.master, "--json",
-    ]);
+    ], main);
     let s: SessionJson;
     try {
       s = JSON.parse(out) as SessionJson;
@@ -125,7 +127,7 @@ export async function startOursPath(targets: readonly number[]): Promise<Path> {
       entries: entries as number[],
       relayPids: [fleet.relay.pid],
       pathPids: [fleet.master.pid, fleet.relay.pid, fleet.onsite.pid],
-      notes: `agent (${MAIN === OWN_MAIN ? "this checkout" : MAIN}) under Bun ${Bun.version}: relay, onsite, master processes; TLS 1.3 mutual auth; session ${s.session}`,
+      notes: `agent (${main === OWN_MAIN ? "this checkout" : main}) under Bun ${Bun.version}: relay, onsite, master processes; TLS 1.3 mutual auth; session ${s.session}`,
       stop: fleet.stop,
       [Symbol.asyncDispose]: fleet.stop,
     } satisfies Path;
