@@ -86,7 +86,11 @@ export class SessionTable<C> {
       if (existing) replaced = this.close(existing.id);
     }
     let id = req.session ?? this.o.newId();
-    while (req.session === null && this.byId.has(id)) id = this.o.newId();
+    // A generator that keeps colliding (a broken shared store) must not hang the relay.
+    for (let tries = 1; req.session === null && this.byId.has(id); tries++) {
+      if (tries >= 100) return { ok: false, code: ErrorCode.INTERNAL, message: "no free session id after 100 tries" };
+      id = this.o.newId();
+    }
     const s: SessionRecord<C> = {
       id,
       master: req.master,
