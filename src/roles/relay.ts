@@ -13,6 +13,7 @@ import { listenTls } from "../transport/tls.ts";
 import { fdLimit } from "../fdlimit.ts";
 import { Admission, FileRefusalLog, RelayServer } from "../tunnel/relay.ts";
 import type { Component } from "./daemon.ts";
+import { systemClock, type Clock } from "../clock.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -29,13 +30,14 @@ export class RelayRole implements Component {
   /** Connections closed by their peer before TLS completed (probes, dropped links). */
   private abandoned = 0;
 
-  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control: ControlServer) {
+  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control: ControlServer, clock: Clock = systemClock) {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
     this.server = new RelayServer({
       id: bundle.id,
       log: log,
       access: () => this.cfg.access,
+      clock,
       refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
     });
     control.handle("devices", () => this.server.deviceList());
