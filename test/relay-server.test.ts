@@ -2,7 +2,7 @@
 // HELLO rules, deadlines, replacement, the pairing policy, session teardown and stream routing
 // with credit enforcement (a frozen reader cannot make the relay buffer beyond one window).
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { RelayServer, type Refusal } from "../src/tunnel/relay.ts";
+import { RefusalCode, RelayServer, type Refusal } from "../src/tunnel/relay.ts";
 import { Connection, RemoteError, type Stream, type StreamError } from "../src/transport/mux.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
 import { Flag, FrameType, GoAwayCode, MAX_CONTROL_MESSAGE, MAX_PAYLOAD, ResetCode, encodeFrame, encodeJson } from "../src/transport/frame.ts";
@@ -53,6 +53,8 @@ interface Device {
   conn: Connection;
   link: MemoryLink;
   relayLink: MemoryLink;
+  /** The relay's end of the connection: its wait() resolves after the relay has seen it close. */
+  relayConn: Connection;
   streams: Stream[];
   closes: Record<string, unknown>[];
   welcome: Promise<Record<string, unknown>>;
@@ -69,9 +71,9 @@ function connect(r: Relay, role: string, id: string, opts: { address?: string; h
   conn.on(Msg.SESSION_CLOSE, (b) => closes.push(b));
   conn.handle(Msg.SESSION_OFFER, () => ({}));
   const welcome = new Promise<Record<string, unknown>>((resolve) => conn.on(Msg.WELCOME, resolve));
-  r.server.accept(relayLink, { id, role, serial: `serial-${id}` });
+  const relayConn = r.server.accept(relayLink, { id, role, serial: `serial-${id}` });
   if (opts.hello !== null) conn.send(Msg.HELLO, opts.hello ?? { versions: [1], role, id, agent: "test/1" });
-  return { conn, link, relayLink, streams, closes, welcome };
+  return { conn, link, relayLink, relayConn, streams, closes, welcome };
 }
 
 async function online(r: Relay, role: string, id: string, address?: string): Promise<Device> {
@@ -97,15 +99,17 @@ describe("HELLO", () => {
   });
 
   test.each([
-    ["a role other than the certificate's", { versions: [1], role: "onsite", id: "tech-1" }, /^HELLO says role "onsite" but the certificate of tech-1 is for role master$/],
-    ["an id other than the certificate's", { versions: [1], role: "master", id: "tech-2" }, /^HELLO says id "tech-2" but the certificate is for tech-1$/],
-    ["no common protocol version", { versions: [2, 3], role: "master", id: "tech-1" }, /^no common protocol version \(relay speaks 1, peer offers 2, 3\)$/],
-    ["no versions at all", { role: "master", id: "tech-1" }, /peer offers none/],
-  ])("%s is refused, logged with the presented id and address", async (_name, hello, reason) => {
+    ["a role other than the certificate's", { versions: [1], role: "onsite", id: "tech-1" }, RefusalCode.IDENTITY, /^HELLO says role "onsite" but the certificate of tech-1 is for role master$/],
+    ["an id other than the certificate's", { versions: [1], role: "master", id: "tech-2" }, RefusalCode.IDENTITY, /^HELLO says id "tech-2" but the certificate is for tech-1$/],
+    ["no common protocol version", { versions: [2, 3], role: "master", id: "tech-1" }, RefusalCode.VERSION, /^no common protocol version \(relay speaks 1, peer offers 2, 3\)$/],
+    ["no versions at all", { role: "master", id: "tech-1" }, RefusalCode.VERSION, /peer offers none/],
+    ["a role that is not a string", { versions: [1], role: 7, id: "tech-1" }, RefusalCode.PROTOCOL, /^HELLO: role: expected a string, got 7$/],
+    ["versions that are not numbers", { versions: ["1"], role: "master", id: "tech-1" }, RefusalCode.PROTOCOL, /^HELLO: versions: expected an array of protocol version numbers, got an array$/],
+  ])("%s is refused, logged with the presented id and address", async (_name, hello, code, reason) => {
     const r = relay();
     const d = connect(r, "master", "tech-1", { address: "203.0.113.9", hello });
     await refusedWith(d, reason);
-    expect(r.refusals).toEqual([{ time: expect.any(String), address: "203.0.113.9", presented: "tech-1 (master)", reason: expect.stringMatching(reason) }]);
+    expect(r.refusals).toEqual([{ time: expect.any(String), address: "203.0.113.9", presented: "tech-1 (master)", code, reason: expect.stringMatching(reason) }]);
     expect(r.warnings.join("\n")).toContain("refused tech-1 (master) from 203.0.113.9: ");
     expect(r.server.stats()).toMatchObject({ masters: 0, pending_hello: 0 });
   });
@@ -165,7 +169,7 @@ describe("inventory", () => {
     expect(why.message).toBe("replaced by a new connection of site-1 from 192.0.2.2");
     expect(r.warnings.join("\n")).toContain("site-1: a new connection from 192.0.2.2 replaces the one from 192.0.2.1");
     expect(second.conn.closed).toBe(false);
-    await Bun.sleep(5);
+    await first.relayConn.wait();
     const list = r.server.deviceList();
     expect(list).toHaveLength(1);
     // Still online after the old connection's close arrived; the inventory is kept.
@@ -177,7 +181,7 @@ describe("inventory", () => {
     const first = await online(r, "master", "tech-1");
     await online(r, "master", "tech-1");
     expect((await first.conn.wait()).code).toBe(GoAwayCode.REPLACED);
-    await Bun.sleep(5);
+    await first.relayConn.wait();
     expect(r.server.stats().masters).toBe(1);
   });
 
@@ -188,7 +192,7 @@ describe("inventory", () => {
       d.conn.send(Msg.INVENTORY, { hostname: `h${i}-${"x".repeat(100)}`, location: "Royal Champagne", agent: "1.0", uptime: i, uplink: "lte" });
     }
     const m = await online(r, "master", "tech-1");
-    await Bun.sleep(20);
+    await waitFor(() => r.server.deviceList().filter((d) => d.hostname.startsWith("h")).length === 600, 5_000, "600 inventories");
     const list = (await m.conn.request(Msg.DEVICES, {})) as { id: string; hostname: string }[];
     expect(list).toHaveLength(600);
     expect(JSON.stringify(list).length).toBeGreaterThan(MAX_PAYLOAD);
@@ -406,7 +410,7 @@ describe("stream routing", () => {
     onsite.streams[0]!.reset(ResetCode.UNREACHABLE, "connect 10.0.0.5:80: connection refused");
     await waitFor(() => m.closed, 1_000, "the reset at the master");
     expect({ code: m.error!.code, message: m.error!.message }).toEqual({ code: ResetCode.UNREACHABLE, message: "connect 10.0.0.5:80: connection refused" });
-    await Bun.sleep(5);
+    // The relay forgot the route before it passed the reset on, so nothing to wait for.
     expect(r.server.stats().streams).toBe(0);
   });
 
@@ -532,7 +536,6 @@ test("many busy streams towards a device on a slow uplink cannot get it disconne
   for (const c of results.filter((x) => x.closed)) expect(c.error!.message).toBe(`too many streams on one connection (limit ${limit})`);
   // Every admitted stream's window ends up queued for the device, and the relay keeps it connected.
   await waitFor(() => onsite.relayLink.queued > limit * Limits.streamWindow, 10_000, "every admitted window to reach the relay");
-  await Bun.sleep(20);
   expect(onsite.relayLink.queued).toBeLessThan(Limits.maxQueued);
   expect(r.server.deviceList()[0]!.online).toBe(true);
   onsite.link.resume();
@@ -555,13 +558,13 @@ describe("revocation and shutdown", () => {
   test("a connection that passed TLS before the revocation but has not said HELLO yet is closed too", async () => {
     const r = relay();
     const pending = connect(r, "onsite", "site-5", { hello: null });
-    await Bun.sleep(5);
     expect(r.server.enforceRevocations((serial) => serial === "serial-site-5")).toBe(1);
     // Its HELLO, had it come now, must not register a revoked device.
     pending.conn.send(Msg.HELLO, { versions: [1], role: "onsite", id: "site-5" });
     const why = await pending.conn.wait();
     expect({ code: why.code, message: why.message }).toEqual({ code: GoAwayCode.REVOKED, message: "certificate serial-site-5 of site-5 is revoked" });
-    await Bun.sleep(5);
+    // The relay closed its end at once, so that HELLO can never be read.
+    expect(pending.relayConn.closed).toBe(true);
     expect(r.server.deviceList()).toEqual([]);
     expect(r.refusals).toMatchObject([{ presented: "site-5 (onsite)", reason: "certificate serial-site-5 was revoked; closing its live connection" }]);
   });

@@ -1,7 +1,7 @@
 // The relay role: TLS listener + RelayServer + revocation list (reloaded on SIGHUP and when
 // the file changes) + the audit log of refusals + `agent devices` / `agent sessions` on the
 // relay's own control socket.
-import { appendFileSync, renameSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { TCPSocketListener } from "bun";
 import type { Config } from "../config.ts";
@@ -11,9 +11,9 @@ import { formatHostPort } from "../netaddr.ts";
 import { isRevoked, loadRevocations, parseRevocations, REVOCATIONS_HEADER, type Bundle, type RevocationList } from "../pki.ts";
 import { listenTls } from "../transport/tls.ts";
 import { fdLimit } from "../fdlimit.ts";
-import { Limits } from "../transport/policy.ts";
-import { RelayServer, type Refusal } from "../tunnel/relay.ts";
+import { Admission, FileRefusalLog, RelayServer } from "../tunnel/relay.ts";
 import type { Component } from "./daemon.ts";
+import { systemClock, type Clock } from "../clock.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -25,20 +25,20 @@ export class RelayRole implements Component {
   private revocations: RevocationList = parseRevocations(REVOCATIONS_HEADER + "\n");
   private revocationsStamp = "";
   private poll: ReturnType<typeof setInterval> | null = null;
-  private readonly unauth = new Map<string, number>();
-  private unauthTotal = 0;
-  private readonly auditFile: string;
+  private readonly admission = new Admission();
   private fdLimit: number | null = null;
   /** Connections closed by their peer before TLS completed (probes, dropped links). */
   private abandoned = 0;
 
-  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control: ControlServer) {
-    this.auditFile = join(cfg.state_dir, "refusals.log");
+  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control: ControlServer, clock: Clock = systemClock) {
+    // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
+    const auditFile = join(cfg.state_dir, "refusals.log");
     this.server = new RelayServer({
       id: bundle.id,
       log: log,
       access: () => this.cfg.access,
-      onRefusal: (r) => this.audit(r),
+      clock,
+      refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
     });
     control.handle("devices", () => this.server.deviceList());
     control.handle("sessions", () => this.server.sessionList());
@@ -63,8 +63,8 @@ export class RelayRole implements Component {
         accept: ({ link, verdict }) => this.server.accept(link, verdict),
         refuse: (r) => this.server.refusedAtTls(r.address, r.presented, r.reason),
         abandoned: () => void this.abandoned++,
-        admit: (source) => this.admit(source),
-        release: (source) => this.release(source),
+        admit: (source) => this.admission.admit(source),
+        release: (source) => this.admission.release(source),
       }) as TCPSocketListener<unknown>;
     } catch (e) {
       throw new Error(`cannot listen on ${formatHostPort(listen)}: ${(e as Error).message}`, { cause: e });
@@ -98,40 +98,11 @@ export class RelayRole implements Component {
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
   }
 
-  private admit(source: string): boolean {
-    const n = this.unauth.get(source) ?? 0;
-    if (this.unauthTotal >= Limits.maxUnauthenticated || n >= Limits.maxUnauthenticatedPerSource) return false;
-    this.unauth.set(source, n + 1);
-    this.unauthTotal++;
-    return true;
-  }
-
-  private release(source: string): void {
-    const n = this.unauth.get(source) ?? 0;
-    if (n <= 1) this.unauth.delete(source);
-    else this.unauth.set(source, n - 1);
-    this.unauthTotal = Math.max(0, this.unauthTotal - 1);
-  }
-
-  /** Appends a refusal to STATE_DIR/refusals.log (JSON lines; one old generation kept). */
-  private audit(r: Refusal): void {
-    try {
-      try {
-        if (statSync(this.auditFile).size > AUDIT_MAX_BYTES) renameSync(this.auditFile, this.auditFile + ".1");
-      } catch {
-        /* no file yet */
-      }
-      appendFileSync(this.auditFile, JSON.stringify(r) + "\n", { mode: 0o600 });
-    } catch (e) {
-      this.log.debug(`cannot write ${this.auditFile}: ${(e as Error).message}`);
-    }
-  }
-
   status(): Record<string, unknown> {
     return {
       listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
       port: this.listener?.port ?? null,
-      unauthenticated: this.unauthTotal,
+      unauthenticated: this.admission.total,
       open_files_limit: this.fdLimit,
       abandoned_handshakes: this.abandoned,
       refusals: this.server.refusals.length,

@@ -4,6 +4,7 @@
 //
 // Requests carry `rid` (a number unique per connection and direction) and are answered by a
 // REPLY with the same `rid`; everything else is one-way.
+import { parseHostPort } from "../netaddr.ts";
 
 export const PROTOCOL_VERSIONS = [1] as const;
 
@@ -78,3 +79,376 @@ export interface SessionInfo {
   opened: string;
   expires: string | null;
 }
+
+// ---- bodies and decoders ------------------------------------------------------------------
+//
+// One body type and one decoder per message. A decoder takes what JSON.parse gave (the
+// connection has already checked it is an object) and returns the typed body, or throws a
+// MessageError naming the field and what was expected. Unknown fields are ignored, so a newer
+// peer may add fields; a known field of the wrong type is an error, never silently coerced.
+
+/** A control message body that does not have the shape its type requires. */
+export class MessageError extends Error {
+  override name = "MessageError";
+  constructor(
+    /** The message type (Msg.*). */
+    readonly type: number,
+    /** The field, as a path: `targets[2]`, `result[0].id`. */
+    readonly field: string,
+    /** What the field must be. */
+    readonly expected: string,
+    detail?: string,
+  ) {
+    super(`${field}: expected ${expected}${detail ? `, ${detail}` : ""}`);
+  }
+}
+
+/** Longest session TTL a master may ask for. */
+export const MAX_SESSION_TTL = 7 * 86_400_000;
+/** Most targets one session may name. */
+export const MAX_TARGETS = 64;
+/** A session id: `s-` and 4-32 lower-case letters and digits. */
+export const SESSION_ID = /^s-[a-z0-9]{4,32}$/;
+/** Longest device id (a DNS label). */
+export const MAX_DEVICE_ID = 63;
+
+export interface HelloBody {
+  /** Protocol versions the device speaks; an absent list offers none. */
+  versions: number[];
+  role: string;
+  id: string;
+  /** Software and version, e.g. "agent/1.2.0"; may be empty. */
+  agent: string;
+}
+export interface WelcomeBody {
+  version: number;
+  relay: string;
+  /** The device's address as the relay sees it. */
+  address: string;
+  /** The relay's keepalive interval, ms. */
+  keepalive: number;
+}
+export type ReplyBody = { rid: number; ok: true; result: unknown } | { rid: number; ok: false; code: string; error: string };
+export interface InventoryBody {
+  hostname: string;
+  location: string;
+  agent: string;
+  /** Seconds since the device booted, when it sent this. */
+  uptime: number;
+  uplink: string;
+}
+/** DEVICES and SESSIONS take an empty request body. */
+export type EmptyBody = Record<string, never>;
+export interface SessionOpenBody {
+  onsite: string;
+  /** HOST:PORT strings, without repeats (the decoder drops repeats). */
+  targets: string[];
+  /** ms; null: no TTL. */
+  ttl: number | null;
+  /** Re-open this session id (a master resuming); null: the relay picks one. */
+  session: string | null;
+}
+export interface SessionOfferBody {
+  session: string;
+  master: string;
+  targets: string[];
+  /** ISO time, or null for no TTL. */
+  expires: string | null;
+}
+export interface SessionCloseBody {
+  session: string;
+  reason: string;
+  /** True: the session will not come back by itself (TTL, ended); false: a side went away. */
+  final: boolean;
+}
+export interface SessionEndBody {
+  session: string;
+  reason: string | null;
+}
+/**
+ * A timed DNAT rule for a session's peer. The master sends every field but `source`; the relay
+ * fills `source` in (the master's IPv4 address as its socket reports it) and forwards the rest
+ * unchanged. The onsite device judges the values (src/nat/rule.ts); the shape is checked here.
+ */
+export interface NatRequestBody {
+  session: string;
+  /** "tcp" (default) or "udp". */
+  proto?: string;
+  /** The port on the device's uplink, "1"-"65535" (a number is accepted). */
+  port?: string | number;
+  /** The LAN target "IPv4:PORT". */
+  to?: string;
+  /** How long the rule lives: a duration such as "30s", "15m", "2h" (ms as a number accepted). */
+  ttl?: string | number;
+  /** Only packets arriving on this interface. */
+  iface?: string;
+  /** Set by the relay; whatever a master sends here is replaced. */
+  source?: string;
+}
+/** The onsite device's answer to NAT_REQUEST: the rule it added (src/nat/service.ts AddResult). */
+export type NatReply = Record<string, unknown>;
+
+// ---- field readers ----------------------------------------------------------------------------
+
+type Obj = Record<string, unknown>;
+
+class Reader {
+  constructor(
+    readonly type: number,
+    readonly o: Obj,
+    readonly path = "",
+  ) {}
+  at(k: string): string {
+    return this.path ? `${this.path}.${k}` : k;
+  }
+  fail(k: string, expected: string, v?: unknown): never {
+    throw new MessageError(this.type, this.at(k), expected, v === undefined ? "got nothing" : `got ${describe(v)}`);
+  }
+  str(k: string, max = Infinity): string {
+    const v = this.o[k];
+    if (typeof v !== "string" || v.length > max) this.fail(k, max === Infinity ? "a string" : `a string of at most ${max} characters`, v);
+    return v;
+  }
+  optStr(k: string, dflt: string): string {
+    return this.o[k] === undefined ? dflt : this.str(k);
+  }
+  num(k: string, check: (n: number) => boolean = Number.isFinite, what = "a number"): number {
+    const v = this.o[k];
+    if (typeof v !== "number" || !check(v)) this.fail(k, what, v);
+    return v;
+  }
+  bool(k: string): boolean {
+    const v = this.o[k];
+    if (typeof v !== "boolean") this.fail(k, "true or false", v);
+    return v;
+  }
+  strs(k: string, what = "an array of strings"): string[] {
+    const v = this.o[k];
+    if (!Array.isArray(v) || v.some((x) => typeof x !== "string")) this.fail(k, what, v);
+    return v as string[];
+  }
+  nullable<T>(k: string, read: () => T): T | null {
+    return this.o[k] === undefined || this.o[k] === null ? null : read();
+  }
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  if (typeof v === "string") return v.length > 40 ? `a string of ${v.length} characters` : JSON.stringify(v);
+  if (typeof v === "number" || typeof v === "boolean") return String(v);
+  return typeof v === "object" ? "an object" : typeof v;
+}
+
+function object(type: number, v: unknown, path = ""): Reader {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new MessageError(type, path || "body", "a JSON object", `got ${describe(v)}`);
+  return new Reader(type, v as Obj, path);
+}
+
+function list<T>(type: number, v: unknown, path: string, each: (r: Reader) => T): T[] {
+  if (!Array.isArray(v)) throw new MessageError(type, path, "an array", `got ${describe(v)}`);
+  return v.map((x, i) => each(object(type, x, `${path}[${i}]`)));
+}
+
+const isIso = (s: string) => !Number.isNaN(Date.parse(s));
+const isCount = (n: number) => Number.isInteger(n) && n >= 0;
+
+// ---- one decoder per message --------------------------------------------------------------
+
+export function decodeHello(body: unknown): HelloBody {
+  const r = object(Msg.HELLO, body);
+  const versions = r.o.versions === undefined ? [] : r.o.versions;
+  if (!Array.isArray(versions) || versions.some((v) => !Number.isInteger(v) || v < 1 || v > 0xffff)) {
+    r.fail("versions", "an array of protocol version numbers", versions);
+  }
+  return { versions: versions as number[], role: r.str("role"), id: r.str("id"), agent: r.optStr("agent", "") };
+}
+
+export function decodeWelcome(body: unknown): WelcomeBody {
+  const r = object(Msg.WELCOME, body);
+  return {
+    version: r.num("version", (n) => Number.isInteger(n) && n >= 1, "a protocol version number"),
+    relay: r.str("relay"),
+    address: r.str("address"),
+    keepalive: r.num("keepalive", (n) => isCount(n) && n > 0, "milliseconds"),
+  };
+}
+
+export function decodeReply(body: unknown): ReplyBody {
+  const r = object(Msg.REPLY, body);
+  const rid = r.num("rid", isCount, "a request id");
+  if (r.bool("ok")) return { rid, ok: true, result: r.o.result ?? null };
+  return { rid, ok: false, code: r.str("code"), error: r.str("error") };
+}
+
+export function decodeInventory(body: unknown): InventoryBody {
+  const r = object(Msg.INVENTORY, body);
+  return {
+    hostname: r.str("hostname"),
+    location: r.str("location"),
+    agent: r.str("agent"),
+    uptime: r.num("uptime", (n) => Number.isFinite(n) && n >= 0, "seconds (a number ≥ 0)"),
+    uplink: r.str("uplink"),
+  };
+}
+
+export function decodeEmpty(type: number): (body: unknown) => EmptyBody {
+  return (body) => {
+    object(type, body);
+    return {};
+  };
+}
+
+/** One HOST:PORT target, checked the way every other HOST:PORT is (src/netaddr.ts). */
+function checkTarget(type: number, field: string, t: string): void {
+  try {
+    parseHostPort(t, "HOST:PORT");
+  } catch (e) {
+    // parseHostPort says "expected HOST:PORT such as …, got …" (or names a bad port or address).
+    const text = (e as Error).message;
+    throw new MessageError(type, field, text.startsWith("expected ") ? text.slice("expected ".length) : `HOST:PORT (${text})`);
+  }
+}
+
+export function decodeSessionOpen(body: unknown): SessionOpenBody {
+  const T = Msg.SESSION_OPEN;
+  const r = object(T, body);
+  const onsite = r.o.onsite;
+  if (typeof onsite !== "string" || onsite.length === 0 || onsite.length > MAX_DEVICE_ID) throw new MessageError(T, "onsite", "a device id");
+  const targets = r.o.targets;
+  if (!Array.isArray(targets) || targets.length === 0 || targets.length > MAX_TARGETS) throw new MessageError(T, "targets", `1-${MAX_TARGETS} HOST:PORT strings`);
+  targets.forEach((t, i) => {
+    if (typeof t !== "string") throw new MessageError(T, "targets", "HOST:PORT strings");
+    checkTarget(T, `targets[${i}]`, t);
+  });
+  const ttl = r.o.ttl ?? null;
+  if (ttl !== null && (typeof ttl !== "number" || !Number.isInteger(ttl) || ttl < 1000 || ttl > MAX_SESSION_TTL)) {
+    throw new MessageError(T, "ttl", `milliseconds between 1 s and ${MAX_SESSION_TTL / 86_400_000} days`);
+  }
+  const session = r.o.session ?? null;
+  if (session !== null && (typeof session !== "string" || !SESSION_ID.test(session))) throw new MessageError(T, "session", "an id such as s-1a2b3c4d");
+  return { onsite, targets: [...new Set(targets as string[])], ttl: ttl as number | null, session: session as string | null };
+}
+
+export function decodeSessionOffer(body: unknown): SessionOfferBody {
+  const r = object(Msg.SESSION_OFFER, body);
+  return {
+    session: r.str("session"),
+    master: r.str("master"),
+    targets: r.strs("targets", "an array of HOST:PORT strings"),
+    expires: r.nullable("expires", () => {
+      const s = r.str("expires");
+      if (!isIso(s)) r.fail("expires", "an ISO time or null", s);
+      return s;
+    }),
+  };
+}
+
+export function decodeSessionClose(body: unknown): SessionCloseBody {
+  const r = object(Msg.SESSION_CLOSE, body);
+  return { session: r.str("session"), reason: r.str("reason"), final: r.bool("final") };
+}
+
+export function decodeSessionEnd(body: unknown): SessionEndBody {
+  const r = object(Msg.SESSION_END, body);
+  return { session: r.str("session"), reason: r.nullable("reason", () => r.str("reason")) };
+}
+
+export function decodeNatRequest(body: unknown): NatRequestBody {
+  const r = object(Msg.NAT_REQUEST, body);
+  const out: NatRequestBody = { session: r.str("session") };
+  const strOrNum = (k: "port" | "ttl", what: string) => {
+    const v = r.o[k];
+    if (v === undefined) return;
+    if (typeof v !== "string" && (typeof v !== "number" || !isCount(v))) r.fail(k, what, v);
+    out[k] = v as string | number;
+  };
+  for (const k of ["proto", "to", "iface", "source"] as const) if (r.o[k] !== undefined) out[k] = r.str(k);
+  strOrNum("port", "a port number (string or number)");
+  strOrNum("ttl", "a duration such as \"15m\" (or milliseconds)");
+  return out;
+}
+
+function deviceInfo(r: Reader): DeviceInfo {
+  return {
+    id: r.str("id"),
+    hostname: r.str("hostname"),
+    location: r.str("location"),
+    address: r.str("address"),
+    agent: r.str("agent"),
+    uptime: r.num("uptime", (n) => Number.isFinite(n) && n >= 0, "seconds"),
+    uplink: r.str("uplink"),
+    online: r.bool("online"),
+    connected_since: r.str("connected_since"),
+    last_seen: r.str("last_seen"),
+    rtt_ms: r.nullable("rtt_ms", () => r.num("rtt_ms")),
+  };
+}
+
+function sessionInfo(r: Reader): SessionInfo {
+  return {
+    session: r.str("session"),
+    master: r.str("master"),
+    onsite: r.str("onsite"),
+    targets: r.strs("targets"),
+    opened: r.str("opened"),
+    expires: r.nullable("expires", () => r.str("expires")),
+  };
+}
+
+/** Results of the requests: what the REPLY's `result` carries. */
+export const decodeDevicesReply = (v: unknown): DeviceInfo[] => list(Msg.DEVICES, v, "result", deviceInfo);
+export const decodeSessionsReply = (v: unknown): SessionInfo[] => list(Msg.SESSIONS, v, "result", sessionInfo);
+export const decodeSessionInfo = (v: unknown): SessionInfo => sessionInfo(object(Msg.SESSION_OPEN, v, "result"));
+export const decodeNatReply = (v: unknown): NatReply => object(Msg.NAT_REQUEST, v, "result").o;
+function emptyReply(type: number) {
+  // A handler that returns nothing answers null: both mean "done".
+  return (v: unknown): EmptyBody => (v === null || v === undefined ? {} : decodeEmpty(type)(v));
+}
+
+/**
+ * The catalogue as types: for each message, its body and (for requests) the result of its
+ * REPLY. `typed.ts` builds request/handle/send on it.
+ */
+export interface Catalogue {
+  [Msg.HELLO]: { body: HelloBody };
+  [Msg.WELCOME]: { body: WelcomeBody };
+  [Msg.REPLY]: { body: ReplyBody };
+  [Msg.INVENTORY]: { body: InventoryBody };
+  [Msg.DEVICES]: { body: EmptyBody; reply: DeviceInfo[] };
+  [Msg.SESSION_OPEN]: { body: SessionOpenBody; reply: SessionInfo };
+  [Msg.SESSION_OFFER]: { body: SessionOfferBody; reply: EmptyBody };
+  [Msg.SESSION_CLOSE]: { body: SessionCloseBody };
+  [Msg.SESSIONS]: { body: EmptyBody; reply: SessionInfo[] };
+  [Msg.SESSION_END]: { body: SessionEndBody; reply: EmptyBody };
+  [Msg.NAT_REQUEST]: { body: NatRequestBody; reply: NatReply };
+}
+export type BodyOf<M extends MsgType> = Catalogue[M]["body"];
+export type RequestMsg = { [M in MsgType]: Catalogue[M] extends { reply: unknown } ? M : never }[MsgType];
+export type OneWayMsg = Exclude<MsgType, RequestMsg | typeof Msg.REPLY>;
+export type ReplyOf<M extends RequestMsg> = Catalogue[M] extends { reply: infer R } ? R : never;
+
+/** The decoder of each message's body. */
+export const decoders: { [M in MsgType]: (body: unknown) => BodyOf<M> } = {
+  [Msg.HELLO]: decodeHello,
+  [Msg.WELCOME]: decodeWelcome,
+  [Msg.REPLY]: decodeReply,
+  [Msg.INVENTORY]: decodeInventory,
+  [Msg.DEVICES]: decodeEmpty(Msg.DEVICES),
+  [Msg.SESSION_OPEN]: decodeSessionOpen,
+  [Msg.SESSION_OFFER]: decodeSessionOffer,
+  [Msg.SESSION_CLOSE]: decodeSessionClose,
+  [Msg.SESSIONS]: decodeEmpty(Msg.SESSIONS),
+  [Msg.SESSION_END]: decodeSessionEnd,
+  [Msg.NAT_REQUEST]: decodeNatRequest,
+};
+
+/** The decoder of each request's result. */
+export const replyDecoders: { [M in RequestMsg]: (result: unknown) => ReplyOf<M> } = {
+  [Msg.DEVICES]: decodeDevicesReply,
+  [Msg.SESSION_OPEN]: decodeSessionInfo,
+  [Msg.SESSION_OFFER]: emptyReply(Msg.SESSION_OFFER),
+  [Msg.SESSIONS]: decodeSessionsReply,
+  [Msg.SESSION_END]: emptyReply(Msg.SESSION_END),
+  [Msg.NAT_REQUEST]: decodeNatReply,
+};

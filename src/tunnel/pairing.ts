@@ -1,8 +1,7 @@
 // Pairing decisions on the relay: may this master open a session to that onsite device, and
 // with which targets and TTL. Pure; the relay feeds it the access rules and what it knows.
 import type { AccessRule } from "../config.ts";
-import { parseHostPort } from "../netaddr.ts";
-import { ErrorCode, type ErrorCodeId } from "../transport/messages.ts";
+import { ErrorCode, MAX_SESSION_TTL, MAX_TARGETS, decodeSessionOpen, type ErrorCodeId, type SessionOpenBody } from "../transport/messages.ts";
 
 /** `*` matches any run of characters; everything else literally. */
 export function globMatch(pattern: string, id: string): boolean {
@@ -24,8 +23,7 @@ export interface DeviceFacts {
 
 export type PairingDecision = { ok: true } | { ok: false; code: ErrorCodeId; message: string };
 
-export const MAX_SESSION_TTL = 7 * 86_400_000;
-export const MAX_TARGETS = 64;
+export { MAX_SESSION_TTL, MAX_TARGETS };
 
 export function decidePairing(rules: readonly AccessRule[], master: string, onsite: string, device: DeviceFacts): PairingDecision {
   if (!device.known) return { ok: false, code: ErrorCode.UNKNOWN_DEVICE, message: `unknown device ${JSON.stringify(onsite)}: it has never connected to this relay` };
@@ -34,32 +32,14 @@ export function decidePairing(rules: readonly AccessRule[], master: string, onsi
   return { ok: true };
 }
 
-export interface SessionRequest {
-  onsite: string;
-  targets: string[];
-  ttl: number | null;
-  session: string | null;
-}
+export type SessionRequest = SessionOpenBody;
 
-/** Checks the shape of a SESSION_OPEN body; throws an Error with a specific message. */
+/** Checks the shape of a SESSION_OPEN body; throws a MessageError naming the field (the catalogue's decoder). */
 export function parseSessionRequest(body: Record<string, unknown>): SessionRequest {
-  const onsite = body.onsite;
-  if (typeof onsite !== "string" || onsite.length === 0 || onsite.length > 63) throw new Error("onsite: expected a device id");
-  const targets = body.targets;
-  if (!Array.isArray(targets) || targets.length === 0 || targets.length > MAX_TARGETS) throw new Error(`targets: expected 1-${MAX_TARGETS} HOST:PORT strings`);
-  for (const t of targets) {
-    if (typeof t !== "string") throw new Error("targets: expected HOST:PORT strings");
-    parseHostPort(t, "a target HOST:PORT");
-  }
-  const ttl = body.ttl ?? null;
-  if (ttl !== null && (typeof ttl !== "number" || !Number.isInteger(ttl) || ttl < 1000 || ttl > MAX_SESSION_TTL)) {
-    throw new Error(`ttl: expected milliseconds between 1 s and ${MAX_SESSION_TTL / 86_400_000} days`);
-  }
-  const session = body.session ?? null;
-  if (session !== null && (typeof session !== "string" || !/^s-[a-z0-9]{4,32}$/.test(session))) throw new Error("session: expected an id such as s-1a2b3c4d");
-  return { onsite, targets: [...new Set(targets as string[])], ttl: ttl as number | null, session: session as string | null };
+  return decodeSessionOpen(body);
 }
 
+/** A fresh session id; the relay takes its generator injected (RelayOptions.newSessionId). */
 export function newSessionId(random: () => number = Math.random): string {
   let s = "s-";
   for (let i = 0; i < 8; i++) s += Math.floor(random() * 36).toString(36);
