@@ -107,8 +107,6 @@ export class Front {
       keepaliveInterval: this.o.keepaliveInterval,
       keepaliveTimeout: this.o.keepaliveTimeout,
       clock,
-      // lastReceived and rtt on the same monotonic clock the inventory ages devices by.
-      now: () => clock.now(),
       routeFrame: (f, c) => {
         if (this.live.has(c)) this.o.route(f, c);
         else this.refuse(c, presented, RefusalCode.PROTOCOL, "stream frames before HELLO");

@@ -51,7 +51,7 @@ export class RelayServer {
   private closed = false;
   private readonly live: Liveness = (id) => {
     const c = this.onsites.get(id);
-    return c && !c.closed ? { lastReceived: c.lastReceived, rtt: c.rtt } : null;
+    return c && !c.closed ? { lastReceived: c.lastHeard, rtt: c.rtt } : null;
   };
 
   constructor(private readonly o: RelayOptions) {
