@@ -109,7 +109,7 @@ function relayDialer(clock: FakeClock, ends: Connection[]) {
   return async (): Promise<Link> => {
     const [dialer, acceptor] = linkPair("10.0.0.1", "10.92.1.2");
     const conn = new Connection(acceptor, { side: "acceptor", clock });
-    conn.on(Msg.HELLO, () => conn.send(Msg.WELCOME, { version: 1, relay: "relay-1", address: "10.92.1.2" }));
+    conn.on(Msg.HELLO, () => conn.send(Msg.WELCOME, { version: 1, relay: "relay-1", address: "10.92.1.2", keepalive: 15_000 }));
     ends.push(conn);
     return dialer;
   };

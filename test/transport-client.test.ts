@@ -19,7 +19,7 @@ function deferredDial() {
 function relayEnd(seenAs: string, answer = true) {
   const [dialer, acceptor] = linkPair("10.0.0.1", seenAs);
   const conn = new Connection(acceptor, { side: "acceptor" });
-  if (answer) conn.on(Msg.HELLO, () => conn.send(Msg.WELCOME, { version: 1, relay: "relay-1", address: seenAs }));
+  if (answer) conn.on(Msg.HELLO, () => conn.send(Msg.WELCOME, { version: 1, relay: "relay-1", address: seenAs, keepalive: 15_000 }));
   return { dialer, conn };
 }
 
@@ -157,6 +157,36 @@ describe("RelayClient: redial and close", () => {
       client.redial("uplink eth0");
       await until(() => client.state === "up");
       expect(n).toBe(dialsBefore + 1);
+    } finally {
+      await client.close();
+    }
+  });
+});
+
+describe("RelayClient: a malformed WELCOME", () => {
+  test("fails the dial at once, naming the field, instead of waiting out the HELLO deadline", async () => {
+    const logs: string[] = [];
+    const client = new RelayClient({
+      role: "onsite",
+      id: "site-1",
+      agent: "test",
+      describe: "relay:443",
+      dial: async () => {
+        const [dialer, acceptor] = linkPair("10.0.0.1", "10.0.0.2");
+        const conn = new Connection(acceptor, { side: "acceptor" });
+        conn.on(Msg.HELLO, () => conn.send(Msg.WELCOME, { version: 1, relay: "relay-1", address: "10.0.0.1" }));
+        return dialer;
+      },
+      setup: () => {},
+      log: { debug: (m) => logs.push(String(m)), info: (m) => logs.push(String(m)), warn: (m) => logs.push(String(m)) },
+      random: () => 0.99,
+    });
+    client.start();
+    try {
+      // The HELLO deadline is 10 s; the malformed answer is reported well inside it.
+      await until(() => client.lastError !== null, 3000);
+      expect(client.lastError).toMatch(/WELCOME is malformed: .*keepalive/);
+      expect(client.state).not.toBe("up");
     } finally {
       await client.close();
     }

@@ -4,6 +4,7 @@
 import { Connection, ConnectionClosed, type Log, type Stream } from "./mux.ts";
 import type { Link } from "./link.ts";
 import { Msg, PROTOCOL_VERSIONS } from "./messages.ts";
+import { on, send } from "./typed.ts";
 import { MAX_CONTROL_MESSAGE } from "./frame.ts";
 import { Timing, backoffDelay, nextAttempt } from "./policy.ts";
 import { systemClock, wallOf, type Clock } from "../clock.ts";
@@ -200,15 +201,24 @@ export class RelayClient {
         conn.close(1, "no WELCOME in time");
         reject(new Error(`the relay did not answer HELLO within ${Timing.helloDeadline / 1000} s`));
       }, Timing.helloDeadline);
-      conn.on(Msg.WELCOME, (b) => {
-        this.clock.clearTimeout(timer);
-        resolve({ version: Number(b.version), relay: String(b.relay ?? ""), address: String(b.address ?? "") });
-      });
+      on(
+        conn,
+        Msg.WELCOME,
+        (b) => {
+          this.clock.clearTimeout(timer);
+          resolve({ version: b.version, relay: b.relay, address: b.address });
+        },
+        (err) => {
+          this.clock.clearTimeout(timer);
+          conn.close(1, "malformed WELCOME");
+          reject(new Error(`the relay's WELCOME is malformed: ${err.message}`));
+        },
+      );
       void conn.wait().then((why: ConnectionClosed) => {
         this.clock.clearTimeout(timer);
         reject(new Error(why.remote ? `the relay refused us: ${why.message}` : why.message));
       });
-      conn.send(Msg.HELLO, { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent });
+      send(conn, Msg.HELLO, { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent });
     });
     let welcome: Welcome;
     try {
