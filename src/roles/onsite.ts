@@ -12,7 +12,7 @@ import { Msg } from "../transport/messages.ts";
 import { RemoteError, type Connection } from "../transport/mux.ts";
 import { ErrorCode } from "../transport/messages.ts";
 import { UsageError } from "../errors.ts";
-import type { NatComponent } from "../nat/component.ts";
+import type { NatComponent, NatComponentOptions } from "../nat/component.ts";
 import type { OnsiteApi, NatApi, UplinkApi, WifiApi } from "./api.ts";
 import { SessionServer } from "../tunnel/serve.ts";
 import { VERSION } from "../version.ts";
@@ -123,6 +123,11 @@ export class OnsiteRole implements Component {
   }
 }
 
+export interface OnsiteOptions {
+  /** The firewall backend and command runner of the NAT service (tests: fakes). */
+  nat?: Pick<NatComponentOptions, "backend" | "exec">;
+}
+
 export interface OnsiteDaemon {
   role: OnsiteRole;
   nat: NatComponent;
@@ -136,10 +141,10 @@ export interface OnsiteDaemon {
  * fallback when [ap] is enabled (also spoken as netconnectd's NUL-terminated protocol on the
  * same socket), then the role. Serves the whole OnsiteApi on the daemon's control socket.
  */
-export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger): Promise<OnsiteDaemon> {
+export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger, opts: OnsiteOptions = {}): Promise<OnsiteDaemon> {
   const control = daemon.control;
   const { createNatComponent } = await import("../nat/component.ts");
-  const nat = createNatComponent({ control, config: cfg, log: log.withTag("nat") });
+  const nat = createNatComponent({ control, config: cfg, log: log.withTag("nat"), ...opts.nat });
   daemon.add(nat);
   const natApi = natApiOf(control);
   const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat);
