@@ -4,7 +4,7 @@
 // reaches them through the in-process transport (the same JSON the socket carries), and one
 // test goes over a real socket in a temp dir. test/cli.test.ts runs the real program.
 import { afterAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runMain } from "../src/cli/index.ts";
@@ -288,4 +288,16 @@ describe("the rest of the tree", () => {
     expect(h.stdout).toContain("USAGE agent nat add [OPTIONS]");
     expect(h.stdout).not.toContain("\x1b[");
   });
+});
+
+test("only main.ts reads process.argv or exits; commands print only through the injected writer", () => {
+  const src = join(import.meta.dir, "..", "src");
+  const offenders: string[] = [];
+  for (const file of new Bun.Glob("**/*.ts").scanSync(src)) {
+    const text = readFileSync(join(src, file), "utf8");
+    if (file !== "main.ts" && /process\.(argv|exit)\b/.test(text)) offenders.push(`${file}: process.argv/exit`);
+    // The default writer (cli/args.ts processOut) is the one place a command's output meets the process.
+    if (file.startsWith("cli/") && file !== "cli/args.ts" && /process\.(stdout|stderr)/.test(text)) offenders.push(`${file}: process.stdout/stderr`);
+  }
+  expect(offenders).toEqual([]);
 });

@@ -13,7 +13,7 @@ import { createLogger } from "../src/log.ts";
 import { FakeBackend, type Exec } from "../src/nat/backend.ts";
 import type { Bundle } from "../src/pki.ts";
 import type { MasterApi, OnsiteApi, UplinkApi } from "../src/roles/api.ts";
-import { Daemon } from "../src/roles/daemon.ts";
+import { composeDaemon, Daemon } from "../src/roles/daemon.ts";
 import { composeMaster } from "../src/roles/master.ts";
 import { composeOnsite } from "../src/roles/onsite.ts";
 
@@ -149,5 +149,18 @@ describe("onsite API", () => {
     const { client } = await onsite();
     expect(await client.call("redial", { reason: "test: route changed" })).toEqual({});
     expect(logged.some((l) => l.includes("redialing the relay now: test: route changed"))).toBe(true);
+  });
+});
+
+describe("composeDaemon", () => {
+  test.each([
+    ["relay", "devices, refusals, sessions, status"],
+    ["master", "connect, devices, disconnect, nat.add, sessions, status"],
+    ["onsite", "nat.add, nat.del, nat.flush, nat.list, redial, sessions, status"],
+  ] as const)("%s: the control socket serves the role's API and names the role", async (role, known) => {
+    const d = await composeDaemon(role, config({ listen: "127.0.0.1:0" }), bundle(`${role}-1`), log());
+    expect(d.status()).toMatchObject({ role, id: `${role}-1` });
+    expect(await d.control.dispatch(JSON.stringify({ cmd: "nope" }))).toEqual({ ok: false, code: "usage", error: `unknown command "nope"; this ${role} daemon knows ${known}` });
+    await d.close();
   });
 });
