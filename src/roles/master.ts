@@ -10,10 +10,11 @@ import type { RelayClient } from "../transport/client.ts";
 import { ErrorCode, Msg, type DeviceInfo } from "../transport/messages.ts";
 import { RemoteError } from "../transport/mux.ts";
 import { MasterSessions, parseForward, type ForwardSpec } from "../tunnel/forward.ts";
+import type { Component } from "./daemon.ts";
+import { relayClientFor } from "./device.ts";
 import type { AddResult } from "../nat/service.ts";
 import type { MasterApi } from "./api.ts";
-import type { Component, Daemon } from "./daemon.ts";
-import { relayClientFor } from "./device.ts";
+import type { Daemon } from "./daemon.ts";
 
 export class MasterRole implements Component {
   readonly name = "master";

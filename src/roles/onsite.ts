@@ -12,12 +12,14 @@ import { Msg } from "../transport/messages.ts";
 import { RemoteError, type Connection } from "../transport/mux.ts";
 import { ErrorCode } from "../transport/messages.ts";
 import { UsageError } from "../errors.ts";
-import type { NatComponent, NatComponentOptions } from "../nat/component.ts";
-import type { OnsiteApi, NatApi, UplinkApi, WifiApi } from "./api.ts";
+import type { NatComponent } from "../nat/component.ts";
 import { SessionServer } from "../tunnel/serve.ts";
 import { VERSION } from "../version.ts";
-import type { Component, Daemon } from "./daemon.ts";
+import type { Component } from "./daemon.ts";
 import { relayClientFor } from "./device.ts";
+import type { NatComponentOptions } from "../nat/component.ts";
+import type { OnsiteApi, NatApi, UplinkApi, WifiApi } from "./api.ts";
+import type { Daemon } from "./daemon.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
