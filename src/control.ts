@@ -10,6 +10,11 @@
 // request ends in NUL (before any newline) is answered by that handler, with NUL, and
 // closed. A request left unterminated for NUL_TIMEOUT_MS is answered with an error and
 // closed, so a silent client never holds a connection.
+//
+// A role serves one API object (src/roles/api.ts) with `serve()`: each method becomes the
+// command of its wire name (`natAdd` → "nat.add", see wireName), its one argument the
+// request's "args". `ControlClient<Api>` is the typed other end, over the socket or, for
+// tests and in-process front ends, straight into a server's dispatch (same JSON both ways).
 import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Socket, UnixSocketListener } from "bun";
@@ -60,9 +65,31 @@ function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
+/**
+ * The command an API method is served as: each capital starts a dotted part, so `natAdd` is
+ * "nat.add" and `uplinkStatus` "uplink.status" (the names the socket has always used).
+ */
+export function wireName(method: string): string {
+  return method.replace(/[A-Z]/g, (c) => "." + c.toLowerCase());
+}
+
+type Fn = (...args: never[]) => unknown;
+/** The method names of an API type (optional methods included: a daemon may lack a part). */
+export type MethodOf<Api> = { [K in keyof Api]-?: NonNullable<Api[K]> extends Fn ? K : never }[keyof Api] & string;
+type ParamsOf<F> = F extends (...args: infer P) => unknown ? P : never;
+type ReturnOf<F> = F extends (...args: never[]) => infer R ? Awaited<R> : never;
+/** A method's request object (undefined when it takes none); a union for a union of APIs. */
+export type RequestOf<Api, K extends MethodOf<Api>> = ParamsOf<NonNullable<Api[K]>>[0];
+/** The request as call()'s rest parameter: optional when the method may go without one. */
+type RequestArgs<R> = undefined extends R ? [req?: R] : [req: R];
+/** What a method resolves to; a union for a union of APIs. */
+export type ResultOf<Api, K extends MethodOf<Api>> = ReturnOf<NonNullable<Api[K]>>;
+
 export class ControlServer {
   readonly path: string;
   private readonly handlers = new Map<string, Handler>();
+  /** The role whose API this socket serves, named in the answer to an unknown command. */
+  private role: string | undefined;
   private fallbackHandler: Handler | undefined;
   private nulHandler: ((text: string) => Promise<string>) | undefined;
   private listener: UnixSocketListener<ConnState> | undefined;
@@ -76,6 +103,25 @@ export class ControlServer {
   handle(cmd: string, handler: Handler): this {
     this.handlers.set(cmd, handler);
     return this;
+  }
+
+  /**
+   * Serves every method of `api` (a plain object of functions) under its wire name, next to
+   * handlers registered with `handle()` (a method replaces a handler of the same name).
+   * Requests come from outside the process: each method checks its request's fields.
+   */
+  serve<Api extends object>(api: Api, role?: string): this {
+    if (role) this.role = role;
+    for (const [method, fn] of Object.entries(api)) {
+      if (typeof fn !== "function") continue;
+      this.handlers.set(wireName(method), (args) => (fn as (req: unknown) => unknown).call(api, args));
+    }
+    return this;
+  }
+
+  /** The handler registered for a command, for a part that wraps another's (see roles/onsite.ts). */
+  handlerOf(cmd: string): Handler | undefined {
+    return this.handlers.get(cmd);
   }
 
   /**
@@ -119,7 +165,7 @@ export class ControlServer {
     const { cmd, args } = req as { cmd: string; args?: unknown };
     const handler = this.handlers.get(cmd);
     if (!handler) {
-      return { ok: false, code: "usage", error: `unknown command ${JSON.stringify(cmd)}; this daemon knows ${[...this.handlers.keys()].sort().join(", ")}` };
+      return { ok: false, code: "usage", error: `unknown command ${JSON.stringify(cmd)}; this ${this.role ? `${this.role} ` : ""}daemon knows ${[...this.handlers.keys()].sort().join(", ")}` };
     }
     if (args !== undefined && (args === null || typeof args !== "object" || Array.isArray(args))) {
       return { ok: false, code: "usage", error: '"args" must be an object' };
@@ -240,12 +286,78 @@ async function isAlive(path: string): Promise<boolean> {
   }
 }
 
+/** The answer to a command the daemon does not serve (e.g. `uplink.status` without uplinks)? */
+export function isUnknownCommand(e: unknown, cmd: string): boolean {
+  return e instanceof UsageError && e.message.startsWith(`unknown command ${JSON.stringify(cmd)}`);
+}
+
+/** Carries one request to a daemon: over its socket, or into a server in this process. */
+export type ControlTransport = (cmd: string, args: Record<string, unknown>, timeoutMs: number) => Promise<ControlResponse>;
+
+/** The transport over a daemon's control socket. */
+export function socketTransport(path: string): ControlTransport {
+  return (cmd, args, timeoutMs) => exchange(path, cmd, args, timeoutMs);
+}
+
+/**
+ * The transport into a server of this process: the request and the answer still go through
+ * JSON, so what a test sees is what the socket would carry.
+ */
+export function inProcessTransport(server: ControlServer): ControlTransport {
+  return async (cmd, args) => JSON.parse(JSON.stringify(await server.dispatch(JSON.stringify({ cmd, args })))) as ControlResponse;
+}
+
+export interface ControlClientOptions {
+  /** How long to wait for an answer; default 10 s. */
+  timeoutMs?: number;
+}
+
+/**
+ * The typed client of a daemon's API: `call("devices")` resolves to what the API's `devices`
+ * returns. For a union of APIs (a command that any of several roles answers) only their
+ * common methods can be called, and results are the union of theirs.
+ */
+export class ControlClient<Api> {
+  constructor(
+    private readonly transport: ControlTransport,
+    private readonly opts: ControlClientOptions = {},
+  ) {}
+
+  /** The same client with another answer timeout. */
+  withTimeout(timeoutMs: number): ControlClient<Api> {
+    return new ControlClient<Api>(this.transport, { ...this.opts, timeoutMs });
+  }
+
+  async call<K extends MethodOf<Api>>(method: K, ...req: RequestArgs<RequestOf<Api, K>>): Promise<ResultOf<Api, K>> {
+    const args = (req[0] ?? {}) as Record<string, unknown>;
+    const res = await this.transport(wireName(method), args, this.opts.timeoutMs ?? 10_000);
+    return unwrap(res) as ResultOf<Api, K>;
+  }
+}
+
+/** A typed client of the daemon whose control socket is at `path`. */
+export function controlClient<Api>(path: string, opts: ControlClientOptions = {}): ControlClient<Api> {
+  return new ControlClient<Api>(socketTransport(path), opts);
+}
+
+function unwrap(res: ControlResponse): unknown {
+  if (!res.ok) {
+    const Err = res.code === "usage" ? UsageError : RuntimeError;
+    throw new Err(res.error ?? "daemon reported an unspecified error");
+  }
+  return res.result;
+}
+
 /** Sends one request to a daemon and returns its result; errors carry the daemon's message. */
 export async function controlRequest(path: string, cmd: string, args: Record<string, unknown> = {}, timeoutMs = 10_000): Promise<unknown> {
+  return unwrap(await exchange(path, cmd, args, timeoutMs));
+}
+
+async function exchange(path: string, cmd: string, args: Record<string, unknown>, timeoutMs: number): Promise<ControlResponse> {
   if (!existsSync(path)) {
     throw new RuntimeError(`no daemon control socket at ${path}`, "is the daemon running? pass --control SOCKET if it uses another path");
   }
-  const res = await new Promise<ControlResponse>((resolve, reject) => {
+  return new Promise<ControlResponse>((resolve, reject) => {
     let buf = "";
     let settled = false;
     const timer = setTimeout(() => finish(new RuntimeError(`daemon at ${path} did not answer within ${timeoutMs / 1000}s`)), timeoutMs);
@@ -286,9 +398,4 @@ export async function controlRequest(path: string, cmd: string, args: Record<str
       finish(new RuntimeError(`cannot connect to control socket ${path}: ${e.message}`, hint));
     });
   });
-  if (!res.ok) {
-    const Err = res.code === "usage" ? UsageError : RuntimeError;
-    throw new Err(res.error ?? "daemon reported an unspecified error");
-  }
-  return res.result;
 }

@@ -4,13 +4,42 @@
 // pass silently. This parser refuses unknown flags, missing values and stray positionals
 // with a UsageError (exit 2), and collects flags listed as repeatable into arrays.
 import type { ArgsDef, CommandDef } from "citty";
+import type { ControlTransport } from "../control.ts";
 import { UsageError } from "../errors.ts";
+
+/** Where a command's output goes: the process's stdout and stderr, or a test's buffers. */
+export interface Out {
+  out(text: string): void;
+  err(text: string): void;
+  /** A person at a terminal reads `out` (colours in usage text); default false. */
+  tty?: boolean;
+}
+
+export const processOut: Out = {
+  out: (text) => void process.stdout.write(text),
+  err: (text) => void process.stderr.write(text),
+  get tty() {
+    return Boolean(process.stdout.isTTY);
+  },
+};
+
+/** `text` ending in a newline (one added when it has none). */
+export function line(text: string): string {
+  return text.endsWith("\n") ? text : text + "\n";
+}
+
+/** What a command runs with besides its arguments. */
+export interface CliContext {
+  io: Out;
+  /** How to reach the daemon at a control socket path; default: over the socket. */
+  transport?: (path: string) => ControlTransport;
+}
 
 export interface AgentCommand extends CommandDef<ArgsDef> {
   /** Flags that may be given more than once; their value is a string[]. */
   repeatable?: readonly string[];
   /** Runs the command with strictly parsed arguments. Returns the exit code (default 0). */
-  exec?: (args: ParsedArgs) => Promise<number | void> | number | void;
+  exec?: (args: ParsedArgs, ctx: CliContext) => Promise<number | void> | number | void;
 }
 
 export type ParsedArgs = Record<string, string | boolean | string[] | undefined> & { _: string[] };

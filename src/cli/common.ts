@@ -1,7 +1,13 @@
 // Flag sets shared by several commands and the mapping from flags to config keys.
 import type { ArgsDef } from "citty";
 import { DEFAULT_CONFIG_FILE, DEFAULT_CONTROL, DEFAULT_STATE_DIR, loadConfigFile, resolveConfig, type Config, type ConfigSource, type RawConfig } from "../config.ts";
-import { str, strs, type ParsedArgs } from "./args.ts";
+import { ControlClient, socketTransport, type ControlClientOptions } from "../control.ts";
+import { str, strs, type CliContext, type ParsedArgs } from "./args.ts";
+
+/** A typed client of the daemon at `path` (src/roles/api.ts names each role's API). */
+export function daemonClient<Api>(ctx: CliContext, path: string, opts: ControlClientOptions = {}): ControlClient<Api> {
+  return new ControlClient<Api>((ctx.transport ?? socketTransport)(path), opts);
+}
 
 export const configArgs = {
   config: { type: "string", valueHint: "file", description: `TOML config file (default ${DEFAULT_CONFIG_FILE} if it exists)` },

@@ -22,7 +22,7 @@ export const doctorCommand = defineAgentCommand({
     listen: { type: "string", valueHint: "host:port", description: "relay listen address; a port below 1024 needs CAP_NET_BIND_SERVICE" },
     config: { type: "string", valueHint: "file", description: `TOML config file to take state_dir and listen from (default ${DEFAULT_CONFIG_FILE} if it exists)` },
   },
-  async exec(args) {
+  async exec(args, { io }) {
     const role = (str(args, "role") ?? "all") as DoctorRole;
     // state_dir and listen from the config file, flags winning; doctor's --role ("all" too)
     // is not the daemon's role, so it stays out of the config. A bad --listen or a broken
@@ -31,7 +31,7 @@ export const doctorCommand = defineAgentCommand({
 
     const facts = gatherFacts({ stateDir: cfg.state_dir });
     const report = evaluate(facts, role, cfg.listen ? { listenPort: cfg.listen.port } : {});
-    process.stdout.write(flag(args, "json") ? JSON.stringify(report, null, 2) + "\n" : formatReport(report));
+    io.out(flag(args, "json") ? JSON.stringify(report, null, 2) + "\n" : formatReport(report));
     return report.ok ? EXIT_OK : EXIT_RUNTIME;
   },
 });

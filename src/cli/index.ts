@@ -2,16 +2,16 @@
 // text); dispatch walks subcommands by name, handles --help and --version, parses the rest
 // strictly (./args.ts) and runs the command's `exec`. Nothing here exits the process.
 import { renderUsage, type CommandDef } from "citty";
-import { UsageError } from "../errors.ts";
+import { describeError, exitCodeOf, RuntimeError, UsageError } from "../errors.ts";
 import { versionInfo, versionText, VERSION } from "../version.ts";
-import { parseStrict, type AgentCommand } from "./args.ts";
+import { parseStrict, processOut, type AgentCommand, type CliContext } from "./args.ts";
 import { daemonCommand } from "./daemon.ts";
 
 const versionCommand: AgentCommand = {
   meta: { name: "version", description: "Print version, git commit, build target and Bun version" },
   args: { json: { type: "boolean", description: "print JSON" } },
-  exec(args) {
-    process.stdout.write(args.json ? JSON.stringify(versionInfo()) + "\n" : versionText() + "\n");
+  exec(args, { io }) {
+    io.out(args.json ? JSON.stringify(versionInfo()) + "\n" : versionText() + "\n");
   },
 };
 
@@ -34,14 +34,30 @@ export const rootCommand: AgentCommand = {
   },
 };
 
-export interface CliOutput {
-  stdout: (text: string) => void;
+/**
+ * Runs the CLI as the program does: errors are reported on `io.err` ("agent: ..." and a
+ * hint) and become the exit code (2 usage, 1 runtime). main.ts calls this; so do the
+ * in-process CLI tests.
+ */
+export async function runMain(argv: readonly string[], ctx: Partial<CliContext> = {}): Promise<number> {
+  const io = ctx.io ?? processOut;
+  try {
+    return await runCli(argv, { ...ctx, io });
+  } catch (err) {
+    const known = err instanceof UsageError || err instanceof RuntimeError;
+    io.err(`agent: ${describeError(err)}\n`);
+    if (known && err.hint) io.err(`hint: ${err.hint}\n`);
+    if (!known && process.env.AGENT_DEBUG) io.err(`${(err as Error).stack ?? ""}\n`);
+    return exitCodeOf(err);
+  }
 }
 
-/** Runs the CLI; returns the exit code. Throws UsageError/RuntimeError for main to report. */
-export async function runCli(argv: readonly string[], out: CliOutput = { stdout: (t) => void process.stdout.write(t) }): Promise<number> {
+/** Runs the CLI; returns the exit code. Throws UsageError/RuntimeError for runMain to report. */
+export async function runCli(argv: readonly string[], ctx: Partial<CliContext> = {}): Promise<number> {
+  const full: CliContext = { ...ctx, io: ctx.io ?? processOut };
+  const out = (text: string) => full.io.out(text);
   if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) {
-    out.stdout(versionText() + "\n");
+    out(versionText() + "\n");
     return 0;
   }
   let cmd: AgentCommand = rootCommand;
@@ -66,7 +82,7 @@ export async function runCli(argv: readonly string[], out: CliOutput = { stdout:
     const parentPath: CommandDef | undefined = path.length > 1 ? { meta: { name: path.slice(0, -1).join(" ") } } : undefined;
     const usage = await renderUsage(cmd as CommandDef, parentPath);
     // Colours only for a person at a terminal, not for pipes, files or tests.
-    out.stdout((process.stdout.isTTY ? usage : usage.replace(/\x1b\[[0-9;]*m/g, "")) + "\n");
+    out((full.io.tty ? usage : usage.replace(/\x1b\[[0-9;]*m/g, "")) + "\n");
     return 0;
   }
   const name = path.join(" ");
@@ -75,6 +91,6 @@ export async function runCli(argv: readonly string[], out: CliOutput = { stdout:
     throw new UsageError(`\`${name}\` needs a command: ${subs.join(", ")}`, `see \`${name} --help\``);
   }
   const args = parseStrict(cmd, rest, name);
-  const code = await cmd.exec(args);
+  const code = await cmd.exec(args, full);
   return typeof code === "number" ? code : 0;
 }

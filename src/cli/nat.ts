@@ -1,18 +1,14 @@
 // `agent nat add|list|del|flush`: timed DNAT rules on the running onsite daemon, over its
 // control socket. Parsing and printing only; the daemon validates and applies.
-import { controlRequest } from "../control.ts";
 import { formatDuration } from "../duration.ts";
-import type { AddResult, RuleView } from "../nat/service.ts";
+import type { RuleView } from "../nat/service.ts";
+import type { LocalNatAddRequest, MasterApi, MasterNatAddRequest, NatListing, OnsiteApi } from "../roles/api.ts";
 import { formatTable } from "../table.ts";
 import { UsageError } from "../errors.ts";
-import { defineAgentCommand, flag, str } from "./args.ts";
-import { configArgs, configFromArgs } from "./common.ts";
+import { defineAgentCommand, flag, line, str } from "./args.ts";
+import { configArgs, configFromArgs, daemonClient } from "./common.ts";
 
 const jsonArg = { json: { type: "boolean", description: "print JSON" } } as const;
-
-function print(text: string): void {
-  process.stdout.write(text.endsWith("\n") ? text : text + "\n");
-}
 
 /** Whole seconds left, rounded up: a rule with 200 ms left still shows 1s. */
 function left(ms: number): string {
@@ -36,39 +32,37 @@ const add = defineAgentCommand({
     iface: { type: "string", valueHint: "name", description: "only for packets arriving on this interface" },
     ...jsonArg,
   },
-  async exec(args) {
+  async exec(args, ctx) {
     const session = str(args, "session");
     if ((session === undefined) === (str(args, "src") === undefined)) {
       throw new UsageError("agent nat add needs exactly one of --src (on the onsite daemon) and --session (on a master)", "see `agent nat add --help`");
     }
     const cfg = await configFromArgs(args);
-    const req: Record<string, unknown> = { port: str(args, "port"), to: str(args, "to"), ttl: str(args, "ttl"), proto: str(args, "proto") ?? "tcp" };
-    if (session !== undefined) req.session = session;
-    else req.src = str(args, "src");
-    if (str(args, "iface") !== undefined) req.iface = str(args, "iface");
-    const res = (await controlRequest(cfg.control, "nat.add", req)) as AddResult;
-    if (flag(args, "json")) print(JSON.stringify(res));
-    else print(`${res.created ? "added" : "extended"} rule ${res.rule.id}: ${describeRule(res.rule)}, expires in ${left(res.rule.remaining_ms)} (${res.rule.expires})`);
+    // Required flags: parseStrict has made sure they are there.
+    const common = { port: str(args, "port")!, to: str(args, "to")!, ttl: str(args, "ttl")!, proto: (str(args, "proto") ?? "tcp") as "tcp" | "udp" };
+    const iface = str(args, "iface");
+    const req: MasterNatAddRequest | LocalNatAddRequest = session !== undefined ? { ...common, session } : { ...common, src: str(args, "src")! };
+    if (iface !== undefined) req.iface = iface;
+    const res = await daemonClient<MasterApi | OnsiteApi>(ctx, cfg.control).call("natAdd", req);
+    if (flag(args, "json")) ctx.io.out(line(JSON.stringify(res)));
+    else ctx.io.out(line(`${res.created ? "added" : "extended"} rule ${res.rule.id}: ${describeRule(res.rule)}, expires in ${left(res.rule.remaining_ms)} (${res.rule.expires})`));
     return 0;
   },
 });
 
+export function formatNatListing(res: NatListing): string {
+  if (res.rules.length === 0) return `no active rules (backend ${res.backend})\n`;
+  const rows = res.rules.map((r) => [r.id, r.proto, r.src, r.iface ?? "*", String(r.port), r.to, left(r.remaining_ms), r.owner]);
+  return formatTable(["ID", "PROTO", "SOURCE", "IN", "PORT", "TO", "LEFT", "OWNER"], rows);
+}
+
 const list = defineAgentCommand({
   meta: { name: "list", description: "Show the active NAT rules with the time each has left" },
   args: { ...configArgs, ...jsonArg },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const res = (await controlRequest(cfg.control, "nat.list")) as { backend: string; now: string; rules: RuleView[] };
-    if (flag(args, "json")) {
-      print(JSON.stringify(res));
-      return 0;
-    }
-    if (res.rules.length === 0) {
-      print(`no active rules (backend ${res.backend})`);
-      return 0;
-    }
-    const rows = res.rules.map((r) => [r.id, r.proto, r.src, r.iface ?? "*", String(r.port), r.to, left(r.remaining_ms), r.owner]);
-    process.stdout.write(formatTable(["ID", "PROTO", "SOURCE", "IN", "PORT", "TO", "LEFT", "OWNER"], rows));
+    const res = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natList");
+    ctx.io.out(flag(args, "json") ? line(JSON.stringify(res)) : formatNatListing(res));
     return 0;
   },
 });
@@ -76,10 +70,10 @@ const list = defineAgentCommand({
 const del = defineAgentCommand({
   meta: { name: "del", description: "Remove one rule now and cut its open connections" },
   args: { ...configArgs, id: { type: "positional", valueHint: "ID", description: "rule id from `agent nat list`" }, ...jsonArg },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const r = (await controlRequest(cfg.control, "nat.del", { id: str(args, "id") })) as RuleView;
-    print(flag(args, "json") ? JSON.stringify(r) : `deleted rule ${r.id}: ${describeRule(r)}`);
+    const r = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natDel", { id: str(args, "id")! });
+    ctx.io.out(line(flag(args, "json") ? JSON.stringify(r) : `deleted rule ${r.id}: ${describeRule(r)}`));
     return 0;
   },
 });
@@ -87,10 +81,10 @@ const del = defineAgentCommand({
 const flush = defineAgentCommand({
   meta: { name: "flush", description: "Remove every rule the agent added (other firewall rules are left alone)" },
   args: { ...configArgs, ...jsonArg },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const r = (await controlRequest(cfg.control, "nat.flush")) as { removed: number };
-    print(flag(args, "json") ? JSON.stringify(r) : `removed ${r.removed} rule(s)`);
+    const r = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natFlush");
+    ctx.io.out(line(flag(args, "json") ? JSON.stringify(r) : `removed ${r.removed} rule(s)`));
     return 0;
   },
 });

@@ -1,6 +1,6 @@
 // `agent pki init|issue|revoke|list|show`: the fleet CA from the command line. Parses flags,
 // calls src/pki.ts and prints results on stdout; never prints a private key.
-import { defineAgentCommand, flag, str, strs, type ParsedArgs } from "./args.ts";
+import { defineAgentCommand, flag, line, str, strs, type ParsedArgs } from "./args.ts";
 import { UsageError } from "../errors.ts";
 import { formatPairs, formatTable } from "../table.ts";
 import {
@@ -33,9 +33,6 @@ function required(args: ParsedArgs, name: string): string {
   return v;
 }
 
-function out(text: string): void {
-  process.stdout.write(text.endsWith("\n") ? text : text + "\n");
-}
 
 const init = defineAgentCommand({
   meta: { name: "init", description: "Create the fleet CA in DIR (refuses to overwrite an existing one)" },
@@ -44,7 +41,8 @@ const init = defineAgentCommand({
     name: { type: "string", description: `CA common name (default "${DEFAULT_CA_NAME}")`, valueHint: "NAME" },
     days: { type: "string", description: `CA validity in days, 1-${MAX_CA_DAYS} (default ${DEFAULT_CA_DAYS})`, valueHint: "N" },
   },
-  async exec(args) {
+  async exec(args, { io }) {
+    const out = (text: string) => io.out(line(text));
     const dir = required(args, "dir");
     const daysText = str(args, "days");
     const name = str(args, "name");
@@ -76,7 +74,8 @@ const issue = defineAgentCommand({
     out: { type: "string", description: "bundle file to write", valueHint: "FILE.bundle", required: true },
   },
   repeatable: ["host"],
-  async exec(args) {
+  async exec(args, { io }) {
+    const out = (text: string) => io.out(line(text));
     const dir = required(args, "dir");
     const daysText = str(args, "days");
     const r = await issueToFile(dir, {
@@ -103,7 +102,8 @@ const revoke = defineAgentCommand({
     ...dirArg,
     id: { type: "string", description: "device id to revoke", valueHint: "ID", required: true },
   },
-  async exec(args) {
+  async exec(args, { io }) {
+    const out = (text: string) => io.out(line(text));
     const dir = required(args, "dir");
     const id = required(args, "id");
     const r = await revokeId(dir, id);
@@ -131,7 +131,8 @@ const list = defineAgentCommand({
     ...dirArg,
     json: { type: "boolean", description: "print JSON" },
   },
-  async exec(args) {
+  async exec(args, { io }) {
+    const out = (text: string) => io.out(line(text));
     const dir = required(args, "dir");
     const records = await listCerts(dir);
     const now = new Date();
@@ -158,7 +159,8 @@ const show = defineAgentCommand({
     bundle: { type: "positional", description: "bundle file", valueHint: "FILE.bundle" },
     json: { type: "boolean", description: "print JSON" },
   },
-  async exec(args) {
+  async exec(args, { io }) {
+    const out = (text: string) => io.out(line(text));
     const file = required(args, "bundle");
     const r = await readBundleReport(file);
     const now = new Date();

@@ -1,14 +1,14 @@
 // `agent devices`, `agent connect`, `agent sessions`, `agent disconnect`: clients of the
 // daemon's control socket (master; `devices` and `sessions` also on the relay).
-import { controlRequest } from "../control.ts";
 import { formatDuration, parseDuration } from "../duration.ts";
 import { UsageError } from "../errors.ts";
+import type { MasterApi, OnsiteSessionView, RelayApi, AnyApi } from "../roles/api.ts";
 import { formatTable } from "../table.ts";
 import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/forward.ts";
 import { parseForward } from "../tunnel/forward.ts";
 import { defineAgentCommand, flag, str, strs } from "./args.ts";
-import { configArgs, configFromArgs } from "./common.ts";
+import { configArgs, configFromArgs, daemonClient } from "./common.ts";
 
 const json = { type: "boolean", description: "print JSON" } as const;
 
@@ -44,10 +44,10 @@ export function formatDevices(list: DeviceInfo[], now = Date.now()): string {
 export const devicesCommand = defineAgentCommand({
   meta: { name: "devices", description: "List the onsite devices the relay knows (master, or on the relay itself)" },
   args: { ...configArgs, json },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const list = (await controlRequest(cfg.control, "devices", {}, 20_000)) as DeviceInfo[];
-    process.stdout.write(flag(args, "json") ? JSON.stringify(list, null, 2) + "\n" : formatDevices(list));
+    const list = await daemonClient<MasterApi | RelayApi>(ctx, cfg.control, { timeoutMs: 20_000 }).call("devices");
+    ctx.io.out(flag(args, "json") ? JSON.stringify(list, null, 2) + "\n" : formatDevices(list));
     return 0;
   },
 });
@@ -62,7 +62,7 @@ export const connectCommand = defineAgentCommand({
     json,
   },
   repeatable: ["forward"],
-  async exec(args) {
+  async exec(args, ctx) {
     const forwards = strs(args, "forward");
     if (forwards.length === 0) throw new UsageError("agent connect needs at least one --forward [BIND:]LPORT:HOST:PORT", "e.g. agent connect site-1 --forward 8080:192.168.1.50:80");
     for (const f of forwards) {
@@ -83,50 +83,49 @@ export const connectCommand = defineAgentCommand({
       if (ttl < 1000) throw new UsageError("--ttl: at least 1s");
     }
     const cfg = await configFromArgs(args);
-    const s = (await controlRequest(cfg.control, "connect", { onsite: str(args, "id"), forwards, ttl }, 30_000)) as SessionView;
+    const s = await daemonClient<MasterApi>(ctx, cfg.control, { timeoutMs: 30_000 }).call("connect", { onsite: str(args, "id") ?? "", forwards, ttl });
     if (flag(args, "json")) {
-      process.stdout.write(JSON.stringify(s, null, 2) + "\n");
+      ctx.io.out(JSON.stringify(s, null, 2) + "\n");
       return 0;
     }
     const lines = [`session ${s.session} to ${s.onsite} (${left(s.expires)})`];
     for (const f of s.forwards) lines.push(`  ${f.bind}:${f.port} → ${f.target}`);
     lines.push(`end it with: agent disconnect ${s.session}`);
-    process.stdout.write(lines.join("\n") + "\n");
+    ctx.io.out(lines.join("\n") + "\n");
     return 0;
   },
 });
 
+/** The three shapes of `sessions`: a master's (with forwards), the relay's, an onsite device's. */
+export function formatSessions(list: SessionView[] | SessionInfo[] | OnsiteSessionView[], now = Date.now()): string {
+  if (list.length === 0) return "no sessions\n";
+  const first = list[0]!;
+  if ("forwards" in first) {
+    const rows = (list as SessionView[]).map((s) => [
+      s.session,
+      s.onsite,
+      s.state,
+      s.forwards.map((f) => `${f.bind}:${f.port}→${f.target}`).join(" "),
+      s.state === "closed" ? "-" : left(s.expires, now),
+      s.reason,
+    ]);
+    return formatTable(["SESSION", "DEVICE", "STATE", "FORWARDS", "TTL", "NOTE"], rows);
+  }
+  if ("onsite" in first) {
+    const rows = (list as SessionInfo[]).map((s) => [s.session, s.master, s.onsite, s.targets.join(" "), ago(s.opened, now), left(s.expires, now)]);
+    return formatTable(["SESSION", "MASTER", "ONSITE", "TARGETS", "OPENED", "TTL"], rows);
+  }
+  const rows = (list as OnsiteSessionView[]).map((s) => [s.session, s.master, s.targets.join(" "), String(s.streams)]);
+  return formatTable(["SESSION", "MASTER", "TARGETS", "STREAMS"], rows);
+}
+
 export const sessionsCommand = defineAgentCommand({
   meta: { name: "sessions", description: "List sessions (master: its own with forwards; relay: all; onsite: those it serves)" },
   args: { ...configArgs, json },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const list = (await controlRequest(cfg.control, "sessions")) as (SessionView | SessionInfo | Record<string, unknown>)[];
-    if (flag(args, "json")) {
-      process.stdout.write(JSON.stringify(list, null, 2) + "\n");
-      return 0;
-    }
-    if (list.length === 0) {
-      process.stdout.write("no sessions\n");
-      return 0;
-    }
-    if ("forwards" in list[0]!) {
-      const rows = (list as SessionView[]).map((s) => [
-        s.session,
-        s.onsite,
-        s.state,
-        s.forwards.map((f) => `${f.bind}:${f.port}→${f.target}`).join(" "),
-        s.state === "closed" ? "-" : left(s.expires),
-        s.reason,
-      ]);
-      process.stdout.write(formatTable(["SESSION", "DEVICE", "STATE", "FORWARDS", "TTL", "NOTE"], rows));
-    } else if ("master" in list[0]! && "onsite" in list[0]!) {
-      const rows = (list as SessionInfo[]).map((s) => [s.session, s.master, s.onsite, s.targets.join(" "), ago(s.opened), left(s.expires)]);
-      process.stdout.write(formatTable(["SESSION", "MASTER", "ONSITE", "TARGETS", "OPENED", "TTL"], rows));
-    } else {
-      const rows = (list as Record<string, unknown>[]).map((s) => [String(s.session), String(s.master), (s.targets as string[]).join(" "), String(s.streams)]);
-      process.stdout.write(formatTable(["SESSION", "MASTER", "TARGETS", "STREAMS"], rows));
-    }
+    const list = await daemonClient<AnyApi>(ctx, cfg.control).call("sessions");
+    ctx.io.out(flag(args, "json") ? JSON.stringify(list, null, 2) + "\n" : formatSessions(list));
     return 0;
   },
 });
@@ -134,10 +133,10 @@ export const sessionsCommand = defineAgentCommand({
 export const disconnectCommand = defineAgentCommand({
   meta: { name: "disconnect", description: "End a session and close its forwards (master)" },
   args: { ...configArgs, session: { type: "positional", valueHint: "session", description: "session id (see `agent sessions`)" }, json },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const s = (await controlRequest(cfg.control, "disconnect", { session: str(args, "session") })) as SessionView;
-    process.stdout.write(flag(args, "json") ? JSON.stringify(s, null, 2) + "\n" : `session ${s.session} to ${s.onsite} closed\n`);
+    const s = await daemonClient<MasterApi>(ctx, cfg.control).call("disconnect", { session: str(args, "session") ?? "" });
+    ctx.io.out(flag(args, "json") ? JSON.stringify(s, null, 2) + "\n" : `session ${s.session} to ${s.onsite} closed\n`);
     return 0;
   },
 });

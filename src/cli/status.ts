@@ -1,19 +1,18 @@
 // `agent status [--json]`: asks the running daemon over its control socket.
-import { controlRequest } from "../control.ts";
-import type { DaemonStatus } from "../roles/daemon.ts";
+import type { DaemonApi } from "../roles/api.ts";
 import { formatDuration } from "../duration.ts";
 import { formatPairs } from "../table.ts";
 import { defineAgentCommand, flag } from "./args.ts";
-import { configArgs, configFromArgs } from "./common.ts";
+import { configArgs, configFromArgs, daemonClient } from "./common.ts";
 
 export const statusCommand = defineAgentCommand({
   meta: { name: "status", description: "Show the running daemon's role, id, version, uptime and pid" },
   args: { ...configArgs, json: { type: "boolean", description: "print JSON" } },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const s = (await controlRequest(cfg.control, "status")) as DaemonStatus;
+    const s = await daemonClient<DaemonApi>(ctx, cfg.control).call("status");
     if (flag(args, "json")) {
-      process.stdout.write(JSON.stringify(s, null, 2) + "\n");
+      ctx.io.out(JSON.stringify(s, null, 2) + "\n");
       return 0;
     }
     const rows: [string, string][] = [
@@ -25,7 +24,7 @@ export const statusCommand = defineAgentCommand({
       ["control", s.control],
       ["state dir", s.state_dir],
     ];
-    process.stdout.write(formatPairs(rows));
+    ctx.io.out(formatPairs(rows));
     return 0;
   },
 });

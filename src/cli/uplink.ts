@@ -1,14 +1,14 @@
 // `agent uplink status [--json]`: the running onsite daemon's uplinks (state, probes, loss,
 // latency), which one is active and since when, and the switch history.
-import { controlRequest } from "../control.ts";
+import { isUnknownCommand, wireName, type MethodOf, type RequestOf, type ResultOf } from "../control.ts";
 import { formatDuration } from "../duration.ts";
 import { RuntimeError, UsageError } from "../errors.ts";
+import type { UplinkApi, WifiApi } from "../roles/api.ts";
 import { formatTable } from "../table.ts";
 import type { UplinkReport } from "../uplink/manager.ts";
-import type { WifiReport } from "../uplink/wifi.ts";
 import type { WifiNetwork } from "../uplink/wpa.ts";
-import { defineAgentCommand, flag, str } from "./args.ts";
-import { configArgs, configFromArgs } from "./common.ts";
+import { defineAgentCommand, flag, str, type CliContext } from "./args.ts";
+import { configArgs, configFromArgs, daemonClient } from "./common.ts";
 
 const since = (iso: string | undefined, now: number) => (iso ? `${formatDuration(Math.max(0, Math.round((now - Date.parse(iso)) / 1000) * 1000)) || "0s"} ago` : "-");
 
@@ -41,28 +41,29 @@ export function formatUplinkReport(r: UplinkReport, now = Date.now()): string {
 const status = defineAgentCommand({
   meta: { name: "status", description: "Uplinks of the running onsite daemon: health, probes, loss, latency, the active one and switch history" },
   args: { ...configArgs, json: { type: "boolean", description: "print JSON" } },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     let r: UplinkReport;
     try {
-      r = (await controlRequest(cfg.control, "uplink.status")) as UplinkReport;
+      r = await daemonClient<UplinkApi>(ctx, cfg.control).call("uplinkStatus");
     } catch (e) {
-      if ((e as Error).message.includes('unknown command "uplink.status"')) {
+      if (isUnknownCommand(e, "uplink.status")) {
         throw new RuntimeError("this daemon runs no uplink manager", "it starts on an onsite daemon whose config has [[uplink]] entries", { cause: e });
       }
       throw e;
     }
-    process.stdout.write(flag(args, "json") ? JSON.stringify(r, null, 2) + "\n" : formatUplinkReport(r));
+    ctx.io.out(flag(args, "json") ? JSON.stringify(r, null, 2) + "\n" : formatUplinkReport(r));
     return 0;
   },
 });
 
 /** Wi-Fi/AP commands: a daemon without `[ap] enabled = true` does not know them; say how to fix that. */
-async function wifiRequest(control: string, cmd: string, args: Record<string, unknown> = {}, timeoutMs = 60_000): Promise<unknown> {
+async function wifiCall<K extends MethodOf<WifiApi>>(ctx: CliContext, control: string, method: K, req?: RequestOf<WifiApi, K>): Promise<ResultOf<WifiApi, K>> {
+  const client = daemonClient<WifiApi>(ctx, control, { timeoutMs: 60_000 });
   try {
-    return await controlRequest(control, cmd, args, timeoutMs);
+    return await (client.call as (m: K, r?: RequestOf<WifiApi, K>) => Promise<ResultOf<WifiApi, K>>)(method, req);
   } catch (e) {
-    if ((e as Error).message.includes(`unknown command "${cmd}"`)) {
+    if (isUnknownCommand(e, wireName(method))) {
       throw new RuntimeError("this daemon runs no Wi-Fi/AP service", "it starts on an onsite daemon whose config has [ap] enabled = true", { cause: e });
     }
     throw e;
@@ -82,10 +83,10 @@ const json = { type: "boolean", description: "print JSON" } as const;
 const listWifi = defineAgentCommand({
   meta: { name: "list-wifi", description: "Wi-Fi networks in range (SSID, signal, channel, security, BSSID); in AP mode the last scan unless --force" },
   args: { ...configArgs, force: { type: "boolean", description: "in AP mode: leave the AP for a fresh scan, then come back" }, json },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const nets = (await wifiRequest(cfg.control, "wifi.list", { force: flag(args, "force") })) as WifiNetwork[];
-    process.stdout.write(flag(args, "json") ? JSON.stringify(nets, null, 2) + "\n" : formatNetworks(nets));
+    const nets = await wifiCall(ctx, cfg.control, "wifiList", { force: flag(args, "force") });
+    ctx.io.out(flag(args, "json") ? JSON.stringify(nets, null, 2) + "\n" : formatNetworks(nets));
     return 0;
   },
 });
@@ -103,7 +104,7 @@ const configureWifi = defineAgentCommand({
     psk: { type: "positional", valueHint: "PSK", description: "passphrase (8-63 printable ASCII, or 64 hex digits); \"-\": read from stdin; omit for an open network" },
     priority: { type: "string", valueHint: "n", description: "0-1000, higher is preferred (default: above every known network)" },
   },
-  async exec(args) {
+  async exec(args, ctx) {
     const [ssid, pskArg, ...extra] = args._;
     if (ssid === undefined) throw new UsageError("agent uplink configure-wifi needs an SSID", "agent uplink configure-wifi SSID PSK (PSK - reads it from stdin)");
     if (extra.length) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`, "quote an SSID or passphrase with spaces");
@@ -118,8 +119,8 @@ const configureWifi = defineAgentCommand({
       priority = Number(p);
     }
     const cfg = await configFromArgs(args);
-    const msg = (await wifiRequest(cfg.control, "wifi.configure", { ssid, psk, priority })) as string;
-    process.stdout.write(msg + "\n");
+    const msg = await wifiCall(ctx, cfg.control, "wifiConfigure", { ssid, psk, priority });
+    ctx.io.out(msg + "\n");
     return 0;
   },
 });
@@ -127,11 +128,11 @@ const configureWifi = defineAgentCommand({
 const startAp = defineAgentCommand({
   meta: { name: "start-ap", description: "Start the setup access point now (held until stop-ap)" },
   args: { ...configArgs },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    process.stdout.write(((await wifiRequest(cfg.control, "ap.start")) as string) + "\n");
-    const r = (await wifiRequest(cfg.control, "wifi.status")) as WifiReport;
-    process.stdout.write(`ssid ${JSON.stringify(r.ap.ssid)} (${r.ap.security}) on ${r.ap.interface} ${r.ap.address}${r.setup_page ? `; setup page ${r.setup_page}` : ""}${r.passphrase_file ? `; passphrase in ${r.passphrase_file}` : ""}\n`);
+    ctx.io.out((await wifiCall(ctx, cfg.control, "apStart")) + "\n");
+    const r = await wifiCall(ctx, cfg.control, "wifiStatus");
+    ctx.io.out(`ssid ${JSON.stringify(r.ap.ssid)} (${r.ap.security}) on ${r.ap.interface} ${r.ap.address}${r.setup_page ? `; setup page ${r.setup_page}` : ""}${r.passphrase_file ? `; passphrase in ${r.passphrase_file}` : ""}\n`);
     return 0;
   },
 });
@@ -139,9 +140,9 @@ const startAp = defineAgentCommand({
 const stopAp = defineAgentCommand({
   meta: { name: "stop-ap", description: "Stop the setup access point" },
   args: { ...configArgs },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    process.stdout.write(((await wifiRequest(cfg.control, "ap.stop")) as string) + "\n");
+    ctx.io.out((await wifiCall(ctx, cfg.control, "apStop")) + "\n");
     return 0;
   },
 });
@@ -149,11 +150,11 @@ const stopAp = defineAgentCommand({
 const wifiStatus = defineAgentCommand({
   meta: { name: "wifi-status", description: "Wi-Fi client and AP: mode, AP processes, known networks, recent decisions" },
   args: { ...configArgs, json },
-  async exec(args) {
+  async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const r = (await wifiRequest(cfg.control, "wifi.status")) as WifiReport;
+    const r = await wifiCall(ctx, cfg.control, "wifiStatus");
     if (flag(args, "json")) {
-      process.stdout.write(JSON.stringify(r, null, 2) + "\n");
+      ctx.io.out(JSON.stringify(r, null, 2) + "\n");
       return 0;
     }
     const proc = (p?: { running: boolean; pid?: number; restarts: number }) => (p ? `${p.running ? `pid ${p.pid}` : "down"}, ${p.restarts} restarts` : "-");
@@ -162,7 +163,7 @@ const wifiStatus = defineAgentCommand({
     t += `wifi: ${r.wifi.interface}${r.wifi.present ? "" : " (absent)"}, ${r.wifi.state ?? "unknown"}${r.wifi.ssid ? ` on ${JSON.stringify(r.wifi.ssid)}` : ""}${r.wifi.error ? `; last error: ${r.wifi.error}` : ""}\n`;
     t += `known: ${r.known.map((k) => `${k.ssid} (priority ${k.priority})`).join(", ") || "none"}\n`;
     if (r.history.length) t += "\n" + formatTable(["AT", "ACTION", "REASON"], r.history.map((h) => [h.at, h.action, h.reason]));
-    process.stdout.write(t);
+    ctx.io.out(t);
     return 0;
   },
 });

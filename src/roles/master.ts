@@ -1,71 +1,85 @@
 // The master role: stays connected to the relay, lists onsite devices, opens sessions with
-// local port forwards (`agent connect`), lists and ends them.
+// local port forwards (`agent connect`), lists and ends them. Its API (MasterApi) is what the
+// control socket serves and the web GUI will call.
 import type { Config } from "../config.ts";
 import type { ControlServer } from "../control.ts";
 import { RuntimeError, UsageError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { Bundle } from "../pki.ts";
 import type { RelayClient } from "../transport/client.ts";
-import { ErrorCode, Msg } from "../transport/messages.ts";
+import { ErrorCode, Msg, type DeviceInfo } from "../transport/messages.ts";
 import { RemoteError } from "../transport/mux.ts";
 import { MasterSessions, parseForward, type ForwardSpec } from "../tunnel/forward.ts";
 import type { Component } from "./daemon.ts";
 import { relayClientFor } from "./device.ts";
+import type { AddResult } from "../nat/service.ts";
+import type { MasterApi } from "./api.ts";
+import type { Daemon } from "./daemon.ts";
 
 export class MasterRole implements Component {
   readonly name = "master";
   readonly client: RelayClient;
   readonly sessions: MasterSessions;
+  /** The role's own part of its API (the daemon shell adds `status`; see composeMaster). */
+  readonly api: Omit<MasterApi, "status">;
 
-  constructor(cfg: Config, bundle: Bundle, log: Logger, control: ControlServer) {
+  /** With `control`, serves `api` there itself (composeMaster serves the whole API instead). */
+  constructor(cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer) {
     if (cfg.gui) log.warn(`the web GUI is not built yet: ${cfg.gui.host}:${cfg.gui.port} serves nothing; use agent devices / connect / sessions`);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
       relay: () => this.client.connection,
-      relayState: () => `${this.client.state}${this.client.lastError ? `: ${this.client.lastError}` : ""}`,
+      relayState: () => this.relayState(),
     });
     this.client = relayClientFor(cfg, bundle, log, "master", {
       setup: (conn) => this.sessions.setup(conn),
       onUp: () => this.sessions.relayUp(),
       onDown: (why) => this.sessions.relayDown(why.message),
     });
-    control.handle("devices", async () => {
-      const conn = this.client.connection;
-      if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.client.state}${this.client.lastError ? `: ${this.client.lastError}` : ""})`);
-      return conn.request(Msg.DEVICES, {});
-    });
-    control.handle("connect", (args) => {
-      const onsite = args.onsite;
-      if (typeof onsite !== "string" || !onsite) throw new UsageError("connect: missing device id");
-      const forwards = Array.isArray(args.forwards) ? args.forwards : [];
-      if (forwards.length === 0) throw new UsageError("connect: give at least one --forward [BIND:]LPORT:HOST:PORT");
-      let specs: ForwardSpec[];
-      try {
-        specs = forwards.map((f) => parseForward(String(f)));
-      } catch (e) {
-        throw new UsageError((e as Error).message);
-      }
-      const ttl = typeof args.ttl === "number" ? args.ttl : null;
-      return this.sessions.connect(onsite, specs, ttl);
-    });
-    control.handle("sessions", () => this.sessions.list());
-    // `agent nat add --session S ...` on the master: a timed DNAT rule on the session's onsite
-    // device whose source is this master's public address as the relay sees it.
-    control.handle("nat.add", async (args) => {
-      // --src first: a user who gave it must learn that a master cannot choose the source,
-      // not merely that --session is missing.
-      if (args.src !== undefined) throw new UsageError("--src is not taken on a master: the relay sets the source to this master's public address; give --session SESSION (see `agent sessions`)");
-      const session = args.session;
-      if (typeof session !== "string" || !session) throw new UsageError("on a master, nat add needs --session SESSION (see `agent sessions`); the rule's source is the session's peer");
-      const conn = this.client.connection;
-      if (!conn) throw new RuntimeError(`not connected to the relay (${this.client.state}${this.client.lastError ? `: ${this.client.lastError}` : ""})`);
-      try {
-        return await conn.request(Msg.NAT_REQUEST, { session, proto: args.proto, port: args.port, to: args.to, ttl: args.ttl, iface: args.iface });
-      } catch (e) {
-        throw natRefusal(e);
-      }
-    });
-    control.handle("disconnect", (args) => this.sessions.disconnect(String(args.session ?? "")));
+    this.api = {
+      devices: async () => {
+        const conn = this.client.connection;
+        if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.relayState()})`);
+        return (await conn.request(Msg.DEVICES, {})) as DeviceInfo[];
+      },
+      connect: (req) => {
+        const onsite = req?.onsite;
+        if (typeof onsite !== "string" || !onsite) throw new UsageError("connect: missing device id");
+        const forwards = Array.isArray(req.forwards) ? req.forwards : [];
+        if (forwards.length === 0) throw new UsageError("connect: give at least one --forward [BIND:]LPORT:HOST:PORT");
+        let specs: ForwardSpec[];
+        try {
+          specs = forwards.map((f) => parseForward(String(f)));
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
+        const ttl = typeof req.ttl === "number" ? req.ttl : null;
+        return this.sessions.connect(onsite, specs, ttl);
+      },
+      sessions: () => this.sessions.list(),
+      disconnect: (req) => this.sessions.disconnect(String(req?.session ?? "")),
+      // `agent nat add --session S ...` on the master: a timed DNAT rule on the session's
+      // onsite device whose source is this master's public address as the relay sees it.
+      natAdd: async (req) => {
+        // --src first: a user who gave it must learn that a master cannot choose the source,
+        // not merely that --session is missing.
+        if ((req as { src?: unknown })?.src !== undefined) throw new UsageError("--src is not taken on a master: the relay sets the source to this master's public address; give --session SESSION (see `agent sessions`)");
+        const session = req?.session;
+        if (typeof session !== "string" || !session) throw new UsageError("on a master, nat add needs --session SESSION (see `agent sessions`); the rule's source is the session's peer");
+        const conn = this.client.connection;
+        if (!conn) throw new RuntimeError(`not connected to the relay (${this.relayState()})`);
+        try {
+          return (await conn.request(Msg.NAT_REQUEST, { session, proto: req.proto, port: req.port, to: req.to, ttl: req.ttl, iface: req.iface })) as AddResult;
+        } catch (e) {
+          throw natRefusal(e);
+        }
+      },
+    };
+    control?.serve(this.api, "master");
+  }
+
+  private relayState(): string {
+    return `${this.client.state}${this.client.lastError ? `: ${this.client.lastError}` : ""}`;
   }
 
   start(): void {
@@ -81,6 +95,15 @@ export class MasterRole implements Component {
     this.sessions.close();
     await this.client.close();
   }
+}
+
+/** The master daemon: its role on the daemon shell, and the whole MasterApi on the control socket. */
+export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger): { role: MasterRole; api: MasterApi } {
+  const role = new MasterRole(cfg, bundle, log.withTag("master"));
+  daemon.add(role);
+  const api: MasterApi = { ...daemon.api(), ...role.api };
+  daemon.control.serve(api, "master");
+  return { role, api };
 }
 
 /**

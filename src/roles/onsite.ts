@@ -1,5 +1,7 @@
 // The onsite role: stays connected to the relay, reports its inventory, serves the streams of
-// sessions towards LAN targets its allow list permits.
+// sessions towards LAN targets its allow list permits. composeOnsite builds the onsite
+// daemon around it (timed DNAT rules, uplink failover, Wi-Fi and AP fallback) and serves
+// the whole OnsiteApi on the control socket.
 import { hostname, uptime } from "node:os";
 import type { Config } from "../config.ts";
 import type { ControlServer } from "../control.ts";
@@ -15,6 +17,9 @@ import { SessionServer } from "../tunnel/serve.ts";
 import { VERSION } from "../version.ts";
 import type { Component } from "./daemon.ts";
 import { relayClientFor } from "./device.ts";
+import type { NatComponentOptions } from "../nat/component.ts";
+import type { OnsiteApi, NatApi, UplinkApi, WifiApi } from "./api.ts";
+import type { Daemon } from "./daemon.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -29,7 +34,11 @@ export class OnsiteRole implements Component {
   /** Extra request handlers on the relay connection (NAT requests), set by other parts. */
   extraSetup: ((conn: Connection) => void)[] = [];
 
-  constructor(private readonly cfg: Config, bundle: Bundle, log: Logger, control: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">) {
+  /** The role's own part of the onsite API (composeOnsite adds status, NAT, uplink, Wi-Fi). */
+  readonly api: Pick<OnsiteApi, "sessions" | "redial">;
+
+  /** With `control`, serves `api` there itself (composeOnsite serves the whole API instead). */
+  constructor(private readonly cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">) {
     this.sessions = new SessionServer({
       id: bundle.id,
       allow: () => this.cfg.allow,
@@ -71,11 +80,14 @@ export class OnsiteRole implements Component {
       // until their TTL: no SESSION_CLOSE can arrive for them any more.
       onDown: (why) => this.sessions.endAll(`relay connection lost: ${why.message}`),
     });
-    control.handle("sessions", () => [...this.sessions.sessions.entries()].map(([session, s]) => ({ session, master: s.master, targets: s.targets, opened: new Date(s.opened).toISOString(), streams: s.streams })));
-    control.handle("redial", (args) => {
-      this.client.redial(typeof args.reason === "string" ? args.reason : "asked over the control socket");
-      return {};
-    });
+    this.api = {
+      sessions: () => [...this.sessions.sessions.entries()].map(([session, s]) => ({ session, master: s.master, targets: s.targets, opened: new Date(s.opened).toISOString(), streams: s.streams })),
+      redial: (req) => {
+        this.client.redial(typeof req?.reason === "string" ? req.reason : "asked over the control socket");
+        return {};
+      },
+    };
+    control?.serve(this.api, "onsite");
   }
 
   /**
@@ -111,4 +123,88 @@ export class OnsiteRole implements Component {
     if (this.refresh) clearInterval(this.refresh);
     await this.client.close();
   }
+}
+
+export interface OnsiteOptions {
+  /** The firewall backend and command runner of the NAT service (tests: fakes). */
+  nat?: Pick<NatComponentOptions, "backend" | "exec">;
+}
+
+export interface OnsiteDaemon {
+  role: OnsiteRole;
+  nat: NatComponent;
+  api: OnsiteApi;
+}
+
+/**
+ * The onsite daemon: timed DNAT rules first (the role hands them the requests masters make
+ * inside sessions and removes them when those sessions end), the uplink manager when the
+ * config lists [[uplink]]s (the relay connection follows the active uplink), Wi-Fi and AP
+ * fallback when [ap] is enabled (also spoken as netconnectd's NUL-terminated protocol on the
+ * same socket), then the role. Serves the whole OnsiteApi on the daemon's control socket.
+ */
+export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger, opts: OnsiteOptions = {}): Promise<OnsiteDaemon> {
+  const control = daemon.control;
+  const { createNatComponent } = await import("../nat/component.ts");
+  const nat = createNatComponent({ control, config: cfg, log: log.withTag("nat"), ...opts.nat });
+  daemon.add(nat);
+  const natApi = natApiOf(control);
+  const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat);
+  let uplinkApi: UplinkApi | undefined;
+  let healthy: () => string[] = () => [];
+  if (cfg.uplink.length > 0) {
+    const { createUplinkManager } = await import("../uplink/index.ts");
+    const uplinks = createUplinkManager(cfg, log.withTag("uplink"));
+    daemon.add(uplinks);
+    uplinkApi = { uplinkStatus: () => uplinks.report() };
+    // After a switch the relay connection is dialed again at once over the new uplink.
+    uplinks.onActiveChange((ev) => role.uplinkChanged(ev.to ?? "", ev.reason));
+    healthy = () => (uplinks.status().healthy as string[]) ?? [];
+  }
+  let wifiApi: WifiApi | undefined;
+  if (cfg.ap.enabled) {
+    const { createWifiService, answerNetconnectd, encodeNetconnectd } = await import("../uplink/index.ts");
+    const wifi = await createWifiService(cfg, log.withTag("wifi"), () => healthy());
+    daemon.add(wifi);
+    wifiApi = {
+      wifiStatus: () => wifi.report(),
+      wifiList: (req) => wifi.listNetworks(req?.force === true),
+      wifiConfigure: (req) => {
+        if (typeof req?.ssid !== "string" || (req.psk !== undefined && typeof req.psk !== "string")) throw new UsageError("wifi.configure needs a string ssid and psk");
+        if (req.priority !== undefined && typeof req.priority !== "number") throw new UsageError("priority must be a number");
+        return wifi.configure(req.ssid, req.psk, { priority: req.priority });
+      },
+      apStart: () => wifi.startAp(),
+      apStop: () => wifi.stopAp(),
+    };
+    control.nulProtocol(async (text) => encodeNetconnectd(await answerNetconnectd(wifi, text)));
+  }
+  daemon.add(role);
+  const api: OnsiteApi = { ...daemon.api(), ...natApi, ...uplinkApi, ...wifiApi, ...role.api };
+  control.serve(api, "onsite");
+  return { role, nat, api };
+}
+
+/**
+ * The NAT service's commands as typed methods. src/nat/component.ts registers them as
+ * handlers on the control socket (its request checks and the seed-001 request shape live
+ * there); this takes those handlers and types their answers, so that the served API object
+ * is whole. When the NAT component exposes the methods itself, this goes.
+ */
+function natApiOf(control: ControlServer): NatApi {
+  const handler = (cmd: string) => {
+    const h = control.handlerOf(cmd);
+    if (!h) throw new Error(`the NAT component registered no ${cmd}`);
+    return h;
+  };
+  const add = handler("nat.add");
+  const list = handler("nat.list");
+  const del = handler("nat.del");
+  const flush = handler("nat.flush");
+  return {
+    natAdd: async (req) => (await add({ ...req })) as Awaited<ReturnType<NatApi["natAdd"]>>,
+    natList: async () => (await list({})) as Awaited<ReturnType<NatApi["natList"]>>,
+    natDel: async (req) => (await del({ ...req })) as Awaited<ReturnType<NatApi["natDel"]>>,
+    natFlush: async () => (await flush({})) as Awaited<ReturnType<NatApi["natFlush"]>>,
+  };
 }

@@ -1,0 +1,130 @@
+// The API of each role: what its control socket serves, what `agent ...` commands call, and
+// what a web GUI will call. One interface per role, method name → request → result; the
+// control socket serves the object (ControlServer.serve) under each method's wire name
+// (`natAdd` is "nat.add", see control.ts wireName), and ControlClient<Api> is the typed
+// client. Every method takes at most one request object. Requests reach a daemon from
+// outside the process, so each implementation checks the fields it reads and throws a
+// UsageError naming the bad one.
+import type { AddResult, RuleView } from "../nat/service.ts";
+import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
+import type { SessionView } from "../tunnel/forward.ts";
+import type { Refusal } from "../tunnel/relay.ts";
+import type { UplinkReport } from "../uplink/manager.ts";
+import type { WifiReport } from "../uplink/wifi.ts";
+import type { WifiNetwork } from "../uplink/wpa.ts";
+import type { DaemonStatus } from "./daemon.ts";
+
+export type { DaemonStatus };
+
+/** What every daemon answers, whatever its role. */
+export interface DaemonApi {
+  status(): DaemonStatus;
+}
+
+// ---- master ----
+
+export interface ConnectRequest {
+  /** Onsite device id (see `devices`). */
+  onsite: string;
+  /** `[BIND:]LPORT:HOST:PORT`, at least one. */
+  forwards: string[];
+  /** Session lifetime in ms; absent or null: the relay's default. */
+  ttl?: number | null;
+}
+
+export interface SessionRequest {
+  session: string;
+}
+
+/**
+ * A timed DNAT rule on a session's onsite device. The source is this master's public address
+ * as the relay sees it, so there is no `src`. Values are passed through as typed by a user
+ * (`port` "8080", `ttl` "30m"); the onsite device validates them.
+ */
+export interface MasterNatAddRequest {
+  session: string;
+  port: string | number;
+  to: string;
+  ttl: string | number;
+  proto?: "tcp" | "udp";
+  iface?: string;
+}
+
+export interface MasterApi extends DaemonApi {
+  /** The onsite devices the relay lets this master see. */
+  devices(): Promise<DeviceInfo[]>;
+  connect(req: ConnectRequest): Promise<SessionView>;
+  /** This master's sessions, closed ones included until they are forgotten. */
+  sessions(): SessionView[];
+  disconnect(req: SessionRequest): Promise<SessionView>;
+  natAdd(req: MasterNatAddRequest): Promise<AddResult>;
+}
+
+// ---- onsite ----
+
+/** A timed DNAT rule asked for on the onsite device itself (`agent nat add --src`). */
+export interface LocalNatAddRequest {
+  src: string;
+  port: string | number;
+  to: string;
+  ttl: string | number;
+  proto?: "tcp" | "udp";
+  iface?: string;
+}
+
+export interface NatListing {
+  backend: string;
+  /** The daemon's wall time when it answered, for reading `expires`. */
+  now: string;
+  rules: RuleView[];
+}
+
+/** The NAT service's part of the onsite API (src/nat). */
+export interface NatApi {
+  natAdd(req: LocalNatAddRequest): Promise<AddResult>;
+  natList(): NatListing | Promise<NatListing>;
+  natDel(req: { id: string }): Promise<RuleView>;
+  natFlush(): Promise<{ removed: number }>;
+}
+
+/** Present when the config lists [[uplink]]s. */
+export interface UplinkApi {
+  uplinkStatus(): UplinkReport;
+}
+
+/** Present when the config has [ap] enabled = true. */
+export interface WifiApi {
+  wifiStatus(): Promise<WifiReport>;
+  wifiList(req?: { force?: boolean }): Promise<WifiNetwork[]>;
+  /** Answers what was done, as a sentence for a person. */
+  wifiConfigure(req: { ssid: string; psk?: string; priority?: number }): Promise<string>;
+  apStart(): Promise<string>;
+  apStop(): Promise<string>;
+}
+
+/** A session the onsite device serves. */
+export interface OnsiteSessionView {
+  session: string;
+  master: string;
+  targets: string[];
+  opened: string;
+  streams: number;
+}
+
+export interface OnsiteApi extends DaemonApi, NatApi, Partial<UplinkApi>, Partial<WifiApi> {
+  sessions(): OnsiteSessionView[];
+  /** Drops the relay connection and dials again now (e.g. after a route change). */
+  redial(req?: { reason?: string }): Record<string, never>;
+}
+
+// ---- relay ----
+
+export interface RelayApi extends DaemonApi {
+  devices(): DeviceInfo[];
+  sessions(): SessionInfo[];
+  /** The last 100 refused connections. */
+  refusals(): Refusal[];
+}
+
+/** Any daemon: what a command that works against several roles may call. */
+export type AnyApi = MasterApi | OnsiteApi | RelayApi;
