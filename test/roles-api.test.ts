@@ -130,7 +130,7 @@ describe("onsite API", () => {
       expect(added.rule).toMatchObject({ proto: "tcp", src: "203.0.113.7/32", port: 8080, to: "192.168.1.50:80", owner: "local" });
       expect(backend.installed.size).toBe(1);
       const listing = await client.call("natList");
-      expect(listing.backend).toBe("fake");
+      expect(listing.backend).toBe("memory");
       expect(listing.rules.map((r) => r.id)).toEqual([added.rule.id]);
       expect((await client.call("natDel", { id: added.rule.id })).id).toBe(added.rule.id);
       expect(backend.installed.size).toBe(0);

@@ -9,6 +9,7 @@ import type { Bundle } from "../pki.ts";
 import type { RelayClient } from "../transport/client.ts";
 import { ErrorCode, Msg, type DeviceInfo } from "../transport/messages.ts";
 import { RemoteError } from "../transport/mux.ts";
+import { request } from "../transport/typed.ts";
 import { MasterSessions, parseForward, type ForwardSpec } from "../tunnel/forward.ts";
 import type { Component } from "./daemon.ts";
 import { relayClientFor } from "./device.ts";
@@ -40,7 +41,7 @@ export class MasterRole implements Component {
       devices: async () => {
         const conn = this.client.connection;
         if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.relayState()})`);
-        return (await conn.request(Msg.DEVICES, {})) as DeviceInfo[];
+        return request(conn, Msg.DEVICES, {});
       },
       connect: (req) => {
         const onsite = req?.onsite;
@@ -69,7 +70,8 @@ export class MasterRole implements Component {
         const conn = this.client.connection;
         if (!conn) throw new RuntimeError(`not connected to the relay (${this.relayState()})`);
         try {
-          return (await conn.request(Msg.NAT_REQUEST, { session, proto: req.proto, port: req.port, to: req.to, ttl: req.ttl, iface: req.iface })) as AddResult;
+          // The onsite device answers with its NAT service's AddResult (NatReply is an open object).
+          return (await request(conn, Msg.NAT_REQUEST, { session, proto: req.proto, port: req.port, to: req.to, ttl: req.ttl, iface: req.iface })) as unknown as AddResult;
         } catch (e) {
           throw natRefusal(e);
         }

@@ -8,7 +8,8 @@ import type { ControlServer } from "../control.ts";
 import type { Logger } from "../log.ts";
 import type { Bundle } from "../pki.ts";
 import type { RelayClient } from "../transport/client.ts";
-import { Msg } from "../transport/messages.ts";
+import { Msg, type NatReply } from "../transport/messages.ts";
+import { handle, send } from "../transport/typed.ts";
 import { RemoteError, type Connection } from "../transport/mux.ts";
 import { ErrorCode } from "../transport/messages.ts";
 import { UsageError } from "../errors.ts";
@@ -51,8 +52,8 @@ export class OnsiteRole implements Component {
     });
     if (nat) {
       this.extraSetup.push((conn) =>
-        conn.handle(Msg.NAT_REQUEST, async (b) => {
-          const session = String(b.session ?? "");
+        handle(conn, Msg.NAT_REQUEST, async (b) => {
+          const session = b.session;
           if (!this.sessions.sessions.has(session)) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} on ${bundle.id}`);
           // The source is the session's peer as the relay saw it; nothing the master said.
           let added;
@@ -68,7 +69,7 @@ export class OnsiteRole implements Component {
             await nat.removeByOwner(session);
             throw new RemoteError(ErrorCode.NO_SESSION, `session ${session} ended while its NAT rule was being added; the rule was removed`);
           }
-          return added;
+          return added as unknown as NatReply;
         }),
       );
     }
@@ -101,7 +102,7 @@ export class OnsiteRole implements Component {
   }
 
   sendInventory(conn: Connection | null = this.client.connection): void {
-    conn?.send(Msg.INVENTORY, {
+    if (conn) send(conn, Msg.INVENTORY, {
       hostname: this.cfg.hostname ?? hostname(),
       location: this.cfg.location ?? "",
       agent: VERSION,
