@@ -5,7 +5,8 @@ import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket, TCPSocketListener } from "bun";
-import { Fleet, waitUntil, type Daemon } from "./helpers/fleet.ts";
+import { Fleet, type Daemon } from "./helpers/fleet.ts";
+import { waitFor } from "./helpers/wait.ts";
 import { startSshd } from "./helpers/sshd.ts";
 import { runIperf, startIperfServer } from "./helpers/iperf.ts";
 
@@ -113,7 +114,7 @@ describe("relay, onsite and master carry real traffic", () => {
   });
 
   test("agent devices lists the onsite device with its inventory", async () => {
-    const list = await waitUntil(async () => {
+    const list = await waitFor(async () => {
       const l = await fleet.json<{ id: string; online: boolean; location: string; hostname: string; address: string; agent: string }[]>(master, ["devices"]);
       return l.find((d) => d.id === "site-1" && d.location) ? l : undefined;
     }, 10_000, "inventory");
@@ -143,7 +144,7 @@ describe("relay, onsite and master carry real traffic", () => {
     expect(d.code).toBe(0);
     const after = await run(["curl", "-sS", "--max-time", "5", `http://127.0.0.1:${ports[0]}/hello`]);
     expect(after.code).not.toBe(0);
-    await waitUntil(async () => !(await fleet.json<{ session: string }[]>(relay, ["sessions"])).some((s) => s.session === session), 5000, "relay forgets the session");
+    await waitFor(async () => !(await fleet.json<{ session: string }[]>(relay, ["sessions"])).some((s) => s.session === session), 5000, "relay forgets the session");
   });
 
   test("an unknown device, a refused target and a bad forward each get a specific error", async () => {
@@ -276,7 +277,7 @@ describe("relay, onsite and master carry real traffic", () => {
       },
     });
     // Once the windows and socket buffers are full, the source is held back.
-    await waitUntil(async () => {
+    await waitFor(async () => {
       const a = produced;
       await Bun.sleep(300);
       return produced > 0 && produced === a;
@@ -337,7 +338,7 @@ describe("failures: restarts, crashes, dead paths", () => {
     relay = await fleet.restart(relay);
     await fleet.waitConnected(onsite, 20_000);
     await fleet.waitConnected(master, 20_000);
-    const { ports } = await waitUntil(() => fleet.connect(master, "site-1", [`127.0.0.1:${http.port}`]), 15_000, "a session after the restart");
+    const { ports } = await waitFor(() => fleet.connect(master, "site-1", [`127.0.0.1:${http.port}`]), 15_000, "a session after the restart");
     const r = await run(["curl", "-sS", "--max-time", "10", `http://127.0.0.1:${ports[0]}/`]);
     expect(r.stdout).toBe("ok\n");
     expect(onsite.log()).toContain("relay connection lost: relay is shutting down");
@@ -358,7 +359,7 @@ describe("failures: restarts, crashes, dead paths", () => {
     expect(code).not.toBe(0); // never reports success
     expect(Number(out)).toBeGreaterThan(0); // it was mid-transfer
     expect(err).toMatch(/curl: \((18|56|52)\)/);
-    const devices = await waitUntil(async () => {
+    const devices = await waitFor(async () => {
       const l = await fleet.json<{ id: string; online: boolean }[]>(master, ["devices"]);
       return l.find((d) => d.id === "site-2" && !d.online) ? l : undefined;
     }, 20_000, "site-2 offline");
@@ -371,7 +372,7 @@ describe("failures: restarts, crashes, dead paths", () => {
     await fleet.waitConnected(onsite);
     onsite.proc.kill("SIGSTOP");
     try {
-      const seen = await waitUntil(async () => {
+      const seen = await waitFor(async () => {
         const l = await fleet.json<{ id: string; online: boolean; last_seen: string }[]>(relay, ["devices"]);
         return l.find((d) => d.id === "site-3" && !d.online);
       }, 40_000, "the keepalive to notice the frozen device");
@@ -380,7 +381,7 @@ describe("failures: restarts, crashes, dead paths", () => {
     } finally {
       onsite.proc.kill("SIGCONT");
     }
-    await waitUntil(async () => (await fleet.json<{ id: string; online: boolean }[]>(relay, ["devices"])).find((d) => d.id === "site-3" && d.online), 30_000, "site-3 back online");
+    await waitFor(async () => (await fleet.json<{ id: string; online: boolean }[]>(relay, ["devices"])).find((d) => d.id === "site-3" && d.online), 30_000, "site-3 back online");
   }, 90_000);
 
   test("dials the relay through an HTTP CONNECT proxy with credentials", async () => {
@@ -423,7 +424,7 @@ describe("failures: restarts, crashes, dead paths", () => {
       await fleet.waitConnected(onsite);
       expect(seen).toContain(`CONNECT 127.0.0.1:${relayPort} HTTP/1.1`);
       const wrong = await fleet.startOnsite("site-5", ["--proxy", `http://tech:wrong@127.0.0.1:${proxy.port}`]);
-      await waitUntil(() => wrong.log().includes("wants authentication"), 10_000, "the 407 to be reported").catch((e) => {
+      await waitFor(() => wrong.log().includes("wants authentication"), 10_000, "the 407 to be reported").catch((e) => {
         throw new Error(`${e.message}; log: ${wrong.log()}`);
       });
     } finally {

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { BUN } from "./helpers/cli.ts";
 import { snapshotsDiffer, linkUsable } from "../src/uplink/monitor.ts";
 import type { LinkInfo } from "../src/uplink/netlink.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot && process.env.CI) throw new Error("link monitor tests need root; CI runs as root, so this must not be skipped there");
@@ -45,14 +46,8 @@ async function ns(argv: string[], tolerate = false) {
     await Bun.spawn(["ip", "netns", "del", NS]).exited;
   });
 
-  const until = async (cond: (s: LinkInfo[]) => boolean, what: string) => {
-    const end = Date.now() + 5000;
-    while (Date.now() < end) {
-      if (snaps.length && cond(snaps.at(-1)!)) return snaps.at(-1)!;
-      await Bun.sleep(20);
-    }
-    throw new Error(`${kind} monitor never reported ${what}; last: ${JSON.stringify(snaps.at(-1))}`);
-  };
+  const until = (cond: (s: LinkInfo[]) => boolean, what: string) =>
+    waitFor(() => (snaps.length && cond(snaps.at(-1)!) ? snaps.at(-1)! : undefined), 5000, `the ${kind} monitor to report ${what}`, { detail: () => `last: ${JSON.stringify(snaps.at(-1))}` });
   const get = (s: LinkInfo[], n: string) => s.find((l) => l.name === n);
 
   test("sees links appear with carrier, address and gateway", async () => {

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { startLab, switchAfter, waitReport, type Lab } from "./helpers/uplink-lab.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot && process.env.CI) throw new Error("uplink system tests need root; CI runs as root, so this must not be skipped there");
@@ -157,11 +158,4 @@ maybe("uplink failover in namespaces (needs root)", () => {
   }, 40_000);
 });
 
-async function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    if (cond()) return;
-    await Bun.sleep(50);
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-}
+
