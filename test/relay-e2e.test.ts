@@ -2,7 +2,7 @@
 // and real TCP traffic through master → relay → onsite → target.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket, TCPSocketListener } from "bun";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
@@ -236,8 +236,11 @@ describe("relay, onsite and master carry real traffic", () => {
   }, 60_000);
 
   test("a stream whose reader stops does not slow the others, and relay memory stays bounded", async () => {
-    // A target that writes as fast as it may and counts what the kernel accepted.
+    // A target that writes as fast as it may and counts what the kernel accepted. It also
+    // notes since when every write has been refused: the socket full and nobody draining it.
     let produced = 0;
+    let refusedSince: number | undefined;
+    let refusedTries = 0;
     const source = Bun.listen<{ timer?: ReturnType<typeof setInterval> }>({
       hostname: "127.0.0.1",
       port: 0,
@@ -248,8 +251,14 @@ describe("relay, onsite and master carry real traffic", () => {
           const pump = () => {
             for (let i = 0; i < 64; i++) {
               const n = s.write(chunk);
-              if (n <= 0) return;
+              if (n <= 0) {
+                refusedSince ??= performance.now();
+                refusedTries++;
+                return;
+              }
               produced += n;
+              refusedSince = undefined;
+              refusedTries = 0;
               if (n < chunk.length) return;
             }
           };
@@ -276,12 +285,10 @@ describe("relay, onsite and master carry real traffic", () => {
         data() {},
       },
     });
-    // Once the windows and socket buffers are full, the source is held back.
-    await waitFor(async () => {
-      const a = produced;
-      await Bun.sleep(300);
-      return produced > 0 && produced === a;
-    }, 15_000, "the source of the stuck stream to be held back");
+    // Once the windows and socket buffers are full, the source is held back: every write of the
+    // pump (it tries every millisecond) is refused, for a whole second and at least 200 tries.
+    // Counting the pump's own tries keeps a starved test process from passing for "held back".
+    await waitFor(() => produced > 0 && refusedSince !== undefined && performance.now() - refusedSince >= 1000 && refusedTries >= 200, 20_000, () => `the source of the stuck stream to be held back (produced ${produced}, refused ${refusedTries} tries)`);
     const heldAt = produced;
     // Meanwhile another stream of the same session moves 100 MB.
     const r = Bun.spawn(["bash", "-c", 'curl -sS --fail --max-time 60 "$1" | sha256sum', "_", `http://127.0.0.1:${ports[1]}/blob`], { stdout: "pipe", stderr: "pipe" });
@@ -352,13 +359,16 @@ describe("failures: restarts, crashes, dead paths", () => {
     await fleet.waitConnected(onsite);
     await fleet.waitConnected(master);
     const { ports } = await fleet.connect(master, "site-2", [`127.0.0.1:${http.port}`]);
-    const curl = Bun.spawn(["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "60", `http://127.0.0.1:${ports[0]}/endless`], { stdout: "pipe", stderr: "pipe" });
-    await Bun.sleep(500);
+    // The body goes to a file we watch: the kill comes once bytes have arrived, not after a guess.
+    const body = join(fleet.dir, "endless.body");
+    const curl = Bun.spawn(["curl", "-sS", "--fail", "-o", body, "-w", "%{size_download}", "--max-time", "60", `http://127.0.0.1:${ports[0]}/endless`], { stdout: "pipe", stderr: "pipe" });
+    await waitFor(() => existsSync(body) && statSync(body).size > 0, 20_000, "the first bytes of the transfer", { abort: () => (curl.exitCode !== null ? new Error(`curl exited ${curl.exitCode} before any byte arrived`) : undefined) });
     onsite.proc.kill("SIGKILL");
     const [out, err, code] = await Promise.all([new Response(curl.stdout).text(), new Response(curl.stderr).text(), curl.exited]);
     expect(code).not.toBe(0); // never reports success
     expect(Number(out)).toBeGreaterThan(0); // it was mid-transfer
     expect(err).toMatch(/curl: \((18|56|52)\)/);
+    rmSync(body, { force: true });
     const devices = await waitFor(async () => {
       const l = await fleet.json<{ id: string; online: boolean }[]>(master, ["devices"]);
       return l.find((d) => d.id === "site-2" && !d.online) ? l : undefined;
