@@ -40,12 +40,8 @@ export interface Topology {
   setLink(i: number, up: boolean): Promise<void>;
   /** Drops forwarded traffic to the relay at router i (link stays up): a black hole. */
   blackhole(i: number, on: boolean): Promise<void>;
-  /**
-   * Loss at router i, both directions (iptables statistic; no netem here). A probability is
-   * random loss; `{ every: n }` drops exactly every n-th forwarded packet (deterministic);
-   * undefined ends the loss.
-   */
-  loss(i: number, pattern: number | { every: number } | undefined): Promise<void>;
+  /** Random loss at router i, both directions (iptables statistic; no netem here). */
+  loss(i: number, probability: number | undefined): Promise<void>;
   teardown(): Promise<void>;
 }
 
@@ -181,12 +177,11 @@ export async function buildUplinkTopology(prefix: string, uplinks: UplinkSpec[])
       const u = info[i - 1]!;
       await ns(u.router, ["iptables", on ? "-I" : "-D", "FORWARD", "-d", RELAY_ADDR, "-j", "DROP"], !on);
     },
-    async loss(i, pattern) {
+    async loss(i, probability) {
       const u = info[i - 1]!;
       await ns(u.router, ["iptables", "-F", "FORWARD"]);
-      if (pattern === undefined) return;
-      const match = typeof pattern === "number" ? ["--mode", "random", "--probability", String(pattern)] : ["--mode", "nth", "--every", String(pattern.every), "--packet", "0"];
-      await ns(u.router, ["iptables", "-A", "FORWARD", "-m", "statistic", ...match, "-j", "DROP"]);
+      if (probability === undefined) return;
+      await ns(u.router, ["iptables", "-A", "FORWARD", "-m", "statistic", "--mode", "random", "--probability", String(probability), "-j", "DROP"]);
     },
     teardown,
   };
