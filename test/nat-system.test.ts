@@ -297,10 +297,10 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
     expect(after).not.toContain("deadbeef");
     expect(after).toContain(mid.id);
     expect(after).toContain(long.id);
-    const log = daemon.log();
-    expect(log).toContain(`removed rule ${short.id} at start: it expired`);
-    expect(log).toContain("removed tagged rule deadbeef at start: the state does not know it");
-    expect(log).toContain(`re-armed rule ${mid.id}`);
+    const logs = (line: string) => waitFor(() => daemon!.log().includes(line), 5000, `the daemon to log "${line}"`, { detail: () => daemon!.log().slice(-2000) });
+    await logs(`removed rule ${short.id} at start: it expired`);
+    await logs("removed tagged rule deadbeef at start: the state does not know it");
+    await logs(`re-armed rule ${mid.id}`);
     expect(await curl(8101)).toBe("");
     expect(await curl(8109)).toBe("");
     expect(await curl(8102)).toBe("lan-ok\n");

@@ -10,6 +10,7 @@
 // (bench/uplink.bench.ts measures them over many cuts); the assertions are ordering facts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { LAN_HTTP, startLab, switchAfter, waitReport, type Lab, type LabFleet, labUntil } from "./helpers/uplink-lab.ts";
+import { waitFor } from "./helpers/wait.ts";
 import { controlRequest } from "../src/control.ts";
 import { FLAP_HOLD_BASE_MS } from "../src/uplink/policy.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
@@ -152,7 +153,7 @@ maybe("the relay connection follows the active uplink (needs root)", () => {
     expect(Date.parse(ret!.at) - t1).toBeGreaterThanOrEqual(FLAP_HOLD_BASE_MS);
     await followed(t1, logFrom, ETH, 1, "black hole lifted");
     // The relay replaced the old connections instead of waiting for them to time out.
-    expect(fleet.relayLog()).toContain("site-1: a new connection from");
+    await waitFor(() => fleet.relayLog().includes("site-1: a new connection from"), 5000, "the relay to log the replaced connection");
   }, 90_000);
 
   test("a switch while a dial into the black-holed primary is in flight: that dial is dropped and the backup dialed at once", async () => {
