@@ -1,6 +1,6 @@
 // test/helpers/wait.ts: the suite's one poll-until.
 import { expect, test } from "bun:test";
-import { holdsFor, waitFor } from "./helpers/wait.ts";
+import { holdsFor, waitFor, withDeadline } from "./helpers/wait.ts";
 
 test("waitFor returns the first truthy value the probe gives", async () => {
   let n = 0;
@@ -36,4 +36,9 @@ test("holdsFor passes when nothing bad happens for the whole while, and fails at
   const t0 = performance.now();
   await expect(holdsFor(() => ++n === 2, 10_000, "it happened", { every: 1 })).rejects.toThrow("it happened");
   expect(performance.now() - t0).toBeLessThan(5_000);
+});
+
+test("withDeadline passes a promise through, or names what it waited for once the time is up", async () => {
+  expect(await withDeadline(Promise.resolve(7), 1000, "seven")).toBe(7);
+  await expect(withDeadline(new Promise(() => {}), 30, "a ready line")).rejects.toThrow("timed out after 30 ms waiting for a ready line");
 });

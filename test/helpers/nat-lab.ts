@@ -7,6 +7,7 @@ import type { Subprocess } from "bun";
 import { BUN, ROOT } from "./cli.ts";
 import { createNamespace, deleteNamespaces, nsArgv } from "./netns.ts";
 import { run as runProc } from "./proc.ts";
+import { withDeadline } from "./wait.ts";
 
 export type NatBackendName = "iptables" | "nft";
 
@@ -73,7 +74,10 @@ export function tagsIn(text: string): string[] {
 /** Starts test/fixtures/nat/lan-server.ts (HTTP "lan-ok", TCP and UDP echo) in `ns`; resolves once it listens. */
 export async function startLanServer(ns: string, httpPort: number, echoPort: number): Promise<Subprocess<"ignore", "pipe", "inherit">> {
   const server = Bun.spawn(nsArgv(ns, BUN, join(ROOT, "test/fixtures/nat/lan-server.ts"), String(httpPort), String(echoPort)), { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
-  const first = await server.stdout.getReader().read();
+  const first = await withDeadline(server.stdout.getReader().read(), 15_000, `the LAN server in ${ns} to say ready`).catch((e: Error) => {
+    server.kill("SIGKILL");
+    throw e;
+  });
   const text = new TextDecoder().decode(first.value);
   if (!text.includes("ready")) throw new Error(`the LAN server in ${ns} did not start: ${JSON.stringify(text)}`);
   return server;

@@ -12,7 +12,7 @@
 // namespaces.
 import { existsSync } from "node:fs";
 import { run } from "./proc.ts";
-import { waitFor } from "./wait.ts";
+import { waitFor, withDeadline } from "./wait.ts";
 
 export interface UplinkSpec {
   /** Interface name in the onsite namespace (prefixed by the caller, ≤ 15 chars). */
@@ -225,7 +225,7 @@ export function startPeerEcho(topo: Topology, port: number): { proc: ReturnType<
   const proc = Bun.spawn(nsArgv(topo.relay, process.execPath, "-e", script), { stdout: "pipe", stderr: "inherit", stdin: "ignore" });
   const ready = (async () => {
     const reader = proc.stdout.getReader();
-    const { value } = await reader.read();
+    const { value } = await withDeadline(reader.read(), 15_000, "the peer echo in the relay namespace to say ready");
     reader.releaseLock();
     if (!value || !new TextDecoder().decode(value).includes("ready")) throw new Error("peer echo in the relay namespace did not start");
   })();

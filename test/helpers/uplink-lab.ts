@@ -12,7 +12,7 @@ import { join } from "node:path";
 import type { UplinkReport } from "../../src/uplink/manager.ts";
 import { agent, BUN, MAIN, ROOT, tempDir } from "./cli.ts";
 import { buildUplinkTopology, nsArgv, startPeerEcho, type Topology } from "./netns.ts";
-import { waitFor } from "./wait.ts";
+import { waitFor, withDeadline } from "./wait.ts";
 
 export const RELAY_PORT = 4443;
 /** The peer echo's port when a real relay holds RELAY_PORT. */
@@ -190,7 +190,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
         await http.exited;
       });
       const reader = http.stdout.getReader();
-      const { value } = await reader.read();
+      const { value } = await withDeadline(reader.read(), 15_000, "the HTTP server in the LAN namespace to say ready");
       reader.releaseLock();
       if (!value || !new TextDecoder().decode(value).includes("ready")) throw new Error("the HTTP server in the LAN namespace did not start");
       fleet = {

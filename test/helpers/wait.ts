@@ -45,6 +45,17 @@ export async function waitFor<T>(probe: () => T | Promise<T>, ms: number, what: 
   throw new Error(`timed out after ${ms} ms waiting for ${name}${err}${more}`, last === undefined ? undefined : { cause: last });
 }
 
+/** `p`, or an error naming `what` once `ms` pass first (for a child's "ready" line, say). */
+export async function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms)));
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * Holds for `ms`: resolves after `ms` if `bad` never became truthy, throws at once when it does.
  * For "nothing happens for a while" (no switch, no growth), where the while is the claim.
