@@ -3,15 +3,18 @@
 //
 //   - network namespaces "agt-<tag>-…" (test/helpers/netns.ts nsName) whose run has ended:
 //     <tag> is the test process's pid in base 36; a live pid is a run still going, not a leak;
-//   - processes started for tests that outlived their run: command lines naming this
-//     checkout's src/main.ts or test/fixtures/, a namespace "agt-…", or a test temp dir
-//     (/tmp/agent-<name>-XXXXXX), with no live `bun test` among their ancestors;
+//   - processes started for tests that outlived their run: orphans (no live bun process among
+//     their ancestors: a running test or benchmark owns its children) that are this
+//     checkout's: naming its src/main.ts or test/fixtures/, or started in its directory (the
+//     cwd a test run hands down) with a namespace "agt-…" or a test temp dir
+//     (/tmp/agent-<name>-XXXXXX) on their command line. Another checkout's processes, and
+//     anything a live run owns, are never listed, let alone killed;
 //   - in the root namespace: the agent's firewall names (iptables chains AGENT-NAT / AGENT-FWD,
 //     comments "agent-nat id=", nft tables agent_nat / agent_ap), and TUN/TAP devices named
 //     agt* or agent*. Tests make these only inside namespaces, so any here is a leak.
 //
 // Usage: bun scripts/leaks.ts [--clean]   (exit 1 when something was left behind; --clean also
-// kills the processes and deletes the namespaces it lists.)
+// kills the orphans and deletes the namespaces it lists: only those, by pid and by name.)
 import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { join } from "node:path";
 
@@ -37,41 +40,45 @@ export interface Proc {
   /** argv, NUL-split. */
   argv: string[];
   state: string;
+  /** Working directory (/proc/PID/cwd), when readable. */
+  cwd?: string;
 }
 
 /** A test temp dir: mkdtemp of `agent-<name>-` (test/helpers/cli.ts tempDir, fleet.ts). */
 const TEMP_DIR = /(^|[\s=:'"])\/tmp\/agent-[A-Za-z0-9-]+-[A-Za-z0-9]{6}(\/|$|[\s'"])/;
 
-/** Whether a command line is one our tests start. */
-export function startedByTests(argv: readonly string[], root: string): boolean {
-  const line = argv.join(" ");
+/** Whether a process is one this checkout's tests start (see the header). */
+export function startedByTests(p: Pick<Proc, "argv" | "cwd">, root: string): boolean {
+  const line = p.argv.join(" ");
   if (line.includes(join(root, "src", "main.ts"))) return true;
   if (line.includes(join(root, "test", "fixtures") + "/")) return true;
-  if (/\bip netns exec agt-[0-9a-z]+-/.test(line)) return true;
-  return TEMP_DIR.test(line);
+  // Names shared by every checkout: ours only when started in this one.
+  if (p.cwd !== root) return false;
+  return /\bip netns exec agt-[0-9a-z]+-/.test(line) || TEMP_DIR.test(line);
 }
 
-/** A `bun test` run: its descendants are that run's, not leaks. */
-export function isTestRunner(argv: readonly string[]): boolean {
+/** A bun process (a test run, a benchmark, a daemon): whoever has one as an ancestor is owned. */
+export function isBun(argv: readonly string[]): boolean {
   const exe = argv[0]?.split("/").at(-1);
-  return exe === "bun" && argv.slice(1).includes("test");
+  return exe === "bun" || exe === "bun.exe";
 }
 
 /**
- * Processes our tests started that no running `bun test` owns any more. `self` (this script
- * and its ancestors, e.g. make) is never listed.
+ * Processes this checkout's tests started that nobody owns any more: no live bun process
+ * (a test run, a benchmark) among their ancestors. `self` (this script and its ancestors,
+ * e.g. make) is never listed.
  */
 export function leakedProcesses(procs: readonly Proc[], root: string, self: ReadonlySet<number>): Proc[] {
   const byPid = new Map(procs.map((p) => [p.pid, p]));
-  const ownedByLiveRun = (p: Proc) => {
+  const owned = (p: Proc) => {
     const seen = new Set<number>();
-    for (let q = byPid.get(p.ppid); q && !seen.has(q.pid); q = byPid.get(q.ppid)) {
+    for (let q = byPid.get(p.ppid); q && q.pid !== 1 && !seen.has(q.pid); q = byPid.get(q.ppid)) {
       seen.add(q.pid);
-      if (isTestRunner(q.argv)) return true;
+      if (isBun(q.argv)) return true;
     }
     return false;
   };
-  return procs.filter((p) => p.state !== "Z" && !self.has(p.pid) && startedByTests(p.argv, root) && !isTestRunner(p.argv) && !ownedByLiveRun(p));
+  return procs.filter((p) => p.state !== "Z" && !self.has(p.pid) && startedByTests(p, root) && !owned(p));
 }
 
 /** Lines of a firewall dump (iptables-save, nft list ruleset) that carry the agent's names. */
@@ -95,7 +102,13 @@ function processTable(): Proc[] {
       const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
       const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
       const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
-      out.push({ pid, ppid: Number(f[1]), state: f[0]!, argv });
+      let cwd: string | undefined;
+      try {
+        cwd = readlinkSync(`/proc/${pid}/cwd`);
+      } catch {
+        // another user's process
+      }
+      out.push({ pid, ppid: Number(f[1]), state: f[0]!, argv, cwd });
     } catch {
       // exited while we looked
     }
