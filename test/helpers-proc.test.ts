@@ -1,6 +1,7 @@
 // test/helpers/proc.ts: /proc parsing is table-tested; the readers are checked against
 // independent measurements (the process's own cpuUsage, memory it allocates, processes it forks).
 import { describe, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
 import {
   Children,
   cpuSeconds,
@@ -21,6 +22,7 @@ import {
   waitForListen,
   waitForPort,
 } from "./helpers/proc.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 // Field layout of /proc/PID/stat: pid (comm) state ppid pgrp session tty tpgid flags minflt
 // cminflt majflt cmajflt utime stime cutime cstime ...
@@ -93,8 +95,7 @@ test("treeUsage finds forked children and the CPU of reaped ones", async () => {
   // The subshell burns CPU and exits (the shell reaps it); then two sleeps stay alive.
   await using kids = new Children();
   const sh = kids.spawn("sh", ["sh", "-c", "( i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done ); sleep 30 & sleep 30 & echo ready; wait"]);
-  const until = Date.now() + 20_000;
-  while (!sh.output().includes("ready") && Date.now() < until) await Bun.sleep(20);
+  await waitFor(() => sh.output().includes("ready"), 20_000, "the shell's ready");
   expect(sh.output()).toContain("ready");
   const tree = processTree(sh.pid);
   expect(tree).toContain(sh.pid);
@@ -147,8 +148,7 @@ test("waitForListen fails at once when the child that should listen exits, with 
 
 test("Child.stop ends a process that ignores SIGTERM (SIGKILL after the grace) and is idempotent", async () => {
   const c = spawnChild("stubborn", ["sh", "-c", "trap '' TERM; echo up; while :; do sleep 1; done"]);
-  const until = Date.now() + 5_000;
-  while (!c.output().includes("up") && Date.now() < until) await Bun.sleep(20);
+  await waitFor(() => c.output().includes("up"), 5_000, "the child's up");
   await Promise.all([c.stop(), c.stop()]);
   expect(c.running).toBe(false);
   expect(await c.exited).not.toBe(0);
@@ -157,6 +157,24 @@ test("Child.stop ends a process that ignores SIGTERM (SIGKILL after the grace) a
 test("run kills a command that outlives its deadline", async () => {
   await expect(run(["sleep", "30"], { timeoutMs: 200 })).rejects.toThrow(/did not finish within 200 ms/);
   expect(await run(["sh", "-c", "echo out; echo err >&2; exit 4"])).toEqual({ code: 4, stdout: "out\n", stderr: "err\n" });
+});
+
+test("run's deadline bounds a grandchild that holds the pipes, and kills it with the command", async () => {
+  // The shell waits for its background sleep: both hold stdout. Both are killed at the deadline.
+  const t0 = performance.now();
+  const err = await run(["sh", "-c", "sleep 30 & echo $!; wait"], { timeoutMs: 300 }).catch((e: Error) => e);
+  expect(performance.now() - t0).toBeLessThan(5_000);
+  expect((err as Error).message).toMatch(/did not finish within 300 ms/);
+  const sleeper = Number(/--- stdout ---\n(\d+)/.exec((err as Error).message)?.[1]);
+  expect(sleeper).toBeGreaterThan(0);
+  await waitFor(() => !existsSync(`/proc/${sleeper}`), 5_000, `the background sleep ${sleeper} to be killed`);
+});
+
+test("run's deadline holds when the command exits but leaves a process holding its output", async () => {
+  // The shell exits at once; the orphaned sleep keeps stdout open for 3 s (then ends by itself).
+  const t0 = performance.now();
+  await expect(run(["sh", "-c", "sleep 3 & exit 0"], { timeoutMs: 300 })).rejects.toThrow(/exited 0 but its output stayed open/);
+  expect(performance.now() - t0).toBeLessThan(2_500);
 });
 
 test("missingPrograms", () => {

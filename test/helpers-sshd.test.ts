@@ -5,6 +5,7 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { freePort, listeningPorts, processTree, programsPresent, run, spawnChild, waitForListen } from "./helpers/proc.ts";
 import { SSHD, startSshd, type Sshd } from "./helpers/sshd.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const present = programsPresent("helpers-sshd.test.ts", [SSHD, "ssh", "ssh-keygen"]);
 
@@ -64,15 +65,13 @@ test.skipIf(!present)("stop() ends sshd and its forked connection processes and 
   const tunnel = spawnChild("ssh -N", sshd.sshArgs(sshd.port, ["-N"]));
   try {
     // Wait until the tunnel is logged in and its processes live under the listener.
-    const until = Date.now() + 15_000;
-    while (!sshd.log().includes("Accepted publickey") && Date.now() < until) await Bun.sleep(50);
+    await waitFor(() => sshd.log().includes("Accepted publickey"), 15_000, "sshd to log the tunnel's login", { every: 50 }).catch(() => {});
     expect(sshd.log()).toContain("Accepted publickey");
     const forked = processTree(sshd.pid).filter((p) => p !== sshd.pid);
     expect(forked.length).toBeGreaterThan(0);
     await sshd.stop();
     await sshd.stop();
-    const gone = Date.now() + 5_000;
-    while (forked.some((p) => existsSync(`/proc/${p}`)) && Date.now() < gone) await Bun.sleep(50);
+    await waitFor(() => !forked.some((p) => existsSync(`/proc/${p}`)), 5_000, "sshd's forked processes to end", { every: 50 }).catch(() => {});
     expect(forked.filter((p) => existsSync(`/proc/${p}`))).toEqual([]);
     expect(existsSync(`/proc/${sshd.pid}`)).toBe(false);
     expect(listeningPorts().has(sshd.port)).toBe(false);

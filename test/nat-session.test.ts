@@ -4,6 +4,8 @@
 //   ns-rem (198.18.0.2: relay + master tech-1) ─┐
 //   ns-oth (198.18.0.3: master tech-2)         ─┼─ bridge in ns-rtr (198.18.0.1: onsite site-1) ── ns-lan (HTTP server)
 //
+// (each namespace named per run: nsName("ns-rem") is "agt-<run>-ns-rem")
+//
 // The relay sees each master at its namespace's address, so a master's rule must carry that
 // address as its source (whatever the master says), must let exactly that address through,
 // and must vanish from `nat list` and from the firewall when the session ends: by
@@ -13,18 +15,19 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { waitFor } from "./helpers/cli.ts";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
-import { inNs, must, rulesetOf, run, startLanServer, tagsIn, type NatBackendName } from "./helpers/nat-lab.ts";
+import { must, rulesetOf, run, startLanServer, tagsIn, type NatBackendName } from "./helpers/nat-lab.ts";
+import { createNamespace, deleteNamespaces, nsArgv, nsName } from "./helpers/netns.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const isRoot = process.getuid?.() === 0;
 // CI runs as root: there this must run, never skip.
 if (!isRoot && process.env.CI) throw new Error("the NAT session test needs root (network namespaces); CI must run it as root");
 
-const REM = "ns-rem";
-const OTH = "ns-oth";
-const RTR = "ns-rtr";
-const LAN = "ns-lan";
+const REM = nsName("ns-rem");
+const OTH = nsName("ns-oth");
+const RTR = nsName("ns-rtr");
+const LAN = nsName("ns-lan");
 const REMOTE = "198.18.0.2"; // relay and master tech-1: the address the relay sees tech-1 at
 const OTHER = "198.18.0.3"; // master tech-2: another source
 const PUBLIC = "198.18.0.1"; // the router's outside address
@@ -32,37 +35,29 @@ const ROUTER_LAN = "192.168.78.1";
 const SERVER = "192.168.78.50";
 const ALLOW = "192.168.78.0/24";
 
-async function deleteNamespaces(): Promise<void> {
-  for (const ns of [REM, OTH, RTR, LAN]) await run(["ip", "netns", "del", ns]);
-}
-
 async function buildTopology(): Promise<void> {
-  await deleteNamespaces(); // a crashed earlier run may have left them
-  for (const ns of [REM, OTH, RTR, LAN]) {
-    await must(["ip", "netns", "add", ns]);
-    await must(inNs(ns, "ip", "link", "set", "lo", "up"));
-  }
+  for (const ns of [REM, OTH, RTR, LAN]) await createNamespace(ns);
   // The "internet": a bridge in the router namespace joining both remote namespaces.
-  await must(inNs(RTR, "ip", "link", "add", "nsbr0", "type", "bridge"));
+  await must(nsArgv(RTR, "ip", "link", "add", "nsbr0", "type", "bridge"));
   await must(["ip", "link", "add", "nsv-rem", "netns", REM, "type", "veth", "peer", "name", "nsv-rr", "netns", RTR]);
   await must(["ip", "link", "add", "nsv-oth", "netns", OTH, "type", "veth", "peer", "name", "nsv-ro", "netns", RTR]);
   await must(["ip", "link", "add", "nsv-lan", "netns", LAN, "type", "veth", "peer", "name", "nsv-rl", "netns", RTR]);
-  for (const port of ["nsv-rr", "nsv-ro"]) await must(inNs(RTR, "ip", "link", "set", port, "master", "nsbr0"));
-  await must(inNs(REM, "ip", "addr", "add", `${REMOTE}/24`, "dev", "nsv-rem"));
-  await must(inNs(OTH, "ip", "addr", "add", `${OTHER}/24`, "dev", "nsv-oth"));
-  await must(inNs(RTR, "ip", "addr", "add", `${PUBLIC}/24`, "dev", "nsbr0"));
-  await must(inNs(RTR, "ip", "addr", "add", `${ROUTER_LAN}/24`, "dev", "nsv-rl"));
-  await must(inNs(LAN, "ip", "addr", "add", `${SERVER}/24`, "dev", "nsv-lan"));
+  for (const port of ["nsv-rr", "nsv-ro"]) await must(nsArgv(RTR, "ip", "link", "set", port, "master", "nsbr0"));
+  await must(nsArgv(REM, "ip", "addr", "add", `${REMOTE}/24`, "dev", "nsv-rem"));
+  await must(nsArgv(OTH, "ip", "addr", "add", `${OTHER}/24`, "dev", "nsv-oth"));
+  await must(nsArgv(RTR, "ip", "addr", "add", `${PUBLIC}/24`, "dev", "nsbr0"));
+  await must(nsArgv(RTR, "ip", "addr", "add", `${ROUTER_LAN}/24`, "dev", "nsv-rl"));
+  await must(nsArgv(LAN, "ip", "addr", "add", `${SERVER}/24`, "dev", "nsv-lan"));
   for (const [ns, dev] of [[REM, "nsv-rem"], [OTH, "nsv-oth"], [RTR, "nsbr0"], [RTR, "nsv-rr"], [RTR, "nsv-ro"], [RTR, "nsv-rl"], [LAN, "nsv-lan"]] as const) {
-    await must(inNs(ns, "ip", "link", "set", dev, "up"));
+    await must(nsArgv(ns, "ip", "link", "set", dev, "up"));
   }
-  await must(inNs(LAN, "ip", "route", "add", "default", "via", ROUTER_LAN));
-  await must(inNs(RTR, "sysctl", "-qw", "net.ipv4.ip_forward=1"));
+  await must(nsArgv(LAN, "ip", "route", "add", "default", "via", ROUTER_LAN));
+  await must(nsArgv(RTR, "sysctl", "-qw", "net.ipv4.ip_forward=1"));
 }
 
 /** Real HTTP from a remote namespace to the router's public address; "" when it fails. */
 async function curl(from: string, port: number): Promise<string> {
-  const r = await run(inNs(from, "curl", "-s", "--connect-timeout", "1", "-m", "2", `http://${PUBLIC}:${port}/`));
+  const r = await run(nsArgv(from, "curl", "-s", "--connect-timeout", "1", "-m", "2", `http://${PUBLIC}:${port}/`));
   return r.code === 0 ? r.stdout : "";
 }
 
@@ -110,7 +105,8 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
    * Waits for the onsite daemon's log line that follows the firewall change and the flow cut
    * (`nat list` drops a rule as its removal starts, so it alone would race the firewall).
    */
-  const removed = (n: number, session: string) => waitFor(() => onsite.log().includes(`removed ${n} NAT rule(s) of session ${session}`), 5000, `the ${n} rule(s) of session ${session} to be removed`);
+  const removed = (n: number, session: string, ms = 5000) =>
+    waitFor(() => onsite.log().includes(`removed ${n} NAT rule(s) of session ${session}`), ms, `the ${n} rule(s) of session ${session} to be removed`, { detail: () => `--- onsite log tail:\n${onsite.log().slice(-2000)}` });
 
   beforeAll(async () => {
     await buildTopology();
@@ -133,7 +129,7 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
     await fleet?.close();
     lanServer?.kill("SIGKILL");
     await lanServer?.exited;
-    await deleteNamespaces();
+    await deleteNamespaces([REM, OTH, RTR, LAN]);
   }, 30_000);
 
   test("a master's rule in its session takes the master's address as the relay sees it as its source", async () => {
@@ -183,7 +179,7 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
   test("each session's rules carry its own peer; disconnect removes that session's rules only, from the list and the firewall", async () => {
     const udp = await addJson(tech1, "--session", s1, "--proto", "udp", "--port", "9000", "--to", `${SERVER}:7`, "--ttl", "5m");
     expect(udp).toMatchObject({ proto: "udp", src: `${REMOTE}/32`, owner: s1 });
-    const udpEcho = await run(inNs(REM, "socat", "-T", "1", "-", `UDP4:${PUBLIC}:9000`), "ping\n");
+    const udpEcho = await run(nsArgv(REM, "socat", "-T", "1", "-", `UDP4:${PUBLIC}:9000`), "ping\n");
     expect(udpEcho.stdout).toBe("ping\n");
 
     const s2 = (await fleet!.connect(tech2, "site-1", [`${SERVER}:80`])).session;
@@ -198,7 +194,7 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
     expect((await listed()).map((r) => r.id)).toEqual([other.id]);
     expect(tagsIn(await ruleset())).toEqual([other.id, other.id]);
     expect(await curl(REM, 8080)).toBe("");
-    expect((await run(inNs(REM, "socat", "-T", "1", "-", `UDP4:${PUBLIC}:9000`), "ping\n")).stdout).toBe("");
+    expect((await run(nsArgv(REM, "socat", "-T", "1", "-", `UDP4:${PUBLIC}:9000`), "ping\n")).stdout).toBe("");
     expect(await curl(OTH, 8081)).toBe("lan-ok\n"); // the other session's rule stays
     // The session is gone: it cannot ask for more.
     const late = await natAdd(tech1, "--session", s1, "--port", "8080", "--to", `${SERVER}:80`, "--ttl", "1m");
@@ -217,15 +213,20 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
   }, 20_000);
 
   test("a session that reaches its TTL takes its rule with it", async () => {
-    const s = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`], "2s")).session;
+    // The TTL must outlast the steps before it ends (a connect, an add and a curl, a few
+    // seconds on a loaded machine), so it is long relative to them, not a tight 2 s.
+    const ttlMs = 8_000;
+    const opened = Date.now();
+    const s = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`], `${ttlMs / 1000}s`)).session;
     const rule = await addJson(tech1, "--session", s, "--port", "8084", "--to", `${SERVER}:80`, "--ttl", "5m");
     expect(rule.remaining_ms).toBeGreaterThan(290_000); // the rule's own TTL is not what ends it
     expect(await curl(REM, 8084)).toBe("lan-ok\n");
-    await removed(1, s);
+    expect(Date.now() - opened).toBeLessThan(ttlMs); // the checks above ran inside the session
+    await removed(1, s, ttlMs + 10_000);
     expect(await listed()).toEqual([]);
     expect(tagsIn(await ruleset())).toEqual([]);
     expect(await curl(REM, 8084)).toBe("");
-  }, 20_000);
+  }, 45_000);
 
   test("the onsite device losing the relay ends its sessions and removes their rules", async () => {
     const s3 = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`])).session;

@@ -19,6 +19,7 @@ import { isNoop, plan, type InstalledRule } from "../src/nat/plan.ts";
 import { decideAdd, FieldError, forbiddenTarget, fromSeedRequest, parseTag, ruleTag, validateRequest, type NatLimits, type Rule, type RuleSpec } from "../src/nat/rule.ts";
 import { NatService } from "../src/nat/service.ts";
 import { FileRuleStore, MemoryRuleStore, parseState } from "../src/nat/store.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const limits: NatLimits = {
   minTtlMs: 1000,
@@ -451,8 +452,7 @@ describe("NatService", () => {
     const { svc, backend, cut } = setup({ minTtlMs: 10 });
     await svc.start();
     const r = await svc.add({ ...good, ttl: "50ms" }, "local");
-    const until = Date.now() + 2000;
-    while (backend.installed.size > 0 && Date.now() < until) await Bun.sleep(10);
+    await waitFor(() => backend.installed.size === 0, 2000, "the rule's timer to remove it", { every: 10 }).catch(() => {});
     expect(backend.installed.size).toBe(0);
     expect(cut).toEqual([r.rule.id]);
     expect(svc.list()).toEqual([]);

@@ -16,9 +16,12 @@ import { OnsiteRole } from "../src/roles/onsite.ts";
 import { linkPair } from "../src/transport/link.ts";
 import { ErrorCode, Msg } from "../src/transport/messages.ts";
 import { Connection, RemoteError } from "../src/transport/mux.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 function harness() {
-  const log = createLogger({ level: "silent", write: () => {} });
+  // The log is kept: a test waits on its lines (the close handled) instead of sleeping.
+  const lines: string[] = [];
+  const log = createLogger({ level: "info", write: (l) => void lines.push(l) });
   const cfg = resolveConfig([{ origin: { kind: "flag" }, raw: { relay: "127.0.0.1:9", allow: ["192.168.1.0/24"], state_dir: "/nonexistent-agent-onsite-nat" } }]);
   // The device's addresses are read before the rule exists: the step a gate holds here.
   let release: () => void = () => {};
@@ -50,6 +53,7 @@ function harness() {
     svc,
     backend,
     relayConn,
+    lines,
     gate: () => {
       gated = true;
       return new Promise<void>((r) => (waiting = r));
@@ -67,7 +71,7 @@ test("a rule inside a session is owned by it, sourced from the relay's `source`,
   expect(res.rule).toMatchObject({ src: "203.0.113.7/32", owner: "s-1" });
   expect(h.backend.installed.size).toBe(1);
   h.relayConn.send(Msg.SESSION_CLOSE, { session: "s-1", reason: "ended", final: true });
-  for (let i = 0; i < 50 && h.svc.list().length > 0; i++) await Bun.sleep(5);
+  await waitFor(() => h.svc.list().length === 0, 5_000, "the session's rule to go");
   expect(h.svc.list()).toEqual([]);
   expect(h.backend.installed.size).toBe(0);
 });
@@ -82,7 +86,8 @@ test("a session that ends while its rule is being added does not leave the rule 
   );
   await entered; // the add is past the session check, before the rule exists
   h.relayConn.send(Msg.SESSION_CLOSE, { session: "s-1", reason: "master left", final: false });
-  await Bun.sleep(20); // the close is handled (its removeByOwner finds nothing yet)
+  // The close is handled (its removeByOwner finds nothing yet) before the add goes on.
+  await waitFor(() => h.lines.some((l) => l.includes("session s-1 closed")), 5_000, () => `the session close to be handled; log: ${h.lines.join("")}`);
   h.release();
   const err = await asked;
   expect(err).toBeInstanceOf(RemoteError);

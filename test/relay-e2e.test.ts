@@ -2,10 +2,11 @@
 // and real TCP traffic through master → relay → onsite → target.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket, TCPSocketListener } from "bun";
-import { Fleet, waitUntil, type Daemon } from "./helpers/fleet.ts";
+import { Fleet, type Daemon } from "./helpers/fleet.ts";
+import { waitFor } from "./helpers/wait.ts";
 import { startSshd } from "./helpers/sshd.ts";
 import { runIperf, startIperfServer } from "./helpers/iperf.ts";
 
@@ -113,7 +114,7 @@ describe("relay, onsite and master carry real traffic", () => {
   });
 
   test("agent devices lists the onsite device with its inventory", async () => {
-    const list = await waitUntil(async () => {
+    const list = await waitFor(async () => {
       const l = await fleet.json<{ id: string; online: boolean; location: string; hostname: string; address: string; agent: string }[]>(master, ["devices"]);
       return l.find((d) => d.id === "site-1" && d.location) ? l : undefined;
     }, 10_000, "inventory");
@@ -143,7 +144,7 @@ describe("relay, onsite and master carry real traffic", () => {
     expect(d.code).toBe(0);
     const after = await run(["curl", "-sS", "--max-time", "5", `http://127.0.0.1:${ports[0]}/hello`]);
     expect(after.code).not.toBe(0);
-    await waitUntil(async () => !(await fleet.json<{ session: string }[]>(relay, ["sessions"])).some((s) => s.session === session), 5000, "relay forgets the session");
+    await waitFor(async () => !(await fleet.json<{ session: string }[]>(relay, ["sessions"])).some((s) => s.session === session), 5000, "relay forgets the session");
   });
 
   test("an unknown device, a refused target and a bad forward each get a specific error", async () => {
@@ -235,8 +236,11 @@ describe("relay, onsite and master carry real traffic", () => {
   }, 60_000);
 
   test("a stream whose reader stops does not slow the others, and relay memory stays bounded", async () => {
-    // A target that writes as fast as it may and counts what the kernel accepted.
+    // A target that writes as fast as it may and counts what the kernel accepted. It also
+    // notes since when every write has been refused: the socket full and nobody draining it.
     let produced = 0;
+    let refusedSince: number | undefined;
+    let refusedTries = 0;
     const source = Bun.listen<{ timer?: ReturnType<typeof setInterval> }>({
       hostname: "127.0.0.1",
       port: 0,
@@ -247,8 +251,14 @@ describe("relay, onsite and master carry real traffic", () => {
           const pump = () => {
             for (let i = 0; i < 64; i++) {
               const n = s.write(chunk);
-              if (n <= 0) return;
+              if (n <= 0) {
+                refusedSince ??= performance.now();
+                refusedTries++;
+                return;
+              }
               produced += n;
+              refusedSince = undefined;
+              refusedTries = 0;
               if (n < chunk.length) return;
             }
           };
@@ -275,12 +285,10 @@ describe("relay, onsite and master carry real traffic", () => {
         data() {},
       },
     });
-    // Once the windows and socket buffers are full, the source is held back.
-    await waitUntil(async () => {
-      const a = produced;
-      await Bun.sleep(300);
-      return produced > 0 && produced === a;
-    }, 15_000, "the source of the stuck stream to be held back");
+    // Once the windows and socket buffers are full, the source is held back: every write of the
+    // pump (it tries every millisecond) is refused, for a whole second and at least 200 tries.
+    // Counting the pump's own tries keeps a starved test process from passing for "held back".
+    await waitFor(() => produced > 0 && refusedSince !== undefined && performance.now() - refusedSince >= 1000 && refusedTries >= 200, 20_000, () => `the source of the stuck stream to be held back (produced ${produced}, refused ${refusedTries} tries)`);
     const heldAt = produced;
     // Meanwhile another stream of the same session moves 100 MB.
     const r = Bun.spawn(["bash", "-c", 'curl -sS --fail --max-time 60 "$1" | sha256sum', "_", `http://127.0.0.1:${ports[1]}/blob`], { stdout: "pipe", stderr: "pipe" });
@@ -337,10 +345,11 @@ describe("failures: restarts, crashes, dead paths", () => {
     relay = await fleet.restart(relay);
     await fleet.waitConnected(onsite, 20_000);
     await fleet.waitConnected(master, 20_000);
-    const { ports } = await waitUntil(() => fleet.connect(master, "site-1", [`127.0.0.1:${http.port}`]), 15_000, "a session after the restart");
+    const { ports } = await waitFor(() => fleet.connect(master, "site-1", [`127.0.0.1:${http.port}`]), 15_000, "a session after the restart");
     const r = await run(["curl", "-sS", "--max-time", "10", `http://127.0.0.1:${ports[0]}/`]);
     expect(r.stdout).toBe("ok\n");
-    expect(onsite.log()).toContain("relay connection lost: relay is shutting down");
+    // Log lines come through a pipe we drain asynchronously: poll for them, never assume.
+    await waitFor(() => onsite.log().includes("relay connection lost: relay is shutting down"), 5000, "onsite to log the relay's shutdown");
     for (const d of [relay, onsite, master]) await fleet.stop(d);
   }, 60_000);
 
@@ -351,14 +360,17 @@ describe("failures: restarts, crashes, dead paths", () => {
     await fleet.waitConnected(onsite);
     await fleet.waitConnected(master);
     const { ports } = await fleet.connect(master, "site-2", [`127.0.0.1:${http.port}`]);
-    const curl = Bun.spawn(["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "60", `http://127.0.0.1:${ports[0]}/endless`], { stdout: "pipe", stderr: "pipe" });
-    await Bun.sleep(500);
+    // The body goes to a file we watch: the kill comes once bytes have arrived, not after a guess.
+    const body = join(fleet.dir, "endless.body");
+    const curl = Bun.spawn(["curl", "-sS", "--fail", "-o", body, "-w", "%{size_download}", "--max-time", "60", `http://127.0.0.1:${ports[0]}/endless`], { stdout: "pipe", stderr: "pipe" });
+    await waitFor(() => existsSync(body) && statSync(body).size > 0, 20_000, "the first bytes of the transfer", { abort: () => (curl.exitCode !== null ? new Error(`curl exited ${curl.exitCode} before any byte arrived`) : undefined) });
     onsite.proc.kill("SIGKILL");
     const [out, err, code] = await Promise.all([new Response(curl.stdout).text(), new Response(curl.stderr).text(), curl.exited]);
     expect(code).not.toBe(0); // never reports success
     expect(Number(out)).toBeGreaterThan(0); // it was mid-transfer
     expect(err).toMatch(/curl: \((18|56|52)\)/);
-    const devices = await waitUntil(async () => {
+    rmSync(body, { force: true });
+    const devices = await waitFor(async () => {
       const l = await fleet.json<{ id: string; online: boolean }[]>(master, ["devices"]);
       return l.find((d) => d.id === "site-2" && !d.online) ? l : undefined;
     }, 20_000, "site-2 offline");
@@ -371,16 +383,16 @@ describe("failures: restarts, crashes, dead paths", () => {
     await fleet.waitConnected(onsite);
     onsite.proc.kill("SIGSTOP");
     try {
-      const seen = await waitUntil(async () => {
+      const seen = await waitFor(async () => {
         const l = await fleet.json<{ id: string; online: boolean; last_seen: string }[]>(relay, ["devices"]);
         return l.find((d) => d.id === "site-3" && !d.online);
       }, 40_000, "the keepalive to notice the frozen device");
       expect(seen.online).toBe(false);
-      expect(relay.log()).toContain("keepalive timeout");
+      await waitFor(() => relay.log().includes("keepalive timeout"), 5000, "the relay to log the keepalive timeout");
     } finally {
       onsite.proc.kill("SIGCONT");
     }
-    await waitUntil(async () => (await fleet.json<{ id: string; online: boolean }[]>(relay, ["devices"])).find((d) => d.id === "site-3" && d.online), 30_000, "site-3 back online");
+    await waitFor(async () => (await fleet.json<{ id: string; online: boolean }[]>(relay, ["devices"])).find((d) => d.id === "site-3" && d.online), 30_000, "site-3 back online");
   }, 90_000);
 
   test("dials the relay through an HTTP CONNECT proxy with credentials", async () => {
@@ -423,7 +435,7 @@ describe("failures: restarts, crashes, dead paths", () => {
       await fleet.waitConnected(onsite);
       expect(seen).toContain(`CONNECT 127.0.0.1:${relayPort} HTTP/1.1`);
       const wrong = await fleet.startOnsite("site-5", ["--proxy", `http://tech:wrong@127.0.0.1:${proxy.port}`]);
-      await waitUntil(() => wrong.log().includes("wants authentication"), 10_000, "the 407 to be reported").catch((e) => {
+      await waitFor(() => wrong.log().includes("wants authentication"), 10_000, "the 407 to be reported").catch((e) => {
         throw new Error(`${e.message}; log: ${wrong.log()}`);
       });
     } finally {

@@ -7,6 +7,7 @@ import { RelayClient } from "../src/transport/client.ts";
 import { linkPair, type Link } from "../src/transport/link.ts";
 import { Msg } from "../src/transport/messages.ts";
 import { Connection } from "../src/transport/mux.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 /** A dial that the test completes (or never completes) by hand. */
 function deferredDial() {
@@ -23,13 +24,7 @@ function relayEnd(seenAs: string, answer = true) {
   return { dialer, conn };
 }
 
-async function until(cond: () => boolean, ms = 2000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await Bun.sleep(5);
-  }
-}
+const until = (cond: () => boolean, ms = 2000) => waitFor(cond, ms, "the condition", { every: 5 });
 
 describe("RelayClient: redial and close", () => {
   test("close() does not wait for a dial that hangs", async () => {

@@ -7,7 +7,7 @@ import { linkPair, type MemoryLink } from "../src/transport/link.ts";
 import { Flag, FrameDecoder, FrameType, GoAwayCode, MAX_CONTROL_MESSAGE, MAX_PAYLOAD, ResetCode, decodeReset, encodeFrame, encodeJson, type Frame } from "../src/transport/frame.ts";
 import { ErrorCode, Msg } from "../src/transport/messages.ts";
 import { Limits } from "../src/transport/policy.ts";
-import { waitFor } from "./helpers/cli.ts";
+import { holdsFor, waitFor } from "./helpers/wait.ts";
 
 const open: Connection[] = [];
 afterEach(() => {
@@ -109,9 +109,15 @@ describe("streams", () => {
   });
 
   test("closing the connection ends its streams with the reason", async () => {
-    const { dialer, acceptor } = pair({ onStream: (s) => s.accept() });
+    let accepted = 0;
+    const { dialer, acceptor } = pair({
+      onStream: (s) => {
+        s.accept();
+        accepted++;
+      },
+    });
     const s = sink(dialer.openStream({}));
-    await Bun.sleep(5);
+    await waitFor(() => accepted === 1, 2_000, "the stream to reach the acceptor");
     acceptor.close(GoAwayCode.SHUTDOWN, "relay is shutting down");
     const why = await dialer.wait();
     expect({ code: why.code, message: why.message, remote: why.remote }).toEqual({ code: GoAwayCode.SHUTDOWN, message: "relay is shutting down", remote: true });
@@ -158,7 +164,9 @@ describe("flow control", () => {
     const { dialer } = pair({ window, onStream: (s) => s.accept() });
     const s = dialer.openStream({});
     pump(s, 1024 * 1024);
-    await Bun.sleep(20);
+    await waitFor(() => s.bytesOut >= window, 2_000, "the sender to use its window");
+    // ...and not a byte more while nobody reads (the pump keeps trying meanwhile).
+    await holdsFor(() => s.bytesOut > window, 50, () => `the sender went past its window: ${s.bytesOut} > ${window}`);
     expect(s.bytesOut).toBe(window);
   });
 });
@@ -334,9 +342,13 @@ describe("control messages", () => {
 
   test("pending requests fail with the reason when the connection closes", async () => {
     const { dialer, acceptor } = pair();
-    acceptor.handle(Msg.DEVICES, () => new Promise(() => {}));
+    let asked = false;
+    acceptor.handle(Msg.DEVICES, () => {
+      asked = true;
+      return new Promise(() => {});
+    });
     const p = dialer.request(Msg.DEVICES, {}).catch((e: Error) => e);
-    await Bun.sleep(5);
+    await waitFor(() => asked, 2_000, "the request to reach the acceptor");
     acceptor.close(GoAwayCode.REPLACED, "replaced by a new connection");
     expect((await p as Error).message).toBe("replaced by a new connection");
   });

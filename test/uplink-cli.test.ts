@@ -25,7 +25,9 @@ test("`agent uplink status --help` describes the command", async () => {
   expect(r.stdout).toContain("--json");
 });
 
-test("tracking defaults detect a black hole within 5 s (down rounds x interval + timeout)", () => {
+// Arithmetic on the defaults, not behaviour: the worst case these numbers allow. The
+// detection itself is measured in test/uplink-system.test.ts (black hole, cut cable, loss).
+test("the tracking defaults' worst case, computed: a black hole within 5 s, a 10 % lossy link under 0.05 false downs a day", () => {
   const t = defaults().tracking;
   // Worst case: the cut lands just after a good round began; `down` failed rounds follow,
   // the first starting at most one interval later, each ending at its timeout.

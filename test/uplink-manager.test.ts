@@ -10,7 +10,7 @@ import { MmcliModem, modemIndexFromList, modemStatusFromMmcli, OpenWrtModem, par
 import { FakeMonitor, type LinkInfo } from "../src/uplink/monitor.ts";
 import type { Prober } from "../src/uplink/probe.ts";
 import { FakeRouteTable } from "../src/uplink/routes.ts";
-import { waitFor } from "./helpers/cli.ts";
+import { holdsFor, waitFor } from "./helpers/wait.ts";
 
 const log = createLogger({ level: "silent" });
 const uplinks: UplinkConfig[] = [
@@ -116,18 +116,19 @@ describe("UplinkManager with fakes", () => {
   });
 
   test("a metered uplink on standby is probed only every keepalive", async () => {
-    const { m, probes, healthy } = rig({ uplinks: [uplinks[0]!, { ...uplinks[1]!, keepalive: 5000 }] });
+    // A keepalive far longer than the 20 rounds of eth0 waited for below (400 ms at 20 ms each,
+    // seconds on a loaded machine): no second wwan0 round can fall inside them.
+    const { m, probes, healthy } = rig({ uplinks: [uplinks[0]!, { ...uplinks[1]!, keepalive: 60_000 }] });
     await m.start();
     try {
-      await Bun.sleep(400); // 20 rounds of eth0 at 20 ms
-      const eth = probes.filter((p) => p.startsWith("10.0.1.2>")).length;
+      const ethRounds = () => probes.filter((p) => p.startsWith("10.0.1.2>")).length;
+      await waitFor(() => ethRounds() >= 20, 10_000, "20 rounds of eth0");
       const wwan = probes.filter((p) => p.startsWith("10.0.2.2>")).length;
-      expect(eth).toBeGreaterThan(5);
       expect(wwan).toBe(1); // its first round, then nothing until the keepalive
       // Once it carries the traffic it is probed at the tracking interval again, at once.
       healthy.set("10.0.1.2", false);
       await waitFor(() => m.active === "wwan0", 2000, "failover to the metered uplink");
-      await waitFor(() => probes.filter((p) => p.startsWith("10.0.2.2>")).length >= 4, 500, "wwan0 probed every interval");
+      await waitFor(() => probes.filter((p) => p.startsWith("10.0.2.2>")).length >= 4, 3000, "wwan0 probed every interval (not every 60 s keepalive)");
     } finally {
       await m.close();
     }
@@ -140,8 +141,7 @@ describe("UplinkManager with fakes", () => {
     await m.close();
     await m.close();
     const n = probes.length;
-    await Bun.sleep(100);
-    expect(probes.length).toBe(n);
+    await holdsFor(() => probes.length !== n, 200, () => `probes went on after close: ${probes.length - n} more`);
   });
 
   test("without any target it refuses to start", async () => {

@@ -5,27 +5,23 @@ import { join } from "node:path";
 import { BUN } from "./helpers/cli.ts";
 import { snapshotsDiffer, linkUsable } from "../src/uplink/monitor.ts";
 import type { LinkInfo } from "../src/uplink/netlink.ts";
+import { createNamespace, deleteNamespace, inNs, nsArgv, nsName } from "./helpers/netns.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot && process.env.CI) throw new Error("link monitor tests need root; CI runs as root, so this must not be skipped there");
-const NS = "up-mon";
+const NS = nsName("up-mon");
 
-async function ns(argv: string[], tolerate = false) {
-  const p = Bun.spawn(["ip", "netns", "exec", NS, ...argv], { stdout: "pipe", stderr: "pipe" });
-  const [err, code] = await Promise.all([new Response(p.stderr).text(), p.exited]);
-  if (code !== 0 && !tolerate) throw new Error(`${argv.join(" ")}: ${err}`);
-}
+const ns = (argv: string[], tolerate = false) => inNs(NS, argv, tolerate);
 
 (isRoot ? describe.each(["netlink", "poll"]) : describe.skip.each(["netlink", "poll"]))("%s link monitor (needs root)", (kind) => {
   let proc: ReturnType<typeof Bun.spawn> | undefined;
   const snaps: LinkInfo[][] = [];
 
   beforeAll(async () => {
-    await Bun.spawn(["ip", "netns", "del", NS], { stderr: "ignore" }).exited;
-    const add = Bun.spawn(["ip", "netns", "add", NS]);
-    if ((await add.exited) !== 0) throw new Error("ip netns add failed");
+    await createNamespace(NS);
     await ns(["ip", "link", "add", "upm0", "type", "veth", "peer", "name", "upm1"]);
-    proc = Bun.spawn(["ip", "netns", "exec", NS, BUN, join(import.meta.dir, "fixtures/uplink/monitor-run.ts"), kind, "upm"], { stdout: "pipe", stderr: "inherit" });
+    proc = Bun.spawn(nsArgv(NS, BUN, join(import.meta.dir, "fixtures/uplink/monitor-run.ts"), kind, "upm"), { stdout: "pipe", stderr: "inherit" });
     void (async () => {
       let buf = "";
       for await (const c of proc!.stdout as ReadableStream<Uint8Array>) {
@@ -42,17 +38,11 @@ async function ns(argv: string[], tolerate = false) {
   afterAll(async () => {
     proc?.kill();
     await proc?.exited;
-    await Bun.spawn(["ip", "netns", "del", NS]).exited;
+    await deleteNamespace(NS);
   });
 
-  const until = async (cond: (s: LinkInfo[]) => boolean, what: string) => {
-    const end = Date.now() + 5000;
-    while (Date.now() < end) {
-      if (snaps.length && cond(snaps.at(-1)!)) return snaps.at(-1)!;
-      await Bun.sleep(20);
-    }
-    throw new Error(`${kind} monitor never reported ${what}; last: ${JSON.stringify(snaps.at(-1))}`);
-  };
+  const until = (cond: (s: LinkInfo[]) => boolean, what: string) =>
+    waitFor(() => (snaps.length && cond(snaps.at(-1)!) ? snaps.at(-1)! : undefined), 5000, `the ${kind} monitor to report ${what}`, { detail: () => `last: ${JSON.stringify(snaps.at(-1))}` });
   const get = (s: LinkInfo[], n: string) => s.find((l) => l.name === n);
 
   test("sees links appear with carrier, address and gateway", async () => {

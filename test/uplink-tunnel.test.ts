@@ -10,7 +10,9 @@
 // (bench/uplink.bench.ts measures them over many cuts); the assertions are ordering facts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { LAN_HTTP, startLab, switchAfter, waitReport, type Lab, type LabFleet, labUntil } from "./helpers/uplink-lab.ts";
+import { waitFor } from "./helpers/wait.ts";
 import { controlRequest } from "../src/control.ts";
+import { FLAP_HOLD_BASE_MS } from "../src/uplink/policy.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
 import type { SessionView } from "../src/tunnel/forward.ts";
 
@@ -143,11 +145,15 @@ maybe("the relay connection follows the active uplink (needs root)", () => {
       await lab.topo.blackhole(1, false);
     }
     const t1 = Date.now();
-    // Second flap of eth0 within the damping window: 5 good rounds + the hold.
-    await waitReport(lab, (r) => r.active === ETH, 40_000, "return to eth0 after the black hole");
+    // Second flap of eth0 within the damping window: 5 good rounds + the hold, which the
+    // return switch must show (it comes FLAP_HOLD_BASE_MS or more after the lift).
+    const back = await waitReport(lab, (r) => r.active === ETH, 40_000, "return to eth0 after the black hole");
+    const ret = switchAfter(back, t1, ETH);
+    expect(ret).toBeDefined();
+    expect(Date.parse(ret!.at) - t1).toBeGreaterThanOrEqual(FLAP_HOLD_BASE_MS);
     await followed(t1, logFrom, ETH, 1, "black hole lifted");
     // The relay replaced the old connections instead of waiting for them to time out.
-    expect(fleet.relayLog()).toContain("site-1: a new connection from");
+    await waitFor(() => fleet.relayLog().includes("site-1: a new connection from"), 5000, "the relay to log the replaced connection");
   }, 90_000);
 
   test("a switch while a dial into the black-holed primary is in flight: that dial is dropped and the backup dialed at once", async () => {

@@ -14,7 +14,7 @@ import type { WifiReport } from "../src/uplink/wifi.ts";
 import { agent, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
 import { FakeWpaSupplicant } from "./helpers/fake-wpa.ts";
 import { netconnectd } from "./helpers/netconnectd.ts";
-import { inNs, sh } from "./helpers/netns.ts";
+import { createNamespace, deleteNamespace, inNs, nsArgv, nsName } from "./helpers/netns.ts";
 import { startLab, waitReport, type Lab } from "./helpers/uplink-lab.ts";
 
 const isRoot = process.getuid?.() === 0;
@@ -24,7 +24,7 @@ const maybe = isRoot ? describe : describe.skip; // outside CI without root: ski
 const FIX = join(ROOT, "test", "fixtures", "wifi");
 const PASS = "wf-test-passphrase";
 const AP_ADDR = "10.250.250.1";
-const PHONE = "wf-cl";
+const PHONE = nsName("wf-cl");
 const WLAN = "wfwlan0";
 
 const alive = (pid: number) => existsSync(`/proc/${pid}`) && !readFileSync(`/proc/${pid}/stat`, "utf8").includes(") Z ");
@@ -34,14 +34,13 @@ maybe("hostapd's own parser (needs root for the namespace)", () => {
   // hostapd parses the whole file before it opens nl80211: parse errors print "Line N: …"
   // and "errors found in configuration file"; a good file gets as far as the driver, which
   // this machine lacks. A broken file is the control that the distinction works.
-  const ns = "wf-hp";
+  const ns = nsName("wf-hp");
   const tmp = tempDir("wf-hp");
   beforeAll(async () => {
-    await sh(["ip", "netns", "del", ns], true);
-    await sh(["ip", "netns", "add", ns]);
+    await createNamespace(ns);
   });
   afterAll(async () => {
-    await sh(["ip", "netns", "del", ns], true);
+    await deleteNamespace(ns);
     tmp[Symbol.dispose]();
   });
   const parse = async (conf: string) => {
@@ -70,18 +69,17 @@ maybe("our ctrl_iface client against the real wpa_supplicant (wired driver: no r
   // wpa_supplicant's "wired" driver runs on a veth and serves the same control interface:
   // the commands the agent sends are checked by the real parser, and SAVE_CONFIG shows
   // what it understood.
-  const ns = "wf-wt";
+  const ns = nsName("wf-wt");
   const tmp = tempDir("wf-wt");
   const conf = join(tmp.path, "wpa.conf");
   let proc: ReturnType<typeof Bun.spawn> | undefined;
   let ctl: WpaClient | undefined;
   beforeAll(async () => {
-    await sh(["ip", "netns", "del", ns], true);
-    await sh(["ip", "netns", "add", ns]);
+    await createNamespace(ns);
     await inNs(ns, ["ip", "link", "add", "wfw0", "type", "veth", "peer", "name", "wfw1"]);
     await inNs(ns, ["ip", "link", "set", "wfw0", "up"]);
     await Bun.write(conf, `ctrl_interface=${join(tmp.path, "run")}\nupdate_config=1\n`);
-    proc = Bun.spawn(["ip", "netns", "exec", ns, "wpa_supplicant", "-i", "wfw0", "-D", "wired", "-c", conf], { stdout: "pipe", stderr: "pipe" });
+    proc = Bun.spawn(nsArgv(ns, "wpa_supplicant", "-i", "wfw0", "-D", "wired", "-c", conf), { stdout: "pipe", stderr: "pipe" });
     await waitFor(() => existsSync(join(tmp.path, "run", "wfw0")), 10_000, "wpa_supplicant's control socket");
     ctl = new WpaClient(join(tmp.path, "run", "wfw0"), join(tmp.path, "client"));
   }, 20_000);
@@ -89,7 +87,7 @@ maybe("our ctrl_iface client against the real wpa_supplicant (wired driver: no r
     ctl?.close();
     proc?.kill();
     await proc?.exited;
-    await sh(["ip", "netns", "del", ns], true);
+    await deleteNamespace(ns);
     tmp[Symbol.dispose]();
   });
 
@@ -117,8 +115,19 @@ maybe("our ctrl_iface client against the real wpa_supplicant (wired driver: no r
     expect(readFileSync(conf, "utf8")).not.toContain("Lager");
     expect((await wifi.status()).wpa_state).toBeDefined();
     expect(id).toBeGreaterThanOrEqual(0);
-    // A value the real parser refuses comes back as a refusal naming the command, not the secret.
-    await expect(ctl!.request("SET_NETWORK 9999 psk \"whatever1\"").then((r) => r.trim())).resolves.toBe("FAIL");
+    // A value the real parser refuses (a 7-character passphrase; WPA wants 8 to 63) comes back
+    // as a refusal naming the command, not the secret. The network exists, so the FAIL is the
+    // parser's verdict on the value: the control, a valid passphrase on the same id, is taken.
+    const probeId = (await ctl!.request("ADD_NETWORK")).trim();
+    expect(probeId).toMatch(/^\d+$/);
+    expect((await ctl!.request(`SET_NETWORK ${probeId} psk "seven77"`)).trim()).toBe("FAIL");
+    expect((await ctl!.request(`SET_NETWORK ${probeId} psk "eight888"`)).trim()).toBe("OK");
+    expect((await ctl!.request(`REMOVE_NETWORK ${probeId}`)).trim()).toBe("OK");
+    const refused = (await wifi.upsert({ ssid: "Short", psk: "seven77", priority: 1 }).catch((e: Error) => e)) as Error;
+    expect(refused).toBeInstanceOf(Error);
+    expect(refused.message).toMatch(/^wpa_supplicant refused SET_NETWORK \d+ psk \[redacted\]: FAIL$/);
+    expect(refused.message).not.toContain("seven77");
+    await wifi.remove("Short");
   }, 20_000);
 });
 
@@ -179,19 +188,20 @@ wpa_ctrl = "${fake.path}"
     fake.onConnect = () => lab.topo.setLink(2, true);
     fake.onDisconnect = () => lab.topo.setLink(2, false);
     // The AP stand-in: a veth from onsite to the phone's namespace.
-    await sh(["ip", "netns", "del", PHONE], true);
-    await sh(["ip", "netns", "add", PHONE]);
-    await inNs(PHONE, ["ip", "link", "set", "lo", "up"]);
+    await createNamespace(PHONE);
     await inNs(lab.topo.onsite, ["ip", "link", "add", "wfap0", "type", "veth", "peer", "name", "wfcl0", "netns", PHONE]);
     await inNs(lab.topo.onsite, ["ip", "link", "set", "wfap0", "up"]);
     await inNs(PHONE, ["ip", "link", "set", "wfcl0", "up"]);
   }, 60_000);
 
   afterAll(async () => {
-    await lab?.close();
-    await sh(["ip", "netns", "del", PHONE], true);
-    fake?.close();
-    tmp[Symbol.dispose]();
+    try {
+      await lab?.close();
+      await deleteNamespace(PHONE);
+    } finally {
+      fake?.close();
+      tmp[Symbol.dispose]();
+    }
   }, 30_000);
 
   test("all uplinks dead → AP mode: fake hostapd and real dnsmasq supervised, files 0600, fence up", async () => {
@@ -212,7 +222,9 @@ wpa_ctrl = "${fake.path}"
     const addr = await inNs(lab.topo.onsite, ["ip", "-4", "-o", "addr", "show", "dev", "wfap0"]);
     expect(addr.stdout).toContain(`${AP_ADDR}/24`);
     expect((await inNs(lab.topo.onsite, ["nft", "list", "table", "inet", "agent_ap"])).stdout).toContain('iifname "wfap0" drop');
-    expect(readFileSync(`/proc/sys/net/ipv4/ip_forward`, "utf8")).toBeDefined();
+    // The device routes its LAN (forwarding on in its namespace), but not for the AP interface:
+    // the fence does not lean on forwarding being off everywhere.
+    expect((await inNs(lab.topo.onsite, ["cat", "/proc/sys/net/ipv4/ip_forward"])).stdout.trim()).toBe("1");
     expect((await inNs(lab.topo.onsite, ["cat", "/proc/sys/net/ipv4/conf/wfap0/forwarding"])).stdout.trim()).toBe("0");
   }, 60_000);
 

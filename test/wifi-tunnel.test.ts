@@ -19,7 +19,7 @@ import type { WifiReport } from "../src/uplink/wifi.ts";
 import { agent, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
 import { FakeWpaSupplicant } from "./helpers/fake-wpa.ts";
 import { netconnectd } from "./helpers/netconnectd.ts";
-import { inNs, sh } from "./helpers/netns.ts";
+import { createNamespace, deleteNamespace, inNs, nsName } from "./helpers/netns.ts";
 import { readFileSync, writeFileSync } from "node:fs";
 import { ECHO_PORT_BESIDE_RELAY, LAN_HTTP, startLab, waitReport, type Lab, type LabFleet, labUntil } from "./helpers/uplink-lab.ts";
 
@@ -31,7 +31,7 @@ const FIX = join(ROOT, "test", "fixtures", "wifi");
 const ETH = "wgeth0";
 const WLAN = "wgwlan0";
 const AP_IF = "wgap0";
-const PHONE = "wg-ph";
+const PHONE = nsName("wg-ph");
 const PHONE_IF = "wgph0";
 const AP_ADDR = "10.250.250.1";
 const PHONE_ADDR = "10.250.250.50";
@@ -43,14 +43,13 @@ const PSK = "correct horse battery";
 maybe("the real nft parser takes the AP fence for every ap.forward (needs root for the namespace)", () => {
   // `nft -c` parses and checks the whole ruleset against the kernel without applying it;
   // the system test below carries traffic through only the ["lan"] variant.
-  const ns = "wg-nft";
+  const ns = nsName("wg-nft");
   const tmp = tempDir("wg-nft");
   beforeAll(async () => {
-    await sh(["ip", "netns", "del", ns], true);
-    await sh(["ip", "netns", "add", ns]);
+    await createNamespace(ns);
   });
   afterAll(async () => {
-    await sh(["ip", "netns", "del", ns], true);
+    await deleteNamespace(ns);
     tmp[Symbol.dispose]();
   });
   test.each([
@@ -122,9 +121,7 @@ forward = ["lan"]
     fake.onDisconnect = () => lab.topo.setLink(2, false);
     // The AP stand-in: a veth from onsite to the phone's namespace; the phone takes a fixed
     // address (the DHCP lease itself is tested in test/wifi-system.test.ts).
-    await sh(["ip", "netns", "del", PHONE], true);
-    await sh(["ip", "netns", "add", PHONE]);
-    await inNs(PHONE, ["ip", "link", "set", "lo", "up"]);
+    await createNamespace(PHONE);
     await inNs(lab.topo.onsite, ["ip", "link", "add", AP_IF, "type", "veth", "peer", "name", PHONE_IF, "netns", PHONE]);
     await inNs(lab.topo.onsite, ["ip", "link", "set", AP_IF, "up"]);
     await inNs(PHONE, ["ip", "addr", "add", `${PHONE_ADDR}/24`, "dev", PHONE_IF]);
@@ -138,10 +135,13 @@ forward = ["lan"]
 
   afterAll(async () => {
     if (timings.length) console.log(`Wi-Fi fallback with the real relay:\n  ${timings.join("\n  ")}`);
-    await lab?.close();
-    await sh(["ip", "netns", "del", PHONE], true);
-    fake?.close();
-    tmp[Symbol.dispose]();
+    try {
+      await lab?.close();
+      await deleteNamespace(PHONE);
+    } finally {
+      fake?.close();
+      tmp[Symbol.dispose]();
+    }
   }, 30_000);
 
   test("the tunnel is up over eth0 and a forward through the master reaches the LAN", async () => {

@@ -2,6 +2,8 @@
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { run } from "./proc.ts";
+import { waitFor } from "./wait.ts";
 
 export const ROOT = join(import.meta.dir, "..", "..");
 export const BUN = process.execPath;
@@ -13,10 +15,9 @@ export interface Run {
   stderr: string;
 }
 
-export async function agent(args: string[], opts: { env?: Record<string, string> } = {}): Promise<Run> {
-  const p = Bun.spawn([BUN, MAIN, ...args], { stdout: "pipe", stderr: "pipe", env: { ...process.env, ...opts.env }, cwd: ROOT });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { code, stdout, stderr };
+/** Runs `agent ARGS`; killed (with what it started) after `timeoutMs` (default 60 s), which then throws. */
+export async function agent(args: string[], opts: { env?: Record<string, string>; timeoutMs?: number } = {}): Promise<Run> {
+  return run([BUN, MAIN, ...args], { env: { ...process.env, ...opts.env }, cwd: ROOT, timeoutMs: opts.timeoutMs ?? 60_000 });
 }
 
 export function tempDir(prefix: string): { path: string; [Symbol.dispose](): void } {
@@ -24,14 +25,7 @@ export function tempDir(prefix: string): { path: string; [Symbol.dispose](): voi
   return { path, [Symbol.dispose]: () => rmSync(path, { recursive: true, force: true }) };
 }
 
-/** Polls `cond` every 20 ms until it holds or `ms` pass. */
-export async function waitFor(cond: () => boolean | Promise<boolean>, ms: number, what: string): Promise<void> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    if (await cond()) return;
-    await Bun.sleep(20);
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-}
+/** The suite's one poll-until (./wait.ts), here too because many tests import it from here. */
+export { waitFor };
 
 export const fileExists = (p: string) => existsSync(p);

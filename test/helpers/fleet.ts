@@ -6,6 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { BUN, MAIN, agent } from "./cli.ts";
+import { nsArgv } from "./netns.ts";
+import { waitFor } from "./wait.ts";
 
 export interface Daemon {
   role: string;
@@ -17,21 +19,6 @@ export interface Daemon {
   /** Network namespace it runs in (`ip netns exec`), if any. */
   netns?: string;
   log: () => string;
-}
-
-export async function waitUntil<T>(fn: () => Promise<T | undefined | null | false> | T | undefined | null | false, ms: number, what: string): Promise<T> {
-  const until = Date.now() + ms;
-  let last: unknown;
-  while (Date.now() < until) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    await Bun.sleep(50);
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ""}`);
 }
 
 export class Fleet {
@@ -62,7 +49,7 @@ export class Fleet {
     const full = ["--role", role, "--bundle", bundle, ...args, "--control", sock, "--state-dir", join(this.dir, `state-${id}`)];
     // `ip netns exec` execs the program: the pid is the daemon's own.
     const argv = [...this.wrap, BUN, MAIN, ...full];
-    const proc = Bun.spawn(netns ? ["ip", "netns", "exec", netns, ...argv] : argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+    const proc = Bun.spawn(netns ? nsArgv(netns, ...argv) : argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
     let text = "";
     void (async () => {
       const dec = new TextDecoder();
@@ -71,7 +58,7 @@ export class Fleet {
     void new Response(proc.stdout).text();
     const d: Daemon = { role, id, proc, sock, bundle, args, netns, log: () => text };
     this.daemons.push(d);
-    await waitUntil(() => existsSync(sock) || proc.exitCode !== null, 10_000, `${id} control socket`);
+    await waitFor(() => existsSync(sock) || proc.exitCode !== null, 10_000, `${id} control socket`);
     if (proc.exitCode !== null) throw new Error(`${id} exited with ${proc.exitCode}: ${text}`);
     return d;
   }
@@ -108,7 +95,7 @@ export class Fleet {
 
   /** Waits until the relay connection of a device is up. */
   async waitConnected(d: Daemon, ms = 15_000): Promise<void> {
-    await waitUntil(async () => ((await this.status(d))[d.role] as { state?: string })?.state === "up", ms, `${d.id} connected to the relay`);
+    await waitFor(async () => ((await this.status(d))[d.role] as { state?: string })?.state === "up", ms, `${d.id} connected to the relay`);
   }
 
   /** Opens a forward through the master; returns the local port and session id. */

@@ -5,13 +5,15 @@
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { BUN, ROOT } from "./cli.ts";
+import { createNamespace, deleteNamespaces, nsArgv } from "./netns.ts";
+import { run as runProc } from "./proc.ts";
+import { withDeadline } from "./wait.ts";
 
 export type NatBackendName = "iptables" | "nft";
 
-export async function run(argv: string[], stdin?: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = Bun.spawn(argv, { stdin: stdin === undefined ? "ignore" : new TextEncoder().encode(stdin), stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { code, stdout, stderr };
+/** Runs a command with a deadline (default 30 s; proc.ts run, which kills it on timeout). */
+export async function run(argv: string[], stdin?: string, timeoutMs = 30_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return runProc(argv, { stdin, timeoutMs });
 }
 
 /** Runs and returns stdout; throws with stderr when the command fails. */
@@ -21,13 +23,16 @@ export async function must(argv: string[], stdin?: string): Promise<string> {
   return r.stdout;
 }
 
-export const inNs = (ns: string, ...argv: string[]) => ["ip", "netns", "exec", ns, ...argv];
+export { deleteNamespaces, nsArgv };
+/** @deprecated the argv builder is netns.ts's nsArgv; netns.ts's inNs runs the command. Kept for bench/nat.bench.ts. */
+export const inNs = nsArgv;
 
 /**
  * The NAT test topology: a client namespace (the remote peer, with one or more addresses), a
  * router namespace with the public address and the LAN gateway (IP forwarding on), and a LAN
  * namespace with the server, routed via the router. Veths are named `${veth}-c`/`-rc` and
- * `-l`/`-rl`. Namespaces of an earlier crashed run are removed first.
+ * `-l`/`-rl`. Tests name the namespaces with netns.ts's nsName (unique per run); a
+ * namespace of the same name is deleted first.
  */
 export interface RouterTopology {
   cli: string;
@@ -40,32 +45,24 @@ export interface RouterTopology {
   server: string;
 }
 
-export async function deleteNamespaces(names: readonly string[]): Promise<void> {
-  for (const ns of names) await run(["ip", "netns", "del", ns]);
-}
-
 export async function buildRouterTopology(t: RouterTopology): Promise<void> {
   const { cli, rtr, lan, veth: v } = t;
-  await deleteNamespaces([cli, rtr, lan]);
-  for (const ns of [cli, rtr, lan]) {
-    await must(["ip", "netns", "add", ns]);
-    await must(inNs(ns, "ip", "link", "set", "lo", "up"));
-  }
+  for (const ns of [cli, rtr, lan]) await createNamespace(ns);
   await must(["ip", "link", "add", `${v}-c`, "netns", cli, "type", "veth", "peer", "name", `${v}-rc`, "netns", rtr]);
   await must(["ip", "link", "add", `${v}-l`, "netns", lan, "type", "veth", "peer", "name", `${v}-rl`, "netns", rtr]);
-  for (const a of t.clientAddrs) await must(inNs(cli, "ip", "addr", "add", `${a}/24`, "dev", `${v}-c`));
-  await must(inNs(rtr, "ip", "addr", "add", `${t.publicAddr}/24`, "dev", `${v}-rc`));
-  await must(inNs(rtr, "ip", "addr", "add", `${t.routerLan}/24`, "dev", `${v}-rl`));
-  await must(inNs(lan, "ip", "addr", "add", `${t.server}/24`, "dev", `${v}-l`));
-  for (const [ns, dev] of [[cli, `${v}-c`], [rtr, `${v}-rc`], [rtr, `${v}-rl`], [lan, `${v}-l`]] as const) await must(inNs(ns, "ip", "link", "set", dev, "up"));
-  await must(inNs(lan, "ip", "route", "add", "default", "via", t.routerLan));
-  await must(inNs(rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1"));
+  for (const a of t.clientAddrs) await must(nsArgv(cli, "ip", "addr", "add", `${a}/24`, "dev", `${v}-c`));
+  await must(nsArgv(rtr, "ip", "addr", "add", `${t.publicAddr}/24`, "dev", `${v}-rc`));
+  await must(nsArgv(rtr, "ip", "addr", "add", `${t.routerLan}/24`, "dev", `${v}-rl`));
+  await must(nsArgv(lan, "ip", "addr", "add", `${t.server}/24`, "dev", `${v}-l`));
+  for (const [ns, dev] of [[cli, `${v}-c`], [rtr, `${v}-rc`], [rtr, `${v}-rl`], [lan, `${v}-l`]] as const) await must(nsArgv(ns, "ip", "link", "set", dev, "up"));
+  await must(nsArgv(lan, "ip", "route", "add", "default", "via", t.routerLan));
+  await must(nsArgv(rtr, "sysctl", "-qw", "net.ipv4.ip_forward=1"));
 }
 
 /** A namespace's rules as the backend's own tool shows them (counters blanked), for tags and for "nothing changed". */
 export async function rulesetOf(ns: string, backend: NatBackendName): Promise<string> {
-  if (backend === "nft") return (await must(inNs(ns, "nft", "list", "ruleset"))).replace(/counter packets \d+ bytes \d+/g, "counter");
-  const save = await must(inNs(ns, "iptables-save"));
+  if (backend === "nft") return (await must(nsArgv(ns, "nft", "list", "ruleset"))).replace(/counter packets \d+ bytes \d+/g, "counter");
+  const save = await must(nsArgv(ns, "iptables-save"));
   return save.split("\n").filter((l) => !l.startsWith("#")).join("\n").replace(/\[\d+:\d+\]/g, "");
 }
 
@@ -76,8 +73,11 @@ export function tagsIn(text: string): string[] {
 
 /** Starts test/fixtures/nat/lan-server.ts (HTTP "lan-ok", TCP and UDP echo) in `ns`; resolves once it listens. */
 export async function startLanServer(ns: string, httpPort: number, echoPort: number): Promise<Subprocess<"ignore", "pipe", "inherit">> {
-  const server = Bun.spawn(inNs(ns, BUN, join(ROOT, "test/fixtures/nat/lan-server.ts"), String(httpPort), String(echoPort)), { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
-  const first = await server.stdout.getReader().read();
+  const server = Bun.spawn(nsArgv(ns, BUN, join(ROOT, "test/fixtures/nat/lan-server.ts"), String(httpPort), String(echoPort)), { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+  const first = await withDeadline(server.stdout.getReader().read(), 15_000, `the LAN server in ${ns} to say ready`).catch((e: Error) => {
+    server.kill("SIGKILL");
+    throw e;
+  });
   const text = new TextDecoder().decode(first.value);
   if (!text.includes("ready")) throw new Error(`the LAN server in ${ns} did not start: ${JSON.stringify(text)}`);
   return server;

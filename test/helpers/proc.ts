@@ -2,6 +2,7 @@
 // from /proc, summed over its process tree when a server forks per connection), a child
 // process we own and stop by pid, free ports and waiting for a listener.
 import { existsSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { waitFor } from "./wait.ts";
 
 /** How long a child gets between SIGTERM and SIGKILL when we stop it. */
 export const STOP_GRACE_MS = 2_000;
@@ -179,19 +180,16 @@ export async function freePort(host = "127.0.0.1"): Promise<number> {
 
 /** Resolves once a TCP connection to host:port succeeds; throws after `ms`. */
 export async function waitForPort(host: string, port: number, ms = 10_000, what = `${host}:${port}`): Promise<void> {
-  const until = Date.now() + ms;
-  let last: unknown;
-  while (Date.now() < until) {
-    try {
+  await waitFor(
+    async () => {
       const s = await Bun.connect({ hostname: host, port, socket: { data() {} } });
       s.end();
-      return;
-    } catch (e) {
-      last = e;
-      await Bun.sleep(25);
-    }
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what} to accept TCP connections`, { cause: last });
+      return true;
+    },
+    ms,
+    `${what} to accept TCP connections`,
+    { every: 25 },
+  );
 }
 
 // ---------------------------------------------------------------- child processes
@@ -311,19 +309,63 @@ export class Children implements AsyncDisposable {
   }
 }
 
-/** Runs a command to completion with a deadline; output captured. Kills it by pid on timeout. */
-export async function run(argv: string[], opts: { timeoutMs?: number; cwd?: string; env?: Record<string, string | undefined> } = {}): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = Bun.spawn(argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe", cwd: opts.cwd, env: opts.env ?? process.env });
+export interface RunOptions {
+  /** Deadline for the whole run, output included (default 30 s). */
+  timeoutMs?: number;
+  cwd?: string;
+  env?: Record<string, string | undefined>;
+  /** Written to the command's stdin (else stdin is /dev/null). */
+  stdin?: string;
+}
+
+/** How long output pipes may stay open once a timed-out command's process tree is killed. */
+const PIPE_GRACE_MS = 1_000;
+
+/**
+ * Runs a command to completion with a deadline; output captured. The deadline bounds the
+ * whole call, output included: a grandchild that keeps stdout open (a daemon the command
+ * started) cannot hold it past the deadline. On timeout the command and its descendants
+ * are killed by pid and the call throws with what output there was.
+ */
+export async function run(argv: string[], opts: RunOptions = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+  const p = Bun.spawn(argv, {
+    stdin: opts.stdin === undefined ? "ignore" : new TextEncoder().encode(opts.stdin),
+    stdout: "pipe",
+    stderr: "pipe",
+    cwd: opts.cwd,
+    env: opts.env ?? process.env,
+  });
   const timeoutMs = opts.timeoutMs ?? 30_000;
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    p.kill("SIGKILL");
-  }, timeoutMs);
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  let stdout = "";
+  let stderr = "";
+  const collect = async (stream: ReadableStream<Uint8Array>, into: (t: string) => void) => {
+    const dec = new TextDecoder();
+    try {
+      for await (const chunk of stream) into(dec.decode(chunk, { stream: true }));
+    } catch {
+      // the pipe closed under us
+    }
+  };
+  const done = Promise.all([collect(p.stdout, (t) => (stdout += t)), collect(p.stderr, (t) => (stderr += t)), p.exited]);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<"timeout">((resolve) => (timer = setTimeout(() => resolve("timeout"), timeoutMs)));
+  const first = await Promise.race([done, deadline]);
   clearTimeout(timer);
-  if (timedOut) throw new Error(`${argv.join(" ")} did not finish within ${timeoutMs} ms\n${stderr}`);
-  return { code, stdout, stderr };
+  if (first !== "timeout") return { code: first[2], stdout, stderr };
+  const exited = p.exitCode !== null || p.signalCode !== null;
+  // Children first would be reparented before we see them: list the tree, then kill it all.
+  for (const pid of processTree(p.pid).reverse()) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+  await Promise.race([done, Bun.sleep(PIPE_GRACE_MS)]);
+  const why = exited
+    ? `exited ${p.exitCode ?? p.signalCode} but its output stayed open (a process it left behind holds the pipe)`
+    : "did not finish";
+  throw new Error(`${argv.join(" ")} ${why} within ${timeoutMs} ms\n--- stderr ---\n${stderr.slice(-KEEP_OUTPUT_CHARS)}\n--- stdout ---\n${stdout.slice(-KEEP_OUTPUT_CHARS)}`);
 }
 
 /**
@@ -396,19 +438,22 @@ export function socketInodes(pid: number): Set<number> {
  * process that took the port between freePort() and the child's bind must not pass for it.
  */
 export async function waitForListen(port: number, ms = 10_000, child?: Child, opts: { owned?: boolean } = {}): Promise<void> {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
+  const owner = opts.owned ? child : undefined;
+  const probe = () => {
     const l = listeners().filter((x) => x.port === port);
-    if (l.length && !(opts.owned && child)) return;
-    if (l.length && child) {
-      const mine = socketInodes(child.pid);
-      if (l.some((x) => mine.has(x.inode))) return;
-    }
-    if (child && !child.running) throw child.failure(`exited before listening on port ${port}`);
-    await Bun.sleep(20);
+    if (!l.length) return false;
+    if (!owner) return true;
+    const mine = socketInodes(owner.pid);
+    return l.some((x) => mine.has(x.inode));
+  };
+  const abort = () => (child && !child.running ? child.failure(`exited before listening on port ${port}`) : undefined);
+  try {
+    await waitFor(probe, ms, `a listener on TCP port ${port}`, { abort });
+  } catch (e) {
+    if (child && !child.running) throw e; // the child's own failure, from abort
+    const msg = `${owner ? `${owner.name} does not listen` : "nothing listens"} on TCP port ${port} after ${ms} ms`;
+    throw child ? child.failure(msg) : new Error(msg);
   }
-  const msg = `${opts.owned && child ? `${child.name} does not listen` : "nothing listens"} on TCP port ${port} after ${ms} ms`;
-  throw child ? child.failure(msg) : new Error(msg);
 }
 
 /** Which of these programs are not on PATH (or not at the absolute path given). */

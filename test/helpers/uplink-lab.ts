@@ -11,7 +11,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { UplinkReport } from "../../src/uplink/manager.ts";
 import { agent, BUN, MAIN, ROOT, tempDir } from "./cli.ts";
-import { buildUplinkTopology, startPeerEcho, type Topology } from "./netns.ts";
+import { buildUplinkTopology, nsArgv, startPeerEcho, type Topology } from "./netns.ts";
+import { waitFor, withDeadline } from "./wait.ts";
 
 export const RELAY_PORT = 4443;
 /** The peer echo's port when a real relay holds RELAY_PORT. */
@@ -74,7 +75,7 @@ export interface LabOptions {
 
 /** Starts `agent ARGS` inside a namespace with its stderr in `log`; stopped by the returned cleanup. */
 function spawnIn(ns: string, args: string[], log: string, env?: Record<string, string>) {
-  const proc = Bun.spawn(["ip", "netns", "exec", ns, BUN, MAIN, ...args], {
+  const proc = Bun.spawn(nsArgv(ns, BUN, MAIN, ...args), {
     cwd: ROOT,
     stdin: "ignore",
     stdout: Bun.file(log + ".out"),
@@ -99,12 +100,11 @@ const readOr = (path: string) => {
 };
 
 async function waitSocket(path: string, proc: { exitCode: number | null }, log: string, what: string): Promise<void> {
-  const until = Date.now() + 15_000;
-  while (!existsSync(path)) {
-    if (proc.exitCode !== null) throw new Error(`${what} exited with ${proc.exitCode}: ${readOr(log)}`);
-    if (Date.now() > until) throw new Error(`${what}: no control socket after 15 s: ${readOr(log)}`);
-    await Bun.sleep(50);
-  }
+  await waitFor(() => existsSync(path), 15_000, `${what}'s control socket ${path}`, {
+    every: 50,
+    abort: () => (proc.exitCode !== null ? new Error(`${what} exited with ${proc.exitCode}: ${readOr(log)}`) : undefined),
+    detail: () => readOr(log),
+  });
 }
 
 /** Pipes a process's stdout lines to `onLine` until it ends. */
@@ -126,14 +126,18 @@ export async function startLab(o: LabOptions): Promise<Lab> {
   const tmp = tempDir(`${p}-lab`);
   const dir = tmp.path;
   const cleanups: (() => Promise<void> | void)[] = [() => tmp[Symbol.dispose]()];
+  // Every cleanup runs even when one fails; then the failures are reported, not swallowed:
+  // a namespace or daemon left behind breaks the next run.
   const close = async () => {
-    for (const c of cleanups.reverse()) {
+    const errors: string[] = [];
+    for (const c of cleanups.splice(0).reverse()) {
       try {
         await c();
-      } catch {
-        // keep cleaning
+      } catch (e) {
+        errors.push((e as Error).message);
       }
     }
+    if (errors.length) throw new Error(`lab ${p}: cleanup failed:\n${errors.join("\n")}`);
   };
   try {
     const dev = { eth: `${p}eth0`, wlan: `${p}wlan0`, wwan: `${p}wwan0` };
@@ -178,7 +182,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
       await waitSocket(masterControl, master.proc, masterLog, "the master");
       // A target for forwards: an HTTP server in the LAN namespace.
       const http = Bun.spawn(
-        ["ip", "netns", "exec", topo.lan, BUN, "-e", `Bun.serve({ hostname: ${JSON.stringify(topo.lanAddr)}, port: ${LAN_HTTP.port}, fetch: () => new Response(${JSON.stringify(LAN_HTTP.body)}) }); console.log("ready");`],
+        nsArgv(topo.lan, BUN, "-e", `Bun.serve({ hostname: ${JSON.stringify(topo.lanAddr)}, port: ${LAN_HTTP.port}, fetch: () => new Response(${JSON.stringify(LAN_HTTP.body)}) }); console.log("ready");`),
         { stdin: "ignore", stdout: "pipe", stderr: "inherit" },
       );
       cleanups.push(async () => {
@@ -186,7 +190,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
         await http.exited;
       });
       const reader = http.stdout.getReader();
-      const { value } = await reader.read();
+      const { value } = await withDeadline(reader.read(), 15_000, "the HTTP server in the LAN namespace to say ready");
       reader.releaseLock();
       if (!value || !new TextDecoder().decode(value).includes("ready")) throw new Error("the HTTP server in the LAN namespace did not start");
       fleet = {
@@ -242,7 +246,7 @@ ${o.extraConfig ?? ""}
     const u3 = topo.uplinks[2]!;
     let runs = 0;
     const spawnDaemon = () =>
-      Bun.spawn(["ip", "netns", "exec", topo.onsite, BUN, MAIN, "--config", cfgPath], {
+      Bun.spawn(nsArgv(topo.onsite, BUN, MAIN, "--config", cfgPath), {
         cwd: ROOT,
         stdin: "ignore",
         stdout: Bun.file(daemonLog + (runs ? `.${runs}` : "")),
@@ -268,7 +272,7 @@ ${o.extraConfig ?? ""}
     });
 
     const watch: WatchEvent[] = [];
-    const watcher = Bun.spawn(["ip", "netns", "exec", topo.lan, BUN, join(FIXTURES, "watch.ts"), topo.relayAddr, String(echoPort)], { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
+    const watcher = Bun.spawn(nsArgv(topo.lan, BUN, join(FIXTURES, "watch.ts"), topo.relayAddr, String(echoPort)), { stdin: "ignore", stdout: "pipe", stderr: "inherit" });
     cleanups.push(async () => {
       watcher.kill();
       await watcher.exited;
@@ -314,38 +318,26 @@ ${o.extraConfig ?? ""}
 }
 
 /**
- * Polls `fn` every 50 ms; returns when it first held (epoch ms, for the printed times). A
- * timeout names what was awaited, the last error and the onsite daemon's log tail.
+ * Polls `fn` every 50 ms (./wait.ts); returns when it first held (epoch ms, for the printed
+ * times). A timeout names what was awaited, the last error and the onsite daemon's log tail.
  */
 export async function labUntil(lab: Lab, fn: () => Promise<boolean>, ms: number, what: string): Promise<number> {
-  const end = Date.now() + ms;
-  let last: unknown;
-  while (Date.now() < end) {
-    try {
-      if (await fn()) return Date.now();
-    } catch (e) {
-      last = e;
-    }
-    await Bun.sleep(50);
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ""}\n--- onsite log tail:\n${lab.onsiteLog().slice(-3000)}`);
+  await waitFor(fn, ms, what, { every: 50, detail: () => `--- onsite log tail:\n${lab.onsiteLog().slice(-3000)}` });
+  return Date.now();
 }
 
 /** Polls the daemon's report until `cond` holds. */
 export async function waitReport(lab: Lab, cond: (r: UplinkReport) => boolean, ms: number, what: string): Promise<UplinkReport> {
-  const until = Date.now() + ms;
   let last: UplinkReport | undefined;
-  let lastErr: unknown;
-  while (Date.now() < until) {
-    try {
+  return waitFor(
+    async () => {
       last = await lab.status();
-      if (cond(last)) return last;
-    } catch (e) {
-      lastErr = e; // daemon still starting
-    }
-    await Bun.sleep(100);
-  }
-  throw new Error(`timed out after ${ms} ms waiting for ${what}; last report: ${JSON.stringify(last ?? String(lastErr))}`);
+      return cond(last) ? last : undefined;
+    },
+    ms,
+    what,
+    { every: 100, detail: () => `last report: ${JSON.stringify(last)}` },
+  );
 }
 
 /** The first switch at or after `t` (epoch ms) to uplink `to`. */
