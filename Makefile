@@ -24,8 +24,8 @@ typecheck: $(STAMP)
 	$(TSC) --noEmit -p .
 
 # The whole suite: type check, unit tests, CLI and PKI tests against the real program,
-# and the arm64 release executable under qemu-user. Then the leak check (scripts/leaks.sh,
-# when present: namespaces, firewall rules, devices or processes left behind).
+# and the arm64 release executable under qemu-user. Then the leak check (scripts/leaks.ts:
+# namespaces, firewall rules, devices or processes left behind).
 # The closing line is always printed, last: "tests: N passed, N failed, N skipped". Without
 # CI=true a system test whose prerequisite (root, a program) is missing skips, saying why, and
 # the skipped count shows it; with CI=true (.ci/run sets it) such a test fails instead.
@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 test: deps typecheck
 	@rm -f .test-status.log
 	$(BUN) test --timeout 30000 2>&1 | tee .test.log || echo "bun test exited with status $$?" >> .test-status.log
-	@if [ -f scripts/leaks.sh ]; then bash scripts/leaks.sh || echo "the leak check (scripts/leaks.sh) failed" >> .test-status.log; fi
+	@$(BUN) scripts/leaks.ts || echo "the leak check (scripts/leaks.ts) failed: namespaces, rules, devices or processes were left behind" >> .test-status.log
 	@if [ -s .test-status.log ]; then cat .test-status.log >&2; fi
 	@awk '/^ *[0-9]+ pass$$/{p=$$1} /^ *[0-9]+ fail$$/{f=$$1} /^ *[0-9]+ skip$$/{s=$$1} /^ *[0-9]+ errors?$$/{e=$$1} /^[0-9]+ tests? failed:$$/{r=1} !r && /^\(fail\) /{fl++} END{n=fl+e; if (f>n) n=f; printf "tests: %d passed, %d failed, %d skipped\n", p, n, s}' .test.log
 	@test ! -s .test-status.log

@@ -18,7 +18,8 @@ import { IptablesBackend } from "../src/nat/iptables.ts";
 import { NftBackend } from "../src/nat/nft.ts";
 import type { Rule } from "../src/nat/rule.ts";
 import { formatTable } from "../src/table.ts";
-import { buildRouterTopology, deleteNamespaces, inNs, must } from "../test/helpers/nat-lab.ts";
+import { buildRouterTopology, deleteNamespaces, must } from "../test/helpers/nat-lab.ts";
+import { nsArgv } from "../test/helpers/netns.ts";
 
 const CLI = "nt-bc";
 const RTR = "nt-br";
@@ -146,7 +147,7 @@ class Probe {
   private readonly reader: { read(): Promise<{ value?: Uint8Array; done?: boolean }> };
   private buf = "";
   constructor() {
-    this.proc = Bun.spawn(inNs(CLI, BUN, SELF, "--inside", "probe"), { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
+    this.proc = Bun.spawn(nsArgv(CLI, BUN, SELF, "--inside", "probe"), { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
     this.reader = this.proc.stdout.getReader();
   }
   start(port: number): void {
@@ -181,7 +182,7 @@ async function main(): Promise<void> {
   const procs: Subprocess[] = [];
   try {
     await topology();
-    const server = Bun.spawn(inNs(LAN, BUN, join(ROOT, "test/fixtures/nat/lan-server.ts"), "80", "7"), { stdout: "pipe", stderr: "inherit" });
+    const server = Bun.spawn(nsArgv(LAN, BUN, join(ROOT, "test/fixtures/nat/lan-server.ts"), "80", "7"), { stdout: "pipe", stderr: "inherit" });
     procs.push(server);
     await server.stdout.getReader().read();
     await must([BUN, MAIN, "pki", "init", "--dir", join(dir, "ca")]);
@@ -196,7 +197,7 @@ async function main(): Promise<void> {
       const sock = join(dir, `${backend}.sock`);
       const cfg = join(dir, `${backend}.toml`);
       writeFileSync(cfg, `bundle = "${join(dir, "b.bundle")}"\nrelay = "127.0.0.1:9"\nallow = ["192.168.79.0/24"]\ncontrol = "${sock}"\nstate_dir = "${join(dir, backend)}"\nlog_level = "warn"\n[nat]\nbackend = "${backend}"\nmax_rules = ${BULK_RULES + 10}\nmax_ttl = "1h"\n`);
-      const daemon = Bun.spawn(inNs(RTR, BUN, MAIN, "--role", "onsite", "--config", cfg), { stdout: "inherit", stderr: "inherit" });
+      const daemon = Bun.spawn(nsArgv(RTR, BUN, MAIN, "--role", "onsite", "--config", cfg), { stdout: "inherit", stderr: "inherit" });
       procs.push(daemon);
       let last = "no answer yet";
       for (const until = performance.now() + READY_TIMEOUT_MS; ; await Bun.sleep(20)) {
@@ -234,7 +235,7 @@ async function main(): Promise<void> {
       daemon.kill("SIGTERM");
       await daemon.exited;
 
-      bulk[backend] = await measure(inNs(RTR, BUN, SELF, "--inside", "backend", backend, String(BULK_RULES)));
+      bulk[backend] = await measure(nsArgv(RTR, BUN, SELF, "--inside", "backend", backend, String(BULK_RULES)));
     }
 
     // Seed 001's way for the first packet: one iptables -I, then the same probe.
@@ -244,11 +245,11 @@ async function main(): Promise<void> {
       probe.start(port);
       await Bun.sleep(5);
       const t0 = now();
-      await must(inNs(RTR, "iptables", "-w", "-t", "nat", "-I", "PREROUTING", "-s", `${PEER}/32`, "-p", "tcp", "-m", "tcp", "--dport", String(port), "-j", "DNAT", "--to-destination", `${SERVER}:80`));
+      await must(nsArgv(RTR, "iptables", "-w", "-t", "nat", "-I", "PREROUTING", "-s", `${PEER}/32`, "-p", "tcp", "-m", "tcp", "--dport", String(port), "-j", "DNAT", "--to-destination", `${SERVER}:80`));
       seedFirst.push((await probe.result(port, "seed rule (iptables -I)")) - t0);
     }
-    await must(inNs(RTR, "iptables", "-t", "nat", "-F", "PREROUTING"));
-    const seedBulk = await measure(inNs(RTR, BUN, SELF, "--inside", "seed", String(BULK_RULES)));
+    await must(nsArgv(RTR, "iptables", "-t", "nat", "-F", "PREROUTING"));
+    const seedBulk = await measure(nsArgv(RTR, BUN, SELF, "--inside", "seed", String(BULK_RULES)));
     probe.close();
 
     const li = stats(latency.iptables!.first);

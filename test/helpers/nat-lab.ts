@@ -24,8 +24,6 @@ export async function must(argv: string[], stdin?: string): Promise<string> {
 }
 
 export { deleteNamespaces, nsArgv };
-/** @deprecated the argv builder is netns.ts's nsArgv; netns.ts's inNs runs the command. Kept for bench/nat.bench.ts. */
-export const inNs = nsArgv;
 
 /**
  * The NAT test topology: a client namespace (the remote peer, with one or more addresses), a
