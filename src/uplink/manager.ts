@@ -5,6 +5,7 @@
 import type { TrackingConfig, UplinkConfig } from "../config.ts";
 import type { HostPort } from "../netaddr.ts";
 import { formatHostPort } from "../netaddr.ts";
+import { formatDuration } from "../duration.ts";
 import type { Logger } from "../log.ts";
 import { decide, initialState, type Action, type PolicyEvent, type PolicyState, type Switch } from "./policy.ts";
 import { linkUsable, type LinkMonitor, type Snapshot } from "./monitor.ts";
@@ -98,6 +99,11 @@ export interface UplinkReport {
   tracking: { interval_ms: number; timeout_ms: number; down: number; up: number; count: number };
   uplinks: UplinkStatus[];
   history: { at: string; from?: string; to?: string; reason: string }[];
+}
+
+/** "every 1s, timeout 1s, down 3, up 5": the tracking settings in the config's own units (not "1000ms"). */
+export function trackingSummary(t: UplinkReport["tracking"]): string {
+  return `every ${formatDuration(t.interval_ms)}, timeout ${formatDuration(t.timeout_ms)}, down ${t.down}, up ${t.up}${t.count > 1 ? `, ${t.count} tries per target` : ""}`;
 }
 
 export class UplinkManager {
