@@ -186,7 +186,7 @@ describe("WifiService with missing uplinks", () => {
     };
   }
 
-  function rig(clock: FakeClock, relayReachable: boolean) {
+  function rig(clock: FakeClock, relayReachable: boolean, interfaces: string[] = ["lo", "eth0"]) {
     const dir = mkdtempSync(join(tmpdir(), "agent-ux-ap-"));
     dirs.push(dir);
     writeFileSync(join(dir, "wifi-networks.json"), "[]");
@@ -210,7 +210,7 @@ describe("WifiService with missing uplinks", () => {
       healthy: () => [],
       wpa: fakeWpa,
       clock,
-      interfaces: () => ["lo", "eth0"],
+      interfaces: () => interfaces,
       reachRelay: async () => (asked++, relayReachable),
     });
     return { svc, lines, cfg, asked: () => asked };
@@ -228,6 +228,19 @@ describe("WifiService with missing uplinks", () => {
     const why = lines.filter((l) => l.includes("the relay answers through an interface the config does not name (missing: eht0)"));
     expect(why.length).toBe(1);
     expect(asked()).toBeGreaterThan(1); // checked again and again, said once
+    const closing = svc.close();
+    await run(clock, 4_000);
+    await closing;
+  });
+
+  test("an unreadable interface list claims nothing missing: no warning, no relay check, the AP comes as before", async () => {
+    const clock = new FakeClock();
+    const { svc, lines, cfg, asked } = rig(clock, true, []);
+    await svc.start();
+    await run(clock, cfg.ap.after + 1_000);
+    expect(lines.filter((l) => / WARN /.test(l))).toEqual([]);
+    expect(asked()).toBe(0);
+    expect(lines.filter((l) => /start-ap: no healthy uplink/.test(l)).length).toBe(1);
     const closing = svc.close();
     await run(clock, 4_000);
     await closing;

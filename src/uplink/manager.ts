@@ -148,7 +148,8 @@ export class UplinkManager {
     await this.o.monitor.start();
     const first = this.o.monitor.snapshot();
     // A configured name this device does not have (a typo, a renamed interface) is said now.
-    const missing = missingInterfaces(this.rt.map((r) => r.cfg.name), first.keys());
+    // An empty first snapshot is a monitor that sees nothing (yet), not a host without interfaces.
+    const missing = first.size ? missingInterfaces(this.rt.map((r) => r.cfg.name), first.keys()) : [];
     if (missing.length > 0) this.o.log.warn(`${describeMissing("[[uplink]]", missing, first.keys())}; check the [[uplink]] names (\`ip link\` lists the interfaces)`, { missing });
     for (const r of this.rt) r.present = first.has(r.cfg.name);
     this.onSnapshot(first);

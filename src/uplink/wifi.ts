@@ -147,7 +147,8 @@ export class WifiService implements NetconnectdBackend {
     await this.ap.cleanupOrphans();
     // A typo in [ap] must be named now, not found out from a retry loop.
     const present = this.interfaces();
-    const apMissing = missingInterfaces([this.o.cfg.ap.interface, this.ifname], present);
+    // An empty list is an unreadable /sys/class/net, not a host without interfaces: no claim then.
+    const apMissing = present.length ? missingInterfaces([this.o.cfg.ap.interface, this.ifname], present) : [];
     if (apMissing.length > 0) this.o.log.warn(`${describeMissing("[ap] interface", apMissing, present)}: the access point cannot start; check [ap] interface / wifi_interface`);
     this.state = initialApState(this.clock.now());
     this.timer = this.clock.setInterval(() => this.tick(), TICK_MS);
@@ -197,7 +198,8 @@ export class WifiService implements NetconnectdBackend {
     const now = this.clock.now();
     if (this.checkingRelay || now - this.lastRelayCheck < RELAY_CHECK_MS) return;
     this.lastRelayCheck = now;
-    this.missing = missingInterfaces(this.o.cfg.uplink.map((u) => u.name), this.interfaces());
+    const present = this.interfaces();
+    this.missing = present.length ? missingInterfaces(this.o.cfg.uplink.map((u) => u.name), present) : [];
     if (!needsRelayCheck({ healthy, missing: this.missing })) {
       this.relayReachable = undefined;
       return;
