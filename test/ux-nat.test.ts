@@ -49,6 +49,12 @@ describe("broadcast and network addresses of the allow list's subnets", () => {
   });
 });
 
+test("an allow-list refusal names the onsite device's allow, not a --allow of the caller's command (a master's nat add has none)", () => {
+  expect(() => validateRequest(req("192.168.2.50:80"), limits, own)).toThrow(
+    "to: 192.168.2.50:80 is outside the LAN allow list; that list is the onsite device's own (`allow` in its config file, or --allow of its daemon), not an option of this command",
+  );
+});
+
 describe("--iface the device does not have", () => {
   test.each([
     ["eth0", ["lo", "eth0", "wan"], undefined],

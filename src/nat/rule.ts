@@ -197,7 +197,7 @@ export function validateRequest(req: NatRequest, limits: NatLimits, own: readonl
   const why = forbiddenTarget(toAddrN, own, limits.allow.map((e) => e.cidr));
   if (why) throw new FieldError("to", `${toAddr} ${why}; a forward must lead to a device on the LAN`);
   if (!allowListPermits(limits.allow, toAddrN, toPort)) {
-    throw new FieldError("to", `${toAddr}:${toPort} is outside the LAN allow list; add it with --allow or the config key allow`);
+    throw new FieldError("to", `${toAddr}:${toPort} is outside the LAN allow list; that list is the onsite device's own (\`allow\` in its config file, or --allow of its daemon), not an option of this command`);
   }
 
   const ttlText = text("ttl", req.ttl, "a duration such as 30s, 15m or 2h");
