@@ -243,10 +243,54 @@ export class ConfigError extends UsageError {
     const lines = problems.map(formatProblem);
     super(
       lines.length === 1 ? lines[0]! : `${lines.length} configuration problems:\n  ${lines.join("\n  ")}`,
-      "fix the value named above; `agent --help` lists the flags, targets/*.toml shows example configs",
+      configHint(problems),
     );
     this.problems = problems;
   }
+}
+
+/**
+ * The hint under a config error: self-contained (an installed binary has no targets/*.toml to
+ * point at), quoting the expected form of the key that failed where there is one.
+ */
+export function configHint(problems: readonly ConfigProblem[]): string {
+  const forms: string[] = [];
+  for (const p of problems) {
+    const form = exampleFor(p.key, p.origin);
+    if (form && !forms.includes(form)) forms.push(form);
+  }
+  const base = "fix the value named above; `agent --help` lists the flags";
+  return forms.length ? `${base}; expected form: ${forms.slice(0, 3).join("; ")}` : base;
+}
+
+/** How a key is written, in the file (TOML) or as a flag. */
+const EXAMPLES: Record<string, string> = {
+  role: 'role = "onsite"   (relay | onsite | master)',
+  bundle: 'bundle = "/etc/agent/site-1.bundle"',
+  relay: 'relay = "relay.example.net:443"',
+  listen: 'listen = "0.0.0.0:443"',
+  proxy: 'proxy = "http://proxy.lan:3128"',
+  revocations: 'revocations = "/var/lib/agent/revoked.json"',
+  location: 'location = "Building A, room 2"',
+  hostname: 'hostname = "relay.example.net"',
+  gui: 'gui = "127.0.0.1:8080"',
+  allow: 'allow = ["192.168.1.0/24", "10.0.0.5/32:22,80"]',
+  control: 'control = "/run/agent/control.sock"',
+  state_dir: 'state_dir = "/var/lib/agent"',
+  log_level: 'log_level = "info"   (silent | error | warn | info | debug | trace)',
+  json_logs: "json_logs = true",
+  nat: '[nat] backend = "auto", min_ttl = "1m", max_ttl = "8h", max_rules = 256',
+  uplink: '[[uplink]] name = "eth0", kind = "ethernet", priority = 10   (one table per interface; lower priority wins)',
+  tracking: '[tracking] targets = ["1.1.1.1:443"], interval = "1s", timeout = "1s", down = 3, up = 5',
+  ap: '[ap] enabled = true, interface = "wlan0", ssid = "agent-setup", country = "FR", address = "10.250.250.1/24"',
+  access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
+  "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
+};
+
+function exampleFor(key: string, origin: Origin): string | undefined {
+  if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
+  const section = /^(nat|tracking|ap)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
+  return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
 export function formatProblem(p: ConfigProblem): string {
@@ -498,10 +542,62 @@ export function parseToml(text: string, path: string): RawConfig {
   try {
     raw = Bun.TOML.parse(text);
   } catch (e) {
-    throw new ConfigError([{ origin: { kind: "file", path }, key: "(syntax)", message: `not valid TOML: ${(e as Error).message}` }]);
+    const why = (e as Error).message.replace(/^TOML Parse error: /, "");
+    const at = tomlErrorLocation(text, why);
+    const where = at ? ` at line ${at.line}, column ${at.column}` : "";
+    const shown = at ? `\n    ${at.text}\n    ${" ".repeat(at.column - 1)}^` : "";
+    throw new ConfigError([{ origin: { kind: "file", path }, key: "(syntax)", message: `not valid TOML${where}: ${why}${shown}` }]);
   }
   if (!isTable(raw)) throw new ConfigError([{ origin: { kind: "file", path }, key: "(file)", message: "expected a TOML table" }]);
   return raw;
+}
+
+/**
+ * Where a TOML syntax error is: Bun's parser names no position (its error's line/column are
+ * those of the JavaScript caller), so the line is the first one after the longest prefix of
+ * whole lines that parses (an error never heals: a later line cannot make it valid), and
+ * the column is that of the token the message names ("found 'x'", "key 'a'", an unterminated
+ * quote), else the line's first non-blank character. 1-based; undefined for an empty text.
+ */
+export function tomlErrorLocation(text: string, message: string): { line: number; column: number; text: string } | undefined {
+  const lines = text.split("\n");
+  const parses = (n: number) => {
+    try {
+      Bun.TOML.parse(lines.slice(0, n).join("\n"));
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  let good = 0;
+  for (let n = 1; n <= lines.length; n++) if (parses(n)) good = n;
+  if (good >= lines.length) return undefined;
+  let idx = good;
+  // A blank or comment line "after" the last good prefix cannot hold the error: the next real one does.
+  while (idx < lines.length - 1 && /^\s*(#.*)?$/.test(lines[idx]!)) idx++;
+  const raw = lines[idx]!.replace(/\r$/, "");
+  // The line is quoted back; a secret on it (an AP passphrase, a Wi-Fi key) is not.
+  const line = /passphrase|psk|password|secret|key\s*=/i.test(raw) ? raw.replace(/=.*$/, "= …") : raw;
+  return { line: idx + 1, column: Math.min(errorColumn(raw, message), line.length + 1), text: line };
+}
+
+function errorColumn(line: string, message: string): number {
+  const first = Math.max(0, line.search(/\S/));
+  const quoted = /(?:found|key) '([^']+)'/.exec(message)?.[1];
+  if (quoted) {
+    const i = line.indexOf(quoted, message.includes("found") ? first + 1 : first);
+    if (i >= 0) return i + 1;
+  }
+  if (/unterminated string/i.test(message)) {
+    const i = line.search(/["']/);
+    if (i >= 0) return i + 1;
+  }
+  if (/after '='/.test(message)) {
+    const i = line.indexOf("=");
+    if (i >= 0) return i + 2;
+  }
+  if (/found \(0x0A\)|end of (line|input)/i.test(message)) return line.replace(/\s+$/, "").length + 1;
+  return first + 1;
 }
 
 /** Reads a config file. A missing default file is no error; a missing named file is. */
@@ -518,6 +614,45 @@ export async function loadConfigFile(path: string, explicit: boolean): Promise<C
     throw new UsageError(`cannot read config file ${path}: ${(e as Error).message}`, "check the file's permissions", { cause: e });
   }
   return { origin: { kind: "file", path }, raw: parseToml(text, path) };
+}
+
+/** Which roles use a key; absent: every role. */
+const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: string }> = {
+  allow: { roles: ["onsite"], why: "only an onsite device serves LAN targets", shown: "allow" },
+  nat: { roles: ["onsite"], why: "only an onsite device installs NAT rules", shown: "[nat]" },
+  uplink: { roles: ["onsite"], why: "only an onsite device manages uplinks", shown: "[[uplink]]" },
+  tracking: { roles: ["onsite"], why: "only an onsite device probes uplinks", shown: "[tracking]" },
+  ap: { roles: ["onsite"], why: "only an onsite device runs the setup access point", shown: "[ap]" },
+  location: { roles: ["onsite"], why: "only an onsite device reports a location", shown: "location" },
+  hostname: { roles: ["onsite"], why: "only an onsite device reports a host name", shown: "hostname" },
+  listen: { roles: ["relay"], why: "only the relay listens; devices dial `relay`", shown: "listen" },
+  revocations: { roles: ["relay"], why: "only the relay checks certificates against a revocation list", shown: "revocations" },
+  access: { roles: ["relay"], why: "only the relay enforces [[access]] rules", shown: "[[access]]" },
+  gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
+  relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
+  proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
+};
+
+const A_ROLE: Record<Role, string> = { relay: "a relay", onsite: "an onsite device", master: "a master" };
+
+/**
+ * Warnings for what the file or the flags set that `role` does not use ("allow has no effect
+ * on a master: only an onsite device serves LAN targets"), each naming where it was set.
+ * Pure; the daemon logs them at start. Defaults never warn.
+ */
+export function ignoredForRole(sources: readonly ConfigSource[], role: Role): string[] {
+  const out: string[] = [];
+  for (const { origin, raw } of sources) {
+    if (origin.kind === "default") continue;
+    for (const k of Object.keys(raw)) {
+      const r = ROLE_KEYS[k];
+      if (!r || r.roles.includes(role)) continue;
+      const name = origin.kind === "flag" ? `--${k.replaceAll("_", "-")}` : r.shown;
+      const where = origin.kind === "file" ? `${origin.path}: ` : "";
+      out.push(`${where}${name} has no effect on ${A_ROLE[role]}: ${r.why}`);
+    }
+  }
+  return out;
 }
 
 /** What each role cannot start without. */

@@ -70,6 +70,23 @@ export function parseIpAddrJson(text: string): OwnAddress[] {
   return out;
 }
 
+/** Parses `ip -j link show` output into the interface names. Pure. */
+export function parseIpLinkJson(text: string): string[] {
+  const links = JSON.parse(text) as { ifname?: unknown }[];
+  return links.flatMap((l) => (typeof l.ifname === "string" ? [l.ifname] : []));
+}
+
+function interfaceReader(exec: Exec, clock: Clock): () => Promise<string[]> {
+  let cached: { at: number; value: string[] } | undefined;
+  return async () => {
+    if (cached && clock.now() - cached.at < OWN_ADDRESSES_TTL_MS) return cached.value;
+    const r = await exec(["ip", "-j", "link", "show"]);
+    if (r.code !== 0) throw new RuntimeError(`cannot list this device's interfaces: ip exited ${r.code}`);
+    cached = { at: clock.now(), value: parseIpLinkJson(r.stdout) };
+    return cached.value;
+  };
+}
+
 function ownAddressReader(exec: Exec, clock: Clock): () => Promise<OwnAddress[]> {
   let cached: { at: number; value: OwnAddress[] } | undefined;
   return async () => {
@@ -134,6 +151,7 @@ export function createNatComponent(opts: NatComponentOptions): NatComponent {
           },
           keepOnStop: config.nat.keep_on_stop,
           ownAddresses: ownAddressReader(exec, clock),
+          interfaces: interfaceReader(exec, clock),
           cutFlows: conntrackCutter(exec),
           log: nlog,
           clock,

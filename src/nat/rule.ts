@@ -114,8 +114,12 @@ const RESERVED = parseCidr("240.0.0.0/4");
 const THIS_NET = parseCidr("0.0.0.0/8");
 const BROADCAST = 0xffffffff;
 
-/** Why `addr` may never be a forward target, or undefined when it may (allow list aside). */
-export function forbiddenTarget(addr: number, own: readonly OwnAddress[]): string | undefined {
+/**
+ * Why `addr` may never be a forward target, or undefined when it may (allow list aside).
+ * `subnets` are the LAN's subnets as the allow list names them: their network and broadcast
+ * addresses are refused too, also where the device has no address of its own in them.
+ */
+export function forbiddenTarget(addr: number, own: readonly OwnAddress[], subnets: readonly Cidr[] = []): string | undefined {
   if (addr === BROADCAST) return "is the broadcast address";
   if (cidrContains(LOOPBACK, addr)) return "is a loopback address";
   if (cidrContains(LINK_LOCAL, addr)) return "is a link-local address";
@@ -129,6 +133,13 @@ export function forbiddenTarget(addr: number, own: readonly OwnAddress[]): strin
       if (addr === bcast) return `is the broadcast address of ${formatIPv4(net)}/${o.prefix}`;
       if (addr === net) return `is the network address of ${formatIPv4(net)}/${o.prefix}`;
     }
+  }
+  // /31 and /32 entries have no network or broadcast address (RFC 3021; one host).
+  for (const c of subnets) {
+    if (c.prefix > 30 || c.prefix === 0 || !cidrContains(c, addr)) continue;
+    const bcast = (c.network | ~maskOf(c.prefix)) >>> 0;
+    if (addr === bcast) return `is the broadcast address of ${formatCidr(c)} (a subnet of the allow list)`;
+    if (addr === c.network) return `is the network address of ${formatCidr(c)} (a subnet of the allow list)`;
   }
   return undefined;
 }
@@ -183,10 +194,10 @@ export function validateRequest(req: NatRequest, limits: NatLimits, own: readonl
     throw new FieldError("to", (e as Error).message);
   }
   const toAddr = formatIPv4(toAddrN);
-  const why = forbiddenTarget(toAddrN, own);
+  const why = forbiddenTarget(toAddrN, own, limits.allow.map((e) => e.cidr));
   if (why) throw new FieldError("to", `${toAddr} ${why}; a forward must lead to a device on the LAN`);
   if (!allowListPermits(limits.allow, toAddrN, toPort)) {
-    throw new FieldError("to", `${toAddr}:${toPort} is outside the LAN allow list; add it with --allow or the config key allow`);
+    throw new FieldError("to", `${toAddr}:${toPort} is outside the LAN allow list; that list is the onsite device's own (\`allow\` in its config file, or --allow of its daemon), not an option of this command`);
   }
 
   const ttlText = text("ttl", req.ttl, "a duration such as 30s, 15m or 2h");
@@ -202,6 +213,16 @@ export function validateRequest(req: NatRequest, limits: NatLimits, own: readonl
   const spec: RuleSpec = { proto: proto as Proto, src: formatCidr(src), port, toAddr, toPort, ttlMs };
   if (iface !== undefined) spec.iface = iface;
   return spec;
+}
+
+/**
+ * Why `iface` cannot be a rule's incoming interface on this device, or undefined when it can:
+ * a rule on a name the device lacks would never match, silently.
+ */
+export function unknownIface(iface: string, present: readonly string[]): string | undefined {
+  if (present.includes(iface)) return undefined;
+  const shown = present.filter((n) => n !== "lo").sort();
+  return `no interface ${JSON.stringify(iface)} on this device; present: ${shown.join(", ") || "none"} (or leave --iface out to match every interface)`;
 }
 
 /** Two requests for the same forward (same proto, source, interface, port and target). */

@@ -22,7 +22,7 @@ import type { FlowCutter } from "./conntrack.ts";
 import { deadlineAtLoad, isNoop, persistedExpiry, plan } from "./plan.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 import type { RuleStore } from "./store.ts";
-import { decideAdd, FieldError, newRuleId, sameForward, validateRequest, type NatLimits, type NatRequest, type OwnAddress, type Rule } from "./rule.ts";
+import { decideAdd, FieldError, newRuleId, sameForward, unknownIface, validateRequest, type NatLimits, type NatRequest, type OwnAddress, type Rule } from "./rule.ts";
 
 /** Longest single setTimeout; a later expiry re-arms from there. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -35,6 +35,9 @@ export interface NatServiceDeps {
   limits: NatLimits;
   keepOnStop: boolean;
   ownAddresses: () => Promise<OwnAddress[]>;
+  /** The device's interface names, to refuse an --iface it lacks; undefined (or a failing
+   * lister) leaves --iface unchecked. */
+  interfaces?: () => Promise<string[]>;
   cutFlows: FlowCutter;
   log: Logger;
   /** Monotonic now() for the running deadlines and the timer; wall() for persisted expiries. */
@@ -130,6 +133,11 @@ export class NatService {
     let spec;
     try {
       spec = validateRequest(req, this.d.limits, await this.d.ownAddresses());
+      if (spec.iface !== undefined && this.d.interfaces) {
+        const present = await this.d.interfaces().catch(() => undefined);
+        const why = present && unknownIface(spec.iface, present);
+        if (why) throw new FieldError("iface", why);
+      }
     } catch (e) {
       throw asUsage(e);
     }

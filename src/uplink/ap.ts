@@ -166,7 +166,7 @@ export class AccessPoint {
     } catch (e) {
       this.lastError = (e as Error).message;
       await this.teardown();
-      throw new Error(`starting the access point on ${ifname}`, { cause: e });
+      throw new Error(`access point on ${ifname} did not start`, { cause: e });
     }
   }
 

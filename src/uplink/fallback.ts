@@ -86,3 +86,30 @@ export function decideAp(s: ApState, ev: ApEvent, now: number, o: ApPolicyOption
       return out({ ...s, mode: "client" });
   }
 }
+
+/**
+ * What the fallback counts as "a healthy uplink". A configured uplink that is healthy, of
+ * course. But when configured uplinks are missing (a typo in `[[uplink]] name`, a renamed
+ * interface), the device may be online through an interface the config does not name: the
+ * AP is for a device that cannot reach its relay, so a relay that answers through the main
+ * routing table also counts (and the AP, which would take the radio, stays off). An uplink
+ * that is present but down never triggers that check: the configured uplinks are the whole
+ * story there, as before. `relayReachable` undefined: not checked (yet).
+ */
+export interface FallbackView {
+  healthy: readonly string[];
+  missing: readonly string[];
+  relayReachable?: boolean;
+}
+
+export function fallbackHealthy(v: FallbackView): { healthy: boolean; reason: string } {
+  if (v.healthy.length > 0) return { healthy: true, reason: `healthy uplink: ${v.healthy.join(", ")}` };
+  if (v.missing.length === 0) return { healthy: false, reason: "no healthy uplink" };
+  if (v.relayReachable === true) return { healthy: true, reason: `the relay answers through an interface the config does not name (missing: ${v.missing.join(", ")})` };
+  return { healthy: false, reason: `no healthy uplink; missing: ${v.missing.join(", ")}` };
+}
+
+/** Whether the relay must be probed outside the configured uplinks (see fallbackHealthy). */
+export function needsRelayCheck(v: Omit<FallbackView, "relayReachable">): boolean {
+  return v.healthy.length === 0 && v.missing.length > 0;
+}

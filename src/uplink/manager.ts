@@ -5,6 +5,7 @@
 import type { TrackingConfig, UplinkConfig } from "../config.ts";
 import type { HostPort } from "../netaddr.ts";
 import { formatHostPort } from "../netaddr.ts";
+import { formatDuration } from "../duration.ts";
 import type { Logger } from "../log.ts";
 import { decide, initialState, type Action, type PolicyEvent, type PolicyState, type Switch } from "./policy.ts";
 import { linkUsable, type LinkMonitor, type Snapshot } from "./monitor.ts";
@@ -12,6 +13,8 @@ import type { Prober, RoundResult } from "./probe.ts";
 import { RULE_PREF_BASE, TABLE_BASE, type RouteTable, type UplinkRoute } from "./routes.ts";
 import type { Modem, ModemStatus } from "./modem.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
+import { describeMissing, missingInterfaces } from "./interfaces.ts";
+import type { LinkInfo } from "./netlink.ts";
 
 /** Probe rounds kept per uplink for loss and latency. */
 export const STATS_WINDOW = 20;
@@ -57,6 +60,18 @@ interface UplinkRuntime {
   timer?: TimerHandle;
   probing?: Promise<void>;
   modem?: ModemStatus & { error?: string; at: number };
+  /** Whether the last snapshot had the interface (undefined: none seen yet). */
+  present?: boolean;
+}
+
+/** Why an uplink's link is not usable, or undefined when it is. "missing interface" is its own
+ * reason: a configured name this device does not have is a config problem, not an uplink down. */
+export function linkProblem(l: LinkInfo | undefined): string | undefined {
+  if (!l) return "missing interface";
+  if (!l.up) return "link down";
+  if (!l.carrier) return "no carrier";
+  if (l.addrs.length === 0) return "no IPv4 address";
+  return undefined;
 }
 
 export interface UplinkStatus {
@@ -66,6 +81,8 @@ export interface UplinkStatus {
   metered: boolean;
   active: boolean;
   health: string;
+  /** Why the link is not usable ("missing interface", "link down", "no carrier", "no IPv4 address"); absent when it is. */
+  problem?: string;
   since?: string;
   link: { present: boolean; up: boolean; carrier: boolean; addrs: string[]; gateway?: string };
   probes: { sent: number; lost: number; loss: number; latency_ms?: number; last?: { at: string; ok: boolean; rtt_ms?: number; targets: RoundResult["targets"] } };
@@ -82,6 +99,11 @@ export interface UplinkReport {
   tracking: { interval_ms: number; timeout_ms: number; down: number; up: number; count: number };
   uplinks: UplinkStatus[];
   history: { at: string; from?: string; to?: string; reason: string }[];
+}
+
+/** "every 1s, timeout 1s, down 3, up 5": the tracking settings in the config's own units (not "1000ms"). */
+export function trackingSummary(t: UplinkReport["tracking"]): string {
+  return `every ${formatDuration(t.interval_ms)}, timeout ${formatDuration(t.timeout_ms)}, down ${t.down}, up ${t.up}${t.count > 1 ? `, ${t.count} tries per target` : ""}`;
 }
 
 export class UplinkManager {
@@ -124,7 +146,13 @@ export class UplinkManager {
     if (this.targets.length === 0) throw new Error("uplink tracking has no target: set `relay` or [tracking] targets");
     this.o.monitor.onChange((snap) => this.onSnapshot(snap));
     await this.o.monitor.start();
-    this.onSnapshot(this.o.monitor.snapshot());
+    const first = this.o.monitor.snapshot();
+    // A configured name this device does not have (a typo, a renamed interface) is said now.
+    // An empty first snapshot is a monitor that sees nothing (yet), not a host without interfaces.
+    const missing = first.size ? missingInterfaces(this.rt.map((r) => r.cfg.name), first.keys()) : [];
+    if (missing.length > 0) this.o.log.warn(`${describeMissing("[[uplink]]", missing, first.keys())}; check the [[uplink]] names (\`ip link\` lists the interfaces)`, { missing });
+    for (const r of this.rt) r.present = first.has(r.cfg.name);
+    this.onSnapshot(first);
     for (const r of this.rt) this.schedule(r, 0);
     if (this.o.modems?.size) {
       void this.checkModems();
@@ -188,6 +216,12 @@ export class UplinkManager {
     if (this.closed) return;
     const changed: Record<string, boolean> = {};
     for (const r of this.rt) {
+      const present = snap.has(r.cfg.name);
+      if (r.present !== undefined && present !== r.present) {
+        if (present) this.o.log.info(`uplink ${r.cfg.name}: interface appeared`);
+        else this.o.log.warn(`uplink ${r.cfg.name}: interface disappeared (missing interface)`);
+      }
+      r.present = present;
       const usable = linkUsable(snap.get(r.cfg.name));
       if (usable !== this.state.uplinks[r.index]!.link) changed[r.cfg.name] = usable;
     }
@@ -280,7 +314,8 @@ export class UplinkManager {
 
   /** `agent status`: the short form. */
   status(): Record<string, unknown> {
-    return { active: this.state.active ?? null, healthy: this.state.uplinks.filter((u) => u.health === "up").map((u) => u.name) };
+    const missing = this.rt.filter((r) => r.present === false).map((r) => r.cfg.name);
+    return { active: this.state.active ?? null, healthy: this.state.uplinks.filter((u) => u.health === "up").map((u) => u.name), ...(missing.length ? { missing } : {}) };
   }
 
   /** `agent uplink status`: everything. */
@@ -307,6 +342,7 @@ export class UplinkManager {
           metered: r.cfg.metered,
           active: this.state.active === r.cfg.name,
           health: u.health,
+          problem: linkProblem(l),
           since: iso(u.since),
           link: { present: !!l, up: !!l?.up, carrier: !!l?.carrier, addrs: l?.addrs ?? [], gateway: this.gatewayOf(r, snap) },
           probes: {

@@ -10,7 +10,11 @@ import { RuntimeError, UsageError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { formatIPv4 } from "../netaddr.ts";
 import { AccessPoint, type ApStatus } from "./ap.ts";
-import { decideAp, initialApState, type ApAction, type ApEvent, type ApState } from "./fallback.ts";
+import { decideAp, fallbackHealthy, initialApState, needsRelayCheck, type ApAction, type ApEvent, type ApState } from "./fallback.ts";
+import { describeMissing, listInterfaces, missingInterfaces } from "./interfaces.ts";
+import { tcpProber } from "./probe.ts";
+import { RepeatLimiter, repeatedSuffix } from "./repeat.ts";
+import { formatDuration } from "../duration.ts";
 import type { Exec } from "../exec.ts";
 import type { NetconnectdBackend, NetconnectdCell, NetconnectdStatus } from "./netconnectd.ts";
 import { SetupPage } from "./setup-page.ts";
@@ -25,6 +29,10 @@ export const AP_RETRY_START_MS = 10_000;
 export const CLOSE_WAIT_MS = 3_000;
 /** Scan wait before the AP comes up (the radio is about to be busy). */
 export const PRE_AP_SCAN_MS = 4_000;
+/** While configured uplinks are missing and none is healthy: how often the relay is tried through the main routing table. */
+export const RELAY_CHECK_MS = 10_000;
+/** A failure that repeats (the AP restart every AP_RETRY_START_MS) is logged at most this often. */
+export const REPEAT_LOG_MS = 10 * 60_000;
 
 export interface KnownNetwork {
   ssid: string;
@@ -58,6 +66,12 @@ export interface WifiServiceOptions {
   /** The fallback's `after` and `retry`, the AP restart pace and the supplicant's timeouts run
    * on its monotonic now() and timers; wall() only stamps what people read. */
   clock?: Clock;
+  /** Test seam: the network interfaces of this host; default /sys/class/net. */
+  interfaces?: () => string[];
+  /** Test seam: whether the relay answers through the main routing table (any interface);
+   * default a TCP connect to `relay`. Asked only while configured uplinks are missing and
+   * none is healthy (fallback.ts: fallbackHealthy). */
+  reachRelay?: () => Promise<boolean>;
 }
 
 /** Loads the known networks; a broken file is moved aside, never silently overwritten. */
@@ -98,6 +112,13 @@ export class WifiService implements NetconnectdBackend {
   private readonly history: WifiReport["history"] = [];
   private readonly ifname: string;
   private readonly ctrlPath: string;
+  /** Configured uplinks this host does not have (refreshed with the relay check). */
+  private missing: string[] = [];
+  private relayReachable: boolean | undefined;
+  private lastRelayCheck = -Infinity;
+  private checkingRelay = false;
+  private fallbackReason: string | undefined;
+  private readonly apFailures: RepeatLimiter;
 
   constructor(private readonly o: WifiServiceOptions) {
     this.clock = o.clock ?? systemClock;
@@ -109,6 +130,11 @@ export class WifiService implements NetconnectdBackend {
     this.knownFile = join(o.cfg.state_dir, "wifi-networks.json");
     this.known = loadKnown(this.knownFile, o.log);
     this.state = initialApState(this.clock.now());
+    this.apFailures = new RepeatLimiter(REPEAT_LOG_MS);
+  }
+
+  private interfaces(): string[] {
+    return (this.o.interfaces ?? listInterfaces)();
   }
 
   private opts() {
@@ -119,6 +145,11 @@ export class WifiService implements NetconnectdBackend {
   async start(): Promise<void> {
     // hostapd/dnsmasq of a killed agent, and its firewall table, go first.
     await this.ap.cleanupOrphans();
+    // A typo in [ap] must be named now, not found out from a retry loop.
+    const present = this.interfaces();
+    // An empty list is an unreadable /sys/class/net, not a host without interfaces: no claim then.
+    const apMissing = present.length ? missingInterfaces([this.o.cfg.ap.interface, this.ifname], present) : [];
+    if (apMissing.length > 0) this.o.log.warn(`${describeMissing("[ap] interface", apMissing, present)}: the access point cannot start; check [ap] interface / wifi_interface`);
     this.state = initialApState(this.clock.now());
     this.timer = this.clock.setInterval(() => this.tick(), TICK_MS);
     // Networks configured while the supplicant was away are handed to it now.
@@ -143,14 +174,48 @@ export class WifiService implements NetconnectdBackend {
   // ------------------------------------------------------------ policy and effects
 
   private tick(): void {
-    this.feed({ type: "tick", healthy: this.o.healthy().length > 0, known: this.known.length });
+    const names = this.o.healthy();
+    this.checkRelay(names);
+    const v = fallbackHealthy({ healthy: names, missing: this.missing, relayReachable: this.relayReachable });
+    // Online through an interface the config does not name: said once per change, not per tick.
+    const note = v.healthy && names.length === 0 ? v.reason : undefined;
+    if (note !== this.fallbackReason) {
+      if (note) this.o.log.warn(`${note}: the setup access point stays off; fix the [[uplink]] names`);
+      this.fallbackReason = note;
+    }
+    this.feed({ type: "tick", healthy: v.healthy, known: this.known.length });
     // AP mode whose AP failed to start (interface missing, hostapd refused): try again now and then.
     const now = this.clock.now();
     if (this.state.mode === "ap" && !this.ap.running && !this.apStarting && now - this.apAttempt >= AP_RETRY_START_MS) {
       this.apAttempt = now;
-      this.o.log.info("AP mode without a running access point: starting it again");
+      this.o.log.debug("AP mode without a running access point: starting it again");
       void this.serial(() => this.bringUpAp(false));
     }
+  }
+
+  /** Refreshes `missing` and, while no configured uplink is healthy and some are missing, whether the relay answers anyway. */
+  private checkRelay(healthy: readonly string[]): void {
+    const now = this.clock.now();
+    if (this.checkingRelay || now - this.lastRelayCheck < RELAY_CHECK_MS) return;
+    this.lastRelayCheck = now;
+    const present = this.interfaces();
+    this.missing = present.length ? missingInterfaces(this.o.cfg.uplink.map((u) => u.name), present) : [];
+    if (!needsRelayCheck({ healthy, missing: this.missing })) {
+      this.relayReachable = undefined;
+      return;
+    }
+    const relay = this.o.cfg.relay;
+    const reach =
+      this.o.reachRelay ??
+      (relay ? async () => (await tcpProber("0.0.0.0", [relay], { timeoutMs: this.o.cfg.tracking.timeout, count: this.o.cfg.tracking.count, clock: this.clock })).ok : undefined);
+    if (!reach) return;
+    this.checkingRelay = true;
+    void reach()
+      .then(
+        (ok) => (this.relayReachable = ok),
+        () => (this.relayReachable = false),
+      )
+      .finally(() => (this.checkingRelay = false));
   }
 
   private feed(ev: ApEvent): ApAction[] {
@@ -222,9 +287,16 @@ export class WifiService implements NetconnectdBackend {
     try {
       await this.ap.start();
     } catch (e) {
-      this.o.log.error("access point failed to start", e);
+      // Retried every AP_RETRY_START_MS while the policy wants the AP: the same failure is
+      // logged once, then at most every REPEAT_LOG_MS with its count.
+      const text = errorChain(e);
+      const v = this.apFailures.note(text, this.clock.now());
+      if (v.log) this.o.log.error(`${text}${repeatedSuffix(v, REPEAT_LOG_MS, formatDuration)}`);
+      else this.o.log.debug(text);
       return;
     }
+    const failed = this.apFailures.reset();
+    if (failed > 0) this.o.log.info(`access point started after ${failed} failed attempt${failed > 1 ? "s" : ""}`);
     try {
       this.page = new SetupPage({
         hostname: formatIPv4(this.o.cfg.ap.address.host),
@@ -454,4 +526,12 @@ export class WifiService implements NetconnectdBackend {
   status(): Record<string, unknown> {
     return { mode: this.state.mode, ap: this.ap.running, known: this.known.length };
   }
+}
+
+/** "a: b: c" from an error and its causes (the logger's own form, as one string to compare). */
+function errorChain(e: unknown): string {
+  const parts: string[] = [];
+  let cur: unknown = e;
+  for (let i = 0; cur instanceof Error && i < 8; i++, cur = cur.cause) parts.push(cur.message);
+  return parts.length ? parts.join(": ") : String(e);
 }
