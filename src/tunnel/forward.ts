@@ -2,11 +2,14 @@
 // the relay to a LAN target behind an onsite device. A session outlives a lost relay
 // connection or a briefly offline device: it goes "resuming" and is re-opened with the same
 // id when both are back, until its TTL or the resume window runs out.
-import type { Socket, TCPSocketListener } from "bun";
+import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 import { RemoteError, type Connection, type Log } from "../transport/mux.ts";
 import { ErrorCode, Msg, type SessionInfo } from "../transport/messages.ts";
 import { formatHostPort, parseHostPort, parseIPv4, parsePort } from "../netaddr.ts";
-import { Pipe, pipeSocketHandlers, type PipeData } from "./pipe.ts";
+import { streamDuplex, type Duplex, type ForwardListener, type ListeningPort } from "./duplex.ts";
+import { carriesConnections, decide, opening, type SessionAction, type SessionEvent, type SessionState } from "./master-session.ts";
+import { Pipe } from "./pipe.ts";
+import { tcpListener } from "./tcp.ts";
 
 export interface ForwardSpec {
   bind: string;
@@ -43,32 +46,9 @@ export function parseForward(text: string): ForwardSpec {
   return { bind, port: lp, target: formatHostPort(target) };
 }
 
-export const SessionTiming = {
-  /** How long a session whose relay or device went away keeps trying to come back. */
-  resumeWindow: 5 * 60_000,
-  /** How often it tries while the relay connection is up, once the quick tries are spent. */
-  resumeRetry: 2_000,
-  /**
-   * The first tries after the relay said a side went away. An onsite device that re-dials over
-   * a new uplink replaces its old connection at the relay, and the relay announces the
-   * interruption then, with the device already back: a try at once succeeds. When the device
-   * closed its old connection itself (its old path still worked) the announcement comes a
-   * dial earlier, so a few quick tries follow. Waiting a full resumeRetry kept the forward
-   * dead ~2 s longer than the tunnel.
-   */
-  resumeQuick: [50, 250, 500, 1_000],
-} as const;
-
-/** Delay before resume try `n` (0-based) of an interrupted session (pure). */
-export function resumeDelay(n: number): number {
-  return SessionTiming.resumeQuick[n] ?? SessionTiming.resumeRetry;
-}
-
-type SessionState = "active" | "resuming" | "closed";
-
 interface Forward {
   spec: ForwardSpec;
-  listener: TCPSocketListener<PipeData>;
+  listener: ListeningPort;
   port: number;
   connections: number;
   active: number;
@@ -78,23 +58,17 @@ interface MasterSession {
   id: string;
   onsite: string;
   forwards: Forward[];
-  ttl: number | null;
-  expiresAt: number | null;
+  /** Monotonic ms. */
   opened: number;
-  state: SessionState;
-  since: number;
-  reason: string;
-  resumeUntil: number | null;
-  /** Resume tries since the interruption (for resumeDelay). */
-  tries: number;
-  retryTimer: ReturnType<typeof setTimeout> | null;
-  expiryTimer: ReturnType<typeof setTimeout> | null;
+  st: SessionState;
+  retryTimer: TimerHandle | null;
+  expiryTimer: TimerHandle | null;
 }
 
 export interface SessionView {
   session: string;
   onsite: string;
-  state: SessionState;
+  state: "active" | "resuming" | "closed";
   since: string;
   reason: string;
   opened: string;
@@ -107,31 +81,42 @@ export interface MasterSessionsOptions {
   /** The live relay connection, or null. */
   relay: () => Connection | null;
   relayState: () => string;
+  /** Where the forwards listen; default: local TCP ports. */
+  listener?: ForwardListener;
+  /** TTL and resume timers (monotonic); default: the system clock. */
+  clock?: Clock;
 }
+
+/** Closed sessions stay listed this long, so `agent sessions` can say why they ended. */
+const KEEP_CLOSED_MS = 10 * 60_000;
 
 export class MasterSessions {
   private readonly sessions = new Map<string, MasterSession>();
+  private readonly clock: Clock;
+  private readonly listener: ForwardListener;
 
-  constructor(private readonly o: MasterSessionsOptions) {}
+  constructor(private readonly o: MasterSessionsOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.listener = o.listener ?? tcpListener;
+  }
 
   setup(conn: Connection): void {
     conn.on(Msg.SESSION_CLOSE, (b) => {
       const s = typeof b.session === "string" ? this.sessions.get(b.session) : undefined;
-      if (!s || s.state === "closed") return;
+      if (!s) return;
       const reason = String(b.reason ?? "closed by the relay");
-      if (b.final === true) this.finish(s, reason);
-      else this.suspend(s, reason);
+      this.apply(s, b.final === true ? { kind: "ended", reason } : { kind: "interrupted", reason });
     });
   }
 
   /** The relay connection is (back) up: re-open what was interrupted. */
   relayUp(): void {
-    for (const s of this.sessions.values()) if (s.state === "resuming") this.scheduleResume(s, 0);
+    for (const s of this.sessions.values()) this.apply(s, { kind: "relay-up" });
   }
 
   /** The relay connection went away: every active session waits for it. */
   relayDown(reason: string): void {
-    for (const s of this.sessions.values()) if (s.state === "active") this.suspend(s, `relay connection lost: ${reason}`);
+    for (const s of this.sessions.values()) this.apply(s, { kind: "relay-down", reason });
   }
 
   async connect(onsite: string, specs: ForwardSpec[], ttl: number | null): Promise<SessionView> {
@@ -141,46 +126,34 @@ export class MasterSessions {
     try {
       for (const spec of specs) forwards.push(this.listen(spec));
     } catch (e) {
-      for (const f of forwards) f.listener.stop(true);
+      for (const f of forwards) f.listener.close();
       throw e;
     }
-    const s: MasterSession = {
-      id: "",
-      onsite,
-      forwards,
-      ttl,
-      expiresAt: null,
-      opened: Date.now(),
-      state: "resuming",
-      since: Date.now(),
-      reason: "opening",
-      resumeUntil: null,
-      tries: 0,
-      retryTimer: null,
-      expiryTimer: null,
-    };
+    const now = this.clock.now();
+    const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null };
     let info: SessionInfo;
     try {
       info = (await conn.request(Msg.SESSION_OPEN, { onsite, targets: specs.map((x) => x.target), ttl })) as SessionInfo;
     } catch (e) {
-      for (const f of forwards) f.listener.stop(true);
+      for (const f of forwards) f.listener.close();
       throw e;
     }
     s.id = info.session;
-    s.expiresAt = info.expires ? Date.parse(info.expires) : null;
-    if (s.expiresAt) s.expiryTimer = setTimeout(() => this.finish(s, "TTL reached"), Math.max(0, s.expiresAt - Date.now()) + 50);
     this.sessions.set(s.id, s);
-    this.setState(s, "active", "opened");
+    // The TTL runs on this side's monotonic clock from the asked length; the relay's wall-clock
+    // `expires` only tells whether there is one (or its length, had none been asked).
+    const left = info.expires ? (ttl ?? Math.max(0, Date.parse(info.expires) - this.clock.wall())) : null;
+    this.apply(s, { kind: "opened", ttl: left });
     this.o.log.info(`session ${s.id} to ${onsite}: ${forwards.map((f) => `${f.spec.bind}:${f.port} → ${f.spec.target}`).join(", ")}`);
     return this.view(s);
   }
 
   async disconnect(id: string): Promise<SessionView> {
     const s = this.sessions.get(id);
-    if (!s || s.state === "closed") throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(id)}; see \`agent sessions\``);
+    if (!s || s.st.phase === "closed") throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(id)}; see \`agent sessions\``);
     const conn = this.o.relay();
     if (conn) await conn.request(Msg.SESSION_END, { session: id, reason: "disconnect" }).catch(() => undefined);
-    this.finish(s, "disconnected by the user");
+    this.apply(s, { kind: "disconnect" });
     return this.view(s);
   }
 
@@ -189,26 +162,13 @@ export class MasterSessions {
   }
 
   close(): void {
-    for (const s of this.sessions.values()) this.finish(s, "master shutting down");
+    for (const s of this.sessions.values()) this.apply(s, { kind: "shutdown" });
   }
 
   private listen(spec: ForwardSpec): Forward {
     const fwd = { spec, connections: 0, active: 0 } as Forward;
-    const sessions = this;
     try {
-      fwd.listener = Bun.listen<PipeData>({
-        hostname: spec.bind,
-        port: spec.port,
-        allowHalfOpen: true,
-        exclusive: true,
-        data: { pipe: null },
-        socket: {
-          ...pipeSocketHandlers,
-          open(socket) {
-            sessions.accept(fwd, socket);
-          },
-        },
-      });
+      fwd.listener = this.listener.listen(spec.bind, spec.port, (d) => this.accept(fwd, d));
     } catch (e) {
       throw new RemoteError(ErrorCode.BAD_REQUEST, `cannot listen on ${spec.bind}:${spec.port}: ${(e as Error).message}`);
     }
@@ -216,12 +176,13 @@ export class MasterSessions {
     return fwd;
   }
 
-  private accept(fwd: Forward, socket: Socket<PipeData>): void {
+  private accept(fwd: Forward, client: Duplex): void {
     const s = [...this.sessions.values()].find((x) => x.forwards.includes(fwd));
     const conn = this.o.relay();
-    if (!s || s.state !== "active" || !conn) {
-      this.o.log.warn(`refusing a connection on ${fwd.spec.bind}:${fwd.port}: session ${s ? `${s.id} is ${s.state} (${s.reason})` : "is not open yet"}`);
-      socket.terminate();
+    if (!s || !carriesConnections(s.st) || !conn) {
+      const why = s ? `session ${s.id} is ${s.st.phase} (${s.st.reason})` : "session is not open yet";
+      this.o.log.warn(`refusing a connection on ${fwd.spec.bind}:${fwd.port}: ${why}`);
+      client.reset(new Error(why));
       return;
     }
     fwd.connections++;
@@ -232,82 +193,86 @@ export class MasterSessions {
     } catch (e) {
       fwd.active--;
       this.o.log.warn(`cannot open a stream for ${fwd.spec.target}: ${(e as Error).message}`);
-      socket.terminate();
+      client.reset(e as Error);
       return;
     }
-    new Pipe(socket, stream, (err) => {
+    new Pipe(client, streamDuplex(stream), (err) => {
       fwd.active--;
       if (err) this.o.log.debug(`forward ${fwd.port} → ${fwd.spec.target} ended: ${err.message}`);
     });
   }
 
-  private setState(s: MasterSession, state: SessionState, reason: string): void {
-    s.state = state;
-    s.since = Date.now();
-    s.reason = reason;
+  /** Runs the state machine for one event and carries out what it decided. */
+  private apply(s: MasterSession, e: SessionEvent): void {
+    const { state, actions } = decide(s.st, e, this.clock.now());
+    s.st = state;
+    for (const a of actions) this.run(s, a);
   }
 
-  private suspend(s: MasterSession, reason: string): void {
-    if (s.state === "closed") return;
-    if (s.expiresAt && Date.now() >= s.expiresAt) return this.finish(s, "TTL reached");
-    this.setState(s, "resuming", reason);
-    s.resumeUntil ??= Date.now() + SessionTiming.resumeWindow;
-    this.o.log.warn(`session ${s.id} interrupted (${reason}); resuming for up to ${SessionTiming.resumeWindow / 1000} s`);
-    s.tries = 0;
-    this.scheduleResume(s, resumeDelay(s.tries++));
-  }
-
-  private scheduleResume(s: MasterSession, delay: number): void {
-    if (s.retryTimer) clearTimeout(s.retryTimer);
-    s.retryTimer = setTimeout(() => void this.tryResume(s), delay);
-  }
-
-  private async tryResume(s: MasterSession): Promise<void> {
-    s.retryTimer = null;
-    if (s.state !== "resuming") return;
-    if (s.resumeUntil && Date.now() > s.resumeUntil) return this.finish(s, `could not resume within ${SessionTiming.resumeWindow / 1000} s: ${s.reason}`);
-    const conn = this.o.relay();
-    if (!conn) return; // relayUp() will call again
-    const ttl = s.expiresAt ? s.expiresAt - Date.now() : null;
-    if (ttl !== null && ttl < 1000) return this.finish(s, "TTL reached");
-    try {
-      await conn.request(Msg.SESSION_OPEN, { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session: s.id });
-      if (s.state !== "resuming") return;
-      s.resumeUntil = null;
-      this.setState(s, "active", "resumed");
-      this.o.log.info(`session ${s.id} to ${s.onsite} resumed`);
-    } catch (e) {
-      if (e instanceof RemoteError && (e.code === ErrorCode.FORBIDDEN || e.code === ErrorCode.REFUSED || e.code === ErrorCode.UNKNOWN_DEVICE)) {
-        return this.finish(s, `cannot resume: ${e.message}`);
-      }
-      s.reason = `resuming: ${(e as Error).message}`;
-      this.scheduleResume(s, resumeDelay(s.tries++));
+  private run(s: MasterSession, a: SessionAction): void {
+    switch (a.kind) {
+      case "retry-in":
+        this.clock.clearTimeout(s.retryTimer);
+        s.retryTimer = this.clock.setTimeout(() => this.expiredRetry(s), a.ms);
+        return;
+      case "expire-in":
+        this.clock.clearTimeout(s.expiryTimer);
+        s.expiryTimer = this.clock.setTimeout(() => this.apply(s, { kind: "ttl" }), a.ms);
+        return;
+      case "resume":
+        void this.resume(s, a.ttl);
+        return;
+      case "log":
+        this.o.log[a.level](`session ${s.id}${a.level === "info" ? ` to ${s.onsite}` : ""} ${a.text}`);
+        return;
+      case "close":
+        this.clock.clearTimeout(s.retryTimer);
+        this.clock.clearTimeout(s.expiryTimer);
+        s.retryTimer = s.expiryTimer = null;
+        for (const f of s.forwards) f.listener.close();
+        this.o.log.info(`session ${s.id} closed: ${a.reason}`);
+        unref(
+          this.clock.setTimeout(() => {
+            if (this.sessions.get(s.id) === s) this.sessions.delete(s.id);
+          }, KEEP_CLOSED_MS),
+        );
+        return;
     }
   }
 
-  private finish(s: MasterSession, reason: string): void {
-    if (s.state === "closed") return;
-    this.setState(s, "closed", reason);
-    if (s.retryTimer) clearTimeout(s.retryTimer);
-    if (s.expiryTimer) clearTimeout(s.expiryTimer);
-    for (const f of s.forwards) f.listener.stop(true);
-    this.o.log.info(`session ${s.id} closed: ${reason}`);
-    // Keep closed sessions listed for a while so `agent sessions` can say why they ended.
-    setTimeout(() => {
-      if (this.sessions.get(s.id) === s) this.sessions.delete(s.id);
-    }, 10 * 60_000).unref?.();
+  private expiredRetry(s: MasterSession): void {
+    s.retryTimer = null;
+    this.apply(s, { kind: "retry-due", relay: this.o.relay() !== null });
+  }
+
+  private async resume(s: MasterSession, ttl: number | null): Promise<void> {
+    const conn = this.o.relay();
+    if (!conn) return; // relay-up asks again
+    try {
+      await conn.request(Msg.SESSION_OPEN, { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session: s.id });
+      this.apply(s, { kind: "resumed" });
+    } catch (e) {
+      this.apply(s, { kind: "resume-failed", code: e instanceof RemoteError ? e.code : undefined, message: (e as Error).message });
+    }
   }
 
   private view(s: MasterSession): SessionView {
+    const st = s.st;
+    const iso = (mono: number) => new Date(wallOf(this.clock, mono)).toISOString();
     return {
       session: s.id,
       onsite: s.onsite,
-      state: s.state,
-      since: new Date(s.since).toISOString(),
-      reason: s.reason,
-      opened: new Date(s.opened).toISOString(),
-      expires: s.expiresAt ? new Date(s.expiresAt).toISOString() : null,
+      state: st.phase === "opening" ? "resuming" : st.phase,
+      since: iso(st.since),
+      reason: st.reason,
+      opened: iso(s.opened),
+      expires: st.expiresAt !== null ? iso(st.expiresAt) : null,
       forwards: s.forwards.map((f) => ({ bind: f.spec.bind, port: f.port, target: f.spec.target, connections: f.connections, active: f.active })),
     };
   }
+}
+
+/** A closed session's purge timer must not keep a stopping master alive. */
+function unref(t: TimerHandle): void {
+  (t as { unref?: () => void }).unref?.();
 }
