@@ -157,6 +157,12 @@ export class TcpDuplex implements Duplex {
   onClose(err: Error | null): void {
     if (this.done) return;
     this.done = true;
+    // Bun reports a FIN that arrives after our own (shutdown) as a close without error and
+    // without an `end` event; a reset comes with its error (ECONNRESET).
+    if (!err && this.writeShut && !this.readEnded) {
+      this.readEnded = true;
+      this.deliver("end");
+    }
     if (this.readEnded && this.endRequested) {
       this.closeErr = null;
       this.deliver("close");
