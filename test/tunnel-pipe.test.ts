@@ -9,8 +9,8 @@ import { linkPair } from "../src/transport/link.ts";
 import { ResetCode } from "../src/transport/frame.ts";
 import { Connection, type Stream, type StreamError } from "../src/transport/mux.ts";
 import { Msg } from "../src/transport/messages.ts";
-import { duplexPair, MemoryNet, streamDuplex, type Duplex, type MemoryDuplex } from "../src/tunnel/duplex.ts";
-import { Pipe } from "../src/tunnel/pipe.ts";
+import { duplexPair, MemoryNet, type Duplex, type MemoryDuplex } from "../src/tunnel/duplex.ts";
+import { Pipe, streamDuplex } from "../src/tunnel/pipe.ts";
 import { SessionServer } from "../src/tunnel/serve.ts";
 import { tcpDialer, tcpListener } from "../src/tunnel/tcp.ts";
 import { parseAllowEntry } from "../src/netaddr.ts";
@@ -243,6 +243,17 @@ describe("Pipe between a TCP connection and a mux stream (the real adapters)", (
     expect(c.text()).toBe("x");
     expect(c.st.fin).toBe(false);
     expect(c.st.closedErr?.message).toMatch(/ECONNRESET/);
+  });
+
+  test("a target that speaks first (an SSH banner) loses nothing before the pipe is joined", async () => {
+    const server = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: (s) => void s.write("SSH-2.0-test\r\n"), data() {} } });
+    closers.push(() => server.stop(true));
+    const d = await tcpDialer.dial("127.0.0.1", server.port);
+    await Bun.sleep(30); // the banner has arrived; nobody has set handlers yet
+    const r = reader(d);
+    await until(() => r.text() === "SSH-2.0-test\r\n", "the banner");
+    d.reset(new Error("done"));
+    expect((await r.closed)?.message).toBe("done");
   });
 
   test("a target nobody listens on: the stream is reset UNREACHABLE with the OS's reason", async () => {

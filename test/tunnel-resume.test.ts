@@ -6,7 +6,8 @@ import { FakeClock } from "../src/clock.ts";
 import { linkPair } from "../src/transport/link.ts";
 import { ErrorCode, Msg } from "../src/transport/messages.ts";
 import { Connection, RemoteError, type Stream } from "../src/transport/mux.ts";
-import { MemoryNet, streamDuplex, type DuplexHandlers } from "../src/tunnel/duplex.ts";
+import { MemoryNet, type DuplexHandlers } from "../src/tunnel/duplex.ts";
+import { streamDuplex } from "../src/tunnel/pipe.ts";
 import { MasterSessions, parseForward, type SessionView } from "../src/tunnel/forward.ts";
 import { decide, opening, resumeDelay, SessionTiming, type SessionAction, type SessionEvent, type SessionState } from "../src/tunnel/master-session.ts";
 
@@ -233,6 +234,24 @@ describe("MasterSessions in memory", () => {
     expect(r.relay.streams[0]!.open).toEqual({ session: "s-1", target: "192.168.1.50:80" });
     await until(() => r.view().forwards[0]!.active === 0, "the connection counted as done");
     expect(r.view().forwards[0]).toMatchObject({ connections: 2, active: 0 });
+  });
+
+  test("disconnect ends the session for both, stops its forward and resets a connection still open", async () => {
+    const r = rig();
+    const v = await open(r);
+    const client = r.net.connect(v.forwards[0]!.bind, v.forwards[0]!.port);
+    let got = "";
+    const closed = new Promise<Error | null>((res) => client.setHandlers({ data: (c) => (got += new TextDecoder().decode(c)), drain() {}, end() {}, close: res }));
+    client.resume();
+    client.write(new TextEncoder().encode("ping"));
+    await until(() => got === "ping", "the echo");
+    const ended = new Promise<Record<string, unknown>>((res) => r.relay.relaySide!.handle(Msg.SESSION_END, (b) => (res(b), {})));
+    const after = await r.sessions.disconnect(v.session);
+    expect(await ended).toMatchObject({ session: "s-1", reason: "disconnect" });
+    expect(after).toMatchObject({ state: "closed", reason: "disconnected by the user" });
+    expect((await closed)?.message).toMatch(/listener 127\.0\.0\.1:\d+ closed/);
+    expect(r.net.listening("127.0.0.1", v.forwards[0]!.port)).toBe(false);
+    await until(() => r.relay.streams[0]!.closed, "the stream reset");
   });
 
   test("interrupted, the forward refuses connections; quick tries, then it resumes and carries again", async () => {

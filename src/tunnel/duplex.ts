@@ -1,7 +1,8 @@
 // A duplex byte stream: what a session endpoint takes (a TCP connection to a LAN target, a
 // local client of a forward, a multiplexed stream) and what `Pipe` joins. The endpoints are
 // handed their connections (`TargetDialer`, `ForwardListener`) instead of opening sockets, so
-// tests run them over the in-memory pair below (STYLE 1, 4).
+// tests run them over the in-memory pair below (STYLE 1, 4). The TCP ones are in tcp.ts, a mux
+// stream as a Duplex in pipe.ts.
 //
 // Semantics, the same for every implementation:
 // - A Duplex starts paused: nothing is delivered until `resume()`, so handlers can be set first.
@@ -14,9 +15,6 @@
 // - `close(err)` is called exactly once: null once both directions finished cleanly, else the
 //   reason (a reset by either side, a lost connection). A reset closes the Duplex at once,
 //   so `close` runs inside `reset()`. An error close is not held back by `pause()`.
-import { ResetCode } from "../transport/frame.ts";
-import { StreamError, type Stream } from "../transport/mux.ts";
-
 export interface DuplexHandlers {
   data(chunk: Uint8Array): void;
   drain(): void;
@@ -41,39 +39,13 @@ export interface TargetDialer {
 
 export interface ListeningPort {
   readonly port: number;
-  /** Stops listening and drops connections not yet handed on. Idempotent. */
+  /** Stops listening and resets the connections it took (a closed forward carries nothing). Idempotent. */
   close(): void;
 }
 
 /** The master side: listens on a local port and hands on each connection. Throws if it cannot. */
 export interface ForwardListener {
   listen(bind: string, port: number, onConnection: (d: Duplex) => void): ListeningPort;
-}
-
-// ---- a multiplexed stream as a Duplex ------------------------------------------------------
-
-/**
- * A mux Stream as a Duplex. Its chunks are slices of the buffers the link hands over (one of
- * its own per socket read) or copies, so they are the receiver's to keep. A reset carries the
- * StreamError's code when the error is one (a stream piped to a stream), else CANCEL.
- */
-export function streamDuplex(stream: Stream): Duplex {
-  return {
-    write: (chunk) => stream.write(chunk),
-    end: () => stream.end(),
-    reset: (err) => stream.reset(err instanceof StreamError ? err.code : ResetCode.CANCEL, err.message),
-    pause: () => stream.pause(),
-    resume: () => stream.resume(),
-    setHandlers(h) {
-      stream.ondata = (chunk) => h.data(chunk);
-      stream.ondrain = () => h.drain();
-      stream.onend = () => h.end();
-      stream.onclose = (err) => h.close(err);
-    },
-    get closed() {
-      return stream.closed;
-    },
-  };
 }
 
 // ---- in memory -----------------------------------------------------------------------------
@@ -231,12 +203,19 @@ export class MemoryNet implements ForwardListener, TargetDialer {
     const p = port || this.nextPort++;
     const key = `${bind}:${p}`;
     if (this.listeners.has(key)) throw new Error(`address ${key} already in use`);
-    this.listeners.set(key, onConnection);
+    const taken: Duplex[] = [];
+    const accept = (d: Duplex) => {
+      taken.push(d);
+      onConnection(d);
+    };
+    this.listeners.set(key, accept);
     const listeners = this.listeners;
     return {
       port: p,
       close() {
-        if (listeners.get(key) === onConnection) listeners.delete(key);
+        if (listeners.get(key) !== accept) return;
+        listeners.delete(key);
+        for (const d of taken.splice(0)) d.reset(new Error(`listener ${key} closed`));
       },
     };
   }

@@ -6,9 +6,9 @@ import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 import { RemoteError, type Connection, type Log } from "../transport/mux.ts";
 import { ErrorCode, Msg, type SessionInfo } from "../transport/messages.ts";
 import { formatHostPort, parseHostPort, parseIPv4, parsePort } from "../netaddr.ts";
-import { streamDuplex, type Duplex, type ForwardListener, type ListeningPort } from "./duplex.ts";
+import type { Duplex, ForwardListener, ListeningPort } from "./duplex.ts";
 import { carriesConnections, decide, opening, type SessionAction, type SessionEvent, type SessionState } from "./master-session.ts";
-import { Pipe } from "./pipe.ts";
+import { Pipe, streamDuplex } from "./pipe.ts";
 import { tcpListener } from "./tcp.ts";
 
 export interface ForwardSpec {

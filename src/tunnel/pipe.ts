@@ -2,6 +2,8 @@
 // what one reads the other writes, a side that cannot take more pauses the source until it
 // drains, a FIN travels on as a FIN (the other direction goes on), and a reset or a lost
 // connection on one side resets the other, so the far client sees a failure, never a clean end.
+import { ResetCode } from "../transport/frame.ts";
+import { StreamError, type Stream } from "../transport/mux.ts";
 import type { Duplex } from "./duplex.ts";
 
 export class Pipe {
@@ -40,4 +42,28 @@ export class Pipe {
     this.finished = true;
     this.onDone?.(err);
   }
+}
+
+/**
+ * A mux Stream as a Duplex. Its chunks are slices of the buffers the link hands over (one of
+ * its own per socket read) or copies, so they are the receiver's to keep. A reset carries the
+ * StreamError's code when the error is one (a stream piped to a stream), else CANCEL.
+ */
+export function streamDuplex(stream: Stream): Duplex {
+  return {
+    write: (chunk) => stream.write(chunk),
+    end: () => stream.end(),
+    reset: (err) => stream.reset(err instanceof StreamError ? err.code : ResetCode.CANCEL, err.message),
+    pause: () => stream.pause(),
+    resume: () => stream.resume(),
+    setHandlers(h) {
+      stream.ondata = (chunk) => h.data(chunk);
+      stream.ondrain = () => h.drain();
+      stream.onend = () => h.end();
+      stream.onclose = (err) => h.close(err);
+    },
+    get closed() {
+      return stream.closed;
+    },
+  };
 }

@@ -5,8 +5,8 @@ import { RemoteError, type Connection, type Log, type Stream } from "../transpor
 import { ErrorCode, Msg } from "../transport/messages.ts";
 import { allowListPermits, formatAllowEntry, parseHostPort, parseIPv4, type AllowEntry } from "../netaddr.ts";
 import { systemClock, type Clock } from "../clock.ts";
-import { streamDuplex, type TargetDialer } from "./duplex.ts";
-import { Pipe } from "./pipe.ts";
+import type { TargetDialer } from "./duplex.ts";
+import { Pipe, streamDuplex } from "./pipe.ts";
 import { tcpDialer } from "./tcp.ts";
 
 export type TargetCheck = { ok: true; host: string; port: number } | { ok: false; reason: string };
