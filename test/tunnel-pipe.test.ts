@@ -11,7 +11,7 @@ import { Connection, type Stream, type StreamError } from "../src/transport/mux.
 import { Msg } from "../src/transport/messages.ts";
 import { duplexPair, MemoryNet, type Duplex, type MemoryDuplex } from "../src/tunnel/duplex.ts";
 import { Pipe, streamDuplex } from "../src/tunnel/pipe.ts";
-import { SessionServer } from "../src/tunnel/serve.ts";
+import { SessionServer } from "../src/tunnel/onsite-server.ts";
 import { tcpDialer, tcpListener } from "../src/tunnel/tcp.ts";
 import { parseAllowEntry } from "../src/netaddr.ts";
 

@@ -1,5 +1,5 @@
 // The master's session lifecycle (src/tunnel/master-session.ts) as a table, then the forwarder
-// (src/tunnel/forward.ts) resuming sessions in memory: a real Connection to a scripted relay
+// (src/tunnel/master-forwarder.ts) resuming sessions in memory: a real Connection to a scripted relay
 // over in-memory links, forwards on an in-memory network, time on a FakeClock. No sockets.
 import { afterEach, describe, expect, test } from "bun:test";
 import { FakeClock } from "../src/clock.ts";
@@ -8,7 +8,7 @@ import { ErrorCode, Msg } from "../src/transport/messages.ts";
 import { Connection, RemoteError, type Stream } from "../src/transport/mux.ts";
 import { MemoryNet, type DuplexHandlers } from "../src/tunnel/duplex.ts";
 import { streamDuplex } from "../src/tunnel/pipe.ts";
-import { MasterSessions, parseForward, type SessionView } from "../src/tunnel/forward.ts";
+import { MasterSessions, parseForward, type SessionView } from "../src/tunnel/master-forwarder.ts";
 import { decide, opening, resumeDelay, SessionTiming, type SessionAction, type SessionEvent, type SessionState } from "../src/tunnel/master-session.ts";
 
 // ---- resume delays ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { LAN_HTTP, startLab, switchAfter, waitReport, type Lab, type LabFleet, labUntil } from "./helpers/uplink-lab.ts";
 import { controlRequest } from "../src/control.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
-import type { SessionView } from "../src/tunnel/forward.ts";
+import type { SessionView } from "../src/tunnel/master-forwarder.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot && process.env.CI) throw new Error("uplink tunnel system tests need root; CI runs as root, so this must not be skipped there");

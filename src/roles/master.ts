@@ -8,7 +8,7 @@ import type { Bundle } from "../pki.ts";
 import type { RelayClient } from "../transport/client.ts";
 import { ErrorCode, Msg } from "../transport/messages.ts";
 import { RemoteError } from "../transport/mux.ts";
-import { MasterSessions, parseForward, type ForwardSpec } from "../tunnel/forward.ts";
+import { MasterSessions, parseForward, type ForwardSpec } from "../tunnel/master-forwarder.ts";
 import type { Component } from "./daemon.ts";
 import { relayClientFor } from "./device.ts";
 
