@@ -2,6 +2,10 @@
 // the relay to a LAN target behind an onsite device. A session outlives a lost relay
 // connection or a briefly offline device: it goes "resuming" and is re-opened with the same
 // id when both are back, until its TTL or the resume window runs out.
+//
+// Data path: a ForwardListener (tcp.ts) hands each local connection over as a Duplex; it is
+// piped (pipe.ts) to a stream opened on the relay connection. When a session changes state is
+// decided by master-session.ts; this file runs those decisions on its clock and timers.
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 import { RemoteError, type Connection, type Log } from "../transport/mux.ts";
 import { ErrorCode, Msg, type SessionInfo } from "../transport/messages.ts";

@@ -1,5 +1,8 @@
 // The onsite side of sessions: accept or refuse session offers against the device's allow
-// list, and serve each stream by connecting to its LAN target (through the injected dialer).
+// list, and serve each stream by connecting to its LAN target.
+//
+// Data path: a stream the relay opens is checked against the allow list, its target reached
+// through a TargetDialer (tcp.ts), and the two joined by a Pipe (pipe.ts).
 import { ResetCode } from "../transport/frame.ts";
 import { RemoteError, type Connection, type Log, type Stream } from "../transport/mux.ts";
 import { ErrorCode, Msg } from "../transport/messages.ts";

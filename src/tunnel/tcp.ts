@@ -78,7 +78,7 @@ export class TcpDuplex implements Duplex {
 
   pause(): void {
     this.paused = true;
-    this.socket.pause();
+    if (!this.done) this.socket.pause();
   }
 
   resume(): void {
