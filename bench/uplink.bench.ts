@@ -32,7 +32,7 @@ import { join } from "node:path";
 import { defaults } from "../src/config.ts";
 import { Timing } from "../src/transport/policy.ts";
 import { keepaliveClose as keepaliveAt, mwan3Defaults, mwan3Detect } from "./lib/mwan3.ts";
-import type { SessionView } from "../src/tunnel/forward.ts";
+import type { SessionView } from "../src/tunnel/master-forwarder.ts";
 import { NETLINK_READ_MS } from "../src/uplink/monitor.ts";
 import { RouteSocket, RTMGRP_LINK } from "../src/uplink/netlink.ts";
 import { FIXTURES, LAN_HTTP, lines, startLab, switchAfter, waitReport, type Lab } from "../test/helpers/uplink-lab.ts";

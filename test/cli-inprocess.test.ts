@@ -15,7 +15,7 @@ import type { RuleView } from "../src/nat/service.ts";
 import type { DaemonStatus, MasterApi, OnsiteApi, RelayApi } from "../src/roles/api.ts";
 import { Daemon } from "../src/roles/daemon.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
-import type { SessionView } from "../src/tunnel/forward.ts";
+import type { SessionView } from "../src/tunnel/master-forwarder.ts";
 import { VERSION } from "../src/version.ts";
 
 const log = createLogger({ level: "silent", write: () => {} });

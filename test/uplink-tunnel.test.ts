@@ -14,7 +14,7 @@ import { waitFor } from "./helpers/wait.ts";
 import { controlRequest } from "../src/control.ts";
 import { FLAP_HOLD_BASE_MS } from "../src/uplink/policy.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
-import type { SessionView } from "../src/tunnel/forward.ts";
+import type { SessionView } from "../src/tunnel/master-forwarder.ts";
 
 const isRoot = process.getuid?.() === 0;
 if (!isRoot && process.env.CI) throw new Error("uplink tunnel system tests need root; CI runs as root, so this must not be skipped there");

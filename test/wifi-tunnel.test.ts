@@ -12,7 +12,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import type { DeviceInfo } from "../src/transport/messages.ts";
-import type { SessionView } from "../src/tunnel/forward.ts";
+import type { SessionView } from "../src/tunnel/master-forwarder.ts";
 import { defaults, type ApConfig } from "../src/config.ts";
 import { renderNft } from "../src/uplink/apconf.ts";
 import type { WifiReport } from "../src/uplink/wifi.ts";

@@ -5,8 +5,8 @@ import { UsageError } from "../errors.ts";
 import type { MasterApi, OnsiteSessionView, RelayApi, AnyApi } from "../roles/api.ts";
 import { formatTable } from "../table.ts";
 import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
-import type { SessionView } from "../tunnel/forward.ts";
-import { parseForward } from "../tunnel/forward.ts";
+import type { SessionView } from "../tunnel/master-forwarder.ts";
+import { parseForward } from "../tunnel/master-forwarder.ts";
 import { defineAgentCommand, flag, str, strs } from "./args.ts";
 import { configArgs, configFromArgs, daemonClient } from "./common.ts";
 

@@ -7,7 +7,7 @@
 // UsageError naming the bad one.
 import type { AddResult, RuleView } from "../nat/service.ts";
 import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
-import type { SessionView } from "../tunnel/forward.ts";
+import type { SessionView } from "../tunnel/master-forwarder.ts";
 import type { Refusal } from "../tunnel/relay.ts";
 import type { UplinkReport } from "../uplink/manager.ts";
 import type { WifiReport } from "../uplink/wifi.ts";

@@ -10,7 +10,7 @@ import type { RelayClient } from "../transport/client.ts";
 import { ErrorCode, Msg, type DeviceInfo } from "../transport/messages.ts";
 import { RemoteError } from "../transport/mux.ts";
 import { request } from "../transport/typed.ts";
-import { MasterSessions, parseForward, type ForwardSpec } from "../tunnel/forward.ts";
+import { MasterSessions, parseForward, type ForwardSpec } from "../tunnel/master-forwarder.ts";
 import type { Component } from "./daemon.ts";
 import { relayClientFor } from "./device.ts";
 import type { AddResult } from "../nat/service.ts";

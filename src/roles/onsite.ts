@@ -14,7 +14,7 @@ import { RemoteError, type Connection } from "../transport/mux.ts";
 import { ErrorCode } from "../transport/messages.ts";
 import { UsageError } from "../errors.ts";
 import type { NatComponent } from "../nat/component.ts";
-import { SessionServer } from "../tunnel/serve.ts";
+import { SessionServer } from "../tunnel/onsite-server.ts";
 import { VERSION } from "../version.ts";
 import type { Component } from "./daemon.ts";
 import { relayClientFor } from "./device.ts";

@@ -1,10 +1,16 @@
 // The onsite side of sessions: accept or refuse session offers against the device's allow
 // list, and serve each stream by connecting to its LAN target.
+//
+// Data path: a stream the relay opens is checked against the allow list, its target reached
+// through a TargetDialer (tcp.ts), and the two joined by a Pipe (pipe.ts).
 import { ResetCode } from "../transport/frame.ts";
 import { RemoteError, type Connection, type Log, type Stream } from "../transport/mux.ts";
 import { ErrorCode, Msg } from "../transport/messages.ts";
 import { allowListPermits, formatAllowEntry, parseHostPort, parseIPv4, type AllowEntry } from "../netaddr.ts";
-import { Pipe, pipeSocketHandlers, type PipeData } from "./pipe.ts";
+import { systemClock, type Clock } from "../clock.ts";
+import type { TargetDialer } from "./duplex.ts";
+import { Pipe, streamDuplex } from "./pipe.ts";
+import { tcpDialer } from "./tcp.ts";
 
 export type TargetCheck = { ok: true; host: string; port: number } | { ok: false; reason: string };
 
@@ -35,13 +41,23 @@ export interface ServeOptions {
   /** Extra requests a role serves on the relay connection (e.g. NAT requests). */
   extra?: (conn: Connection) => void;
   onSessionClosed?: (session: string, reason: string) => void;
+  /** How streams reach their targets; default: TCP connections. */
+  dialer?: TargetDialer;
+  /** For the `opened` timestamps people read; default: the system clock. */
+  clock?: Clock;
 }
 
 export class SessionServer {
+  /** `opened` is wall-clock ms (shown to people). */
   readonly sessions = new Map<string, { master: string; targets: string[]; opened: number; streams: number }>();
   streamsServed = 0;
+  private readonly dialer: TargetDialer;
+  private readonly clock: Clock;
 
-  constructor(private readonly o: ServeOptions) {}
+  constructor(private readonly o: ServeOptions) {
+    this.dialer = o.dialer ?? tcpDialer;
+    this.clock = o.clock ?? systemClock;
+  }
 
   /** Registers the handlers on a fresh relay connection. */
   setup(conn: Connection): void {
@@ -50,7 +66,7 @@ export class SessionServer {
       const targets = Array.isArray(b.targets) ? b.targets.map(String) : [];
       const refused = targets.map((t) => checkTarget(this.o.allow(), t)).filter((c): c is { ok: false; reason: string } => !c.ok);
       if (refused.length) throw new RemoteError(ErrorCode.REFUSED, refused.map((r) => r.reason).join("; "));
-      this.sessions.set(session, { master: String(b.master ?? ""), targets, opened: Date.now(), streams: 0 });
+      this.sessions.set(session, { master: String(b.master ?? ""), targets, opened: this.clock.wall(), streams: 0 });
       this.o.log.info(`session ${session} from ${String(b.master)} accepted: ${targets.join(", ")}`);
       return {};
     });
@@ -89,36 +105,25 @@ export class SessionServer {
     const info = this.sessions.get(session);
     if (info) info.streams++;
     this.streamsServed++;
-    let settled = false;
-    stream.onclose = () => {
-      settled = true; // reset before the target answered
-    };
-    Bun.connect<PipeData>({
-      hostname: check.host,
-      port: check.port,
-      allowHalfOpen: true,
-      data: { pipe: null },
-      socket: {
-        ...pipeSocketHandlers,
-        open(socket) {
-          if (settled || stream.closed) {
-            socket.terminate();
-            return;
-          }
-          settled = true;
-          stream.accept();
-          new Pipe(socket, stream);
-        },
-        connectError(_socket, err) {
-          if (settled) return;
-          settled = true;
-          stream.reset(ResetCode.UNREACHABLE, `${target}: ${err.message}`);
-        },
+    const unreachable = (err: Error) => stream.reset(ResetCode.UNREACHABLE, `${target}: ${err.message}`);
+    let dial;
+    try {
+      dial = this.dialer.dial(check.host, check.port);
+    } catch (e) {
+      unreachable(e as Error);
+      return;
+    }
+    dial.then(
+      (conn) => {
+        // The stream may have been reset (or its connection lost) while the target answered.
+        if (stream.closed) {
+          conn.reset(new Error("the stream ended before the target answered"));
+          return;
+        }
+        stream.accept();
+        new Pipe(conn, streamDuplex(stream));
       },
-    }).catch((err: Error) => {
-      if (settled) return;
-      settled = true;
-      stream.reset(ResetCode.UNREACHABLE, `${target}: ${err.message}`);
-    });
+      (err: Error) => unreachable(err), // a no-op on a stream already closed
+    );
   }
 }

@@ -1,0 +1,282 @@
+// The master side of sessions: local port forwards (like `ssh -L`) carried as streams through
+// the relay to a LAN target behind an onsite device. A session outlives a lost relay
+// connection or a briefly offline device: it goes "resuming" and is re-opened with the same
+// id when both are back, until its TTL or the resume window runs out.
+//
+// Data path: a ForwardListener (tcp.ts) hands each local connection over as a Duplex; it is
+// piped (pipe.ts) to a stream opened on the relay connection. When a session changes state is
+// decided by master-session.ts; this file runs those decisions on its clock and timers.
+import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
+import { RemoteError, type Connection, type Log } from "../transport/mux.ts";
+import { ErrorCode, Msg, type SessionInfo } from "../transport/messages.ts";
+import { formatHostPort, parseHostPort, parseIPv4, parsePort } from "../netaddr.ts";
+import type { Duplex, ForwardListener, ListeningPort } from "./duplex.ts";
+import { carriesConnections, decide, opening, type SessionAction, type SessionEvent, type SessionState } from "./master-session.ts";
+import { Pipe, streamDuplex } from "./pipe.ts";
+import { tcpListener } from "./tcp.ts";
+
+export interface ForwardSpec {
+  bind: string;
+  port: number; // 0: chosen by the system
+  target: string; // HOST:PORT on the onsite LAN
+}
+
+/** Parses `[BIND:]LPORT:HOST:PORT` (pure). */
+export function parseForward(text: string): ForwardSpec {
+  const bad = (why: string) => new Error(`--forward ${JSON.stringify(text)}: ${why}; expected [BIND:]LPORT:HOST:PORT such as 8080:192.168.1.50:80`);
+  const parts = text.split(":");
+  if (parts.length !== 3 && parts.length !== 4) throw bad("wrong number of fields");
+  const [bind, lport, host, port] = parts.length === 4 ? (parts as [string, string, string, string]) : (["127.0.0.1", ...parts] as [string, string, string, string]);
+  try {
+    parseIPv4(bind);
+  } catch {
+    throw bad(`bind address ${JSON.stringify(bind)} is not an IPv4 address`);
+  }
+  let lp: number;
+  if (lport === "0") lp = 0;
+  else {
+    try {
+      lp = parsePort(lport);
+    } catch (e) {
+      throw bad(`local port: ${(e as Error).message}`);
+    }
+  }
+  let target;
+  try {
+    target = parseHostPort(`${host}:${port}`, "a target HOST:PORT");
+  } catch (e) {
+    throw bad((e as Error).message);
+  }
+  return { bind, port: lp, target: formatHostPort(target) };
+}
+
+interface Forward {
+  spec: ForwardSpec;
+  listener: ListeningPort;
+  port: number;
+  connections: number;
+  active: number;
+}
+
+interface MasterSession {
+  id: string;
+  onsite: string;
+  forwards: Forward[];
+  /** Monotonic ms. */
+  opened: number;
+  st: SessionState;
+  retryTimer: TimerHandle | null;
+  expiryTimer: TimerHandle | null;
+}
+
+export interface SessionView {
+  session: string;
+  onsite: string;
+  state: "active" | "resuming" | "closed";
+  since: string;
+  reason: string;
+  opened: string;
+  expires: string | null;
+  forwards: { bind: string; port: number; target: string; connections: number; active: number }[];
+}
+
+export interface MasterSessionsOptions {
+  log: Log;
+  /** The live relay connection, or null. */
+  relay: () => Connection | null;
+  relayState: () => string;
+  /** Where the forwards listen; default: local TCP ports. */
+  listener?: ForwardListener;
+  /** TTL and resume timers (monotonic); default: the system clock. */
+  clock?: Clock;
+}
+
+/** Closed sessions stay listed this long, so `agent sessions` can say why they ended. */
+const KEEP_CLOSED_MS = 10 * 60_000;
+
+export class MasterSessions {
+  private readonly sessions = new Map<string, MasterSession>();
+  private readonly clock: Clock;
+  private readonly listener: ForwardListener;
+
+  constructor(private readonly o: MasterSessionsOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.listener = o.listener ?? tcpListener;
+  }
+
+  setup(conn: Connection): void {
+    conn.on(Msg.SESSION_CLOSE, (b) => {
+      const s = typeof b.session === "string" ? this.sessions.get(b.session) : undefined;
+      if (!s) return;
+      const reason = String(b.reason ?? "closed by the relay");
+      this.apply(s, b.final === true ? { kind: "ended", reason } : { kind: "interrupted", reason });
+    });
+  }
+
+  /** The relay connection is (back) up: re-open what was interrupted. */
+  relayUp(): void {
+    for (const s of this.sessions.values()) this.apply(s, { kind: "relay-up" });
+  }
+
+  /** The relay connection went away: every active session waits for it. */
+  relayDown(reason: string): void {
+    for (const s of this.sessions.values()) this.apply(s, { kind: "relay-down", reason });
+  }
+
+  async connect(onsite: string, specs: ForwardSpec[], ttl: number | null): Promise<SessionView> {
+    const conn = this.o.relay();
+    if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.o.relayState()}); see \`agent status\``);
+    const forwards: Forward[] = [];
+    try {
+      for (const spec of specs) forwards.push(this.listen(spec));
+    } catch (e) {
+      for (const f of forwards) f.listener.close();
+      throw e;
+    }
+    const now = this.clock.now();
+    const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null };
+    let info: SessionInfo;
+    try {
+      info = (await conn.request(Msg.SESSION_OPEN, { onsite, targets: specs.map((x) => x.target), ttl })) as SessionInfo;
+    } catch (e) {
+      for (const f of forwards) f.listener.close();
+      throw e;
+    }
+    s.id = info.session;
+    this.sessions.set(s.id, s);
+    // The TTL runs on this side's monotonic clock from the asked length; the relay's wall-clock
+    // `expires` only tells whether there is one (or its length, had none been asked).
+    const left = info.expires ? (ttl ?? Math.max(0, Date.parse(info.expires) - this.clock.wall())) : null;
+    this.apply(s, { kind: "opened", ttl: left });
+    this.o.log.info(`session ${s.id} to ${onsite}: ${forwards.map((f) => `${f.spec.bind}:${f.port} → ${f.spec.target}`).join(", ")}`);
+    return this.view(s);
+  }
+
+  async disconnect(id: string): Promise<SessionView> {
+    const s = this.sessions.get(id);
+    if (!s || s.st.phase === "closed") throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(id)}; see \`agent sessions\``);
+    const conn = this.o.relay();
+    if (conn) await conn.request(Msg.SESSION_END, { session: id, reason: "disconnect" }).catch(() => undefined);
+    this.apply(s, { kind: "disconnect" });
+    return this.view(s);
+  }
+
+  list(): SessionView[] {
+    return [...this.sessions.values()].map((s) => this.view(s));
+  }
+
+  close(): void {
+    for (const s of this.sessions.values()) this.apply(s, { kind: "shutdown" });
+  }
+
+  private listen(spec: ForwardSpec): Forward {
+    const fwd = { spec, connections: 0, active: 0 } as Forward;
+    try {
+      fwd.listener = this.listener.listen(spec.bind, spec.port, (d) => this.accept(fwd, d));
+    } catch (e) {
+      throw new RemoteError(ErrorCode.BAD_REQUEST, `cannot listen on ${spec.bind}:${spec.port}: ${(e as Error).message}`);
+    }
+    fwd.port = fwd.listener.port;
+    return fwd;
+  }
+
+  private accept(fwd: Forward, client: Duplex): void {
+    const s = [...this.sessions.values()].find((x) => x.forwards.includes(fwd));
+    const conn = this.o.relay();
+    if (!s || !carriesConnections(s.st) || !conn) {
+      const why = s ? `session ${s.id} is ${s.st.phase} (${s.st.reason})` : "session is not open yet";
+      this.o.log.warn(`refusing a connection on ${fwd.spec.bind}:${fwd.port}: ${why}`);
+      client.reset(new Error(why));
+      return;
+    }
+    fwd.connections++;
+    fwd.active++;
+    let stream;
+    try {
+      stream = conn.openStream({ session: s.id, target: fwd.spec.target });
+    } catch (e) {
+      fwd.active--;
+      this.o.log.warn(`cannot open a stream for ${fwd.spec.target}: ${(e as Error).message}`);
+      client.reset(e as Error);
+      return;
+    }
+    new Pipe(client, streamDuplex(stream), (err) => {
+      fwd.active--;
+      if (err) this.o.log.debug(`forward ${fwd.port} → ${fwd.spec.target} ended: ${err.message}`);
+    });
+  }
+
+  /** Runs the state machine for one event and carries out what it decided. */
+  private apply(s: MasterSession, e: SessionEvent): void {
+    const { state, actions } = decide(s.st, e, this.clock.now());
+    s.st = state;
+    for (const a of actions) this.run(s, a);
+  }
+
+  private run(s: MasterSession, a: SessionAction): void {
+    switch (a.kind) {
+      case "retry-in":
+        this.clock.clearTimeout(s.retryTimer);
+        s.retryTimer = this.clock.setTimeout(() => this.expiredRetry(s), a.ms);
+        return;
+      case "expire-in":
+        this.clock.clearTimeout(s.expiryTimer);
+        s.expiryTimer = this.clock.setTimeout(() => this.apply(s, { kind: "ttl" }), a.ms);
+        return;
+      case "resume":
+        void this.resume(s, a.ttl);
+        return;
+      case "log":
+        this.o.log[a.level](`session ${s.id}${a.level === "info" ? ` to ${s.onsite}` : ""} ${a.text}`);
+        return;
+      case "close":
+        this.clock.clearTimeout(s.retryTimer);
+        this.clock.clearTimeout(s.expiryTimer);
+        s.retryTimer = s.expiryTimer = null;
+        for (const f of s.forwards) f.listener.close();
+        this.o.log.info(`session ${s.id} closed: ${a.reason}`);
+        unref(
+          this.clock.setTimeout(() => {
+            if (this.sessions.get(s.id) === s) this.sessions.delete(s.id);
+          }, KEEP_CLOSED_MS),
+        );
+        return;
+    }
+  }
+
+  private expiredRetry(s: MasterSession): void {
+    s.retryTimer = null;
+    this.apply(s, { kind: "retry-due", relay: this.o.relay() !== null });
+  }
+
+  private async resume(s: MasterSession, ttl: number | null): Promise<void> {
+    const conn = this.o.relay();
+    if (!conn) return; // relay-up asks again
+    try {
+      await conn.request(Msg.SESSION_OPEN, { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session: s.id });
+      this.apply(s, { kind: "resumed" });
+    } catch (e) {
+      this.apply(s, { kind: "resume-failed", code: e instanceof RemoteError ? e.code : undefined, message: (e as Error).message });
+    }
+  }
+
+  private view(s: MasterSession): SessionView {
+    const st = s.st;
+    const iso = (mono: number) => new Date(wallOf(this.clock, mono)).toISOString();
+    return {
+      session: s.id,
+      onsite: s.onsite,
+      state: st.phase === "opening" ? "resuming" : st.phase,
+      since: iso(st.since),
+      reason: st.reason,
+      opened: iso(s.opened),
+      expires: st.expiresAt !== null ? iso(st.expiresAt) : null,
+      forwards: s.forwards.map((f) => ({ bind: f.spec.bind, port: f.port, target: f.spec.target, connections: f.connections, active: f.active })),
+    };
+  }
+}
+
+/** A closed session's purge timer must not keep a stopping master alive. */
+function unref(t: TimerHandle): void {
+  (t as { unref?: () => void }).unref?.();
+}
