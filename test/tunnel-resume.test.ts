@@ -98,13 +98,16 @@ describe("decide", () => {
 
 type Answer = (body: Record<string, unknown>) => unknown;
 
+/** The relay's answer to a SESSION_OPEN it accepts: a whole SessionInfo, as the real relay sends. */
+const accept: Answer = (b) => ({ session: b.session ?? "s-1", master: "tech-1", onsite: b.onsite, targets: b.targets, opened: "2026-12-01T07:00:00.000Z", expires: b.ttl ? "2026-12-01T08:00:00.000Z" : null });
+
 /** A relay played by the test: answers SESSION_OPEN as `answer` says, echoes stream data. */
 class ScriptedRelay {
   conn: Connection | null = null;
   relaySide: Connection | null = null;
   readonly opens: Record<string, unknown>[] = [];
   readonly streams: Stream[] = [];
-  answer: Answer = (b) => ({ session: b.session ?? "s-1", master: "tech-1", onsite: b.onsite, targets: b.targets, opened: "", expires: b.ttl ? "2026-12-01T08:00:00.000Z" : null });
+  answer: Answer = accept;
   private readonly all: Connection[] = [];
 
   /** A (new) relay connection; the forwarder's setup runs on it as RelayClient would. */
@@ -276,7 +279,7 @@ describe("MasterSessions in memory", () => {
     }
     expect(r.view()).toMatchObject({ state: "resuming", reason: "resuming: site-1 is offline" });
 
-    r.relay.answer = (b) => ({ session: b.session });
+    r.relay.answer = accept;
     await step(r, 2_000);
     expect(r.view()).toMatchObject({ state: "active", reason: "resumed" });
     expect(r.logs).toContain("info session s-1 to site-1 resumed");
@@ -336,7 +339,7 @@ describe("MasterSessions in memory", () => {
     await interrupt(r);
     await step(r, 50);
     expect(r.relay.opens.at(-1)).toMatchObject({ ttl: 40_000 - 50 });
-    r.relay.answer = (b) => ({ session: b.session });
+    r.relay.answer = accept;
     await step(r, 250);
     expect(r.view().state).toBe("active");
     await step(r, 40_000 - 300 + SessionTiming.expiryGrace - 1);

@@ -9,6 +9,7 @@
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 import { RemoteError, type Connection, type Log } from "../transport/mux.ts";
 import { ErrorCode, Msg, type SessionInfo } from "../transport/messages.ts";
+import { on, request } from "../transport/typed.ts";
 import { formatHostPort, parseHostPort, parseIPv4, parsePort } from "../netaddr.ts";
 import type { Duplex, ForwardListener, ListeningPort } from "./duplex.ts";
 import { carriesConnections, decide, opening, type SessionAction, type SessionEvent, type SessionState } from "./master-session.ts";
@@ -105,11 +106,11 @@ export class MasterSessions {
   }
 
   setup(conn: Connection): void {
-    conn.on(Msg.SESSION_CLOSE, (b) => {
-      const s = typeof b.session === "string" ? this.sessions.get(b.session) : undefined;
+    on(conn, Msg.SESSION_CLOSE, (b) => {
+      const s = this.sessions.get(b.session);
       if (!s) return;
-      const reason = String(b.reason ?? "closed by the relay");
-      this.apply(s, b.final === true ? { kind: "ended", reason } : { kind: "interrupted", reason });
+      const reason = b.reason || "closed by the relay";
+      this.apply(s, b.final ? { kind: "ended", reason } : { kind: "interrupted", reason });
     });
   }
 
@@ -137,7 +138,7 @@ export class MasterSessions {
     const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null };
     let info: SessionInfo;
     try {
-      info = (await conn.request(Msg.SESSION_OPEN, { onsite, targets: specs.map((x) => x.target), ttl })) as SessionInfo;
+      info = await request(conn, Msg.SESSION_OPEN, { onsite, targets: specs.map((x) => x.target), ttl, session: null });
     } catch (e) {
       for (const f of forwards) f.listener.close();
       throw e;
@@ -156,7 +157,7 @@ export class MasterSessions {
     const s = this.sessions.get(id);
     if (!s || s.st.phase === "closed") throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(id)}; see \`agent sessions\``);
     const conn = this.o.relay();
-    if (conn) await conn.request(Msg.SESSION_END, { session: id, reason: "disconnect" }).catch(() => undefined);
+    if (conn) await request(conn, Msg.SESSION_END, { session: id, reason: "disconnect" }).catch(() => undefined);
     this.apply(s, { kind: "disconnect" });
     return this.view(s);
   }
@@ -253,7 +254,7 @@ export class MasterSessions {
     const conn = this.o.relay();
     if (!conn) return; // relay-up asks again
     try {
-      await conn.request(Msg.SESSION_OPEN, { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session: s.id });
+      await request(conn, Msg.SESSION_OPEN, { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session: s.id });
       this.apply(s, { kind: "resumed" });
     } catch (e) {
       this.apply(s, { kind: "resume-failed", code: e instanceof RemoteError ? e.code : undefined, message: (e as Error).message });

@@ -6,6 +6,7 @@
 import { ResetCode } from "../transport/frame.ts";
 import { RemoteError, type Connection, type Log, type Stream } from "../transport/mux.ts";
 import { ErrorCode, Msg } from "../transport/messages.ts";
+import { handle, on } from "../transport/typed.ts";
 import { allowListPermits, formatAllowEntry, parseHostPort, parseIPv4, type AllowEntry } from "../netaddr.ts";
 import { systemClock, type Clock } from "../clock.ts";
 import type { TargetDialer } from "./duplex.ts";
@@ -61,19 +62,17 @@ export class SessionServer {
 
   /** Registers the handlers on a fresh relay connection. */
   setup(conn: Connection): void {
-    conn.handle(Msg.SESSION_OFFER, (b) => {
-      const session = String(b.session ?? "");
-      const targets = Array.isArray(b.targets) ? b.targets.map(String) : [];
+    handle(conn, Msg.SESSION_OFFER, (b) => {
+      const { session, targets } = b;
       const refused = targets.map((t) => checkTarget(this.o.allow(), t)).filter((c): c is { ok: false; reason: string } => !c.ok);
       if (refused.length) throw new RemoteError(ErrorCode.REFUSED, refused.map((r) => r.reason).join("; "));
-      this.sessions.set(session, { master: String(b.master ?? ""), targets, opened: this.clock.wall(), streams: 0 });
-      this.o.log.info(`session ${session} from ${String(b.master)} accepted: ${targets.join(", ")}`);
+      this.sessions.set(session, { master: b.master, targets, opened: this.clock.wall(), streams: 0 });
+      this.o.log.info(`session ${session} from ${b.master} accepted: ${targets.join(", ")}`);
       return {};
     });
-    conn.on(Msg.SESSION_CLOSE, (b) => {
-      const session = String(b.session ?? "");
-      if (this.sessions.delete(session)) this.o.log.info(`session ${session} closed: ${String(b.reason ?? "")}`);
-      this.o.onSessionClosed?.(session, String(b.reason ?? ""));
+    on(conn, Msg.SESSION_CLOSE, (b) => {
+      if (this.sessions.delete(b.session)) this.o.log.info(`session ${b.session} closed: ${b.reason}`);
+      this.o.onSessionClosed?.(b.session, b.reason);
     });
     this.o.extra?.(conn);
   }
