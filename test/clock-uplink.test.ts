@@ -17,7 +17,8 @@ import { FLAP_HOLD_BASE_MS } from "../src/uplink/policy.ts";
 import type { Prober } from "../src/uplink/probe.ts";
 import { FakeRouteTable } from "../src/uplink/routes.ts";
 import { WifiService } from "../src/uplink/wifi.ts";
-import type { WpaControl, WpaEvent } from "../src/uplink/wpa.ts";
+import type { WpaControl } from "../src/uplink/wpa.ts";
+import { unreachableWpa } from "./helpers/fake-wpa.ts";
 
 const DAY = 24 * 3600_000;
 
@@ -113,26 +114,7 @@ describe("AP fallback under wall-clock steps", () => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
-  /** A wpa_supplicant that knows no network in range: every connection attempt fails at once. */
-  function fakeWpa(): WpaControl {
-    const listeners = new Set<(e: WpaEvent) => void>();
-    const emit = (e: WpaEvent) => queueMicrotask(() => listeners.forEach((l) => l(e)));
-    return {
-      async request(cmd) {
-        if (cmd === "SCAN") emit({ type: "scan-results" });
-        if (cmd === "REASSOCIATE" || cmd.startsWith("SELECT_NETWORK")) emit({ type: "not-found" });
-        if (cmd === "SCAN_RESULTS") return "bssid / frequency / signal level / flags / ssid\n";
-        if (cmd === "LIST_NETWORKS") return "network id / ssid / bssid / flags\n0\thome\tany\t\n";
-        if (cmd === "STATUS") return "wpa_state=DISCONNECTED\n";
-        return "OK";
-      },
-      onEvent(cb) {
-        listeners.add(cb);
-        return () => listeners.delete(cb);
-      },
-      close() {},
-    };
-  }
+  const fakeWpa = (): WpaControl => unreachableWpa(["0\thome\tany\t"]);
 
   function rig(clock: FakeClock) {
     const dir = mkdtempSync(join(tmpdir(), "agent-clock-ap-"));

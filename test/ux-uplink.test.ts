@@ -19,7 +19,8 @@ import type { Prober } from "../src/uplink/probe.ts";
 import { noteRepeat, RepeatLimiter, type RepeatState } from "../src/uplink/repeat.ts";
 import { FakeRouteTable } from "../src/uplink/routes.ts";
 import { REPEAT_LOG_MS, WifiService } from "../src/uplink/wifi.ts";
-import type { WpaControl, WpaEvent } from "../src/uplink/wpa.ts";
+import type { WpaControl } from "../src/uplink/wpa.ts";
+import { unreachableWpa } from "./helpers/fake-wpa.ts";
 
 async function flush(): Promise<void> {
   for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 0));
@@ -166,25 +167,7 @@ describe("WifiService with missing uplinks", () => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
-  function fakeWpa(): WpaControl {
-    const listeners = new Set<(e: WpaEvent) => void>();
-    const emit = (e: WpaEvent) => queueMicrotask(() => listeners.forEach((l) => l(e)));
-    return {
-      async request(cmd) {
-        if (cmd === "SCAN") emit({ type: "scan-results" });
-        if (cmd === "REASSOCIATE" || cmd.startsWith("SELECT_NETWORK")) emit({ type: "not-found" });
-        if (cmd === "SCAN_RESULTS") return "bssid / frequency / signal level / flags / ssid\n";
-        if (cmd === "LIST_NETWORKS") return "network id / ssid / bssid / flags\n";
-        if (cmd === "STATUS") return "wpa_state=DISCONNECTED\n";
-        return "OK";
-      },
-      onEvent(cb) {
-        listeners.add(cb);
-        return () => listeners.delete(cb);
-      },
-      close() {},
-    };
-  }
+  const fakeWpa = (): WpaControl => unreachableWpa();
 
   function rig(clock: FakeClock, relayReachable: boolean, interfaces: string[] = ["lo", "eth0"]) {
     const dir = mkdtempSync(join(tmpdir(), "agent-ux-ap-"));

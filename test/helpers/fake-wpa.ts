@@ -4,6 +4,7 @@
 // each with the passphrase that opens it. `onConnect`/`onDisconnect` let a system test move
 // a real veth (the data path) when the fake associates.
 import { UnixDgramSocket } from "../../src/uplink/unixdgram.ts";
+import type { WpaControl, WpaEvent } from "../../src/uplink/wpa.ts";
 
 export interface FakeCell {
   bssid: string;
@@ -203,4 +204,29 @@ export class FakeWpaSupplicant {
   close(): void {
     this.sock.close();
   }
+}
+
+/**
+ * An in-process WpaControl (no socket) for unit tests of the Wi-Fi service: no network is in
+ * range, so every connection attempt fails at once with the events wpa_supplicant sends.
+ * `known` lists the configured networks as LIST_NETWORKS rows ("0\thome\tany\t").
+ */
+export function unreachableWpa(known: readonly string[] = []): WpaControl {
+  const listeners = new Set<(e: WpaEvent) => void>();
+  const emit = (e: WpaEvent) => queueMicrotask(() => listeners.forEach((l) => l(e)));
+  return {
+    async request(cmd) {
+      if (cmd === "SCAN") emit({ type: "scan-results" });
+      if (cmd === "REASSOCIATE" || cmd.startsWith("SELECT_NETWORK")) emit({ type: "not-found" });
+      if (cmd === "SCAN_RESULTS") return "bssid / frequency / signal level / flags / ssid\n";
+      if (cmd === "LIST_NETWORKS") return ["network id / ssid / bssid / flags", ...known].join("\n") + "\n";
+      if (cmd === "STATUS") return "wpa_state=DISCONNECTED\n";
+      return "OK";
+    },
+    onEvent(cb) {
+      listeners.add(cb);
+      return () => listeners.delete(cb);
+    },
+    close() {},
+  };
 }
