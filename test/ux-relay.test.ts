@@ -85,6 +85,10 @@ describe("the relay's default revocation list", () => {
     await waitFor(() => role.server.refusals.some((r) => r.presented?.includes("site-rev") === true), 5_000, "the refusal of the revoked certificate");
     // The warning is not repeated at every poll.
     expect(lines.filter((l) => l.includes("NO REVOCATION LIST")).length).toBe(1);
+    // Removed again: said once, and the list loaded before stays in force.
+    rmSync(join(state, "revoked"));
+    await waitFor(() => lines.some((l) => l.includes("was removed; keeping the 1 revoked certificate(s)")), 5_000, "the relay to notice the removal");
+    expect(role.status()).toMatchObject({ revoked: 1 });
   });
 
   test("a configured list that is missing still stops the start", async () => {
