@@ -100,7 +100,8 @@ export interface BundleFacts {
 }
 
 export interface ConfigFacts {
-  /** The config file read, when there was one. */
+  /** The config file read. Absent: doctor ran on flags alone, and what they do not name
+   * (bundle, relay, listen) is not reported as missing. */
   file?: string;
   /** Problems in the config file itself (ConfigError); when set, nothing else was gathered. */
   problems?: string[];
@@ -687,8 +688,8 @@ function configSpecs(): Spec[] {
       required: true,
       run: (f) => {
         const cf = c(f);
-        if (!cf) return null;
-        const where = cf.file ?? "the flags";
+        if (!cf || cf.file === undefined) return null;
+        const where = cf.file;
         if (cf.problems && cf.problems.length > 0) {
           // Each problem already names the file and the key.
           return { status: "missing", detail: cf.problems.join("; "), fix: "fix each value named; `agent --help` lists the keys as flags" };
@@ -705,6 +706,7 @@ function configSpecs(): Spec[] {
         if (!cf || cf.problems?.length) return null;
         const b = cf.bundle;
         const issue = `agent pki issue --dir DIR --role ${cf.role ?? roles[0]} --id ID --out FILE.bundle`;
+        if (b === null && cf.file === undefined) return null; // flags only: nothing to say
         if (b === null) return { status: "missing", detail: "no bundle configured", fix: `set bundle = "FILE" in the config (or --bundle FILE); issue one with \`${issue}\`` };
         if (b.error !== undefined) return { status: "missing", detail: b.error, fix: `check the path, or issue a new bundle: \`${issue}\`` };
         if (b.mode !== undefined && (b.mode & 0o077) !== 0) {
@@ -734,6 +736,7 @@ function configSpecs(): Spec[] {
         const cf = c(f);
         if (!cf || cf.problems?.length) return null;
         const r = cf.relay;
+        if (r === null && cf.file === undefined) return null;
         if (r === null) return { status: "missing", detail: "no relay configured", fix: 'set relay = "HOST:PORT" in the config (or --relay HOST:PORT)' };
         const via = r.via ? ` through the proxy ${r.via}` : "";
         if (r.ok) return { status: "ok", detail: `${r.via ?? r.target} accepts TCP connections${via ? ` (proxy for ${r.target})` : ""} (${r.ms} ms)` };
@@ -757,6 +760,7 @@ function configSpecs(): Spec[] {
         const cf = c(f);
         if (!cf || cf.problems?.length) return null;
         const l = cf.listen;
+        if (l === null && cf.file === undefined) return null;
         if (l === null) return { status: "missing", detail: "no listen address configured", fix: 'set listen = "0.0.0.0:443" in the config (or --listen HOST:PORT)' };
         if (l.ok) return { status: "ok", detail: `${l.address} can be bound` };
         if (l.error === "EADDRINUSE") return { status: "warn", detail: `${l.address} is in use (is the relay already running? \`agent status\`)`, fix: "stop what holds the port, or choose another listen address" };

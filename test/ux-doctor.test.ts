@@ -6,7 +6,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, wri
 import { createServer, type Server } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { resolveConfig } from "../src/config.ts";
+import { DEFAULT_CONFIG_FILE, resolveConfig } from "../src/config.ts";
 import {
   capabilitiesFromHex,
   evaluate,
@@ -115,6 +115,14 @@ describe("what the config names", () => {
   test("without a config, no config rows", () => {
     const r = evaluate(facts(), "all");
     for (const c of ["config", "bundle", "relay", "listen", "revocations", "interfaces"]) expect(r.checks.some((x) => x.check === c)).toBe(false);
+  });
+
+  test("flags alone (no config file): what they do not name is not missing, but the relay's missing revocation list is said", () => {
+    const { file: _file, ...rest } = config({ role: undefined, bundle: null, relay: null, listen: null, interfaces: [] });
+    const r = evaluate(facts({ config: rest }), "all");
+    expect(r.checks.filter((c) => ["config", "bundle", "relay", "listen", "interfaces"].includes(c.check))).toEqual([]);
+    expect(row(r, "revocations")).toMatchObject({ status: "warn", roles: ["relay"] });
+    expect(r.ok).toBe(true);
   });
 
   test("a sound onsite config: every row ok", () => {
@@ -324,6 +332,17 @@ describe("agent doctor (CLI)", () => {
     const q = agent("--config", syntax);
     expect(q.exitCode).toBe(1);
     expect(q.stdout.toString()).toContain("not valid TOML");
+  });
+
+  test("--role relay without a config file says that revoked certificates would be accepted", () => {
+    const state = join(tmp, "flags-only-state");
+    // The default config file would be read if this host had one.
+    if (existsSync(DEFAULT_CONFIG_FILE)) throw new Error(`${DEFAULT_CONFIG_FILE} exists on this host; this test needs it absent`);
+    const q = agent("--json", "--role", "relay", "--state-dir", state);
+    const rep = JSON.parse(q.stdout.toString()) as DoctorReport;
+    expect(row(rep, "revocations")).toMatchObject({ status: "warn" });
+    expect(row(rep, "revocations").detail).toContain(join(state, "revoked"));
+    expect(existsSync(state)).toBe(false);
   });
 
   test("--role wins over the file's role", () => {

@@ -48,10 +48,12 @@ export const doctorCommand = defineAgentCommand({
     const fileRole = cfg.role ?? (typeof rawRole === "string" && (ROLES as readonly string[]).includes(rawRole) ? (rawRole as Role) : undefined);
     const role = (str(args, "role") ?? fileRole ?? "all") as DoctorRole;
     const facts = gatherFacts({ stateDir: cfg.state_dir });
-    if (file) {
-      const where = path ?? DEFAULT_CONFIG_FILE;
-      facts.config = fileProblems ? { file: where, problems: fileProblems, now: Date.now(), bundle: null, relay: null, listen: null, revocations: { path: "", configured: false, exists: false }, interfaces: [] } : await gatherConfigFacts(cfg, { file: where });
-    }
+    // Without a config file the flags still name a state dir (the relay's default revocation
+    // list) and perhaps a listen address.
+    const where = file ? (path ?? DEFAULT_CONFIG_FILE) : undefined;
+    facts.config = fileProblems
+      ? { file: where!, problems: fileProblems, now: Date.now(), bundle: null, relay: null, listen: null, revocations: { path: "", configured: false, exists: false }, interfaces: [] }
+      : await gatherConfigFacts(cfg, where !== undefined ? { file: where } : {});
     const report = evaluate(facts, role, cfg.listen ? { listenPort: cfg.listen.port } : {});
     process.stdout.write(flag(args, "json") ? JSON.stringify(report, null, 2) + "\n" : formatReport(report));
     return report.ok ? EXIT_OK : EXIT_RUNTIME;
