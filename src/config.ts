@@ -99,6 +99,9 @@ export interface Config {
   relay?: HostPort;
   listen?: HostPort;
   proxy?: URL;
+  /** Relay: the revocation list (`agent pki revoke` writes it as the CA's DIR/revoked). Unset:
+   * STATE_DIR/revoked (see `revocationsFile`); a missing default file is an empty list and a
+   * warning, a missing configured one an error. */
   revocations?: string;
   location?: string;
   hostname?: string;
@@ -115,6 +118,16 @@ export interface Config {
   /** Relay: which masters may open sessions to which onsite devices; empty = every master
    * of the fleet may reach every onsite device. */
   access: AccessRule[];
+}
+
+/** The file name of the relay's default revocation list inside the state dir. */
+export const DEFAULT_REVOCATIONS_NAME = "revoked";
+
+/** The relay's revocation list: `revocations` when set, else STATE_DIR/revoked. */
+export function revocationsFile(cfg: Pick<Config, "revocations" | "state_dir">): { path: string; configured: boolean } {
+  if (cfg.revocations !== undefined) return { path: cfg.revocations, configured: true };
+  const dir = cfg.state_dir.endsWith("/") ? cfg.state_dir : cfg.state_dir + "/";
+  return { path: dir + DEFAULT_REVOCATIONS_NAME, configured: false };
 }
 
 export interface AccessRule {

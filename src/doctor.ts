@@ -3,8 +3,11 @@
 // Two halves, kept apart so the decisions are table-tested without touching the host:
 //   - gatherFacts(opts): the thin adapter. Looks tools up on PATH (plus the sbin dirs, which
 //     a non-root PATH often lacks), opens /dev/net/tun, runs `iptables -V` with an argument
-//     array (never a shell), reads CapEff from /proc/self/status, probes the state dir
-//     (creating it 0700 if missing, as the daemon would), and reads the OS release files.
+//     array (never a shell), reads CapEff from /proc/self/status and net.ipv4.ip_forward,
+//     checks the state dir with access(2) (never creating it: doctor changes nothing), and
+//     reads the OS release files. gatherConfigFacts(cfg) adds what a config names: the
+//     bundle, a TCP connect to the relay, whether the listen address binds, the revocation
+//     list, the interfaces.
 //   - evaluate(facts, role, opts): pure. Turns facts into one row per check with a status
 //     and a fix worded for the OS (apt-get on Debian / Raspberry Pi OS, opkg on OpenWRT).
 //
@@ -12,12 +15,16 @@
 // "optional-missing" — a feature (AP fallback, Wi-Fi client, cellular...) is unavailable,
 // the role still works; "warn" — could not decide or works with a caveat. Only "missing"
 // makes the report fail.
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { accessSync, closeSync, constants as fsConstants, existsSync, openSync, readFileSync, statSync } from "node:fs";
 import { release } from "node:os";
-import { join } from "node:path";
+import { dirname } from "node:path";
 import { DEFAULT_STATE_DIR, ROLES, type Role } from "./config.ts";
+import type { ConfigFacts } from "./doctor-config.ts";
+import { formatMode } from "./pki.ts";
 import { realExecSync, type ExecSync } from "./os/spawn.ts";
 import { formatTable } from "./table.ts";
+
+export { gatherConfigFacts, RELAY_CONNECT_TIMEOUT_MS, type BundleFacts, type ConfigFacts, type ConfigGatherOptions } from "./doctor-config.ts";
 
 // ---------------------------------------------------------------------------------------
 // Facts
@@ -71,7 +78,13 @@ export interface HostFacts {
   /** Only set when iptables was found. */
   iptablesBackend: IptablesBackend | undefined;
   tun: { path: string; exists: boolean; openable: boolean; error?: string };
-  stateDir: { path: string; writable: boolean; created: boolean; error?: string };
+  /** `created` is always false: doctor creates nothing. `exists` false: the daemon would
+   * create it, and `writable` says whether it could (its nearest existing parent is writable). */
+  stateDir: { path: string; writable: boolean; created: boolean; exists?: boolean; error?: string };
+  /** /proc/sys/net/ipv4/ip_forward ("1" forwards); absent when not gathered. */
+  ipForward?: { value: string | null; error?: string };
+  /** What the config file names, checked; absent when doctor ran without one. */
+  config?: ConfigFacts;
 }
 
 /** Parses a CapEff/CapPrm hex field ("000001ffffffffff") into a bit mask. */
@@ -144,12 +157,14 @@ export function detectOs(osRelease: string | undefined, openwrtRelease: string |
 }
 
 export interface GatherOptions {
-  /** State dir to probe; default DEFAULT_STATE_DIR. Created 0700 when missing. */
+  /** State dir to check; default DEFAULT_STATE_DIR. Never created. */
   stateDir?: string;
   /** PATH to search before SBIN_DIRS; default process.env.PATH. */
   PATH?: string;
   /** Runs `iptables -V`; default the real synchronous runner. */
   execSync?: ExecSync;
+  /** /proc/sys by default (tests point it elsewhere). */
+  procSys?: string;
 }
 
 /** `iptables -V` answers at once; a hung one must not hang `agent doctor`. */
@@ -168,7 +183,7 @@ function readOptional(path: string): string | undefined {
   }
 }
 
-/** Reads the host. Side effects: may create the state dir; writes and removes a probe file in it. */
+/** Reads the host. Changes nothing (the state dir is checked with access(2), never created). */
 export function gatherFacts(opts: GatherOptions = {}): HostFacts {
   const searchPath = [...(opts.PATH ?? process.env.PATH ?? "").split(":").filter(Boolean), ...SBIN_DIRS];
   const PATH = [...new Set(searchPath)].join(":");
@@ -201,19 +216,27 @@ export function gatherFacts(opts: GatherOptions = {}): HostFacts {
     iptablesBackend,
     tun,
     stateDir: probeStateDir(opts.stateDir ?? DEFAULT_STATE_DIR),
+    ipForward: readIpForward(opts.procSys ?? "/proc/sys"),
   };
 }
 
-function probeStateDir(path: string): HostFacts["stateDir"] {
-  const out: HostFacts["stateDir"] = { path, writable: false, created: false };
+function readIpForward(procSys: string): HostFacts["ipForward"] {
   try {
-    if (!existsSync(path)) {
-      mkdirSync(path, { recursive: true, mode: 0o700 });
-      out.created = true;
-    }
-    const probe = join(path, `.doctor-probe-${process.pid}`);
-    writeFileSync(probe, "", { flag: "wx", mode: 0o600 });
-    unlinkSync(probe);
+    return { value: readFileSync(`${procSys}/net/ipv4/ip_forward`, "utf8").trim() };
+  } catch (e) {
+    return { value: null, error: errCode(e) };
+  }
+}
+
+/** Whether the daemon could use the state dir, by access(2): nothing is created or written. */
+function probeStateDir(path: string): HostFacts["stateDir"] {
+  const out: HostFacts["stateDir"] = { path, writable: false, created: false, exists: existsSync(path) };
+  try {
+    // A missing dir: the daemon creates it (mkdir -p), so its nearest existing parent decides.
+    let at = path;
+    while (!existsSync(at) && dirname(at) !== at) at = dirname(at);
+    if (!statSync(at).isDirectory()) throw Object.assign(new Error("not a directory"), { code: "ENOTDIR" });
+    accessSync(at, fsConstants.W_OK | fsConstants.X_OK);
     out.writable = true;
   } catch (e) {
     out.error = errCode(e);
@@ -228,7 +251,7 @@ export type CheckStatus = "ok" | "missing" | "optional-missing" | "warn";
 export type DoctorRole = Role | "all";
 
 export interface CheckRow {
-  /** Stable id: state-dir, cap-net-bind-service, tun, ip, cap-net-admin, nat, conntrack, hostapd, dnsmasq, wifi-client, cellular. */
+  /** Stable id: state-dir, cap-net-bind-service, tun, ip, cap-net-admin, nat, ip-forward, config, bundle, relay, listen, revocations, interfaces, conntrack, hostapd, dnsmasq, wifi-client, cellular. */
   check: string;
   /** Roles that use it (restricted to the chosen role when one is given). */
   roles: Role[];
@@ -312,7 +335,11 @@ interface Spec {
   check: string;
   roles: Role[];
   required: boolean;
-  run: (f: HostFacts, roles: Role[]) => { status: CheckStatus; detail: string; fix?: string };
+  /** The roles for which `required` holds (default: all of `roles`); for the others a failure
+   * is optional-missing. */
+  requiredFor?: Role[];
+  /** null: the check does not apply (its facts were not gathered). */
+  run: (f: HostFacts, roles: Role[]) => { status: CheckStatus; detail: string; fix?: string } | null;
 }
 
 const found = (f: HostFacts, t: Tool) => f.tools[t] !== null;
@@ -347,6 +374,7 @@ function specs(opts: EvaluateOptions): Spec[] {
       required: true,
       run: (f) => {
         const d = f.stateDir;
+        if (d.writable && d.exists === false) return { status: "ok", detail: `${d.path} does not exist yet; the daemon creates it (mode 0700)` };
         if (d.writable) return { status: "ok", detail: `${d.path} is writable${d.created ? " (created, mode 0700)" : ""}` };
         const why: Record<string, string> = {
           EACCES: "permission denied",
@@ -369,6 +397,7 @@ function specs(opts: EvaluateOptions): Spec[] {
       required: true,
       run: (f) => {
         const port = opts.listenPort;
+        if (port === 0) return { status: "ok", detail: "not needed: listening on a port the system chooses (port 0)" };
         if (port !== undefined && port >= 1024) return { status: "ok", detail: `not needed: listening on port ${port}` };
         const r = capCheck(f, "CAP_NET_BIND_SERVICE", (c) => c.netBindService);
         if (port === undefined) {
@@ -388,6 +417,9 @@ function specs(opts: EvaluateOptions): Spec[] {
       check: "tun",
       roles: ["onsite", "master"],
       required: true,
+      // A master's port forwards are plain sockets: it runs as any user (even nobody). Only
+      // the planned L3/L2 packet tunnel will need these there.
+      requiredFor: ["onsite"],
       run: (f) => {
         const t = f.tun;
         if (t.openable) return { status: "ok", detail: `${t.path} opens read-write` };
@@ -408,12 +440,18 @@ function specs(opts: EvaluateOptions): Spec[] {
       check: "ip",
       roles: ["onsite", "master"],
       required: true,
+      // A master's port forwards are plain sockets: it runs as any user (even nobody). Only
+      // the planned L3/L2 packet tunnel will need these there.
+      requiredFor: ["onsite"],
       run: (f) => toolCheck(f, "ip", "ip", true, "needed to configure tunnel interfaces and routes"),
     },
     {
       check: "cap-net-admin",
       roles: ["onsite", "master"],
       required: true,
+      // A master's port forwards are plain sockets: it runs as any user (even nobody). Only
+      // the planned L3/L2 packet tunnel will need these there.
+      requiredFor: ["onsite"],
       run: (f) => capCheck(f, "CAP_NET_ADMIN", (c) => c.netAdmin),
     },
     {
@@ -435,6 +473,23 @@ function specs(opts: EvaluateOptions): Spec[] {
         };
       },
     },
+    {
+      check: "ip-forward",
+      roles: ["onsite"],
+      required: true,
+      run: (f) => {
+        const v = f.ipForward;
+        if (v === undefined) return null;
+        if (v.value === "1") return { status: "ok", detail: "net.ipv4.ip_forward = 1" };
+        const fix =
+          f.os.family === "openwrt"
+            ? "uci set network.globals.ip_forward=1 or sysctl -w net.ipv4.ip_forward=1 (and in /etc/sysctl.conf)"
+            : "sysctl -w net.ipv4.ip_forward=1, and keep it: echo net.ipv4.ip_forward=1 > /etc/sysctl.d/90-agent.conf";
+        if (v.value === null) return { status: "warn", detail: `cannot read net.ipv4.ip_forward: ${v.error ?? "unknown error"}; NAT rules forward only when it is 1`, fix };
+        return { status: "missing", detail: `net.ipv4.ip_forward = ${v.value}: DNAT rules (\`agent nat add\`) would be installed but nothing is forwarded`, fix };
+      },
+    },
+    ...configSpecs(),
     {
       check: "conntrack",
       roles: ["onsite"],
@@ -488,6 +543,137 @@ function specs(opts: EvaluateOptions): Spec[] {
   ];
 }
 
+/** Bundles that expire sooner than this are a warning. */
+export const BUNDLE_EXPIRY_WARN_DAYS = 30;
+
+const dayMs = 86_400_000;
+
+/** The checks of what a config names; each applies only when doctor read a config. */
+function configSpecs(): Spec[] {
+  const c = (f: HostFacts) => f.config;
+  return [
+    {
+      check: "config",
+      roles: ["relay", "onsite", "master"],
+      required: true,
+      run: (f) => {
+        const cf = c(f);
+        if (!cf || cf.file === undefined) return null;
+        const where = cf.file;
+        if (cf.problems && cf.problems.length > 0) {
+          // Each problem already names the file and the key.
+          return { status: "missing", detail: cf.problems.join("; "), fix: "fix each value named; `agent --help` lists the keys as flags" };
+        }
+        return { status: "ok", detail: `${where} parses${cf.role ? `; role ${cf.role}` : "; no role set"}` };
+      },
+    },
+    {
+      check: "bundle",
+      roles: ["relay", "onsite", "master"],
+      required: true,
+      run: (f, roles) => {
+        const cf = c(f);
+        if (!cf || cf.problems?.length) return null;
+        const b = cf.bundle;
+        const issue = `agent pki issue --dir DIR --role ${cf.role ?? roles[0]} --id ID --out FILE.bundle`;
+        if (b === null && cf.file === undefined) return null; // flags only: nothing to say
+        if (b === null) return { status: "missing", detail: "no bundle configured", fix: `set bundle = "FILE" in the config (or --bundle FILE); issue one with \`${issue}\`` };
+        if (b.error !== undefined) return { status: "missing", detail: b.error, fix: `check the path, or issue a new bundle: \`${issue}\`` };
+        if (b.mode !== undefined && (b.mode & 0o077) !== 0) {
+          return { status: "missing", detail: `${b.path} has mode ${formatMode(b.mode)}: the daemon refuses a private key that group or others can read`, fix: `chmod 600 ${b.path} (owned by the user the daemon runs as)` };
+        }
+        if (b.problems.length > 0) return { status: "missing", detail: `${b.path}: ${b.problems.join("; ")}`, fix: `issue a new bundle: \`${issue}\`` };
+        const want = cf.role ?? (roles.length === 1 ? roles[0] : undefined);
+        if (want !== undefined && b.role !== want) {
+          return { status: "missing", detail: `${b.path} is a ${b.role} bundle (id ${b.id}), but the role is ${want}`, fix: `use a ${want} bundle: \`agent pki issue --dir DIR --role ${want} --id ID --out FILE.bundle\`` };
+        }
+        const notBefore = Date.parse(b.notBefore ?? "");
+        const notAfter = Date.parse(b.notAfter ?? "");
+        const renew = `issue a new one: \`agent pki issue --dir DIR --role ${b.role} --id ${b.id} --force --out NEW.bundle\`, then replace ${b.path}`;
+        if (cf.now < notBefore) return { status: "missing", detail: `${b.path} is not valid before ${b.notBefore} (check this host's clock)`, fix: "set the clock (NTP), or wait" };
+        if (cf.now > notAfter) return { status: "missing", detail: `${b.path} expired at ${b.notAfter}`, fix: renew };
+        const left = Math.floor((notAfter - cf.now) / dayMs);
+        const what = `${b.role} ${b.id}, valid until ${b.notAfter}`;
+        if (left < BUNDLE_EXPIRY_WARN_DAYS) return { status: "warn", detail: `${b.path}: ${what}: expires in ${left} day${left === 1 ? "" : "s"}`, fix: renew };
+        return { status: "ok", detail: `${b.path}: ${what}, mode ${b.mode !== undefined ? formatMode(b.mode) : "?"}` };
+      },
+    },
+    {
+      check: "relay",
+      roles: ["onsite", "master"],
+      required: true,
+      run: (f) => {
+        const cf = c(f);
+        if (!cf || cf.problems?.length) return null;
+        const r = cf.relay;
+        if (r === null && cf.file === undefined) return null;
+        if (r === null) return { status: "missing", detail: "no relay configured", fix: 'set relay = "HOST:PORT" in the config (or --relay HOST:PORT)' };
+        const via = r.via ? ` through the proxy ${r.via}` : "";
+        if (r.ok) return { status: "ok", detail: `${r.via ?? r.target} accepts TCP connections${via ? ` (proxy for ${r.target})` : ""} (${r.ms} ms)` };
+        const why: Record<string, string> = {
+          ECONNREFUSED: "connection refused: nothing listens there",
+          ENOTFOUND: "the name does not resolve",
+          EAI_AGAIN: "the name cannot be resolved now (DNS unreachable)",
+          EHOSTUNREACH: "no route to the host",
+          ENETUNREACH: "the network is unreachable",
+        };
+        const reason = why[r.error ?? ""] ?? r.error ?? "unknown error";
+        // The daemon keeps retrying, so this is a warning: the link may come up later.
+        return { status: "warn", detail: `cannot reach ${r.via ?? r.target}${via ? ` (proxy for ${r.target})` : ""}: ${reason}`, fix: "check the relay address and port, DNS, and that a firewall lets this host out to it" };
+      },
+    },
+    {
+      check: "listen",
+      roles: ["relay"],
+      required: true,
+      run: (f) => {
+        const cf = c(f);
+        if (!cf || cf.problems?.length) return null;
+        const l = cf.listen;
+        if (l === null && cf.file === undefined) return null;
+        if (l === null) return { status: "missing", detail: "no listen address configured", fix: 'set listen = "0.0.0.0:443" in the config (or --listen HOST:PORT)' };
+        if (l.ok) return { status: "ok", detail: `${l.address} can be bound` };
+        if (l.error === "EADDRINUSE") return { status: "warn", detail: `${l.address} is in use (is the relay already running? \`agent status\`)`, fix: "stop what holds the port, or choose another listen address" };
+        if (l.error === "EACCES" || l.error === "EPERM") {
+          return { status: "missing", detail: `${l.address}: permission denied`, fix: `${privilegeFix(f.os.family, "CAP_NET_BIND_SERVICE")}, or listen on a port ≥ 1024` };
+        }
+        if (l.error === "EADDRNOTAVAIL") return { status: "missing", detail: `${l.address}: this host has no such address`, fix: "listen on one of this host's addresses (`ip -br addr`), or 0.0.0.0" };
+        return { status: "missing", detail: `${l.address} cannot be bound: ${l.error ?? "unknown error"}`, fix: "choose another listen address" };
+      },
+    },
+    {
+      check: "revocations",
+      roles: ["relay"],
+      required: true,
+      run: (f) => {
+        const cf = c(f);
+        if (!cf || cf.problems?.length) return null;
+        const r = cf.revocations;
+        const copy = `copy the CA's DIR/revoked (\`agent pki revoke\` updates it) to ${r.path}${r.configured ? "" : ', or set revocations = "FILE"'}`;
+        if (r.error !== undefined) return { status: "missing", detail: r.error, fix: copy };
+        if (r.exists) return { status: "ok", detail: `${r.path}: ${r.entries} revoked certificate(s)${r.configured ? "" : " (the default, STATE_DIR/revoked)"}` };
+        if (r.configured) return { status: "missing", detail: `${r.path} does not exist: the relay will not start`, fix: copy };
+        return { status: "warn", detail: `no revocation list: ${r.path} does not exist and revocations is not set, so the relay accepts revoked certificates`, fix: copy };
+      },
+    },
+    {
+      check: "interfaces",
+      roles: ["onsite"],
+      required: true,
+      run: (f) => {
+        const cf = c(f);
+        if (!cf || cf.problems?.length || cf.interfaces.length === 0) return null;
+        const absent = cf.interfaces.filter((i) => !i.present);
+        if (absent.length === 0) return { status: "ok", detail: cf.interfaces.map((i) => `${i.name} (${i.use})`).join(", ") };
+        const list = absent.map((i) => `${i.name} (${i.use})`).join(", ");
+        const fix = "name interfaces this host has (`ip -br link`), or plug in the device";
+        if (absent.every((i) => i.optional)) return { status: "warn", detail: `no such interface yet: ${list}; a modem's appears when it is plugged in`, fix };
+        return { status: "missing", detail: `no such interface: ${list}`, fix };
+      },
+    },
+  ];
+}
+
 export function summarizeHost(f: HostFacts): HostSummary {
   return {
     os: f.os.name,
@@ -512,7 +698,11 @@ export function evaluate(facts: HostFacts, role: DoctorRole, opts: EvaluateOptio
     const roles = s.roles.filter((r) => chosen.includes(r));
     if (roles.length === 0) continue;
     const r = s.run(facts, roles);
-    checks.push({ check: s.check, roles, required: s.required, status: r.status, detail: r.detail, fix: r.status === "ok" ? "" : (r.fix ?? "") });
+    if (r === null) continue;
+    const required = s.required && roles.some((x) => (s.requiredFor ?? s.roles).includes(x));
+    const status: CheckStatus = r.status === "missing" && !required ? "optional-missing" : r.status;
+    const detail = status !== r.status && roles.includes("master") ? `${r.detail} (the master's port forwards need none of this)` : r.detail;
+    checks.push({ check: s.check, roles, required, status, detail, fix: status === "ok" ? "" : (r.fix ?? "") });
   }
   const ok = !checks.some((c) => c.required && c.status === "missing");
   return { host: summarizeHost(facts), role, checks, ok };

@@ -33,7 +33,8 @@
 // message ever includes key material.
 import forge from "node-forge";
 import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
-import { chmod, mkdir, open, readdir, stat, unlink, type FileHandle } from "node:fs/promises";
+import { existsSync, realpathSync } from "node:fs";
+import { chmod, mkdir, open, readdir, readFile, stat, unlink, type FileHandle } from "node:fs/promises";
 import { isIP } from "node:net";
 import path from "node:path";
 import { ROLES, type Role } from "./config.ts";
@@ -513,16 +514,52 @@ const BLOCK_LABELS = ["CERTIFICATE", "PRIVATE KEY", "CERTIFICATE"] as const;
 function bundleError(file: string, problem: string, header?: { role?: string; id?: string }): UsageError {
   const role = header?.role && isRole(header.role) ? header.role : "ROLE";
   const id = header?.id && isValidId(header.id) ? header.id : "ID";
+  // Never suggest writing over a file of a CA directory (ca.crt, ca.key...): `pki issue`
+  // refuses it anyway, and a hint must be safe to follow literally.
+  const inCa = looksLikeCaDir(path.dirname(file));
+  const out = inCa ? `--out ${id}.bundle\` outside the CA directory` : `--force --out ${file}\``;
   return new UsageError(
     `bundle ${file}: ${problem}`,
-    `the file is damaged or is not an agent bundle; issue a new one with \`agent pki issue --dir DIR --role ${role} --id ${id} --force --out ${file}\``,
+    `the file is damaged or is not an agent bundle; issue a new one with \`agent pki issue --dir DIR --role ${role} --id ${id} ${out}`,
   );
+}
+
+/** A directory that holds a CA's key or index: nothing but `agent pki` writes there. */
+function looksLikeCaDir(dir: string): boolean {
+  return existsSync(path.join(dir, "ca.key")) || existsSync(path.join(dir, "index.json"));
+}
+
+/** The CERTIFICATE blocks of a PEM text that parse as CA certificates (basicConstraints CA:true). */
+function caCertificatesIn(text: string): forge.pki.Certificate[] {
+  const out: forge.pki.Certificate[] = [];
+  for (const m of text.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g)) {
+    try {
+      const c = forge.pki.certificateFromPem(m[0]);
+      if (isCaCertificate(c)) out.push(c);
+    } catch {
+      // not a certificate we can read: not a CA either
+    }
+  }
+  return out;
+}
+
+/** True when the text's first certificate is a CA certificate (ca.crt, a chain starting with
+ * one): an agent bundle starts with the device certificate, its CA comes third. */
+export function isCaCertificateText(text: string): boolean {
+  const first = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(text);
+  return first !== null && caCertificatesIn(first[0]).length > 0;
 }
 
 /** Splits a bundle into its header and three parsed blocks; structural problems throw. */
 export function decodeBundle(text: string, file: string): DecodedBundle {
   const lines = text.split(/\r?\n/);
   if (lines[0] !== BUNDLE_HEADER) {
+    if (isCaCertificateText(text)) {
+      throw new UsageError(
+        `bundle ${file}: this is a CA certificate, not an agent bundle`,
+        `\`agent pki show\` reads a device bundle written by \`agent pki issue --out FILE.bundle\`; to read a certificate: openssl x509 -in ${file} -noout -text`,
+      );
+    }
     throw bundleError(file, `not an agent bundle: the first line must be ${JSON.stringify(BUNDLE_HEADER)}`);
   }
   const header: { role?: string; id?: string } = {};
@@ -1039,9 +1076,15 @@ export async function issueToFile(dir: string, req: IssueFileRequest): Promise<I
   } catch {
     throw new UsageError(`cannot write ${out}: directory ${outDir} does not exist`, "create it first or choose another --out");
   }
+  refuseOutInCaDir(dir, out, req.id);
   try {
     const st = await stat(out);
     if (st.isDirectory()) throw new UsageError(`--out ${out} is a directory`, `name the bundle file, e.g. --out ${path.join(out, `${req.id}.bundle`)}`);
+    // Even with --force: replacing a CA certificate breaks every later `pki issue` and every
+    // device that trusts it.
+    if (st.isFile() && st.size <= MAX_BUNDLE_BYTES && isCaCertificateText(await readFile(out, "utf8").catch(() => ""))) {
+      throw new UsageError(`${out} holds a CA certificate; refusing to overwrite it, even with --force`, `write the bundle to a new file, e.g. --out ${req.id}.bundle`);
+    }
     if (!force) throw new UsageError(`${out} already exists; refusing to overwrite it`, "choose another --out, or add --force to replace it");
   } catch (e) {
     if (e instanceof UsageError) throw e;
@@ -1106,6 +1149,27 @@ export async function issueToFile(dir: string, req: IssueFileRequest): Promise<I
     }
     return { record, out, superseded };
   });
+}
+
+/** Refuses an --out inside the CA directory (symlinks resolved): ca.crt, ca.key, the index and
+ * the certificate copies live there, and a bundle has no business next to them. */
+function refuseOutInCaDir(dir: string, out: string, id: string): void {
+  const real = (p: string) => {
+    try {
+      return realpathSync(p);
+    } catch {
+      return path.resolve(p);
+    }
+  };
+  const caDir = real(dir);
+  const target = path.join(real(path.dirname(path.resolve(out))), path.basename(out));
+  const rel = path.relative(caDir, target);
+  if (rel === "" || (!rel.startsWith("..") && !path.isAbsolute(rel))) {
+    throw new UsageError(
+      `--out ${out} is inside the CA directory ${dir}; refusing to write a bundle there`,
+      `write the bundle outside the CA directory, e.g. --out ${id}.bundle, and copy it to the device`,
+    );
+  }
 }
 
 export interface RevokeResult {

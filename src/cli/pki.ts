@@ -55,7 +55,7 @@ const init = defineAgentCommand({
         `created fleet CA "${r.name}" in ${dir} (valid until ${isoSeconds(r.notAfter)})`,
         `  certificate   ${r.paths.cert}`,
         `  private key   ${r.paths.key} (mode 0600; keep it off the devices and back it up)`,
-        `  revocations   ${r.paths.revoked} (the relay's --revocations file)`,
+        `  revocations   ${r.paths.revoked} (copy it to the relay's STATE_DIR/revoked, or its --revocations file)`,
         `  SHA-256       ${r.fingerprint}`,
       ].join("\n"),
     );
@@ -114,7 +114,7 @@ const revoke = defineAgentCommand({
     out(
       [
         `revoked ${r.revoked.length} certificate${r.revoked.length === 1 ? "" : "s"} of ${id}: ${r.revoked.map((c) => c.serial).join(", ")}`,
-        `updated ${r.revocationsFile}; copy it to the relay (its --revocations file)`,
+        `updated ${r.revocationsFile}; copy it to the relay's STATE_DIR/revoked (or its --revocations file): it takes effect within a second`,
       ].join("\n"),
     );
   },

@@ -1,10 +1,11 @@
-// The relay role: TLS listener + RelayServer + revocation list (reloaded on SIGHUP and when
+// The relay role: TLS listener + RelayServer + revocation list (`revocations`, else
+// STATE_DIR/revoked; a missing default is an empty list and a loud warning; reloaded on SIGHUP and when
 // the file changes) + the audit log of refusals + `agent devices` / `agent sessions` on the
 // relay's own control socket.
 import { statSync } from "node:fs";
 import { join } from "node:path";
 import type { TCPSocketListener } from "bun";
-import type { Config } from "../config.ts";
+import { revocationsFile, type Config } from "../config.ts";
 import type { ControlServer } from "../control.ts";
 import type { Logger } from "../log.ts";
 import { formatHostPort } from "../netaddr.ts";
@@ -24,6 +25,7 @@ export class RelayRole implements Component {
   private listener: TCPSocketListener<unknown> | null = null;
   private revocations: RevocationList = parseRevocations(REVOCATIONS_HEADER + "\n");
   private revocationsStamp = "";
+  private revocationsLoaded = false;
   private poll: ReturnType<typeof setInterval> | null = null;
   private readonly admission = new Admission();
   private fdLimit: number | null = null;
@@ -70,7 +72,9 @@ export class RelayRole implements Component {
       throw new Error(`cannot listen on ${formatHostPort(listen)}: ${(e as Error).message}`, { cause: e });
     }
     this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}`);
-    if (this.cfg.revocations) this.poll = setInterval(() => void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`)), REVOCATION_POLL_MS);
+    // Polled whether configured or the default: a list copied into place later takes effect
+    // within a second, without a restart.
+    this.poll = setInterval(() => void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`)), REVOCATION_POLL_MS);
   }
 
   /** SIGHUP */
@@ -79,14 +83,19 @@ export class RelayRole implements Component {
   }
 
   private async reloadRevocations(force: boolean): Promise<void> {
-    const file = this.cfg.revocations;
-    if (!file) return;
+    const { path: file, configured } = revocationsFile(this.cfg);
     let stamp: string;
     try {
       const st = statSync(file);
       stamp = `${st.mtimeMs}:${st.size}:${st.ino}`;
     } catch (e) {
-      throw new Error(`cannot read revocation list ${file}: ${(e as Error).message}`, { cause: e });
+      const code = (e as NodeJS.ErrnoException).code;
+      if (configured || code !== "ENOENT") throw new Error(`cannot read revocation list ${file}: ${(e as Error).message}`, { cause: e });
+      // The default file is missing: no list, said loudly once (at start, or when it goes).
+      if (this.revocationsStamp === "missing") return;
+      this.revocationsStamp = "missing";
+      this.log.warn(this.revocationsLoaded ? `revocation list ${file} was removed; keeping the ${this.revocations.entries.length} revoked certificate(s) loaded before` : missingRevocationsWarning(file));
+      return;
     }
     if (!force && stamp === this.revocationsStamp) return;
     // Remembered before parsing: a damaged file is reported once, not at every poll, and the
@@ -94,6 +103,7 @@ export class RelayRole implements Component {
     this.revocationsStamp = stamp;
     const list = await loadRevocations(file);
     this.revocations = list;
+    this.revocationsLoaded = true;
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
   }
@@ -107,6 +117,8 @@ export class RelayRole implements Component {
       abandoned_handshakes: this.abandoned,
       refusals: this.server.refusals.length,
       revoked: this.revocations.entries.length,
+      revocations_file: revocationsFile(this.cfg).path,
+      revocations_loaded: this.revocationsLoaded,
       ...this.server.stats(),
     };
   }
@@ -118,4 +130,12 @@ export class RelayRole implements Component {
     this.listener?.stop(true);
     this.listener = null;
   }
+}
+
+/** The start-up warning of a relay with no revocation list: what it means and how to fix it. */
+export function missingRevocationsWarning(file: string): string {
+  return (
+    `NO REVOCATION LIST: ${file} does not exist and \`revocations\` is not set, so this relay accepts every certificate the fleet CA signed, revoked ones too. ` +
+    `\`agent pki revoke --dir DIR --id ID\` updates DIR/revoked on the CA machine: copy that file to ${file} (the relay reads it within a second), or point revocations = "FILE" (--revocations FILE) at it`
+  );
 }
