@@ -15,6 +15,7 @@
 // A wall step while the daemon runs therefore changes no running rule: a rule of ten minutes
 // ends after ten minutes of monotonic time, and the state file keeps saying what it said.
 // (Only a restart judges the persisted expiry by the wall clock of that moment.)
+import { readFileSync } from "node:fs";
 import { RuntimeError, UsageError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { FirewallBackend } from "./backend.ts";
@@ -38,6 +39,9 @@ export interface NatServiceDeps {
   /** The device's interface names, to refuse an --iface it lacks; undefined (or a failing
    * lister) leaves --iface unchecked. */
   interfaces?: () => Promise<string[]>;
+  /** net.ipv4.ip_forward as the kernel says ("0"/"1"); null when it cannot be read. A DNAT
+   * rule forwards nothing while it is 0, so an add then carries a warning. */
+  ipForward?: () => string | null;
   cutFlows: FlowCutter;
   log: Logger;
   /** Monotonic now() for the running deadlines and the timer; wall() for persisted expiries. */
@@ -65,6 +69,23 @@ export interface AddResult {
   rule: RuleView;
   /** False when an identical rule existed and only its expiry moved. */
   created: boolean;
+  /** Applied, but something keeps it from working (IPv4 forwarding off). */
+  warning?: string;
+}
+
+/** Reads net.ipv4.ip_forward; null when /proc cannot be read (not Linux, no /proc). */
+export function readIpForward(): string | null {
+  try {
+    return readFileSync("/proc/sys/net/ipv4/ip_forward", "utf8").trim();
+  } catch {
+    return null;
+  }
+}
+
+/** The warning for an applied rule when the kernel does not forward IPv4 (pure). */
+export function forwardingWarning(ipForward: string | null): string | undefined {
+  if (ipForward === null || ipForward === "1") return undefined;
+  return "IPv4 forwarding is off (net.ipv4.ip_forward=0): the rule is in place but forwards nothing; turn it on with `sysctl -w net.ipv4.ip_forward=1` (and in /etc/sysctl.d/ to keep it)";
 }
 
 export class NatService {
@@ -174,7 +195,9 @@ export class NatService {
       throw new RuntimeError(`could not apply rule: ${(e as Error).message}`, "see `agent doctor` for the firewall tools this host needs", { cause: e });
     }
     this.d.log.info(decision.kind === "new" ? `added rule ${rule.id}` : `extended rule ${rule.id}`, describe(rule));
-    return { rule: this.view(rule), created: decision.kind === "new" };
+    const warning = forwardingWarning((this.d.ipForward ?? readIpForward)());
+    if (warning) this.d.log.warn(`rule ${rule.id}: ${warning}`);
+    return { rule: this.view(rule), created: decision.kind === "new", ...(warning ? { warning } : {}) };
   }
 
   list(): RuleView[] {
