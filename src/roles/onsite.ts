@@ -12,7 +12,7 @@ import { Msg, type NatReply } from "../transport/messages.ts";
 import { handle, send } from "../transport/typed.ts";
 import { RemoteError, type Connection } from "../transport/mux.ts";
 import { ErrorCode } from "../transport/messages.ts";
-import { UsageError } from "../errors.ts";
+import { NotFoundError, UsageError } from "../errors.ts";
 import type { NatComponent } from "../nat/component.ts";
 import { SessionServer } from "../tunnel/serve.ts";
 import { VERSION } from "../version.ts";
@@ -205,7 +205,15 @@ function natApiOf(control: ControlServer): NatApi {
   return {
     natAdd: async (req) => (await add({ ...req })) as Awaited<ReturnType<NatApi["natAdd"]>>,
     natList: async () => (await list({})) as Awaited<ReturnType<NatApi["natList"]>>,
-    natDel: async (req) => (await del({ ...req })) as Awaited<ReturnType<NatApi["natDel"]>>,
+    natDel: async (req) => {
+      try {
+        return (await del({ ...req })) as Awaited<ReturnType<NatApi["natDel"]>>;
+      } catch (e) {
+        // One exit code for every "not found" (sessions, devices, rules): see errors.ts.
+        if (e instanceof UsageError && e.message.startsWith("no active rule")) throw new NotFoundError(e.message, e.hint);
+        throw e;
+      }
+    },
     natFlush: async () => (await flush({})) as Awaited<ReturnType<NatApi["natFlush"]>>,
   };
 }
