@@ -351,3 +351,18 @@ describe("one name per thing", () => {
     expect(asked).toEqual([{ ssid: "Cafe" }]);
   });
 });
+
+test("the README's CLI overview names every command and subcommand of `agent --help`", async () => {
+  const { rootCommand } = await import("../src/cli/index.ts");
+  const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
+  const start = readme.indexOf("## CLI overview");
+  const overview = readme.slice(start, readme.indexOf("\n## ", start + 5));
+  const missing: string[] = [];
+  for (const [name, entry] of Object.entries(rootCommand.subCommands as Record<string, unknown>)) {
+    const cmd = (typeof entry === "function" ? await (entry as () => Promise<{ subCommands?: object }>)() : entry) as { subCommands?: object };
+    const subs = Object.keys(cmd.subCommands ?? {});
+    if (subs.length === 0 && !overview.includes(`agent ${name}`)) missing.push(name);
+    for (const sub of subs) if (!new RegExp(`agent ${name} (\\S+ \\| )*${sub}\\b`).test(overview)) missing.push(`${name} ${sub}`);
+  }
+  expect(missing).toEqual([]);
+});
