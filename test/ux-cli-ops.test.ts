@@ -76,6 +76,20 @@ describe("SIGHUP reloads what can change live", () => {
     expect(lines.map((l) => JSON.parse(l).msg)).toEqual(["SIGHUP: log level warn → info", "shown"]);
   });
 
+  test("relay: [[access]] reloads in place (the pairing policy reads the daemon's config), with a log line", async () => {
+    const lines: string[] = [];
+    const log = createLogger({ level: "info", json: true, write: (l) => void lines.push(l), journald: false });
+    const cfg = config({ access: [{ masters: ["tech-*"], onsites: ["*"] }] } as RawConfig);
+    const held = cfg.access; // what RelayRole's `access: () => this.cfg.access` reads
+    const { mayReach } = await import("../src/tunnel/pairing.ts");
+    expect(mayReach(held, "tech-1", "site-1")).toBe(true);
+    const daemon = new Daemon({ role: "relay", id: "relay-1" }, cfg, log, { reloadConfig: async () => config({ access: [{ masters: ["ops-*"], onsites: ["*"] }] } as RawConfig) });
+    await daemon.reload();
+    expect(mayReach(held, "tech-1", "site-1")).toBe(false);
+    expect(mayReach(held, "ops-1", "site-1")).toBe(true);
+    expect(lines.map((l) => JSON.parse(l).msg)).toContain("SIGHUP: [[access]] 1 → 1 rule(s); new sessions and device lists follow them");
+  });
+
   test("setLogLevel returns the previous level", () => {
     const log = createLogger({ level: "error", write: () => {} });
     expect(setLogLevel(log.withTag("x"), "trace")).toBe("error");

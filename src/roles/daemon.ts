@@ -120,7 +120,7 @@ export class Daemon {
   /**
    * SIGHUP: reads the config again and applies what can change live, a log line for each
    * change (log level; `allow`, which the session server and the NAT service read from this
-   * daemon's config), then asks every component that can reload to do so. A config that no
+   * daemon's config; the relay's `[[access]]`, which its pairing policy reads), then asks every component that can reload to do so. A config that no
    * longer parses changes nothing; one component's failure does not stop the rest.
    */
   async reload(): Promise<void> {
@@ -160,6 +160,13 @@ export class Daemon {
       // In place: the session server and the NAT service hold this very array.
       cur.allow.splice(0, cur.allow.length, ...next.allow);
       if (this.identity.role === "onsite") this.log.info(`SIGHUP: allow list ${from.join(", ") || "(empty)"} → ${to.join(", ") || "(empty)"}`, { key: "allow", from, to });
+    }
+    const access = cur as unknown as { access: Config["access"] };
+    if (JSON.stringify(next.access) !== JSON.stringify(access.access)) {
+      const from = access.access.length;
+      // In place too: the relay's pairing policy reads this array at each decision.
+      access.access.splice(0, access.access.length, ...next.access);
+      if (this.identity.role === "relay") this.log.info(`SIGHUP: [[access]] ${from} → ${next.access.length} rule(s); new sessions and device lists follow them`, { key: "access", rules: next.access });
     }
     const restartOnly = ["relay", "listen", "control", "state_dir", "bundle", "json_logs", "proxy", "gui"] as const;
     const changed = restartOnly.filter((k) => JSON.stringify(next[k as keyof Config]) !== JSON.stringify(this.config[k as keyof Config]));
