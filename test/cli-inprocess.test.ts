@@ -180,7 +180,7 @@ describe("agent devices", () => {
   test("an onsite daemon does not list devices: exit 2, naming the role", async () => {
     const r = await agent(["devices"], fakeOnsite([]), "onsite");
     expect(r.code).toBe(2);
-    expect(r.stderr).toStartWith("agent: the socket " + join(dir, "unused.sock") + " belongs to an onsite daemon; `agent devices` runs on a master or the relay\n");
+    expect(r.stderr).toStartWith("agent: the socket " + join(dir, "unused.sock") + " belongs to an onsite daemon; \"agent devices\" runs on a master or the relay\n");
   });
 });
 

@@ -214,6 +214,12 @@ describe("CLI grammar", () => {
     expect(plain.stdout).toEndWith(`end it with: agent disconnect s-1 --config ${cfgFile}\n`);
   });
 
+  test("a daemon's hint naming a command carries the --control given; others are left alone", async () => {
+    const { withReach } = await import("../src/cli/index.ts");
+    expect(withReach("see `agent sessions` or `agent pki issue --role relay` or `agent nat list --control y`", " --control x")).toBe("see `agent sessions --control x` or `agent pki issue --role relay` or `agent nat list --control y`");
+    expect(withReach("see `agent sessions`", "")).toBe("see `agent sessions`");
+  });
+
   test("per-role executables: the help says which role is built in", async () => {
     const r = await run(["--help"], undefined, { bakedRole: "onsite" });
     expect(r.stdout).toContain("This executable has the onsite role built in");
@@ -263,7 +269,8 @@ describe("exit codes", () => {
     try {
       const n = await run(["nat", "del", "r-nope", "--control", SOCK], onsite.control);
       expect(n.code).toBe(4);
-      expect(n.stderr).toBe('agent: no active rule "r-nope"\nhint: `agent nat list` shows the ids\n');
+      // The daemon's hint, carrying the --control given so that it can be pasted.
+      expect(n.stderr).toBe(`agent: no active rule "r-nope"\nhint: \`agent nat list --control ${SOCK}\` shows the ids\n`);
     } finally {
       await nat.close();
     }
@@ -286,10 +293,10 @@ describe("exit codes", () => {
 
 describe("a command sent to a daemon of another role", () => {
   test.each([
-    [["connect", "site-1", "--forward", "8080:10.0.0.1:80"], "onsite", "`agent connect` runs on a master"],
-    [["nat", "list"], "master", "`agent nat list` runs on an onsite"],
-    [["devices"], "onsite", "`agent devices` runs on a master or the relay"],
-    [["uplink", "status"], "relay", "`agent uplink status` runs on an onsite"],
+    [["connect", "site-1", "--forward", "8080:10.0.0.1:80"], "onsite", '"agent connect" runs on a master'],
+    [["nat", "list"], "master", '"agent nat list" runs on an onsite'],
+    [["devices"], "onsite", '"agent devices" runs on a master or the relay'],
+    [["uplink", "status"], "relay", '"agent uplink status" runs on an onsite'],
   ] as const)("%p to a %s daemon", async (argv, role, where) => {
     const api = role === "onsite" ? fakeOnsite() : role === "master" ? fakeMaster() : fakeRelay;
     const r = await run([...argv, "--control", SOCK], serving(api, role));

@@ -30,7 +30,7 @@ export function wrongSocketAnswer(res: ControlResponse, cmd: string, path: strin
   return {
     ok: false,
     code: "usage",
-    error: `the socket ${path} belongs to ${article(role)} daemon; \`${command.name}\` runs on ${rolesText(command.runsOn)}`,
+    error: `the socket ${path} belongs to ${article(role)} daemon; "${command.name}" runs on ${rolesText(command.runsOn)}`,
     hint: `run it where that daemon runs, or pass --control with its socket`,
   };
 }

@@ -4,7 +4,7 @@
 import { renderUsage, type CommandDef } from "citty";
 import { describeError, exitCodeOf, NotFoundError, RuntimeError, UsageError } from "../errors.ts";
 import { bakedRole, versionInfo, versionText, VERSION } from "../version.ts";
-import { nearest } from "./format.ts";
+import { nearest, shellQuote } from "./format.ts";
 import { parseStrict, processOut, type AgentCommand, type CliContext } from "./args.ts";
 import { daemonCommand } from "./daemon.ts";
 
@@ -51,11 +51,38 @@ export async function runMain(argv: readonly string[], ctx: Partial<CliContext> 
     return await runCli(argv, { ...ctx, io });
   } catch (err) {
     const known = err instanceof UsageError || err instanceof RuntimeError || err instanceof NotFoundError;
-    io.err(`agent: ${describeError(err)}\n`);
-    if (known && err.hint) io.err(`hint: ${err.hint}\n`);
+    const suffix = reachFlagsOf(argv);
+    io.err(`agent: ${withReach(describeError(err), suffix)}\n`);
+    if (known && err.hint) io.err(`hint: ${withReach(err.hint, suffix)}\n`);
     if (!known && process.env.AGENT_DEBUG) io.err(`${(err as Error).stack ?? ""}\n`);
     return exitCodeOf(err);
   }
+}
+
+/** The commands that talk to a daemon: a hint naming one must reach the same daemon. */
+const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink"]);
+
+/** " --control X --config Y" as given in `argv` (either spelling, before or after the command). */
+function reachFlagsOf(argv: readonly string[]): string {
+  let out = "";
+  for (const name of ["control", "config"]) {
+    const i = argv.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+    if (i < 0) continue;
+    const v = argv[i]!.includes("=") ? argv[i]!.slice(name.length + 3) : argv[i + 1];
+    if (v !== undefined) out += ` --${name} ${shellQuote(v)}`;
+  }
+  return out;
+}
+
+/**
+ * `text` whose quoted commands (`agent sessions`) that talk to a daemon carry `suffix`, so a
+ * daemon's "see `agent sessions`" works when pasted by a user who gave --control.
+ */
+export function withReach(text: string, suffix: string): string {
+  if (!suffix) return text;
+  return text.replace(/`agent ([a-z-]+)([^`]*)`/g, (whole, word: string, rest: string) =>
+    DAEMON_COMMANDS.has(word) && !/--control|--config|--help/.test(rest) ? `\`agent ${word}${rest}${suffix}\`` : whole,
+  );
 }
 
 /**
