@@ -191,6 +191,7 @@ describe("CLI grammar", () => {
     [["status", "--contol", "x"], "did you mean --control?"],
     [["devcies"], "did you mean `agent devices`?"],
     [["nat", "lst"], "did you mean `agent nat list`?"],
+    [["--control", "/x.sock", "devcies"], "did you mean `agent devices --control /x.sock`?"],
   ])("a near miss %p: %s", async (argv, hint) => {
     const r = await run(argv);
     expect(r.code).toBe(2);

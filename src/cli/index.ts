@@ -110,8 +110,9 @@ async function hoistOptions(argv: readonly string[]): Promise<string[]> {
     pre.push(...argv.slice(i, i + (takesValue ? 2 : 1)));
     i += takesValue ? 2 : 1;
   }
-  const subs = rootCommand.subCommands as Record<string, unknown>;
-  if (pre.length === 0 || i >= argv.length || !Object.hasOwn(subs, argv[i]!)) return [...argv];
+  // The root takes no positionals: a word after its options is meant as a command (a typo
+  // among them then gets "unknown command …, did you mean").
+  if (pre.length === 0 || i >= argv.length || argv[i]!.startsWith("-")) return [...argv];
   // The command path (`nat add`) first, then the options that came before it, then the rest.
   const words: string[] = [];
   let j = i;

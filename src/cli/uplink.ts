@@ -110,7 +110,7 @@ const configureWifi = defineAgentCommand({
   runsOn: ["onsite"],
   async exec(args, ctx) {
     const [ssid, pskArg, ...extra] = args._;
-    if (ssid === undefined) throw new UsageError("agent uplink configure-wifi needs an SSID", "agent uplink configure-wifi SSID PSK (PSK - reads it from stdin)");
+    if (ssid === undefined) throw new UsageError("agent uplink configure-wifi needs an SSID", "agent uplink configure-wifi SSID [PSK] (PSK - reads it from stdin; none: an open network)");
     if (extra.length) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`, "quote an SSID or passphrase with spaces");
     const psk = pskArg === "-" ? await readStdin() : pskArg;
     const { checkPsk, checkSsid } = await import("../uplink/wpa.ts");
