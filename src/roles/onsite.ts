@@ -47,7 +47,7 @@ export class OnsiteRole implements Component {
       extra: (conn) => this.extraSetup.forEach((f) => f(conn)),
       // A session's NAT rules live as long as the session.
       onSessionClosed: (session) => {
-        if (nat) void nat.removeByOwner(session).then((n) => n && log.info(`removed ${n} NAT rule(s) of session ${session}`), (e) => log.warn(`removing NAT rules of ${session}: ${(e as Error).message}`));
+        if (nat) void nat.removeByOwner(session).then((n) => n && log.info(`removed ${n} NAT rule(s) of session ${session}`, { session, removed: n }), (e) => log.warn(`removing NAT rules of ${session}: ${(e as Error).message}`, { session, reason: (e as Error).message }));
       },
     });
     if (nat) {
