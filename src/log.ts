@@ -92,6 +92,9 @@ export function jsonReporter(write: (line: string) => void, withTime = true): Co
       const record: Record<string, unknown> = withTime ? { time: obj.date.toISOString(), level: obj.type, msg } : { level: obj.type, msg };
       if (obj.tag) record.tag = obj.tag;
       for (const [k, v] of Object.entries(fields)) if (!(k in record)) record[k] = v;
+      // An error passed along is also a field, to query without parsing msg.
+      const err = obj.args.find((x): x is Error => x instanceof Error);
+      if (err && !("error" in record)) record.error = errorText(err);
       write(JSON.stringify(record, (_k, v) => (typeof v === "bigint" ? v.toString() : v)) + "\n");
     },
   };

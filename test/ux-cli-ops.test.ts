@@ -120,6 +120,12 @@ describe("logs", () => {
     expect(Date.parse(JSON.parse(t[0]!).time)).not.toBeNaN();
   });
 
+  test("JSON logs: an error passed along is also the field `error`", () => {
+    const lines: string[] = [];
+    createLogger({ json: true, write: (l) => void lines.push(l), journald: false }).error("reload failed", new Error("outer", { cause: new Error("inner") }), { id: "site-1" });
+    expect(JSON.parse(lines[0]!)).toMatchObject({ msg: "reload failed outer: inner", error: "outer: inner", id: "site-1" });
+  });
+
   test("the relay's connect and disconnect lines carry id, address and reason as fields", async () => {
     const records: Record<string, unknown>[] = [];
     const log = createLogger({ level: "info", json: true, write: (l) => void records.push(JSON.parse(l)), journald: false });
