@@ -24,6 +24,7 @@ export interface LinkStatus {
 
 /** The relay link of a master or onsite daemon's status; undefined for the relay itself. */
 export function linkOf(s: DaemonStatus): LinkStatus | undefined {
+  if (s.role !== "master" && s.role !== "onsite") return undefined;
   const part = s[s.role] as Partial<LinkStatus> | undefined;
   if (!part || typeof part !== "object" || typeof part.state !== "string") return undefined;
   return part as LinkStatus;
@@ -66,6 +67,10 @@ export function formatStatus(s: DaemonStatus, now = Date.now()): { text: string;
     const up = s.uplink as { active?: string | null; healthy?: string[] } | undefined;
     if (up && typeof up === "object") rows.push(["uplink", `${up.active ?? "none"} (healthy: ${up.healthy?.join(", ") || "none"}; see \`agent uplink status\`)`]);
     else rows.push(["uplink", "default route (no [[uplink]] configured)"]);
+  }
+  if (s.role === "relay") {
+    const r = s.relay as { listen?: string | null } | undefined;
+    if (r && typeof r === "object" && r.listen) rows.push(["listening", r.listen]);
   }
   rows.push(["control", s.control], ["state dir", s.state_dir]);
   return { text: formatPairs(rows), connected };
