@@ -15,10 +15,10 @@
 // command of its wire name (`natAdd` → "nat.add", see wireName), its one argument the
 // request's "args". `ControlClient<Api>` is the typed other end, over the socket or, for
 // tests and in-process front ends, straight into a server's dispatch (same JSON both ways).
-import { chmodSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Socket, UnixSocketListener } from "bun";
-import { RuntimeError, UsageError } from "./errors.ts";
+import { NotFoundError, RuntimeError, UsageError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 
 export const MAX_REQUEST = 1 << 20;
@@ -29,7 +29,9 @@ export interface ControlResponse {
   ok: boolean;
   result?: unknown;
   error?: string;
-  code?: "usage" | "runtime";
+  code?: "usage" | "runtime" | "not_found";
+  /** The hint of a UsageError/RuntimeError/NotFoundError, for the CLI to print. */
+  hint?: string;
 }
 
 /** How long a started request may stay without its terminator (newline or NUL). */
@@ -95,7 +97,11 @@ export class ControlServer {
   private listener: UnixSocketListener<ConnState> | undefined;
   private readonly log: Logger;
 
-  constructor(path: string, log: Logger) {
+  /**
+   * With `operator`, the socket belongs to that group with mode 0660, so its members may run
+   * `agent devices` and the rest without sudo (like `tailscale up --operator`).
+   */
+  constructor(path: string, log: Logger, readonly operator?: string) {
     this.path = path;
     this.log = log;
   }
@@ -179,8 +185,12 @@ export class ControlServer {
 
   private failure(what: string, e: unknown): ControlResponse {
     const usage = e instanceof UsageError;
-    if (!usage && !(e instanceof RuntimeError)) this.log.error(`${what} failed`, e);
-    return { ok: false, code: usage ? "usage" : "runtime", error: (e as Error).message };
+    const notFound = e instanceof NotFoundError;
+    const known = usage || notFound || e instanceof RuntimeError;
+    if (!known) this.log.error(`${what} failed`, e);
+    const res: ControlResponse = { ok: false, code: usage ? "usage" : notFound ? "not_found" : "runtime", error: (e as Error).message };
+    if (known && e.hint) res.hint = e.hint;
+    return res;
   }
 
   /**
@@ -259,8 +269,19 @@ export class ControlServer {
         },
       },
     });
-    // The socket grants full control of the agent: owner only.
-    chmodSync(this.path, 0o600);
+    // The socket grants full control of the agent: owner only, or owner and the operator group.
+    if (this.operator === undefined) {
+      chmodSync(this.path, 0o600);
+      return;
+    }
+    try {
+      const gid = groupId(this.operator);
+      chownSync(this.path, -1, gid);
+      chmodSync(this.path, 0o660);
+    } catch (e) {
+      this.close();
+      throw new RuntimeError(`control socket ${this.path}: cannot give it to operator group ${JSON.stringify(this.operator)}: ${(e as Error).message}`, "name an existing group (see /etc/group); the daemon must run as root or be a member of it", { cause: e });
+    }
   }
 
   /** Stops accepting and removes the socket file. Idempotent. */
@@ -274,6 +295,16 @@ export class ControlServer {
       // already gone
     }
   }
+}
+
+/** The id of group `name` (or a numeric gid as it is), from /etc/group. */
+export function groupId(name: string, groupFile = "/etc/group"): number {
+  if (/^\d+$/.test(name)) return Number(name);
+  for (const entry of readFileSync(groupFile, "utf8").split("\n")) {
+    const [gname, , gid] = entry.split(":");
+    if (gname === name && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+  }
+  throw new Error(`no group ${JSON.stringify(name)} in ${groupFile}`);
 }
 
 async function isAlive(path: string): Promise<boolean> {
@@ -342,8 +373,8 @@ export function controlClient<Api>(path: string, opts: ControlClientOptions = {}
 
 function unwrap(res: ControlResponse): unknown {
   if (!res.ok) {
-    const Err = res.code === "usage" ? UsageError : RuntimeError;
-    throw new Err(res.error ?? "daemon reported an unspecified error");
+    const Err = res.code === "usage" ? UsageError : res.code === "not_found" ? NotFoundError : RuntimeError;
+    throw new Err(res.error ?? "daemon reported an unspecified error", typeof res.hint === "string" ? res.hint : undefined);
   }
   return res.result;
 }
@@ -394,7 +425,7 @@ async function exchange(path: string, cmd: string, args: Record<string, unknown>
       },
     }).catch((e: Error) => {
       const code = (e as NodeJS.ErrnoException).code;
-      const hint = code === "EACCES" ? "the socket is owner-only: run as the daemon's user (root)" : "is the daemon running?";
+      const hint = code === "EACCES" ? "the socket is owner-only: run as the daemon's user (root), or join the group the daemon was given with --operator" : "is the daemon running?";
       finish(new RuntimeError(`cannot connect to control socket ${path}: ${e.message}`, hint));
     });
   });

@@ -166,9 +166,9 @@ describe("agent devices", () => {
     const r = await agent(["devices"], api);
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split("\n");
-    expect(lines[0]).toMatch(/^ID\s+STATE\s+LOCATION\s+HOSTNAME\s+ADDRESS\s+UPLINK\s+UPTIME\s+LAST SEEN\s+VERSION$/);
-    expect(lines[1]).toMatch(/^site-1\s+online\s+Royal Champagne\s+pi-1\s+198\.51\.100\.7\s+eth0\s+1h\s+now\s+1\.2\.0$/);
-    expect(lines[2]).toMatch(/^site-2\s+offline\s+-\s+-\s+198\.51\.100\.8\s+-\s+-\s+1m30s ago\s+1\.1\.0$/);
+    expect(lines[0]).toMatch(/^ID\s+STATE\s+LOCATION\s+HOSTNAME\s+ADDRESS\s+UPLINK\s+CONNECTED\s+HOST UP\s+LAST SEEN\s+AGENT$/);
+    expect(lines[1]).toMatch(/^site-1\s+online\s+Royal Champagne\s+pi-1\s+198\.51\.100\.7\s+eth0\s+1m\s+1h\s+now\s+1\.2\.0$/);
+    expect(lines[2]).toMatch(/^site-2\s+offline\s+-\s+-\s+198\.51\.100\.8\s+-\s+-\s+-\s+1m30s ago\s+1\.1\.0$/);
     expect(lines).toHaveLength(3);
   });
 
@@ -180,7 +180,7 @@ describe("agent devices", () => {
   test("an onsite daemon does not list devices: exit 2, naming the role", async () => {
     const r = await agent(["devices"], fakeOnsite([]), "onsite");
     expect(r.code).toBe(2);
-    expect(r.stderr).toStartWith('agent: unknown command "devices"; this onsite daemon knows');
+    expect(r.stderr).toStartWith("agent: the socket " + join(dir, "unused.sock") + " belongs to an onsite daemon; \"agent devices\" runs on a master or the relay\n");
   });
 });
 
@@ -189,7 +189,7 @@ describe("agent sessions", () => {
     const r = await agent(["sessions"], fakeMaster().api);
     expect(r.code).toBe(0);
     const lines = r.stdout.trimEnd().split("\n");
-    expect(lines[0]).toMatch(/^SESSION\s+DEVICE\s+STATE\s+FORWARDS\s+TTL\s+NOTE$/);
+    expect(lines[0]).toMatch(/^SESSION\s+ONSITE\s+STATE\s+FORWARDS\s+TTL\s+NOTE$/);
     expect(lines[1]).toMatch(/^s-1\s+site-1\s+active\s+127\.0\.0\.1:18080→192\.168\.1\.50:80\s+30m left\s+opened$/);
   });
 
@@ -218,7 +218,7 @@ describe("agent connect / disconnect", () => {
     const r = await agent(["connect", "site-1", "--forward", "18080:192.168.1.50:80", "--ttl", "30m"], m.api);
     expect(r.code).toBe(0);
     expect(m.asked).toEqual([{ connect: { onsite: "site-1", forwards: ["18080:192.168.1.50:80"], ttl: 1_800_000 } }]);
-    expect(r.stdout).toBe("session s-1 to site-1 (30m left)\n  127.0.0.1:18080 → 192.168.1.50:80\nend it with: agent disconnect s-1\n");
+    expect(r.stdout).toBe(`session s-1 to site-1 (30m left)\n  127.0.0.1:18080 → 192.168.1.50:80\nend it with: agent disconnect s-1 --control ${join(dir, "unused.sock")}\n`);
   });
 
   test("a bad --forward is refused before the daemon is asked", async () => {

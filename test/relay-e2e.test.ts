@@ -149,7 +149,7 @@ describe("relay, onsite and master carry real traffic", () => {
 
   test("an unknown device, a refused target and a bad forward each get a specific error", async () => {
     const unknown = await fleet.cli(master, ["connect", "site-9", "--forward", `0:127.0.0.1:${http.port}`]);
-    expect(unknown.code).toBe(1);
+    expect(unknown.code).toBe(4); // not found: one code for sessions, devices and rules
     expect(unknown.stderr).toContain('unknown device "site-9"');
     const refused = await fleet.cli(master, ["connect", "site-1", "--forward", "0:192.168.77.5:22"]);
     expect(refused.code).toBe(1);

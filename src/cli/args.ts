@@ -6,6 +6,7 @@
 import type { ArgsDef, CommandDef } from "citty";
 import type { ControlTransport } from "../control.ts";
 import { UsageError } from "../errors.ts";
+import { nearest } from "./format.ts";
 
 /** Where a command's output goes: the process's stdout and stderr, or a test's buffers. */
 export interface Out {
@@ -33,11 +34,19 @@ export interface CliContext {
   io: Out;
   /** How to reach the daemon at a control socket path; default: over the socket. */
   transport?: (path: string) => ControlTransport;
+  /** The command being run (set by the dispatcher): named when a socket is another role's. */
+  command?: { name: string; runsOn?: readonly DaemonRole[] };
+  /** The role a per-role executable has built in; default version.ts bakedRole(). Tests set it. */
+  bakedRole?: string;
 }
+
+export type DaemonRole = "relay" | "onsite" | "master";
 
 export interface AgentCommand extends CommandDef<ArgsDef> {
   /** Flags that may be given more than once; their value is a string[]. */
   repeatable?: readonly string[];
+  /** The roles whose daemon serves this command (for the answer a wrong socket gets). */
+  runsOn?: readonly DaemonRole[];
   /** Runs the command with strictly parsed arguments. Returns the exit code (default 0). */
   exec?: (args: ParsedArgs, ctx: CliContext) => Promise<number | void> | number | void;
 }
@@ -78,7 +87,10 @@ export function parseStrict(cmd: AgentCommand, argv: readonly string[], usageNam
     const eq = arg.indexOf("=");
     const rawName = arg.replace(/^--?/, "").slice(0, eq < 0 ? undefined : eq - (arg.startsWith("--") ? 2 : 1));
     const name = byFlag.get(rawName);
-    if (!name) throw new UsageError(`unknown option ${arg.slice(0, eq < 0 ? undefined : eq)} for ${usageName}`, hint);
+    if (!name) {
+      const near = nearest(rawName, [...byFlag.keys()].filter((k) => k.length > 1));
+      throw new UsageError(`unknown option ${arg.slice(0, eq < 0 ? undefined : eq)} for ${usageName}`, near ? `did you mean --${near}? ${hint}` : hint);
+    }
     const def = defs[name]!;
     let value: string | boolean;
     if (def.type === "boolean") {

@@ -1,12 +1,43 @@
 // Flag sets shared by several commands and the mapping from flags to config keys.
 import type { ArgsDef } from "citty";
 import { DEFAULT_CONFIG_FILE, DEFAULT_CONTROL, DEFAULT_STATE_DIR, loadConfigFile, resolveConfig, type Config, type ConfigSource, type RawConfig } from "../config.ts";
-import { ControlClient, socketTransport, type ControlClientOptions } from "../control.ts";
-import { str, strs, type CliContext, type ParsedArgs } from "./args.ts";
+import { ControlClient, socketTransport, type ControlClientOptions, type ControlResponse, type ControlTransport } from "../control.ts";
+import { str, strs, type CliContext, type DaemonRole, type ParsedArgs } from "./args.ts";
 
-/** A typed client of the daemon at `path` (src/roles/api.ts names each role's API). */
+/**
+ * A typed client of the daemon at `path` (src/roles/api.ts names each role's API). When the
+ * daemon there is of a role that does not serve the running command, its "unknown command"
+ * answer (internal RPC names) becomes one that says whose socket it is and where the command
+ * runs.
+ */
 export function daemonClient<Api>(ctx: CliContext, path: string, opts: ControlClientOptions = {}): ControlClient<Api> {
-  return new ControlClient<Api>((ctx.transport ?? socketTransport)(path), opts);
+  return new ControlClient<Api>(wrongSocketAware((ctx.transport ?? socketTransport)(path), path, ctx.command), opts);
+}
+
+const article = (role: string) => (role === "onsite" ? "an onsite" : role === "relay" ? "the relay" : `a ${role}`);
+
+/** "a master", "a master or the relay", "the relay, an onsite or a master" */
+export function rolesText(roles: readonly string[]): string {
+  const parts = roles.map(article);
+  return parts.length <= 1 ? (parts[0] ?? "") : `${parts.slice(0, -1).join(", ")} or ${parts.at(-1)}`;
+}
+
+/** The answer to a command the daemon does not know, reworded when the daemon is of another role. */
+export function wrongSocketAnswer(res: ControlResponse, cmd: string, path: string, command: CliContext["command"]): ControlResponse {
+  if (res.ok || res.code !== "usage" || !command?.runsOn || !res.error?.startsWith(`unknown command ${JSON.stringify(cmd)}`)) return res;
+  const role = /; this (relay|onsite|master) daemon knows/.exec(res.error)?.[1] as DaemonRole | undefined;
+  if (!role || command.runsOn.includes(role)) return res;
+  return {
+    ok: false,
+    code: "usage",
+    error: `the socket ${path} belongs to ${article(role)} daemon; "${command.name}" runs on ${rolesText(command.runsOn)}`,
+    hint: `run it where that daemon runs, or pass --control with its socket`,
+  };
+}
+
+function wrongSocketAware(t: ControlTransport, path: string, command: CliContext["command"]): ControlTransport {
+  if (!command?.runsOn) return t;
+  return async (cmd, args, timeoutMs) => wrongSocketAnswer(await t(cmd, args, timeoutMs), cmd, path, command);
 }
 
 export const configArgs = {
@@ -27,7 +58,8 @@ export const daemonArgs = {
   gui: { type: "string", valueHint: "host:port", description: "serve the web GUI here (master)" },
   "state-dir": { type: "string", valueHint: "dir", description: `where state is kept (default ${DEFAULT_STATE_DIR})` },
   "log-level": { type: "enum", options: ["silent", "error", "warn", "info", "debug", "trace"], description: "log level (default info)" },
-  "json-logs": { type: "boolean", description: "log one JSON object per line" },
+  "json-logs": { type: "boolean", description: "log one JSON object per line (under journald without a time: the journal has its own)" },
+  operator: { type: "string", valueHint: "group", description: "let this group use the control socket (mode 0660) without sudo, e.g. `agent devices` by a technician" },
 } as const satisfies ArgsDef;
 
 /** Flags → raw config values, keyed as in the TOML file. Only flags actually given. */

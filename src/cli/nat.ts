@@ -8,6 +8,9 @@ import { UsageError } from "../errors.ts";
 import { defineAgentCommand, flag, line, str } from "./args.ts";
 import { configArgs, configFromArgs, daemonClient } from "./common.ts";
 
+/** --json output: pretty, as every other command's. */
+const pretty = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
+
 const jsonArg = { json: { type: "boolean", description: "print JSON" } } as const;
 
 /** Whole seconds left, rounded up: a rule with 200 ms left still shows 1s. */
@@ -32,6 +35,7 @@ const add = defineAgentCommand({
     iface: { type: "string", valueHint: "name", description: "only for packets arriving on this interface" },
     ...jsonArg,
   },
+  runsOn: ["onsite", "master"],
   async exec(args, ctx) {
     const session = str(args, "session");
     if ((session === undefined) === (str(args, "src") === undefined)) {
@@ -44,7 +48,7 @@ const add = defineAgentCommand({
     const req: MasterNatAddRequest | LocalNatAddRequest = session !== undefined ? { ...common, session } : { ...common, src: str(args, "src")! };
     if (iface !== undefined) req.iface = iface;
     const res = await daemonClient<MasterApi | OnsiteApi>(ctx, cfg.control).call("natAdd", req);
-    if (flag(args, "json")) ctx.io.out(line(JSON.stringify(res)));
+    if (flag(args, "json")) ctx.io.out(pretty(res));
     else ctx.io.out(line(`${res.created ? "added" : "extended"} rule ${res.rule.id}: ${describeRule(res.rule)}, expires in ${left(res.rule.remaining_ms)} (${res.rule.expires})`));
     return 0;
   },
@@ -59,10 +63,11 @@ export function formatNatListing(res: NatListing): string {
 const list = defineAgentCommand({
   meta: { name: "list", description: "Show the active NAT rules with the time each has left" },
   args: { ...configArgs, ...jsonArg },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const res = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natList");
-    ctx.io.out(flag(args, "json") ? line(JSON.stringify(res)) : formatNatListing(res));
+    ctx.io.out(flag(args, "json") ? pretty(res) : formatNatListing(res));
     return 0;
   },
 });
@@ -70,10 +75,11 @@ const list = defineAgentCommand({
 const del = defineAgentCommand({
   meta: { name: "del", description: "Remove one rule now and cut its open connections" },
   args: { ...configArgs, id: { type: "positional", valueHint: "ID", description: "rule id from `agent nat list`" }, ...jsonArg },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const r = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natDel", { id: str(args, "id")! });
-    ctx.io.out(line(flag(args, "json") ? JSON.stringify(r) : `deleted rule ${r.id}: ${describeRule(r)}`));
+    ctx.io.out(line(flag(args, "json") ? JSON.stringify(r, null, 2) : `deleted rule ${r.id}: ${describeRule(r)}`));
     return 0;
   },
 });
@@ -81,10 +87,11 @@ const del = defineAgentCommand({
 const flush = defineAgentCommand({
   meta: { name: "flush", description: "Remove every rule the agent added (other firewall rules are left alone)" },
   args: { ...configArgs, ...jsonArg },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const r = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natFlush");
-    ctx.io.out(line(flag(args, "json") ? JSON.stringify(r) : `removed ${r.removed} rule(s)`));
+    ctx.io.out(line(flag(args, "json") ? JSON.stringify(r, null, 2) : `removed ${r.removed} rule(s)`));
     return 0;
   },
 });

@@ -7,7 +7,9 @@ import { formatTable } from "../table.ts";
 import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
 import { parseForward } from "../tunnel/master-forwarder.ts";
+import { MAX_SESSION_TTL } from "../transport/messages.ts";
 import { defineAgentCommand, flag, str, strs } from "./args.ts";
+import { reachFlags } from "./format.ts";
 import { configArgs, configFromArgs, daemonClient } from "./common.ts";
 
 const json = { type: "boolean", description: "print JSON" } as const;
@@ -23,10 +25,20 @@ function left(iso: string | null, now = Date.now()): string {
   return ms <= 0 ? "expired" : `${formatDuration(Math.ceil(ms / 1000) * 1000)} left`;
 }
 
-export function formatDevices(list: DeviceInfo[], now = Date.now()): string {
-  if (list.length === 0) return "no onsite devices have connected to the relay yet\n";
+/**
+ * The devices table. CONNECTED is how long the device's link to the relay has been up; HOST UP
+ * is the device's own uptime (since it booted), as its inventory reports it. AGENT is the
+ * agent version it runs (the JSON field `agent`).
+ */
+export function formatDevices(list: DeviceInfo[], now = Date.now(), asker: "master" | "relay" = "relay"): string {
+  if (list.length === 0) {
+    // A master sees what the relay's access policy lets it see, offline devices included.
+    return asker === "master"
+      ? "no onsite devices to show: none has connected to the relay since it started, or the relay's access policy lets this master see none\n"
+      : "no onsite devices have connected to this relay since it started\n";
+  }
   return formatTable(
-    ["ID", "STATE", "LOCATION", "HOSTNAME", "ADDRESS", "UPLINK", "UPTIME", "LAST SEEN", "VERSION"],
+    ["ID", "STATE", "LOCATION", "HOSTNAME", "ADDRESS", "UPLINK", "CONNECTED", "HOST UP", "LAST SEEN", "AGENT"],
     list.map((d) => [
       d.id,
       d.online ? "online" : "offline",
@@ -34,6 +46,7 @@ export function formatDevices(list: DeviceInfo[], now = Date.now()): string {
       d.hostname || "-",
       d.address,
       d.uplink || "-",
+      d.online && d.connected_since ? formatDuration(Math.max(0, Math.floor((now - Date.parse(d.connected_since)) / 1000)) * 1000) : "-",
       d.online ? formatDuration(d.uptime * 1000) : "-",
       d.online ? "now" : ago(d.last_seen, now),
       d.agent || "-",
@@ -42,12 +55,18 @@ export function formatDevices(list: DeviceInfo[], now = Date.now()): string {
 }
 
 export const devicesCommand = defineAgentCommand({
-  meta: { name: "devices", description: "List the onsite devices the relay knows (master, or on the relay itself)" },
+  meta: {
+    name: "devices",
+    description: "List the onsite devices the relay knows (master, or on the relay itself). CONNECTED: how long its relay link is up; HOST UP: the device's own uptime; AGENT: its agent version",
+  },
+  runsOn: ["master", "relay"],
   args: { ...configArgs, json },
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const list = await daemonClient<MasterApi | RelayApi>(ctx, cfg.control, { timeoutMs: 20_000 }).call("devices");
-    ctx.io.out(flag(args, "json") ? JSON.stringify(list, null, 2) + "\n" : formatDevices(list));
+    const client = daemonClient<MasterApi | RelayApi>(ctx, cfg.control, { timeoutMs: 20_000 });
+    const list = await client.call("devices");
+    if (flag(args, "json")) ctx.io.out(JSON.stringify(list, null, 2) + "\n");
+    else ctx.io.out(formatDevices(list, Date.now(), list.length === 0 ? ((await client.call("status")).role === "master" ? "master" : "relay") : "relay"));
     return 0;
   },
 });
@@ -62,6 +81,7 @@ export const connectCommand = defineAgentCommand({
     json,
   },
   repeatable: ["forward"],
+  runsOn: ["master"],
   async exec(args, ctx) {
     const forwards = strs(args, "forward");
     if (forwards.length === 0) throw new UsageError("agent connect needs at least one --forward [BIND:]LPORT:HOST:PORT", "e.g. agent connect site-1 --forward 8080:192.168.1.50:80");
@@ -81,6 +101,7 @@ export const connectCommand = defineAgentCommand({
         throw new UsageError(`--ttl: ${(e as Error).message}`);
       }
       if (ttl < 1000) throw new UsageError("--ttl: at least 1s");
+      if (ttl > MAX_SESSION_TTL) throw new UsageError(`--ttl: at most ${formatDuration(MAX_SESSION_TTL)}, got ${ttlText}`, "a session lives at most that long; open a new one when it ends");
     }
     const cfg = await configFromArgs(args);
     const s = await daemonClient<MasterApi>(ctx, cfg.control, { timeoutMs: 30_000 }).call("connect", { onsite: str(args, "id") ?? "", forwards, ttl });
@@ -90,7 +111,7 @@ export const connectCommand = defineAgentCommand({
     }
     const lines = [`session ${s.session} to ${s.onsite} (${left(s.expires)})`];
     for (const f of s.forwards) lines.push(`  ${f.bind}:${f.port} → ${f.target}`);
-    lines.push(`end it with: agent disconnect ${s.session}`);
+    lines.push(`end it with: agent disconnect ${s.session}${reachFlags(args)}`);
     ctx.io.out(lines.join("\n") + "\n");
     return 0;
   },
@@ -109,7 +130,7 @@ export function formatSessions(list: SessionView[] | SessionInfo[] | OnsiteSessi
       s.state === "closed" ? "-" : left(s.expires, now),
       s.reason,
     ]);
-    return formatTable(["SESSION", "DEVICE", "STATE", "FORWARDS", "TTL", "NOTE"], rows);
+    return formatTable(["SESSION", "ONSITE", "STATE", "FORWARDS", "TTL", "NOTE"], rows);
   }
   if ("onsite" in first) {
     const rows = (list as SessionInfo[]).map((s) => [s.session, s.master, s.onsite, s.targets.join(" "), ago(s.opened, now), left(s.expires, now)]);
@@ -122,6 +143,7 @@ export function formatSessions(list: SessionView[] | SessionInfo[] | OnsiteSessi
 export const sessionsCommand = defineAgentCommand({
   meta: { name: "sessions", description: "List sessions (master: its own with forwards; relay: all; onsite: those it serves)" },
   args: { ...configArgs, json },
+  runsOn: ["master", "relay", "onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const list = await daemonClient<AnyApi>(ctx, cfg.control).call("sessions");
@@ -133,6 +155,7 @@ export const sessionsCommand = defineAgentCommand({
 export const disconnectCommand = defineAgentCommand({
   meta: { name: "disconnect", description: "End a session and close its forwards (master)" },
   args: { ...configArgs, session: { type: "positional", valueHint: "session", description: "session id (see `agent sessions`)" }, json },
+  runsOn: ["master"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const s = await daemonClient<MasterApi>(ctx, cfg.control).call("disconnect", { session: str(args, "session") ?? "" });

@@ -24,9 +24,10 @@ export function formatUplinkReport(r: UplinkReport, now = Date.now()): string {
     `${Math.round(u.probes.loss * 100)}% of ${u.probes.sent}`,
     u.probes.latency_ms !== undefined ? `${u.probes.latency_ms}ms` : "-",
   ]);
+  // PRIO as in [[uplink]] priority: the lowest healthy one is used.
   let text = formatTable(["UPLINK", "KIND", "PRIO", "HEALTH", "SINCE", "LINK", "LAST PROBE", "LOSS", "LATENCY"], rows);
   text += `\nactive: ${r.active ?? "none"}${r.active_since ? ` since ${r.active_since} (${since(r.active_since, now)})` : ""}\n`;
-  text += `targets: ${r.targets.join(", ")}; every ${r.tracking.interval_ms}ms, timeout ${r.tracking.timeout_ms}ms, down ${r.tracking.down}, up ${r.tracking.up}; link monitor: ${r.monitor}\n`;
+  text += `targets: ${r.targets.join(", ")}; every ${formatDuration(r.tracking.interval_ms)}, timeout ${formatDuration(r.tracking.timeout_ms)}, down ${r.tracking.down}, up ${r.tracking.up}; link monitor: ${r.monitor}\n`;
   for (const u of r.uplinks) {
     if (!u.modem) continue;
     const m = u.modem as Record<string, unknown>;
@@ -41,6 +42,7 @@ export function formatUplinkReport(r: UplinkReport, now = Date.now()): string {
 const status = defineAgentCommand({
   meta: { name: "status", description: "Uplinks of the running onsite daemon: health, probes, loss, latency, the active one and switch history" },
   args: { ...configArgs, json: { type: "boolean", description: "print JSON" } },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     let r: UplinkReport;
@@ -83,6 +85,7 @@ const json = { type: "boolean", description: "print JSON" } as const;
 const listWifi = defineAgentCommand({
   meta: { name: "list-wifi", description: "Wi-Fi networks in range (SSID, signal, channel, security, BSSID); in AP mode the last scan unless --force" },
   args: { ...configArgs, force: { type: "boolean", description: "in AP mode: leave the AP for a fresh scan, then come back" }, json },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const nets = await wifiCall(ctx, cfg.control, "wifiList", { force: flag(args, "force") });
@@ -101,12 +104,13 @@ const configureWifi = defineAgentCommand({
   args: {
     ...configArgs,
     ssid: { type: "positional", valueHint: "SSID", description: "network name, 1-32 bytes" },
-    psk: { type: "positional", valueHint: "PSK", description: "passphrase (8-63 printable ASCII, or 64 hex digits); \"-\": read from stdin; omit for an open network" },
-    priority: { type: "string", valueHint: "n", description: "0-1000, higher is preferred (default: above every known network)" },
+    psk: { type: "positional", required: false, valueHint: "PSK", description: "passphrase (8-63 printable ASCII, or 64 hex digits); \"-\": read from stdin; omit for an open network" },
+    priority: { type: "string", valueHint: "n", description: "0-1000, HIGHER is preferred (as in wpa_supplicant; unlike [[uplink]] priority, where lower wins); default: above every known network" },
   },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const [ssid, pskArg, ...extra] = args._;
-    if (ssid === undefined) throw new UsageError("agent uplink configure-wifi needs an SSID", "agent uplink configure-wifi SSID PSK (PSK - reads it from stdin)");
+    if (ssid === undefined) throw new UsageError("agent uplink configure-wifi needs an SSID", "agent uplink configure-wifi SSID [PSK] (PSK - reads it from stdin; none: an open network)");
     if (extra.length) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`, "quote an SSID or passphrase with spaces");
     const psk = pskArg === "-" ? await readStdin() : pskArg;
     const { checkPsk, checkSsid } = await import("../uplink/wpa.ts");
@@ -128,6 +132,7 @@ const configureWifi = defineAgentCommand({
 const startAp = defineAgentCommand({
   meta: { name: "start-ap", description: "Start the setup access point now (held until stop-ap)" },
   args: { ...configArgs },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     ctx.io.out((await wifiCall(ctx, cfg.control, "apStart")) + "\n");
@@ -140,6 +145,7 @@ const startAp = defineAgentCommand({
 const stopAp = defineAgentCommand({
   meta: { name: "stop-ap", description: "Stop the setup access point" },
   args: { ...configArgs },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     ctx.io.out((await wifiCall(ctx, cfg.control, "apStop")) + "\n");
@@ -150,6 +156,7 @@ const stopAp = defineAgentCommand({
 const wifiStatus = defineAgentCommand({
   meta: { name: "wifi-status", description: "Wi-Fi client and AP: mode, AP processes, known networks, recent decisions" },
   args: { ...configArgs, json },
+  runsOn: ["onsite"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const r = await wifiCall(ctx, cfg.control, "wifiStatus");

@@ -7,9 +7,10 @@ import { mkdirSync, accessSync, constants } from "node:fs";
 import type { Config, Role } from "../config.ts";
 import { ControlServer } from "../control.ts";
 import { RuntimeError, UsageError } from "../errors.ts";
-import type { Logger } from "../log.ts";
+import { setLogLevel, type Logger } from "../log.ts";
 import type { Bundle } from "../pki.ts";
 import { versionInfo } from "../version.ts";
+import { formatAllowEntry } from "../netaddr.ts";
 import type { DaemonApi } from "./api.ts";
 
 export interface Component {
@@ -19,8 +20,18 @@ export interface Component {
   close(): Promise<void> | void;
   /** Extra fields for `agent status`. */
   status?(): Record<string, unknown>;
-  /** Re-reads what may change under a running daemon (SIGHUP), e.g. a revocation list. */
-  reload?(): Promise<void> | void;
+  /**
+   * Re-reads what may change under a running daemon (SIGHUP), e.g. a revocation list. `next`
+   * is the config read again, when the daemon knows how to (DaemonOptions.reloadConfig).
+   */
+  reload?(next?: Config): Promise<void> | void;
+}
+
+export interface DaemonOptions {
+  /** Reads the config again (file and flags) for SIGHUP; without it only components reload. */
+  reloadConfig?: () => Promise<Config>;
+  /** Group that may use the control socket (mode 0660); default: owner only (0600). */
+  operator?: string;
 }
 
 export interface Identity {
@@ -52,8 +63,9 @@ export class Daemon {
     readonly identity: Identity,
     readonly config: Config,
     readonly log: Logger,
+    private readonly opts: DaemonOptions = {},
   ) {
-    this.control = new ControlServer(config.control, log.withTag("control"));
+    this.control = new ControlServer(config.control, log.withTag("control"), opts.operator);
     this.control.handle("status", () => this.status());
   }
 
@@ -105,17 +117,60 @@ export class Daemon {
     this.log.info(`${this.identity.role} daemon started`, { id: this.identity.id, pid: process.pid, control: this.config.control });
   }
 
-  /** SIGHUP: asks every component that can reload to do so; one failure does not stop the rest. */
+  /**
+   * SIGHUP: reads the config again and applies what can change live, a log line for each
+   * change (log level; `allow`, which the session server and the NAT service read from this
+   * daemon's config; the relay's `[[access]]`, which its pairing policy reads), then asks every component that can reload to do so. A config that no
+   * longer parses changes nothing; one component's failure does not stop the rest.
+   */
   async reload(): Promise<void> {
+    let next: Config | undefined;
+    if (this.opts.reloadConfig) {
+      try {
+        next = await this.opts.reloadConfig();
+      } catch (e) {
+        this.log.error("SIGHUP: the config does not load; keeping the running one", e);
+        return;
+      }
+      this.applyLive(next);
+    }
     for (const c of this.components) {
       if (!c.reload) continue;
       try {
-        await c.reload();
+        await c.reload(next);
         this.log.info(`reloaded ${c.name}`);
       } catch (e) {
         this.log.error(`reloading ${c.name} failed; keeping the previous state`, e);
       }
     }
+  }
+
+  /** The part of a re-read config that takes effect without a restart; logs what changed and what needs one. */
+  private applyLive(next: Config): void {
+    const cur = this.config as { log_level: Config["log_level"]; allow: Config["allow"] };
+    if (next.log_level !== cur.log_level) {
+      setLogLevel(this.log, next.log_level);
+      this.log.info(`SIGHUP: log level ${cur.log_level} → ${next.log_level}`, { key: "log_level", from: cur.log_level, to: next.log_level });
+      cur.log_level = next.log_level;
+    }
+    const text = (a: Config["allow"]) => JSON.stringify(a);
+    if (text(next.allow) !== text(cur.allow)) {
+      const from = cur.allow.map(formatAllowEntry);
+      const to = next.allow.map(formatAllowEntry);
+      // In place: the session server and the NAT service hold this very array.
+      cur.allow.splice(0, cur.allow.length, ...next.allow);
+      if (this.identity.role === "onsite") this.log.info(`SIGHUP: allow list ${from.join(", ") || "(empty)"} → ${to.join(", ") || "(empty)"}`, { key: "allow", from, to });
+    }
+    const access = cur as unknown as { access: Config["access"] };
+    if (JSON.stringify(next.access) !== JSON.stringify(access.access)) {
+      const from = access.access.length;
+      // In place too: the relay's pairing policy reads this array at each decision.
+      access.access.splice(0, access.access.length, ...next.access);
+      if (this.identity.role === "relay") this.log.info(`SIGHUP: [[access]] ${from} → ${next.access.length} rule(s); new sessions and device lists follow them`, { key: "access", rules: next.access });
+    }
+    const restartOnly = ["relay", "listen", "control", "state_dir", "bundle", "json_logs", "proxy", "gui"] as const;
+    const changed = restartOnly.filter((k) => JSON.stringify(next[k as keyof Config]) !== JSON.stringify(this.config[k as keyof Config]));
+    if (changed.length) this.log.warn(`SIGHUP: ${changed.join(", ")} changed; that takes a restart`, { keys: changed });
   }
 
   /** Stops components in reverse order, then the control socket. Idempotent. */
@@ -138,8 +193,8 @@ export class Daemon {
  * The daemon of `role`, composed and with its API served on the control socket, not started.
  * The bundle must be the role's (see loadRoleBundle).
  */
-export async function composeDaemon(role: Role, cfg: Config, bundle: Bundle, log: Logger): Promise<Daemon> {
-  const daemon = new Daemon({ role, id: bundle.id }, cfg, log.withTag(role));
+export async function composeDaemon(role: Role, cfg: Config, bundle: Bundle, log: Logger, opts: DaemonOptions = {}): Promise<Daemon> {
+  const daemon = new Daemon({ role, id: bundle.id }, cfg, log.withTag(role), opts);
   const rlog = log.withTag(role);
   if (role === "relay") {
     // The relay role registers devices/sessions/refusals itself; serving the shell's part
@@ -180,9 +235,9 @@ export async function loadRoleBundle(role: Role, cfg: Config, log: Logger, now =
 }
 
 /** `agent --role R`: loads the bundle, composes the daemon and runs it until a signal. */
-export async function runRole(role: Role, cfg: Config, log: Logger): Promise<number> {
+export async function runRole(role: Role, cfg: Config, log: Logger, opts: DaemonOptions = {}): Promise<number> {
   const bundle = await loadRoleBundle(role, cfg, log);
-  return runUntilSignal(await composeDaemon(role, cfg, bundle, log));
+  return runUntilSignal(await composeDaemon(role, cfg, bundle, log, opts));
 }
 
 /** Runs a daemon until SIGTERM or SIGINT; returns the exit code. */

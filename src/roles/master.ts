@@ -3,7 +3,7 @@
 // control socket serves and the web GUI will call.
 import type { Config } from "../config.ts";
 import type { ControlServer } from "../control.ts";
-import { RuntimeError, UsageError } from "../errors.ts";
+import { NotFoundError, RuntimeError, UsageError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { Bundle } from "../pki.ts";
 import type { RelayClient } from "../transport/client.ts";
@@ -55,10 +55,18 @@ export class MasterRole implements Component {
           throw new UsageError((e as Error).message);
         }
         const ttl = typeof req.ttl === "number" ? req.ttl : null;
-        return this.sessions.connect(onsite, specs, ttl);
+        return this.sessions.connect(onsite, specs, ttl).catch((e: unknown) => {
+          throw notFound(e);
+        });
       },
       sessions: () => this.sessions.list(),
-      disconnect: (req) => this.sessions.disconnect(String(req?.session ?? "")),
+      disconnect: async (req) => {
+        try {
+          return await this.sessions.disconnect(String(req?.session ?? ""));
+        } catch (e) {
+          throw notFound(e);
+        }
+      },
       // `agent nat add --session S ...` on the master: a timed DNAT rule on the session's
       // onsite device whose source is this master's public address as the relay sees it.
       natAdd: async (req) => {
@@ -116,6 +124,23 @@ export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: 
  */
 export function natRefusal(e: unknown): Error {
   if (!(e instanceof RemoteError)) return e as Error;
+  // NO_SESSION stays a usage error (2) here for now; test/nat-session.test.ts holds it to that.
   const user: string[] = [ErrorCode.BAD_REQUEST, ErrorCode.NO_SESSION, ErrorCode.FORBIDDEN, ErrorCode.REFUSED];
-  return user.includes(e.code) ? new UsageError(e.message) : new RuntimeError(e.message);
+  if (!user.includes(e.code)) return new RuntimeError(e.message);
+  // The onsite device words its refusals for its own operator ("add it with --allow"); on a
+  // master that advice is wrong: the allow list is the onsite device's, not this daemon's.
+  const allow = /;?\s*add it with --allow or the config key allow\.?$/;
+  if (allow.test(e.message)) {
+    return new UsageError(e.message.replace(allow, ""), "the onsite device's allow list decides which targets it forwards to; whoever runs that device can extend it (its `allow` config key); --allow on a master does nothing");
+  }
+  return new UsageError(e.message);
+}
+
+/** A session or device the relay does not know: one exit code (4) for every "not found". */
+function notFound(e: unknown): unknown {
+  if (e instanceof RemoteError && (e.code === ErrorCode.NO_SESSION || e.code === ErrorCode.UNKNOWN_DEVICE)) {
+    const hint = e.code === ErrorCode.NO_SESSION ? "`agent sessions` lists this master's sessions" : "`agent devices` lists the devices this master may reach";
+    return new NotFoundError(e.message, e.message.includes("`agent ") ? undefined : hint);
+  }
+  return e;
 }

@@ -12,7 +12,7 @@ import { Msg, type NatReply } from "../transport/messages.ts";
 import { handle, send } from "../transport/typed.ts";
 import { RemoteError, type Connection } from "../transport/mux.ts";
 import { ErrorCode } from "../transport/messages.ts";
-import { UsageError } from "../errors.ts";
+import { NotFoundError, UsageError } from "../errors.ts";
 import type { NatComponent } from "../nat/component.ts";
 import { SessionServer } from "../tunnel/onsite-server.ts";
 import { VERSION } from "../version.ts";
@@ -47,7 +47,7 @@ export class OnsiteRole implements Component {
       extra: (conn) => this.extraSetup.forEach((f) => f(conn)),
       // A session's NAT rules live as long as the session.
       onSessionClosed: (session) => {
-        if (nat) void nat.removeByOwner(session).then((n) => n && log.info(`removed ${n} NAT rule(s) of session ${session}`), (e) => log.warn(`removing NAT rules of ${session}: ${(e as Error).message}`));
+        if (nat) void nat.removeByOwner(session).then((n) => n && log.info(`removed ${n} NAT rule(s) of session ${session}`, { session, removed: n }), (e) => log.warn(`removing NAT rules of ${session}: ${(e as Error).message}`, { session, reason: (e as Error).message }));
       },
     });
     if (nat) {
@@ -205,7 +205,15 @@ function natApiOf(control: ControlServer): NatApi {
   return {
     natAdd: async (req) => (await add({ ...req })) as Awaited<ReturnType<NatApi["natAdd"]>>,
     natList: async () => (await list({})) as Awaited<ReturnType<NatApi["natList"]>>,
-    natDel: async (req) => (await del({ ...req })) as Awaited<ReturnType<NatApi["natDel"]>>,
+    natDel: async (req) => {
+      try {
+        return (await del({ ...req })) as Awaited<ReturnType<NatApi["natDel"]>>;
+      } catch (e) {
+        // One exit code for every "not found" (sessions, devices, rules): see errors.ts.
+        if (e instanceof UsageError && e.message.startsWith("no active rule")) throw new NotFoundError(e.message, e.hint);
+        throw e;
+      }
+    },
     natFlush: async () => (await flush({})) as Awaited<ReturnType<NatApi["natFlush"]>>,
   };
 }

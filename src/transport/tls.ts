@@ -355,6 +355,8 @@ function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Prom
 /** Checks the relay's certificate: trusted by the fleet CA, valid now, role relay, right name. */
 function judgeRelay(socket: Socket<SocketData>, success: boolean, err: Error | null, host: string): string | null {
   if (!success || !socket.authorized) {
+    const mismatch = nameMismatch(socket, err, host);
+    if (mismatch) return mismatch;
     const why = err?.message ?? "handshake failed";
     return `the relay's certificate was refused (${why}); is ${host} a relay of this fleet, and is the bundle's CA the fleet's?`;
   }
@@ -367,6 +369,25 @@ function judgeRelay(socket: Socket<SocketData>, success: boolean, err: Error | n
     return `the relay's certificate has no valid identity: ${(e as Error).message}`;
   }
   return null;
+}
+
+/**
+ * The refusal of a relay certificate that does not name the host dialed, in the words a user
+ * can act on: the names it has (Node's text lists only those of the dialed kind) and the two
+ * fixes. Null for any other refusal.
+ */
+function nameMismatch(socket: Socket<SocketData>, err: Error | null, host: string): string | null {
+  const code = (err as { code?: string } | null)?.code;
+  if (code !== "ERR_TLS_CERT_ALTNAME_INVALID" && !/does not match certificate's altnames/.test(err?.message ?? "")) return null;
+  const cert = socket.getPeerCertificate() as { subjectaltname?: string } | undefined;
+  const names = (cert?.subjectaltname ?? "")
+    .split(/,\s*/)
+    .filter((n) => /^(DNS|IP Address):/.test(n)) // not the agent:// identity URI
+    .map((n) => n.replace(/^(DNS|IP Address):/, "").trim())
+    .filter(Boolean);
+  const has = names.length ? names.join(", ") : "no host names";
+  const dialBy = names.length ? `dial it by a name it has (--relay ${names[0]}:PORT), or ` : "";
+  return `the relay's certificate was refused (it is for ${has}, not ${host}); is ${host} a relay of this fleet? ${dialBy}issue the relay a certificate for ${host}: \`agent pki issue --role relay --host ${host} ...\` (--host repeats, one per name devices dial)`;
 }
 
 function connectThroughProxy(

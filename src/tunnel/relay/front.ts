@@ -156,7 +156,7 @@ export class Front {
   /** Writes a refusal to the logs (and the operator's log). */
   record(address: string, presented: string | null, code: RefusalCodeId, reason: string): void {
     const r = refusal(new Date(this.o.clock.wall()).toISOString(), address, presented, code, reason);
-    this.o.log.warn(`refused ${presented ?? "(no certificate)"} from ${address}: ${r.reason}`);
+    this.o.log.warn(`refused ${presented ?? "(no certificate)"} from ${address}: ${r.reason}`, { id: presented, address, code, reason: r.reason });
     this.o.refusals.record(r);
   }
 

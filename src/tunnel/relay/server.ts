@@ -109,7 +109,7 @@ export class RelayServer {
   private replace(registry: Map<string, Connection>, id: string, conn: Connection): void {
     const old = registry.get(id);
     if (old && !old.closed) {
-      this.o.log.warn(`${id}: a new connection from ${conn.remoteAddress} replaces the one from ${old.remoteAddress}`);
+      this.o.log.warn(`${id}: a new connection from ${conn.remoteAddress} replaces the one from ${old.remoteAddress}`, { id, address: conn.remoteAddress, previous: old.remoteAddress });
       old.close(GoAwayCode.REPLACED, `replaced by a new connection of ${id} from ${conn.remoteAddress}`);
     }
     registry.set(id, conn);
@@ -118,13 +118,13 @@ export class RelayServer {
   private registerOnsite(conn: Connection, cert: PeerCert, agent: string): void {
     this.replace(this.onsites, cert.id, conn);
     this.inventory.connected(cert.id, { serial: cert.serial, address: conn.remoteAddress, agent });
-    this.o.log.info(`onsite ${cert.id} connected from ${conn.remoteAddress}`);
-    on(conn, Msg.INVENTORY, (b) => this.inventory.report(cert.id, b), (e) => this.o.log.warn(`${cert.id}: ignoring an INVENTORY that does not decode: ${e.message}`));
+    this.o.log.info(`onsite ${cert.id} connected from ${conn.remoteAddress}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, agent });
+    on(conn, Msg.INVENTORY, (b) => this.inventory.report(cert.id, b), (e) => this.o.log.warn(`${cert.id}: ignoring an INVENTORY that does not decode: ${e.message}`, { id: cert.id, reason: e.message }));
   }
 
   private registerMaster(conn: Connection, id: string): void {
     this.replace(this.masters, id, conn);
-    this.o.log.info(`master ${id} connected from ${conn.remoteAddress}`);
+    this.o.log.info(`master ${id} connected from ${conn.remoteAddress}`, { id, role: "master", address: conn.remoteAddress });
     const mine = (session: string): Session => {
       const s = this.sessions.active(session);
       if (!s || s.master !== id) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} of ${id}`);
@@ -159,11 +159,11 @@ export class RelayServer {
       if (this.onsites.get(cert.id) === conn) {
         this.onsites.delete(cert.id);
         this.inventory.disconnected(cert.id);
-        this.o.log.info(`onsite ${cert.id} disconnected: ${why.message}`);
+        this.o.log.info(`onsite ${cert.id} disconnected: ${why.message}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, reason: why.message });
       }
     } else if (this.masters.get(cert.id) === conn) {
       this.masters.delete(cert.id);
-      this.o.log.info(`master ${cert.id} disconnected: ${why.message}`);
+      this.o.log.info(`master ${cert.id} disconnected: ${why.message}`, { id: cert.id, role: "master", address: conn.remoteAddress, reason: why.message });
     }
   }
 
@@ -207,7 +207,7 @@ export class RelayServer {
       throw new RemoteError(ErrorCode.OFFLINE, "a side disconnected while opening the session");
     }
     this.armExpiry();
-    this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${s.targets.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`);
+    this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${s.targets.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
     return sessionInfo(s, this.clock.now(), this.clock.wall());
   }
 
@@ -222,7 +222,7 @@ export class RelayServer {
   private closed_(s: Session, reason: string, final: boolean): void {
     this.router.dropSession(s, `session ended: ${reason}`);
     for (const conn of [s.masterConn, s.onsiteConn]) if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session: s.id, reason, final });
-    this.o.log.info(`session ${s.id} closed: ${reason}`);
+    this.o.log.info(`session ${s.id} closed: ${reason}`, { session: s.id, reason });
   }
 
   /** One timer, for the earliest TTL: monotonic, so a wall-clock step moves no TTL. */
