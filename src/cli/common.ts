@@ -78,10 +78,15 @@ export function flagsToRaw(args: ParsedArgs): RawConfig {
 
 /** Defaults, then the config file, then flags. */
 export async function configFromArgs(args: ParsedArgs): Promise<Config> {
+  return resolveConfig(await configSources(args));
+}
+
+/** The config file (when there is one) and the flags, in the order they apply. */
+export async function configSources(args: ParsedArgs): Promise<ConfigSource[]> {
   const path = str(args, "config");
   const sources: ConfigSource[] = [];
   const file = await loadConfigFile(path ?? DEFAULT_CONFIG_FILE, path !== undefined);
   if (file) sources.push(file);
   sources.push({ origin: { kind: "flag" }, raw: flagsToRaw(args) });
-  return resolveConfig(sources);
+  return sources;
 }
