@@ -335,6 +335,26 @@ describe("one name per thing", () => {
     expect(r.stdout).toBe("no onsite devices have connected to this relay since it started\n");
   });
 
+  test("uplink status: a configured interface the host does not have reads MISSING, not a dead link", () => {
+    const uplink = (name: string, present: boolean, problem?: string) => ({
+      name, kind: "ethernet", priority: 10, metered: false, active: false, health: "down", since: iso(now - 5_000),
+      link: { present, up: present, carrier: false, addrs: [] }, probes: { sent: 0, loss: 0 }, ...(problem ? { problem } : {}),
+    });
+    const report = { monitor: "netlink", targets: [], tracking: { interval_ms: 1000, timeout_ms: 1000, down: 3, up: 5, count: 1 }, uplinks: [uplink("eht0", false, "missing interface"), uplink("eth1", true, "no carrier")], history: [] } as unknown as UplinkReport;
+    const rows = formatUplinkReport(report, now).split("\n");
+    expect(rows.find((l) => l.includes("eht0"))).toContain("MISSING (no such interface)");
+    expect(rows.find((l) => l.includes("eth1"))).toContain("no carrier");
+  });
+
+  test("nat add: a rule applied while IPv4 forwarding is off is reported with the fix on stderr, exit 0", async () => {
+    const view = { id: "r-1", proto: "tcp", src: "203.0.113.7/32", port: 8080, to: "192.168.1.50:80", owner: "local", created: iso(now), expires: iso(now + 60_000), remaining_ms: 60_000 };
+    const api = fakeOnsite({ natAdd: async () => ({ rule: view, created: true, warning: "IPv4 forwarding is off (net.ipv4.ip_forward=0): turn it on with `sysctl -w net.ipv4.ip_forward=1`" }) });
+    const r = await run(["nat", "add", "--src", "203.0.113.7", "--port", "8080", "--to", "192.168.1.50:80", "--ttl", "1m", "--control", SOCK], serving(api, "onsite"));
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain("added rule r-1");
+    expect(r.stderr).toContain("warning: IPv4 forwarding is off");
+  });
+
   test("uplink status: durations in config units (1s, not 1000ms)", () => {
     const report: UplinkReport = { monitor: "netlink", targets: ["1.1.1.1:443"], tracking: { interval_ms: 1000, timeout_ms: 500, down: 3, up: 2, count: 1 }, uplinks: [], history: [] };
     const text = formatUplinkReport(report, now);

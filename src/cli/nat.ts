@@ -50,6 +50,8 @@ const add = defineAgentCommand({
     const res = await daemonClient<MasterApi | OnsiteApi>(ctx, cfg.control).call("natAdd", req);
     if (flag(args, "json")) ctx.io.out(pretty(res));
     else ctx.io.out(line(`${res.created ? "added" : "extended"} rule ${res.rule.id}: ${describeRule(res.rule)}, expires in ${left(res.rule.remaining_ms)} (${res.rule.expires})`));
+    // Applied but not working (IPv4 forwarding off): said on stderr, the exit stays 0.
+    if (res.warning) ctx.io.err(line(`warning: ${res.warning}`));
     return 0;
   },
 });

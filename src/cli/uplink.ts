@@ -19,7 +19,8 @@ export function formatUplinkReport(r: UplinkReport, now = Date.now()): string {
     String(u.priority),
     u.health,
     since(u.since, now),
-    u.link.present ? `${u.link.carrier ? "carrier" : "no carrier"}${u.link.addrs.length ? " " + u.link.addrs.join(",") : ", no address"}` : "absent",
+    // A configured interface the host does not have is said so, not shown as a dead link.
+    u.link.present ? `${u.link.carrier ? "carrier" : "no carrier"}${u.link.addrs.length ? " " + u.link.addrs.join(",") : ", no address"}` : u.problem === "missing interface" ? "MISSING (no such interface)" : "absent",
     u.probes.last ? `${u.probes.last.ok ? "ok" : "FAIL"}${u.probes.last.rtt_ms !== undefined ? ` ${u.probes.last.rtt_ms}ms` : ` (${u.probes.last.targets.map((t) => t.error).filter(Boolean).join(", ")})`}` : "-",
     `${Math.round(u.probes.loss * 100)}% of ${u.probes.sent}`,
     u.probes.latency_ms !== undefined ? `${u.probes.latency_ms}ms` : "-",
