@@ -3,7 +3,7 @@
 // on a Pi without RTC, a date set by hand) makes no TTL longer or shorter and no device stale.
 import { afterEach, describe, expect, test } from "bun:test";
 import { FakeClock } from "../src/clock.ts";
-import { RelayServer } from "../src/tunnel/relay.ts";
+import { RelayServer } from "../src/tunnel/relay/server.ts";
 import { Connection } from "../src/transport/mux.ts";
 import { linkPair } from "../src/transport/link.ts";
 import { GoAwayCode, MAX_CONTROL_MESSAGE } from "../src/transport/frame.ts";

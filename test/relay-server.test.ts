@@ -2,7 +2,8 @@
 // HELLO rules, deadlines, replacement, the pairing policy, session teardown and stream routing
 // with credit enforcement (a frozen reader cannot make the relay buffer beyond one window).
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { RefusalCode, RelayServer, type Refusal } from "../src/tunnel/relay.ts";
+import { RelayServer } from "../src/tunnel/relay/server.ts";
+import { RefusalCode, type Refusal } from "../src/tunnel/relay/refusals.ts";
 import { Connection, RemoteError, type Stream, type StreamError } from "../src/transport/mux.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
 import { Flag, FrameType, GoAwayCode, MAX_CONTROL_MESSAGE, MAX_PAYLOAD, ResetCode, encodeFrame, encodeJson } from "../src/transport/frame.ts";

@@ -8,7 +8,7 @@
 import type { AddResult, RuleView } from "../nat/service.ts";
 import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
-import type { Refusal } from "../tunnel/relay.ts";
+import type { Refusal } from "../tunnel/relay/refusals.ts";
 import type { UplinkReport } from "../uplink/manager.ts";
 import type { WifiReport } from "../uplink/wifi.ts";
 import type { WifiNetwork } from "../uplink/wpa.ts";

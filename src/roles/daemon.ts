@@ -197,11 +197,10 @@ export async function composeDaemon(role: Role, cfg: Config, bundle: Bundle, log
   const daemon = new Daemon({ role, id: bundle.id }, cfg, log.withTag(role), opts);
   const rlog = log.withTag(role);
   if (role === "relay") {
-    // The relay role registers devices/sessions/refusals itself; serving the shell's part
-    // names the role in the answer to an unknown command.
     const { RelayRole } = await import("./relay.ts");
-    daemon.add(new RelayRole(cfg, bundle, rlog, daemon.control));
-    daemon.control.serve(daemon.api(), "relay");
+    const relay = new RelayRole(cfg, bundle, rlog);
+    daemon.add(relay);
+    daemon.control.serve({ ...daemon.api(), ...relay.api }, "relay");
   } else if (role === "onsite") {
     const { composeOnsite } = await import("./onsite.ts");
     await composeOnsite(daemon, cfg, bundle, log);

@@ -12,7 +12,10 @@ import { formatHostPort } from "../netaddr.ts";
 import { isRevoked, loadRevocations, parseRevocations, REVOCATIONS_HEADER, type Bundle, type RevocationList } from "../pki.ts";
 import { listenTls } from "../transport/tls.ts";
 import { fdLimit } from "../fdlimit.ts";
-import { Admission, FileRefusalLog, RelayServer } from "../tunnel/relay.ts";
+import { RelayServer } from "../tunnel/relay/server.ts";
+import { FileRefusalLog } from "../tunnel/relay/refusals.ts";
+import { Admission } from "../tunnel/relay/front.ts";
+import type { RelayApi } from "./api.ts";
 import type { Component } from "./daemon.ts";
 import { systemClock, type Clock } from "../clock.ts";
 
@@ -32,7 +35,10 @@ export class RelayRole implements Component {
   /** Connections closed by their peer before TLS completed (probes, dropped links). */
   private abandoned = 0;
 
-  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control: ControlServer, clock: Clock = systemClock) {
+  /** What the relay's control socket serves beside the daemon shell's status (src/roles/api.ts). */
+  readonly api: Omit<RelayApi, "status">;
+
+  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control?: ControlServer, clock: Clock = systemClock) {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
     this.server = new RelayServer({
@@ -42,9 +48,12 @@ export class RelayRole implements Component {
       clock,
       refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
     });
-    control.handle("devices", () => this.server.deviceList());
-    control.handle("sessions", () => this.server.sessionList());
-    control.handle("refusals", () => this.server.refusals.slice(-100));
+    this.api = {
+      devices: () => this.server.deviceList(),
+      sessions: () => this.server.sessionList(),
+      refusals: () => this.server.refusals.slice(-100),
+    };
+    control?.serve(this.api, "relay");
   }
 
   async start(): Promise<void> {
