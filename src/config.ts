@@ -106,6 +106,8 @@ export interface Config {
   location?: string;
   hostname?: string;
   gui?: HostPort;
+  /** A group that may use the control socket (mode 0660), like `tailscale up --operator`. */
+  operator?: string;
   allow: AllowEntry[];
   control: string;
   state_dir: string;
@@ -287,6 +289,7 @@ const EXAMPLES: Record<string, string> = {
   location: 'location = "Building A, room 2"',
   hostname: 'hostname = "relay.example.net"',
   gui: 'gui = "127.0.0.1:8080"',
+  operator: 'operator = "support"   (a group name)',
   allow: 'allow = ["192.168.1.0/24", "10.0.0.5/32:22,80"]',
   control: 'control = "/run/agent/control.sock"',
   state_dir: 'state_dir = "/var/lib/agent"',
@@ -326,6 +329,7 @@ const TOP: Schema = {
   ),
   hostname: str("a host name", (s) => (/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/.test(s) ? undefined : `expected a host name, got ${got(s)}`)),
   gui: listenHostPort,
+  operator: str("a group name", (s) => (/^[a-z_][a-z0-9_-]{0,31}\$?$/i.test(s) ? undefined : `expected a group name, got ${got(s)}`)),
   allow: list(wrap("CIDR[:PORTS]", parseAllowEntry), 'a list of "CIDR[:PORTS]" strings such as ["192.168.1.0/24", "10.0.0.5/32:22,80"]'),
   control: nonEmpty("a path to a unix socket"),
   state_dir: nonEmpty("a directory path"),

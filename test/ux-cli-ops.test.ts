@@ -147,7 +147,13 @@ describe("logs", () => {
 });
 
 describe("an operator group for the control socket", () => {
-  const root = process.getuid?.() === 0 && realExecSync(["sh", "-c", "command -v groupadd"]).code === 0;
+  test("is a config key too (operator = \"GROUP\"), checked as a group name", () => {
+    const file = (raw: RawConfig) => resolveConfig([{ origin: { kind: "file", path: "agent.toml" }, raw }]);
+    expect(file({ operator: "support" }).operator).toBe("support");
+    expect(() => file({ operator: "no spaces allowed" })).toThrow(/operator.*expected a group name/s);
+  });
+
+  const root = process.getuid?.() === 0 && Bun.which("groupadd") !== null;
   test.skipIf(!root)("--operator GROUP: the socket belongs to the group, mode 0660; an unknown group is refused", async () => {
     const group = `agentux${process.pid % 100000}`;
     const add = realExecSync(["groupadd", group]);

@@ -65,7 +65,7 @@ export const daemonArgs = {
 /** Flags → raw config values, keyed as in the TOML file. Only flags actually given. */
 export function flagsToRaw(args: ParsedArgs): RawConfig {
   const raw: RawConfig = {};
-  for (const key of ["role", "bundle", "relay", "listen", "proxy", "revocations", "location", "gui", "control"] as const) {
+  for (const key of ["role", "bundle", "relay", "listen", "proxy", "revocations", "location", "gui", "control", "operator"] as const) {
     const v = str(args, key);
     if (v !== undefined) raw[key] = v;
   }

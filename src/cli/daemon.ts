@@ -31,8 +31,7 @@ export const daemonCommand = defineAgentCommand({
     // What the file or the flags set that this role does not use: said once, at start.
     for (const w of ignoredForRole(sources, role)) log.warn(w);
     const { runRole } = await import("../roles/daemon.ts");
-    const operator = typeof args.operator === "string" ? args.operator : undefined;
     // SIGHUP reads the file and the same flags again (src/roles/daemon.ts Daemon.reload).
-    return runRole(role, cfg, log, { operator, reloadConfig: () => configFromArgs(args) });
+    return runRole(role, cfg, log, { operator: cfg.operator, reloadConfig: () => configFromArgs(args) });
   },
 });
