@@ -316,9 +316,9 @@ wpa_ctrl = "${fake.path}"
     expect((await netconnectd(lab.control, { config_wifi: { ssid: "Shop WiFi", psk: "short" } })).error).toContain("8 to 63 characters");
     // The JSON-lines clients still work on the same socket.
     // (exit 3: the daemon runs but its relay link is down, as in AP mode; 0 once connected)
-    const st = await agent(["status", "--json", "--control", lab.control]);
-    expect([0, 3]).toContain(st.code);
-    expect(JSON.parse(st.stdout)).toMatchObject({ role: "onsite" });
+    const shown = await agent(["status", "--json", "--control", lab.control]);
+    expect([0, 3]).toContain(shown.code);
+    expect(JSON.parse(shown.stdout)).toMatchObject({ role: "onsite" });
   }, 60_000);
 
   test("hostapd crashes are restarted with growing backoff", async () => {
