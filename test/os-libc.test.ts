@@ -3,7 +3,6 @@
 import { describe, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { AF_UNIX, E, errno, libc, libcPath, muslLoaderPath, OsError, POLLIN, SOCK_CLOEXEC, SOCK_DGRAM, SOCK_NONBLOCK, socketPair } from "../src/os/libc.ts";
-import { libcPath as oldLibcPath } from "../src/libc.ts";
 import { fdLimit } from "../src/fdlimit.ts";
 
 describe("libcPath", () => {
@@ -18,10 +17,6 @@ describe("libcPath", () => {
     const got = libcPath((p) => (asked.push(p), musl), arch);
     expect(got).toBe(want);
     expect(asked).toEqual([muslLoaderPath(arch)]);
-  });
-
-  test("the old export still answers, with the same name", () => {
-    expect(oldLibcPath()).toBe(libcPath());
   });
 });
 

@@ -7,7 +7,6 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FakeClock } from "../src/clock.ts";
-import { realExec as oldRealExec } from "../src/exec.ts";
 import { createLogger } from "../src/log.ts";
 import { CANNOT_RUN, describeFailure, execWith, FakeSpawner, realExec, realExecSync, realSpawn, type Exec, type ExecSync } from "../src/os/spawn.ts";
 import { BACKOFF_MAX_MS, BACKOFF_MIN_MS, STABLE_RUN_MS, STOP_GRACE_MS, Supervisor } from "../src/uplink/supervisor.ts";
@@ -45,10 +44,6 @@ describe.each([
     expect(r.code).toBe(143);
     expect(performance.now() - t0).toBeLessThan(5_000);
   });
-});
-
-test("src/exec.ts still exports the same realExec", () => {
-  expect(oldRealExec).toBe(realExec);
 });
 
 describe("realSpawn", () => {

@@ -4,7 +4,7 @@ import { describe, expect, test } from "bun:test";
 import { defaults, type UplinkConfig } from "../src/config.ts";
 import { createLogger } from "../src/log.ts";
 import { parseHostPort } from "../src/netaddr.ts";
-import type { Exec } from "../src/exec.ts";
+import type { Exec } from "../src/os/spawn.ts";
 import { UplinkManager, type ActiveChange } from "../src/uplink/manager.ts";
 import { MmcliModem, modemIndexFromList, modemStatusFromMmcli, OpenWrtModem, parseMmcliKeyValue, type Modem, type ModemStatus } from "../src/uplink/modem.ts";
 import { FakeMonitor, type LinkInfo } from "../src/uplink/monitor.ts";

@@ -3,11 +3,11 @@
 // one transaction, so a plan lands all-or-nothing and a rule the state does not know
 // cannot survive an apply. Commands run through an injected `exec(argv)`: argument arrays,
 // never a shell string.
-import { realExec, type Exec, type ExecResult } from "../exec.ts";
+import { realExec, type Exec, type ExecResult } from "../os/spawn.ts";
 import type { InstalledRule } from "./plan.ts";
 import { parseTag, ruleTag, type Rule } from "./rule.ts";
 
-export type { Exec, ExecResult } from "../exec.ts";
+export type { Exec, ExecResult } from "../os/spawn.ts";
 
 /** A hung firewall tool must not freeze the daemon; iptables' own lock wait (-w) is shorter. */
 export const FIREWALL_TIMEOUT_MS = 20_000;

@@ -9,7 +9,7 @@ import type { ApConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { formatIPv4 } from "../netaddr.ts";
 import { generatePassphrase, NFT_TABLE, renderDnsmasq, renderHostapd, renderNft } from "./apconf.ts";
-import { describeFailure, type Exec } from "../exec.ts";
+import { describeFailure, type Exec } from "../os/spawn.ts";
 import { stopOrphan, Supervisor, type SupervisedStatus } from "./supervisor.ts";
 import { systemClock, type Clock } from "../clock.ts";
 

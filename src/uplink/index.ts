@@ -3,7 +3,7 @@
 // found on this system (ModemManager or OpenWRT's netifd).
 import type { Config } from "../config.ts";
 import type { Logger } from "../log.ts";
-import { realExec, type Exec } from "../exec.ts";
+import { realExec, type Exec } from "../os/spawn.ts";
 import { UplinkManager } from "./manager.ts";
 import { detectModem, type Modem } from "./modem.ts";
 import { createLinkMonitor } from "./monitor.ts";

@@ -3,7 +3,7 @@
 // - OpenWrtModem: OpenWRT's netifd through `ifup`/`ifdown` and `ubus call network.interface.*`.
 // The manager only needs to read the modem's state and bring its data connection up or down;
 // the data interface then appears as a link and is probed like any other uplink.
-import { describeFailure, type Exec } from "../exec.ts";
+import { describeFailure, type Exec } from "../os/spawn.ts";
 
 export interface ModemStatus {
   /** ModemManager's modem state (connected, registered, searching, …) or netifd's up/down. */

@@ -9,7 +9,7 @@
 // listeners hear only real changes of what the uplink manager uses.
 import { readdirSync, readFileSync } from "node:fs";
 import { RouteSocket, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, snapshotFromMessages, type LinkInfo, type Snapshot } from "./netlink.ts";
-import type { Exec } from "../exec.ts";
+import type { Exec } from "../os/spawn.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 
 export type { LinkInfo, Snapshot } from "./netlink.ts";

@@ -3,7 +3,7 @@
 // bound to the uplink's address (the probes) leaves through that uplink whatever the main
 // table says. The main table's default route (metric ACTIVE_METRIC) follows the active uplink.
 // Everything goes through `ip` with argument arrays; a FakeRouteTable records for unit tests.
-import { describeFailure, type Exec } from "../exec.ts";
+import { describeFailure, type Exec } from "../os/spawn.ts";
 
 /** First per-uplink table id and rule preference; uplink i uses BASE + i. */
 export const TABLE_BASE = 7100;

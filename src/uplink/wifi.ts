@@ -15,7 +15,7 @@ import { describeMissing, listInterfaces, missingInterfaces } from "./interfaces
 import { tcpProber } from "./probe.ts";
 import { RepeatLimiter, repeatedSuffix } from "./repeat.ts";
 import { formatDuration } from "../duration.ts";
-import type { Exec } from "../exec.ts";
+import type { Exec } from "../os/spawn.ts";
 import type { NetconnectdBackend, NetconnectdCell, NetconnectdStatus } from "./netconnectd.ts";
 import { SetupPage } from "./setup-page.ts";
 import { checkPsk, checkSsid, WifiClient, WpaClient, type WifiNetwork, type WpaControl } from "./wpa.ts";
