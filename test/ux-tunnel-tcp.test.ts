@@ -5,6 +5,8 @@ import { afterEach, expect, test } from "bun:test";
 import { tcpDialer, tcpListener } from "../src/tunnel/tcp.ts";
 import { connectFailure } from "../src/tunnel/onsite-server.ts";
 import type { ListeningPort } from "../src/tunnel/duplex.ts";
+import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEADER } from "../src/pki.ts";
+import { listenTls, type ListenOptions } from "../src/transport/tls.ts";
 
 const open: ListeningPort[] = [];
 afterEach(() => {
@@ -38,4 +40,24 @@ test("a closed port refuses: the dialer's error reads as ssh's 'connect failed: 
     (e: unknown) => e,
   );
   expect(connectFailure(err)).toBe("connect failed: Connection refused");
+});
+
+test("the relay's listen names the cause too: a port in use, an address the host lacks", () => {
+  const c = createCa({ name: "fleet CA" });
+  const fleet = parseCa(c.certPem, c.keyPem);
+  const relay = issueCertificate(fleet, { role: "relay", id: "relay-1", hosts: ["127.0.0.1"] });
+  const opts = (hostname: string, port: number): ListenOptions => ({
+    hostname,
+    port,
+    tls: { certPem: relay.certPem, keyPem: relay.keyPem, caPem: fleet.certPem },
+    trust: () => ({ revocations: parseRevocations(REVOCATIONS_HEADER + "\n"), roles: ["onsite", "master"] }),
+    accept: () => {},
+    refuse: () => {},
+    admit: () => true,
+    release: () => {},
+  });
+  const busy = tcpListener.listen("127.0.0.1", 0, () => {});
+  open.push(busy);
+  expect(() => listenTls(opts("127.0.0.1", busy.port)).stop(true)).toThrow(`port ${busy.port} is in use (by another program; pick another port or stop it;`);
+  expect(() => listenTls(opts("192.0.2.77", 0)).stop(true)).toThrow(/^this host has no address 192\.0\.2\.77/);
 });
