@@ -242,6 +242,16 @@ describe("targets", () => {
   });
 });
 
+test("a resolver that does not answer: the offer is refused within the resolve timeout, with why", async () => {
+  const clock = new FakeClock();
+  const r = await rig({ resolve: () => new Promise<string>(() => {}), clock });
+  const opening = r.master.connect("site-1", [parseForward("8080:printer.lan:80")], null).catch((e: Error) => e);
+  await until(() => clock.pending > 0, "the resolve to start");
+  clock.advance(5_000);
+  expect(((await opening) as Error).message).toMatch(/target printer\.lan:80: cannot resolve printer\.lan: no answer from the resolver within 5 s/);
+  expect(r.local.listening("127.0.0.1", 8080)).toBe(false);
+});
+
 describe("the SESSION_OFFER reply's warnings (protocol)", () => {
   test.each([
     [null, {}],

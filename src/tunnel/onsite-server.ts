@@ -70,6 +70,8 @@ export const systemResolver: TargetResolver = async (name) => (await lookup(name
 
 /** How long a stream's connect to its target may take before it counts as "no answer". */
 export const CONNECT_TIMEOUT_MS = 10_000;
+/** How long a target's name may take to resolve (the offer must be answered within the relay's request timeout). */
+export const RESOLVE_TIMEOUT_MS = 5_000;
 /** How long the check of a target at SESSION_OFFER waits for it. */
 export const PROBE_TIMEOUT_MS = 2_000;
 
@@ -135,10 +137,26 @@ export class SessionServer {
       return checkTarget(this.o.allow(), target);
     }
     if (host.includes(":") || isIPv4Literal(host)) return checkTarget(this.o.allow(), target);
-    return this.resolve(host).then(
+    return this.resolveWithin(host, RESOLVE_TIMEOUT_MS).then(
       (resolved) => checkTarget(this.o.allow(), target, resolved),
       (e: Error): TargetCheck => ({ ok: false, reason: `target ${target}: cannot resolve ${host}: ${e.message}` }),
     );
+  }
+
+  private resolveWithin(name: string, ms: number): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const timer = this.clock.setTimeout(() => reject(new Error(`no answer from the resolver within ${ms / 1000} s`)), ms);
+      this.resolve(name).then(
+        (addr) => {
+          this.clock.clearTimeout(timer);
+          resolve(addr);
+        },
+        (err: unknown) => {
+          this.clock.clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
   }
 
   /**
