@@ -377,9 +377,9 @@ describe("SessionServer through an injected dialer (in memory)", () => {
     try {
       r.net.failDial.set("192.168.1.50:443", new Error("connect ETIMEDOUT"));
       const s = r.mc.openStream({ session: "s-1", target: "192.168.1.50:443" });
-      expect(await closedWith(s)).toMatchObject({ code: ResetCode.UNREACHABLE, message: "192.168.1.50:443: connect ETIMEDOUT" });
+      expect(await closedWith(s)).toMatchObject({ code: ResetCode.UNREACHABLE, message: "192.168.1.50:443: connect failed: connect ETIMEDOUT" });
       const t = r.mc.openStream({ session: "s-1", target: "192.168.1.51:80" }); // nobody listens
-      expect(await closedWith(t)).toMatchObject({ code: ResetCode.UNREACHABLE, message: "192.168.1.51:80: connect 192.168.1.51:80: connection refused" });
+      expect(await closedWith(t)).toMatchObject({ code: ResetCode.UNREACHABLE, message: "192.168.1.51:80: connect failed: Connection refused" });
     } finally {
       r.close();
     }

@@ -21,7 +21,7 @@ export const Msg = {
   DEVICES: 11,
   /** master → relay request: {onsite, targets, ttl?, session?} → SessionInfo */
   SESSION_OPEN: 20,
-  /** relay → onsite request: {session, master, targets, expires?} → {} or error */
+  /** relay → onsite request: {session, master, targets, expires?} → {warnings?} or error */
   SESSION_OFFER: 21,
   /** either way, one-way: {session, reason, final} (final: will not come back by itself) */
   SESSION_CLOSE: 22,
@@ -78,6 +78,11 @@ export interface SessionInfo {
   targets: string[];
   opened: string;
   expires: string | null;
+  /**
+   * Added in 1 (compatible): what the onsite device found when it checked the targets at the
+   * offer (a target that refused or did not answer). Absent when there was nothing to say.
+   */
+  warnings?: string[];
 }
 
 // ---- bodies and decoders ------------------------------------------------------------------
@@ -154,6 +159,10 @@ export interface SessionOfferBody {
   targets: string[];
   /** ISO time, or null for no TTL. */
   expires: string | null;
+}
+/** The onsite device's answer to SESSION_OFFER: it accepts; `warnings` about its targets, if any. */
+export interface SessionOfferReply {
+  warnings?: string[];
 }
 export interface SessionCloseBody {
   session: string;
@@ -386,7 +395,7 @@ function deviceInfo(r: Reader): DeviceInfo {
 }
 
 function sessionInfo(r: Reader): SessionInfo {
-  return {
+  const info: SessionInfo = {
     session: r.str("session"),
     master: r.str("master"),
     onsite: r.str("onsite"),
@@ -394,6 +403,22 @@ function sessionInfo(r: Reader): SessionInfo {
     opened: r.str("opened"),
     expires: r.nullable("expires", () => r.str("expires")),
   };
+  const warnings = warningsOf(r);
+  if (warnings) info.warnings = warnings;
+  return info;
+}
+
+/** The optional `warnings` field: an array of strings (absent or null: none). */
+function warningsOf(r: Reader): string[] | undefined {
+  const w = r.nullable("warnings", () => r.strs("warnings"));
+  return w && w.length ? w : undefined;
+}
+
+export function decodeSessionOfferReply(v: unknown): SessionOfferReply {
+  // A handler that returns nothing answers null: "accepted, nothing to say".
+  if (v === null || v === undefined) return {};
+  const warnings = warningsOf(object(Msg.SESSION_OFFER, v, "result"));
+  return warnings ? { warnings } : {};
 }
 
 /** Results of the requests: what the REPLY's `result` carries. */
@@ -417,7 +442,7 @@ export interface Catalogue {
   [Msg.INVENTORY]: { body: InventoryBody };
   [Msg.DEVICES]: { body: EmptyBody; reply: DeviceInfo[] };
   [Msg.SESSION_OPEN]: { body: SessionOpenBody; reply: SessionInfo };
-  [Msg.SESSION_OFFER]: { body: SessionOfferBody; reply: EmptyBody };
+  [Msg.SESSION_OFFER]: { body: SessionOfferBody; reply: SessionOfferReply };
   [Msg.SESSION_CLOSE]: { body: SessionCloseBody };
   [Msg.SESSIONS]: { body: EmptyBody; reply: SessionInfo[] };
   [Msg.SESSION_END]: { body: SessionEndBody; reply: EmptyBody };
@@ -447,7 +472,7 @@ export const decoders: { [M in MsgType]: (body: unknown) => BodyOf<M> } = {
 export const replyDecoders: { [M in RequestMsg]: (result: unknown) => ReplyOf<M> } = {
   [Msg.DEVICES]: decodeDevicesReply,
   [Msg.SESSION_OPEN]: decodeSessionInfo,
-  [Msg.SESSION_OFFER]: emptyReply(Msg.SESSION_OFFER),
+  [Msg.SESSION_OFFER]: decodeSessionOfferReply,
   [Msg.SESSIONS]: decodeSessionsReply,
   [Msg.SESSION_END]: emptyReply(Msg.SESSION_END),
   [Msg.NAT_REQUEST]: decodeNatReply,

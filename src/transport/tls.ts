@@ -7,6 +7,7 @@ import { Timing } from "./policy.ts";
 import { verifyPeer, type PeerVerdict, type TrustPolicy } from "./auth.ts";
 import { certificateIdentity } from "../pki.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
+import { listenError } from "./listen-error.ts";
 
 /** TLS 1.3 as Bun wants it (a number: TLS1_3_VERSION). */
 const TLS13 = 0x0304;
@@ -174,6 +175,14 @@ export interface ListenOptions {
 export function listenTls(opts: ListenOptions): TCPSocketListener<SocketData> {
   const deadline = opts.handshakeDeadline ?? Timing.handshakeDeadline;
   const clock = opts.clock ?? systemClock;
+  try {
+    return listenTlsSocket(opts, deadline, clock);
+  } catch (e) {
+    throw listenError(e, opts.hostname, opts.port);
+  }
+}
+
+function listenTlsSocket(opts: ListenOptions, deadline: number, clock: Clock): TCPSocketListener<SocketData> {
   return Bun.listen<SocketData>({
     hostname: opts.hostname,
     port: opts.port,

@@ -228,7 +228,7 @@ export class MemoryNet implements ForwardListener, TargetDialer {
   /** A client connecting to `host:port`: its end of the connection (throws when refused). */
   connect(host: string, port: number, highWater?: number): MemoryDuplex {
     const accept = this.listeners.get(`${host}:${port}`) ?? this.listeners.get(`0.0.0.0:${port}`);
-    if (!accept) throw new Error(`connect ${host}:${port}: connection refused`);
+    if (!accept) throw Object.assign(new Error(`connect ${host}:${port}: connection refused`), { code: "ECONNREFUSED" }); // as a socket says it
     const [client, server] = duplexPair([`client of ${host}:${port}`, `${host}:${port}`], highWater);
     accept(server);
     return client;

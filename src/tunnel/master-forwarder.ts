@@ -22,11 +22,17 @@ export interface ForwardSpec {
   target: string; // HOST:PORT on the onsite LAN
 }
 
-/** Parses `[BIND:]LPORT:HOST:PORT` (pure). */
+/**
+ * Parses `[BIND:]LPORT:HOST:PORT` (pure). HOST is an IPv4 address or a host name, which the
+ * onsite device resolves (as `ssh -L` does on its far side) and judges by the address it
+ * gets. IPv6 is not supported yet, and is refused by name.
+ */
 export function parseForward(text: string): ForwardSpec {
-  const bad = (why: string) => new Error(`--forward ${JSON.stringify(text)}: ${why}; expected [BIND:]LPORT:HOST:PORT such as 8080:192.168.1.50:80`);
+  const bad = (why: string) =>
+    new Error(`--forward ${JSON.stringify(text)}: ${why}; expected [BIND:]LPORT:HOST:PORT such as 8080:192.168.1.50:80 or 8080:printer.lan:80 (HOST: an IPv4 address, or a host name the onsite device resolves)`);
   const parts = text.split(":");
-  if (parts.length !== 3 && parts.length !== 4) throw bad("wrong number of fields");
+  if (text.includes("[") || text.includes("]") || parts.length > 4) throw bad("IPv6 addresses are not supported yet");
+  if (parts.length !== 3 && parts.length !== 4) throw bad(`${parts.length} field${parts.length === 1 ? "" : "s"} where 3 or 4 are expected`);
   const [bind, lport, host, port] = parts.length === 4 ? (parts as [string, string, string, string]) : (["127.0.0.1", ...parts] as [string, string, string, string]);
   try {
     parseIPv4(bind);
@@ -57,6 +63,9 @@ interface Forward {
   port: number;
   connections: number;
   active: number;
+  /** Connections whose stream failed to open (the target refused, did not answer, …). */
+  errors: number;
+  lastError: string | null;
 }
 
 interface MasterSession {
@@ -68,6 +77,8 @@ interface MasterSession {
   st: SessionState;
   retryTimer: TimerHandle | null;
   expiryTimer: TimerHandle | null;
+  /** What the onsite device said of the targets when the session was (re)offered. */
+  warnings: string[];
 }
 
 export interface SessionView {
@@ -78,7 +89,10 @@ export interface SessionView {
   reason: string;
   opened: string;
   expires: string | null;
-  forwards: { bind: string; port: number; target: string; connections: number; active: number }[];
+  /** What the onsite device found checking the targets at the offer (a target that refuses…). */
+  warnings?: string[];
+  /** `errors`: connections whose stream could not be opened; `last_error`: the latest reason. */
+  forwards: { bind: string; port: number; target: string; connections: number; active: number; errors?: number; last_error?: string | null }[];
 }
 
 export interface MasterSessionsOptions {
@@ -135,7 +149,7 @@ export class MasterSessions {
       throw e;
     }
     const now = this.clock.now();
-    const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null };
+    const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null, warnings: [] };
     let info: SessionInfo;
     try {
       info = await request(conn, Msg.SESSION_OPEN, { onsite, targets: specs.map((x) => x.target), ttl, session: null });
@@ -144,12 +158,14 @@ export class MasterSessions {
       throw e;
     }
     s.id = info.session;
+    s.warnings = info.warnings ?? [];
     this.sessions.set(s.id, s);
     // The TTL runs on this side's monotonic clock from the asked length; the relay's wall-clock
     // `expires` only tells whether there is one (or its length, had none been asked).
     const left = info.expires ? (ttl ?? Math.max(0, Date.parse(info.expires) - this.clock.wall())) : null;
     this.apply(s, { kind: "opened", ttl: left });
     this.o.log.info(`session ${s.id} to ${onsite}: ${forwards.map((f) => `${f.spec.bind}:${f.port} → ${f.spec.target}`).join(", ")}`);
+    for (const w of s.warnings) this.o.log.warn(`session ${s.id} to ${onsite}: ${w}`);
     return this.view(s);
   }
 
@@ -171,7 +187,7 @@ export class MasterSessions {
   }
 
   private listen(spec: ForwardSpec): Forward {
-    const fwd = { spec, connections: 0, active: 0 } as Forward;
+    const fwd = { spec, connections: 0, active: 0, errors: 0, lastError: null } as Forward;
     try {
       fwd.listener = this.listener.listen(spec.bind, spec.port, (d) => this.accept(fwd, d));
     } catch (e) {
@@ -203,7 +219,18 @@ export class MasterSessions {
     }
     new Pipe(client, streamDuplex(stream), (err) => {
       fwd.active--;
-      if (err) this.o.log.debug(`forward ${fwd.port} → ${fwd.spec.target} ended: ${err.message}`);
+      if (!err) return;
+      const name = `forward ${fwd.spec.bind}:${fwd.port} → ${fwd.spec.target}`;
+      if (stream.accepted) {
+        this.o.log.debug(`${name} ended: ${err.message}`);
+        return;
+      }
+      // Never opened: the onsite device (or the relay) said why in the stream's RESET, like
+      // ssh -L's "open failed: connect failed: Connection refused".
+      const why = openFailure(fwd.spec.target, err.message);
+      fwd.errors++;
+      fwd.lastError = why;
+      this.o.log.warn(`${name}: open failed: ${why}`);
     });
   }
 
@@ -254,8 +281,10 @@ export class MasterSessions {
     const conn = this.o.relay();
     if (!conn) return; // relay-up asks again
     try {
-      await request(conn, Msg.SESSION_OPEN, { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session: s.id });
+      const info = await request(conn, Msg.SESSION_OPEN, { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session: s.id });
+      s.warnings = info.warnings ?? [];
       this.apply(s, { kind: "resumed" });
+      for (const w of s.warnings) this.o.log.warn(`session ${s.id} to ${s.onsite}: ${w}`);
     } catch (e) {
       this.apply(s, { kind: "resume-failed", code: e instanceof RemoteError ? e.code : undefined, message: (e as Error).message });
     }
@@ -272,9 +301,18 @@ export class MasterSessions {
       reason: st.reason,
       opened: iso(s.opened),
       expires: st.expiresAt !== null ? iso(st.expiresAt) : null,
-      forwards: s.forwards.map((f) => ({ bind: f.spec.bind, port: f.port, target: f.spec.target, connections: f.connections, active: f.active })),
+      warnings: [...s.warnings],
+      forwards: s.forwards.map((f) => ({ bind: f.spec.bind, port: f.port, target: f.spec.target, connections: f.connections, active: f.active, errors: f.errors, last_error: f.lastError })),
     };
   }
+}
+
+/**
+ * The reason a stream did not open, from its RESET's text: the onsite device says
+ * "TARGET: connect failed: …", which is shown without repeating the target (pure).
+ */
+export function openFailure(target: string, reason: string): string {
+  return reason.startsWith(`${target}: `) ? reason.slice(target.length + 2) : reason;
 }
 
 /** A closed session's purge timer must not keep a stopping master alive. */

@@ -9,31 +9,71 @@ import { ErrorCode, Msg } from "../transport/messages.ts";
 import { handle, on } from "../transport/typed.ts";
 import { allowListPermits, formatAllowEntry, parseHostPort, parseIPv4, type AllowEntry } from "../netaddr.ts";
 import { systemClock, type Clock } from "../clock.ts";
-import type { TargetDialer } from "./duplex.ts";
+import type { Duplex, TargetDialer } from "./duplex.ts";
 import { Pipe, streamDuplex } from "./pipe.ts";
 import { tcpDialer } from "./tcp.ts";
+import { lookup } from "node:dns/promises";
 
 export type TargetCheck = { ok: true; host: string; port: number } | { ok: false; reason: string };
 
-/** Whether a session may reach `target` (pure). Targets are IPv4 literals: the allow list is by address. */
-export function checkTarget(allow: readonly AllowEntry[], target: string): TargetCheck {
+/**
+ * Whether a session may reach `target` (pure). The allow list is by address: a target given
+ * by name is judged by the IPv4 address it resolved to (`resolved`, found by the caller), as
+ * `ssh -L` resolves on the far side; without one a name is refused.
+ */
+export function checkTarget(allow: readonly AllowEntry[], target: string, resolved?: string): TargetCheck {
   let hp;
   try {
     hp = parseHostPort(target, "a target HOST:PORT");
   } catch (e) {
     return { ok: false, reason: (e as Error).message };
   }
+  if (hp.host.includes(":")) return { ok: false, reason: `target ${target}: IPv6 targets are not supported yet (give an IPv4 address or a host name)` };
+  const named = !isIPv4Literal(hp.host);
+  const host = named ? resolved : hp.host;
+  if (host === undefined) return { ok: false, reason: `target ${target} is a host name that was not resolved (the allow list is by address)` };
   let addr: number;
   try {
-    addr = parseIPv4(hp.host);
+    addr = parseIPv4(host);
   } catch {
     return { ok: false, reason: `target ${target} is not an IPv4 address (the allow list is by address)` };
   }
+  const shown = named ? `${target} (${host})` : target;
   if (!allowListPermits([...allow], addr, hp.port)) {
-    return { ok: false, reason: `target ${target} is not in the allow list (${allow.map(formatAllowEntry).join(", ") || "empty"})` };
+    return { ok: false, reason: `target ${shown} is not in the allow list (${allow.map(formatAllowEntry).join(", ") || "empty"})` };
   }
-  return { ok: true, host: hp.host, port: hp.port };
+  return { ok: true, host, port: hp.port };
 }
+
+const isIPv4Literal = (h: string) => /^[\d.]+$/.test(h);
+
+/** The words for a failed connect, like ssh's "connect failed: Connection refused" (pure). */
+export function connectFailure(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  const words: Record<string, string> = {
+    ECONNREFUSED: "Connection refused",
+    ETIMEDOUT: "Connection timed out",
+    EHOSTUNREACH: "No route to host",
+    ENETUNREACH: "Network is unreachable",
+    ECONNRESET: "Connection reset by peer",
+    EADDRNOTAVAIL: "Cannot assign requested address",
+  };
+  const text = typeof code === "string" && words[code] ? words[code] : err instanceof Error ? err.message : String(err);
+  return `connect failed: ${text}`;
+}
+
+/** Resolves a target's host name to one IPv4 address (rejects with the resolver's reason). */
+export type TargetResolver = (name: string) => Promise<string>;
+
+/** The system resolver (getaddrinfo, as ssh uses), IPv4 only. */
+export const systemResolver: TargetResolver = async (name) => (await lookup(name, { family: 4 })).address;
+
+/** How long a stream's connect to its target may take before it counts as "no answer". */
+export const CONNECT_TIMEOUT_MS = 10_000;
+/** How long a target's name may take to resolve (the offer must be answered within the relay's request timeout). */
+export const RESOLVE_TIMEOUT_MS = 5_000;
+/** How long the check of a target at SESSION_OFFER waits for it. */
+export const PROBE_TIMEOUT_MS = 2_000;
 
 export interface ServeOptions {
   id: string;
@@ -44,8 +84,14 @@ export interface ServeOptions {
   onSessionClosed?: (session: string, reason: string) => void;
   /** How streams reach their targets; default: TCP connections. */
   dialer?: TargetDialer;
-  /** For the `opened` timestamps people read; default: the system clock. */
+  /** For the `opened` timestamps people read and the connect deadlines; default: the system clock. */
   clock?: Clock;
+  /** Resolves targets given by name; default: the system resolver. */
+  resolve?: TargetResolver;
+  /** A stream's connect to its target; default CONNECT_TIMEOUT_MS. */
+  connectTimeout?: number;
+  /** The check of each target when a session is offered; default PROBE_TIMEOUT_MS; 0: no check. */
+  probeTimeout?: number;
 }
 
 export class SessionServer {
@@ -54,27 +100,118 @@ export class SessionServer {
   streamsServed = 0;
   private readonly dialer: TargetDialer;
   private readonly clock: Clock;
+  private readonly resolve: TargetResolver;
 
   constructor(private readonly o: ServeOptions) {
     this.dialer = o.dialer ?? tcpDialer;
     this.clock = o.clock ?? systemClock;
+    this.resolve = o.resolve ?? systemResolver;
   }
 
   /** Registers the handlers on a fresh relay connection. */
   setup(conn: Connection): void {
-    handle(conn, Msg.SESSION_OFFER, (b) => {
+    handle(conn, Msg.SESSION_OFFER, async (b) => {
       const { session, targets } = b;
-      const refused = targets.map((t) => checkTarget(this.o.allow(), t)).filter((c): c is { ok: false; reason: string } => !c.ok);
+      const checks = await Promise.all(targets.map((t) => this.check(t)));
+      const refused = checks.filter((c): c is { ok: false; reason: string } => !c.ok);
       if (refused.length) throw new RemoteError(ErrorCode.REFUSED, refused.map((r) => r.reason).join("; "));
       this.sessions.set(session, { master: b.master, targets, opened: this.clock.wall(), streams: 0 });
       this.o.log.info(`session ${session} from ${b.master} accepted: ${targets.join(", ")}`);
-      return {};
+      const warnings = await this.probe(targets, checks as { ok: true; host: string; port: number }[]);
+      for (const w of warnings) this.o.log.warn(`session ${session}: ${w}`);
+      return warnings.length ? { warnings } : {};
     });
     on(conn, Msg.SESSION_CLOSE, (b) => {
       if (this.sessions.delete(b.session)) this.o.log.info(`session ${b.session} closed: ${b.reason}`);
       this.o.onSessionClosed?.(b.session, b.reason);
     });
     this.o.extra?.(conn);
+  }
+
+  /** A target judged against the allow list, a name by the address it resolves to (an address at once). */
+  private check(target: string): TargetCheck | Promise<TargetCheck> {
+    let host: string;
+    try {
+      host = parseHostPort(target, "a target HOST:PORT").host;
+    } catch {
+      return checkTarget(this.o.allow(), target);
+    }
+    if (host.includes(":") || isIPv4Literal(host)) return checkTarget(this.o.allow(), target);
+    return this.resolveWithin(host, RESOLVE_TIMEOUT_MS).then(
+      (resolved) => checkTarget(this.o.allow(), target, resolved),
+      (e: Error): TargetCheck => ({ ok: false, reason: `target ${target}: cannot resolve ${host}: ${e.message}` }),
+    );
+  }
+
+  private resolveWithin(name: string, ms: number): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      const timer = this.clock.setTimeout(() => reject(new Error(`no answer from the resolver within ${ms / 1000} s`)), ms);
+      this.resolve(name).then(
+        (addr) => {
+          this.clock.clearTimeout(timer);
+          resolve(addr);
+        },
+        (err: unknown) => {
+          this.clock.clearTimeout(timer);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  /**
+   * Tries a connection to each target, closing it at once, so a master hears at once of a
+   * target that refuses or does not answer (the session opens anyway: the target may come up).
+   */
+  private async probe(targets: readonly string[], checks: readonly { host: string; port: number }[]): Promise<string[]> {
+    const ms = this.o.probeTimeout ?? PROBE_TIMEOUT_MS;
+    if (ms <= 0) return [];
+    const results = await Promise.all(
+      checks.map((c, i) =>
+        this.dialWithin(c.host, c.port, ms).then(
+          (d) => {
+            d.reset(new Error("target check done"));
+            return null;
+          },
+          (err: unknown) => `target ${targets[i]}: ${connectFailure(err)}`,
+        ),
+      ),
+    );
+    return results.filter((w): w is string => w !== null);
+  }
+
+  /** A dial that gives up after `ms` ("no answer"); a connection that comes later is reset. */
+  private dialWithin(host: string, port: number, ms: number): Promise<Duplex> {
+    return new Promise<Duplex>((resolve, reject) => {
+      let settled = false;
+      const timer = this.clock.setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        reject(new Error(`no answer within ${ms / 1000} s`));
+      }, ms);
+      let dial: Promise<Duplex>;
+      try {
+        dial = this.dialer.dial(host, port);
+      } catch (e) {
+        dial = Promise.reject(e);
+      }
+      dial.then(
+        (d) => {
+          this.clock.clearTimeout(timer);
+          if (settled) d.reset(new Error("the target answered after the connect deadline"));
+          else {
+            settled = true;
+            resolve(d);
+          }
+        },
+        (err: unknown) => {
+          this.clock.clearTimeout(timer);
+          if (settled) return;
+          settled = true;
+          reject(err);
+        },
+      );
+    });
   }
 
   /**
@@ -95,7 +232,13 @@ export class SessionServer {
   serve(stream: Stream): void {
     const target = String(stream.open.target ?? "");
     const session = String(stream.open.session ?? "");
-    const check = checkTarget(this.o.allow(), target);
+    const check = this.check(target);
+    if (check instanceof Promise) void check.then((c) => this.dialFor(stream, target, session, c));
+    else this.dialFor(stream, target, session, check);
+  }
+
+  private dialFor(stream: Stream, target: string, session: string, check: TargetCheck): void {
+    if (stream.closed) return;
     if (!check.ok) {
       this.o.log.warn(`refused a stream of session ${session}: ${check.reason}`);
       stream.reset(ResetCode.REFUSED, `${this.o.id}: ${check.reason}`);
@@ -104,15 +247,7 @@ export class SessionServer {
     const info = this.sessions.get(session);
     if (info) info.streams++;
     this.streamsServed++;
-    const unreachable = (err: Error) => stream.reset(ResetCode.UNREACHABLE, `${target}: ${err.message}`);
-    let dial;
-    try {
-      dial = this.dialer.dial(check.host, check.port);
-    } catch (e) {
-      unreachable(e as Error);
-      return;
-    }
-    dial.then(
+    this.dialWithin(check.host, check.port, this.o.connectTimeout ?? CONNECT_TIMEOUT_MS).then(
       (conn) => {
         // The stream may have been reset (or its connection lost) while the target answered.
         if (stream.closed) {
@@ -122,7 +257,12 @@ export class SessionServer {
         stream.accept();
         new Pipe(conn, streamDuplex(stream));
       },
-      (err: Error) => unreachable(err), // a no-op on a stream already closed
+      (err: unknown) => {
+        if (stream.closed) return;
+        const why = connectFailure(err);
+        this.o.log.warn(`stream to ${target} for session ${session}: ${why}`);
+        stream.reset(ResetCode.UNREACHABLE, `${target}: ${why}`);
+      },
     );
   }
 }

@@ -3,6 +3,7 @@
 // port). Sockets are half-open capable: a client's FIN travels on as a FIN and the other
 // direction keeps flowing until its own FIN.
 import type { Socket, SocketHandler } from "bun";
+import { listenError } from "../transport/listen-error.ts";
 import type { Duplex, DuplexHandlers, ForwardListener, ListeningPort, TargetDialer } from "./duplex.ts";
 
 interface SocketData {
@@ -219,22 +220,31 @@ export const tcpDialer: TargetDialer = {
 /** Listens on local ports with Bun.listen (exclusive: a port in use is an error, not shared). */
 export const tcpListener: ForwardListener = {
   listen(bind, port, onConnection): ListeningPort {
-    const listener = Bun.listen<SocketData>({
-      hostname: bind,
-      port,
-      allowHalfOpen: true,
-      exclusive: true,
-      data: { duplex: null },
-      socket: {
-        ...handlers,
-        open(socket) {
-          onConnection(new TcpDuplex(socket));
-        },
-      },
-    });
+    let listener;
+    try {
+      listener = listenTcp(bind, port, onConnection);
+    } catch (e) {
+      throw listenError(e, bind, port);
+    }
     return {
       port: listener.port,
       close: () => listener.stop(true),
     };
   },
 };
+
+function listenTcp(bind: string, port: number, onConnection: (d: Duplex) => void) {
+  return Bun.listen<SocketData>({
+    hostname: bind,
+    port,
+    allowHalfOpen: true,
+    exclusive: true,
+    data: { duplex: null },
+    socket: {
+      ...handlers,
+      open(socket) {
+        onConnection(new TcpDuplex(socket));
+      },
+    },
+  });
+}

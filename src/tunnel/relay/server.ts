@@ -5,7 +5,7 @@
 import { type Connection, type ConnectionClosed, RemoteError, type Log } from "../../transport/mux.ts";
 import type { Link } from "../../transport/link.ts";
 import { GoAwayCode } from "../../transport/frame.ts";
-import { ErrorCode, MessageError, Msg, type DeviceInfo, type HelloBody, type SessionInfo, type SessionOpenBody } from "../../transport/messages.ts";
+import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type SessionInfo, type SessionOpenBody } from "../../transport/messages.ts";
 import { handle, on, request, send } from "../../transport/typed.ts";
 import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
@@ -193,9 +193,10 @@ export class RelayServer {
     if (opened.replaced) this.closed_(opened.replaced, "re-opened", false);
     const s = opened.session;
     this.sessions.offer(s);
+    let warnings: string[] | undefined;
     try {
       const expires = s.expiresAt === null ? null : new Date(wallOf(this.clock, s.expiresAt)).toISOString();
-      await request(onsiteConn, Msg.SESSION_OFFER, { session: s.id, master, targets: s.targets, expires });
+      warnings = (await request(onsiteConn, Msg.SESSION_OFFER, { session: s.id, master, targets: s.targets, expires })).warnings;
     } catch (e) {
       this.sessions.refuse(s);
       if (e instanceof RemoteError) throw new RemoteError(e.code === ErrorCode.INTERNAL ? ErrorCode.REFUSED : e.code, `${req.onsite} refused the session: ${e.message}`);
@@ -208,7 +209,13 @@ export class RelayServer {
     }
     this.armExpiry();
     this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${s.targets.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
-    return sessionInfo(s, this.clock.now(), this.clock.wall());
+    const info = sessionInfo(s, this.clock.now(), this.clock.wall());
+    // What the device found checking the targets goes to the master with the answer.
+    if (warnings?.length) {
+      info.warnings = warnings.slice(0, MAX_TARGETS).map((w) => w.slice(0, 500));
+      this.o.log.info(`session ${s.id}: ${req.onsite} warns: ${info.warnings.join("; ")}`, { session: s.id, onsite: req.onsite, warnings: info.warnings });
+    }
+    return info;
   }
 
   /** Ends a session: both sides hear why; its streams are reset. */
