@@ -322,6 +322,16 @@ describe("one name per thing", () => {
     expect((await run(["devices", "--help"])).stdout).toContain("HOST UP: the device's own uptime");
   });
 
+  test("a refused target: connect prints the device's warning, sessions the count and last reason per forward", async () => {
+    const warned: SessionView = { ...session, warnings: ["target 192.168.1.50:80: connect failed: Connection refused"] };
+    const c = await run(["connect", "site-1", "--forward", "18080:192.168.1.50:80", "--control", SOCK], serving(fakeMaster(linkUp, { connect: async () => warned }), "master"));
+    expect(c.code).toBe(0);
+    expect(c.stdout).toContain("warning: target 192.168.1.50:80: connect failed: Connection refused");
+    const failing: SessionView = { ...session, forwards: session.forwards.map((f) => ({ ...f, errors: 3, last_error: "connect failed: Connection refused" })) };
+    const l = await run(["sessions", "--control", SOCK], serving(fakeMaster(linkUp, { sessions: () => [failing] }), "master"));
+    expect(l.stdout).toContain("3 failed, last: connect failed: Connection refused");
+  });
+
   test("the sessions table says ONSITE, as the relay's does", async () => {
     const r = await run(["sessions", "--control", SOCK], serving(fakeMaster(), "master"));
     expect(r.stdout.split("\n")[0]).toMatch(/^SESSION\s+ONSITE\s+STATE/);

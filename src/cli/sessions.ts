@@ -111,6 +111,8 @@ export const connectCommand = defineAgentCommand({
     }
     const lines = [`session ${s.session} to ${s.onsite} (${left(s.expires)})`];
     for (const f of s.forwards) lines.push(`  ${f.bind}:${f.port} → ${f.target}`);
+    // What the device found when it tried each target (refused, no answer): said at once.
+    for (const w of s.warnings ?? []) lines.push(`warning: ${w}`);
     lines.push(`end it with: agent disconnect ${s.session}${reachFlags(args)}`);
     ctx.io.out(lines.join("\n") + "\n");
     return 0;
@@ -128,7 +130,8 @@ export function formatSessions(list: SessionView[] | SessionInfo[] | OnsiteSessi
       s.state,
       s.forwards.map((f) => `${f.bind}:${f.port}→${f.target}`).join(" "),
       s.state === "closed" ? "-" : left(s.expires, now),
-      s.reason,
+      // A forward whose connections failed says how often, and the last reason, as ssh -L would.
+      [s.reason, ...s.forwards.filter((f) => f.errors).map((f) => `${f.target}: ${f.errors} failed, last: ${f.last_error}`)].join("; "),
     ]);
     return formatTable(["SESSION", "ONSITE", "STATE", "FORWARDS", "TTL", "NOTE"], rows);
   }
