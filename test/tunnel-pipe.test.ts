@@ -14,6 +14,7 @@ import { Pipe, streamDuplex } from "../src/tunnel/pipe.ts";
 import { SessionServer } from "../src/tunnel/onsite-server.ts";
 import { tcpDialer, tcpListener } from "../src/tunnel/tcp.ts";
 import { parseAllowEntry } from "../src/netaddr.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -55,13 +56,8 @@ function reader(d: Duplex, opts: { hash?: boolean } = {}): Reader {
   return r;
 }
 
-async function until(cond: () => boolean, what: string, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(1);
-  }
-}
+/** The suite's one poll-until (helpers/wait.ts), polling often: in-memory links move on zero-delay timers. */
+const until = (cond: () => boolean, what: string, ms = 5_000): Promise<void> => waitFor(cond, ms, what, { every: 1 }).then(() => undefined);
 
 /** Writes `total` pseudo-random bytes with backpressure, then ends; resolves to their sha256. */
 async function pump(d: Duplex, total: number): Promise<string> {

@@ -10,6 +10,7 @@ import { MemoryNet, type DuplexHandlers } from "../src/tunnel/duplex.ts";
 import { streamDuplex } from "../src/tunnel/pipe.ts";
 import { MasterSessions, parseForward, type SessionView } from "../src/tunnel/master-forwarder.ts";
 import { decide, opening, resumeDelay, SessionTiming, type SessionAction, type SessionEvent, type SessionState } from "../src/tunnel/master-session.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 // ---- resume delays ----------------------------------------------------------------------
 
@@ -185,14 +186,8 @@ function rig(): Rig {
   return r;
 }
 
-/** Lets in-memory links and promise chains run (they use real zero-delay timers). */
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 2_000; i++) {
-    if (cond()) return;
-    await new Promise((r) => setTimeout(r, 0));
-  }
-  throw new Error(`never happened: ${what}`);
-}
+/** The suite's one poll-until (helpers/wait.ts), polling often: in-memory links move on zero-delay timers. */
+const until = (cond: () => boolean, what: string, ms = 5_000): Promise<void> => waitFor(cond, ms, what, { every: 0 }).then(() => undefined);
 
 /**
  * Advances the fake clock, then lets a resume try that went out get its answer: the links and

@@ -14,6 +14,7 @@ import { MemoryNet, type Duplex, type TargetDialer } from "../src/tunnel/duplex.
 import { MasterSessions, openFailure, parseForward } from "../src/tunnel/master-forwarder.ts";
 import { SessionServer, checkTarget, connectFailure } from "../src/tunnel/onsite-server.ts";
 import { RelayServer } from "../src/tunnel/relay/server.ts";
+import { waitFor } from "./helpers/wait.ts";
 
 interface Logged {
   lines: string[];
@@ -30,13 +31,8 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f();
 });
 
-async function until(cond: () => boolean, what: string, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await Bun.sleep(2);
-  }
-}
+/** The suite's one poll-until (helpers/wait.ts), polling often: in-memory links move on zero-delay timers. */
+const until = (cond: () => boolean, what: string, ms = 5_000): Promise<void> => waitFor(cond, ms, what, { every: 1 }).then(() => undefined);
 
 /** A device connected to the relay: its Connection (after WELCOME). */
 async function device(relay: RelayServer, role: "onsite" | "master", id: string, onStream?: (s: import("../src/transport/mux.ts").Stream) => void, setup?: (c: Connection) => void): Promise<Connection> {
