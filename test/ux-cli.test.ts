@@ -404,3 +404,19 @@ test("the README's CLI overview names every command and subcommand of `agent --h
   }
   expect(missing).toEqual([]);
 });
+
+test("the README's CLI overview names every flag of every command (`agent CMD --help`)", async () => {
+  const { rootCommand } = await import("../src/cli/index.ts");
+  const readme = await Bun.file(join(import.meta.dir, "..", "README.md")).text();
+  const start = readme.indexOf("## CLI overview");
+  const overview = readme.slice(start, readme.indexOf("\n## ", start + 5));
+  const missing: string[] = [];
+  type Cmd = { args?: Record<string, { type?: string }>; subCommands?: Record<string, unknown> };
+  const walk = async (name: string, entry: unknown): Promise<void> => {
+    const cmd = (typeof entry === "function" ? await (entry as () => Promise<Cmd>)() : entry) as Cmd;
+    for (const [flag, def] of Object.entries(cmd.args ?? {})) if (def.type !== "positional" && !overview.includes(`--${flag}`)) missing.push(`${name} --${flag}`);
+    for (const [sub, e] of Object.entries(cmd.subCommands ?? {})) await walk(`${name} ${sub}`, e);
+  };
+  await walk("agent", rootCommand);
+  expect(missing).toEqual([]);
+});
