@@ -112,6 +112,20 @@ describe("running NAT rules under wall-clock steps", () => {
     });
   }
 
+  test("a monotonic clock with fractions (as performance.now() has) still shows whole seconds and milliseconds left", async () => {
+    // mono + 600000 - mono is 600000.0000000002 for this start: a ceil of it said "601s".
+    const clock = new FakeClock({ mono: 2_088_714.978_647_413_4 });
+    const store = new MemoryRuleStore();
+    const wall = clock.wall();
+    expect(clock.now() + 10 * MIN - clock.now()).not.toBe(10 * MIN);
+    store.rules = [{ id: "abcd0123", proto: "tcp", src: "203.0.113.7/32", port: 8080, toAddr: "192.168.1.50", toPort: 80, ttlMs: 30 * MIN, owner: "local", createdAt: wall - 20 * MIN, expiresAt: wall + 10 * MIN }];
+    const { svc, lines } = rig(clock, store);
+    await svc.start();
+    expect(lines.join("")).toContain("re-armed rule abcd0123: expires in 600s");
+    expect(svc.list()[0]!.remaining_ms).toBe(10 * MIN);
+    await svc.close();
+  });
+
   test("an extend after a backward step lasts its ttl from then, and persists it on the wall clock of then", async () => {
     const clock = new FakeClock();
     const { svc, backend, store } = rig(clock);

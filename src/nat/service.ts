@@ -138,7 +138,7 @@ export class NatService {
     if (saved.length > 0 || p.expired.length > 0) this.d.store.save(p.desired);
     for (const r of p.expired) log.info(`removed rule ${r.id} at start: it expired at ${new Date(r.expiresAt).toISOString()}`, describe(r));
     for (const o of p.orphans) log.warn(`removed tagged rule ${o.id} at start: the state does not know it`);
-    for (const r of p.desired) log.info(`re-armed rule ${r.id}: expires in ${Math.ceil((this.deadlines.get(r.id)! - mono) / 1000)}s`, describe(r));
+    for (const r of p.desired) log.info(`re-armed rule ${r.id}: expires in ${Math.ceil(Math.round(this.deadlines.get(r.id)! - mono) / 1000)}s`, describe(r));
     if (p.add.length) log.warn(`restored ${p.add.length} rule(s) missing from the firewall: ${p.add.map((r) => r.id).join(", ")}`);
     log.info(`NAT ready (backend ${this.d.backend.name}): ${p.desired.length} active, ${p.expired.length} expired, ${p.orphans.length} orphan(s) removed`);
     await this.cut(p.expired);
@@ -377,7 +377,9 @@ export class NatService {
       owner: r.owner,
       created: new Date(r.createdAt).toISOString(),
       expires: new Date(r.expiresAt).toISOString(),
-      remaining_ms: Math.max(0, this.deadlineOf(r) - this.clock.now()),
+      // Whole milliseconds: the monotonic clock has fractions, and a deadline of mono + 60000
+      // read back as 60000.000001 would round a display of "60s" up to "61s".
+      remaining_ms: Math.max(0, Math.round(this.deadlineOf(r) - this.clock.now())),
     };
     if (r.iface !== undefined) v.iface = r.iface;
     return v;
