@@ -120,6 +120,59 @@ export interface Config {
   /** Relay: which masters may open sessions to which onsite devices; empty = every master
    * of the fleet may reach every onsite device. */
   access: AccessRule[];
+  /** Relay: the nymea-remoteproxy listener ([nymea]); undefined when not configured. */
+  nymea?: NymeaConfig;
+}
+
+/** `[nymea]`: the relay speaks nymea-remoteproxy's proxy protocol (src/tunnel/nymea/README.md). */
+export interface NymeaConfig {
+  /** TLS over TCP (plain when `plain`, loopback only). */
+  tcp?: HostPort;
+  /** TLS WebSocket (plain when `plain`, loopback only). */
+  ws?: HostPort;
+  /** RemoteProxy.Hello's "name". */
+  name: string;
+  /** One accepted token per line; re-read on SIGHUP. */
+  tokens?: string;
+  /** POST {"token": …}, expects {"isValid": bool}. */
+  authorizer?: URL;
+  /** Every token is accepted (upstream's -m); loopback listeners only. */
+  dummy: boolean;
+  /** No TLS (behind a TLS terminator); loopback listeners only. */
+  plain: boolean;
+  /** PEM certificate and key; default: the relay's own from its bundle. */
+  certificate?: string;
+  key?: string;
+  /** Unix socket that pushes the statistics document every second. */
+  monitor?: string;
+  inactive_timeout: number;
+  alone_timeout: number;
+  authentication_timeout: number;
+  jsonrpc_timeout: number;
+}
+
+/** Loopback hosts: where a plain or dummy nymea listener may be. */
+export function isLoopbackHost(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+/** The cross-key rules of [nymea], pure: each problem with its key. */
+export function nymeaProblems(n: NymeaConfig): { key: string; message: string }[] {
+  const out: { key: string; message: string }[] = [];
+  const listeners = [n.tcp && ["tcp", n.tcp], n.ws && ["ws", n.ws]].filter(Boolean) as [string, HostPort][];
+  if (listeners.length === 0) out.push({ key: "nymea", message: 'needs a listener: set tcp = "0.0.0.0:2213" and/or ws = "0.0.0.0:2212"' });
+  const auths = [n.tokens !== undefined && "tokens", n.authorizer !== undefined && "authorizer", n.dummy && "dummy"].filter(Boolean);
+  if (auths.length === 0) out.push({ key: "nymea", message: 'needs an authenticator: tokens = "FILE", authorizer = "http://HOST:PORT/PATH" or (loopback only) dummy = true' });
+  if (auths.length > 1) out.push({ key: "nymea", message: `set one authenticator, not ${auths.join(" and ")}` });
+  for (const [what, on] of [["dummy", n.dummy], ["plain", n.plain]] as const) {
+    if (!on) continue;
+    for (const [k, hp] of listeners) {
+      if (!isLoopbackHost(hp.host)) out.push({ key: `nymea.${k}`, message: `${what} = true is allowed only when every nymea listener is on loopback (127.0.0.1), not ${hp.host}` });
+    }
+  }
+  if ((n.certificate === undefined) !== (n.key === undefined)) out.push({ key: n.certificate === undefined ? "nymea.certificate" : "nymea.key", message: "certificate and key go together: set both (PEM files) or neither (the relay's own)" });
+  if (n.plain && n.certificate !== undefined) out.push({ key: "nymea.certificate", message: "plain = true uses no certificate; remove one or the other" });
+  return out;
 }
 
 /** The file name of the relay's default revocation list inside the state dir. */
@@ -300,12 +353,13 @@ const EXAMPLES: Record<string, string> = {
   tracking: '[tracking] targets = ["1.1.1.1:443"], interval = "1s", timeout = "1s", down = 3, up = 5',
   ap: '[ap] enabled = true, interface = "wlan0", ssid = "agent-setup", country = "FR", address = "10.250.250.1/24"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
+  nymea: '[nymea] tcp = "0.0.0.0:2213", ws = "0.0.0.0:2212", tokens = "/etc/agent/nymea-tokens", inactive_timeout = "8s"',
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
 };
 
 function exampleFor(key: string, origin: Origin): string | undefined {
   if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
-  const section = /^(nat|tracking|ap)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
+  const section = /^(nat|tracking|ap|nymea)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
   return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
@@ -413,6 +467,37 @@ const AP: Schema = {
   },
 };
 
+const NYMEA: Schema = {
+  tcp: listenHostPort,
+  ws: listenHostPort,
+  name: nonEmpty("a server name"),
+  tokens: nonEmpty("a path to a tokens file"),
+  authorizer: wrap("an http:// or https:// URL", (s) => {
+    let u: URL;
+    try {
+      u = new URL(s);
+    } catch {
+      throw new Error(`expected an http:// or https:// URL such as http://127.0.0.1:8090/check, got ${JSON.stringify(s)}`);
+    }
+    if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error(`expected an http:// or https:// URL, got ${JSON.stringify(s)}`);
+    return u;
+  }),
+  dummy: bool,
+  plain: bool,
+  certificate: nonEmpty("a path to a PEM certificate"),
+  key: nonEmpty("a path to a PEM private key"),
+  monitor: nonEmpty("a path to a unix socket"),
+  inactive_timeout: duration(100, 3_600_000),
+  alone_timeout: duration(100, 3_600_000),
+  authentication_timeout: duration(100, 3_600_000),
+  jsonrpc_timeout: duration(100, 3_600_000),
+};
+
+/** [nymea] before any key is set: upstream's name and timeouts. */
+export function nymeaDefaults(): NymeaConfig {
+  return { name: "nymea-remoteproxy", dummy: false, plain: false, inactive_timeout: 8_000, alone_timeout: 8_000, authentication_timeout: 8_000, jsonrpc_timeout: 10_000 };
+}
+
 export function defaults(): Config {
   return {
     allow: PRIVATE_RANGES.map(parseAllowEntry),
@@ -453,6 +538,8 @@ export type RawConfig = Record<string, unknown>;
 export interface ConfigSource {
   origin: Origin;
   raw: RawConfig;
+  /** Said at start (e.g. the keys of a nymea-remoteproxy.conf that have no equivalent here). */
+  warnings?: string[];
 }
 
 function isTable(v: unknown): v is Record<string, unknown> {
@@ -514,6 +601,14 @@ export function resolveConfig(sources: ConfigSource[]): Config {
         });
         cfg.uplink = uplinks;
         originOf.set("uplink", origin);
+      } else if (k === "nymea") {
+        if (!isTable(v)) {
+          problems.push({ origin, key: k, message: `expected a table ([nymea]), got ${got(v)}` });
+          continue;
+        }
+        cfg.nymea ??= nymeaDefaults();
+        applyTable(NYMEA, v, cfg.nymea as Record<string, unknown>, "nymea.", origin);
+        originOf.set("nymea", origin);
       } else if (k === "access") {
         if (!Array.isArray(v) || !v.every(isTable)) {
           problems.push({ origin, key: k, message: `expected an array of tables ([[access]] with masters and onsites), got ${got(v)}` });
@@ -549,6 +644,7 @@ export function resolveConfig(sources: ConfigSource[]): Config {
     if (seen.has(u.name)) problems.push({ origin: at("uplink"), key: `uplink[${i}].name`, message: `uplink ${JSON.stringify(u.name)} is listed twice` });
     seen.add(u.name);
   });
+  if (c.nymea) for (const p of nymeaProblems(c.nymea)) problems.push({ origin: at(p.key.startsWith("nymea.") && originOf.has(p.key) ? p.key : "nymea"), ...p });
   if (problems.length > 0) throw new ConfigError(problems);
   return c;
 }
@@ -645,6 +741,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   listen: { roles: ["relay"], why: "only the relay listens; devices dial `relay`", shown: "listen" },
   revocations: { roles: ["relay"], why: "only the relay checks certificates against a revocation list", shown: "revocations" },
   access: { roles: ["relay"], why: "only the relay enforces [[access]] rules", shown: "[[access]]" },
+  nymea: { roles: ["relay"], why: "only the relay speaks nymea-remoteproxy's protocol", shown: "[nymea]" },
   gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
   relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },

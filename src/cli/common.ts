@@ -60,6 +60,7 @@ export const daemonArgs = {
   "log-level": { type: "enum", options: ["silent", "error", "warn", "info", "debug", "trace"], description: "log level (default info)" },
   "json-logs": { type: "boolean", description: "log one JSON object per line (under journald without a time: the journal has its own)" },
   operator: { type: "string", valueHint: "group", description: "let this group use the control socket (mode 0660) without sudo, e.g. `agent devices` by a technician" },
+  "nymea-conf": { type: "string", valueHint: "file", description: "read nymea-remoteproxy's INI config as [nymea] (relay), e.g. /etc/nymea/nymea-remoteproxy.conf" },
 } as const satisfies ArgsDef;
 
 /** Flags → raw config values, keyed as in the TOML file. Only flags actually given. */
@@ -87,6 +88,8 @@ export async function configSources(args: ParsedArgs): Promise<ConfigSource[]> {
   const sources: ConfigSource[] = [];
   const file = await loadConfigFile(path ?? DEFAULT_CONFIG_FILE, path !== undefined);
   if (file) sources.push(file);
+  const nymeaConf = str(args, "nymea-conf");
+  if (nymeaConf !== undefined) sources.push(await (await import("../tunnel/nymea/ini.ts")).loadNymeaConf(nymeaConf));
   sources.push({ origin: { kind: "flag" }, raw: flagsToRaw(args) });
   return sources;
 }

@@ -30,6 +30,7 @@ export const daemonCommand = defineAgentCommand({
     const log = createLogger({ level: cfg.log_level, json: cfg.json_logs });
     // What the file or the flags set that this role does not use: said once, at start.
     for (const w of ignoredForRole(sources, role)) log.warn(w);
+    for (const w of sources.flatMap((s) => s.warnings ?? [])) log.warn(w);
     const { runRole } = await import("../roles/daemon.ts");
     // SIGHUP reads the file and the same flags again (src/roles/daemon.ts Daemon.reload).
     return runRole(role, cfg, log, { operator: cfg.operator, reloadConfig: () => configFromArgs(args) });

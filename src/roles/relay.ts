@@ -18,6 +18,7 @@ import { Admission } from "../tunnel/relay/front.ts";
 import type { RelayApi } from "./api.ts";
 import type { Component } from "./daemon.ts";
 import { systemClock, type Clock } from "../clock.ts";
+import { NymeaService } from "../tunnel/nymea/service.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -34,6 +35,8 @@ export class RelayRole implements Component {
   private fdLimit: number | null = null;
   /** Connections closed by their peer before TLS completed (probes, dropped links). */
   private abandoned = 0;
+  /** [nymea]: the nymea-remoteproxy listeners, a world apart from the fleet's sessions. */
+  private readonly nymea: NymeaService | null;
 
   /** What the relay's control socket serves beside the daemon shell's status (src/roles/api.ts). */
   readonly api: Omit<RelayApi, "status">;
@@ -54,6 +57,7 @@ export class RelayRole implements Component {
       refusals: () => this.server.refusals.slice(-100),
     };
     control?.serve(this.api, "relay");
+    this.nymea = cfg.nymea ? new NymeaService(cfg.nymea, { cert: bundle.certPem, key: bundle.keyPem }, log.withTag("nymea"), clock) : null;
   }
 
   async start(): Promise<void> {
@@ -81,6 +85,7 @@ export class RelayRole implements Component {
       throw new Error(`cannot listen on ${formatHostPort(listen)}: ${(e as Error).message}`, { cause: e });
     }
     this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}`);
+    this.nymea?.start();
     // Polled whether configured or the default: a list copied into place later takes effect
     // within a second, without a restart.
     this.poll = setInterval(() => void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`)), REVOCATION_POLL_MS);
@@ -88,6 +93,7 @@ export class RelayRole implements Component {
 
   /** SIGHUP */
   async reload(): Promise<void> {
+    this.nymea?.reload();
     await this.reloadRevocations(true);
   }
 
@@ -129,12 +135,14 @@ export class RelayRole implements Component {
       revocations_file: revocationsFile(this.cfg).path,
       revocations_loaded: this.revocationsLoaded,
       ...this.server.stats(),
+      ...(this.nymea ? { nymea: this.nymea.status() } : {}),
     };
   }
 
   async close(): Promise<void> {
     if (this.poll) clearInterval(this.poll);
     this.poll = null;
+    this.nymea?.close();
     await this.server.close();
     this.listener?.stop(true);
     this.listener = null;
