@@ -61,7 +61,7 @@ function setup(auth = new MockAuth(), timeouts = {}) {
   return { clock, server, connect, auth };
 }
 
-const authMsg = (id: number, token: string, nonce?: string, uuid = crypto.randomUUID(), name = "client") =>
+const authMsg = (id: number, token: string, nonce?: string, uuid: string = crypto.randomUUID(), name = "client") =>
   JSON.stringify({ id, method: "Authentication.Authenticate", params: { name, token, uuid, ...(nonce !== undefined ? { nonce } : {}) } }) + "\n";
 
 async function authenticate(c: MemConn, clock: FakeClock, token: string, nonce?: string, uuid?: string, name?: string) {
