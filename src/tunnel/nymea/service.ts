@@ -50,7 +50,6 @@ export class NymeaService {
     const what = tls ? "TLS" : "plain";
     if (this.auth.kind === "dummy") this.log.warn("nymea: dummy authenticator: every token is accepted (loopback only)");
     if (this.auth instanceof TokensFileAuthenticator) this.log.info(`nymea: ${this.auth.count} token(s) from ${this.auth.path}`);
-    const handshakeTimeoutS = Math.min(255, Math.max(1, Math.ceil(this.cfg.inactive_timeout / 1000)));
     if (this.cfg.tcp) {
       const { host, port } = this.cfg.tcp;
       try {
@@ -64,7 +63,7 @@ export class NymeaService {
     if (this.cfg.ws) {
       const { host, port } = this.cfg.ws;
       try {
-        this.ws = listenNymeaWs({ hostname: host, port, tls, server: this.server, handshakeTimeoutS }) as Server<unknown>;
+        this.ws = listenNymeaWs({ hostname: host, port, tls, server: this.server }) as Server<unknown>;
         this.log.info(`nymea: ${what} WebSocket on ${host}:${this.ws.port}`);
       } catch (e) {
         this.errors.ws = explainListenError(e, host, port);
