@@ -104,6 +104,34 @@ describe("Hello and Introspect over both transports (getHello, getIntrospect, cl
     expect(i).toMatchObject({ id: 1, status: "success" });
     expect(Object.keys(i.params)).toEqual(["methods", "notifications", "types"]);
   });
+  test("a client that checks the certificate against public CAs refuses this self-signed one (sslConfigurations)", async () => {
+    let err = "";
+    await new Promise<void>((res) => {
+      void Bun.connect({
+        hostname: "127.0.0.1",
+        port: aTcp,
+        tls: { rejectUnauthorized: true },
+        socket: {
+          handshake(_s, ok, e) {
+            err = ok ? "" : String((e as { code?: string } | undefined)?.code ?? e?.message ?? "failed");
+            res();
+          },
+          data() {},
+          error(_s, e) {
+            err = String((e as { code?: string }).code ?? e.message);
+            res();
+          },
+          close() {
+            res();
+          },
+        },
+      }).catch((e: Error) => {
+        err = e.message;
+        res();
+      });
+    });
+    expect(err).toMatch(/SELF_SIGNED|self.signed|DEPTH_ZERO|UNABLE_TO_VERIFY|verify/i);
+  });
   test("WebSocket over TLS, any path: upstream's upgrade headers, no subprotocol; answers are text frames ending in }\\n", async () => {
     const c = await ws(aWs, { path: "/some/where?x=1" });
     expect(c.headers.server).toBe("nymea-remoteproxy");
@@ -390,7 +418,9 @@ describe("--nymea-conf: upstream's INI file", () => {
     const ini = join(fleet.dir, "nymea-remoteproxy.conf");
     writeFileSync(ini, "[ProxyServer]\nname=from-ini\ninactiveTimeout=8000\n\n[AWS]\nregion=eu-west-1\n\n[SSL]\nenabled=false\n\n[WebSocketServer]\nhost=127.0.0.1\nport=0\n\n[TcpServer]\nhost=127.0.0.1\nport=0\n");
     const toml = join(fleet.dir, "c.toml");
-    writeFileSync(toml, `[nymea]\ntokens = "${tokensFile}"\nname = "overridden by the ini"\n`);
+    // The authenticator comes from agent.toml; its jsonrpc timeout is shorter than the
+    // authentication one, so a slow authorizer meets "Command timed out" (jsonRpcTimeout).
+    writeFileSync(toml, `[nymea]\nauthorizer = "http://127.0.0.1:${authorizer.port}/check"\nname = "overridden by the ini"\njsonrpc_timeout = "1s"\nauthentication_timeout = "5s"\n`);
     await fleet.issue("relay", "relay-c", ["--host", "127.0.0.1"]);
     const C = await fleet.start("relay", "relay-c", ["--listen", "127.0.0.1:0", "--config", toml, "--nymea-conf", ini]);
     const p = await ports(C);
@@ -398,6 +428,10 @@ describe("--nymea-conf: upstream's INI file", () => {
     await c.send(hello(1));
     expect((await c.line()).params.name).toBe("from-ini");
     expect(C.log()).toContain(`${ini}: [AWS] is not used: the AWS Lambda authenticator is not supported`);
+    const slow = await tcp(p.tcp, false);
+    await slow.send({ id: 9, method: "Authentication.Authenticate", params: { name: "n", token: "slow", uuid: crypto.randomUUID() } });
+    expect(await slow.line()).toEqual({ error: "Command timed out", id: 9, status: "error" });
+    await slow.waitClosed();
     await fleet.stop(C);
   });
 });
