@@ -7,7 +7,7 @@
 // this test serves, short timers for the timeout rows).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHash, randomBytes } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
@@ -236,6 +236,12 @@ async function pair(mk: [() => Promise<Client>, () => Promise<Client>], token = 
   return [a, b] as const;
 }
 
+/** Writes ASCII `text`: as it is on TCP, in 64 KiB text frames on a WebSocket. */
+const writeAll = (c: Client, text: string): Promise<unknown> =>
+  c instanceof WsClient ? Promise.all(Array.from({ length: Math.ceil(text.length / 65536) }, (_, i) => c.text(text.slice(i * 65536, (i + 1) * 65536)))) : c.writeRaw(text);
+
+const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))![1]);
+
 /** Sends `n` bytes of hex text each way at once; compares sha256 on arrival. */
 async function bothWays(a: Client, b: Client, n: number) {
   const da = randomBytes(n / 2).toString("hex");
@@ -245,8 +251,7 @@ async function bothWays(a: Client, b: Client, n: number) {
   };
   sink(a);
   sink(b);
-  const write = (c: Client, text: string) => (c instanceof WsClient ? Promise.all(Array.from({ length: Math.ceil(text.length / 65536) }, (_, i) => c.text(text.slice(i * 65536, (i + 1) * 65536)))) : c.writeRaw(text));
-  await Promise.all([write(a, da), write(b, db)]);
+  await Promise.all([writeAll(a, da), writeAll(b, db)]);
   const got = async (c: Client) => {
     await waitFor(() => (c instanceof WsClient ? c.textBytes : c.received) >= n, 30_000, () => `${n} bytes through the tunnel (have ${c instanceof WsClient ? c.textBytes : c.received})`);
     return c instanceof WsClient ? c.hash!.digest("hex") : createHash("sha256").update(c.take()).digest("hex");
@@ -270,6 +275,29 @@ describe("tunnels: pairing and data both ways, sha256 compared (remoteConnection
     a.end();
     await b.waitClosed(15_000, "the partner to be closed");
     if (b instanceof WsClient) expect(b.close).toEqual({ code: 1011, reason: "Tunnel client disconnected" });
+  }, 60_000);
+  test.each([
+    ["TCP → WS", T, W],
+    ["WS → TCP", W, T],
+  ] as const)("backpressure %s: a partner that stops reading stops the writer; the relay holds a bounded amount", async (_n, mkA, mkB) => {
+    const [a, b] = await pair([mkA, mkB], TOKEN, crypto.randomUUID());
+    const total = 64 << 20;
+    const data = randomBytes(total / 2).toString("hex");
+    if (b instanceof WsClient) b.hash = createHash("sha256");
+    b.pause();
+    const before = rssKiB(A.proc.pid);
+    let written = false;
+    const w = writeAll(a, data).then(() => (written = true));
+    let peak = before;
+    await holdsFor(() => ((peak = Math.max(peak, rssKiB(A.proc.pid))), written), 1_500, "the writer finished 64 MiB while its partner read nothing: no backpressure");
+    // Without backpressure the relay would hold most of the 64 MiB.
+    expect(peak - before).toBeLessThan(24 * 1024);
+    b.resume();
+    await w;
+    await waitFor(() => (b instanceof WsClient ? b.textBytes : b.received) >= total, 30_000, "all 64 MiB after the reader resumed");
+    const sha = createHash("sha256").update(data).digest("hex");
+    expect(b instanceof WsClient ? b.hash!.digest("hex") : createHash("sha256").update(b.take()).digest("hex")).toBe(sha);
+    a.end();
   }, 60_000);
   test("raw bytes 00 01 ff pass through TCP unchanged; legacy pairing without a nonce", async () => {
     const [a, b] = await pair([T, T], "second-token");
