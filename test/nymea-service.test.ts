@@ -12,6 +12,7 @@ import { createLogger } from "../src/log.ts";
 import { HttpAuthenticator, TokensFileAuthenticator } from "../src/tunnel/nymea/auth.ts";
 import { NymeaService } from "../src/tunnel/nymea/service.ts";
 import { hello, TcpClient, WsClient } from "./fixtures/nymea/clients.ts";
+import { makeCert, newCa } from "./helpers/certs.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "agent-nymea-svc-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -35,6 +36,23 @@ describe("listeners", () => {
     } finally {
       svc.close();
       busy.stop(true);
+    }
+  });
+  test("without certificate/key, TCP and WebSocket present the relay's own certificate", async () => {
+    const own = makeCert(newCa("fleet CA"), { role: "relay", id: "relay-own", ips: ["127.0.0.1"] });
+    const svc = new NymeaService(cfg({ plain: false, dummy: true, tcp: { host: "127.0.0.1", port: 0 }, ws: { host: "127.0.0.1", port: 0 } }), { cert: own.certPem, key: own.keyPem }, log, systemClock);
+    try {
+      svc.start();
+      const st = svc.status() as { tcp: string; ws: string; tls: boolean };
+      expect(st.tls).toBe(true);
+      for (const port of [st.tcp, st.ws].map((a) => Number(a.split(":")[1]))) {
+        const c = await TcpClient.connect(port, true);
+        const peer = (c as unknown as { sock: { getPeerCertificate(): { subject?: { CN?: string } } } }).sock.getPeerCertificate();
+        expect(peer.subject?.CN).toBe("relay-own");
+        c.end();
+      }
+    } finally {
+      svc.close();
     }
   });
   test("certificate files that cannot be read: an error naming the file", () => {
