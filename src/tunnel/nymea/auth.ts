@@ -3,6 +3,7 @@
 // POST {"token": …} → {"isValid": bool}), or say yes to all (dummy, loopback only).
 import { createHash, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { UsageError } from "../../errors.ts";
 import type { AuthError } from "./protocol.ts";
 
 export interface AuthRequest {
@@ -54,7 +55,9 @@ export class TokensFileAuthenticator implements Authenticator {
     try {
       text = readFileSync(this.path, "utf8");
     } catch (e) {
-      throw new Error(`cannot read nymea tokens file ${this.path}: ${(e as Error).message}`, { cause: e });
+      const code = (e as NodeJS.ErrnoException).code;
+      const why = code === "ENOENT" ? "it does not exist" : code === "EACCES" ? "permission denied" : (e as Error).message;
+      throw new UsageError(`cannot read nymea tokens file ${this.path}: ${why}`, "write the accepted tokens there, one per line ('#' starts a comment), or point [nymea] tokens at the right file");
     }
     this.digests = parseTokens(text).map(digest);
     return this.digests.length;
