@@ -146,6 +146,28 @@ describe("authenticator outcomes (upstream's authenticate rows)", () => {
   });
 });
 
+describe("unauthenticated connections per source", () => {
+  test("over the cap a connection is closed at once; authenticating frees a place; other sources are not affected", async () => {
+    const clock = new FakeClock();
+    const server = new NymeaServer({ name: "x", authenticator: () => new MockAuth(), clock, maxUnauthenticatedPerSource: 2 });
+    const connect = (address: string) => {
+      const c = new MemConn(address);
+      c.ev = server.accept(c);
+      return c;
+    };
+    const [a, b] = [connect("10.0.0.9"), connect("10.0.0.9")];
+    const c = connect("10.0.0.9");
+    expect(c.killed).toBe(KILL.sourceCap);
+    expect(connect("10.0.0.8").killed).toBeNull();
+    await authenticate(a, clock, "t");
+    expect(connect("10.0.0.9").killed).toBeNull(); // a is authenticated now
+    b.ev.closed();
+    expect(connect("10.0.0.9").killed).toBeNull();
+    expect(connect("10.0.0.9").killed).toBe(KILL.sourceCap);
+    expect(server.stats().over_source_cap).toBe(2);
+  });
+});
+
 describe("timers", () => {
   test("inactive: killed after inactive_timeout; every chunk restarts it", async () => {
     const { connect, clock } = setup(undefined, { inactive: 1_000 });

@@ -53,6 +53,8 @@ export const KILL = {
   partnerGone: "Tunnel client disconnected",
   binary: "Binary message not expected.",
   shutdown: "Server shutting down.",
+  /** Ours: the address holds too many unauthenticated connections (server.ts). */
+  sourceCap: "Too many unauthenticated connections from this address.",
   /** After a JSON-RPC error answer (upstream's text is not part of the protocol; ours). */
   rpcError: "Invalid request.",
 } as const;

@@ -20,6 +20,14 @@ import {
   type AuthError,
 } from "./protocol.ts";
 
+/**
+ * Connections from one address that have not authenticated yet, at most. Upstream has no cap;
+ * its inactive timer restarts on every chunk, so a client dripping a byte every few seconds
+ * stays for hours: this bounds how many such one address can hold. Pairing lasts milliseconds,
+ * so many apps behind one NAT stay far below it.
+ */
+export const MAX_UNAUTHENTICATED_PER_SOURCE = 64;
+
 /** Upstream's defaults (ms). */
 export const NYMEA_TIMEOUTS = { inactive: 8_000, alone: 8_000, authentication: 8_000, jsonrpc: 10_000 };
 export type NymeaTimeouts = typeof NYMEA_TIMEOUTS;
@@ -83,6 +91,8 @@ export interface NymeaServerOptions {
   clock: Clock;
   timeouts?: Partial<NymeaTimeouts>;
   limiter?: LimiterPolicy;
+  /** Default MAX_UNAUTHENTICATED_PER_SOURCE. */
+  maxUnauthenticatedPerSource?: number;
   log?: { info(m: string): void; debug(m: string): void; warn(m: string): void };
 }
 
@@ -96,6 +106,8 @@ export interface NymeaStats {
   total_traffic: number;
   refused_auth: number;
   rate_limited: number;
+  /** Connections closed at once: their address already held too many unauthenticated ones. */
+  over_source_cap: number;
   killed: Record<string, number>;
 }
 
@@ -110,6 +122,9 @@ export class NymeaServer {
   private totalTraffic = 0;
   private refusedAuth = 0;
   private rateLimited = 0;
+  private overSourceCap = 0;
+  /** Unauthenticated connections per address. */
+  private readonly unauthenticated = new Map<string, number>();
   private readonly killed: Record<string, number> = {};
   /** Tunnel start times (wall ms) by the first client's id. */
   private readonly tunnelSince = new Map<string, number>();
@@ -127,7 +142,12 @@ export class NymeaServer {
     const c = new Client(conn, this.opts.clock.wall());
     this.clients.set(c.id, c);
     this.totalClients++;
-    this.armInactive(c);
+    const held = this.unauthenticated.get(conn.address) ?? 0;
+    this.unauthenticated.set(conn.address, held + 1);
+    if (held >= (this.opts.maxUnauthenticatedPerSource ?? MAX_UNAUTHENTICATED_PER_SOURCE)) {
+      this.overSourceCap++;
+      this.kill(c, KILL.sourceCap);
+    } else this.armInactive(c);
     return {
       data: (chunk) => this.onData(c, chunk),
       drain: () => this.onDrain(c),
@@ -230,6 +250,7 @@ export class NymeaServer {
       case "wait":
         clock.clearTimeout(c.inactive);
         c.inactive = null;
+        this.leftUnauthenticated(c);
         c.state = "authenticated";
         c.conn.send(authenticateLine(id, outcome));
         c.alone = clock.setTimeout(() => this.kill(c, KILL.alone), this.timeouts.alone);
@@ -239,6 +260,7 @@ export class NymeaServer {
         clock.clearTimeout(c.inactive);
         clock.clearTimeout(w.alone);
         c.inactive = w.alone = null;
+        this.leftUnauthenticated(c);
         c.state = w.state = "tunnel";
         c.peer = w;
         w.peer = c;
@@ -303,9 +325,16 @@ export class NymeaServer {
     c.conn.kill(reason);
   }
 
+  private leftUnauthenticated(c: Client): void {
+    const n = (this.unauthenticated.get(c.conn.address) ?? 1) - 1;
+    if (n > 0) this.unauthenticated.set(c.conn.address, n);
+    else this.unauthenticated.delete(c.conn.address);
+  }
+
   /** Forgets `c` (closed by either side) and closes its tunnel partner. */
   private gone(c: Client): void {
     if (c.state === "dead") return;
+    if (c.state === "connected") this.leftUnauthenticated(c);
     const clock = this.opts.clock;
     c.state = "dead";
     clock.clearTimeout(c.inactive);
@@ -334,6 +363,7 @@ export class NymeaServer {
       total_traffic: this.totalTraffic,
       refused_auth: this.refusedAuth,
       rate_limited: this.rateLimited,
+      over_source_cap: this.overSourceCap,
       killed: { ...this.killed },
     };
   }
