@@ -40,6 +40,22 @@ function inTime(iso: string, now: number): string {
   return ms <= 0 ? "now" : `in ${formatDurationForUser(Math.ceil(ms / 1000) * 1000)}`;
 }
 
+/** The part of the relay's status that the nymea listeners report (src/tunnel/nymea/service.ts). */
+interface NymeaStatusPart {
+  tcp?: string | null;
+  ws?: string | null;
+  clients?: number;
+  authenticated?: number;
+  tunnels?: number;
+  total_tunnels?: number;
+}
+
+/** One line: where nymea clients connect and how many there are, as `agent status` shows it. */
+export function nymeaRow(n: NymeaStatusPart): string {
+  const where = [n.tcp ? `tcp ${n.tcp}` : null, n.ws ? `ws ${n.ws}` : null].filter(Boolean).join(", ") || "no listener up";
+  return `${where}; ${n.clients ?? 0} clients (${n.authenticated ?? 0} waiting), ${n.tunnels ?? 0} tunnels (${n.total_tunnels ?? 0} since start)`;
+}
+
 /** The status as aligned pairs, and whether the relay link is up (true for the relay). */
 export function formatStatus(s: DaemonStatus, now = Date.now()): { text: string; connected: boolean } {
   const rows: [string, string][] = [
@@ -71,6 +87,8 @@ export function formatStatus(s: DaemonStatus, now = Date.now()): { text: string;
   if (s.role === "relay") {
     const r = s.relay as { listen?: string | null } | undefined;
     if (r && typeof r === "object" && r.listen) rows.push(["listening", r.listen]);
+    const n = (r as { nymea?: NymeaStatusPart } | undefined)?.nymea;
+    if (n && typeof n === "object") rows.push(["nymea", nymeaRow(n)]);
   }
   rows.push(["control", s.control], ["state dir", s.state_dir]);
   return { text: formatPairs(rows), connected };
