@@ -151,6 +151,11 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
   daemon.add(nat);
   const natApi = natApiOf(control);
   const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat);
+  if (cfg.ownline) {
+    // Seed 001's own client: ownline's protocol, answered through the same NAT calls as `agent nat add|del`.
+    const { OwnlineListener } = await import("../ownline/listener.ts");
+    daemon.add(new OwnlineListener({ config: cfg.ownline, tls: bundle, log: log.withTag("ownline"), nat: { add: (r, o) => nat.add(r, o), removeByOwner: (o) => nat.removeByOwner(o), list: async () => (await natApi.natList()).rules, del: (id) => natApi.natDel({ id }) } }));
+  }
   let uplinkApi: UplinkApi | undefined;
   let healthy: () => string[] = () => [];
   if (cfg.uplink.length > 0) {

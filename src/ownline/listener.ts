@@ -1,0 +1,205 @@
+// The ownline listener: a TLS server (TLS 1.2 or 1.3, no client certificate, as ownline's
+// Gen 1 service) that takes one message per connection from the known server's address,
+// answers OK or FAIL and closes. A daemon Component (src/roles/daemon.ts) by shape.
+//
+// Bounds: a message larger than MAX_MESSAGE_BYTES, or not whole within read_timeout of the
+// connection's start (TLS handshake included), gets FAIL; at most MAX_CONNECTIONS are open at
+// once (more are cut at once). A peer other than known_server gets FAIL right after the
+// handshake, and nothing it sends is read.
+import { readFileSync, statSync } from "node:fs";
+import type { Socket, TCPSocketListener } from "bun";
+import type { OwnlineConfig } from "../config.ts";
+import { RuntimeError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import { formatHostPort, formatIPv4, parseIPv4 } from "../netaddr.ts";
+import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
+import { answer, deriveKey, messageState, MAX_MESSAGE_BYTES, REPLY_FAIL, type OwnlineNat } from "./protocol.ts";
+
+/** Connections open at once; the known server sends one request at a time. */
+export const MAX_CONNECTIONS = 16;
+const TLS12 = 0x0303;
+
+interface Conn {
+  peer: string;
+  buf: string;
+  timer?: TimerHandle;
+  /** Answered (or being answered): further bytes are ignored. */
+  done: boolean;
+  counted: boolean;
+}
+
+export interface OwnlineListenerOptions {
+  config: OwnlineConfig;
+  /** The device's certificate and key (PEM), used unless the config names cert_file/key_file. */
+  tls: { certPem: string; keyPem: string };
+  nat: OwnlineNat;
+  log: Logger;
+  clock?: Clock;
+}
+
+/** The peer's IPv4 address from Bun's remoteAddress (a dual-stack socket maps it). */
+export function peerIPv4(remote: string): number | undefined {
+  const v4 = remote.startsWith("::ffff:") ? remote.slice(7) : remote;
+  try {
+    return parseIPv4(v4);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Reads a secret file: refused when missing, empty, or readable by group or others (the
+ * `chmod` that fixes it is in the hint). One trailing newline (`echo … > file`) is not part
+ * of the secret.
+ */
+export function readSecretFile(path: string, what: string): string {
+  let mode: number;
+  let text: string;
+  try {
+    mode = statSync(path).mode;
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new RuntimeError(`[ownline] ${what} ${path}: ${(e as Error).message}`, `write ownline's ${what.replace(/_file$/, "")} into it (mode 0600)`, { cause: e });
+  }
+  if ((mode & 0o077) !== 0) throw new RuntimeError(`[ownline] ${what} ${path} is readable by others (mode ${(mode & 0o777).toString(8).padStart(4, "0")})`, `chmod 600 ${path}`);
+  const secret = text.replace(/\r?\n$/, "");
+  if (secret.length === 0) throw new RuntimeError(`[ownline] ${what} ${path} is empty`, `write ownline's ${what.replace(/_file$/, "")} into it (mode 0600)`);
+  return secret;
+}
+
+export class OwnlineListener {
+  readonly name = "ownline";
+  private listener: TCPSocketListener<Conn> | undefined;
+  private unavailable: string | undefined = "not started";
+  private open = 0;
+  private readonly counts = { ok: 0, fail: 0, refused_peer: 0, cut: 0 };
+  private readonly clock: Clock;
+  private readonly known: number;
+
+  constructor(private readonly o: OwnlineListenerOptions) {
+    this.clock = o.clock ?? systemClock;
+    this.known = o.config.known_server;
+  }
+
+  /** Starts listening. A problem (key file, port in use) is logged and shown in status; the daemon goes on. */
+  start(): void {
+    try {
+      this.listen();
+      this.unavailable = undefined;
+    } catch (e) {
+      this.unavailable = (e as Error).message;
+      this.o.log.error(`ownline listener unavailable: ${this.unavailable}`, e);
+    }
+  }
+
+  private listen(): void {
+    const cfg = this.o.config;
+    const keys = { aes: deriveKey(readSecretFile(cfg.aes_key_file, "aes_key_file")), api: readSecretFile(cfg.api_key_file, "api_key_file") };
+    const read = (p: string, what: string) => {
+      try {
+        return readFileSync(p, "utf8");
+      } catch (e) {
+        throw new RuntimeError(`[ownline] ${what} ${p}: ${(e as Error).message}`, "name a PEM file, or leave cert_file and key_file out to use the device's bundle", { cause: e });
+      }
+    };
+    const cert = cfg.cert_file ? read(cfg.cert_file, "cert_file") : this.o.tls.certPem;
+    const key = cfg.key_file ? read(cfg.key_file, "key_file") : this.o.tls.keyPem;
+    const self = this;
+    const log = this.o.log;
+    const timeout = cfg.read_timeout;
+    const finish = (s: Socket<Conn>, reply: string) => {
+      s.data.done = true;
+      this.clock.clearTimeout(s.data.timer);
+      s.write(reply);
+      s.end();
+    };
+    try {
+      this.listener = Bun.listen<Conn>({
+        hostname: cfg.listen.host,
+        port: cfg.listen.port,
+        tls: { cert, key, minVersion: TLS12 } as Bun.TLSOptions,
+        data: { peer: "", buf: "", done: false, counted: false },
+        socket: {
+          open(s) {
+            s.data = { peer: s.remoteAddress, buf: "", done: false, counted: false };
+            if (self.open >= MAX_CONNECTIONS) {
+              self.counts.cut++;
+              log.warn(`ownline: cut a connection from ${s.data.peer}: ${MAX_CONNECTIONS} already open`);
+              s.terminate();
+              return;
+            }
+            self.open++;
+            s.data.counted = true;
+            s.data.timer = self.clock.setTimeout(() => {
+              if (s.data.done) return;
+              self.counts.fail++;
+              log.warn(`ownline: FAIL to ${s.data.peer}: no whole message within ${timeout / 1000}s (${s.data.buf.length} bytes)`);
+              finish(s, REPLY_FAIL);
+            }, timeout);
+          },
+          handshake(s, success) {
+            if (s.data.done || !s.data.counted) return;
+            if (!success) {
+              // No certificate is asked of the client, so this is a failed handshake.
+              return;
+            }
+            if (peerIPv4(s.data.peer) !== self.known) {
+              self.counts.refused_peer++;
+              log.warn(`ownline: FAIL to ${s.data.peer}: only the known server ${formatIPv4(self.known)} may send requests`);
+              finish(s, REPLY_FAIL);
+            }
+          },
+          data(s, chunk) {
+            if (s.data.done) return;
+            if (peerIPv4(s.data.peer) !== self.known) return; // answered at the handshake
+            s.data.buf += chunk.toString("latin1");
+            if (s.data.buf.length > MAX_MESSAGE_BYTES) {
+              self.counts.fail++;
+              log.warn(`ownline: FAIL to ${s.data.peer}: message over ${MAX_MESSAGE_BYTES} bytes`);
+              finish(s, REPLY_FAIL);
+              return;
+            }
+            // An invalid message is answered at once (answer() says why); a partial one waits.
+            if (messageState(s.data.buf) === "partial") return;
+            s.data.done = true;
+            self.clock.clearTimeout(s.data.timer);
+            void answer(s.data.buf, keys, self.o.nat).then((out) => {
+              if (out.reply === REPLY_FAIL) {
+                self.counts.fail++;
+                log.warn(`ownline: FAIL to ${s.data.peer}: ${out.detail}`, out.action ? { action: out.action } : {});
+              } else {
+                self.counts.ok++;
+                log.info(`ownline: OK to ${s.data.peer}: ${out.detail}`, out.action ? { action: out.action } : {});
+              }
+              finish(s, out.reply);
+            });
+          },
+          close(s) {
+            self.clock.clearTimeout(s.data?.timer);
+            if (s.data?.counted) {
+              s.data.counted = false;
+              self.open--;
+            }
+          },
+          error(s, err) {
+            log.debug(`ownline connection from ${s.data?.peer}: ${err.message}`);
+          },
+        },
+      });
+    } catch (e) {
+      throw new RuntimeError(`[ownline] cannot listen on ${formatHostPort(cfg.listen)}: ${(e as Error).message}`, "pick a free port in [ownline] listen", { cause: e });
+    }
+    log.info(`ownline listening on ${cfg.listen.host}:${this.listener.port} for ${formatIPv4(this.known)}`);
+  }
+
+  status(): Record<string, unknown> {
+    if (this.unavailable) return { unavailable: this.unavailable };
+    return { listen: `${this.o.config.listen.host}:${this.listener!.port}`, known_server: formatIPv4(this.known), open: this.open, ...this.counts };
+  }
+
+  close(): void {
+    this.listener?.stop(true);
+    this.listener = undefined;
+    this.unavailable = "stopped";
+  }
+}
