@@ -9,6 +9,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createCa, issueCertificate, parseCa } from "../src/pki.ts";
+import { ConfigError, ignoredForRole, resolveConfig, type ConfigSource } from "../src/config.ts";
 import { createLogger } from "../src/log.ts";
 import { parseIPv4 } from "../src/netaddr.ts";
 import type { NatRequest } from "../src/nat/rule.ts";
@@ -282,5 +283,28 @@ describe("the listener on loopback, spoken to by openssl s_client", () => {
     await waitFor(() => listener.status().open === 0, 5000, "connections to close");
     expect(listener.status()).toMatchObject({ known_server: "127.0.0.1", ok: 1, refused_peer: 1 });
     expect(Number(listener.status().fail)).toBeGreaterThanOrEqual(8);
+  });
+});
+
+describe("[ownline] in the config", () => {
+  const src = (raw: Record<string, unknown>): ConfigSource => ({ origin: { kind: "file", path: "/etc/agent/agent.toml" }, raw });
+  const section = { listen: "0.0.0.0:9999", known_server: "203.0.113.7", api_key_file: "/etc/agent/ownline.api_key", aes_key_file: "/etc/agent/ownline.aes_key" };
+  test("the issue's example section resolves, read_timeout defaulting to 5 s; no section, no listener", () => {
+    const cfg = resolveConfig([src({ ownline: section })]);
+    expect(cfg.ownline).toEqual({ listen: { host: "0.0.0.0", port: 9999 }, known_server: parseIPv4("203.0.113.7"), api_key_file: section.api_key_file, aes_key_file: section.aes_key_file, read_timeout: 5000 });
+    expect(resolveConfig([src({})]).ownline).toBeUndefined();
+  });
+  test("a bad key's error quotes the section's expected form", () => {
+    try {
+      resolveConfig([src({ ownline: { ...section, known_server: "x" } })]);
+      throw new Error("not refused");
+    } catch (e) {
+      expect(e).toBeInstanceOf(ConfigError);
+      expect((e as ConfigError).hint).toContain('[ownline] listen = "0.0.0.0:9999", known_server = "203.0.113.7"');
+    }
+  });
+  test("only an onsite device uses it", () => {
+    expect(ignoredForRole([src({ ownline: section })], "master")).toEqual(["/etc/agent/agent.toml: [ownline] has no effect on a master: only an onsite device serves ownline's requests"]);
+    expect(ignoredForRole([src({ ownline: section })], "onsite")).toEqual([]);
   });
 });
