@@ -113,11 +113,28 @@ export class OwnlineListener {
       s.write(reply);
       s.end();
     };
+    const respond = (s: Socket<Conn>) => {
+      s.data.done = true;
+      this.clock.clearTimeout(s.data.timer);
+      void answer(s.data.buf, keys, this.o.nat).then((out) => {
+        const fields = out.action ? { action: out.action } : {};
+        if (out.reply === REPLY_FAIL) {
+          this.counts.fail++;
+          log.warn(`ownline: FAIL to ${s.data.peer}: ${out.detail}`, fields);
+        } else {
+          this.counts.ok++;
+          log.info(`ownline: OK to ${s.data.peer}: ${out.detail}`, fields);
+        }
+        finish(s, out.reply);
+      });
+    };
     try {
       this.listener = Bun.listen<Conn>({
         hostname: cfg.listen.host,
         port: cfg.listen.port,
         tls: { cert, key, minVersion: TLS12 } as Bun.TLSOptions,
+        // A client may shut down its sending side after the message: the reply still goes back.
+        allowHalfOpen: true,
         data: { peer: "", buf: "", done: false, counted: false },
         socket: {
           open(s) {
@@ -161,18 +178,11 @@ export class OwnlineListener {
             }
             // An invalid message is answered at once (answer() says why); a partial one waits.
             if (messageState(s.data.buf) === "partial") return;
-            s.data.done = true;
-            self.clock.clearTimeout(s.data.timer);
-            void answer(s.data.buf, keys, self.o.nat).then((out) => {
-              if (out.reply === REPLY_FAIL) {
-                self.counts.fail++;
-                log.warn(`ownline: FAIL to ${s.data.peer}: ${out.detail}`, out.action ? { action: out.action } : {});
-              } else {
-                self.counts.ok++;
-                log.info(`ownline: OK to ${s.data.peer}: ${out.detail}`, out.action ? { action: out.action } : {});
-              }
-              finish(s, out.reply);
-            });
+            respond(s);
+          },
+          end(s) {
+            // The client sent all it will (upstream reads one recv() and no more): judge what came.
+            if (!s.data.done && peerIPv4(s.data.peer) === self.known) respond(s);
           },
           close(s) {
             self.clock.clearTimeout(s.data?.timer);
