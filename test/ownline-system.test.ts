@@ -6,7 +6,7 @@
 // carries real HTTP from the client namespace to the LAN server; hostile requests get FAIL
 // and leave the firewall byte-identical. The same bodies run once per backend.
 //
-// With OWNLINE_TRANSCRIPT=DIR the request fields and replies are written to
+// With DROPIN_TRANSCRIPT=DIR the request fields and replies are written to
 // DIR/ownline-<backend>.txt (the api_key shown only as right/wrong).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -137,7 +137,7 @@ describe.each(["iptables", "nft"] as const)("ownline with the %s backend", (back
     for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
     await Promise.all(procs.map((p) => p.exited));
     await deleteNamespaces([CLI, RTR, LAN]);
-    const out = process.env.OWNLINE_TRANSCRIPT;
+    const out = process.env.DROPIN_TRANSCRIPT;
     if (out && transcript.length) {
       mkdirSync(out, { recursive: true });
       writeFileSync(join(out, `ownline-${backend}.txt`), `# ownline drop-in transcript, ${backend} backend (test/ownline-system.test.ts)\n${transcript.join("\n")}\n`);

@@ -47,7 +47,7 @@ export function controlRequestRefusal(text: string, controlPath: string): string
   }
   if (v === null || typeof v !== "object" || Array.isArray(v) || !("cmd" in v)) return undefined;
   const cmd = (v as { cmd: unknown }).cmd;
-  return `this is the netconnectd socket: it serves only netconnectd's commands (${Object.keys(NETCONNECTD_COMMANDS).join(", ")}); agent control commands such as ${JSON.stringify(typeof cmd === "string" ? cmd.slice(0, 40) : cmd)} go to the agent's control socket ${controlPath} (root only; \`agent status\`, \`agent wifi …\`)`;
+  return `this is the netconnectd socket: it serves only netconnectd's commands (${Object.keys(NETCONNECTD_COMMANDS).join(", ")}); agent control commands such as ${JSON.stringify(typeof cmd === "string" ? cmd.slice(0, 40) : cmd)} go to the agent's control socket ${controlPath} (\`agent status\`, \`agent uplink …\`)`;
 }
 
 export interface NetconnectdSocketOptions {
