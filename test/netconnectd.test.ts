@@ -9,7 +9,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createLogger } from "../src/log.ts";
 import { NETCONNECTD_MAX_REQUEST, type NetconnectdBackend, type NetconnectdStatus } from "../src/uplink/netconnectd.ts";
-import { controlRequestRefusal, disabledReply, NetconnectdSocket, netconnectdAnswerer } from "../src/uplink/netconnectd-socket.ts";
+import { controlRequestRefusal, disabledReply, NETCONNECTD_MAX_CONNECTIONS, NetconnectdSocket, netconnectdAnswerer } from "../src/uplink/netconnectd-socket.ts";
+import { waitFor } from "./helpers/wait.ts";
 import { netconnectdRequest, NOBODY, socat } from "./fixtures/netconnectd/client.ts";
 
 const isRoot = process.getuid?.() === 0;
@@ -141,6 +142,17 @@ describe("the socket", () => {
     expect(text).toBe(JSON.stringify({ error: "request not terminated by NUL within 0.3s (netconnectd's framing: JSON, then \\0)" }) + "\0");
     const big = await socat(path, "x".repeat(NETCONNECTD_MAX_REQUEST + 10));
     expect(big.stdout).toBe(JSON.stringify({ error: `request larger than ${NETCONNECTD_MAX_REQUEST} bytes` }) + "\0");
+  });
+
+  test("at most NETCONNECTD_MAX_CONNECTIONS at once: the next hears it is busy", async () => {
+    const busy = await open("busy.sock");
+    const s = sockets.at(-1)!;
+    const idle = await Promise.all([...Array(NETCONNECTD_MAX_CONNECTIONS).keys()].map(() => Bun.connect({ unix: busy, socket: { data() {} } })));
+    await waitFor(() => s.status().open === NETCONNECTD_MAX_CONNECTIONS, 5000, "the idle connections to be counted");
+    expect((await socat(busy, '{"status":{}}\0')).stdout).toBe(JSON.stringify({ error: `busy: ${NETCONNECTD_MAX_CONNECTIONS} requests are being served; try again` }) + "\0");
+    for (const c of idle) c.end();
+    await waitFor(() => s.status().open === 0, 5000, "the idle connections to close");
+    expect((await netconnectdRequest(busy, { reset: {} })).result).toBe("reset daemon");
   });
 
   test("a stale socket file is replaced; a live one (netconnectd itself) is left alone and named", async () => {

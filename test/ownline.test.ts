@@ -6,6 +6,7 @@
 // 127.0.0.2 (`s_client -bind`), which loopback carries without any setup.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createCa, issueCertificate, parseCa } from "../src/pki.ts";
@@ -13,7 +14,8 @@ import { ConfigError, ignoredForRole, resolveConfig, type ConfigSource } from ".
 import { createLogger } from "../src/log.ts";
 import { parseIPv4 } from "../src/netaddr.ts";
 import type { NatRequest } from "../src/nat/rule.ts";
-import { OwnlineListener, peerIPv4, readSecretFile } from "../src/ownline/listener.ts";
+import { MAX_CONNECTIONS, OwnlineListener, PeerLogLimiter, peerIPv4, readSecretFile } from "../src/ownline/listener.ts";
+import { FakeClock } from "../src/clock.ts";
 import {
   answer,
   decrypt,
@@ -186,6 +188,21 @@ describe("answer", () => {
   });
 });
 
+describe("PeerLogLimiter", () => {
+  test("one line per address per minute, the next one counting what was left out; addresses bounded", () => {
+    const clock = new FakeClock();
+    const lim = new PeerLogLimiter(clock, 60_000, 2);
+    expect(lim.take("a")).toBe(0);
+    expect(lim.take("a")).toBeUndefined();
+    expect(lim.take("a")).toBeUndefined();
+    expect(lim.take("b")).toBe(0);
+    clock.advance(60_000);
+    expect(lim.take("a")).toBe(2);
+    expect(lim.take("c")).toBe(0); // forgets the oldest (b)
+    expect(lim.take("b")).toBe(0);
+  });
+});
+
 describe("secret files", () => {
   let dir = "";
   beforeAll(() => (dir = mkdtempSync(join(tmpdir(), "agent-ownline-keys-"))));
@@ -279,9 +296,54 @@ describe("the listener on loopback, spoken to by openssl s_client", () => {
     expect(lines.join("")).toContain("no whole message within 1s");
   });
 
+  test("at most MAX_CONNECTIONS at once; a silent one is closed at read_timeout", async () => {
+    await waitFor(() => listener.status().open === 0, 5000, "earlier connections to close");
+    const closed: number[] = [];
+    const port = Number(address.split(":")[1]);
+    const conns = await Promise.all(
+      [...Array(MAX_CONNECTIONS + 1).keys()].map((i) => Bun.connect({ hostname: "127.0.0.1", port, socket: { data() {}, close: () => void closed.push(i) } })),
+    );
+    // Plain TCP, no TLS handshake, nothing sent: the one over the cap is cut at once...
+    await waitFor(() => listener.status().cut === 1, 5000, "the connection over the cap to be cut");
+    expect(listener.status().open).toBe(MAX_CONNECTIONS);
+    // ...and the others at read_timeout (1 s here), handshake or not.
+    await waitFor(() => listener.status().open === 0 && closed.length === MAX_CONNECTIONS + 1, 10_000, "the silent connections to be closed");
+    for (const c of conns) c.end();
+    expect(lines.join("")).toContain(`cut a connection from 127.0.0.1: ${MAX_CONNECTIONS} already open`);
+  });
+
+  test("strangers filling their places do not crowd out the known server", async () => {
+    const port = Number(address.split(":")[1]);
+    const strangers = await Promise.all(
+      [...Array(MAX_CONNECTIONS).keys()].map(
+        () => new Promise<Socket>((resolve, reject) => {
+          const c = connect({ host: "127.0.0.1", port, localAddress: "127.0.0.2" }, () => resolve(c));
+          c.on("error", reject);
+        }),
+      ),
+    );
+    await waitFor(() => listener.status().open === MAX_CONNECTIONS, 5000, "the strangers' connections to be counted");
+    expect(await send({ action: "flush", api_key: API }, AES, opts())).toBe("OK");
+    for (const c of strangers) c.destroy();
+    await waitFor(() => listener.status().open === 0, 5000, "the strangers' connections to close");
+  });
+
+  test("a key file readable by others keeps the listener off, with the fix in status", () => {
+    chmodSync(join(dir, "api"), 0o640);
+    const l = new OwnlineListener({
+      config: { listen: { host: "127.0.0.1", port: 0 }, known_server: parseIPv4("127.0.0.1"), aes_key_file: join(dir, "aes"), api_key_file: join(dir, "api"), read_timeout: 1000 },
+      tls: { certPem: "", keyPem: "" },
+      nat,
+      log: createLogger({ level: "silent" }),
+    });
+    l.start();
+    expect(l.status().unavailable).toBe(`[ownline] api_key_file ${join(dir, "api")} is readable by others (mode 0640); fix: chmod 600 ${join(dir, "api")}`);
+    chmodSync(join(dir, "api"), 0o600);
+  });
+
   test("status counts what happened", async () => {
     await waitFor(() => listener.status().open === 0, 5000, "connections to close");
-    expect(listener.status()).toMatchObject({ known_server: "127.0.0.1", ok: 1, refused_peer: 1 });
+    expect(listener.status()).toMatchObject({ known_server: "127.0.0.1", ok: 2, refused_peer: 1, cut: 1 });
     expect(Number(listener.status().fail)).toBeGreaterThanOrEqual(8);
   });
 });

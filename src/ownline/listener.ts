@@ -15,8 +15,10 @@ import { formatHostPort, formatIPv4, parseIPv4 } from "../netaddr.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 import { answer, deriveKey, messageState, MAX_MESSAGE_BYTES, REPLY_FAIL, type OwnlineNat } from "./protocol.ts";
 
-/** Connections open at once; the known server sends one request at a time. */
+/** Connections open at once, for the known server and, apart, for all others. */
 export const MAX_CONNECTIONS = 16;
+/** How long a connection may stay open after its reply before it is cut. */
+export const LINGER_MS = 2_000;
 const TLS12 = 0x0303;
 
 interface Conn {
@@ -25,7 +27,8 @@ interface Conn {
   timer?: TimerHandle;
   /** Answered (or being answered): further bytes are ignored. */
   done: boolean;
-  counted: boolean;
+  /** Which pool it is counted in until it closes: the known server's, or strangers'. */
+  counted?: "known" | "stranger";
 }
 
 export interface OwnlineListenerOptions {
@@ -67,18 +70,52 @@ export function readSecretFile(path: string, what: string): string {
   return secret;
 }
 
+/** How often a line about strangers (a wrong source address, too many connections) is logged per address. */
+export const STRANGER_LOG_EVERY_MS = 60_000;
+
+/**
+ * Refusals a stranger can cause at will are logged once per address per `everyMs`, the next
+ * line saying how many were left out. Addresses tracked are bounded (the oldest forgotten).
+ */
+export class PeerLogLimiter {
+  private readonly last = new Map<string, { at: number; quiet: number }>();
+  constructor(
+    private readonly clock: Clock,
+    private readonly everyMs = STRANGER_LOG_EVERY_MS,
+    private readonly maxPeers = 1024,
+  ) {}
+
+  /** undefined: stay quiet; else how many lines for `peer` were left out since the last one. */
+  take(peer: string): number | undefined {
+    const now = this.clock.now();
+    const e = this.last.get(peer);
+    if (e && now - e.at < this.everyMs) {
+      e.quiet++;
+      return undefined;
+    }
+    this.last.delete(peer);
+    if (this.last.size >= this.maxPeers) this.last.delete(this.last.keys().next().value!);
+    this.last.set(peer, { at: now, quiet: 0 });
+    return e?.quiet ?? 0;
+  }
+}
+
+const quietSuffix = (n: number) => (n > 0 ? ` (${n} more like it in the last minute not logged)` : "");
+
 export class OwnlineListener {
   readonly name = "ownline";
   private listener: TCPSocketListener<Conn> | undefined;
   private unavailable: string | undefined = "not started";
-  private open = 0;
+  private readonly open = { known: 0, stranger: 0 };
   private readonly counts = { ok: 0, fail: 0, refused_peer: 0, cut: 0 };
   private readonly clock: Clock;
   private readonly known: number;
+  private readonly strangers: PeerLogLimiter;
 
   constructor(private readonly o: OwnlineListenerOptions) {
     this.clock = o.clock ?? systemClock;
     this.known = o.config.known_server;
+    this.strangers = new PeerLogLimiter(this.clock);
   }
 
   /** Starts listening. A problem (key file, port in use) is logged and shown in status; the daemon goes on. */
@@ -87,8 +124,9 @@ export class OwnlineListener {
       this.listen();
       this.unavailable = undefined;
     } catch (e) {
-      this.unavailable = (e as Error).message;
-      this.o.log.error(`ownline listener unavailable: ${this.unavailable}`, e);
+      const hint = (e as { hint?: string }).hint;
+      this.unavailable = (e as Error).message + (hint ? `; fix: ${hint}` : "");
+      this.o.log.error(`ownline listener unavailable: ${this.unavailable}`);
     }
   }
 
@@ -112,6 +150,8 @@ export class OwnlineListener {
       this.clock.clearTimeout(s.data.timer);
       s.write(reply);
       s.end();
+      // The peer closes its side after the reply; one that does not is cut, freeing its place.
+      s.data.timer = this.clock.setTimeout(() => s.terminate(), LINGER_MS);
     };
     const respond = (s: Socket<Conn>) => {
       s.data.done = true;
@@ -135,18 +175,21 @@ export class OwnlineListener {
         tls: { cert, key, minVersion: TLS12 } as Bun.TLSOptions,
         // A client may shut down its sending side after the message: the reply still goes back.
         allowHalfOpen: true,
-        data: { peer: "", buf: "", done: false, counted: false },
+        data: { peer: "", buf: "", done: false },
         socket: {
           open(s) {
-            s.data = { peer: s.remoteAddress, buf: "", done: false, counted: false };
-            if (self.open >= MAX_CONNECTIONS) {
+            s.data = { peer: s.remoteAddress, buf: "", done: false };
+            // Strangers have a pool of their own: they cannot crowd out the known server.
+            const pool = peerIPv4(s.data.peer) === self.known ? "known" : "stranger";
+            if (self.open[pool] >= MAX_CONNECTIONS) {
               self.counts.cut++;
-              log.warn(`ownline: cut a connection from ${s.data.peer}: ${MAX_CONNECTIONS} already open`);
+              const quiet = self.strangers.take(`cut ${s.data.peer}`);
+              if (quiet !== undefined) log.warn(`ownline: cut a connection from ${s.data.peer}: ${MAX_CONNECTIONS} already open${quietSuffix(quiet)}`);
               s.terminate();
               return;
             }
-            self.open++;
-            s.data.counted = true;
+            self.open[pool]++;
+            s.data.counted = pool;
             s.data.timer = self.clock.setTimeout(() => {
               if (s.data.done) return;
               self.counts.fail++;
@@ -162,7 +205,8 @@ export class OwnlineListener {
             }
             if (peerIPv4(s.data.peer) !== self.known) {
               self.counts.refused_peer++;
-              log.warn(`ownline: FAIL to ${s.data.peer}: only the known server ${formatIPv4(self.known)} may send requests`);
+              const quiet = self.strangers.take(s.data.peer);
+              if (quiet !== undefined) log.warn(`ownline: FAIL to ${s.data.peer}: only the known server ${formatIPv4(self.known)} may send requests${quietSuffix(quiet)}`);
               finish(s, REPLY_FAIL);
             }
           },
@@ -187,8 +231,8 @@ export class OwnlineListener {
           close(s) {
             self.clock.clearTimeout(s.data?.timer);
             if (s.data?.counted) {
-              s.data.counted = false;
-              self.open--;
+              self.open[s.data.counted]--;
+              s.data.counted = undefined;
             }
           },
           error(s, err) {
@@ -204,7 +248,7 @@ export class OwnlineListener {
 
   status(): Record<string, unknown> {
     if (this.unavailable) return { unavailable: this.unavailable };
-    return { listen: `${this.o.config.listen.host}:${this.listener!.port}`, known_server: formatIPv4(this.known), open: this.open, ...this.counts };
+    return { listen: `${this.o.config.listen.host}:${this.listener!.port}`, known_server: formatIPv4(this.known), open: this.open.known + this.open.stranger, ...this.counts };
   }
 
   close(): void {

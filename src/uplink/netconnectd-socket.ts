@@ -23,6 +23,11 @@ import { answerNetconnectd, encodeNetconnectd, NETCONNECTD_COMMANDS, NETCONNECTD
 /** Connections served at once (netconnectd serves one; its clients send one request each). */
 export const NETCONNECTD_MAX_CONNECTIONS = 8;
 
+/** How long a connection over the cap may take to send its request, and any may stay after its answer, before it is cut. */
+export const BUSY_WAIT_MS = 1_000;
+
+const busyReply = () => encodeNetconnectd({ error: `busy: ${NETCONNECTD_MAX_CONNECTIONS} requests are being served; try again` });
+
 /** The answer to every netconnectd request while Wi-Fi/AP is off: the setting that turns it on. */
 export function disabledReply(): string {
   return encodeNetconnectd({ error: "Wi-Fi and the access point are off on this device: set enabled = true in the [ap] section of the agent's config (ap.enabled) and restart the agent" });
@@ -69,6 +74,8 @@ export interface NetconnectdSocketOptions {
 interface Conn {
   buf: string;
   done: boolean;
+  /** Over the connection cap: answered "busy" when its request comes. */
+  busy?: boolean;
   timer?: TimerHandle;
   counted: boolean;
 }
@@ -114,6 +121,8 @@ export class NetconnectdSocket {
       else self.counts.served++;
       s.write(text);
       s.end();
+      // The client closes after the answer; one that does not is cut, freeing its place.
+      s.data.timer = self.clock.setTimeout(() => s.terminate(), BUSY_WAIT_MS);
     };
     this.listener = Bun.listen<Conn>({
       unix: path,
@@ -123,9 +132,10 @@ export class NetconnectdSocket {
         open(s) {
           s.data = { buf: "", done: false, counted: false };
           if (self.open >= NETCONNECTD_MAX_CONNECTIONS) {
-            self.counts.refused++;
-            s.write(encodeNetconnectd({ error: `busy: ${NETCONNECTD_MAX_CONNECTIONS} requests are being served; try again` }));
-            s.end();
+            // Answered as soon as its request comes (an answer before it would be lost to a
+            // client that is still writing), cut if none comes within BUSY_WAIT_MS.
+            s.data.busy = true;
+            s.data.timer = self.clock.setTimeout(() => s.terminate(), BUSY_WAIT_MS);
             return;
           }
           self.open++;
@@ -136,6 +146,7 @@ export class NetconnectdSocket {
         },
         data(s, chunk) {
           if (s.data.done) return;
+          if (s.data.busy) return reply(s, busyReply(), true);
           s.data.buf += chunk.toString();
           if (s.data.buf.length > NETCONNECTD_MAX_REQUEST) {
             reply(s, encodeNetconnectd({ error: `request larger than ${NETCONNECTD_MAX_REQUEST} bytes` }), true);
@@ -168,7 +179,8 @@ export class NetconnectdSocket {
         },
         end(s) {
           // The client sent all it will: a request without its NUL is never finished.
-          if (!s.data.done) reply(s, encodeNetconnectd({ error: "request ended without its NUL terminator (netconnectd's framing: JSON, then \\0)" }), true);
+          if (s.data.busy && !s.data.done) reply(s, busyReply(), true);
+          else if (!s.data.done) reply(s, encodeNetconnectd({ error: "request ended without its NUL terminator (netconnectd's framing: JSON, then \\0)" }), true);
         },
         close(s) {
           self.clock.clearTimeout(s.data?.timer);
