@@ -43,6 +43,28 @@ maybe("netconnectd's clients on the onsite daemon", () => {
     transcript.push(`${what}\n  ${who} → ${path.replace(dir, "$DIR")}: ${JSON.stringify(bytes)}\n  reply (${ms} ms, socat exit ${r.code}): ${JSON.stringify(r.stdout || r.stderr.trim().split("\n").at(-1))}`);
     return r;
   }
+  /**
+   * The same on the control socket, as netconnectcli talks (it keeps its side open until the
+   * answer): the control socket closes a connection whose client shut down its sending side,
+   * so socat's half-close would race the answer there.
+   */
+  async function askControl(what: string, bytes: string) {
+    const t0 = performance.now();
+    const stdout = await new Promise<string>((resolve, reject) => {
+      let text = "";
+      const timer = setTimeout(() => reject(new Error(`no answer on ${control} within 10 s`)), 10_000);
+      void Bun.connect({
+        unix: control,
+        socket: {
+          open: (s) => void s.write(bytes),
+          data: (_s, d) => void (text += d.toString()),
+          close: () => (clearTimeout(timer), resolve(text)),
+        },
+      }).catch(reject);
+    });
+    transcript.push(`${what}\n  root → ${control.replace(dir, "$DIR")}: ${JSON.stringify(bytes)}\n  reply (${Math.round(performance.now() - t0)} ms): ${JSON.stringify(stdout)}`);
+    return { stdout };
+  }
   const json = (r: { stdout: string }) => {
     expect(r.stdout).toEndWith("\0");
     expect(r.stdout.indexOf("\0")).toBe(r.stdout.length - 1);
@@ -117,7 +139,7 @@ maybe("netconnectd's clients on the onsite daemon", () => {
       expect(json(await ask("a netconnectd request, [ap] off", ncSock, req, NOBODY))).toEqual({ error: off });
     }
     // The control socket (root only) gave a 5 s timeout here before; now the same answer.
-    const viaControl = json(await ask("the same on the control socket (root)", control, '{"status":{}}\0'));
+    const viaControl = json(await askControl("the same on the control socket (root)", '{"status":{}}\0'));
     expect(viaControl).toEqual({ error: off });
     // An agent control command on the netconnectd socket is refused, in either framing.
     const refused = json(await ask("an agent control command on the netconnectd socket", ncSock, '{"cmd":"nat.flush"}\0', NOBODY));
@@ -151,7 +173,7 @@ maybe("netconnectd's clients on the onsite daemon", () => {
     expect(other.code).not.toBe(0);
     expect(other.stderr).toContain("Permission denied");
     // The control socket's netconnectd protocol answers the same (it did before; unchanged).
-    expect(json(await ask("status on the control socket (root)", control, '{"status":{}}\0'))).toEqual(status);
+    expect(json(await askControl("status on the control socket (root)", '{"status":{}}\0'))).toEqual(status);
     await stop(d);
   }, 60_000);
 });
