@@ -161,6 +161,20 @@ describe.each(["iptables", "nft"] as const)("ownline with the %s backend", (back
     expect(await curl(8080)).toBe("");
     expect(await ask("del again (nothing to delete)", forward({ action: "del" }))).toBe("FAIL");
 
+    // A connection held open through an ownline rule is cut by its del (conntrack), not left running.
+    const echo = forward({ ip_src: KNOWN, port_dst: 8083, port_dst_lan: 7 });
+    expect(await ask("add (a forward to the LAN echo server, for a held connection)", echo)).toBe("OK");
+    const hold = Bun.spawn(nsArgv(CLI, BUN, join(ROOT, "test/fixtures/nat/hold.ts"), PUBLIC, "8083"), { stdout: "pipe", stderr: "pipe" });
+    procs.push(hold);
+    let held = "";
+    void (async () => {
+      for await (const chunk of hold.stdout) held += new TextDecoder().decode(chunk);
+    })();
+    await waitFor(() => held.includes("open\n"), 10_000, () => `the held connection to carry echoes (so far: ${JSON.stringify(held)})`);
+    expect(await ask("del (while a connection is open through it)", { ...echo, action: "del" })).toBe("OK");
+    await waitFor(() => hold.exitCode !== null, 10_000, "the held connection to be cut by the del");
+    expect(held).toMatch(/^cut: /m);
+
     // ownline's defaults: port_dst_lan = port_dst, rule_timeout = 5 minutes.
     expect(await ask("add, port_dst_lan and rule_timeout left out", { ip_src: CLIENT, port_dst: 8081, ip_dst_lan: SERVER, action: "add", api_key: API })).toBe("OK");
     const rules = ((await controlRequest(sock, "nat.list")) as { rules: { to: string; remaining_ms: number }[] }).rules;
