@@ -325,7 +325,7 @@ const EXAMPLES: Record<string, string> = {
   ap: '[ap] enabled = true, interface = "wlan0", ssid = "agent-setup", country = "FR", address = "10.250.250.1/24"',
   "ap.netconnectd_socket": '[ap] netconnectd_socket = "/var/run/netconnectd.sock", netconnectd_socket_mode = "0666"',
   "ap.netconnectd_socket_mode": '[ap] netconnectd_socket_mode = "0660", netconnectd_socket_group = "octoprint"   (octal, as a string)',
-  "ap.netconnectd_socket_group": '[ap] netconnectd_socket_mode = "0660", netconnectd_socket_group = "octoprint"   (octal, as a string)',
+  "ap.netconnectd_socket_group": '[ap] netconnectd_socket_mode = "0660", netconnectd_socket_group = "octoprint"   (a group in /etc/group)',
   ownline: '[ownline] listen = "0.0.0.0:9999", known_server = "203.0.113.7", api_key_file = "/etc/agent/ownline.api_key", aes_key_file = "/etc/agent/ownline.aes_key"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
