@@ -88,6 +88,28 @@ export interface ApConfig {
   /** Where AP clients may be forwarded to (masqueraded): "lan" (any interface but the uplinks
    * and the AP) and/or "uplinks" (the [[uplink]] interfaces). Empty: nowhere. */
   forward: ApForward[];
+  /** A second socket at netconnectd's path that serves only netconnectd's commands (seed 002),
+   * for unprivileged clients such as OctoPrint's netconnectd plugin. Unset: none. */
+  netconnectd_socket?: string;
+  /** Its file mode (netconnectd's is 0666: any local user may configure Wi-Fi). */
+  netconnectd_socket_mode: number;
+  /** Its group, when the mode should grant a group rather than everyone. */
+  netconnectd_socket_group?: string;
+}
+
+/** `[ownline]`: ownline's Gen 1 service protocol (seed 001) served as an optional listener. */
+export interface OwnlineConfig {
+  /** TLS listener, e.g. 0.0.0.0:9999. */
+  listen: HostPort;
+  /** The one address allowed to send requests (ownline's known_srv_ip). */
+  known_server: number;
+  api_key_file: string;
+  aes_key_file: string;
+  /** The TLS certificate and key (PEM); default: the device's bundle. Both or neither. */
+  cert_file?: string;
+  key_file?: string;
+  /** How long a connection may take to deliver its one message (TLS handshake included). */
+  read_timeout: number;
 }
 
 export const AP_FORWARD = ["lan", "uplinks"] as const;
@@ -117,6 +139,8 @@ export interface Config {
   uplink: UplinkConfig[];
   tracking: TrackingConfig;
   ap: ApConfig;
+  /** Onsite: ownline's listener, when the file has an [ownline] section. */
+  ownline?: OwnlineConfig;
   /** Relay: which masters may open sessions to which onsite devices; empty = every master
    * of the fleet may reach every onsite device. */
   access: AccessRule[];
@@ -352,6 +376,10 @@ const EXAMPLES: Record<string, string> = {
   uplink: '[[uplink]] name = "eth0", kind = "ethernet", priority = 10   (one table per interface; lower priority wins)',
   tracking: '[tracking] targets = ["1.1.1.1:443"], interval = "1s", timeout = "1s", down = 3, up = 5',
   ap: '[ap] enabled = true, interface = "wlan0", ssid = "agent-setup", country = "FR", address = "10.250.250.1/24"',
+  "ap.netconnectd_socket": '[ap] netconnectd_socket = "/var/run/netconnectd.sock", netconnectd_socket_mode = "0666"',
+  "ap.netconnectd_socket_mode": '[ap] netconnectd_socket_mode = "0660", netconnectd_socket_group = "octoprint"   (octal, as a string)',
+  "ap.netconnectd_socket_group": '[ap] netconnectd_socket_mode = "0660", netconnectd_socket_group = "octoprint"   (a group in /etc/group)',
+  ownline: '[ownline] listen = "0.0.0.0:9999", known_server = "203.0.113.7", api_key_file = "/etc/agent/ownline.api_key", aes_key_file = "/etc/agent/ownline.aes_key"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
   nymea: '[nymea] tcp = "0.0.0.0:2213", ws = "0.0.0.0:2212", tokens = "/etc/agent/nymea-tokens", inactive_timeout = "8s"',
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
@@ -359,7 +387,7 @@ const EXAMPLES: Record<string, string> = {
 
 function exampleFor(key: string, origin: Origin): string | undefined {
   if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
-  const section = /^(nat|tracking|ap|nymea)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
+  const section = /^(nat|tracking|ap|nymea|ownline)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
   return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
@@ -465,6 +493,15 @@ const AP: Schema = {
     const items = list(oneOf(AP_FORWARD), 'a list of "lan" and/or "uplinks" such as ["lan"] (empty: AP clients reach nothing past the device)')(v);
     return [...new Set(items)];
   },
+  netconnectd_socket: str("an absolute path to a unix socket such as /var/run/netconnectd.sock", (s) =>
+    /^\/[^\0\n\r]{0,200}$/.test(s) && !s.endsWith("/") ? undefined : `expected an absolute path to a unix socket such as /var/run/netconnectd.sock, got ${got(s)}`,
+  ),
+  netconnectd_socket_mode: (v) => {
+    // A string: TOML has no 0666 literal, and a bare 666 would be decimal.
+    if (typeof v !== "string" || !/^0?[0-7]{3}$/.test(v)) throw new Expected(`expected an octal file mode as a string such as "0666" or "0660", got ${got(v)}`);
+    return parseInt(v, 8);
+  },
+  netconnectd_socket_group: str("a group name", (s) => (/^[a-z_][a-z0-9_-]{0,31}\$?$/i.test(s) || /^\d{1,10}$/.test(s) ? undefined : `expected a group name or number, got ${got(s)}`)),
 };
 
 const NYMEA: Schema = {
@@ -497,6 +534,17 @@ const NYMEA: Schema = {
 export function nymeaDefaults(): NymeaConfig {
   return { name: "nymea-remoteproxy", dummy: false, plain: false, inactive_timeout: 8_000, alone_timeout: 8_000, authentication_timeout: 8_000, jsonrpc_timeout: 10_000 };
 }
+const OWNLINE: Schema = {
+  listen: listenHostPort,
+  known_server: wrap("the known server's IPv4 address such as 203.0.113.7", parseIPv4),
+  api_key_file: nonEmpty("a path to the file holding ownline's api_key"),
+  aes_key_file: nonEmpty("a path to the file holding ownline's aes_key"),
+  cert_file: nonEmpty("a path to a PEM certificate"),
+  key_file: nonEmpty("a path to a PEM private key"),
+  read_timeout: duration(100, 60_000),
+};
+/** What an [ownline] section cannot go without. */
+const OWNLINE_REQUIRED = ["listen", "known_server", "api_key_file", "aes_key_file"] as const;
 
 export function defaults(): Config {
   return {
@@ -528,6 +576,7 @@ export function defaults(): Config {
       retry: 300_000,
       setup_port: 80,
       forward: [],
+      netconnectd_socket_mode: 0o666,
     },
   };
 }
@@ -609,6 +658,21 @@ export function resolveConfig(sources: ConfigSource[]): Config {
         cfg.nymea ??= nymeaDefaults();
         applyTable(NYMEA, v, cfg.nymea as Record<string, unknown>, "nymea.", origin);
         originOf.set("nymea", origin);
+      } else if (k === "ownline") {
+        if (!isTable(v)) {
+          problems.push({ origin, key: k, message: `expected a table ([ownline]), got ${got(v)}` });
+          continue;
+        }
+        const before = problems.length;
+        const o: Record<string, unknown> = { read_timeout: 5000, ...(cfg.ownline as Record<string, unknown> | undefined) };
+        applyTable(OWNLINE, v, o, "ownline.", origin);
+        for (const req of OWNLINE_REQUIRED) {
+          if (!(req in o)) problems.push({ origin, key: `ownline.${req}`, message: "missing; [ownline] needs listen, known_server, api_key_file and aes_key_file" });
+        }
+        if (("cert_file" in o) !== ("key_file" in o)) {
+          problems.push({ origin, key: "cert_file" in o ? "ownline.key_file" : "ownline.cert_file", message: "missing; cert_file and key_file go together (neither: the device's bundle)" });
+        }
+        if (problems.length === before) cfg.ownline = o;
       } else if (k === "access") {
         if (!Array.isArray(v) || !v.every(isTable)) {
           problems.push({ origin, key: k, message: `expected an array of tables ([[access]] with masters and onsites), got ${got(v)}` });
@@ -645,6 +709,9 @@ export function resolveConfig(sources: ConfigSource[]): Config {
     seen.add(u.name);
   });
   if (c.nymea) for (const p of nymeaProblems(c.nymea)) problems.push({ origin: at(p.key.startsWith("nymea.") && originOf.has(p.key) ? p.key : "nymea"), ...p });
+  if (c.ap.netconnectd_socket !== undefined && c.ap.netconnectd_socket === c.control) {
+    problems.push({ origin: at("ap.netconnectd_socket"), key: "ap.netconnectd_socket", message: `must differ from control (${c.control}): the control socket serves every command, the netconnectd socket only netconnectd's` });
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return c;
 }
@@ -736,6 +803,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   uplink: { roles: ["onsite"], why: "only an onsite device manages uplinks", shown: "[[uplink]]" },
   tracking: { roles: ["onsite"], why: "only an onsite device probes uplinks", shown: "[tracking]" },
   ap: { roles: ["onsite"], why: "only an onsite device runs the setup access point", shown: "[ap]" },
+  ownline: { roles: ["onsite"], why: "only an onsite device serves ownline's requests", shown: "[ownline]" },
   location: { roles: ["onsite"], why: "only an onsite device reports a location", shown: "location" },
   hostname: { roles: ["onsite"], why: "only an onsite device reports a host name", shown: "hostname" },
   listen: { roles: ["relay"], why: "only the relay listens; devices dial `relay`", shown: "listen" },

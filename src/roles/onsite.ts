@@ -21,6 +21,7 @@ import { relayClientFor } from "./device.ts";
 import type { NatComponentOptions } from "../nat/component.ts";
 import type { OnsiteApi, NatApi, UplinkApi, WifiApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
+import type { NetconnectdBackend } from "../uplink/netconnectd.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -151,6 +152,11 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
   daemon.add(nat);
   const natApi = natApiOf(control);
   const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat);
+  if (cfg.ownline) {
+    // Seed 001's own client: ownline's protocol, answered through the same NAT calls as `agent nat add|del`.
+    const { OwnlineListener } = await import("../ownline/listener.ts");
+    daemon.add(new OwnlineListener({ config: cfg.ownline, tls: bundle, log: log.withTag("ownline"), nat: { add: (r, o) => nat.add(r, o), removeByOwner: (o) => nat.removeByOwner(o), list: async () => (await natApi.natList()).rules, del: (id) => natApi.natDel({ id }) } }));
+  }
   let uplinkApi: UplinkApi | undefined;
   let healthy: () => string[] = () => [];
   if (cfg.uplink.length > 0) {
@@ -163,6 +169,7 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
     healthy = () => (uplinks.status().healthy as string[]) ?? [];
   }
   let wifiApi: WifiApi | undefined;
+  let netconnectdBackend: NetconnectdBackend | undefined;
   if (cfg.ap.enabled) {
     const { createWifiService, answerNetconnectd, encodeNetconnectd } = await import("../uplink/index.ts");
     const wifi = await createWifiService(cfg, log.withTag("wifi"), () => healthy());
@@ -179,6 +186,16 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
       apStop: () => wifi.stopAp(),
     };
     control.nulProtocol(async (text) => encodeNetconnectd(await answerNetconnectd(wifi, text)));
+    netconnectdBackend = wifi;
+  }
+  {
+    // netconnectd's clients (seed 002): with [ap] off they hear why at once, not a timeout; and
+    // [ap] netconnectd_socket serves them at netconnectd's own path, without root.
+    const { netconnectdAnswerer, NetconnectdSocket } = await import("../uplink/netconnectd-socket.ts");
+    const answer = netconnectdAnswerer(netconnectdBackend);
+    if (!netconnectdBackend) control.nulProtocol(answer);
+    const path = cfg.ap.netconnectd_socket;
+    if (path) daemon.add(new NetconnectdSocket({ path, mode: cfg.ap.netconnectd_socket_mode, group: cfg.ap.netconnectd_socket_group, controlPath: cfg.control, answer, log: log.withTag("netconnectd") }));
   }
   daemon.add(role);
   const api: OnsiteApi = { ...daemon.api(), ...natApi, ...uplinkApi, ...wifiApi, ...role.api };
