@@ -78,13 +78,12 @@ export class PacketSender {
   private queue: Uint8Array[] = [];
   private queuedBytes = 0;
   private closed = false;
-  /** Only the `_out` fields and the drops are this sender's; `_in` is the receiver's to fill. */
-  readonly stats: PacketStats = noPacketStats();
-
   constructor(
     private readonly link: PacketLink,
     private readonly stream: number,
     private readonly bound: QueueBound = PACKET_QUEUE,
+    /** Where this sender counts (`_out` and drops; `_in` is the receiver's): several senders may share one. */
+    readonly stats: PacketStats = noPacketStats(),
   ) {}
 
   /** Packets waiting for the link now (for tests and `sessions`). */
