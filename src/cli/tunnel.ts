@@ -12,7 +12,7 @@ import { reachFlags } from "./format.ts";
 /** The SSH client's address of this shell (SSH_CONNECTION, else SSH_CLIENT), if it is one (pure). */
 export function sshPeer(env: Record<string, string | undefined>): string | undefined {
   const first = (env.SSH_CONNECTION ?? env.SSH_CLIENT ?? "").trim().split(/\s+/)[0];
-  return first && /^[\d.]+$|^[0-9a-f:]+$/i.test(first) ? first.replace(/^::ffff:/, "") : undefined;
+  return first && /^[0-9a-f:.]+$/i.test(first) ? first.replace(/^::ffff:/, "") : undefined;
 }
 
 /** A mode as typed, or a usage error naming it (exit 2). */
