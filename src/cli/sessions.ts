@@ -7,6 +7,7 @@ import { formatTable } from "../table.ts";
 import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
 import { parseForward } from "../tunnel/master-forwarder.ts";
+import { isUdpForward, parseUdpForward } from "../tunnel/udp.ts";
 import { MAX_SESSION_TTL } from "../transport/messages.ts";
 import { defineAgentCommand, flag, str, strs } from "./args.ts";
 import { reachFlags } from "./format.ts";
@@ -77,7 +78,7 @@ export const connectCommand = defineAgentCommand({
   args: {
     ...configArgs,
     id: { type: "positional", valueHint: "id", description: "onsite device id (see `agent devices`)" },
-    forward: { type: "string", valueHint: "[bind:]lport:host:port", description: "listen on BIND:LPORT (default bind 127.0.0.1; port 0: any) and carry each connection to HOST:PORT behind the device (repeatable)" },
+    forward: { type: "string", valueHint: "[udp:][bind:]lport:host:port", description: "listen on BIND:LPORT (default bind 127.0.0.1; port 0: any) and carry each connection to HOST:PORT behind the device (repeatable); udp: carries datagrams, each client's flow forgotten after 60 s without traffic" },
     tunnel: { type: "string", valueHint: "routed|bridged", description: "a packet tunnel: routed (TUN, routes to the device's LAN) or bridged (TAP in the LAN's bridge)" },
     ttl: { type: "string", valueHint: "duration", description: "end the session after this long, e.g. 30m" },
     json,
@@ -91,7 +92,8 @@ export const connectCommand = defineAgentCommand({
     if (forwards.length === 0 && !tunnel) throw new UsageError("agent connect needs at least one --forward [BIND:]LPORT:HOST:PORT or --tunnel routed|bridged", "e.g. agent connect site-1 --forward 8080:192.168.1.50:80, or agent connect site-1 --tunnel routed");
     for (const f of forwards) {
       try {
-        parseForward(f);
+        if (isUdpForward(f)) parseUdpForward(f);
+        else parseForward(f);
       } catch (e) {
         throw new UsageError((e as Error).message);
       }
@@ -115,7 +117,7 @@ export const connectCommand = defineAgentCommand({
       return 0;
     }
     const lines = [`session ${s.session} to ${s.onsite} (${left(s.expires)})`];
-    for (const f of s.forwards) lines.push(`  ${f.bind}:${f.port} → ${f.target}`);
+    for (const f of s.forwards) lines.push(`  ${f.proto === "udp" ? "udp " : ""}${f.bind}:${f.port} → ${f.target}`);
     if (s.tunnel) lines.push(...formatTunnel(s.session, s.tunnel));
     // What the device found when it tried each target (refused, no answer): said at once.
     for (const w of s.warnings ?? []) lines.push(`warning: ${w}`);
@@ -134,7 +136,7 @@ export function formatSessions(list: SessionView[] | SessionInfo[] | OnsiteSessi
       s.session,
       s.onsite,
       s.state,
-      [...s.forwards.map((f) => `${f.bind}:${f.port}→${f.target}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])].join(" ") || "-",
+      [...s.forwards.map((f) => `${f.proto === "udp" ? "udp:" : ""}${f.bind}:${f.port}→${f.target}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])].join(" ") || "-",
       s.state === "closed" ? "-" : left(s.expires, now),
       // A forward whose connections failed says how often, and the last reason, as ssh -L would.
       [s.reason, ...s.forwards.filter((f) => f.errors).map((f) => `${f.target}: ${f.errors} failed, last: ${f.last_error}`)].join("; "),

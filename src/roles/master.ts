@@ -18,6 +18,7 @@ import type { MasterApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
 import { parseTunnelMode, type MasterTunnelHost } from "../tunnel/packet/device.ts";
 import { refusingMasterHost } from "../tunnel/packet/refusing.ts";
+import { isUdpForward, parseUdpForward, type UdpForwardSpec } from "../tunnel/udp.ts";
 
 /** What composeMaster may be handed instead of the defaults (tests: a memory tunnel host). */
 export interface MasterDeps {
@@ -67,14 +68,16 @@ export class MasterRole implements Component {
         const tunnel = req.tunnel === undefined || req.tunnel === null ? undefined : tunnelModeOf(req.tunnel, "--tunnel");
         if (forwards.length === 0 && !tunnel) throw new UsageError("connect: give at least one --forward [BIND:]LPORT:HOST:PORT, or --tunnel routed|bridged");
         let specs: ForwardSpec[];
+        let udp: UdpForwardSpec[];
         try {
-          specs = forwards.map((f) => parseForward(String(f)));
+          specs = forwards.filter((f) => !isUdpForward(String(f))).map((f) => parseForward(String(f)));
+          udp = forwards.filter((f) => isUdpForward(String(f))).map((f) => parseUdpForward(String(f)));
         } catch (e) {
           throw new UsageError((e as Error).message);
         }
         const ttl = typeof req.ttl === "number" ? req.ttl : null;
         const requester = typeof req.requester === "string" && req.requester ? req.requester : undefined;
-        return this.sessions.connect(onsite, specs, ttl, { ...(tunnel ? { tunnel } : {}), ...(requester ? { requester } : {}) }).catch((e: unknown) => {
+        return this.sessions.connect(onsite, specs, ttl, { ...(tunnel ? { tunnel } : {}), ...(requester ? { requester } : {}), ...(udp.length ? { udp } : {}) }).catch((e: unknown) => {
           throw userError(notFound(e));
         });
       },

@@ -24,6 +24,7 @@ import type { Daemon } from "./daemon.ts";
 import type { OnsiteTunnelHost } from "../tunnel/packet/device.ts";
 import { OnsiteTunnels } from "../tunnel/packet/onsite-tunnels.ts";
 import { refusingOnsiteHost } from "../tunnel/packet/refusing.ts";
+import { OnsiteUdpServer } from "../tunnel/udp.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -35,6 +36,8 @@ export class OnsiteRole implements Component {
   /** Packet tunnels' ends on this device (refused unless [tunnel] enabled = true). */
   readonly tunnels: OnsiteTunnels;
   private readonly tunnelHost: OnsiteTunnelHost;
+  /** UDP forwards' flows towards their targets. */
+  readonly udp: OnsiteUdpServer;
   /** The active uplink's name; the uplink manager sets it. */
   uplink = "";
   private refresh: ReturnType<typeof setInterval> | null = null;
@@ -48,8 +51,10 @@ export class OnsiteRole implements Component {
   constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control?: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">, tunnelHost?: OnsiteTunnelHost) {
     this.tunnelHost = tunnelHost ?? refusingOnsiteHost();
     this.tunnels = new OnsiteTunnels({ id: bundle.id, host: this.tunnelHost, policy: () => this.cfg.tunnel, log: log.withTag("tunnel") });
+    this.udp = new OnsiteUdpServer(log.withTag("udp"));
     this.sessions = new SessionServer({
       tunnels: this.tunnels,
+      udp: this.udp,
       id: bundle.id,
       allow: () => this.cfg.allow,
       log: log.withTag("sessions"),
@@ -139,6 +144,7 @@ export class OnsiteRole implements Component {
     if (this.refresh) clearInterval(this.refresh);
     await this.client.close();
     await this.tunnels.closeAll("the onsite daemon is stopping");
+    this.udp.closeAll();
   }
 }
 

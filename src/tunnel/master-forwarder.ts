@@ -21,6 +21,7 @@ import { allocateAddressing } from "./packet/addressing.ts";
 import { TunnelRefused, type MasterTunnelHost, type TunnelAddressing, type TunnelMode } from "./packet/device.ts";
 import { refusingMasterHost } from "./packet/refusing.ts";
 import type { SessionOpenBody } from "../transport/messages.ts";
+import { MasterUdpForward, type UdpForwardSpec } from "./udp.ts";
 
 export interface ForwardSpec {
   bind: string;
@@ -87,6 +88,8 @@ interface MasterSession {
   warnings: string[];
   /** The session's packet tunnel, if it has one. */
   tunnel: MasterTunnel | null;
+  /** UDP forwards, each with its packet stream. */
+  udp: MasterUdpForward[];
 }
 
 /** What a session carries besides TCP forwards. */
@@ -94,6 +97,8 @@ export interface ConnectExtras {
   tunnel?: TunnelMode;
   /** The address the request came from (an SSH client), for the bridged-mode safety rule. */
   requester?: string;
+  /** UDP forwards (`udp:[BIND:]LPORT:HOST:PORT`). */
+  udp?: UdpForwardSpec[];
 }
 
 export interface SessionView {
@@ -107,7 +112,8 @@ export interface SessionView {
   /** What the onsite device found checking the targets at the offer (a target that refuses…). */
   warnings?: string[];
   /** `errors`: connections whose stream could not be opened; `last_error`: the latest reason. */
-  forwards: { bind: string; port: number; target: string; connections: number; active: number; errors?: number; last_error?: string | null }[];
+  /** UDP forwards have `proto: "udp"`; their `connections` are flows (client addresses), `active` the live ones. */
+  forwards: { bind: string; port: number; target: string; connections: number; active: number; errors?: number; last_error?: string | null; proto?: "udp"; datagrams_out?: number; datagrams_in?: number; dropped?: number }[];
   /** The packet tunnel: mode, both ends' interfaces, addresses and routes, packets, drops. */
   tunnel?: TunnelView;
 }
@@ -155,7 +161,19 @@ export class MasterSessions {
   private openBody(s: MasterSession, ttl: number | null, session: string | null): SessionOpenBody {
     const body: SessionOpenBody = { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session };
     if (s.tunnel) body.tunnel = { mode: s.tunnel.mode, ...(s.tunnel.mode === "routed" && s.tunnel.addressing ? { addressing: s.tunnel.addressing } : {}) };
+    if (s.udp.length) body.udp = s.udp.map((u) => u.spec.target);
     return body;
+  }
+
+  /** Each UDP forward's packet stream, on a fresh (or resumed) session. */
+  private openUdpStreams(s: MasterSession, conn: Connection): void {
+    for (const u of s.udp) {
+      try {
+        u.attach(conn.openStream({ session: s.id, packet: "udp", target: u.spec.target }));
+      } catch (e) {
+        this.o.log.warn(`session ${s.id}: UDP forward to ${u.spec.target}: ${(e as Error).message}`);
+      }
+    }
   }
 
   setup(conn: Connection): void {
@@ -181,20 +199,34 @@ export class MasterSessions {
     const conn = this.o.relay();
     if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.o.relayState()}); see \`agent status\``);
     const forwards: Forward[] = [];
+    const udp: MasterUdpForward[] = [];
+    const closeAll = () => {
+      for (const f of forwards) f.listener.close();
+      for (const u of udp) u.close();
+    };
     try {
       for (const spec of specs) forwards.push(this.listen(spec));
+      for (const spec of extras.udp ?? []) {
+        const u = new MasterUdpForward(spec, this.o.log, this.clock);
+        udp.push(u);
+        try {
+          await u.listen();
+        } catch (e) {
+          throw new RemoteError(ErrorCode.BAD_REQUEST, `cannot listen on udp ${spec.bind}:${spec.port}: ${(e as Error).message}`);
+        }
+      }
     } catch (e) {
-      for (const f of forwards) f.listener.close();
+      closeAll();
       throw e;
     }
     const now = this.clock.now();
-    const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null, warnings: [], tunnel: null };
+    const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null, warnings: [], tunnel: null, udp };
     let info: SessionInfo;
     try {
       if (extras.tunnel) s.tunnel = new MasterTunnel(this.tunnelHost, this.o.log, extras.tunnel, extras.tunnel === "routed" ? this.allocate() : null, extras.requester);
       info = await request(conn, Msg.SESSION_OPEN, this.openBody(s, ttl, null));
     } catch (e) {
-      for (const f of forwards) f.listener.close();
+      closeAll();
       throw e;
     }
     s.id = info.session;
@@ -207,18 +239,19 @@ export class MasterSessions {
         await s.tunnel.up(conn, s.id, info.tunnel);
       } catch (e) {
         await s.tunnel.close("the master could not open its end");
-        for (const f of forwards) f.listener.close();
+        closeAll();
         await request(conn, Msg.SESSION_END, { session: s.id, reason: "the master could not open its tunnel end" }).catch(() => undefined);
         if (e instanceof TunnelRefused) throw new RemoteError(e.code === "from_secondary" || e.code === "invalid" ? ErrorCode.BAD_REQUEST : ErrorCode.REFUSED, e.message);
         throw e;
       }
     }
     this.sessions.set(s.id, s);
+    this.openUdpStreams(s, conn);
     // The TTL runs on this side's monotonic clock from the asked length; the relay's wall-clock
     // `expires` only tells whether there is one (or its length, had none been asked).
     const left = info.expires ? (ttl ?? Math.max(0, Date.parse(info.expires) - this.clock.wall())) : null;
     this.apply(s, { kind: "opened", ttl: left });
-    const carries = [...forwards.map((f) => `${f.spec.bind}:${f.port} → ${f.spec.target}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])];
+    const carries = [...forwards.map((f) => `${f.spec.bind}:${f.port} → ${f.spec.target}`), ...udp.map((u) => `udp ${u.spec.bind}:${u.port} → ${u.spec.target}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])];
     this.o.log.info(`session ${s.id} to ${onsite}: ${carries.join(", ")}`);
     for (const w of s.warnings) this.o.log.warn(`session ${s.id} to ${onsite}: ${w}`);
     return this.view(s);
@@ -342,6 +375,7 @@ export class MasterSessions {
         s.retryTimer = s.expiryTimer = null;
         for (const f of s.forwards) f.listener.close();
         if (s.tunnel) void s.tunnel.close(a.reason);
+        for (const u of s.udp) u.close();
         this.o.log.info(`session ${s.id} closed: ${a.reason}`);
         unref(
           this.clock.setTimeout(() => {
@@ -364,6 +398,7 @@ export class MasterSessions {
       const info = await request(conn, Msg.SESSION_OPEN, this.openBody(s, ttl, s.id));
       s.warnings = info.warnings ?? [];
       this.apply(s, { kind: "resumed" });
+      this.openUdpStreams(s, conn);
       if (s.tunnel && info.tunnel) await s.tunnel.up(conn, s.id, info.tunnel).catch((e: Error) => this.o.log.warn(`session ${s.id}: the tunnel did not come back: ${e.message}`));
       for (const w of s.warnings) this.o.log.warn(`session ${s.id} to ${s.onsite}: ${w}`);
     } catch (e) {
@@ -383,7 +418,10 @@ export class MasterSessions {
       opened: iso(s.opened),
       expires: st.expiresAt !== null ? iso(st.expiresAt) : null,
       warnings: [...s.warnings],
-      forwards: s.forwards.map((f) => ({ bind: f.spec.bind, port: f.port, target: f.spec.target, connections: f.connections, active: f.active, errors: f.errors, last_error: f.lastError })),
+      forwards: [
+        ...s.forwards.map((f) => ({ bind: f.spec.bind, port: f.port, target: f.spec.target, connections: f.connections, active: f.active, errors: f.errors, last_error: f.lastError })),
+        ...s.udp.map((u) => u.view()),
+      ],
       ...(s.tunnel ? { tunnel: s.tunnel.view() } : {}),
     };
   }
