@@ -85,6 +85,15 @@ describe("a routed tunnel through a real relay", () => {
     expect(onsiteView.tunnel).toMatchObject({ mode: "routed", onsite: { iface: onsite[0]!.name }, packets: { packets_in: 200, packets_out: 100 } });
   });
 
+  test("a change of the secondary interface while the tunnel is up is a warning in sessions", async () => {
+    const t = await start();
+    const s = await connect(t, "routed");
+    await up(t, s.session);
+    t.masterHost.secondaryChanged("eth1 disappeared");
+    expect((await up(t, s.session)).warnings).toEqual(["secondary interface changed while the tunnel is up: eth1 disappeared"]);
+    expect(t.logs.some((l) => l.includes("eth1 disappeared"))).toBe(true);
+  });
+
   test("forwards and a tunnel share one session; a second routed session gets the next /30", async () => {
     const t = await start();
     const a = await t.masterApi.call("connect", { onsite: "site-1", forwards: ["0:192.168.1.50:80"], tunnel: "routed" });
