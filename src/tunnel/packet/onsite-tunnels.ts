@@ -47,6 +47,9 @@ export interface OnsiteTunnelsOptions {
 
 export class OnsiteTunnels {
   private readonly tunnels = new Map<string, OnsiteTunnel>();
+  /** Ends still being removed, by session: a re-offer of the same session waits for them (a host
+   * may name its devices after the session). */
+  private readonly closing = new Map<string, Promise<void>>();
 
   constructor(private readonly o: OnsiteTunnelsOptions) {}
 
@@ -57,6 +60,7 @@ export class OnsiteTunnels {
 
   /** The offer asks for a tunnel: make the end (replacing one the session had), say what it routes. */
   async open(session: string, req: TunnelRequestBody): Promise<TunnelOffer> {
+    await this.closing.get(session);
     let t = this.tunnels.get(session);
     if (!t) {
       t = { session, mode: req.mode, end: null, bridge: new PacketBridge(), busy: Promise.resolve(), closed: false };
@@ -124,12 +128,18 @@ export class OnsiteTunnels {
     this.tunnels.delete(session);
     t.closed = true;
     t.bridge.currentStream?.reset(ResetCode.NO_SESSION, `session ended: ${reason}`);
-    await this.serially(t, async () => {
+    const done = this.serially(t, async () => {
       const end = t.end;
       t.end = null;
       t.bridge.setDevice(null);
       if (end) await this.closeEnd(session, end);
     });
+    this.closing.set(session, done);
+    try {
+      await done;
+    } finally {
+      if (this.closing.get(session) === done) this.closing.delete(session);
+    }
   }
 
   async closeAll(reason: string): Promise<void> {
