@@ -117,6 +117,12 @@ describe("the tunnel lines of connect and sessions (pure)", () => {
     expect(text).toContain("drops: queue_full 3, device 1");
   });
 
+  test("the relay's sessions name the tunnel and the UDP targets, with the relay's drops", () => {
+    const stats = { ...noPacketStats(), drops: { ...noPacketStats().drops, queue_full: 4 } };
+    const text = formatSessions([{ session: "s-1", master: "tech-1", onsite: "site-1", targets: [], opened: new Date().toISOString(), expires: null, udp: ["192.168.1.1:53"], tunnel: { mode: "bridged", subnets: [], onsite: { iface: "agt-p-1", addresses: [], routes: [] }, relay: { to_onsite: stats, to_master: noPacketStats() } } }]);
+    expect(text).toContain("udp:192.168.1.1:53 bridged tunnel (4 dropped at the relay)");
+  });
+
   test.each([
     [{ SSH_CONNECTION: "192.168.77.20 51234 192.168.77.1 22" }, "192.168.77.20"],
     [{ SSH_CLIENT: "10.0.0.9 40000 22" }, "10.0.0.9"],

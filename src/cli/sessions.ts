@@ -146,7 +146,12 @@ export function formatSessions(list: SessionView[] | SessionInfo[] | OnsiteSessi
     return tunnels.length ? `${table}\n${tunnels.join("\n")}\n` : table;
   }
   if ("onsite" in first) {
-    const rows = (list as SessionInfo[]).map((s) => [s.session, s.master, s.onsite, s.targets.join(" "), ago(s.opened, now), left(s.expires, now)]);
+    const carried = (s: SessionInfo) => {
+      const drops = s.tunnel?.relay ? s.tunnel.relay.to_onsite.drops.queue_full + s.tunnel.relay.to_master.drops.queue_full : 0;
+      const tunnel = s.tunnel ? [`${s.tunnel.mode} tunnel${drops ? ` (${drops} dropped at the relay)` : ""}`] : [];
+      return [...s.targets, ...(s.udp ?? []).map((t) => `udp:${t}`), ...tunnel].join(" ") || "-";
+    };
+    const rows = (list as SessionInfo[]).map((s) => [s.session, s.master, s.onsite, carried(s), ago(s.opened, now), left(s.expires, now)]);
     return formatTable(["SESSION", "MASTER", "ONSITE", "TARGETS", "OPENED", "TTL"], rows);
   }
   const rows = (list as OnsiteSessionView[]).map((s) => [s.session, s.master, [...s.targets, ...(s.udp ?? []).map((t) => `udp:${t}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel${s.tunnel.onsite ? ` on ${s.tunnel.onsite.iface}` : ""}`] : [])].join(" ") || "-", String(s.streams)]);

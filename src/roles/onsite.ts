@@ -137,7 +137,7 @@ export class OnsiteRole implements Component {
   }
 
   status(): Record<string, unknown> {
-    return { ...this.client.status(), sessions: this.sessions.sessions.size, streams_served: this.sessions.streamsServed };
+    return { ...this.client.status(), sessions: this.sessions.sessions.size, streams_served: this.sessions.streamsServed, tunnels: this.tunnels.size };
   }
 
   async close(): Promise<void> {
