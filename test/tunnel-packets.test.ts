@@ -141,6 +141,22 @@ describe("switching modes in one session", () => {
   });
 });
 
+test("switches asked at once run one after the other: one end each side, in the last mode asked", async () => {
+  const t = await start();
+  const s = await connect(t, "routed");
+  await up(t, s.session);
+  await Promise.all([
+    t.masterApi.call("tunnelMode", { session: s.session, mode: "bridged" }),
+    t.masterApi.call("tunnelMode", { session: s.session, mode: "routed" }),
+    t.masterApi.call("tunnelMode", { session: s.session, mode: "bridged" }),
+  ]);
+  expect((await up(t, s.session)).mode).toBe("bridged");
+  const d = openDevices(t);
+  expect(d.master.map((x) => x.mode)).toEqual(["bridged"]);
+  expect(d.onsite.map((x) => x.mode)).toEqual(["bridged"]);
+  expect(await cross(d.onsite[0]!, d.master[0]!, 3, 64, 9)).toEqual([9, 10, 11]);
+});
+
 async function refusal(p: Promise<unknown>): Promise<Error> {
   try {
     await p;

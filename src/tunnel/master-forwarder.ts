@@ -266,8 +266,22 @@ export class MasterSessions {
     return this.view(s);
   }
 
+  /** Switches of one session run one after the other (two at once would race on the ends). */
+  private readonly switching = new Map<string, Promise<unknown>>();
+
   /** `agent tunnel mode`: the onsite end switches first (its config may refuse), then ours. */
-  async switchMode(id: string, mode: TunnelMode, requester?: string): Promise<SessionView> {
+  switchMode(id: string, mode: TunnelMode, requester?: string): Promise<SessionView> {
+    const before = this.switching.get(id) ?? Promise.resolve();
+    const run = before.catch(() => undefined).then(() => this.switchNow(id, mode, requester));
+    const tail = run.catch(() => undefined);
+    this.switching.set(id, tail);
+    void tail.then(() => {
+      if (this.switching.get(id) === tail) this.switching.delete(id);
+    });
+    return run;
+  }
+
+  private async switchNow(id: string, mode: TunnelMode, requester?: string): Promise<SessionView> {
     const s = this.sessions.get(id);
     if (!s || s.st.phase === "closed") throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(id)}; see \`agent sessions\``);
     if (!s.tunnel) throw new RemoteError(ErrorCode.BAD_REQUEST, `session ${id} has no tunnel; open one with agent connect ${s.onsite} --tunnel ${mode}`);

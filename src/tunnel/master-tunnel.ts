@@ -12,7 +12,7 @@ import type { MasterTunnelEnd, MasterTunnelHost, TunnelMode } from "./packet/dev
 
 export interface TunnelView {
   mode: TunnelMode;
-  /** up: both ends and the packet stream; waiting: no packet stream now (relay lost, resuming); down: no master end. */
+  /** up: both ends and the packet stream (accepted by the onsite device); waiting: no packet stream now (opening, relay lost, resuming); down: no master end. */
   state: "up" | "waiting" | "down";
   reason: string;
   master: TunnelEndBody | null;
@@ -125,11 +125,13 @@ export class MasterTunnel {
 
   view(): TunnelView {
     const stream = this.bridge.currentStream;
-    const state = !this.end ? "down" : stream && !stream.closed ? "up" : "waiting";
+    // Up once the onsite device has accepted the packet stream: before that its packets would be dropped there.
+    const state = !this.end ? "down" : stream && !stream.closed && stream.accepted ? "up" : "waiting";
+    const opening = state === "waiting" && stream && !stream.closed;
     return {
       mode: this.mode,
       state,
-      reason: state === "up" ? "" : this.reason,
+      reason: state === "up" ? "" : opening ? "packet stream opening" : this.reason,
       master: this.end?.info() ?? null,
       onsite: this.onsite,
       subnets: [...this.subnets],
