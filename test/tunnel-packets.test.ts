@@ -268,3 +268,33 @@ describe("cleanup: both ends go when the session ends", () => {
     expect(t.masterHost.open_).toEqual([]);
   });
 });
+
+describe("a UDP forward in the same machinery", () => {
+  test("datagrams cross, and cross again after the onsite device came back (the session resumed)", async () => {
+    const echo = await Bun.udpSocket({ hostname: "127.0.0.1", port: 0, socket: { data: (s, buf, port, addr) => void s.send(buf, port, addr) } });
+    const got: number[] = [];
+    const client = await Bun.udpSocket({ hostname: "127.0.0.1", port: 0, socket: { data: (_s, buf) => void got.push(buf[0]!) } });
+    try {
+      const onsite = { tunnel: { enabled: true }, allow: ["127.0.0.1/32"] };
+      const t = await start({ onsite });
+      const s = await t.masterApi.call("connect", { onsite: "site-1", forwards: [`udp:127.0.0.1:0:127.0.0.1:${echo.port}`] });
+      const port = s.forwards[0]!.port;
+      const ping = async (n: number) => {
+        await waitFor(() => {
+          client.send(new Uint8Array([n]), port, "127.0.0.1");
+          return got.includes(n);
+        }, 5_000, `echo ${n}`);
+      };
+      await ping(1);
+      await t.onsite.close();
+      await waitFor(async () => (await t.masterApi.call("sessions"))[0]!.state === "resuming", 5_000, "the session to resume");
+      await t.startOnsite({ onsite });
+      await waitFor(async () => (await t.masterApi.call("sessions"))[0]!.state === "active", 5_000, "the session back");
+      await ping(2);
+      expect((await t.masterApi.call("sessions"))[0]!.forwards[0]).toMatchObject({ proto: "udp", connections: 1, active: 1 });
+    } finally {
+      client.close();
+      echo.close();
+    }
+  });
+});

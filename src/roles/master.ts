@@ -41,13 +41,18 @@ export class MasterRole implements Component {
   readonly api: Omit<MasterApi, "status">;
 
   /** With `control`, serves `api` there itself (composeMaster serves the whole API instead). */
+  private readonly tunnelHost: MasterTunnelHost;
+  private readonly log: Logger;
+
   constructor(cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer, deps: MasterDeps = {}) {
+    this.log = log;
+    this.tunnelHost = deps.tunnelHost ?? refusingMasterHost();
     if (cfg.gui) log.warn(`the web GUI is not built yet: ${cfg.gui.host}:${cfg.gui.port} serves nothing; use agent devices / connect / sessions`);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
       relay: () => this.client.connection,
       relayState: () => this.relayState(),
-      tunnelHost: deps.tunnelHost ?? refusingMasterHost(),
+      tunnelHost: this.tunnelHost,
       tunnelPool: cfg.tunnel.pool,
     });
     this.client = relayClientFor(cfg, bundle, log, "master", {
@@ -124,6 +129,8 @@ export class MasterRole implements Component {
   }
 
   start(): void {
+    // What an earlier run left behind (a kill -9 leaves devices, routes, dnsmasq) goes first.
+    void this.tunnelHost.sweep().then((gone) => gone.length && this.log.info(`removed tunnel leftovers of an earlier run: ${gone.join(", ")}`), (e: Error) => this.log.warn(`sweeping tunnel leftovers: ${e.message}`));
     this.client.start();
   }
 
