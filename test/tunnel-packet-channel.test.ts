@@ -14,7 +14,9 @@ import { packetRefusal } from "../src/tunnel/relay/router.ts";
 import { allocateAddressing } from "../src/tunnel/packet/addressing.ts";
 import { tunnelRefusal } from "../src/tunnel/packet/onsite-tunnels.ts";
 import { parseCidr } from "../src/netaddr.ts";
-import { waitFor } from "./helpers/wait.ts";
+import { gateOnsiteHost } from "../src/tunnel/packet/sweep-gate.ts";
+import { MemoryOnsiteTunnelHost } from "../src/tunnel/packet/memory.ts";
+import { holdsFor, waitFor } from "./helpers/wait.ts";
 
 const quiet = { debug() {}, info() {}, warn() {} };
 const conns: Connection[] = [];
@@ -355,4 +357,19 @@ describe("who refuses what", () => {
   ])("open header %j", (open, want) => {
     expect(decodePacketOpen(open as Record<string, unknown>)).toEqual(want as never);
   });
+});
+
+test("a tunnel opened while the start-up sweep runs waits for it (the sweep cannot remove it as a leftover)", async () => {
+  const mem = new MemoryOnsiteTunnelHost();
+  let finish!: (v: string[]) => void;
+  const events: string[] = [];
+  const slow = { open: async (r: Parameters<typeof mem.open>[0]) => (events.push("open"), mem.open(r)), sweep: () => new Promise<string[]>((r) => (finish = (v) => (events.push("swept"), r(v)))) };
+  const gated = gateOnsiteHost(slow);
+  const swept = gated.sweep();
+  const opened = gated.open({ session: "s-1", mode: "bridged" });
+  await holdsFor(() => events.length > 0, 100, "an open before the sweep finished");
+  finish(["agt-t-old"]);
+  expect(await swept).toEqual(["agt-t-old"]);
+  await opened;
+  expect(events).toEqual(["swept", "open"]);
 });

@@ -18,6 +18,7 @@ import type { MasterApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
 import { parseTunnelMode, type MasterTunnelHost } from "../tunnel/packet/device.ts";
 import { refusingMasterHost } from "../tunnel/packet/refusing.ts";
+import { gateMasterHost } from "../tunnel/packet/sweep-gate.ts";
 import { isUdpForward, parseUdpForward, type UdpForwardSpec } from "../tunnel/udp.ts";
 
 /** What composeMaster may be handed instead of the defaults (tests: a memory tunnel host). */
@@ -46,7 +47,7 @@ export class MasterRole implements Component {
 
   constructor(cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer, deps: MasterDeps = {}) {
     this.log = log;
-    this.tunnelHost = deps.tunnelHost ?? refusingMasterHost();
+    this.tunnelHost = gateMasterHost(deps.tunnelHost ?? refusingMasterHost());
     if (cfg.gui) log.warn(`the web GUI is not built yet: ${cfg.gui.host}:${cfg.gui.port} serves nothing; use agent devices / connect / sessions`);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),

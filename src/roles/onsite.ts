@@ -24,6 +24,7 @@ import type { Daemon } from "./daemon.ts";
 import type { OnsiteTunnelHost } from "../tunnel/packet/device.ts";
 import { OnsiteTunnels } from "../tunnel/packet/onsite-tunnels.ts";
 import { refusingOnsiteHost } from "../tunnel/packet/refusing.ts";
+import { gateOnsiteHost } from "../tunnel/packet/sweep-gate.ts";
 import { OnsiteUdpServer } from "../tunnel/udp.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
@@ -49,7 +50,7 @@ export class OnsiteRole implements Component {
 
   /** With `control`, serves `api` there itself (composeOnsite serves the whole API instead). */
   constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control?: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">, tunnelHost?: OnsiteTunnelHost) {
-    this.tunnelHost = tunnelHost ?? refusingOnsiteHost();
+    this.tunnelHost = gateOnsiteHost(tunnelHost ?? refusingOnsiteHost());
     this.tunnels = new OnsiteTunnels({ id: bundle.id, host: this.tunnelHost, policy: () => this.cfg.tunnel, log: log.withTag("tunnel") });
     this.udp = new OnsiteUdpServer(log.withTag("udp"));
     this.sessions = new SessionServer({
