@@ -53,6 +53,7 @@ describe("a routed tunnel through a real relay", () => {
     const t = await start();
     const s = await connect(t, "routed");
     expect(s.forwards).toEqual([]);
+    expect(s.tunnel?.state).toBe("up"); // connect answers once the onsite device took the packet stream
     const tun = await up(t, s.session);
     expect(tun).toMatchObject({
       mode: "routed",

@@ -223,7 +223,7 @@ export class MasterSessions {
     const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null, warnings: [], tunnel: null, udp };
     let info: SessionInfo;
     try {
-      if (extras.tunnel) s.tunnel = new MasterTunnel(this.tunnelHost, this.o.log, extras.tunnel, extras.tunnel === "routed" ? this.allocate() : null, extras.requester);
+      if (extras.tunnel) s.tunnel = new MasterTunnel(this.tunnelHost, this.o.log, extras.tunnel, extras.tunnel === "routed" ? this.allocate() : null, extras.requester, this.clock);
       info = await request(conn, Msg.SESSION_OPEN, this.openBody(s, ttl, null));
     } catch (e) {
       closeAll();

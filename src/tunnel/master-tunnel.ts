@@ -9,6 +9,10 @@ import type { TunnelAddressingBody, TunnelEndBody, TunnelOffer } from "../transp
 import type { PacketStats } from "../transport/packet.ts";
 import { PacketBridge } from "./packet/bridge.ts";
 import type { MasterTunnelEnd, MasterTunnelHost, TunnelMode } from "./packet/device.ts";
+import { systemClock, type Clock } from "../clock.ts";
+
+/** How long `connect` / `tunnel mode` wait for the onsite device to accept the packet stream. */
+export const TUNNEL_ACCEPT_WAIT_MS = 5_000;
 
 export interface TunnelView {
   mode: TunnelMode;
@@ -45,6 +49,7 @@ export class MasterTunnel {
     addressing: TunnelAddressingBody | null,
     /** The address the request came from (SSH client), for the host's bridged safety rule. */
     private requester: string | undefined,
+    private readonly clock: Clock = systemClock,
   ) {
     this.mode = mode;
     this.addressing = addressing;
@@ -82,22 +87,35 @@ export class MasterTunnel {
         this.log.warn(`session ${session}: ${w}`);
       });
     }
-    this.openStream(conn, session);
+    await this.openStream(conn, session);
   }
 
-  /** A packet stream of the current mode (after up, or after the session resumed). */
-  openStream(conn: Connection, session: string): void {
-    if (this.closed || !this.end) return;
+  /**
+   * A packet stream of the current mode (after up, or after the session resumed). Resolves once
+   * the onsite device accepted it (or refused it, or TUNNEL_ACCEPT_WAIT_MS passed): the answer
+   * to `connect` then says whether the tunnel is up.
+   */
+  openStream(conn: Connection, session: string): Promise<void> {
+    if (this.closed || !this.end) return Promise.resolve();
     this.bridge.currentStream?.reset(ResetCode.CANCEL, "replaced by a new packet stream");
     const stream = conn.openStream({ session, packet: this.mode });
-    stream.onclose = (err) => {
-      if (err && this.bridge.currentStream === stream && !this.closed) {
-        this.reason = `packet stream ended: ${err.message}`;
-        this.log.debug(`session ${session}: ${this.reason}`);
-      }
-    };
-    this.bridge.setStream(stream);
-    this.reason = "";
+    return new Promise<void>((resolve) => {
+      const timer = this.clock.setTimeout(resolve, TUNNEL_ACCEPT_WAIT_MS);
+      const done = () => {
+        this.clock.clearTimeout(timer);
+        resolve();
+      };
+      stream.onaccept = done;
+      stream.onclose = (err) => {
+        done();
+        if (err && this.bridge.currentStream === stream && !this.closed) {
+          this.reason = `packet stream ended: ${err.message}`;
+          this.log.debug(`session ${session}: ${this.reason}`);
+        }
+      };
+      this.bridge.setStream(stream);
+      this.reason = "";
+    });
   }
 
   /** Before a switch: the old packet stream and end go (the host may hold one device per session). */
