@@ -206,6 +206,20 @@ describe("refusals", () => {
     expect((await up(t, s.session)).mode).toBe("bridged");
   });
 
+  test("a switch to bridged asked from the secondary interface is refused; switching back brings the tunnel back", async () => {
+    const t = await start({ ...ENABLED, masterHost: { secondarySubnet: "192.168.77.0/24" } });
+    const s = await connect(t, "routed", { requester: "192.168.77.20" }); // routed is fine from there
+    await up(t, s.session);
+    const e = await refusal(t.masterApi.call("tunnelMode", { session: s.session, mode: "bridged", requester: "192.168.77.20" }));
+    expect(e).toBeInstanceOf(UsageError);
+    expect(e.message).toContain("comes from 192.168.77.20, on eth1 itself");
+    expect(e.message).toContain(`\`agent tunnel mode ${s.session} routed\` brings it back`);
+    expect((await t.masterApi.call("sessions"))[0]!.tunnel!.state).toBe("down");
+    await t.masterApi.call("tunnelMode", { session: s.session, mode: "routed", requester: "192.168.77.20" });
+    const d = openDevices(t);
+    expect(await cross(d.master[0]!, d.onsite[0]!, 3, 100, 0)).toEqual([0, 1, 2]);
+  });
+
   test("hostile or missing modes are usage errors naming the value", async () => {
     const t = await start();
     const e = await refusal(t.masterApi.call("connect", { onsite: "site-1", forwards: [], tunnel: "l2; rm -rf /" }));

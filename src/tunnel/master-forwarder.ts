@@ -297,8 +297,10 @@ export class MasterSessions {
       await t.up(conn, id, offer);
     } catch (e) {
       this.o.log.warn(`session ${id}: the ${mode} tunnel's master end did not open: ${(e as Error).message}`);
-      if (e instanceof TunnelRefused) throw new RemoteError(e.code === "from_secondary" || e.code === "invalid" ? ErrorCode.BAD_REQUEST : ErrorCode.REFUSED, e.message);
-      throw e;
+      // The onsite end has switched already; say how to get a working tunnel back.
+      const back = `the tunnel is down; \`agent tunnel mode ${id} ${mode === "routed" ? "bridged" : "routed"}\` brings it back`;
+      if (e instanceof TunnelRefused) throw new RemoteError(e.code === "from_secondary" || e.code === "invalid" ? ErrorCode.BAD_REQUEST : ErrorCode.REFUSED, `${e.message} (${back})`);
+      throw new RemoteError(ErrorCode.INTERNAL, `${(e as Error).message} (${back})`);
     }
     this.o.log.info(`session ${id}: tunnel switched to ${mode}`);
     return this.view(s);
