@@ -112,6 +112,22 @@ export interface OwnlineConfig {
   read_timeout: number;
 }
 
+/** Packet tunnels (issue 11): the master's keys and the onsite device's, in one [tunnel] table. */
+export interface TunnelConfig {
+  /** Master: the technician's port, where dnsmasq serves (routed) or the bridge joins (bridged). */
+  secondary: string;
+  /** Master, routed mode: run dnsmasq on `secondary`. */
+  dhcp: boolean;
+  /** Master: the addresses of tunnel ends, one /30 per tunnel. */
+  pool: Cidr;
+  /** Onsite: packet tunnels at all (false: TCP/UDP forwards only). */
+  enabled: boolean;
+  /** Onsite: bridged mode (a whole L2 segment) must be allowed explicitly. */
+  bridged: boolean;
+  /** Onsite: the LAN bridge a bridged tunnel's TAP joins. */
+  lan_bridge: string;
+}
+
 export const AP_FORWARD = ["lan", "uplinks"] as const;
 export type ApForward = (typeof AP_FORWARD)[number];
 
@@ -144,6 +160,7 @@ export interface Config {
   /** Relay: which masters may open sessions to which onsite devices; empty = every master
    * of the fleet may reach every onsite device. */
   access: AccessRule[];
+  tunnel: TunnelConfig;
   /** Relay: the nymea-remoteproxy listener ([nymea]); undefined when not configured. */
   nymea?: NymeaConfig;
 }
@@ -382,12 +399,13 @@ const EXAMPLES: Record<string, string> = {
   ownline: '[ownline] listen = "0.0.0.0:9999", known_server = "203.0.113.7", api_key_file = "/etc/agent/ownline.api_key", aes_key_file = "/etc/agent/ownline.aes_key"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
   nymea: '[nymea] tcp = "0.0.0.0:2213", ws = "0.0.0.0:2212", tokens = "/etc/agent/nymea-tokens", inactive_timeout = "8s"',
+  tunnel: '[tunnel] secondary = "eth1", dhcp = true, pool = "10.99.0.0/16" (master); enabled = true, bridged = false, lan_bridge = "br-lan" (onsite)',
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
 };
 
 function exampleFor(key: string, origin: Origin): string | undefined {
   if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
-  const section = /^(nat|tracking|ap|nymea|ownline)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
+  const section = /^(nat|tracking|ap|nymea|ownline|tunnel)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
   return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
@@ -546,6 +564,20 @@ const OWNLINE: Schema = {
 /** What an [ownline] section cannot go without. */
 const OWNLINE_REQUIRED = ["listen", "known_server", "api_key_file", "aes_key_file"] as const;
 
+const TUNNEL: Schema = {
+  secondary: ifname,
+  dhcp: bool,
+  pool: wrap("an IPv4 network such as 10.99.0.0/16 (a /30 per tunnel)", (s) => {
+    const c = parseCidr(s);
+    if (c.prefix > 30) throw new Error(`expected a network of /30 or larger (each tunnel takes a /30), got ${JSON.stringify(s)}`);
+    if (c.prefix < 8) throw new Error(`expected a network of /8 or smaller, got ${JSON.stringify(s)}`);
+    return c;
+  }),
+  enabled: bool,
+  bridged: bool,
+  lan_bridge: ifname,
+};
+
 export function defaults(): Config {
   return {
     allow: PRIVATE_RANGES.map(parseAllowEntry),
@@ -556,6 +588,7 @@ export function defaults(): Config {
     nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, allow_any_source: false, keep_on_stop: false },
     uplink: [],
     access: [],
+    tunnel: { secondary: "eth1", dhcp: true, pool: parseCidr("10.99.0.0/16"), enabled: false, bridged: false, lan_bridge: "br-lan" },
     // Failover within ~4 s of a black hole (3 failed 1 s rounds), at once on link loss. Three
     // staggered connects per round keep a 10%-lossy link from failing 3 rounds in a row
     // (about once a month instead of every few minutes). See src/uplink/README.md.
@@ -621,7 +654,7 @@ export function resolveConfig(sources: ConfigSource[]): Config {
     }
   };
 
-  const sections: Record<string, Schema> = { nat: NAT, tracking: TRACKING, ap: AP };
+  const sections: Record<string, Schema> = { nat: NAT, tracking: TRACKING, ap: AP, tunnel: TUNNEL };
   for (const { origin, raw } of sources) {
     for (const [k, v] of Object.entries(raw)) {
       if (k in sections) {
@@ -811,6 +844,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   access: { roles: ["relay"], why: "only the relay enforces [[access]] rules", shown: "[[access]]" },
   nymea: { roles: ["relay"], why: "only the relay speaks nymea-remoteproxy's protocol", shown: "[nymea]" },
   gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
+  tunnel: { roles: ["onsite", "master"], why: "packet tunnels run between a master and an onsite device; the relay only routes them", shown: "[tunnel]" },
   relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
 };

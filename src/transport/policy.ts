@@ -19,6 +19,10 @@ export const Timing = {
   stableAfter: 60_000,
   /** How long the dialer waits for TCP connect + TLS handshake + WELCOME. */
   dialTimeout: 15_000,
+  /** A UDP forward's flow (one client address:port) with no datagram either way for this long is
+   * forgotten, and its socket on the onsite device closed: 60 s, as conntrack's default for a
+   * UDP stream that has seen replies is 120 s and an unreplied one 30 s. */
+  udpFlowIdle: 60_000,
 } as const;
 
 export const Limits = {
@@ -35,6 +39,16 @@ export const Limits = {
   /** Sessions one master may hold open at the relay: each costs the relay and the device
    * memory, so one master must not be able to open them without end. */
   maxSessionsPerMaster: 256,
+  /** The queue of one packet stream towards a peer (each end and each relay direction): at
+   * most this many packets and bytes wait; beyond, the oldest is dropped (src/transport/packet.ts).
+   * 256 full-size routed packets are 363 KB, ~30 ms at 100 Mbit/s: enough to ride out a burst,
+   * short enough that a TCP flow inside the tunnel sees its drops while they still matter. */
+  packetQueuePackets: 256,
+  packetQueueBytes: 512 * 1024,
+  /** Packets go straight to the link while it holds less than this; then they queue (above). */
+  packetLinkHighWater: 1024 * 1024,
+  /** Flows (client addresses) one UDP forward carries at once; a new one beyond is dropped. */
+  udpFlowsPerForward: 1024,
 } as const;
 
 /** Room kept under Limits.maxQueued for what credit does not cover (control answers, headers). */
