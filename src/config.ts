@@ -120,7 +120,17 @@ export interface Config {
   /** Relay: which masters may open sessions to which onsite devices; empty = every master
    * of the fleet may reach every onsite device. */
   access: AccessRule[];
+  // ---- fleet operations (issue 14) ----
+  /** Relay: a session with no stream and no packet for this long ends (ms). */
+  session_idle_timeout: number;
+  /** Any role: serve Prometheus metrics (GET /metrics) on this address. Unset: no listener. */
+  metrics?: HostPort;
+  /** Relay: every connection starts with a PROXY protocol v2 header from a load balancer. */
+  proxy_protocol: boolean;
 }
+
+/** Default of `session_idle_timeout`: one hour. */
+export const DEFAULT_SESSION_IDLE_TIMEOUT = 3_600_000;
 
 /** The file name of the relay's default revocation list inside the state dir. */
 export const DEFAULT_REVOCATIONS_NAME = "revoked";
@@ -300,6 +310,9 @@ const EXAMPLES: Record<string, string> = {
   tracking: '[tracking] targets = ["1.1.1.1:443"], interval = "1s", timeout = "1s", down = 3, up = 5',
   ap: '[ap] enabled = true, interface = "wlan0", ssid = "agent-setup", country = "FR", address = "10.250.250.1/24"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
+  session_idle_timeout: 'session_idle_timeout = "1h"   (relay; 1s to 30d)',
+  metrics: 'metrics = "127.0.0.1:9464"   (GET /metrics, Prometheus text format)',
+  proxy_protocol: "proxy_protocol = true   (relay behind a load balancer that sends PROXY v2)",
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
 };
 
@@ -335,6 +348,10 @@ const TOP: Schema = {
   state_dir: nonEmpty("a directory path"),
   log_level: oneOf(LOG_LEVELS),
   json_logs: bool,
+  // fleet operations (issue 14)
+  session_idle_timeout: duration(1000, 30 * 86_400_000),
+  metrics: listenHostPort,
+  proxy_protocol: bool,
 };
 
 const NAT: Schema = {
@@ -423,6 +440,8 @@ export function defaults(): Config {
     nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, allow_any_source: false, keep_on_stop: false },
     uplink: [],
     access: [],
+    session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
+    proxy_protocol: false,
     // Failover within ~4 s of a black hole (3 failed 1 s rounds), at once on link loss. Three
     // staggered connects per round keep a 10%-lossy link from failing 3 rounds in a row
     // (about once a month instead of every few minutes). See src/uplink/README.md.
@@ -648,6 +667,8 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
   relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
+  session_idle_timeout: { roles: ["relay"], why: "only the relay holds sessions between masters and devices", shown: "session_idle_timeout" },
+  proxy_protocol: { roles: ["relay"], why: "only the relay accepts connections from a load balancer", shown: "proxy_protocol" },
 };
 
 const A_ROLE: Record<Role, string> = { relay: "a relay", onsite: "an onsite device", master: "a master" };

@@ -18,6 +18,7 @@ import { Admission } from "../tunnel/relay/front.ts";
 import type { RelayApi } from "./api.ts";
 import type { Component } from "./daemon.ts";
 import { systemClock, type Clock } from "../clock.ts";
+import { NotFoundError, UsageError } from "../errors.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -46,12 +47,25 @@ export class RelayRole implements Component {
       log: log,
       access: () => this.cfg.access,
       clock,
+      sessionIdleTimeout: cfg.session_idle_timeout,
       refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
     });
     this.api = {
       devices: () => this.server.deviceList(),
       sessions: () => this.server.sessionList(),
       refusals: () => this.server.refusals.slice(-100),
+      kick: (req) => {
+        const id = requiredText(req, "id", "a device or master id (see `agent devices`, `agent sessions`)");
+        const kicked = this.server.kick(id, optionalText(req, "reason"));
+        if (kicked.length === 0) throw new NotFoundError(`no device or master ${JSON.stringify(id)} is connected to this relay`, "see `agent devices` for the onsite devices online and `agent sessions` for the masters");
+        return kicked;
+      },
+      sessionsEnd: (req) => {
+        const id = requiredText(req, "session", "a session id (see `agent sessions`)");
+        const info = this.server.endSession(id, optionalText(req, "reason"));
+        if (!info) throw new NotFoundError(`no active session ${JSON.stringify(id)} on this relay`, "see `agent sessions`");
+        return info;
+      },
     };
     control?.serve(this.api, "relay");
   }
@@ -139,6 +153,20 @@ export class RelayRole implements Component {
     this.listener?.stop(true);
     this.listener = null;
   }
+}
+
+/** A required string field of a control request, or a UsageError naming it. */
+function requiredText(req: unknown, key: string, what: string): string {
+  const v = (req as Record<string, unknown> | undefined)?.[key];
+  if (typeof v !== "string" || v.length === 0) throw new UsageError(`${key}: expected ${what}, got ${v === undefined ? "nothing" : JSON.stringify(v)}`);
+  return v;
+}
+
+function optionalText(req: unknown, key: string): string | null {
+  const v = (req as Record<string, unknown> | undefined)?.[key];
+  if (v === undefined || v === null) return null;
+  if (typeof v !== "string") throw new UsageError(`${key}: expected text, got ${JSON.stringify(v)}`);
+  return v;
 }
 
 /** The start-up warning of a relay with no revocation list: what it means and how to fix it. */

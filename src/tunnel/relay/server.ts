@@ -9,7 +9,7 @@ import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloB
 import { handle, on, request, send } from "../../transport/typed.ts";
 import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
-import type { AccessRule } from "../../config.ts";
+import { DEFAULT_SESSION_IDLE_TIMEOUT, type AccessRule } from "../../config.ts";
 import { decidePairing, mayReach, natSource, newSessionId } from "../pairing.ts";
 import { Front, type PeerCert } from "./front.ts";
 import { Inventory, type Liveness } from "./inventory.ts";
@@ -33,6 +33,16 @@ export interface RelayOptions {
   clock?: Clock;
   /** Makes a fresh session id (default: 8 random base-36 characters). */
   newSessionId?: () => string;
+  /** An active session with no open stream and no packet for this long ends (ms); default 1 h. */
+  sessionIdleTimeout?: number;
+}
+
+/** Who `kick` disconnected. */
+export interface Kicked {
+  id: string;
+  role: "onsite" | "master";
+  address: string;
+  sessions: number;
 }
 
 export type Session = SessionRecord<Connection>;
@@ -48,6 +58,8 @@ export class RelayServer {
   private readonly onsites = new Map<string, Connection>();
   private readonly masters = new Map<string, Connection>();
   private expiryTimer: TimerHandle | null = null;
+  private idleTimer: TimerHandle | null = null;
+  readonly idleTimeout: number;
   private closed = false;
   private readonly live: Liveness = (id) => {
     const c = this.onsites.get(id);
@@ -56,6 +68,7 @@ export class RelayServer {
 
   constructor(private readonly o: RelayOptions) {
     this.clock = o.clock ?? systemClock;
+    this.idleTimeout = o.sessionIdleTimeout ?? DEFAULT_SESSION_IDLE_TIMEOUT;
     const window = o.window ?? Limits.streamWindow;
     this.inventory = new Inventory(this.clock);
     this.sessions = new SessionTable({ maxPerMaster: Limits.maxSessionsPerMaster, newId: o.newSessionId ?? (() => newSessionId()) });
@@ -66,6 +79,14 @@ export class RelayServer {
       window,
       session: (id) => this.sessions.active(id),
       refuse: (conn, reason) => this.front.refuse(conn, conn.peer ? `${conn.peer.id} (${conn.peer.role})` : "?", RefusalCode.PROTOCOL, reason),
+      streamChanged: (s, opened) => {
+        const rec = s as Session;
+        if (opened) this.sessions.streamOpened(rec, this.clock.now());
+        else {
+          this.sessions.streamClosed(rec, this.clock.now());
+          if (rec.openStreams === 0) this.armIdle();
+        }
+      },
     });
     this.front = new Front({
       clock: this.clock,
@@ -208,6 +229,8 @@ export class RelayServer {
       throw new RemoteError(ErrorCode.OFFLINE, "a side disconnected while opening the session");
     }
     this.armExpiry();
+    this.sessions.touch(s, this.clock.now());
+    this.armIdle();
     this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${s.targets.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
     const info = sessionInfo(s, this.clock.now(), this.clock.wall());
     // What the device found checking the targets goes to the master with the answer.
@@ -245,6 +268,61 @@ export class RelayServer {
     }, Math.max(0, next - this.clock.now()));
   }
 
+  /**
+   * The hook for traffic that is not a routed stream (packets, datagrams): call it with the
+   * session's id whenever something of it moves, so session_idle_timeout does not end it.
+   */
+  touchSession(id: string): void {
+    const s = this.sessions.active(id);
+    if (s) this.sessions.touch(s, this.clock.now());
+  }
+
+  /**
+   * One timer for the first session that could go idle. Deadlines only move later (a touch,
+   * a stream), so a pending timer is never too late: when it fires, the sweep closes what is
+   * idle and arms again for the next.
+   */
+  private armIdle(): void {
+    if (this.idleTimer !== null || this.closed) return;
+    const next = this.sessions.nextIdle(this.idleTimeout);
+    if (next === null) return;
+    this.idleTimer = this.clock.setTimeout(() => {
+      this.idleTimer = null;
+      const secs = Math.round(this.idleTimeout / 1000);
+      for (const s of this.sessions.idle(this.clock.now(), this.idleTimeout)) this.closed_(s, `idle for ${secs} s (no stream and no packet; session_idle_timeout)`, true);
+      this.armIdle();
+    }, Math.max(0, next - this.clock.now()));
+  }
+
+  // ---- admin actions (agent kick, agent sessions end) ---------------------------------------
+
+  /**
+   * Closes the live connection(s) of `id` (an onsite device or a master) with a GOAWAY that
+   * says why; its sessions end as for any disconnect. The device dials again after its
+   * backoff: a kick drops a connection, revocation keeps a device out. Empty if none is live.
+   */
+  kick(id: string, reason: string | null): Kicked[] {
+    const out: Kicked[] = [];
+    const why = `kicked by the relay operator${reason ? `: ${reason.slice(0, 200)}` : ""}`;
+    for (const [role, registry] of [["onsite", this.onsites], ["master", this.masters]] as const) {
+      const conn = registry.get(id);
+      if (!conn || conn.closed) continue;
+      out.push({ id, role, address: conn.remoteAddress, sessions: this.sessions.boundTo(conn).length });
+      this.o.log.warn(`${role} ${id} from ${conn.remoteAddress}: ${why}`, { id, role, address: conn.remoteAddress, reason: why });
+      conn.close(GoAwayCode.NORMAL, why);
+    }
+    return out;
+  }
+
+  /** Ends an active session on the operator's word (final: the master does not resume it). */
+  endSession(id: string, reason: string | null): SessionInfo | null {
+    const s = this.sessions.active(id);
+    if (!s) return null;
+    const info = sessionInfo(s, this.clock.now(), this.clock.wall());
+    this.closeSession(s, `ended by the relay operator${reason ? `: ${reason.slice(0, 200)}` : ""}`, true);
+    return info;
+  }
+
   // ---- revocation and shutdown ------------------------------------------------------------
 
   /** Closes live connections whose certificate serial is now revoked. */
@@ -264,6 +342,8 @@ export class RelayServer {
     for (const s of this.sessions.list()) this.closeSession(s, "relay is shutting down", false);
     this.clock.clearTimeout(this.expiryTimer);
     this.expiryTimer = null;
+    this.clock.clearTimeout(this.idleTimer);
+    this.idleTimer = null;
     await this.front.close();
   }
 }
