@@ -36,6 +36,7 @@ export const rootCommand: AgentCommand = {
     nat: () => import("./nat.ts").then((m) => m.natCommand),
     uplink: () => import("./uplink.ts").then((m) => m.uplinkCommand),
     kick: () => import("./kick.ts").then((m) => m.kickCommand),
+    monitor: () => import("./monitor.ts").then((m) => m.monitorCommand),
     version: versionCommand,
     help: helpCommand,
   },

@@ -16,6 +16,7 @@ import { relayClientFor } from "./device.ts";
 import type { AddResult } from "../nat/service.ts";
 import type { MasterApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
+import { watchRelayLink } from "./metrics.ts";
 
 export class MasterRole implements Component {
   readonly name = "master";
@@ -111,6 +112,8 @@ export class MasterRole implements Component {
 export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger): { role: MasterRole; api: MasterApi } {
   const role = new MasterRole(cfg, bundle, log.withTag("master"));
   daemon.add(role);
+  watchRelayLink(daemon.metrics, daemon.events, role.client);
+  daemon.metrics.collect("agent_master_sessions", "This master's sessions that are not closed.", "gauge", () => role.sessions.list().filter((s) => s.state !== "closed").length);
   const api: MasterApi = { ...daemon.api(), ...role.api };
   daemon.control.serve(api, "master");
   return { role, api };

@@ -21,6 +21,7 @@ import { relayClientFor } from "./device.ts";
 import type { NatComponentOptions } from "../nat/component.ts";
 import type { OnsiteApi, NatApi, UplinkApi, WifiApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
+import { watchNat, watchRelayLink, watchUplinks } from "./metrics.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -160,6 +161,7 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
     uplinkApi = { uplinkStatus: () => uplinks.report() };
     // After a switch the relay connection is dialed again at once over the new uplink.
     uplinks.onActiveChange((ev) => role.uplinkChanged(ev.to ?? "", ev.reason));
+    watchUplinks(daemon.metrics, daemon.events, cfg.uplink.map((u) => u.name), uplinks);
     healthy = () => (uplinks.status().healthy as string[]) ?? [];
   }
   let wifiApi: WifiApi | undefined;
@@ -181,6 +183,8 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
     control.nulProtocol(async (text) => encodeNetconnectd(await answerNetconnectd(wifi, text)));
   }
   daemon.add(role);
+  watchRelayLink(daemon.metrics, daemon.events, role.client);
+  watchNat(daemon.metrics, nat);
   const api: OnsiteApi = { ...daemon.api(), ...natApi, ...uplinkApi, ...wifiApi, ...role.api };
   control.serve(api, "onsite");
   return { role, nat, api };

@@ -19,6 +19,8 @@ import type { RelayApi } from "./api.ts";
 import type { Component } from "./daemon.ts";
 import { systemClock, type Clock } from "../clock.ts";
 import { NotFoundError, UsageError } from "../errors.ts";
+import type { Metrics } from "../metrics.ts";
+import type { Events } from "../events.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -39,7 +41,7 @@ export class RelayRole implements Component {
   /** What the relay's control socket serves beside the daemon shell's status (src/roles/api.ts). */
   readonly api: Omit<RelayApi, "status">;
 
-  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control?: ControlServer, clock: Clock = systemClock) {
+  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control?: ControlServer, clock: Clock = systemClock, ops: { metrics?: Metrics; events?: Events } = {}) {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
     this.server = new RelayServer({
@@ -48,8 +50,13 @@ export class RelayRole implements Component {
       access: () => this.cfg.access,
       clock,
       sessionIdleTimeout: cfg.session_idle_timeout,
+      metrics: ops.metrics,
+      events: ops.events,
       refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
     });
+    const m = this.server.metrics.registry;
+    m.collect("agent_relay_unauthenticated_connections", "Connections not yet past TLS (capped in total and per source).", "gauge", () => this.admission.total);
+    m.collect("agent_relay_abandoned_handshakes_total", "Connections closed by their peer before TLS completed (probes, dropped links).", "counter", () => this.abandoned);
     this.api = {
       devices: () => this.server.deviceList(),
       sessions: () => this.server.sessionList(),
@@ -85,7 +92,10 @@ export class RelayRole implements Component {
         port: listen.port,
         tls: this.bundle,
         trust: () => ({ revocations: this.revocations, roles: ["onsite", "master"] }),
-        accept: ({ link, verdict }) => this.server.accept(link, verdict),
+        accept: ({ link, verdict, handshakeMs }) => {
+          if (handshakeMs !== undefined) this.server.metrics.handshake.observe(handshakeMs / 1000);
+          this.server.accept(link, verdict);
+        },
         refuse: (r) => this.server.refusedAtTls(r.address, r.presented, r.reason),
         abandoned: () => void this.abandoned++,
         admit: (source) => this.admission.admit(source),

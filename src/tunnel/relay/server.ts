@@ -15,6 +15,9 @@ import { Front, type PeerCert } from "./front.ts";
 import { Inventory, type Liveness } from "./inventory.ts";
 import { Router } from "./router.ts";
 import { SessionTable, sessionInfo, type SessionRecord } from "./sessions.ts";
+import { Registry, type Metrics } from "../../metrics.ts";
+import { noEvents, type Events } from "../../events.ts";
+import { DIRECTION_LABEL, ROLE_LABEL, RelayMetrics, sessionEndReason } from "./metrics.ts";
 import { MemoryRefusalLog, RefusalCode, RefusalLogs, tlsRefusalCode, type Refusal, type RefusalCodeId, type RefusalLog } from "./refusals.ts";
 
 export interface RelayOptions {
@@ -35,6 +38,10 @@ export interface RelayOptions {
   newSessionId?: () => string;
   /** An active session with no open stream and no packet for this long ends (ms); default 1 h. */
   sessionIdleTimeout?: number;
+  /** Where the relay's metric families are registered (src/metrics.ts); default: a private registry. */
+  metrics?: Metrics;
+  /** What `agent monitor` streams (src/events.ts); default: nowhere. */
+  events?: Events;
 }
 
 /** Who `kick` disconnected. */
@@ -60,6 +67,12 @@ export class RelayServer {
   private expiryTimer: TimerHandle | null = null;
   private idleTimer: TimerHandle | null = null;
   readonly idleTimeout: number;
+  readonly metrics: RelayMetrics;
+  readonly events: Events;
+  /** Connections past their HELLO, with their role: for live counts and byte/frame totals. */
+  private readonly welcomed = new Map<Connection, "onsite" | "master">();
+  /** Bytes and frames of connections that are gone, by "direction role". */
+  private readonly gone = new Map<string, { bytes: number; frames: number }>();
   private closed = false;
   private readonly live: Liveness = (id) => {
     const c = this.onsites.get(id);
@@ -72,7 +85,16 @@ export class RelayServer {
     const window = o.window ?? Limits.streamWindow;
     this.inventory = new Inventory(this.clock);
     this.sessions = new SessionTable({ maxPerMaster: Limits.maxSessionsPerMaster, newId: o.newSessionId ?? (() => newSessionId()) });
+    this.metrics = new RelayMetrics(o.metrics ?? new Registry());
+    this.events = o.events ?? noEvents;
+    this.registerLiveMetrics();
     const sinks: RefusalLog[] = [this.ring];
+    sinks.push({
+      record: (r) => {
+        this.metrics.refusals.inc({ reason: r.code });
+        this.events.publish("refusal", { address: r.address, presented: r.presented, code: r.code, reason: r.reason });
+      },
+    });
     if (o.refusalLog) sinks.push(o.refusalLog);
     if (o.onRefusal) sinks.push({ record: o.onRefusal });
     this.router = new Router({
@@ -121,6 +143,9 @@ export class RelayServer {
 
   private welcome(conn: Connection, cert: PeerCert, hello: HelloBody, version: number): void {
     this.router.attach(conn, cert);
+    const role = cert.role === "onsite" ? "onsite" : "master";
+    this.welcomed.set(conn, role);
+    this.events.publish("connect", { id: cert.id, role, address: conn.remoteAddress, agent: hello.agent });
     if (cert.role === "onsite") this.registerOnsite(conn, cert, hello.agent);
     else this.registerMaster(conn, cert.id);
     send(conn, Msg.WELCOME, { version, relay: this.o.id, address: conn.remoteAddress, keepalive: this.o.keepaliveInterval ?? Timing.keepaliveInterval });
@@ -170,6 +195,13 @@ export class RelayServer {
 
   private onGone(conn: Connection, cert: PeerCert, why: ConnectionClosed): void {
     this.router.detach(conn, `${cert.id} disconnected`);
+    const role = this.welcomed.get(conn);
+    if (role) {
+      this.welcomed.delete(conn);
+      this.addGone(`in ${role}`, conn.bytesIn, conn.framesIn);
+      this.addGone(`out ${role}`, conn.bytesOut, conn.framesOut);
+      this.events.publish("disconnect", { id: cert.id, role, address: conn.remoteAddress, reason: why.message });
+    }
     for (const s of this.sessions.boundTo(conn)) {
       // One still being offered just goes; its opener finds it gone and answers OFFLINE.
       if (s.state !== "active") this.sessions.close(s.id, s);
@@ -231,6 +263,8 @@ export class RelayServer {
     this.armExpiry();
     this.sessions.touch(s, this.clock.now());
     this.armIdle();
+    this.metrics.sessionsOpened.inc();
+    this.events.publish("session_open", { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
     this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${s.targets.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
     const info = sessionInfo(s, this.clock.now(), this.clock.wall());
     // What the device found checking the targets goes to the master with the answer.
@@ -251,6 +285,9 @@ export class RelayServer {
   /** The effects of a session that the table has closed. */
   private closed_(s: Session, reason: string, final: boolean): void {
     this.router.dropSession(s, `session ended: ${reason}`);
+    const label = sessionEndReason(reason);
+    this.metrics.sessionsClosed.inc({ reason: label });
+    this.events.publish("session_close", { session: s.id, master: s.master, onsite: s.onsite, reason, why: label, final });
     for (const conn of [s.masterConn, s.onsiteConn]) if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session: s.id, reason, final });
     this.o.log.info(`session ${s.id} closed: ${reason}`, { session: s.id, reason });
   }
@@ -308,6 +345,8 @@ export class RelayServer {
       const conn = registry.get(id);
       if (!conn || conn.closed) continue;
       out.push({ id, role, address: conn.remoteAddress, sessions: this.sessions.boundTo(conn).length });
+      this.metrics.kicks.inc();
+      this.events.publish("kick", { id, role, address: conn.remoteAddress, reason: why });
       this.o.log.warn(`${role} ${id} from ${conn.remoteAddress}: ${why}`, { id, role, address: conn.remoteAddress, reason: why });
       conn.close(GoAwayCode.NORMAL, why);
     }
@@ -321,6 +360,40 @@ export class RelayServer {
     const info = sessionInfo(s, this.clock.now(), this.clock.wall());
     this.closeSession(s, `ended by the relay operator${reason ? `: ${reason.slice(0, 200)}` : ""}`, true);
     return info;
+  }
+
+  // ---- metrics -----------------------------------------------------------------------------
+
+  private addGone(key: string, bytes: number, frames: number): void {
+    const g = this.gone.get(key) ?? { bytes: 0, frames: 0 };
+    g.bytes += bytes;
+    g.frames += frames;
+    this.gone.set(key, g);
+  }
+
+  /** Totals of every connection that passed its HELLO: those gone plus the live ones. */
+  private totals(what: "bytes" | "frames") {
+    const sum = new Map<string, number>();
+    for (const [k, g] of this.gone) sum.set(k, g[what]);
+    for (const [c, role] of this.welcomed) {
+      sum.set(`in ${role}`, (sum.get(`in ${role}`) ?? 0) + (what === "bytes" ? c.bytesIn : c.framesIn));
+      sum.set(`out ${role}`, (sum.get(`out ${role}`) ?? 0) + (what === "bytes" ? c.bytesOut : c.framesOut));
+    }
+    return DIRECTION_LABEL.flatMap((direction) => ROLE_LABEL.map((role) => ({ labels: { direction, role }, value: sum.get(`${direction} ${role}`) ?? 0 })));
+  }
+
+  /** Live counts, read at scrape time from the parts that keep them. */
+  private registerLiveMetrics(): void {
+    const r = this.metrics.registry;
+    const byRole = () => ROLE_LABEL.map((role) => ({ labels: { role }, value: [...this.welcomed.values()].filter((x) => x === role).length }));
+    r.collect("agent_relay_connections", "Device connections past their HELLO, by role.", "gauge", byRole, { role: ROLE_LABEL });
+    r.collect("agent_relay_connections_pending_hello", "Connections past TLS whose HELLO has not come yet.", "gauge", () => this.front.pendingHello);
+    r.collect("agent_relay_devices_known", "Onsite devices the inventory knows.", "gauge", () => this.inventory.counts(this.live).known);
+    r.collect("agent_relay_devices_online", "Onsite devices online.", "gauge", () => this.inventory.counts(this.live).online);
+    r.collect("agent_relay_sessions", "Active sessions.", "gauge", () => this.sessions.list().length);
+    r.collect("agent_relay_streams", "Streams routed right now.", "gauge", () => this.router.streams);
+    r.collect("agent_relay_bytes_total", "Bytes of device connections (frames included), by direction seen from the relay and peer role.", "counter", () => this.totals("bytes"), { direction: DIRECTION_LABEL, role: ROLE_LABEL });
+    r.collect("agent_relay_frames_total", "Frames of device connections, by direction seen from the relay and peer role.", "counter", () => this.totals("frames"), { direction: DIRECTION_LABEL, role: ROLE_LABEL });
   }
 
   // ---- revocation and shutdown ------------------------------------------------------------
