@@ -10,7 +10,8 @@ import type { ControlServer } from "../control.ts";
 import type { Logger } from "../log.ts";
 import { formatHostPort } from "../netaddr.ts";
 import { isRevoked, loadRevocations, parseRevocations, REVOCATIONS_HEADER, type Bundle, type RevocationList } from "../pki.ts";
-import { listenTls } from "../transport/tls.ts";
+import { listenTls, type ListenOptions } from "../transport/tls.ts";
+import { listenTlsProxied } from "../transport/tls-proxied.ts";
 import { fdLimit } from "../fdlimit.ts";
 import { RelayServer } from "../tunnel/relay/server.ts";
 import { FileRefusalLog } from "../tunnel/relay/refusals.ts";
@@ -28,7 +29,7 @@ const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
 export class RelayRole implements Component {
   readonly name = "relay";
   readonly server: RelayServer;
-  private listener: TCPSocketListener<unknown> | null = null;
+  private listener: Pick<TCPSocketListener<unknown>, "port" | "stop"> | null = null;
   private revocations: RevocationList = parseRevocations(REVOCATIONS_HEADER + "\n");
   private revocationsStamp = "";
   private revocationsLoaded = false;
@@ -87,7 +88,7 @@ export class RelayRole implements Component {
     await this.reloadRevocations(true);
     const listen = this.cfg.listen!;
     try {
-      this.listener = listenTls({
+      const opts: ListenOptions = {
         hostname: listen.host,
         port: listen.port,
         tls: this.bundle,
@@ -96,15 +97,17 @@ export class RelayRole implements Component {
           if (handshakeMs !== undefined) this.server.metrics.handshake.observe(handshakeMs / 1000);
           this.server.accept(link, verdict);
         },
-        refuse: (r) => this.server.refusedAtTls(r.address, r.presented, r.reason),
+        refuse: (r) => this.server.refusedAtTls(r.address, r.presented, this.cfg.proxy_protocol ? r.reason : notTlsHint(r.reason)),
         abandoned: () => void this.abandoned++,
         admit: (source) => this.admission.admit(source),
         release: (source) => this.admission.release(source),
-      }) as TCPSocketListener<unknown>;
+      };
+      // Behind a load balancer every connection starts with its PROXY v2 header (src/transport/tls-proxied.ts).
+      this.listener = this.cfg.proxy_protocol ? await listenTlsProxied(opts) : (listenTls(opts) as TCPSocketListener<unknown>);
     } catch (e) {
       throw new Error(`cannot listen on ${formatHostPort(listen)}: ${(e as Error).message}`, { cause: e });
     }
-    this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}`);
+    this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}${this.cfg.proxy_protocol ? " (PROXY protocol v2 required: behind a load balancer)" : ""}`);
     // Polled whether configured or the default: a list copied into place later takes effect
     // within a second, without a restart.
     this.poll = setInterval(() => void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`)), REVOCATION_POLL_MS);
@@ -146,6 +149,7 @@ export class RelayRole implements Component {
       listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
       port: this.listener?.port ?? null,
       unauthenticated: this.admission.total,
+      proxy_protocol: this.cfg.proxy_protocol,
       open_files_limit: this.fdLimit,
       abandoned_handshakes: this.abandoned,
       refusals: this.server.refusals.length,
@@ -163,6 +167,15 @@ export class RelayRole implements Component {
     this.listener?.stop(true);
     this.listener = null;
   }
+}
+
+/**
+ * A handshake that failed at the first byte says what it may have been: a load balancer's PROXY
+ * header reaching a relay without proxy_protocol (the usual cause after a set-up change). Pure.
+ */
+export function notTlsHint(reason: string): string {
+  if (!/WRONG_VERSION_NUMBER/.test(reason)) return reason;
+  return `${reason}: not TLS from the first byte (a load balancer sending a PROXY protocol header? this relay has proxy_protocol off)`;
 }
 
 /** A required string field of a control request, or a UsageError naming it. */

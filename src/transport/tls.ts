@@ -149,7 +149,8 @@ export function isPeerGone(err: Error | null | undefined): boolean {
 // ---- listener (relay) -----------------------------------------------------------------------
 
 export interface AcceptedPeer {
-  link: SocketLink;
+  /** A SocketLink from listenTls; a NodeTlsLink from listenTlsProxied (./tls-proxied.ts). */
+  link: Link;
   verdict: Extract<PeerVerdict, { ok: true }>;
   /** From TCP accept to the verified certificate, on the listener's monotonic clock (metrics). */
   handshakeMs?: number;
