@@ -41,25 +41,24 @@ export function registerRelayLinkMetrics(m: Metrics, client: RelayClient): void 
   m.collect("agent_relay_link_up", "1 while the connection to the relay is up.", "gauge", () => (client.connection ? 1 : 0));
   m.collect("agent_relay_link_state", "The relay link's state (1 for the current one).", "gauge", () => LINK_STATES.map((state) => ({ labels: { state }, value: client.state === state ? 1 : 0 })), { state: LINK_STATES });
   m.collect("agent_relay_link_connects_total", "Times the relay connection came up.", "counter", () => Number((client.status() as { connects?: number }).connects ?? 0));
-  let bytesIn = 0, bytesOut = 0, framesIn = 0, framesOut = 0;
-  // Totals over every connection this client made: the one alive is read live, the ones gone
-  // were added when they went (RelayClient replaces `connection`, so remember the last seen).
-  let last: NonNullable<RelayClient["connection"]> | null = null;
-  const totals = () => {
-    const c = client.connection;
-    if (last && c !== last) {
-      bytesIn += last.bytesIn;
-      bytesOut += last.bytesOut;
-      framesIn += last.framesIn;
-      framesOut += last.framesOut;
-      last = null;
+  // Totals over every connection this client made: the live one is read at scrape time, each
+  // one that went down was added when it left "up" (every connection passes through "up").
+  const done = { bytesIn: 0, bytesOut: 0, framesIn: 0, framesOut: 0 };
+  let current: NonNullable<RelayClient["connection"]> | null = null;
+  client.watch((state) => {
+    if (state === "up") current = client.connection;
+    else if (current) {
+      done.bytesIn += current.bytesIn;
+      done.bytesOut += current.bytesOut;
+      done.framesIn += current.framesIn;
+      done.framesOut += current.framesOut;
+      current = null;
     }
-    if (c) last = c;
-    return {
-      bytes: [{ labels: { direction: "in" }, value: bytesIn + (c?.bytesIn ?? 0) }, { labels: { direction: "out" }, value: bytesOut + (c?.bytesOut ?? 0) }],
-      frames: [{ labels: { direction: "in" }, value: framesIn + (c?.framesIn ?? 0) }, { labels: { direction: "out" }, value: framesOut + (c?.framesOut ?? 0) }],
-    };
-  };
+  });
+  const totals = () => ({
+    bytes: [{ labels: { direction: "in" }, value: done.bytesIn + (current?.bytesIn ?? 0) }, { labels: { direction: "out" }, value: done.bytesOut + (current?.bytesOut ?? 0) }],
+    frames: [{ labels: { direction: "in" }, value: done.framesIn + (current?.framesIn ?? 0) }, { labels: { direction: "out" }, value: done.framesOut + (current?.framesOut ?? 0) }],
+  });
   m.collect("agent_relay_link_bytes_total", "Bytes over the relay connection, by direction (scrape-time totals).", "counter", () => totals().bytes, { direction: ["in", "out"] });
   m.collect("agent_relay_link_frames_total", "Frames over the relay connection, by direction (scrape-time totals).", "counter", () => totals().frames, { direction: ["in", "out"] });
 }
