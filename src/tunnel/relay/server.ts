@@ -288,6 +288,11 @@ export class RelayServer {
     const label = sessionEndReason(reason);
     this.metrics.sessionsClosed.inc({ reason: label });
     this.events.publish("session_close", { session: s.id, master: s.master, onsite: s.onsite, reason, why: label, final });
+    // No session left that could go idle: no timer left behind either.
+    if (this.idleTimer !== null && this.sessions.nextIdle(this.idleTimeout) === null) {
+      this.clock.clearTimeout(this.idleTimer);
+      this.idleTimer = null;
+    }
     for (const conn of [s.masterConn, s.onsiteConn]) if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session: s.id, reason, final });
     this.o.log.info(`session ${s.id} closed: ${reason}`, { session: s.id, reason });
   }
