@@ -142,7 +142,7 @@ describe.skipIf(!present || !root)("the relay behind HAProxy (PROXY protocol v2)
     await waitFor(async () => {
       const m = (await fleet.status(master)).master as { connects: number; state: string };
       return m.connects > before && m.state === "up";
-    }, 15_000, "the master reconnects while the other source is capped");
+    }, 15_000, () => `the master reconnects while the other source is capped\nmaster:\n${master.log().split("\n").slice(-8).join("\n")}\nrelay:\n${relay.log().split("\n").slice(-12).join("\n")}`);
     const devices = await fleet.json<Device[]>(relay, ["devices"]);
     expect(devices[0]).toMatchObject({ id: "site-1", online: true });
     holder.kill("SIGKILL");

@@ -176,7 +176,8 @@ export function listenTlsProxied(opts: ListenOptions): Promise<ProxiedListener> 
         const link = new NodeTlsLink(t, address);
         opts.accept({ link, verdict, handshakeMs: clock.now() - opened });
       });
-      sock.resume();
+      // No sock.resume(): the TLSSocket reads the socket itself, and under Bun a resume() after
+      // unshift() loses the bytes put back (a ClientHello that came with the header).
     };
   });
 
