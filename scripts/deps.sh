@@ -16,6 +16,7 @@ packages=(
   dnsmasq-base hostapd wpasupplicant      # access-point fallback and Wi-Fi client
   isc-dhcp-client                         # DHCP client in AP tests
   hyperfine                               # start-up benchmark
+  prometheus haproxy                      # promtool check metrics (metrics tests); the PROXY v2 load balancer (relay tests)
 )
 
 missing=()

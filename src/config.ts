@@ -160,6 +160,13 @@ export interface Config {
   /** Relay: which masters may open sessions to which onsite devices; empty = every master
    * of the fleet may reach every onsite device. */
   access: AccessRule[];
+  // ---- fleet operations (issue 14) ----
+  /** Relay: a session with no stream and no packet for this long ends (ms). */
+  session_idle_timeout: number;
+  /** Any role: serve Prometheus metrics (GET /metrics) on this address. Unset: no listener. */
+  metrics?: HostPort;
+  /** Relay: every connection starts with a PROXY protocol v2 header from a load balancer. */
+  proxy_protocol: boolean;
   tunnel: TunnelConfig;
   /** Relay: the nymea-remoteproxy listener ([nymea]); undefined when not configured. */
   nymea?: NymeaConfig;
@@ -215,6 +222,9 @@ export function nymeaProblems(n: NymeaConfig): { key: string; message: string }[
   if (n.plain && n.certificate !== undefined) out.push({ key: "nymea.certificate", message: "plain = true uses no certificate; remove one or the other" });
   return out;
 }
+
+/** Default of `session_idle_timeout`: one hour. */
+export const DEFAULT_SESSION_IDLE_TIMEOUT = 3_600_000;
 
 /** The file name of the relay's default revocation list inside the state dir. */
 export const DEFAULT_REVOCATIONS_NAME = "revoked";
@@ -400,6 +410,9 @@ const EXAMPLES: Record<string, string> = {
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
   nymea: '[nymea] tcp = "0.0.0.0:2213", ws = "0.0.0.0:2212", tokens = "/etc/agent/nymea-tokens", inactive_timeout = "8s"',
   tunnel: '[tunnel] secondary = "eth1", dhcp = true, pool = "10.99.0.0/16" (master); enabled = true, bridged = false, lan_bridge = "br-lan" (onsite)',
+  session_idle_timeout: 'session_idle_timeout = "1h"   (relay; 1s to 30d)',
+  metrics: 'metrics = "127.0.0.1:9464"   (GET /metrics, Prometheus text format)',
+  proxy_protocol: "proxy_protocol = true   (relay behind a load balancer that sends PROXY v2)",
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
 };
 
@@ -435,6 +448,10 @@ const TOP: Schema = {
   state_dir: nonEmpty("a directory path"),
   log_level: oneOf(LOG_LEVELS),
   json_logs: bool,
+  // fleet operations (issue 14)
+  session_idle_timeout: duration(1000, 30 * 86_400_000),
+  metrics: listenHostPort,
+  proxy_protocol: bool,
 };
 
 const NAT: Schema = {
@@ -589,6 +606,8 @@ export function defaults(): Config {
     uplink: [],
     access: [],
     tunnel: { secondary: "eth1", dhcp: true, pool: parseCidr("10.99.0.0/16"), enabled: false, bridged: false, lan_bridge: "br-lan" },
+    session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
+    proxy_protocol: false,
     // Failover within ~4 s of a black hole (3 failed 1 s rounds), at once on link loss. Three
     // staggered connects per round keep a 10%-lossy link from failing 3 rounds in a row
     // (about once a month instead of every few minutes). See src/uplink/README.md.
@@ -847,6 +866,8 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   tunnel: { roles: ["onsite", "master"], why: "packet tunnels run between a master and an onsite device; the relay only routes them", shown: "[tunnel]" },
   relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
+  session_idle_timeout: { roles: ["relay"], why: "only the relay holds sessions between masters and devices", shown: "session_idle_timeout" },
+  proxy_protocol: { roles: ["relay"], why: "only the relay accepts connections from a load balancer", shown: "proxy_protocol" },
 };
 
 const A_ROLE: Record<Role, string> = { relay: "a relay", onsite: "an onsite device", master: "a master" };

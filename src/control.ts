@@ -45,7 +45,20 @@ interface ConnState {
   /** Answer bytes the kernel has not taken yet (a device list of thousands is ~200 KB). */
   out?: Uint8Array;
   endAfterOut?: boolean;
+  /** A stream this connection subscribed to (`agent monitor`): ended when the client goes. */
+  unsubscribe?: () => void;
+  /** Lines of the stream not delivered because the client read too slowly. */
+  dropped?: number;
 }
+
+/**
+ * A streaming command: after the first answer ({"ok":true,"result":{"stream":CMD}}) the daemon
+ * writes one JSON line per `emit` until the client closes the connection. Returns the unsubscribe.
+ */
+export type StreamHandler = (args: Record<string, unknown>, emit: (value: unknown) => void) => () => void;
+
+/** Stream lines queued for one slow client beyond this are dropped (and counted). */
+export const MAX_STREAM_QUEUE = 1 << 20;
 
 /** Writes all of `text`: what the socket does not take now goes out on drain. */
 function send(s: Socket<ConnState>, text: string, end = false): void {
@@ -93,6 +106,7 @@ export class ControlServer {
   /** The role whose API this socket serves, named in the answer to an unknown command. */
   private role: string | undefined;
   private fallbackHandler: Handler | undefined;
+  private readonly streams = new Map<string, StreamHandler>();
   private nulHandler: ((text: string) => Promise<string>) | undefined;
   private listener: UnixSocketListener<ConnState> | undefined;
   private readonly log: Logger;
@@ -123,6 +137,41 @@ export class ControlServer {
       this.handlers.set(wireName(method), (args) => (fn as (req: unknown) => unknown).call(api, args));
     }
     return this;
+  }
+
+  /** Registers a streaming command (see StreamHandler); over the socket only, not dispatch(). */
+  stream(cmd: string, handler: StreamHandler): this {
+    this.streams.set(cmd, handler);
+    return this;
+  }
+
+  /** Starts a stream if `line` asks for one; false when it is an ordinary request. */
+  private startStream(s: Socket<ConnState>, line: string): boolean {
+    let req: { cmd?: unknown; args?: unknown };
+    try {
+      req = JSON.parse(line);
+    } catch {
+      return false;
+    }
+    const handler = typeof req?.cmd === "string" ? this.streams.get(req.cmd) : undefined;
+    if (!handler) return false;
+    s.data.unsubscribe?.();
+    const args = req.args && typeof req.args === "object" && !Array.isArray(req.args) ? (req.args as Record<string, unknown>) : {};
+    send(s, JSON.stringify({ ok: true, result: { stream: req.cmd } }) + "\n");
+    s.data.dropped = 0;
+    s.data.unsubscribe = handler(args, (value) => {
+      // A reader that does not keep up loses lines, never the daemon's memory; it hears how many.
+      if ((s.data.out?.length ?? 0) > MAX_STREAM_QUEUE) {
+        s.data.dropped = (s.data.dropped ?? 0) + 1;
+        return;
+      }
+      if (s.data.dropped) {
+        send(s, JSON.stringify({ type: "dropped", count: s.data.dropped, time: new Date().toISOString() }) + "\n");
+        s.data.dropped = 0;
+      }
+      send(s, JSON.stringify(value) + "\n");
+    });
+    return true;
   }
 
   /** The handler registered for a command, for a part that wraps another's (see roles/onsite.ts). */
@@ -242,6 +291,7 @@ export class ControlServer {
             s.data.buf = s.data.buf.slice(nl + 1);
             if (line.trim() === "") continue;
             s.data.chain = s.data.chain.then(async () => {
+              if (self.streams.size && self.startStream(s, line)) return;
               const res = await self.dispatch(line);
               send(s, JSON.stringify(res) + "\n");
             });
@@ -263,6 +313,7 @@ export class ControlServer {
         },
         close(s) {
           clearTimeout(s.data?.timer);
+          s.data?.unsubscribe?.();
         },
         error(_s, err) {
           self.log.debug("control connection error", err);
@@ -429,4 +480,77 @@ async function exchange(path: string, cmd: string, args: Record<string, unknown>
       finish(new RuntimeError(`cannot connect to control socket ${path}: ${e.message}`, hint));
     });
   });
+}
+
+/**
+ * Opens a streaming command (`agent monitor`): `onValue` gets each JSON line after the first
+ * answer. Resolves with a handle once the daemon has accepted the stream; `done` settles when
+ * the connection ends (the daemon stopped, or close()).
+ */
+export async function controlStream(path: string, cmd: string, args: Record<string, unknown>, onValue: (v: unknown) => void, timeoutMs = 10_000): Promise<{ close(): void; done: Promise<void> }> {
+  if (!existsSync(path)) throw new RuntimeError(`no daemon control socket at ${path}`, "is the daemon running? pass --control SOCKET if it uses another path");
+  let buf = "";
+  let first = true;
+  let accept!: (v: void) => void;
+  let refuse!: (e: Error) => void;
+  const accepted = new Promise<void>((res, rej) => ((accept = res), (refuse = rej)));
+  let ended!: () => void;
+  const done = new Promise<void>((r) => (ended = r));
+  const timer = setTimeout(() => refuse(new RuntimeError(`daemon at ${path} did not answer within ${timeoutMs / 1000}s`)), timeoutMs);
+  let sock: Socket<undefined> | undefined;
+  try {
+    sock = await Bun.connect({
+      unix: path,
+      socket: {
+        open(s) {
+          s.write(JSON.stringify({ cmd, args }) + "\n");
+        },
+        data(_s, chunk) {
+          buf += chunk.toString();
+          let nl: number;
+          while ((nl = buf.indexOf("\n")) >= 0) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            let v: unknown;
+            try {
+              v = JSON.parse(line);
+            } catch {
+              refuse(new RuntimeError(`daemon at ${path} sent a malformed line`));
+              continue;
+            }
+            if (first) {
+              first = false;
+              clearTimeout(timer);
+              try {
+                unwrap(v as ControlResponse);
+                accept();
+              } catch (e) {
+                refuse(e as Error);
+              }
+              continue;
+            }
+            onValue(v);
+          }
+        },
+        close() {
+          clearTimeout(timer);
+          refuse(new RuntimeError(`daemon at ${path} closed the connection without answering`));
+          ended();
+        },
+        error(_s, err) {
+          refuse(new RuntimeError(`control socket ${path}: ${err.message}`));
+        },
+      },
+    });
+  } catch (e) {
+    clearTimeout(timer);
+    throw new RuntimeError(`cannot connect to control socket ${path}: ${(e as Error).message}`, "is the daemon running?");
+  }
+  try {
+    await accepted;
+  } catch (e) {
+    sock.end();
+    throw e;
+  }
+  return { close: () => sock!.end(), done };
 }

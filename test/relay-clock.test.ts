@@ -51,10 +51,11 @@ describe.each([
     const r = relay(clock);
     const onsite = await device(r, "onsite", "site-1");
     const master = await device(r, "master", "tech-1");
-    // The relay's two connections keep their keepalive timers on this clock; the TTL adds one.
+    // The relay's two connections keep their keepalive timers on this clock; the TTL adds one,
+    // session_idle_timeout another.
     const keepalives = clock.pending;
     const info = await request(master.conn, Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"], ttl: 60_000, session: null });
-    expect(clock.pending).toBe(keepalives + 1);
+    expect(clock.pending).toBe(keepalives + 2);
     expect(Date.parse(info.expires!) - clock.wall()).toBe(60_000);
     clock.advance(30_000);
     clock.stepWall(step);

@@ -36,6 +36,8 @@ export const rootCommand: AgentCommand = {
     nat: () => import("./nat.ts").then((m) => m.natCommand),
     tunnel: () => import("./tunnel.ts").then((m) => m.tunnelCommand),
     uplink: () => import("./uplink.ts").then((m) => m.uplinkCommand),
+    kick: () => import("./kick.ts").then((m) => m.kickCommand),
+    monitor: () => import("./monitor.ts").then((m) => m.monitorCommand),
     version: versionCommand,
     help: helpCommand,
   },
@@ -61,7 +63,7 @@ export async function runMain(argv: readonly string[], ctx: Partial<CliContext> 
 }
 
 /** The commands that talk to a daemon: a hint naming one must reach the same daemon. */
-const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel"]);
+const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel", "kick", "monitor"]);
 
 /** " --control X --config Y" as given in `argv` (either spelling, before or after the command). */
 function reachFlagsOf(argv: readonly string[]): string {

@@ -162,6 +162,8 @@ export const sessionsCommand = defineAgentCommand({
   meta: { name: "sessions", description: "List sessions (master: its own with forwards; relay: all; onsite: those it serves)" },
   args: { ...configArgs, json },
   runsOn: ["master", "relay", "onsite"],
+  // `agent sessions end SESSION` (relay): src/cli/kick.ts
+  subCommands: { end: () => import("./kick.ts").then((m) => m.sessionsEndCommand) },
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const list = await daemonClient<AnyApi>(ctx, cfg.control).call("sessions");

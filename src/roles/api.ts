@@ -10,6 +10,7 @@ import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
 import type { Refusal } from "../tunnel/relay/refusals.ts";
 import type { OnsiteTunnelView } from "../tunnel/packet/onsite-tunnels.ts";
+import type { Kicked } from "../tunnel/relay/server.ts";
 import type { UplinkReport } from "../uplink/manager.ts";
 import type { WifiReport } from "../uplink/wifi.ts";
 import type { WifiNetwork } from "../uplink/wpa.ts";
@@ -142,6 +143,22 @@ export interface RelayApi extends DaemonApi {
   sessions(): SessionInfo[];
   /** The last 100 refused connections. */
   refusals(): Refusal[];
+  // Admin actions (issue 14 §4). The relay role always serves them; optional only so the
+  // API fakes of the CLI tests need not carry every method.
+  /** `agent kick ID [--reason]`: closes the live connection of a device or master. */
+  kick?(req: KickRequest): Kicked[];
+  /** `agent sessions end SESSION`: ends any master's session. */
+  sessionsEnd?(req: SessionEndRequest): SessionInfo;
+}
+
+export interface KickRequest {
+  id: string;
+  reason?: string | null;
+}
+
+export interface SessionEndRequest {
+  session: string;
+  reason?: string | null;
 }
 
 /** Any daemon: what a command that works against several roles may call. */

@@ -12,6 +12,9 @@ import type { Bundle } from "../pki.ts";
 import { versionInfo } from "../version.ts";
 import { formatAllowEntry } from "../netaddr.ts";
 import type { DaemonApi } from "./api.ts";
+import { Registry } from "../metrics.ts";
+import { EventBus } from "../events.ts";
+import { MetricsComponent } from "./metrics.ts";
 
 export interface Component {
   readonly name: string;
@@ -55,6 +58,10 @@ export interface DaemonStatus {
 
 export class Daemon {
   readonly control: ControlServer;
+  /** Every part's metric families; served on `metrics` when configured (src/roles/metrics.ts). */
+  readonly metrics = new Registry();
+  /** What `agent monitor` streams from this daemon (src/events.ts). */
+  readonly events = new EventBus();
   private readonly components: Component[] = [];
   private readonly startedAt = Date.now();
   private closing: Promise<void> | undefined;
@@ -67,6 +74,10 @@ export class Daemon {
   ) {
     this.control = new ControlServer(config.control, log.withTag("control"), opts.operator);
     this.control.handle("status", () => this.status());
+    this.control.stream("monitor", (_args, emit) => this.events.subscribe(emit));
+    const v = versionInfo();
+    this.metrics.collect("agent_build_info", "This agent's role and version (always 1).", "gauge", () => [{ labels: { role: identity.role, version: v.version }, value: 1 }], { role: [identity.role], version: [v.version] });
+    this.metrics.collect("agent_start_time_seconds", "When this daemon started, in seconds since the epoch.", "gauge", () => Math.floor(this.startedAt / 1000));
   }
 
   /** The part of every role's API object that the shell answers. */
@@ -168,7 +179,7 @@ export class Daemon {
       access.access.splice(0, access.access.length, ...next.access);
       if (this.identity.role === "relay") this.log.info(`SIGHUP: [[access]] ${from} → ${next.access.length} rule(s); new sessions and device lists follow them`, { key: "access", rules: next.access });
     }
-    const restartOnly = ["relay", "listen", "control", "state_dir", "bundle", "json_logs", "proxy", "gui", "nymea"] as const;
+    const restartOnly = ["relay", "listen", "control", "state_dir", "bundle", "json_logs", "proxy", "gui", "nymea", "metrics", "proxy_protocol", "session_idle_timeout"] as const;
     const changed = restartOnly.filter((k) => JSON.stringify(next[k as keyof Config]) !== JSON.stringify(this.config[k as keyof Config]));
     if (changed.length) this.log.warn(`SIGHUP: ${changed.join(", ")} changed; that takes a restart`, { keys: changed });
   }
@@ -198,7 +209,8 @@ export async function composeDaemon(role: Role, cfg: Config, bundle: Bundle, log
   const rlog = log.withTag(role);
   if (role === "relay") {
     const { RelayRole } = await import("./relay.ts");
-    const relay = new RelayRole(cfg, bundle, rlog);
+    const { systemClock } = await import("../clock.ts");
+    const relay = new RelayRole(cfg, bundle, rlog, undefined, systemClock, { metrics: daemon.metrics, events: daemon.events });
     daemon.add(relay);
     daemon.control.serve({ ...daemon.api(), ...relay.api }, "relay");
   } else if (role === "onsite") {
@@ -208,6 +220,8 @@ export async function composeDaemon(role: Role, cfg: Config, bundle: Bundle, log
     const { composeMaster } = await import("./master.ts");
     composeMaster(daemon, cfg, bundle, log);
   }
+  // Last: started after the role's parts (their families are registered), closed first.
+  if (cfg.metrics) daemon.add(new MetricsComponent(cfg.metrics, daemon.metrics, rlog));
   return daemon;
 }
 

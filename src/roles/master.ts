@@ -33,6 +33,7 @@ export function tunnelModeOf(v: unknown, what: string): "routed" | "bridged" {
   if (!mode) throw new UsageError(`${what}: expected routed or bridged, got ${typeof v === "string" ? JSON.stringify(v.slice(0, 40)) : String(v)}`, "routed: a TUN device and routes to the device's LAN; bridged: a TAP device in the LAN's bridge");
   return mode;
 }
+import { watchRelayLink } from "./metrics.ts";
 
 export class MasterRole implements Component {
   readonly name = "master";
@@ -150,6 +151,8 @@ export class MasterRole implements Component {
 export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger, deps: MasterDeps = {}): { role: MasterRole; api: MasterApi } {
   const role = new MasterRole(cfg, bundle, log.withTag("master"), undefined, deps);
   daemon.add(role);
+  watchRelayLink(daemon.metrics, daemon.events, role.client);
+  daemon.metrics.collect("agent_master_sessions", "This master's sessions that are not closed.", "gauge", () => role.sessions.list().filter((s) => s.state !== "closed").length);
   const api: MasterApi = { ...daemon.api(), ...role.api };
   daemon.control.serve(api, "master");
   return { role, api };

@@ -27,6 +27,7 @@ import { OnsiteTunnels } from "../tunnel/packet/onsite-tunnels.ts";
 import { refusingOnsiteHost } from "../tunnel/packet/refusing.ts";
 import { gateOnsiteHost } from "../tunnel/packet/sweep-gate.ts";
 import { OnsiteUdpServer } from "../tunnel/udp.ts";
+import { watchNat, watchRelayLink, watchUplinks } from "./metrics.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -191,6 +192,7 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
     uplinkApi = { uplinkStatus: () => uplinks.report() };
     // After a switch the relay connection is dialed again at once over the new uplink.
     uplinks.onActiveChange((ev) => role.uplinkChanged(ev.to ?? "", ev.reason));
+    watchUplinks(daemon.metrics, daemon.events, cfg.uplink.map((u) => u.name), uplinks);
     healthy = () => (uplinks.status().healthy as string[]) ?? [];
   }
   let wifiApi: WifiApi | undefined;
@@ -223,6 +225,8 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
     if (path) daemon.add(new NetconnectdSocket({ path, mode: cfg.ap.netconnectd_socket_mode, group: cfg.ap.netconnectd_socket_group, controlPath: cfg.control, answer, log: log.withTag("netconnectd") }));
   }
   daemon.add(role);
+  watchRelayLink(daemon.metrics, daemon.events, role.client);
+  watchNat(daemon.metrics, nat);
   const api: OnsiteApi = { ...daemon.api(), ...natApi, ...uplinkApi, ...wifiApi, ...role.api };
   control.serve(api, "onsite");
   return { role, nat, api };

@@ -10,7 +10,8 @@ import type { ControlServer } from "../control.ts";
 import type { Logger } from "../log.ts";
 import { formatHostPort } from "../netaddr.ts";
 import { isRevoked, loadRevocations, parseRevocations, REVOCATIONS_HEADER, type Bundle, type RevocationList } from "../pki.ts";
-import { listenTls } from "../transport/tls.ts";
+import { listenTls, type ListenOptions } from "../transport/tls.ts";
+import { listenTlsProxied } from "../transport/tls-proxied.ts";
 import { fdLimit } from "../fdlimit.ts";
 import { RelayServer } from "../tunnel/relay/server.ts";
 import { FileRefusalLog } from "../tunnel/relay/refusals.ts";
@@ -19,6 +20,9 @@ import type { RelayApi } from "./api.ts";
 import type { Component } from "./daemon.ts";
 import { systemClock, type Clock } from "../clock.ts";
 import { NymeaService } from "../tunnel/nymea/service.ts";
+import { NotFoundError, UsageError } from "../errors.ts";
+import type { Metrics } from "../metrics.ts";
+import type { Events } from "../events.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -26,7 +30,7 @@ const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
 export class RelayRole implements Component {
   readonly name = "relay";
   readonly server: RelayServer;
-  private listener: TCPSocketListener<unknown> | null = null;
+  private listener: Pick<TCPSocketListener<unknown>, "port" | "stop"> | null = null;
   private revocations: RevocationList = parseRevocations(REVOCATIONS_HEADER + "\n");
   private revocationsStamp = "";
   private revocationsLoaded = false;
@@ -41,7 +45,7 @@ export class RelayRole implements Component {
   /** What the relay's control socket serves beside the daemon shell's status (src/roles/api.ts). */
   readonly api: Omit<RelayApi, "status">;
 
-  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control?: ControlServer, clock: Clock = systemClock) {
+  constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control?: ControlServer, clock: Clock = systemClock, ops: { metrics?: Metrics; events?: Events } = {}) {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
     this.server = new RelayServer({
@@ -49,12 +53,30 @@ export class RelayRole implements Component {
       log: log,
       access: () => this.cfg.access,
       clock,
+      sessionIdleTimeout: cfg.session_idle_timeout,
+      metrics: ops.metrics,
+      events: ops.events,
       refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
     });
+    const m = this.server.metrics.registry;
+    m.collect("agent_relay_unauthenticated_connections", "Connections not yet past TLS (capped in total and per source).", "gauge", () => this.admission.total);
+    m.collect("agent_relay_abandoned_handshakes_total", "Connections closed by their peer before TLS completed (probes, dropped links).", "counter", () => this.abandoned);
     this.api = {
       devices: () => this.server.deviceList(),
       sessions: () => this.server.sessionList(),
       refusals: () => this.server.refusals.slice(-100),
+      kick: (req) => {
+        const id = requiredText(req, "id", "a device or master id (see `agent devices`, `agent sessions`)");
+        const kicked = this.server.kick(id, optionalText(req, "reason"));
+        if (kicked.length === 0) throw new NotFoundError(`no device or master ${JSON.stringify(id)} is connected to this relay`, "see `agent devices` for the onsite devices online and `agent sessions` for the masters");
+        return kicked;
+      },
+      sessionsEnd: (req) => {
+        const id = requiredText(req, "session", "a session id (see `agent sessions`)");
+        const info = this.server.endSession(id, optionalText(req, "reason"));
+        if (!info) throw new NotFoundError(`no active session ${JSON.stringify(id)} on this relay`, "see `agent sessions`");
+        return info;
+      },
     };
     control?.serve(this.api, "relay");
     this.nymea = cfg.nymea ? new NymeaService(cfg.nymea, { cert: bundle.certPem, key: bundle.keyPem }, log.withTag("nymea"), clock) : null;
@@ -70,21 +92,26 @@ export class RelayRole implements Component {
     await this.reloadRevocations(true);
     const listen = this.cfg.listen!;
     try {
-      this.listener = listenTls({
+      const opts: ListenOptions = {
         hostname: listen.host,
         port: listen.port,
         tls: this.bundle,
         trust: () => ({ revocations: this.revocations, roles: ["onsite", "master"] }),
-        accept: ({ link, verdict }) => this.server.accept(link, verdict),
-        refuse: (r) => this.server.refusedAtTls(r.address, r.presented, r.reason),
+        accept: ({ link, verdict, handshakeMs }) => {
+          if (handshakeMs !== undefined) this.server.metrics.handshake.observe(handshakeMs / 1000);
+          this.server.accept(link, verdict);
+        },
+        refuse: (r) => this.server.refusedAtTls(r.address, r.presented, this.cfg.proxy_protocol ? r.reason : notTlsHint(r.reason)),
         abandoned: () => void this.abandoned++,
         admit: (source) => this.admission.admit(source),
         release: (source) => this.admission.release(source),
-      }) as TCPSocketListener<unknown>;
+      };
+      // Behind a load balancer every connection starts with its PROXY v2 header (src/transport/tls-proxied.ts).
+      this.listener = this.cfg.proxy_protocol ? await listenTlsProxied(opts) : (listenTls(opts) as TCPSocketListener<unknown>);
     } catch (e) {
       throw new Error(`cannot listen on ${formatHostPort(listen)}: ${(e as Error).message}`, { cause: e });
     }
-    this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}`);
+    this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}${this.cfg.proxy_protocol ? " (PROXY protocol v2 required: behind a load balancer)" : ""}`);
     this.nymea?.start();
     // Polled whether configured or the default: a list copied into place later takes effect
     // within a second, without a restart.
@@ -128,6 +155,7 @@ export class RelayRole implements Component {
       listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
       port: this.listener?.port ?? null,
       unauthenticated: this.admission.total,
+      proxy_protocol: this.cfg.proxy_protocol,
       open_files_limit: this.fdLimit,
       abandoned_handshakes: this.abandoned,
       refusals: this.server.refusals.length,
@@ -147,6 +175,29 @@ export class RelayRole implements Component {
     this.listener?.stop(true);
     this.listener = null;
   }
+}
+
+/**
+ * A handshake that failed at the first byte says what it may have been: a load balancer's PROXY
+ * header reaching a relay without proxy_protocol (the usual cause after a set-up change). Pure.
+ */
+export function notTlsHint(reason: string): string {
+  if (!/WRONG_VERSION_NUMBER/.test(reason)) return reason;
+  return `${reason}: not TLS from the first byte (a load balancer sending a PROXY protocol header? this relay has proxy_protocol off)`;
+}
+
+/** A required string field of a control request, or a UsageError naming it. */
+function requiredText(req: unknown, key: string, what: string): string {
+  const v = (req as Record<string, unknown> | undefined)?.[key];
+  if (typeof v !== "string" || v.length === 0) throw new UsageError(`${key}: expected ${what}, got ${v === undefined ? "nothing" : JSON.stringify(v)}`);
+  return v;
+}
+
+function optionalText(req: unknown, key: string): string | null {
+  const v = (req as Record<string, unknown> | undefined)?.[key];
+  if (v === undefined || v === null) return null;
+  if (typeof v !== "string") throw new UsageError(`${key}: expected text, got ${JSON.stringify(v)}`);
+  return v;
 }
 
 /** The start-up warning of a relay with no revocation list: what it means and how to fix it. */

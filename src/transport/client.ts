@@ -114,7 +114,14 @@ export class RelayClient {
     if (this.state !== s) {
       this.state = s;
       this.since = this.clock.now();
+      for (const fn of this.watchers) fn(s, this.lastError);
     }
+  }
+
+  private readonly watchers: ((state: ClientState, lastError: string | null) => void)[] = [];
+  /** Calls `fn` at each state change, with the last error (for events and metrics). */
+  watch(fn: (state: ClientState, lastError: string | null) => void): void {
+    this.watchers.push(fn);
   }
 
   private async routineConnect(): Promise<void> {

@@ -104,6 +104,9 @@ export class Connection implements PacketLink {
   private closeWaiters: ((e: ConnectionClosed) => void)[] = [];
   bytesIn = 0;
   bytesOut = 0;
+  /** Frames decoded from the peer and written to it (for metrics). */
+  framesIn = 0;
+  framesOut = 0;
   private linkGone!: () => void;
   /** Resolves when the underlying link has closed (after close(): once the GOAWAY is out). */
   readonly linkClosed: Promise<void> = new Promise((r) => (this.linkGone = r));
@@ -278,6 +281,7 @@ export class Connection implements PacketLink {
 
   private onFrame(f: Frame): void {
     if (this.closed) return;
+    this.framesIn++;
     switch (f.type) {
       case FrameType.CONTROL: {
         const limit = this.opts.maxControlIn ?? MAX_CONTROL;
@@ -377,6 +381,7 @@ export class Connection implements PacketLink {
     const head = new Uint8Array(HEADER_SIZE);
     encodeHeader(head, 0, type, flags, stream, value ?? len);
     this.bytesOut += HEADER_SIZE + len;
+    this.framesOut++;
     this.link.write(head);
     if (payload && len) this.link.write(payload);
     // Not for the GOAWAY itself: close() writes one, which would land here again, forever.

@@ -149,8 +149,11 @@ export function isPeerGone(err: Error | null | undefined): boolean {
 // ---- listener (relay) -----------------------------------------------------------------------
 
 export interface AcceptedPeer {
-  link: SocketLink;
+  /** A SocketLink from listenTls; a NodeTlsLink from listenTlsProxied (./tls-proxied.ts). */
+  link: Link;
   verdict: Extract<PeerVerdict, { ok: true }>;
+  /** From TCP accept to the verified certificate, on the listener's monotonic clock (metrics). */
+  handshakeMs?: number;
 }
 
 export interface ListenOptions {
@@ -240,7 +243,7 @@ function listenTlsSocket(opts: ListenOptions, deadline: number, clock: Clock): T
         socket.data.counted = false;
         opts.release(socket.data.source);
         const link = new SocketLink(socket, socket.data.source);
-        opts.accept({ link, verdict });
+        opts.accept({ link, verdict, handshakeMs: clock.now() - socket.data.opened });
       },
       data(socket, chunk) {
         socket.data.link?.onSocketData(chunk);

@@ -27,6 +27,8 @@ export const RefusalCode = {
   PROTOCOL: "protocol",
   /** The relay's access policy does not let this master reach that device. */
   POLICY: "policy",
+  /** proxy_protocol = true: no PROXY v2 header, or a malformed one. */
+  PROXY_PROTOCOL: "proxy_protocol",
 } as const;
 export type RefusalCodeId = (typeof RefusalCode)[keyof typeof RefusalCode];
 export const REFUSAL_CODES: readonly RefusalCodeId[] = Object.values(RefusalCode);
@@ -52,6 +54,7 @@ export interface RefusalLog {
  */
 export function tlsRefusalCode(reason: string): RefusalCodeId {
   if (/^too many unauthenticated connections/.test(reason)) return RefusalCode.CAPACITY;
+  if (/^PROXY protocol: /.test(reason)) return RefusalCode.PROXY_PROTOCOL;
   if (/^no TLS handshake within/.test(reason)) return RefusalCode.DEADLINE;
   if (/^no client certificate$/.test(reason)) return RefusalCode.NO_CERTIFICATE;
   if (/^certificate \S+ is revoked/.test(reason)) return RefusalCode.REVOKED;

@@ -52,6 +52,8 @@ export interface RouterOptions {
   session(id: string): RoutedSession | undefined;
   /** A peer broke the stream rules badly enough to lose its connection. */
   refuse(conn: Connection, reason: string): void;
+  /** A stream of session `s` opened (true) or ended (false): the session table's idle count. */
+  streamChanged?(s: RoutedSession, opened: boolean): void;
 }
 
 export class Router {
@@ -178,6 +180,7 @@ export class Router {
     peer.routes.set(f.stream, a);
     other.routes.set(sid, b);
     s.streams++;
+    this.o.streamChanged?.(s, true);
     const fin = (f.flags & Flag.FIN) !== 0;
     const header = packet ? { ...packet, master: s.master } : { session: s.id, target: open.target, master: s.master };
     s.onsiteConn.writeFrame(FrameType.DATA, Flag.SYN | (fin ? Flag.FIN : 0), sid, encodeJson(header));
@@ -193,8 +196,13 @@ export class Router {
   private forget(r: Route): void {
     r.tx?.close();
     r.peer.tx?.close();
-    this.peers.get(r.conn)?.routes.delete(r.sid);
-    this.peers.get(r.peer.conn)?.routes.delete(r.peer.sid);
+    const here = this.peers.get(r.conn)?.routes;
+    const there = this.peers.get(r.peer.conn)?.routes;
+    // Once per stream, whichever side's map still holds it (a detached peer has no map).
+    const known = here?.get(r.sid) === r || there?.get(r.peer.sid) === r.peer;
+    here?.delete(r.sid);
+    there?.delete(r.peer.sid);
+    if (known) this.o.streamChanged?.(r.session, false);
   }
 
   private drop(r: Route, code: number, reason: string): void {

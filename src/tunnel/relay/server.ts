@@ -9,12 +9,15 @@ import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloB
 import { handle, on, request, send } from "../../transport/typed.ts";
 import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
-import type { AccessRule } from "../../config.ts";
+import { DEFAULT_SESSION_IDLE_TIMEOUT, type AccessRule } from "../../config.ts";
 import { decidePairing, mayReach, natSource, newSessionId } from "../pairing.ts";
 import { Front, type PeerCert } from "./front.ts";
 import { Inventory, type Liveness } from "./inventory.ts";
 import { Router } from "./router.ts";
 import { SessionTable, sessionInfo, type SessionRecord } from "./sessions.ts";
+import { Registry, type Metrics } from "../../metrics.ts";
+import { noEvents, type Events } from "../../events.ts";
+import { DIRECTION_LABEL, ROLE_LABEL, RelayMetrics, sessionEndReason } from "./metrics.ts";
 import { MemoryRefusalLog, RefusalCode, RefusalLogs, tlsRefusalCode, type Refusal, type RefusalCodeId, type RefusalLog } from "./refusals.ts";
 
 export interface RelayOptions {
@@ -33,6 +36,20 @@ export interface RelayOptions {
   clock?: Clock;
   /** Makes a fresh session id (default: 8 random base-36 characters). */
   newSessionId?: () => string;
+  /** An active session with no open stream and no packet for this long ends (ms); default 1 h. */
+  sessionIdleTimeout?: number;
+  /** Where the relay's metric families are registered (src/metrics.ts); default: a private registry. */
+  metrics?: Metrics;
+  /** What `agent monitor` streams (src/events.ts); default: nowhere. */
+  events?: Events;
+}
+
+/** Who `kick` disconnected. */
+export interface Kicked {
+  id: string;
+  role: "onsite" | "master";
+  address: string;
+  sessions: number;
 }
 
 export type Session = SessionRecord<Connection>;
@@ -48,6 +65,14 @@ export class RelayServer {
   private readonly onsites = new Map<string, Connection>();
   private readonly masters = new Map<string, Connection>();
   private expiryTimer: TimerHandle | null = null;
+  private idleTimer: TimerHandle | null = null;
+  readonly idleTimeout: number;
+  readonly metrics: RelayMetrics;
+  readonly events: Events;
+  /** Connections past their HELLO, with their role: for live counts and byte/frame totals. */
+  private readonly welcomed = new Map<Connection, "onsite" | "master">();
+  /** Bytes and frames of connections that are gone, by "direction role". */
+  private readonly gone = new Map<string, { bytes: number; frames: number }>();
   private closed = false;
   private readonly live: Liveness = (id) => {
     const c = this.onsites.get(id);
@@ -56,16 +81,34 @@ export class RelayServer {
 
   constructor(private readonly o: RelayOptions) {
     this.clock = o.clock ?? systemClock;
+    this.idleTimeout = o.sessionIdleTimeout ?? DEFAULT_SESSION_IDLE_TIMEOUT;
     const window = o.window ?? Limits.streamWindow;
     this.inventory = new Inventory(this.clock);
     this.sessions = new SessionTable({ maxPerMaster: Limits.maxSessionsPerMaster, newId: o.newSessionId ?? (() => newSessionId()) });
+    this.metrics = new RelayMetrics(o.metrics ?? new Registry());
+    this.events = o.events ?? noEvents;
+    this.registerLiveMetrics();
     const sinks: RefusalLog[] = [this.ring];
+    sinks.push({
+      record: (r) => {
+        this.metrics.refusals.inc({ reason: r.code });
+        this.events.publish("refusal", { address: r.address, presented: r.presented, code: r.code, reason: r.reason });
+      },
+    });
     if (o.refusalLog) sinks.push(o.refusalLog);
     if (o.onRefusal) sinks.push({ record: o.onRefusal });
     this.router = new Router({
       window,
       session: (id) => this.sessions.active(id),
       refuse: (conn, reason) => this.front.refuse(conn, conn.peer ? `${conn.peer.id} (${conn.peer.role})` : "?", RefusalCode.PROTOCOL, reason),
+      streamChanged: (s, opened) => {
+        const rec = s as Session;
+        if (opened) this.sessions.streamOpened(rec, this.clock.now());
+        else {
+          this.sessions.streamClosed(rec, this.clock.now());
+          if (rec.openStreams === 0) this.armIdle();
+        }
+      },
     });
     this.front = new Front({
       clock: this.clock,
@@ -100,6 +143,9 @@ export class RelayServer {
 
   private welcome(conn: Connection, cert: PeerCert, hello: HelloBody, version: number): void {
     this.router.attach(conn, cert);
+    const role = cert.role === "onsite" ? "onsite" : "master";
+    this.welcomed.set(conn, role);
+    this.events.publish("connect", { id: cert.id, role, address: conn.remoteAddress, agent: hello.agent });
     if (cert.role === "onsite") this.registerOnsite(conn, cert, hello.agent);
     else this.registerMaster(conn, cert.id);
     send(conn, Msg.WELCOME, { version, relay: this.o.id, address: conn.remoteAddress, keepalive: this.o.keepaliveInterval ?? Timing.keepaliveInterval });
@@ -165,6 +211,13 @@ export class RelayServer {
 
   private onGone(conn: Connection, cert: PeerCert, why: ConnectionClosed): void {
     this.router.detach(conn, `${cert.id} disconnected`);
+    const role = this.welcomed.get(conn);
+    if (role) {
+      this.welcomed.delete(conn);
+      this.addGone(`in ${role}`, conn.bytesIn, conn.framesIn);
+      this.addGone(`out ${role}`, conn.bytesOut, conn.framesOut);
+      this.events.publish("disconnect", { id: cert.id, role, address: conn.remoteAddress, reason: why.message });
+    }
     for (const s of this.sessions.boundTo(conn)) {
       // One still being offered just goes; its opener finds it gone and answers OFFLINE.
       if (s.state !== "active") this.sessions.close(s.id, s);
@@ -232,6 +285,10 @@ export class RelayServer {
       throw new RemoteError(ErrorCode.OFFLINE, "a side disconnected while opening the session");
     }
     this.armExpiry();
+    this.sessions.touch(s, this.clock.now());
+    this.armIdle();
+    this.metrics.sessionsOpened.inc();
+    this.events.publish("session_open", { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
     const carries = [...s.targets, ...(s.udp ?? []).map((t) => `udp ${t}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])];
     this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${carries.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
     const info = sessionInfo(s, this.clock.now(), this.clock.wall());
@@ -253,6 +310,14 @@ export class RelayServer {
   /** The effects of a session that the table has closed. */
   private closed_(s: Session, reason: string, final: boolean): void {
     this.router.dropSession(s, `session ended: ${reason}`);
+    const label = sessionEndReason(reason);
+    this.metrics.sessionsClosed.inc({ reason: label });
+    this.events.publish("session_close", { session: s.id, master: s.master, onsite: s.onsite, reason, why: label, final });
+    // No session left that could go idle: no timer left behind either.
+    if (this.idleTimer !== null && this.sessions.nextIdle(this.idleTimeout) === null) {
+      this.clock.clearTimeout(this.idleTimer);
+      this.idleTimer = null;
+    }
     for (const conn of [s.masterConn, s.onsiteConn]) if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session: s.id, reason, final });
     this.o.log.info(`session ${s.id} closed: ${reason}`, { session: s.id, reason });
   }
@@ -268,6 +333,97 @@ export class RelayServer {
       for (const s of this.sessions.expire(this.clock.now())) this.closed_(s, `TTL of ${Math.round(s.ttl! / 1000)} s reached`, true);
       this.armExpiry();
     }, Math.max(0, next - this.clock.now()));
+  }
+
+  /**
+   * The hook for traffic that is not a routed stream (packets, datagrams): call it with the
+   * session's id whenever something of it moves, so session_idle_timeout does not end it.
+   */
+  touchSession(id: string): void {
+    const s = this.sessions.active(id);
+    if (s) this.sessions.touch(s, this.clock.now());
+  }
+
+  /**
+   * One timer for the first session that could go idle. Deadlines only move later (a touch,
+   * a stream), so a pending timer is never too late: when it fires, the sweep closes what is
+   * idle and arms again for the next.
+   */
+  private armIdle(): void {
+    if (this.idleTimer !== null || this.closed) return;
+    const next = this.sessions.nextIdle(this.idleTimeout);
+    if (next === null) return;
+    this.idleTimer = this.clock.setTimeout(() => {
+      this.idleTimer = null;
+      const secs = Math.round(this.idleTimeout / 1000);
+      for (const s of this.sessions.idle(this.clock.now(), this.idleTimeout)) this.closed_(s, `idle for ${secs} s (no stream and no packet; session_idle_timeout)`, true);
+      this.armIdle();
+    }, Math.max(0, next - this.clock.now()));
+  }
+
+  // ---- admin actions (agent kick, agent sessions end) ---------------------------------------
+
+  /**
+   * Closes the live connection(s) of `id` (an onsite device or a master) with a GOAWAY that
+   * says why; its sessions end as for any disconnect. The device dials again after its
+   * backoff: a kick drops a connection, revocation keeps a device out. Empty if none is live.
+   */
+  kick(id: string, reason: string | null): Kicked[] {
+    const out: Kicked[] = [];
+    const why = `kicked by the relay operator${reason ? `: ${reason.slice(0, 200)}` : ""}`;
+    for (const [role, registry] of [["onsite", this.onsites], ["master", this.masters]] as const) {
+      const conn = registry.get(id);
+      if (!conn || conn.closed) continue;
+      out.push({ id, role, address: conn.remoteAddress, sessions: this.sessions.boundTo(conn).length });
+      this.metrics.kicks.inc();
+      this.events.publish("kick", { id, role, address: conn.remoteAddress, reason: why });
+      this.o.log.warn(`${role} ${id} from ${conn.remoteAddress}: ${why}`, { id, role, address: conn.remoteAddress, reason: why });
+      conn.close(GoAwayCode.NORMAL, why);
+    }
+    return out;
+  }
+
+  /** Ends an active session on the operator's word (final: the master does not resume it). */
+  endSession(id: string, reason: string | null): SessionInfo | null {
+    const s = this.sessions.active(id);
+    if (!s) return null;
+    const info = sessionInfo(s, this.clock.now(), this.clock.wall());
+    this.closeSession(s, `ended by the relay operator${reason ? `: ${reason.slice(0, 200)}` : ""}`, true);
+    return info;
+  }
+
+  // ---- metrics -----------------------------------------------------------------------------
+
+  private addGone(key: string, bytes: number, frames: number): void {
+    const g = this.gone.get(key) ?? { bytes: 0, frames: 0 };
+    g.bytes += bytes;
+    g.frames += frames;
+    this.gone.set(key, g);
+  }
+
+  /** Totals of every connection that passed its HELLO: those gone plus the live ones. */
+  private totals(what: "bytes" | "frames") {
+    const sum = new Map<string, number>();
+    for (const [k, g] of this.gone) sum.set(k, g[what]);
+    for (const [c, role] of this.welcomed) {
+      sum.set(`in ${role}`, (sum.get(`in ${role}`) ?? 0) + (what === "bytes" ? c.bytesIn : c.framesIn));
+      sum.set(`out ${role}`, (sum.get(`out ${role}`) ?? 0) + (what === "bytes" ? c.bytesOut : c.framesOut));
+    }
+    return DIRECTION_LABEL.flatMap((direction) => ROLE_LABEL.map((role) => ({ labels: { direction, role }, value: sum.get(`${direction} ${role}`) ?? 0 })));
+  }
+
+  /** Live counts, read at scrape time from the parts that keep them. */
+  private registerLiveMetrics(): void {
+    const r = this.metrics.registry;
+    const byRole = () => ROLE_LABEL.map((role) => ({ labels: { role }, value: [...this.welcomed.values()].filter((x) => x === role).length }));
+    r.collect("agent_relay_connections", "Device connections past their HELLO, by role.", "gauge", byRole, { role: ROLE_LABEL });
+    r.collect("agent_relay_connections_pending_hello", "Connections past TLS whose HELLO has not come yet.", "gauge", () => this.front.pendingHello);
+    r.collect("agent_relay_devices_known", "Onsite devices the inventory knows.", "gauge", () => this.inventory.counts(this.live).known);
+    r.collect("agent_relay_devices_online", "Onsite devices online.", "gauge", () => this.inventory.counts(this.live).online);
+    r.collect("agent_relay_sessions", "Active sessions.", "gauge", () => this.sessions.list().length);
+    r.collect("agent_relay_streams", "Streams routed right now.", "gauge", () => this.router.streams);
+    r.collect("agent_relay_bytes_total", "Bytes of device connections (frames included), by direction seen from the relay and peer role.", "counter", () => this.totals("bytes"), { direction: DIRECTION_LABEL, role: ROLE_LABEL });
+    r.collect("agent_relay_frames_total", "Frames of device connections, by direction seen from the relay and peer role.", "counter", () => this.totals("frames"), { direction: DIRECTION_LABEL, role: ROLE_LABEL });
   }
 
   // ---- revocation and shutdown ------------------------------------------------------------
@@ -289,6 +445,8 @@ export class RelayServer {
     for (const s of this.sessions.list()) this.closeSession(s, "relay is shutting down", false);
     this.clock.clearTimeout(this.expiryTimer);
     this.expiryTimer = null;
+    this.clock.clearTimeout(this.idleTimer);
+    this.idleTimer = null;
     await this.front.close();
   }
 }

@@ -47,6 +47,10 @@ export interface SessionRecord<C> {
   udp?: string[];
   /** Packets the relay carried towards each side (both tunnel and UDP packet streams). */
   packets?: { to_onsite: PacketStats; to_master: PacketStats };
+  /** Streams open in this session right now (the router counts them: streamOpened/streamClosed). */
+  openStreams: number;
+  /** Monotonic ms of the last sign of use: opened, a stream opened or closed, a packet (touch). */
+  lastActivity: number;
 }
 
 export interface OpenRequest {
@@ -114,6 +118,8 @@ export class SessionTable<C> {
       masterConn: ends.master,
       onsiteConn: ends.onsite,
       streams: 0,
+      openStreams: 0,
+      lastActivity: now,
     };
     if (req.tunnel) s.tunnelRequest = req.tunnel;
     if (req.udp?.length) s.udp = [...req.udp];
@@ -164,6 +170,43 @@ export class SessionTable<C> {
     return next;
   }
 
+  // ---- idleness (session_idle_timeout) -----------------------------------------------------
+  // A session is idle while it has no open stream and nothing touched it. What counts as use is
+  // said here, once: the stream router calls streamOpened/streamClosed, and anything else that
+  // carries a session's traffic (packet streams, a datagram path) calls touch() per packet or
+  // batch. touch() is one assignment: no timer moves, the idle sweep reads lastActivity.
+
+  /** Something of this session moved at monotonic `now` (a packet, a datagram). */
+  touch(s: { lastActivity: number }, now: number): void {
+    if (now > s.lastActivity) s.lastActivity = now;
+  }
+  streamOpened(s: { openStreams: number; lastActivity: number }, now: number): void {
+    s.openStreams++;
+    this.touch(s, now);
+  }
+  streamClosed(s: { openStreams: number; lastActivity: number }, now: number): void {
+    s.openStreams = Math.max(0, s.openStreams - 1);
+    this.touch(s, now);
+  }
+
+  /** Active sessions without an open stream and untouched for `timeout` ms at `now`; they are closed. */
+  idle(now: number, timeout: number): SessionRecord<C>[] {
+    const due = [...this.byId.values()].filter((s) => isIdle(s, now, timeout));
+    for (const s of due) this.apply(s.id, "expire", s);
+    return due;
+  }
+
+  /** When the first active session without streams would be idle (monotonic ms), or null. */
+  nextIdle(timeout: number): number | null {
+    let next: number | null = null;
+    for (const s of this.byId.values()) {
+      if (s.state !== "active" || s.openStreams > 0) continue;
+      const at = s.lastActivity + timeout;
+      if (next === null || at < next) next = at;
+    }
+    return next;
+  }
+
   /** Every live record bound to connection `c` (either side, any state). */
   boundTo(c: C): SessionRecord<C>[] {
     return [...this.byId.values()].filter((s) => s.masterConn === c || s.onsiteConn === c);
@@ -184,6 +227,11 @@ export class SessionTable<C> {
   get size(): number {
     return this.byId.size;
   }
+}
+
+/** Is this session idle at `now`: active, no open stream, nothing for `timeout` ms? Pure. */
+export function isIdle(s: Pick<SessionRecord<unknown>, "state" | "openStreams" | "lastActivity">, now: number, timeout: number): boolean {
+  return s.state === "active" && s.openStreams === 0 && now - s.lastActivity >= timeout;
 }
 
 /** What SESSIONS and SESSION_OPEN answer. `expires` is the monotonic end put on today's wall clock. Pure. */
