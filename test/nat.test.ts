@@ -16,7 +16,7 @@ import { conntrackCutter, conntrackDeleteArgv, flowOf, parseConntrackList } from
 import { IptablesBackend, parseSave, renderRestore } from "../src/nat/iptables.ts";
 import { NftBackend, parseNftJson, renderNft } from "../src/nat/nft.ts";
 import { isNoop, plan, type InstalledRule } from "../src/nat/plan.ts";
-import { decideAdd, FieldError, forbiddenTarget, fromSeedRequest, parseTag, ruleTag, validateRequest, type NatLimits, type Rule, type RuleSpec } from "../src/nat/rule.ts";
+import { decideAdd, FieldError, forbiddenTarget, fromSeedRequest, kernelExpiryS, parseTag, ruleTag, validateRequest, type NatLimits, type Rule, type RuleSpec } from "../src/nat/rule.ts";
 import { NatService } from "../src/nat/service.ts";
 import { FileRuleStore, MemoryRuleStore, parseState } from "../src/nat/store.ts";
 import { waitFor } from "./helpers/wait.ts";
@@ -181,19 +181,50 @@ describe("tags", () => {
 const r1 = rule("0123abcd", { expiresAt: 1_700_000_000_000 });
 const r2 = rule("89abcdef", { proto: "udp", src: "198.51.100.0/24", iface: "wan", port: 5000, toAddr: "192.168.1.60", toPort: 5001, expiresAt: 1_700_000_100_000 });
 
+describe("the kernel's copy of the expiry", () => {
+  // Whatever the process's time zone, the kernel gets the same instant: iptables a UTC stamp,
+  // nft a number of seconds (nft would read a date string in its own local time).
+  const zones = ["UTC", "America/New_York", "Asia/Kathmandu", "Pacific/Chatham"];
+  test.each([
+    // [expiresAt ms, the second the kernel ends it, iptables' last matching second, guard start]
+    [1_700_000_000_000, 1_700_000_000, "2023-11-14T22:13:19", "2023-11-14T22:13:20"],
+    [1_700_000_000_001, 1_700_000_001, "2023-11-14T22:13:20", "2023-11-14T22:13:21"],
+    [1_798_761_599_500, 1_798_761_600, "2026-12-31T23:59:59", "2027-01-01T00:00:00"],
+  ])("expiry %d ends at second %d", (expiresAt, end, stop, start) => {
+    const r = rule("0123abcd", { expiresAt });
+    const saved = process.env.TZ;
+    try {
+      for (const tz of zones) {
+        process.env.TZ = tz;
+        expect(kernelExpiryS(r)).toBe(end);
+        const ipt = renderRestore([r]).split("\n").filter((l) => l.startsWith("-A"));
+        expect(ipt.map((l) => /--date(?:stop|start) (\S+)/.exec(l)![1])).toEqual([stop, stop, start]);
+        const nft = renderNft([r]).split("\n").filter((l) => l.startsWith("add rule"));
+        expect(nft.map((l) => /meta time (<|>=) (\d+)/.exec(l)!.slice(1).join(" "))).toEqual([`< ${end}`, `< ${end}`, `>= ${end}`]);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.TZ;
+      else process.env.TZ = saved;
+    }
+  });
+});
+
 describe("iptables rendering", () => {
   test("one restore input declares (and so flushes) only the agent's chains", () => {
     expect(renderRestore([r1, r2])).toBe(
       [
         "*nat",
         ":AGENT-NAT - [0:0]",
-        '-A AGENT-NAT -s 203.0.113.7/32 -p tcp -m tcp --dport 8080 -m comment --comment "agent-nat id=0123abcd exp=1700000000" -j DNAT --to-destination 192.168.1.50:80',
-        '-A AGENT-NAT -s 198.51.100.0/24 -i wan -p udp -m udp --dport 5000 -m comment --comment "agent-nat id=89abcdef exp=1700000100" -j DNAT --to-destination 192.168.1.60:5001',
+        // 1700000000 is 2023-11-14T22:13:20Z: the last matching second is :19, the guard starts at :20.
+        '-A AGENT-NAT -s 203.0.113.7/32 -p tcp -m tcp --dport 8080 -m time --datestop 2023-11-14T22:13:19 -m comment --comment "agent-nat id=0123abcd exp=1700000000" -j DNAT --to-destination 192.168.1.50:80',
+        '-A AGENT-NAT -s 198.51.100.0/24 -i wan -p udp -m udp --dport 5000 -m time --datestop 2023-11-14T22:14:59 -m comment --comment "agent-nat id=89abcdef exp=1700000100" -j DNAT --to-destination 192.168.1.60:5001',
         "COMMIT",
         "*filter",
         ":AGENT-FWD - [0:0]",
-        '-A AGENT-FWD -s 203.0.113.7/32 -d 192.168.1.50/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -m comment --comment "agent-nat id=0123abcd exp=1700000000" -j ACCEPT',
-        '-A AGENT-FWD -s 198.51.100.0/24 -i wan -d 192.168.1.60/32 -p udp -m udp --dport 5001 -m conntrack --ctstate DNAT -m comment --comment "agent-nat id=89abcdef exp=1700000100" -j ACCEPT',
+        '-A AGENT-FWD -s 203.0.113.7/32 -d 192.168.1.50/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -m time --datestop 2023-11-14T22:13:19 -m comment --comment "agent-nat id=0123abcd exp=1700000000" -j ACCEPT',
+        '-A AGENT-FWD -s 198.51.100.0/24 -i wan -d 192.168.1.60/32 -p udp -m udp --dport 5001 -m conntrack --ctstate DNAT -m time --datestop 2023-11-14T22:14:59 -m comment --comment "agent-nat id=89abcdef exp=1700000100" -j ACCEPT',
+        '-A AGENT-FWD -m conntrack --ctstate DNAT --ctproto tcp --ctorigsrc 203.0.113.7/32 --ctorigdstport 8080 --ctreplsrc 192.168.1.50 --ctreplsrcport 80 -m time --datestart 2023-11-14T22:13:20 -m comment --comment "agent-nat-end id=0123abcd exp=1700000000" -j DROP',
+        '-A AGENT-FWD -m conntrack --ctstate DNAT --ctproto udp --ctorigsrc 198.51.100.0/24 --ctorigdstport 5000 --ctreplsrc 192.168.1.60 --ctreplsrcport 5001 -m time --datestart 2023-11-14T22:15:00 -m comment --comment "agent-nat-end id=89abcdef exp=1700000100" -j DROP',
         "COMMIT",
         "",
       ].join("\n"),
@@ -212,14 +243,21 @@ describe("nft rendering", () => {
     const s = renderNft([r2]);
     expect(s.split("\n").slice(4)).toEqual([
       "flush table ip agent_nat",
-      'add rule ip agent_nat prerouting iifname "wan" ip saddr 198.51.100.0/24 udp dport 5000 dnat to 192.168.1.60:5001 comment "agent-nat id=89abcdef exp=1700000100"',
-      'add rule ip agent_nat forward iifname "wan" ip saddr 198.51.100.0/24 ip daddr 192.168.1.60 udp dport 5001 ct status dnat accept comment "agent-nat id=89abcdef exp=1700000100"',
+      'add rule ip agent_nat prerouting iifname "wan" ip saddr 198.51.100.0/24 udp dport 5000 meta time < 1700000100 dnat to 192.168.1.60:5001 comment "agent-nat id=89abcdef exp=1700000100"',
+      'add rule ip agent_nat forward iifname "wan" ip saddr 198.51.100.0/24 ip daddr 192.168.1.60 udp dport 5001 ct status dnat meta time < 1700000100 accept comment "agent-nat id=89abcdef exp=1700000100"',
+      'add rule ip agent_nat forward meta l4proto udp ct status dnat ct original ip saddr 198.51.100.0/24 ct original proto-dst 5000 ct reply ip saddr 192.168.1.60 ct reply proto-src 5001 meta time >= 1700000100 drop comment "agent-nat-end id=89abcdef exp=1700000100"',
       "",
     ]);
   });
+  test("end guards come after every accept", () => {
+    const lines = renderNft([r1, r2]).split("\n");
+    const lastAccept = lines.findLastIndex((l) => l.includes(" accept "));
+    const firstDrop = lines.findIndex((l) => l.includes(" drop "));
+    expect(firstDrop).toBeGreaterThan(lastAccept);
+  });
   test("parseNftJson keeps our tags per chain and ignores others", () => {
     const json = readFileSync(join(import.meta.dir, "fixtures/nat/nft-list.json"), "utf8");
-    expect(parseNftJson(json)).toEqual({ prerouting: [{ id: "0123abcd", expiresAt: 1_700_000_000_000 }], forward: [{ id: "0123abcd", expiresAt: 1_700_000_000_000 }] });
+    expect(parseNftJson(json)).toEqual({ prerouting: [{ id: "0123abcd", expiresAt: 1_700_000_000_000 }], forward: [{ id: "0123abcd", expiresAt: 1_700_000_000_000 }], guards: [] });
   });
 });
 
