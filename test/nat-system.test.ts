@@ -4,7 +4,7 @@
 // server. The same bodies run once per backend. Namespaces, processes and rules are
 // removed in afterAll even when a test fails.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
@@ -57,6 +57,8 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
   let daemon: Daemon | undefined;
   const procs: Subprocess[] = [];
   let starts = 0;
+  let stateDir = "";
+  let mounted = false;
 
   async function startDaemon(): Promise<Daemon> {
     const logPath = join(dir, `daemon-${++starts}.log`);
@@ -96,6 +98,11 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "agent-nt-"));
     cfgPath = join(dir, "agent.toml");
+    // The state dir is a small file system of its own, so one test can fill it to the brim.
+    stateDir = join(dir, "state");
+    mkdirSync(stateDir);
+    await must(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "agent-nt-state", stateDir]);
+    mounted = true;
     sock = join(dir, "control.sock");
     const ca = join(dir, "ca");
     const bundle = join(dir, "site.bundle");
@@ -111,7 +118,7 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
         `relay = "127.0.0.1:9"`,
         `allow = ["192.168.77.0/24"]`,
         `control = "${sock}"`,
-        `state_dir = "${join(dir, "state")}"`,
+        `state_dir = "${stateDir}"`,
         `[nat]`,
         `backend = "${backend}"`,
         `max_ttl = "1m"`,
@@ -127,6 +134,7 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
     for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
     await Promise.all(procs.map((p) => p.exited));
     await deleteNamespaces([CLI, RTR, LAN]);
+    if (mounted) await must(["umount", stateDir]);
     if (dir) rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
@@ -326,6 +334,34 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
     await waitFor(() => daemon!.log().includes(`removed rule ${rule.id} at start: it expired`), 5000, "the start to log the expired rule");
     ticker.kill("SIGKILL");
   }, 60_000);
+
+  test("a full state disk: the add fails clearly, the firewall is byte-identical, no temp file is left, and freed space makes the next add work", async () => {
+    const before = await ruleset();
+    // To the brim: dd stops at ENOSPC (exit 1); then no page is left for a byte more.
+    const fill = join(stateDir, "fill");
+    const dd = await run(["dd", "if=/dev/zero", `of=${fill}`, "bs=4k"]);
+    expect(dd.stderr).toMatch(/No space left on device/);
+    try {
+      const r = await nat("add", "--src", PEER, "--port", "8130", "--to", `${SERVER}:${HTTP_PORT}`, "--ttl", "30s");
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/could not add the rule: cannot write the NAT state file: ENOSPC: no space left on device.*; the firewall was not changed/);
+      expect(r.stderr).toMatch(/hint: free space .*state_dir/);
+      expect(await ruleset()).toBe(before);
+      expect(await curl(8130)).toBe("");
+      expect(readdirSync(stateDir).filter((n) => n.endsWith(".tmp"))).toEqual([]);
+      await waitFor(() => daemon!.log().includes("cannot write the NAT state file: ENOSPC"), 5000, "the daemon to warn of the failed write");
+      expect(daemon!.log()).toMatch(/warn.*cannot write the NAT state file/i);
+    } finally {
+      rmSync(fill, { force: true });
+    }
+    const ok = await nat("add", "--src", PEER, "--port", "8130", "--to", `${SERVER}:${HTTP_PORT}`, "--ttl", "30s", "--json");
+    expect(ok.code).toBe(0);
+    const { rule } = JSON.parse(ok.stdout) as { rule: { id: string } };
+    expect(await curl(8130)).toBe("lan-ok\n");
+    expect(readFileSync(join(stateDir, "nat-rules.json"), "utf8")).toContain(rule.id);
+    expect((await nat("del", rule.id)).code).toBe(0);
+    expect(await ruleset()).toBe(before);
+  }, 30_000);
 
   test("after kill -9: expired rules go at start, others are re-armed and expire on time, orphans go, foreign rules stay", async () => {
     const add = async (port: number, ttl: string) =>

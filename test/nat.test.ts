@@ -17,7 +17,9 @@ import { IptablesBackend, parseSave, renderRestore } from "../src/nat/iptables.t
 import { NftBackend, parseNftJson, renderNft } from "../src/nat/nft.ts";
 import { isNoop, plan, type InstalledRule } from "../src/nat/plan.ts";
 import { decideAdd, FieldError, forbiddenTarget, fromSeedRequest, kernelExpiryS, parseTag, ruleTag, validateRequest, type NatLimits, type Rule, type RuleSpec } from "../src/nat/rule.ts";
-import { NatService } from "../src/nat/service.ts";
+import { NatService, SAVE_RETRY_MS } from "../src/nat/service.ts";
+import { FakeClock } from "../src/clock.ts";
+import { removeStaleTemps } from "../src/os/atomic.ts";
 import { FileRuleStore, MemoryRuleStore, parseState } from "../src/nat/store.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -415,6 +417,130 @@ function setup(opts: { now?: () => number; keepOnStop?: boolean; store?: MemoryR
   });
   return { svc, backend, store, cut, lines };
 }
+
+/** A store whose writes fail with ENOSPC while `full` is set, as a full state disk does. */
+class FullDiskStore extends MemoryRuleStore {
+  full = false;
+  failures = 0;
+  override save(rules: readonly Rule[]): void {
+    if (this.full) {
+      this.failures++;
+      throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+    }
+    super.save(rules);
+  }
+}
+
+describe("NatService on a full disk", () => {
+  function full() {
+    const clock = new FakeClock();
+    const lines: string[] = [];
+    const backend = new FakeBackend();
+    const store = new FullDiskStore();
+    const svc = new NatService({
+      backend,
+      store,
+      limits: { ...limits, maxRules: 200 },
+      keepOnStop: false,
+      ownAddresses: async () => own,
+      cutFlows: async () => {},
+      log: createLogger({ level: "info", write: (l) => void lines.push(l) }),
+      clock,
+    });
+    const warnings = () => lines.filter((l) => /WARN/i.test(l) && l.includes("cannot write the NAT state file"));
+    return { clock, lines, backend, store, svc, warnings };
+  }
+
+  test("an add whose intent cannot be written fails clearly and never touches the firewall", async () => {
+    const { svc, backend, store, warnings } = full();
+    await svc.start();
+    store.full = true;
+    const err = await svc.add(good, "local").then(() => null, (e: unknown) => e as RuntimeError);
+    expect(err).toBeInstanceOf(RuntimeError);
+    expect(err!.message).toMatch(/^could not add the rule: cannot write the NAT state file: ENOSPC: no space left on device, write; the firewall was not changed$/);
+    expect(err!.hint).toMatch(/free space .*state_dir/);
+    expect(backend.applies).toBe(0);
+    expect(backend.installed.size).toBe(0);
+    expect(svc.list()).toEqual([]);
+    expect(warnings().length).toBe(1);
+    // Space again: the next request works.
+    store.full = false;
+    const ok = await svc.add(good, "local");
+    expect(backend.installed.has(ok.rule.id)).toBe(true);
+    expect(store.rules.map((r) => r.id)).toEqual([ok.rule.id]);
+    await svc.close();
+  });
+
+  test("an extend is written first too; a refused extend keeps the old expiry everywhere", async () => {
+    const { svc, backend, store, clock } = full();
+    await svc.start();
+    const a = await svc.add(good, "local");
+    clock.advance(10_000);
+    store.full = true;
+    await expect(svc.add(good, "local")).rejects.toThrow(/could not extend the rule: cannot write the NAT state file/);
+    expect(backend.installed.get(a.rule.id)!.expiresAt).toBe(Date.parse(a.rule.expires));
+    expect(store.rules[0]!.expiresAt).toBe(Date.parse(a.rule.expires));
+    expect(svc.list()[0]!.expires).toBe(a.rule.expires);
+    await svc.close();
+  });
+
+  test("removals never wait for the disk: applied at once, the file written later, warnings at most once a minute", async () => {
+    const { svc, backend, store, clock, warnings, lines } = full();
+    await svc.start();
+    const a = await svc.add(good, "local");
+    const b = await svc.add({ ...good, port: "8081" }, "local");
+    store.full = true;
+    await svc.del(a.rule.id);
+    expect(backend.installed.has(a.rule.id)).toBe(false);
+    expect(store.rules.map((r) => r.id).sort()).toEqual([a.rule.id, b.rule.id].sort()); // not written yet
+    expect(warnings().length).toBe(1);
+    // A retry is queued behind other changes: step the clock a second at a time and let it run.
+    const step = async (ms: number) => {
+      for (let t = 0; t < ms; t += 1000) {
+        clock.advance(1000);
+        await Bun.sleep(0);
+      }
+    };
+    // Retried every few seconds; said again only after a minute.
+    await step(30_000);
+    expect(store.failures).toBeGreaterThan(3);
+    expect(warnings().length).toBe(1);
+    await step(31_000);
+    expect(warnings().length).toBe(2);
+    expect(warnings()[1]).toMatch(/more failure\(s\) since the last report/);
+    store.full = false;
+    await step(SAVE_RETRY_MS);
+    expect(store.rules.map((r) => r.id)).toEqual([b.rule.id]);
+    expect(lines.some((l) => l.includes("writing the NAT state file works again"))).toBe(true);
+    await svc.close();
+  });
+
+  test("a firewall failure after the intent was written puts the file back", async () => {
+    const { svc, backend, store } = full();
+    await svc.start();
+    const a = await svc.add(good, "local");
+    backend.failNext = "nft exited 1";
+    await expect(svc.add({ ...good, port: "8081" }, "local")).rejects.toThrow(/could not apply rule: nft exited 1/);
+    expect(store.rules.map((r) => r.id)).toEqual([a.rule.id]);
+    await svc.close();
+  });
+});
+
+describe("stale temp files", () => {
+  test("removeStaleTemps removes a dead writer's temp file only", () => {
+    const dir = mkdtempSync(join(tmpdir(), "agent-nat-tmp-"));
+    try {
+      const target = join(dir, "nat-rules.json");
+      writeFileSync(join(dir, ".nat-rules.json.999999.abcdef.tmp"), "half");
+      writeFileSync(join(dir, `.nat-rules.json.${process.pid}.abcdef.tmp`), "mine, being written");
+      writeFileSync(join(dir, ".other.json.999999.abcdef.tmp"), "not this file's");
+      expect(removeStaleTemps(target, (pid) => pid === process.pid)).toEqual([".nat-rules.json.999999.abcdef.tmp"]);
+      expect(readdirSync(dir).sort()).toEqual([`.nat-rules.json.${process.pid}.abcdef.tmp`, ".other.json.999999.abcdef.tmp"].sort());
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe("NatService", () => {
   test("an idle agent never writes the firewall", async () => {

@@ -46,7 +46,7 @@ export class RelayRole implements Component {
       log: log,
       access: () => this.cfg.access,
       clock,
-      refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
+      refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.warn(`cannot write ${auditFile}: ${e.message}`) }),
     });
     this.api = {
       devices: () => this.server.deviceList(),
