@@ -20,6 +20,8 @@ import { decideAdd, FieldError, forbiddenTarget, fromSeedRequest, kernelExpiryS,
 import { NatService, SAVE_RETRY_MS } from "../src/nat/service.ts";
 import { FakeClock } from "../src/clock.ts";
 import { removeStaleTemps } from "../src/os/atomic.ts";
+import { bindToSession, checkSessionCaps, type SessionBinding } from "../src/nat/session.ts";
+import { mayAskNat } from "../src/tunnel/pairing.ts";
 import { FileRuleStore, MemoryRuleStore, parseState } from "../src/nat/store.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -671,5 +673,85 @@ describe("NAT component on a control server", () => {
   });
   test.each([["iptables", "iptables"], ["nft", "nft"]] as const)("nat.backend = %s picks %s", (name, expected) => {
     expect(chooseBackend({ ...cfg, nat: { ...cfg.nat, backend: name } }, async () => ({ code: 0, stdout: "", stderr: "" })).name).toBe(expected);
+  });
+});
+
+describe("a master's request bound to its session", () => {
+  const WALL = Date.UTC(2026, 11, 1, 12, 0, 0);
+  const spec: RuleSpec = { proto: "tcp", src: "203.0.113.7/32", port: 8080, toAddr: "192.168.1.50", toPort: 80, ttlMs: 30 * 60_000 };
+  const binding = (o: Partial<SessionBinding> = {}): SessionBinding => ({ session: "s-1", master: "tech-1", endpoints: ["192.168.1.50:80", "192.168.1.60:22"], endsAt: null, masterSessions: ["s-1"], ...o });
+  test.each([
+    ["a target of the session, no end: unchanged", binding(), spec, undefined],
+    ["a session ending later than the rule: unchanged", binding({ endsAt: WALL + 60 * 60_000 }), spec, undefined],
+    ["a session ending sooner: capped to its end", binding({ endsAt: WALL + 10 * 60_000 }), { ...spec, ttlMs: 10 * 60_000 }, /ttl 30m capped to 10m: the rule ends with session s-1 \(2026-12-01T12:10:00\.000Z\)/],
+  ] as const)("%s", (_name, b, want, note) => {
+    const r = bindToSession(spec, b, WALL);
+    expect(r.spec).toEqual(want);
+    if (note) expect(r.capped).toMatch(note);
+    else expect(r.capped).toBeUndefined();
+  });
+  test.each([
+    ["a target outside the session", { ...spec, toPort: 81 }, binding(), /^to: 192\.168\.1\.50:81 is not one of session s-1's targets \(192\.168\.1\.50:80, 192\.168\.1\.60:22\)/],
+    ["a session without targets", spec, binding({ endpoints: [] }), /not one of session s-1's targets \(none\)/],
+    ["a session that has ended", spec, binding({ endsAt: WALL - 1 }), /^ttl: session s-1 ends now; no rule can outlive it$/],
+    ["a session with under a second left", spec, binding({ endsAt: WALL + 500 }), /^ttl: session s-1 ends within a second/],
+  ] as const)("refused: %s", (_name, s, b, message) => {
+    expect(() => bindToSession(s, b, WALL)).toThrow(message);
+  });
+  test.each([
+    ["under both caps", [{ owner: "s-1" }, { owner: "s-2" }], undefined],
+    ["the session's cap", [{ owner: "s-1" }, { owner: "s-1" }], /^rules: session s-1 holds 2 NAT rule\(s\), the cap is nat\.max_rules_per_session = 2/],
+    ["the master's cap, over its sessions", [{ owner: "s-1" }, { owner: "s-2" }, { owner: "s-2" }], /^rules: master tech-1 holds 3 NAT rule\(s\) on this device, the cap is nat\.max_rules_per_master = 3/],
+    ["other masters' and local rules do not count", [{ owner: "s-9" }, { owner: "local" }, { owner: "s-9" }, { owner: "s-1" }], undefined],
+  ] as const)("caps: %s", (_name, live, message) => {
+    const b = binding({ masterSessions: ["s-1", "s-2"] });
+    const run = () => checkSessionCaps(b, live, { perSession: 2, perMaster: 3 });
+    if (message) expect(run).toThrow(message);
+    else expect(run).not.toThrow();
+  });
+
+  test("NatService: a refused session request changes nothing; an extend at the cap is fine", async () => {
+    const clock = new FakeClock({ wall: WALL });
+    const backend = new FakeBackend();
+    const svc = new NatService({
+      backend,
+      store: new MemoryRuleStore(),
+      limits,
+      keepOnStop: false,
+      ownAddresses: async () => own,
+      cutFlows: async () => {},
+      log: createLogger({ level: "error", write: () => {} }),
+      clock,
+      sessionCaps: { perSession: 1, perMaster: 5 },
+    });
+    await svc.start();
+    const b = binding({ endsAt: WALL + 5 * 60_000 });
+    const first = await svc.add(good, "s-1", b);
+    expect(first.rule.remaining_ms).toBe(5 * 60_000);
+    expect(first.capped).toMatch(/capped to 5m/);
+    const applies = backend.applies;
+    await expect(svc.add({ ...good, port: "8081" }, "s-1", b)).rejects.toThrow(/nat\.max_rules_per_session = 1/);
+    await expect(svc.add({ ...good, to: "192.168.1.51:80" }, "s-1", b)).rejects.toBeInstanceOf(UsageError);
+    expect(backend.applies).toBe(applies);
+    expect((await svc.add(good, "s-1", b)).created).toBe(false);
+    await svc.close();
+  });
+});
+
+describe("the relay's [[access]] nat key", () => {
+  const access = (raw: unknown) => resolveConfig([{ origin: { kind: "flag" }, raw: { access: raw } as Record<string, unknown> }]).access;
+  test.each([
+    ["no rules at all: every master reaches every device, none may ask for NAT", [], "tech-1", "site-1", false],
+    ["a rule without the key: no", [{ masters: ["tech-*"], onsites: ["site-*"] }], "tech-1", "site-1", false],
+    ["nat = false: no", [{ masters: ["tech-*"], onsites: ["site-*"], nat: false }], "tech-1", "site-1", false],
+    ["nat = true for both: yes", [{ masters: ["tech-*"], onsites: ["site-*"], nat: true }], "tech-1", "site-1", true],
+    ["nat = true, another master: no", [{ masters: ["tech-1"], onsites: ["site-*"], nat: true }], "tech-2", "site-1", false],
+    ["nat = true, another device: no", [{ masters: ["tech-*"], onsites: ["site-2"], nat: true }], "tech-1", "site-1", false],
+    ["one of several rules grants it", [{ masters: ["*"], onsites: ["*"] }, { masters: ["tech-1"], onsites: ["site-1"], nat: true }], "tech-1", "site-1", true],
+  ] as const)("%s", (_name, rules, master, onsite, want) => {
+    expect(mayAskNat(access(rules), master, onsite)).toBe(want);
+  });
+  test("a nat key that is not a boolean is refused by name", () => {
+    expect(() => access([{ masters: ["*"], onsites: ["*"], nat: "yes" }])).toThrow(/access\[0\]\.nat/);
   });
 });

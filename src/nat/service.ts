@@ -24,6 +24,7 @@ import { deadlineAtLoad, isNoop, persistedExpiry, plan } from "./plan.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 import type { RuleStore } from "./store.ts";
 import { WriteFailures } from "../os/atomic.ts";
+import { bindToSession, checkSessionCaps, type SessionBinding, type SessionCaps } from "./session.ts";
 import { decideAdd, FieldError, newRuleId, sameForward, unknownIface, validateRequest, type NatLimits, type NatRequest, type OwnAddress, type Rule } from "./rule.ts";
 
 /** Longest single setTimeout; a later expiry re-arms from there. */
@@ -60,7 +61,12 @@ export interface NatServiceDeps {
   /** Older seam: the wall clock alone (epoch ms); the monotonic side stays the system's. */
   now?: () => number;
   newId?: () => string;
+  /** Caps on the rules of one session and of one master (config nat.max_rules_per_*). */
+  sessionCaps?: SessionCaps;
 }
+
+/** The defaults of nat.max_rules_per_session and nat.max_rules_per_master. */
+export const DEFAULT_SESSION_CAPS: SessionCaps = { perSession: 8, perMaster: 16 };
 
 /** A rule as `nat list` shows it. */
 export interface RuleView {
@@ -82,6 +88,8 @@ export interface AddResult {
   created: boolean;
   /** Applied, but something keeps it from working (IPv4 forwarding off). */
   warning?: string;
+  /** The TTL asked for was longer than the session has left: the rule ends with the session. */
+  capped?: string;
 }
 
 /** Reads net.ipv4.ip_forward; null when /proc cannot be read (not Linux, no /proc). */
@@ -173,8 +181,12 @@ export class NatService {
     this.arm();
   }
 
-  /** Validates and applies a request. Throws UsageError for a refused request. */
-  async add(req: NatRequest, owner: string): Promise<AddResult> {
+  /**
+   * Validates and applies a request. Throws UsageError for a refused request. `session`: a
+   * master's request inside that session (src/nat/session.ts): the target must be one of the
+   * session's, the TTL is capped to the session's end, and the session and master caps hold.
+   */
+  async add(req: NatRequest, owner: string, session?: SessionBinding): Promise<AddResult> {
     this.assertOpen();
     if (typeof owner !== "string" || owner.length === 0 || owner.length > 128 || /[\u0000-\u001f]/.test(owner)) {
       throw new UsageError("owner: expected a session id or \"local\"");
@@ -190,12 +202,27 @@ export class NatService {
     } catch (e) {
       throw asUsage(e);
     }
+    let capped: string | undefined;
+    if (session) {
+      try {
+        ({ spec, capped } = bindToSession(spec, session, this.clock.wall()));
+      } catch (e) {
+        throw asUsage(e);
+      }
+    }
     // The decision runs on the monotonic clock: the active rules as their running deadlines.
     const wall = this.clock.wall();
     const mono = this.clock.now();
     const running = [...this.rules.values()].map((r) => ({ ...r, expiresAt: this.deadlines.get(r.id)! }));
     const decision = decideAdd(spec, owner, running, mono, () => this.uniqueId(), this.d.limits.maxRules);
     if (decision.kind === "refuse") throw asUsage(decision.error);
+    if (session && decision.kind === "new") {
+      try {
+        checkSessionCaps(session, running.filter((r) => r.expiresAt > mono), this.d.sessionCaps ?? DEFAULT_SESSION_CAPS);
+      } catch (e) {
+        throw asUsage(e);
+      }
+    }
     const id = decision.rule.id;
     const prev = this.rules.get(id);
     const prevDeadline = this.deadlines.get(id);
@@ -228,7 +255,7 @@ export class NatService {
     this.d.log.info(decision.kind === "new" ? `added rule ${rule.id}` : `extended rule ${rule.id}`, describe(rule));
     const warning = forwardingWarning((this.d.ipForward ?? readIpForward)());
     if (warning) this.d.log.warn(`rule ${rule.id}: ${warning}`);
-    return { rule: this.view(rule), created: decision.kind === "new", ...(warning ? { warning } : {}) };
+    return { rule: this.view(rule), created: decision.kind === "new", ...(warning ? { warning } : {}), ...(capped ? { capped } : {}) };
   }
 
   list(): RuleView[] {
