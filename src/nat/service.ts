@@ -202,17 +202,19 @@ export class NatService {
     } catch (e) {
       throw asUsage(e);
     }
+    // The decision runs on the monotonic clock: the active rules as their running deadlines.
+    const wall = this.clock.wall();
+    const mono = this.clock.now();
+    // Capped on the same reading of the wall clock the persisted expiry is computed from, so
+    // the rule never ends even a millisecond after its session.
     let capped: string | undefined;
     if (session) {
       try {
-        ({ spec, capped } = bindToSession(spec, session, this.clock.wall()));
+        ({ spec, capped } = bindToSession(spec, session, wall));
       } catch (e) {
         throw asUsage(e);
       }
     }
-    // The decision runs on the monotonic clock: the active rules as their running deadlines.
-    const wall = this.clock.wall();
-    const mono = this.clock.now();
     const running = [...this.rules.values()].map((r) => ({ ...r, expiresAt: this.deadlines.get(r.id)! }));
     const decision = decideAdd(spec, owner, running, mono, () => this.uniqueId(), this.d.limits.maxRules);
     if (decision.kind === "refuse") throw asUsage(decision.error);
