@@ -166,6 +166,13 @@ describe("plan", () => {
   ] as const)("%s", (_name, wanted, installed, now, expected) => {
     expect(plan([...wanted], [...installed], now)).toMatchObject(expected as object);
   });
+  test("rules whose owner is gone are removed like expired ones, not as orphans", () => {
+    const s = { ...b, owner: "s-gone" };
+    const p = plan([a, s], [tag(a), tag(s)], 0, (owner) => owner === "local");
+    expect(p).toMatchObject({ desired: [a], ownerless: [s], remove: [tag(s)], orphans: [], expired: [] });
+    // An expired one is just expired.
+    expect(plan([a, s], [tag(a), tag(s)], 25_000, (owner) => owner === "local")).toMatchObject({ ownerless: [], expired: [a, s] });
+  });
   test("isNoop", () => {
     expect(isNoop(plan([a], [tag(a)], 0))).toBe(true);
     expect(isNoop(plan([a], [tag(a)], 10_000))).toBe(false);
@@ -432,6 +439,23 @@ class FullDiskStore extends MemoryRuleStore {
     super.save(rules);
   }
 }
+
+test("NatService start: a session's rule from the previous run goes, a local one is re-armed", async () => {
+  const store = new MemoryRuleStore();
+  const backend = new FakeBackend();
+  const wall = Date.now();
+  const local = rule("aaaaaaaa", { owner: "local", createdAt: wall, expiresAt: wall + 60_000 });
+  const session = rule("bbbbbbbb", { owner: "s-abcd1234", port: 8081, createdAt: wall, expiresAt: wall + 60_000 });
+  store.rules = [local, session];
+  backend.installed = new Map([[local.id, local], [session.id, session]]);
+  const { svc, lines } = setup({ store, backend });
+  await svc.start();
+  expect(svc.list().map((r) => r.id)).toEqual([local.id]);
+  expect([...backend.installed.keys()]).toEqual([local.id]);
+  expect(store.rules.map((r) => r.id)).toEqual([local.id]);
+  expect(lines.join("")).toContain(`removed rule ${session.id} at start: its session s-abcd1234 ended with the previous run`);
+  await svc.close();
+});
 
 describe("NatService on a full disk", () => {
   function full() {

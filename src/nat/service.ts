@@ -157,7 +157,8 @@ export class NatService {
     // One reading of both clocks: a loaded rule keeps exactly the time it had left by the wall.
     const wall = this.clock.wall();
     const mono = this.clock.now();
-    const p = plan(saved, installed, wall);
+    // Only local rules outlive the run: every session ended with the previous one.
+    const p = plan(saved, installed, wall, (owner) => owner === "local");
     for (const r of p.desired) {
       this.rules.set(r.id, r);
       this.deadlines.set(r.id, deadlineAtLoad(r.expiresAt, wall, mono));
@@ -171,13 +172,14 @@ export class NatService {
     this.applied = p.desired;
     // Start removes or re-arms only, never adds a rule the file does not hold: the firewall
     // first, then the file (a failed write is retried; the firewall is already right).
-    if (saved.length > 0 || p.expired.length > 0) this.save(p.desired, false);
+    if (saved.length > 0 || p.expired.length > 0 || p.ownerless.length > 0) this.save(p.desired, false);
     for (const r of p.expired) log.info(`removed rule ${r.id} at start: it expired at ${new Date(r.expiresAt).toISOString()}`, describe(r));
+    for (const r of p.ownerless) log.info(`removed rule ${r.id} at start: its session ${r.owner} ended with the previous run`, describe(r));
     for (const o of p.orphans) log.warn(`removed tagged rule ${o.id} at start: the state does not know it`);
     for (const r of p.desired) log.info(`re-armed rule ${r.id}: expires in ${Math.ceil(Math.round(this.deadlines.get(r.id)! - mono) / 1000)}s`, describe(r));
     if (p.add.length) log.warn(`restored ${p.add.length} rule(s) missing from the firewall: ${p.add.map((r) => r.id).join(", ")}`);
-    log.info(`NAT ready (backend ${this.d.backend.name}): ${p.desired.length} active, ${p.expired.length} expired, ${p.orphans.length} orphan(s) removed`);
-    await this.cut(p.expired);
+    log.info(`NAT ready (backend ${this.d.backend.name}): ${p.desired.length} active, ${p.expired.length} expired, ${p.ownerless.length} of ended sessions, ${p.orphans.length} orphan(s) removed`);
+    await this.cut([...p.expired, ...p.ownerless]);
     this.arm();
   }
 
