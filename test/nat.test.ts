@@ -430,7 +430,12 @@ function setup(opts: { now?: () => number; keepOnStop?: boolean; store?: MemoryR
 /** A store whose writes fail with ENOSPC while `full` is set, as a full state disk does. */
 class FullDiskStore extends MemoryRuleStore {
   full = false;
+  damaged = false;
   failures = 0;
+  override load(): Rule[] {
+    if (this.damaged) throw new Error("rule 0 is malformed");
+    return super.load();
+  }
   override save(rules: readonly Rule[]): void {
     if (this.full) {
       this.failures++;
@@ -539,6 +544,24 @@ describe("NatService on a full disk", () => {
     expect(store.rules.map((r) => r.id)).toEqual([b.rule.id]);
     expect(lines.some((l) => l.includes("writing the NAT state file works again"))).toBe(true);
     await svc.close();
+  });
+
+  test("a damaged state file and a full disk: a removal still goes through", async () => {
+    const { svc, backend, store } = full();
+    await svc.start();
+    const a = await svc.add(good, "local");
+    await svc.close();
+    // The next run finds the file damaged (its rule is an orphan, removed at start) and adds one...
+    store.damaged = true;
+    const next = new NatService({ backend, store, limits: { ...limits, maxRules: 200 }, keepOnStop: false, ownAddresses: async () => own, cutFlows: async () => {}, log: createLogger({ level: "error", write: () => {} }) });
+    await next.start();
+    const b = await next.add(good, "local");
+    expect(b.rule.id).not.toBe(a.rule.id);
+    // ...then the disk fills: deleting needs no write first.
+    store.full = true;
+    await next.del(b.rule.id);
+    expect(backend.installed.size).toBe(0);
+    await next.close();
   });
 
   test("a firewall failure after the intent was written puts the file back", async () => {

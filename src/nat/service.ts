@@ -391,8 +391,11 @@ export class NatService {
       // leaving included - and a failed write refuses the change before the firewall is
       // touched: nothing to undo, no undo that could fail too. A change that only removes is
       // applied first and written after; a full disk never keeps a rule open.
+      // "Adds or extends": a rule the firewall does not hold yet with this expiry, and the file
+      // does not know either (a damaged file must not block a removal on a full disk).
       const known = this.saved;
-      const grows = rules.some((r) => known?.get(r.id) !== r.expiresAt);
+      const inFirewall = new Map(this.applied.map((a) => [a.id, a.expiresAt]));
+      const grows = rules.some((r) => inFirewall.get(r.id) !== r.expiresAt && known?.get(r.id) !== r.expiresAt);
       if (grows) {
         const staying = new Set(rules.map((r) => r.id));
         this.save([...rules, ...this.applied.filter((a) => !staying.has(a.id))], true);
