@@ -37,6 +37,10 @@ export interface NatConfig {
   min_ttl: number;
   max_ttl: number;
   max_rules: number;
+  /** Rules one session (a master's NAT_REQUEST) may hold at once. */
+  max_rules_per_session: number;
+  /** Rules all sessions of one master may hold at once on this device. */
+  max_rules_per_master: number;
   allow_any_source: boolean;
   keep_on_stop: boolean;
 }
@@ -239,6 +243,8 @@ export function revocationsFile(cfg: Pick<Config, "revocations" | "state_dir">):
 export interface AccessRule {
   masters: string[];
   onsites: string[];
+  /** Whether these masters may ask these devices for NAT rules (NAT_REQUEST); unset: no. */
+  nat?: boolean;
 }
 
 /** A value failed its check; the message reads after "KEY: ". */
@@ -459,6 +465,8 @@ const NAT: Schema = {
   min_ttl: duration(1000, 7 * 86_400_000),
   max_ttl: duration(1000, 7 * 86_400_000),
   max_rules: int(1, 10_000),
+  max_rules_per_session: int(1, 10_000),
+  max_rules_per_master: int(1, 10_000),
   allow_any_source: bool,
   keep_on_stop: bool,
 };
@@ -482,6 +490,7 @@ const idPatterns = list(
 const ACCESS: Schema = {
   masters: idPatterns,
   onsites: idPatterns,
+  nat: bool,
 };
 
 const TRACKING: Schema = {
@@ -602,7 +611,7 @@ export function defaults(): Config {
     state_dir: DEFAULT_STATE_DIR,
     log_level: "info",
     json_logs: false,
-    nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, allow_any_source: false, keep_on_stop: false },
+    nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, max_rules_per_session: 8, max_rules_per_master: 16, allow_any_source: false, keep_on_stop: false },
     uplink: [],
     access: [],
     tunnel: { secondary: "eth1", dhcp: true, pool: parseCidr("10.99.0.0/16"), enabled: false, bridged: false, lan_bridge: "br-lan" },

@@ -13,7 +13,7 @@
 // same bodies run with iptables and with nft. Everything is removed in afterAll, also when
 // a test fails.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
 import { must, rulesetOf, run, startLanServer, tagsIn, type NatBackendName } from "./helpers/nat-lab.ts";
@@ -34,6 +34,9 @@ const PUBLIC = "198.18.0.1"; // the router's outside address
 const ROUTER_LAN = "192.168.78.1";
 const SERVER = "192.168.78.50";
 const ALLOW = "192.168.78.0/24";
+// Small caps, so a test reaches them in a few requests.
+const PER_SESSION = 2;
+const PER_MASTER = 3;
 
 async function buildTopology(): Promise<void> {
   for (const ns of [REM, OTH, RTR, LAN]) await createNamespace(ns);
@@ -113,10 +116,16 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
     lanServer = await startLanServer(LAN, 80, 7);
     fleet = await Fleet.create();
     await fleet.issue("relay", "relay-1", ["--host", REMOTE]);
-    relay = await fleet.start("relay", "relay-1", ["--listen", listen], undefined, REM);
+    // NAT from a master is granted by name: tech-1 and tech-2 may ask, tech-3 may only connect.
+    const relayCfg = join(fleet.dir, "relay-1.toml");
+    writeFileSync(
+      relayCfg,
+      ["[[access]]", 'masters = ["tech-1", "tech-2"]', 'onsites = ["site-*"]', "nat = true", "", "[[access]]", 'masters = ["tech-3"]', 'onsites = ["site-*"]', ""].join("\n"),
+    );
+    relay = await fleet.start("relay", "relay-1", ["--config", relayCfg, "--listen", listen], undefined, REM);
     const port = ((await fleet.status(relay)).relay as { port: number }).port;
     const cfg = join(fleet.dir, "site-1.toml");
-    writeFileSync(cfg, [`allow = ["${ALLOW}"]`, "[nat]", `backend = "${backend}"`, ""].join("\n"));
+    writeFileSync(cfg, [`allow = ["${ALLOW}"]`, "[nat]", `backend = "${backend}"`, `max_rules_per_session = ${PER_SESSION}`, `max_rules_per_master = ${PER_MASTER}`, ""].join("\n"));
     onsite = await fleet.start("onsite", "site-1", ["--config", cfg, "--relay", `${REMOTE}:${port}`], undefined, RTR);
     tech1 = await fleet.start("master", "tech-1", ["--relay", `${REMOTE}:${port}`], undefined, REM);
     tech2 = await fleet.start("master", "tech-2", ["--relay", `${REMOTE}:${port}`], undefined, OTH);
@@ -134,7 +143,7 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
 
   test("a master's rule in its session takes the master's address as the relay sees it as its source", async () => {
     expect(await curl(REM, 8080)).toBe(""); // nothing forwards yet
-    s1 = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`])).session;
+    s1 = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`, `${SERVER}:7`])).session;
     const rule = await addJson(tech1, "--session", s1, "--port", "8080", "--to", `${SERVER}:80`, "--ttl", "5m");
     expect(rule).toMatchObject({ proto: "tcp", src: `${REMOTE}/32`, port: 8080, to: `${SERVER}:80`, owner: s1 });
 
@@ -160,8 +169,7 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
     const cases: [Daemon, string[], RegExp][] = [
       [tech1, ["--src", OTHER, "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], /--src is not taken on a master/],
       [tech1, ["--src", OTHER, "--session", s1, "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], /exactly one of --src .* and --session/],
-      [tech2, ["--session", s1, "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], new RegExp(`no session "${s1}" of tech-2`)],
-      [tech1, ["--session", "nosuchsession", "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], /no session "nosuchsession" of tech-1/],
+      [tech1, ["--session", s1, "--port", "8090", "--to", `${SERVER}:22`, "--ttl", "1m"], new RegExp(`to: 192\\.168\\.78\\.50:22 is not one of session ${s1}'s targets \\(192\\.168\\.78\\.50:80, 192\\.168\\.78\\.50:7\\)`)],
       [tech1, ["--session", s1, "--port", "8090", "--to", "10.9.9.9:80", "--ttl", "1m"], /to: 10\.9\.9\.9:80 is outside the LAN allow list/],
       [tech1, ["--session", s1, "--port", "8090", "--to", `${ROUTER_LAN}:80`, "--ttl", "1m"], /to: 192\.168\.78\.1 is one of this device's own addresses/],
       [tech1, ["--session", s1, "--port", "0x16", "--to", `${SERVER}:80`, "--ttl", "1m"], /port: expected a port number 1-65535/],
@@ -172,9 +180,55 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
       const r = await natAdd(master, ...args);
       expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 2, stderr: expect.stringMatching(message) });
     }
+    // A session this master does not have is "not found" (exit 4), as for `agent disconnect`.
+    const notFound: [Daemon, string[], RegExp][] = [
+      [tech2, ["--session", s1, "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], new RegExp(`no session "${s1}" of tech-2`)],
+      [tech1, ["--session", "nosuchsession", "--port", "8090", "--to", `${SERVER}:80`, "--ttl", "1m"], /no session "nosuchsession" of tech-1/],
+    ];
+    for (const [master, args, message] of notFound) {
+      const r = await natAdd(master, ...args);
+      expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 4, stderr: expect.stringMatching(message) });
+    }
     expect(await ruleset()).toBe(before);
     expect((await listed()).map((r) => r.port)).toEqual([8080]);
   }, 30_000);
+
+  test("caps per session and per master, and the relay's nat policy: refused with the reason, the firewall byte-identical", async () => {
+    // s1 holds one rule (8080). One more fills the session's cap; an extend is still fine.
+    const second = await addJson(tech1, "--session", s1, "--port", "8085", "--to", `${SERVER}:80`, "--ttl", "5m");
+    const sB = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`])).session;
+    const third = await addJson(tech1, "--session", sB, "--port", "8086", "--to", `${SERVER}:80`, "--ttl", "5m");
+    expect(await curl(REM, 8086)).toBe("lan-ok\n");
+    const tech3 = await fleet!.start("master", "tech-3", ["--relay", `${REMOTE}:${((await fleet!.status(relay)).relay as { port: number }).port}`], undefined, REM);
+    await fleet!.waitConnected(tech3);
+    const s3 = (await fleet!.connect(tech3, "site-1", [`${SERVER}:80`])).session; // tech-3 may connect...
+    const before = await ruleset();
+    const cases: [Daemon, string[], RegExp][] = [
+      [tech1, ["--session", s1, "--port", "8087", "--to", `${SERVER}:80`, "--ttl", "1m"], new RegExp(`rules: session ${s1} holds 2 NAT rule\\(s\\), the cap is nat\\.max_rules_per_session = ${PER_SESSION}`)],
+      [tech1, ["--session", sB, "--port", "8087", "--to", `${SERVER}:80`, "--ttl", "1m"], new RegExp(`rules: master tech-1 holds 3 NAT rule\\(s\\) on this device, the cap is nat\\.max_rules_per_master = ${PER_MASTER}`)],
+      // ...but not ask for NAT: the relay refuses before the device hears of it.
+      [tech3, ["--session", s3, "--port", "8087", "--to", `${SERVER}:80`, "--ttl", "1m"], /tech-3 may not ask site-1 for NAT rules \(relay access policy: no \[\[access\]\] rule covering both has nat = true\)/],
+    ];
+    for (const [master, args, message] of cases) {
+      const r = await natAdd(master, ...args);
+      expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 2, stderr: expect.stringMatching(message) });
+    }
+    expect(await ruleset()).toBe(before);
+    // The relay's audit trail has it, as a policy refusal.
+    const audit = readFileSync(join(fleet!.dir, "state-relay-1", "refusals.log"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { code: string; reason: string; presented: string });
+    expect(audit).toContainEqual(expect.objectContaining({ code: "policy", presented: expect.stringContaining("tech-3"), reason: expect.stringMatching(/^tech-3 may not ask site-1 for NAT rules/) }));
+    // At the cap, the same request again extends (it adds no rule).
+    const again = await natAdd(tech1, "--session", s1, "--port", "8085", "--to", `${SERVER}:80`, "--ttl", "5m");
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(new RegExp(`^extended rule ${second.id}`));
+    // Back to one rule (8080) in s1 for the tests after this one.
+    expect((await fleet!.cli(onsite, ["nat", "del", second.id])).code).toBe(0);
+    expect((await fleet!.cli(tech1, ["disconnect", sB])).code).toBe(0);
+    await removed(1, sB);
+    await fleet!.stop(tech3, "SIGTERM");
+    expect((await listed()).map((r) => r.port)).toEqual([8080]);
+    expect(third.owner).toBe(sB);
+  }, 40_000);
 
   test("each session's rules carry its own peer; disconnect removes that session's rules only, from the list and the firewall", async () => {
     const udp = await addJson(tech1, "--session", s1, "--proto", "udp", "--port", "9000", "--to", `${SERVER}:7`, "--ttl", "5m");
@@ -198,7 +252,7 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
     expect(await curl(OTH, 8081)).toBe("lan-ok\n"); // the other session's rule stays
     // The session is gone: it cannot ask for more.
     const late = await natAdd(tech1, "--session", s1, "--port", "8080", "--to", `${SERVER}:80`, "--ttl", "1m");
-    expect(late.code).toBe(2);
+    expect(late.code).toBe(4);
     expect(late.stderr).toContain(`no session "${s1}" of tech-1`);
   }, 30_000);
 
@@ -218,11 +272,20 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
     const ttlMs = 8_000;
     const opened = Date.now();
     const s = (await fleet!.connect(tech1, "site-1", [`${SERVER}:80`], `${ttlMs / 1000}s`)).session;
-    const rule = await addJson(tech1, "--session", s, "--port", "8084", "--to", `${SERVER}:80`, "--ttl", "5m");
-    expect(rule.remaining_ms).toBeGreaterThan(290_000); // the rule's own TTL is not what ends it
+    const asked = await natAdd(tech1, "--session", s, "--port", "8084", "--to", `${SERVER}:80`, "--ttl", "5m", "--json");
+    expect(asked.code).toBe(0);
+    const { rule, capped } = JSON.parse(asked.stdout) as { rule: RuleView & { expires: string }; capped?: string };
+    // Capped to the session: the rule never outlives it, in the agent nor in the kernel.
+    expect(capped).toMatch(new RegExp(`^ttl 5m capped to \\d+s: the rule ends with session ${s} \\(`));
+    expect(rule.remaining_ms).toBeLessThanOrEqual(ttlMs);
+    const sessionEnds = Date.parse(/\((\S+)\)$/.exec(capped!)![1]!);
+    expect(Date.parse(rule.expires)).toBeLessThanOrEqual(sessionEnds);
     expect(await curl(REM, 8084)).toBe("lan-ok\n");
     expect(Date.now() - opened).toBeLessThan(ttlMs); // the checks above ran inside the session
-    await removed(1, s, ttlMs + 10_000);
+    // The rule and the session end at the same instant: either the rule's own timer or the
+    // session's close removes it (the other then finds nothing), each logging after the apply.
+    const gone = [`rule ${rule.id} expired`, `removed 1 NAT rule(s) of session ${s}`];
+    await waitFor(() => gone.some((l) => onsite.log().includes(l)), ttlMs + 10_000, `rule ${rule.id} to go with session ${s}`, { detail: () => onsite.log().slice(-2000) });
     expect(await listed()).toEqual([]);
     expect(tagsIn(await ruleset())).toEqual([]);
     expect(await curl(REM, 8084)).toBe("");

@@ -4,7 +4,7 @@
 // server. The same bodies run once per backend. Namespaces, processes and rules are
 // removed in afterAll even when a test fails.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
@@ -28,6 +28,9 @@ const ROUTER_LAN = "192.168.77.1";
 const SERVER = "192.168.77.50";
 const HTTP_PORT = 80;
 const ECHO_PORT = 7;
+
+/** The daemon's time zone in these tests (UTC+13:45 in December). */
+const DAEMON_TZ = "Pacific/Chatham";
 
 const TOPOLOGY = { cli: CLI, rtr: RTR, lan: LAN, veth: "ntv", clientAddrs: [PEER, OTHER], publicAddr: PUBLIC, routerLan: ROUTER_LAN, server: SERVER };
 
@@ -54,10 +57,14 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
   let daemon: Daemon | undefined;
   const procs: Subprocess[] = [];
   let starts = 0;
+  let stateDir = "";
+  let mounted = false;
 
   async function startDaemon(): Promise<Daemon> {
     const logPath = join(dir, `daemon-${++starts}.log`);
-    const proc = Bun.spawn(nsArgv(RTR, BUN, MAIN, "--role", "onsite", "--config", cfgPath), { stdout: Bun.file(logPath), stderr: Bun.file(logPath + ".err"), cwd: ROOT });
+    // A zone far from UTC: nft reads a date string in its own local time, so a rule rendered
+    // as local text would end hours off; the kernel must get the same instant anyway.
+    const proc = Bun.spawn(nsArgv(RTR, BUN, MAIN, "--role", "onsite", "--config", cfgPath), { stdout: Bun.file(logPath), stderr: Bun.file(logPath + ".err"), cwd: ROOT, env: { ...process.env, TZ: DAEMON_TZ } });
     procs.push(proc);
     const d: Daemon = { proc, logPath, log: () => readFileSync(logPath, "utf8") + readFileSync(logPath + ".err", "utf8") };
     // Ready once `status` shows the NAT part started (its reconciliation is done by then).
@@ -91,6 +98,11 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), "agent-nt-"));
     cfgPath = join(dir, "agent.toml");
+    // The state dir is a small file system of its own, so one test can fill it to the brim.
+    stateDir = join(dir, "state");
+    mkdirSync(stateDir);
+    await must(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "agent-nt-state", stateDir]);
+    mounted = true;
     sock = join(dir, "control.sock");
     const ca = join(dir, "ca");
     const bundle = join(dir, "site.bundle");
@@ -106,7 +118,7 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
         `relay = "127.0.0.1:9"`,
         `allow = ["192.168.77.0/24"]`,
         `control = "${sock}"`,
-        `state_dir = "${join(dir, "state")}"`,
+        `state_dir = "${stateDir}"`,
         `[nat]`,
         `backend = "${backend}"`,
         `max_ttl = "1m"`,
@@ -122,6 +134,7 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
     for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
     await Promise.all(procs.map((p) => p.exited));
     await deleteNamespaces([CLI, RTR, LAN]);
+    if (mounted) await must(["umount", stateDir]);
     if (dir) rmSync(dir, { recursive: true, force: true });
   }, 30_000);
 
@@ -263,6 +276,92 @@ describe.each(["iptables", "nft"] as const)("NAT with the %s backend", (backend)
     await waitFor(async () => tagsIn(await ruleset()).length === 0, 2000, "the firewall to drop them");
     expect(await curl(20042)).toBe("");
   }, 60_000);
+
+  test("kill -9 with a rule about to expire: the kernel ends it (new and open connections) with no agent running; the next start removes it", async () => {
+    // A few seconds: the control checks below (a curl, echoes after the kill) must fit before
+    // the expiry on a loaded machine.
+    const PORT = 8120;
+    const added = await nat("add", "--src", PEER, "--port", String(PORT), "--to", `${SERVER}:${ECHO_PORT}`, "--ttl", "6s", "--json");
+    expect(added.code).toBe(0);
+    const rule = (JSON.parse(added.stdout) as { rule: { id: string; expires: string } }).rule;
+    const kernelEnd = Math.ceil(Date.parse(rule.expires) / 1000) * 1000; // the second the kernel ends it at
+    // The kernel holds the expiry in UTC whatever the zone of the daemon (TZ=${DAEMON_TZ}) and of the reader.
+    const utc = new Date(kernelEnd).toISOString().slice(0, 19);
+    if (backend === "nft") {
+      const listed = await must(["env", "TZ=UTC", ...nsArgv(RTR, "nft", "list", "table", "ip", "agent_nat")]);
+      expect(listed).toContain(`meta time < "${utc.replace("T", " ")}"`);
+    } else {
+      const saved = await must(nsArgv(RTR, "iptables-save"));
+      expect(saved).toContain(`--datestop ${new Date(kernelEnd - 1000).toISOString().slice(0, 19)}`);
+      expect(saved).toContain(`--datestart ${utc}`);
+    }
+    const ticker = Bun.spawn(nsArgv(CLI, BUN, join(ROOT, "test/fixtures/nat/ticker.ts"), PUBLIC, String(PORT)), { stdout: "pipe", stderr: "pipe" });
+    procs.push(ticker);
+    let out = "";
+    void (async () => {
+      for await (const chunk of ticker.stdout) out += new TextDecoder().decode(chunk);
+    })();
+    const echoes = () => [...out.matchAll(/^e (\d+) (\d+)$/gm)].map((m) => ({ n: Number(m[1]), at: Number(m[2]) }));
+    const sends = () => [...out.matchAll(/^s (\d+) (\d+)$/gm)].map((m) => ({ n: Number(m[1]), at: Number(m[2]) }));
+    await waitFor(() => echoes().length > 0, 5000, "the held connection to carry a first echo", { detail: () => out });
+
+    await stopDaemon("SIGKILL");
+    const killedAt = Date.now();
+    // Control: with no agent, before the expiry, the same flow still works (new and open).
+    const connect = await run(nsArgv(CLI, "socat", "-T", "1", "-", `TCP4:${PUBLIC}:${PORT},bind=${PEER}`), "ping\n");
+    expect(connect.stdout).toBe("ping\n");
+    await waitFor(() => echoes().some((e) => e.at > killedAt + 200), 3000, "echoes on the open connection after the kill");
+    expect(Date.now()).toBeLessThan(kernelEnd); // the control checks above ran before the expiry
+
+    // After the expiry, still no agent: the open connection carries nothing more...
+    await waitFor(() => Date.now() > kernelEnd + 1000, kernelEnd + 2000 - Date.now(), "a second past the kernel's expiry");
+    const stopped = echoes().length;
+    await waitFor(() => sends().filter((x) => x.at > kernelEnd + 1000).length >= 10, 5000, "ten more ticks sent after the expiry");
+    expect(echoes().length).toBe(stopped);
+    const last = echoes().at(-1)!;
+    const firstUnanswered = sends().find((x) => x.n > last.n)!;
+    console.log(`[${backend}] kill -9 expiry: last echo ${last.at - kernelEnd} ms, first unanswered tick ${firstUnanswered.at - kernelEnd} ms after the kernel's expiry (${rule.expires} rounded up to the second)`);
+    // ...and a new connection is refused (the DNAT no longer matches: the device's own closed port answers).
+    const refused = await run(nsArgv(CLI, "socat", "-T", "1", "-", `TCP4:${PUBLIC}:${PORT},bind=${PEER}`), "ping\n");
+    expect(refused.stdout).toBe("");
+    expect(refused.stderr).toMatch(/Connection refused/);
+    // The dead rule is still in the firewall: nobody removed it.
+    expect(tagsIn(await ruleset())).toContain(rule.id);
+
+    daemon = await startDaemon();
+    expect(tagsIn(await ruleset())).not.toContain(rule.id);
+    expect(await ruleset()).not.toContain(`agent-nat-end id=${rule.id}`);
+    await waitFor(() => daemon!.log().includes(`removed rule ${rule.id} at start: it expired`), 5000, "the start to log the expired rule");
+    ticker.kill("SIGKILL");
+  }, 60_000);
+
+  test("a full state disk: the add fails clearly, the firewall is byte-identical, no temp file is left, and freed space makes the next add work", async () => {
+    const before = await ruleset();
+    // To the brim: dd stops at ENOSPC (exit 1); then no page is left for a byte more.
+    const fill = join(stateDir, "fill");
+    const dd = await run(["dd", "if=/dev/zero", `of=${fill}`, "bs=4k"]);
+    expect(dd.stderr).toMatch(/No space left on device/);
+    try {
+      const r = await nat("add", "--src", PEER, "--port", "8130", "--to", `${SERVER}:${HTTP_PORT}`, "--ttl", "30s");
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/could not add the rule: cannot write the NAT state file: ENOSPC: no space left on device.*; the firewall was not changed/);
+      expect(r.stderr).toMatch(/hint: free space .*state_dir/);
+      expect(await ruleset()).toBe(before);
+      expect(await curl(8130)).toBe("");
+      expect(readdirSync(stateDir).filter((n) => n.endsWith(".tmp"))).toEqual([]);
+      await waitFor(() => daemon!.log().includes("cannot write the NAT state file: ENOSPC"), 5000, "the daemon to warn of the failed write");
+      expect(daemon!.log()).toMatch(/warn.*cannot write the NAT state file/i);
+    } finally {
+      rmSync(fill, { force: true });
+    }
+    const ok = await nat("add", "--src", PEER, "--port", "8130", "--to", `${SERVER}:${HTTP_PORT}`, "--ttl", "30s", "--json");
+    expect(ok.code).toBe(0);
+    const { rule } = JSON.parse(ok.stdout) as { rule: { id: string } };
+    expect(await curl(8130)).toBe("lan-ok\n");
+    expect(readFileSync(join(stateDir, "nat-rules.json"), "utf8")).toContain(rule.id);
+    expect((await nat("del", rule.id)).code).toBe(0);
+    expect(await ruleset()).toBe(before);
+  }, 30_000);
 
   test("after kill -9: expired rules go at start, others are re-armed and expire on time, orphans go, foreign rules stay", async () => {
     const add = async (port: number, ttl: string) =>

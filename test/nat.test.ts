@@ -16,8 +16,12 @@ import { conntrackCutter, conntrackDeleteArgv, flowOf, parseConntrackList } from
 import { IptablesBackend, parseSave, renderRestore } from "../src/nat/iptables.ts";
 import { NftBackend, parseNftJson, renderNft } from "../src/nat/nft.ts";
 import { isNoop, plan, type InstalledRule } from "../src/nat/plan.ts";
-import { decideAdd, FieldError, forbiddenTarget, fromSeedRequest, parseTag, ruleTag, validateRequest, type NatLimits, type Rule, type RuleSpec } from "../src/nat/rule.ts";
-import { NatService } from "../src/nat/service.ts";
+import { decideAdd, FieldError, forbiddenTarget, fromSeedRequest, kernelExpiryS, parseTag, ruleTag, validateRequest, type NatLimits, type Rule, type RuleSpec } from "../src/nat/rule.ts";
+import { NatService, SAVE_RETRY_MS } from "../src/nat/service.ts";
+import { FakeClock } from "../src/clock.ts";
+import { removeStaleTemps } from "../src/os/atomic.ts";
+import { bindToSession, checkSessionCaps, type SessionBinding } from "../src/nat/session.ts";
+import { mayAskNat } from "../src/tunnel/pairing.ts";
 import { FileRuleStore, MemoryRuleStore, parseState } from "../src/nat/store.ts";
 import { waitFor } from "./helpers/wait.ts";
 
@@ -162,6 +166,13 @@ describe("plan", () => {
   ] as const)("%s", (_name, wanted, installed, now, expected) => {
     expect(plan([...wanted], [...installed], now)).toMatchObject(expected as object);
   });
+  test("rules whose owner is gone are removed like expired ones, not as orphans", () => {
+    const s = { ...b, owner: "s-gone" };
+    const p = plan([a, s], [tag(a), tag(s)], 0, (owner) => owner === "local");
+    expect(p).toMatchObject({ desired: [a], ownerless: [s], remove: [tag(s)], orphans: [], expired: [] });
+    // An expired one is just expired.
+    expect(plan([a, s], [tag(a), tag(s)], 25_000, (owner) => owner === "local")).toMatchObject({ ownerless: [], expired: [a, s] });
+  });
   test("isNoop", () => {
     expect(isNoop(plan([a], [tag(a)], 0))).toBe(true);
     expect(isNoop(plan([a], [tag(a)], 10_000))).toBe(false);
@@ -181,19 +192,50 @@ describe("tags", () => {
 const r1 = rule("0123abcd", { expiresAt: 1_700_000_000_000 });
 const r2 = rule("89abcdef", { proto: "udp", src: "198.51.100.0/24", iface: "wan", port: 5000, toAddr: "192.168.1.60", toPort: 5001, expiresAt: 1_700_000_100_000 });
 
+describe("the kernel's copy of the expiry", () => {
+  // Whatever the process's time zone, the kernel gets the same instant: iptables a UTC stamp,
+  // nft a number of seconds (nft would read a date string in its own local time).
+  const zones = ["UTC", "America/New_York", "Asia/Kathmandu", "Pacific/Chatham"];
+  test.each([
+    // [expiresAt ms, the second the kernel ends it, iptables' last matching second, guard start]
+    [1_700_000_000_000, 1_700_000_000, "2023-11-14T22:13:19", "2023-11-14T22:13:20"],
+    [1_700_000_000_001, 1_700_000_001, "2023-11-14T22:13:20", "2023-11-14T22:13:21"],
+    [1_798_761_599_500, 1_798_761_600, "2026-12-31T23:59:59", "2027-01-01T00:00:00"],
+  ])("expiry %d ends at second %d", (expiresAt, end, stop, start) => {
+    const r = rule("0123abcd", { expiresAt });
+    const saved = process.env.TZ;
+    try {
+      for (const tz of zones) {
+        process.env.TZ = tz;
+        expect(kernelExpiryS(r)).toBe(end);
+        const ipt = renderRestore([r]).split("\n").filter((l) => l.startsWith("-A"));
+        expect(ipt.map((l) => /--date(?:stop|start) (\S+)/.exec(l)![1])).toEqual([stop, stop, start]);
+        const nft = renderNft([r]).split("\n").filter((l) => l.startsWith("add rule"));
+        expect(nft.map((l) => /meta time (<|>=) (\d+)/.exec(l)!.slice(1).join(" "))).toEqual([`< ${end}`, `< ${end}`, `>= ${end}`]);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.TZ;
+      else process.env.TZ = saved;
+    }
+  });
+});
+
 describe("iptables rendering", () => {
   test("one restore input declares (and so flushes) only the agent's chains", () => {
     expect(renderRestore([r1, r2])).toBe(
       [
         "*nat",
         ":AGENT-NAT - [0:0]",
-        '-A AGENT-NAT -s 203.0.113.7/32 -p tcp -m tcp --dport 8080 -m comment --comment "agent-nat id=0123abcd exp=1700000000" -j DNAT --to-destination 192.168.1.50:80',
-        '-A AGENT-NAT -s 198.51.100.0/24 -i wan -p udp -m udp --dport 5000 -m comment --comment "agent-nat id=89abcdef exp=1700000100" -j DNAT --to-destination 192.168.1.60:5001',
+        // 1700000000 is 2023-11-14T22:13:20Z: the last matching second is :19, the guard starts at :20.
+        '-A AGENT-NAT -s 203.0.113.7/32 -p tcp -m tcp --dport 8080 -m time --datestop 2023-11-14T22:13:19 -m comment --comment "agent-nat id=0123abcd exp=1700000000" -j DNAT --to-destination 192.168.1.50:80',
+        '-A AGENT-NAT -s 198.51.100.0/24 -i wan -p udp -m udp --dport 5000 -m time --datestop 2023-11-14T22:14:59 -m comment --comment "agent-nat id=89abcdef exp=1700000100" -j DNAT --to-destination 192.168.1.60:5001',
         "COMMIT",
         "*filter",
         ":AGENT-FWD - [0:0]",
-        '-A AGENT-FWD -s 203.0.113.7/32 -d 192.168.1.50/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -m comment --comment "agent-nat id=0123abcd exp=1700000000" -j ACCEPT',
-        '-A AGENT-FWD -s 198.51.100.0/24 -i wan -d 192.168.1.60/32 -p udp -m udp --dport 5001 -m conntrack --ctstate DNAT -m comment --comment "agent-nat id=89abcdef exp=1700000100" -j ACCEPT',
+        '-A AGENT-FWD -s 203.0.113.7/32 -d 192.168.1.50/32 -p tcp -m tcp --dport 80 -m conntrack --ctstate DNAT -m time --datestop 2023-11-14T22:13:19 -m comment --comment "agent-nat id=0123abcd exp=1700000000" -j ACCEPT',
+        '-A AGENT-FWD -s 198.51.100.0/24 -i wan -d 192.168.1.60/32 -p udp -m udp --dport 5001 -m conntrack --ctstate DNAT -m time --datestop 2023-11-14T22:14:59 -m comment --comment "agent-nat id=89abcdef exp=1700000100" -j ACCEPT',
+        '-A AGENT-FWD -m conntrack --ctstate DNAT --ctproto tcp --ctorigsrc 203.0.113.7/32 --ctorigdstport 8080 --ctreplsrc 192.168.1.50 --ctreplsrcport 80 -m time --datestart 2023-11-14T22:13:20 -m comment --comment "agent-nat-end id=0123abcd exp=1700000000" -j DROP',
+        '-A AGENT-FWD -m conntrack --ctstate DNAT --ctproto udp --ctorigsrc 198.51.100.0/24 --ctorigdstport 5000 --ctreplsrc 192.168.1.60 --ctreplsrcport 5001 -m time --datestart 2023-11-14T22:15:00 -m comment --comment "agent-nat-end id=89abcdef exp=1700000100" -j DROP',
         "COMMIT",
         "",
       ].join("\n"),
@@ -212,14 +254,21 @@ describe("nft rendering", () => {
     const s = renderNft([r2]);
     expect(s.split("\n").slice(4)).toEqual([
       "flush table ip agent_nat",
-      'add rule ip agent_nat prerouting iifname "wan" ip saddr 198.51.100.0/24 udp dport 5000 dnat to 192.168.1.60:5001 comment "agent-nat id=89abcdef exp=1700000100"',
-      'add rule ip agent_nat forward iifname "wan" ip saddr 198.51.100.0/24 ip daddr 192.168.1.60 udp dport 5001 ct status dnat accept comment "agent-nat id=89abcdef exp=1700000100"',
+      'add rule ip agent_nat prerouting iifname "wan" ip saddr 198.51.100.0/24 udp dport 5000 meta time < 1700000100 dnat to 192.168.1.60:5001 comment "agent-nat id=89abcdef exp=1700000100"',
+      'add rule ip agent_nat forward iifname "wan" ip saddr 198.51.100.0/24 ip daddr 192.168.1.60 udp dport 5001 ct status dnat meta time < 1700000100 accept comment "agent-nat id=89abcdef exp=1700000100"',
+      'add rule ip agent_nat forward meta l4proto udp ct status dnat ct original ip saddr 198.51.100.0/24 ct original proto-dst 5000 ct reply ip saddr 192.168.1.60 ct reply proto-src 5001 meta time >= 1700000100 drop comment "agent-nat-end id=89abcdef exp=1700000100"',
       "",
     ]);
   });
+  test("end guards come after every accept", () => {
+    const lines = renderNft([r1, r2]).split("\n");
+    const lastAccept = lines.findLastIndex((l) => l.includes(" accept "));
+    const firstDrop = lines.findIndex((l) => l.includes(" drop "));
+    expect(firstDrop).toBeGreaterThan(lastAccept);
+  });
   test("parseNftJson keeps our tags per chain and ignores others", () => {
     const json = readFileSync(join(import.meta.dir, "fixtures/nat/nft-list.json"), "utf8");
-    expect(parseNftJson(json)).toEqual({ prerouting: [{ id: "0123abcd", expiresAt: 1_700_000_000_000 }], forward: [{ id: "0123abcd", expiresAt: 1_700_000_000_000 }] });
+    expect(parseNftJson(json)).toEqual({ prerouting: [{ id: "0123abcd", expiresAt: 1_700_000_000_000 }], forward: [{ id: "0123abcd", expiresAt: 1_700_000_000_000 }], guards: [] });
   });
 });
 
@@ -378,6 +427,170 @@ function setup(opts: { now?: () => number; keepOnStop?: boolean; store?: MemoryR
   return { svc, backend, store, cut, lines };
 }
 
+/** A store whose writes fail with ENOSPC while `full` is set, as a full state disk does. */
+class FullDiskStore extends MemoryRuleStore {
+  full = false;
+  damaged = false;
+  failures = 0;
+  override load(): Rule[] {
+    if (this.damaged) throw new Error("rule 0 is malformed");
+    return super.load();
+  }
+  override save(rules: readonly Rule[]): void {
+    if (this.full) {
+      this.failures++;
+      throw Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+    }
+    super.save(rules);
+  }
+}
+
+test("NatService start: a session's rule from the previous run goes, a local one is re-armed", async () => {
+  const store = new MemoryRuleStore();
+  const backend = new FakeBackend();
+  const wall = Date.now();
+  const local = rule("aaaaaaaa", { owner: "local", createdAt: wall, expiresAt: wall + 60_000 });
+  const session = rule("bbbbbbbb", { owner: "s-abcd1234", port: 8081, createdAt: wall, expiresAt: wall + 60_000 });
+  store.rules = [local, session];
+  backend.installed = new Map([[local.id, local], [session.id, session]]);
+  const { svc, lines } = setup({ store, backend });
+  await svc.start();
+  expect(svc.list().map((r) => r.id)).toEqual([local.id]);
+  expect([...backend.installed.keys()]).toEqual([local.id]);
+  expect(store.rules.map((r) => r.id)).toEqual([local.id]);
+  expect(lines.join("")).toContain(`removed rule ${session.id} at start: its session s-abcd1234 ended with the previous run`);
+  await svc.close();
+});
+
+describe("NatService on a full disk", () => {
+  function full() {
+    const clock = new FakeClock();
+    const lines: string[] = [];
+    const backend = new FakeBackend();
+    const store = new FullDiskStore();
+    const svc = new NatService({
+      backend,
+      store,
+      limits: { ...limits, maxRules: 200 },
+      keepOnStop: false,
+      ownAddresses: async () => own,
+      cutFlows: async () => {},
+      log: createLogger({ level: "info", write: (l) => void lines.push(l) }),
+      clock,
+    });
+    const warnings = () => lines.filter((l) => /WARN/i.test(l) && l.includes("cannot write the NAT state file"));
+    return { clock, lines, backend, store, svc, warnings };
+  }
+
+  test("an add whose intent cannot be written fails clearly and never touches the firewall", async () => {
+    const { svc, backend, store, warnings } = full();
+    await svc.start();
+    store.full = true;
+    const err = await svc.add(good, "local").then(() => null, (e: unknown) => e as RuntimeError);
+    expect(err).toBeInstanceOf(RuntimeError);
+    expect(err!.message).toMatch(/^could not add the rule: cannot write the NAT state file: ENOSPC: no space left on device, write; the firewall was not changed$/);
+    expect(err!.hint).toMatch(/free space .*state_dir/);
+    expect(backend.applies).toBe(0);
+    expect(backend.installed.size).toBe(0);
+    expect(svc.list()).toEqual([]);
+    expect(warnings().length).toBe(1);
+    // Space again: the next request works.
+    store.full = false;
+    const ok = await svc.add(good, "local");
+    expect(backend.installed.has(ok.rule.id)).toBe(true);
+    expect(store.rules.map((r) => r.id)).toEqual([ok.rule.id]);
+    await svc.close();
+  });
+
+  test("an extend is written first too; a refused extend keeps the old expiry everywhere", async () => {
+    const { svc, backend, store, clock } = full();
+    await svc.start();
+    const a = await svc.add(good, "local");
+    clock.advance(10_000);
+    store.full = true;
+    await expect(svc.add(good, "local")).rejects.toThrow(/could not extend the rule: cannot write the NAT state file/);
+    expect(backend.installed.get(a.rule.id)!.expiresAt).toBe(Date.parse(a.rule.expires));
+    expect(store.rules[0]!.expiresAt).toBe(Date.parse(a.rule.expires));
+    expect(svc.list()[0]!.expires).toBe(a.rule.expires);
+    await svc.close();
+  });
+
+  test("removals never wait for the disk: applied at once, the file written later, warnings at most once a minute", async () => {
+    const { svc, backend, store, clock, warnings, lines } = full();
+    await svc.start();
+    const a = await svc.add(good, "local");
+    const b = await svc.add({ ...good, port: "8081" }, "local");
+    store.full = true;
+    await svc.del(a.rule.id);
+    expect(backend.installed.has(a.rule.id)).toBe(false);
+    expect(store.rules.map((r) => r.id).sort()).toEqual([a.rule.id, b.rule.id].sort()); // not written yet
+    expect(warnings().length).toBe(1);
+    // A retry is queued behind other changes: step the clock a second at a time and let it run.
+    const step = async (ms: number) => {
+      for (let t = 0; t < ms; t += 1000) {
+        clock.advance(1000);
+        await Bun.sleep(0);
+      }
+    };
+    // Retried every few seconds; said again only after a minute.
+    await step(30_000);
+    expect(store.failures).toBeGreaterThan(3);
+    expect(warnings().length).toBe(1);
+    await step(31_000);
+    expect(warnings().length).toBe(2);
+    expect(warnings()[1]).toMatch(/more failure\(s\) since the last report/);
+    store.full = false;
+    await step(SAVE_RETRY_MS);
+    expect(store.rules.map((r) => r.id)).toEqual([b.rule.id]);
+    expect(lines.some((l) => l.includes("writing the NAT state file works again"))).toBe(true);
+    await svc.close();
+  });
+
+  test("a damaged state file and a full disk: a removal still goes through", async () => {
+    const { svc, backend, store } = full();
+    await svc.start();
+    const a = await svc.add(good, "local");
+    await svc.close();
+    // The next run finds the file damaged (its rule is an orphan, removed at start) and adds one...
+    store.damaged = true;
+    const next = new NatService({ backend, store, limits: { ...limits, maxRules: 200 }, keepOnStop: false, ownAddresses: async () => own, cutFlows: async () => {}, log: createLogger({ level: "error", write: () => {} }) });
+    await next.start();
+    const b = await next.add(good, "local");
+    expect(b.rule.id).not.toBe(a.rule.id);
+    // ...then the disk fills: deleting needs no write first.
+    store.full = true;
+    await next.del(b.rule.id);
+    expect(backend.installed.size).toBe(0);
+    await next.close();
+  });
+
+  test("a firewall failure after the intent was written puts the file back", async () => {
+    const { svc, backend, store } = full();
+    await svc.start();
+    const a = await svc.add(good, "local");
+    backend.failNext = "nft exited 1";
+    await expect(svc.add({ ...good, port: "8081" }, "local")).rejects.toThrow(/could not apply rule: nft exited 1/);
+    expect(store.rules.map((r) => r.id)).toEqual([a.rule.id]);
+    await svc.close();
+  });
+});
+
+describe("stale temp files", () => {
+  test("removeStaleTemps removes a dead writer's temp file only", () => {
+    const dir = mkdtempSync(join(tmpdir(), "agent-nat-tmp-"));
+    try {
+      const target = join(dir, "nat-rules.json");
+      writeFileSync(join(dir, ".nat-rules.json.999999.abcdef.tmp"), "half");
+      writeFileSync(join(dir, `.nat-rules.json.${process.pid}.abcdef.tmp`), "mine, being written");
+      writeFileSync(join(dir, ".other.json.999999.abcdef.tmp"), "not this file's");
+      expect(removeStaleTemps(target, (pid) => pid === process.pid)).toEqual([".nat-rules.json.999999.abcdef.tmp"]);
+      expect(readdirSync(dir).sort()).toEqual([`.nat-rules.json.${process.pid}.abcdef.tmp`, ".other.json.999999.abcdef.tmp"].sort());
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe("NatService", () => {
   test("an idle agent never writes the firewall", async () => {
     const { svc, backend } = setup();
@@ -507,5 +720,85 @@ describe("NAT component on a control server", () => {
   });
   test.each([["iptables", "iptables"], ["nft", "nft"]] as const)("nat.backend = %s picks %s", (name, expected) => {
     expect(chooseBackend({ ...cfg, nat: { ...cfg.nat, backend: name } }, async () => ({ code: 0, stdout: "", stderr: "" })).name).toBe(expected);
+  });
+});
+
+describe("a master's request bound to its session", () => {
+  const WALL = Date.UTC(2026, 11, 1, 12, 0, 0);
+  const spec: RuleSpec = { proto: "tcp", src: "203.0.113.7/32", port: 8080, toAddr: "192.168.1.50", toPort: 80, ttlMs: 30 * 60_000 };
+  const binding = (o: Partial<SessionBinding> = {}): SessionBinding => ({ session: "s-1", master: "tech-1", endpoints: ["192.168.1.50:80", "192.168.1.60:22"], endsAt: null, masterSessions: ["s-1"], ...o });
+  test.each([
+    ["a target of the session, no end: unchanged", binding(), spec, undefined],
+    ["a session ending later than the rule: unchanged", binding({ endsAt: WALL + 60 * 60_000 }), spec, undefined],
+    ["a session ending sooner: capped to its end", binding({ endsAt: WALL + 10 * 60_000 }), { ...spec, ttlMs: 10 * 60_000 }, /ttl 30m capped to 10m: the rule ends with session s-1 \(2026-12-01T12:10:00\.000Z\)/],
+  ] as const)("%s", (_name, b, want, note) => {
+    const r = bindToSession(spec, b, WALL);
+    expect(r.spec).toEqual(want);
+    if (note) expect(r.capped).toMatch(note);
+    else expect(r.capped).toBeUndefined();
+  });
+  test.each([
+    ["a target outside the session", { ...spec, toPort: 81 }, binding(), /^to: 192\.168\.1\.50:81 is not one of session s-1's targets \(192\.168\.1\.50:80, 192\.168\.1\.60:22\)/],
+    ["a session without targets", spec, binding({ endpoints: [] }), /not one of session s-1's targets \(none\)/],
+    ["a session that has ended", spec, binding({ endsAt: WALL - 1 }), /^ttl: session s-1 ends now; no rule can outlive it$/],
+    ["a session with under a second left", spec, binding({ endsAt: WALL + 500 }), /^ttl: session s-1 ends within a second/],
+  ] as const)("refused: %s", (_name, s, b, message) => {
+    expect(() => bindToSession(s, b, WALL)).toThrow(message);
+  });
+  test.each([
+    ["under both caps", [{ owner: "s-1" }, { owner: "s-2" }], undefined],
+    ["the session's cap", [{ owner: "s-1" }, { owner: "s-1" }], /^rules: session s-1 holds 2 NAT rule\(s\), the cap is nat\.max_rules_per_session = 2/],
+    ["the master's cap, over its sessions", [{ owner: "s-1" }, { owner: "s-2" }, { owner: "s-2" }], /^rules: master tech-1 holds 3 NAT rule\(s\) on this device, the cap is nat\.max_rules_per_master = 3/],
+    ["other masters' and local rules do not count", [{ owner: "s-9" }, { owner: "local" }, { owner: "s-9" }, { owner: "s-1" }], undefined],
+  ] as const)("caps: %s", (_name, live, message) => {
+    const b = binding({ masterSessions: ["s-1", "s-2"] });
+    const run = () => checkSessionCaps(b, live, { perSession: 2, perMaster: 3 });
+    if (message) expect(run).toThrow(message);
+    else expect(run).not.toThrow();
+  });
+
+  test("NatService: a refused session request changes nothing; an extend at the cap is fine", async () => {
+    const clock = new FakeClock({ wall: WALL });
+    const backend = new FakeBackend();
+    const svc = new NatService({
+      backend,
+      store: new MemoryRuleStore(),
+      limits,
+      keepOnStop: false,
+      ownAddresses: async () => own,
+      cutFlows: async () => {},
+      log: createLogger({ level: "error", write: () => {} }),
+      clock,
+      sessionCaps: { perSession: 1, perMaster: 5 },
+    });
+    await svc.start();
+    const b = binding({ endsAt: WALL + 5 * 60_000 });
+    const first = await svc.add(good, "s-1", b);
+    expect(first.rule.remaining_ms).toBe(5 * 60_000);
+    expect(first.capped).toMatch(/capped to 5m/);
+    const applies = backend.applies;
+    await expect(svc.add({ ...good, port: "8081" }, "s-1", b)).rejects.toThrow(/nat\.max_rules_per_session = 1/);
+    await expect(svc.add({ ...good, to: "192.168.1.51:80" }, "s-1", b)).rejects.toBeInstanceOf(UsageError);
+    expect(backend.applies).toBe(applies);
+    expect((await svc.add(good, "s-1", b)).created).toBe(false);
+    await svc.close();
+  });
+});
+
+describe("the relay's [[access]] nat key", () => {
+  const access = (raw: unknown) => resolveConfig([{ origin: { kind: "flag" }, raw: { access: raw } as Record<string, unknown> }]).access;
+  test.each([
+    ["no rules at all: every master reaches every device, none may ask for NAT", [], "tech-1", "site-1", false],
+    ["a rule without the key: no", [{ masters: ["tech-*"], onsites: ["site-*"] }], "tech-1", "site-1", false],
+    ["nat = false: no", [{ masters: ["tech-*"], onsites: ["site-*"], nat: false }], "tech-1", "site-1", false],
+    ["nat = true for both: yes", [{ masters: ["tech-*"], onsites: ["site-*"], nat: true }], "tech-1", "site-1", true],
+    ["nat = true, another master: no", [{ masters: ["tech-1"], onsites: ["site-*"], nat: true }], "tech-2", "site-1", false],
+    ["nat = true, another device: no", [{ masters: ["tech-*"], onsites: ["site-2"], nat: true }], "tech-1", "site-1", false],
+    ["one of several rules grants it", [{ masters: ["*"], onsites: ["*"] }, { masters: ["tech-1"], onsites: ["site-1"], nat: true }], "tech-1", "site-1", true],
+  ] as const)("%s", (_name, rules, master, onsite, want) => {
+    expect(mayAskNat(access(rules), master, onsite)).toBe(want);
+  });
+  test("a nat key that is not a boolean is refused by name", () => {
+    expect(() => access([{ masters: ["*"], onsites: ["*"], nat: "yes" }])).toThrow(/access\[0\]\.nat/);
   });
 });

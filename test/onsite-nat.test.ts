@@ -106,3 +106,20 @@ test("a request for a session the device does not serve is refused before any ru
   expect(err).toMatchObject({ code: ErrorCode.NO_SESSION, message: 'no session "s-1" on site-1' });
   expect(h.backend.applies).toBe(0);
 });
+
+test("a request is bound to its session: a target outside it is refused before any rule; the TTL is capped to the session's end", async () => {
+  const h = harness();
+  const ends = new Date(Date.now() + 20_000).toISOString();
+  await h.relayConn.request(Msg.SESSION_OFFER, { session: "s-2", master: "tech-1", targets: ["192.168.1.50:80"], expires: ends });
+  const ask = (to: string, ttl = "1m") => h.relayConn.request(Msg.NAT_REQUEST, { session: "s-2", source: "203.0.113.7", proto: "tcp", port: "8080", to, ttl });
+  const err = await ask("192.168.1.51:80").then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(err).toMatchObject({ code: ErrorCode.BAD_REQUEST, message: expect.stringMatching(/^to: 192\.168\.1\.51:80 is not one of session s-2's targets \(192\.168\.1\.50:80\)/) });
+  expect(h.backend.applies).toBe(0);
+  const res = (await ask("192.168.1.50:80")) as { rule: { expires: string; remaining_ms: number }; capped: string };
+  expect(Date.parse(res.rule.expires)).toBeLessThanOrEqual(Date.parse(ends));
+  expect(res.rule.remaining_ms).toBeLessThanOrEqual(20_000);
+  expect(res.capped).toMatch(/^ttl 1m capped to \d+s: the rule ends with session s-2/);
+});

@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Admission, judgeHello } from "../src/tunnel/relay/front.ts";
+import { FakeClock } from "../src/clock.ts";
 import { FileRefusalLog, MemoryRefusalLog, REFUSAL_CODES, RefusalCode, refusal, tlsRefusalCode, type Refusal } from "../src/tunnel/relay/refusals.ts";
 import { MAX_REASON } from "../src/transport/frame.ts";
 
@@ -100,5 +101,22 @@ describe("FileRefusalLog", () => {
     new FileRefusalLog(join(blocker, "refusals.log"), { onError: (e) => errors.push(e.message) }).record(r(1));
     expect(errors).toHaveLength(1);
     expect(existsSync(join(blocker, "refusals.log"))).toBe(false);
+  });
+
+  test("failed writes are reported at most once a minute, with the count held back", () => {
+    const blocker = join(dir, "not-a-dir-either");
+    writeFileSync(blocker, "");
+    const clock = new FakeClock();
+    const errors: string[] = [];
+    const log = new FileRefusalLog(join(blocker, "refusals.log"), { onError: (e) => errors.push(e.message), clock });
+    for (let i = 0; i < 50; i++) log.record(r(i));
+    expect(errors).toHaveLength(1);
+    clock.advance(59_000);
+    log.record(r(50));
+    expect(errors).toHaveLength(1);
+    clock.advance(1_000);
+    log.record(r(51));
+    expect(errors).toHaveLength(2);
+    expect(errors[1]).toMatch(/\(50 more failed write\(s\) since the last report\)$/);
   });
 });

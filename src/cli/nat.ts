@@ -52,6 +52,8 @@ const add = defineAgentCommand({
     else ctx.io.out(line(`${res.created ? "added" : "extended"} rule ${res.rule.id}: ${describeRule(res.rule)}, expires in ${left(res.rule.remaining_ms)} (${res.rule.expires})`));
     // Applied but not working (IPv4 forwarding off): said on stderr, the exit stays 0.
     if (res.warning) ctx.io.err(line(`warning: ${res.warning}`));
+    // A master's rule lives no longer than its session: said when the TTL was cut to fit.
+    if (res.capped) ctx.io.err(line(`note: ${res.capped}`));
     return 0;
   },
 });

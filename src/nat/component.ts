@@ -14,6 +14,7 @@ import { NftBackend } from "./nft.ts";
 import { fromSeedRequest, FieldError, type NatRequest, type OwnAddress } from "./rule.ts";
 import { NatService, type AddResult } from "./service.ts";
 import { FileRuleStore } from "./store.ts";
+import type { SessionBinding } from "./session.ts";
 import { parseIPv4 } from "../netaddr.ts";
 import { systemClock, type Clock } from "../clock.ts";
 
@@ -36,8 +37,9 @@ export interface NatComponent {
   start(): Promise<void>;
   close(): Promise<void>;
   status(): Record<string, unknown>;
-  /** For a master's request inside a session: owner is the session id, src its peer's address. */
-  add(request: NatRequest, owner: string): Promise<AddResult>;
+  /** For a master's request inside a session: owner is the session id, src its peer's address;
+   * `session` binds the rule to the session (its targets, its end, the caps). */
+  add(request: NatRequest, owner: string, session?: SessionBinding): Promise<AddResult>;
   /** Called when a session ends: removes the rules it asked for. */
   removeByOwner(owner: string): Promise<number>;
 }
@@ -150,6 +152,7 @@ export function createNatComponent(opts: NatComponentOptions): NatComponent {
             allow: config.allow,
           },
           keepOnStop: config.nat.keep_on_stop,
+          sessionCaps: { perSession: config.nat.max_rules_per_session, perMaster: config.nat.max_rules_per_master },
           ownAddresses: ownAddressReader(exec, clock),
           interfaces: interfaceReader(exec, clock),
           cutFlows: conntrackCutter(exec),
@@ -170,8 +173,8 @@ export function createNatComponent(opts: NatComponentOptions): NatComponent {
     status() {
       return service ? service.status() : { unavailable };
     },
-    add(request, owner) {
-      return need().add(request, owner);
+    add(request, owner, session) {
+      return need().add(request, owner, session);
     },
     removeByOwner(owner) {
       return service ? service.removeByOwner(owner) : Promise.resolve(0);

@@ -5,7 +5,7 @@
 // is left as it was; then `iptables-save` is read back to check the rules are there.
 import { checkExec, expectedTags, FirewallError, verifyTags, type Exec, type FirewallBackend } from "./backend.ts";
 import type { InstalledRule } from "./plan.ts";
-import { parseTag, ruleTag, type Rule } from "./rule.ts";
+import { END_TAG_PREFIX, kernelExpiryS, parseTag, ruleTag, TAG_PREFIX, type Rule } from "./rule.ts";
 
 export const NAT_CHAIN = "AGENT-NAT";
 export const FWD_CHAIN = "AGENT-FWD";
@@ -20,26 +20,52 @@ export interface IptablesCommands {
 
 export const DEFAULT_IPTABLES: IptablesCommands = { iptables: "iptables", restore: "iptables-restore", save: "iptables-save" };
 
-/** The restore input that makes the agent's chains hold exactly `rules`. Pure. */
+/**
+ * The time-match argument for the last second a rule may match: `-m time` compares the
+ * packet's time in whole UTC seconds (no --kerneltz) and --datestop is inclusive, so a rule
+ * ending at second E matches up to E-1 and its end guard (--datestart E) from E on. Pure.
+ */
+export function utcStamp(epochS: number): string {
+  return new Date(epochS * 1000).toISOString().slice(0, 19);
+}
+
+/**
+ * The restore input that makes the agent's chains hold exactly `rules`. Pure.
+ *
+ * Each rule is three lines, all carrying its expiry, so the kernel ends it on its own when
+ * no agent is left to (kill -9, a crash, a power cut mid-upgrade):
+ * - the DNAT, matching until the expiry (new connections after it are not forwarded);
+ * - the forward ACCEPT, per packet of the DNATed flow, until the expiry;
+ * - the end guard: from the expiry on, a DROP of that flow in both directions (matched by
+ *   its conntrack tuple), so an open connection stops too even where FORWARD accepts
+ *   everything. The agent's next apply removes all three.
+ */
 export function renderRestore(rules: readonly Rule[]): string {
   const nat = [`*nat`, `:${NAT_CHAIN} - [0:0]`];
   const filter = [`*filter`, `:${FWD_CHAIN} - [0:0]`];
+  const guards: string[] = [];
   for (const r of rules) {
     const tag = `-m comment --comment "${ruleTag(r)}"`;
     const iface = r.iface ? ` -i ${r.iface}` : "";
-    nat.push(`-A ${NAT_CHAIN} -s ${r.src}${iface} -p ${r.proto} -m ${r.proto} --dport ${r.port} ${tag} -j DNAT --to-destination ${r.toAddr}:${r.toPort}`);
-    filter.push(`-A ${FWD_CHAIN} -s ${r.src}${iface} -d ${r.toAddr}/32 -p ${r.proto} -m ${r.proto} --dport ${r.toPort} -m conntrack --ctstate DNAT ${tag} -j ACCEPT`);
+    const end = kernelExpiryS(r);
+    const until = `-m time --datestop ${utcStamp(end - 1)}`;
+    nat.push(`-A ${NAT_CHAIN} -s ${r.src}${iface} -p ${r.proto} -m ${r.proto} --dport ${r.port} ${until} ${tag} -j DNAT --to-destination ${r.toAddr}:${r.toPort}`);
+    filter.push(`-A ${FWD_CHAIN} -s ${r.src}${iface} -d ${r.toAddr}/32 -p ${r.proto} -m ${r.proto} --dport ${r.toPort} -m conntrack --ctstate DNAT ${until} ${tag} -j ACCEPT`);
+    guards.push(
+      `-A ${FWD_CHAIN} -m conntrack --ctstate DNAT --ctproto ${r.proto} --ctorigsrc ${r.src} --ctorigdstport ${r.port} --ctreplsrc ${r.toAddr} --ctreplsrcport ${r.toPort} -m time --datestart ${utcStamp(end)} -m comment --comment "${ruleTag(r, END_TAG_PREFIX)}" -j DROP`,
+    );
   }
-  return [...nat, "COMMIT", ...filter, "COMMIT", ""].join("\n");
+  // The guards after every accept: one rule's guard never shadows another rule's live flow.
+  return [...nat, "COMMIT", ...filter, ...guards, "COMMIT", ""].join("\n");
 }
 
 /** Tagged rules in `chain` from `iptables-save` output. Pure. */
-export function parseSave(text: string, chain: string): InstalledRule[] {
+export function parseSave(text: string, chain: string, prefix: string = TAG_PREFIX): InstalledRule[] {
   const out: InstalledRule[] = [];
   for (const line of text.split("\n")) {
     if (!line.startsWith(`-A ${chain} `)) continue;
     const m = /--comment (?:"([^"]*)"|(\S+))/.exec(line);
-    const tag = m ? parseTag(m[1] ?? m[2]!) : undefined;
+    const tag = m ? parseTag(m[1] ?? m[2]!, prefix) : undefined;
     if (tag) out.push(tag);
   }
   return out;
@@ -59,9 +85,10 @@ export class IptablesBackend implements FirewallBackend {
     // The two tables are independent: check them side by side (each step is a process).
     await Promise.all([this.ensureJump("nat", "PREROUTING", NAT_CHAIN), this.ensureJump("filter", "FORWARD", FWD_CHAIN)]);
     const expected = expectedTags(rules);
-    const [nat, filter] = await Promise.all([this.read("nat", NAT_CHAIN), this.read("filter", FWD_CHAIN)]);
+    const [nat, filterText] = await Promise.all([this.read("nat", NAT_CHAIN), this.saveText("filter")]);
     verifyTags(`nat ${NAT_CHAIN}`, expected, nat);
-    verifyTags(`filter ${FWD_CHAIN}`, expected, filter);
+    verifyTags(`filter ${FWD_CHAIN}`, expected, parseSave(filterText, FWD_CHAIN));
+    verifyTags(`filter ${FWD_CHAIN} end guards`, expected, parseSave(filterText, FWD_CHAIN, END_TAG_PREFIX));
   }
 
   async list(): Promise<InstalledRule[]> {
@@ -87,10 +114,14 @@ export class IptablesBackend implements FirewallBackend {
   }
 
   private async read(table: string, chain: string): Promise<InstalledRule[]> {
+    return parseSave(await this.saveText(table), chain);
+  }
+
+  private async saveText(table: string): Promise<string> {
     const argv = [this.cmd.save, "-t", table];
     const r = await this.exec(argv);
     checkExec(`read ${table} table`, argv, r);
-    return parseSave(r.stdout, chain);
+    return r.stdout;
   }
 
   private async ensureJump(table: string, from: string, chain: string): Promise<void> {

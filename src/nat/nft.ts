@@ -4,7 +4,7 @@
 // tables (fw4's included) are never named.
 import { checkExec, expectedTags, verifyTags, type Exec, type FirewallBackend } from "./backend.ts";
 import type { InstalledRule } from "./plan.ts";
-import { parseTag, ruleTag, type Rule } from "./rule.ts";
+import { END_TAG_PREFIX, kernelExpiryS, parseTag, ruleTag, type Rule } from "./rule.ts";
 
 export const NFT_TABLE = "agent_nat";
 // dstnat (-100) and filter (0) priorities, written as numbers for older nft releases.
@@ -16,25 +16,40 @@ const SCRIPT_HEAD = [
   `flush table ip ${NFT_TABLE}`,
 ];
 
-/** The `nft -f` script that makes the agent's table hold exactly `rules`. Pure. */
+/**
+ * The `nft -f` script that makes the agent's table hold exactly `rules`. Pure.
+ *
+ * As with iptables (see renderRestore), each rule carries its expiry into the kernel: the DNAT
+ * and the forward accept match while `meta time < E`, and an end guard drops the flow (both
+ * directions, by its conntrack tuple) from E on. E is written as epoch seconds: nft reads a
+ * date string in the local time zone of the nft process, a number in no zone at all, so the
+ * rule is right whatever TZ the agent and nft run in.
+ */
 export function renderNft(rules: readonly Rule[]): string {
   const lines = [...SCRIPT_HEAD];
+  const guards: string[] = [];
   for (const r of rules) {
     const tag = `comment "${ruleTag(r)}"`;
     const iface = r.iface ? ` iifname "${r.iface}"` : "";
-    lines.push(`add rule ip ${NFT_TABLE} prerouting${iface} ip saddr ${r.src} ${r.proto} dport ${r.port} dnat to ${r.toAddr}:${r.toPort} ${tag}`);
-    lines.push(`add rule ip ${NFT_TABLE} forward${iface} ip saddr ${r.src} ip daddr ${r.toAddr} ${r.proto} dport ${r.toPort} ct status dnat accept ${tag}`);
+    const end = kernelExpiryS(r);
+    lines.push(`add rule ip ${NFT_TABLE} prerouting${iface} ip saddr ${r.src} ${r.proto} dport ${r.port} meta time < ${end} dnat to ${r.toAddr}:${r.toPort} ${tag}`);
+    lines.push(`add rule ip ${NFT_TABLE} forward${iface} ip saddr ${r.src} ip daddr ${r.toAddr} ${r.proto} dport ${r.toPort} ct status dnat meta time < ${end} accept ${tag}`);
+    guards.push(
+      `add rule ip ${NFT_TABLE} forward meta l4proto ${r.proto} ct status dnat ct original ip saddr ${r.src} ct original proto-dst ${r.port} ct reply ip saddr ${r.toAddr} ct reply proto-src ${r.toPort} meta time >= ${end} drop comment "${ruleTag(r, END_TAG_PREFIX)}"`,
+    );
   }
-  return lines.join("\n") + "\n";
+  return [...lines, ...guards].join("\n") + "\n";
 }
 
 /** Tagged rules per chain from `nft -j list table` output. Pure. */
-export function parseNftJson(text: string): { prerouting: InstalledRule[]; forward: InstalledRule[] } {
-  const out = { prerouting: [] as InstalledRule[], forward: [] as InstalledRule[] };
+export function parseNftJson(text: string): { prerouting: InstalledRule[]; forward: InstalledRule[]; guards: InstalledRule[] } {
+  const out = { prerouting: [] as InstalledRule[], forward: [] as InstalledRule[], guards: [] as InstalledRule[] };
   const doc = JSON.parse(text) as { nftables?: { rule?: { chain?: string; comment?: string } }[] };
   for (const item of doc.nftables ?? []) {
     const r = item.rule;
     if (!r || typeof r.comment !== "string") continue;
+    const guard = r.chain === "forward" ? parseTag(r.comment, END_TAG_PREFIX) : undefined;
+    if (guard) out.guards.push(guard);
     const tag = parseTag(r.comment);
     if (!tag) continue;
     if (r.chain === "prerouting") out.prerouting.push(tag);
@@ -58,6 +73,7 @@ export class NftBackend implements FirewallBackend {
     const expected = expectedTags(rules);
     verifyTags(`${NFT_TABLE} prerouting`, expected, found.prerouting);
     verifyTags(`${NFT_TABLE} forward`, expected, found.forward);
+    verifyTags(`${NFT_TABLE} forward end guards`, expected, found.guards);
   }
 
   async list(): Promise<InstalledRule[]> {
@@ -73,10 +89,10 @@ export class NftBackend implements FirewallBackend {
     checkExec("remove NAT table", argv, await this.exec(argv, { stdin: `table ip ${NFT_TABLE} {}\ndelete table ip ${NFT_TABLE}\n` }));
   }
 
-  private async read(): Promise<{ prerouting: InstalledRule[]; forward: InstalledRule[] }> {
+  private async read(): Promise<{ prerouting: InstalledRule[]; forward: InstalledRule[]; guards: InstalledRule[] }> {
     const argv = [this.nft, "-j", "list", "table", "ip", NFT_TABLE];
     const r = await this.exec(argv);
-    if (r.code !== 0 && /No such file or directory/.test(r.stderr)) return { prerouting: [], forward: [] };
+    if (r.code !== 0 && /No such file or directory/.test(r.stderr)) return { prerouting: [], forward: [], guards: [] };
     checkExec(`read table ${NFT_TABLE}`, argv, r);
     return parseNftJson(r.stdout);
   }

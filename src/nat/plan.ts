@@ -22,6 +22,9 @@ export interface Plan {
   expired: Rule[];
   /** Tagged rules the state does not know (a lost state file, a hand-added rule). */
   orphans: InstalledRule[];
+  /** Unexpired wanted rules whose owner is gone (a session of the previous run): removed
+   * like expired ones, their flows cut. */
+  ownerless: Rule[];
   /** Earliest expiry among the desired rules, for the next timer; undefined when none. */
   nextExpiry: number | undefined;
 }
@@ -31,9 +34,14 @@ export function isExpired(r: Pick<Rule, "expiresAt">, now: number): boolean {
   return r.expiresAt <= now;
 }
 
-export function plan(wanted: readonly Rule[], installed: readonly InstalledRule[], now: number): Plan {
-  const desired = wanted.filter((r) => !isExpired(r, now));
+/**
+ * `ownerAlive`: whether a rule's owner still exists. At start no session does: a session
+ * ends when the onsite device's relay connection does, and a resumed one asks again.
+ */
+export function plan(wanted: readonly Rule[], installed: readonly InstalledRule[], now: number, ownerAlive: (owner: string) => boolean = () => true): Plan {
   const expired = wanted.filter((r) => isExpired(r, now));
+  const ownerless = wanted.filter((r) => !isExpired(r, now) && !ownerAlive(r.owner));
+  const desired = wanted.filter((r) => !isExpired(r, now) && ownerAlive(r.owner));
   const desiredIds = new Set(desired.map((r) => r.id));
   const wantedIds = new Set(wanted.map((r) => r.id));
   const inFirewall = new Map(installed.map((i) => [i.id, i]));
@@ -45,7 +53,7 @@ export function plan(wanted: readonly Rule[], installed: readonly InstalledRule[
   const remove = installed.filter((i) => !desiredIds.has(i.id));
   const orphans = installed.filter((i) => !wantedIds.has(i.id));
   const nextExpiry = desired.length ? Math.min(...desired.map((r) => r.expiresAt)) : undefined;
-  return { desired, add, retag, remove, expired, orphans, nextExpiry };
+  return { desired, add, retag, remove, expired, orphans, ownerless, nextExpiry };
 }
 
 /** True when the firewall already matches: nothing to add, retag or remove. */

@@ -287,13 +287,26 @@ export function newRuleId(): string {
 /** Firewall comment carried by each rule: "agent-nat id=ID exp=EPOCH_SECONDS". */
 export const TAG_PREFIX = "agent-nat";
 
-export function ruleTag(r: Pick<Rule, "id" | "expiresAt">): string {
-  return `${TAG_PREFIX} id=${r.id} exp=${Math.ceil(r.expiresAt / 1000)}`;
+/**
+ * The comment of a rule's end guard: the drop that stops the rule's established flows once
+ * the kernel's clock passes its expiry (src/nat/iptables.ts, nft.ts). A prefix of its own, so
+ * a tag count (`agent-nat id=`) sees one DNAT and one accept per rule, as before.
+ */
+export const END_TAG_PREFIX = "agent-nat-end";
+
+/** The second the kernel ends a rule at: its expiry rounded up, as the tag says. Pure. */
+export function kernelExpiryS(r: Pick<Rule, "expiresAt">): number {
+  return Math.ceil(r.expiresAt / 1000);
 }
 
-/** Reads a tag back; undefined for anything that is not ours. */
-export function parseTag(comment: string): { id: string; expiresAt: number } | undefined {
-  const m = /^agent-nat id=([0-9a-f]{8}) exp=(\d{1,12})$/.exec(comment);
+export function ruleTag(r: Pick<Rule, "id" | "expiresAt">, prefix: string = TAG_PREFIX): string {
+  return `${prefix} id=${r.id} exp=${kernelExpiryS(r)}`;
+}
+
+/** Reads a tag back; undefined for anything that is not ours (or has another prefix). */
+export function parseTag(comment: string, prefix: string = TAG_PREFIX): { id: string; expiresAt: number } | undefined {
+  if (!comment.startsWith(`${prefix} `)) return undefined;
+  const m = /^id=([0-9a-f]{8}) exp=(\d{1,12})$/.exec(comment.slice(prefix.length + 1));
   if (!m) return undefined;
   return { id: m[1]!, expiresAt: Number(m[2]) * 1000 };
 }

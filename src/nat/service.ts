@@ -23,12 +23,24 @@ import type { FlowCutter } from "./conntrack.ts";
 import { deadlineAtLoad, isNoop, persistedExpiry, plan } from "./plan.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 import type { RuleStore } from "./store.ts";
+import { WriteFailures } from "../os/atomic.ts";
+import { bindToSession, checkSessionCaps, type SessionBinding, type SessionCaps } from "./session.ts";
 import { decideAdd, FieldError, newRuleId, sameForward, unknownIface, validateRequest, type NatLimits, type NatRequest, type OwnAddress, type Rule } from "./rule.ts";
 
 /** Longest single setTimeout; a later expiry re-arms from there. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** After a failed expiry apply, try again this soon (the rule must not linger). */
 export const EXPIRY_RETRY_MS = 1000;
+/** After a failed write of the state file that nothing waits for, write it again this soon. */
+export const SAVE_RETRY_MS = 5000;
+
+/**
+ * The state file could not be written before a firewall change that needed it; the firewall
+ * was not changed. The message names the file and the system's reason (ENOSPC: disk full).
+ */
+export class StateSaveError extends Error {
+  override readonly name = "StateSaveError";
+}
 
 export interface NatServiceDeps {
   backend: FirewallBackend;
@@ -49,7 +61,12 @@ export interface NatServiceDeps {
   /** Older seam: the wall clock alone (epoch ms); the monotonic side stays the system's. */
   now?: () => number;
   newId?: () => string;
+  /** Caps on the rules of one session and of one master (config nat.max_rules_per_*). */
+  sessionCaps?: SessionCaps;
 }
+
+/** The defaults of nat.max_rules_per_session and nat.max_rules_per_master. */
+export const DEFAULT_SESSION_CAPS: SessionCaps = { perSession: 8, perMaster: 16 };
 
 /** A rule as `nat list` shows it. */
 export interface RuleView {
@@ -71,6 +88,8 @@ export interface AddResult {
   created: boolean;
   /** Applied, but something keeps it from working (IPv4 forwarding off). */
   warning?: string;
+  /** The TTL asked for was longer than the session has left: the rule ends with the session. */
+  capped?: string;
 }
 
 /** Reads net.ipv4.ip_forward; null when /proc cannot be read (not Linux, no /proc). */
@@ -101,10 +120,22 @@ export class NatService {
   private queue: Promise<void> = Promise.resolve();
   private pending: Promise<void> | undefined;
   private closing: Promise<void> | undefined;
+  /**
+   * What the state file holds (id → persisted expiry) after the last write that succeeded;
+   * undefined when unknown (a damaged file). A change that adds or extends a rule writes it
+   * first (see sync).
+   */
+  private saved: Map<string, number> | undefined = new Map();
+  /** What the firewall holds after the last apply that succeeded. */
+  private applied: Rule[] = [];
+  /** A state write failed that nothing waits for: retried on a timer, and by the next sync. */
+  private saveTimer: TimerHandle | undefined;
+  private readonly writes: WriteFailures;
 
   constructor(private readonly d: NatServiceDeps) {
     this.clock = d.clock ?? (d.now ? { ...systemClock, wall: d.now } : systemClock);
     this.newId = d.newId ?? newRuleId;
+    this.writes = new WriteFailures("the NAT state file", (m) => d.log.warn(m), { clock: this.clock, info: (m) => d.log.info(m) });
   }
 
   get backendName(): string {
@@ -117,14 +148,17 @@ export class NatService {
     let saved: Rule[] = [];
     try {
       saved = this.d.store.load();
+      this.saved = new Map(saved.map((r) => [r.id, r.expiresAt]));
     } catch (e) {
+      this.saved = undefined;
       log.error("NAT state file is damaged; starting without it (its tagged rules will be removed as orphans)", e);
     }
     const installed = await this.d.backend.list();
     // One reading of both clocks: a loaded rule keeps exactly the time it had left by the wall.
     const wall = this.clock.wall();
     const mono = this.clock.now();
-    const p = plan(saved, installed, wall);
+    // Only local rules outlive the run: every session ended with the previous one.
+    const p = plan(saved, installed, wall, (owner) => owner === "local");
     for (const r of p.desired) {
       this.rules.set(r.id, r);
       this.deadlines.set(r.id, deadlineAtLoad(r.expiresAt, wall, mono));
@@ -135,18 +169,26 @@ export class NatService {
     } else if (installed.length > 0) {
       this.touched = true;
     }
-    if (saved.length > 0 || p.expired.length > 0) this.d.store.save(p.desired);
+    this.applied = p.desired;
+    // Start removes or re-arms only, never adds a rule the file does not hold: the firewall
+    // first, then the file (a failed write is retried; the firewall is already right).
+    if (saved.length > 0 || p.expired.length > 0 || p.ownerless.length > 0) this.save(p.desired, false);
     for (const r of p.expired) log.info(`removed rule ${r.id} at start: it expired at ${new Date(r.expiresAt).toISOString()}`, describe(r));
+    for (const r of p.ownerless) log.info(`removed rule ${r.id} at start: its session ${r.owner} ended with the previous run`, describe(r));
     for (const o of p.orphans) log.warn(`removed tagged rule ${o.id} at start: the state does not know it`);
     for (const r of p.desired) log.info(`re-armed rule ${r.id}: expires in ${Math.ceil(Math.round(this.deadlines.get(r.id)! - mono) / 1000)}s`, describe(r));
     if (p.add.length) log.warn(`restored ${p.add.length} rule(s) missing from the firewall: ${p.add.map((r) => r.id).join(", ")}`);
-    log.info(`NAT ready (backend ${this.d.backend.name}): ${p.desired.length} active, ${p.expired.length} expired, ${p.orphans.length} orphan(s) removed`);
-    await this.cut(p.expired);
+    log.info(`NAT ready (backend ${this.d.backend.name}): ${p.desired.length} active, ${p.expired.length} expired, ${p.ownerless.length} of ended sessions, ${p.orphans.length} orphan(s) removed`);
+    await this.cut([...p.expired, ...p.ownerless]);
     this.arm();
   }
 
-  /** Validates and applies a request. Throws UsageError for a refused request. */
-  async add(req: NatRequest, owner: string): Promise<AddResult> {
+  /**
+   * Validates and applies a request. Throws UsageError for a refused request. `session`: a
+   * master's request inside that session (src/nat/session.ts): the target must be one of the
+   * session's, the TTL is capped to the session's end, and the session and master caps hold.
+   */
+  async add(req: NatRequest, owner: string, session?: SessionBinding): Promise<AddResult> {
     this.assertOpen();
     if (typeof owner !== "string" || owner.length === 0 || owner.length > 128 || /[\u0000-\u001f]/.test(owner)) {
       throw new UsageError("owner: expected a session id or \"local\"");
@@ -165,9 +207,26 @@ export class NatService {
     // The decision runs on the monotonic clock: the active rules as their running deadlines.
     const wall = this.clock.wall();
     const mono = this.clock.now();
+    // Capped on the same reading of the wall clock the persisted expiry is computed from, so
+    // the rule never ends even a millisecond after its session.
+    let capped: string | undefined;
+    if (session) {
+      try {
+        ({ spec, capped } = bindToSession(spec, session, wall));
+      } catch (e) {
+        throw asUsage(e);
+      }
+    }
     const running = [...this.rules.values()].map((r) => ({ ...r, expiresAt: this.deadlines.get(r.id)! }));
     const decision = decideAdd(spec, owner, running, mono, () => this.uniqueId(), this.d.limits.maxRules);
     if (decision.kind === "refuse") throw asUsage(decision.error);
+    if (session && decision.kind === "new") {
+      try {
+        checkSessionCaps(session, running.filter((r) => r.expiresAt > mono), this.d.sessionCaps ?? DEFAULT_SESSION_CAPS);
+      } catch (e) {
+        throw asUsage(e);
+      }
+    }
     const id = decision.rule.id;
     const prev = this.rules.get(id);
     const prevDeadline = this.deadlines.get(id);
@@ -192,12 +251,15 @@ export class NatService {
           this.deadlines.delete(id);
         }
       }
+      if (e instanceof StateSaveError) {
+        throw new RuntimeError(`could not ${decision.kind === "new" ? "add" : "extend"} the rule: ${e.message}; the firewall was not changed`, "free space (or fix the file system) where the daemon's state_dir is, then ask again", { cause: e });
+      }
       throw new RuntimeError(`could not apply rule: ${(e as Error).message}`, "see `agent doctor` for the firewall tools this host needs", { cause: e });
     }
     this.d.log.info(decision.kind === "new" ? `added rule ${rule.id}` : `extended rule ${rule.id}`, describe(rule));
     const warning = forwardingWarning((this.d.ipForward ?? readIpForward)());
     if (warning) this.d.log.warn(`rule ${rule.id}: ${warning}`);
-    return { rule: this.view(rule), created: decision.kind === "new", ...(warning ? { warning } : {}) };
+    return { rule: this.view(rule), created: decision.kind === "new", ...(warning ? { warning } : {}), ...(capped ? { capped } : {}) };
   }
 
   list(): RuleView[] {
@@ -250,6 +312,8 @@ export class NatService {
       this.closed = true;
       this.clock.clearTimeout(this.timer);
       this.timer = undefined;
+      this.clock.clearTimeout(this.saveTimer);
+      this.saveTimer = undefined;
       await this.queue;
       if (!this.touched) return;
       if (this.d.keepOnStop) {
@@ -261,7 +325,8 @@ export class NatService {
       this.deadlines.clear();
       await this.d.backend.apply([]);
       await this.d.backend.teardown();
-      this.d.store.save([]);
+      this.applied = [];
+      this.save([], false);
       await this.cut(all);
       this.d.log.info(`removed ${all.length} rule(s) on stop`);
     })();
@@ -320,13 +385,65 @@ export class NatService {
       this.pending = undefined;
       const rules = [...this.rules.values()].sort((a, b) => a.createdAt - b.createdAt || a.id.localeCompare(b.id));
       this.touched = true;
-      await this.d.backend.apply(rules);
-      this.d.store.save(rules);
+      // Nothing in the firewall without its line in the state file (a rule the file does not
+      // know would have no owner and no timer after a crash). A change that adds or extends
+      // a rule writes the file first - every rule it may leave in the firewall, the ones
+      // leaving included - and a failed write refuses the change before the firewall is
+      // touched: nothing to undo, no undo that could fail too. A change that only removes is
+      // applied first and written after; a full disk never keeps a rule open.
+      // "Adds or extends": a rule the firewall does not hold yet with this expiry, and the file
+      // does not know either (a damaged file must not block a removal on a full disk).
+      const known = this.saved;
+      const inFirewall = new Map(this.applied.map((a) => [a.id, a.expiresAt]));
+      const grows = rules.some((r) => inFirewall.get(r.id) !== r.expiresAt && known?.get(r.id) !== r.expiresAt);
+      if (grows) {
+        const staying = new Set(rules.map((r) => r.id));
+        this.save([...rules, ...this.applied.filter((a) => !staying.has(a.id))], true);
+      }
+      try {
+        await this.d.backend.apply(rules);
+      } catch (e) {
+        // The firewall kept its rules (one transaction): the file goes back to saying so.
+        if (grows) this.save(this.applied, false);
+        throw e;
+      }
+      this.applied = rules;
+      this.save(rules, false);
       this.arm();
     });
     this.pending = p;
     this.queue = p.catch(() => {});
     return p;
+  }
+
+  /**
+   * Writes the state file. `required`: a failure throws StateSaveError (the caller changes
+   * nothing); otherwise it is reported (at most once a minute) and retried on a timer.
+   */
+  private save(rules: readonly Rule[], required: boolean): void {
+    try {
+      this.d.store.save(rules);
+    } catch (e) {
+      this.writes.failed(e as Error);
+      if (required) throw new StateSaveError(`cannot write the NAT state file: ${(e as Error).message}`, { cause: e });
+      this.retrySave();
+      return;
+    }
+    this.saved = new Map(rules.map((r) => [r.id, r.expiresAt]));
+    this.writes.succeeded();
+    this.clock.clearTimeout(this.saveTimer);
+    this.saveTimer = undefined;
+  }
+
+  private retrySave(): void {
+    if (this.closed || this.saveTimer) return;
+    this.saveTimer = this.clock.setTimeout(() => {
+      this.saveTimer = undefined;
+      // In the queue: never between another change's write and its apply.
+      this.queue = this.queue.then(() => {
+        if (!this.closed) this.save(this.applied, false);
+      });
+    }, SAVE_RETRY_MS);
   }
 
   private arm(): void {

@@ -3,7 +3,7 @@
 // directory); a reader sees the old file or the new one, never half of one.
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { writeFileAtomic, type AtomicFs } from "../os/atomic.ts";
+import { removeStaleTemps, writeFileAtomic, type AtomicFs } from "../os/atomic.ts";
 import { ID_PATTERN, PROTOCOLS, type Rule } from "./rule.ts";
 
 export const STATE_FILE = "nat-rules.json";
@@ -55,8 +55,11 @@ export class FileRuleStore implements RuleStore {
     this.path = join(stateDir, STATE_FILE);
   }
 
-  /** Missing file: no rules. A damaged file throws (the caller decides what to log). */
+  /** Missing file: no rules. A damaged file throws (the caller decides what to log). Removes
+   * temp files of writers that died mid-write. */
   load(): Rule[] {
+    // A daemon killed mid-write left its temp file; a write that failed removed its own.
+    removeStaleTemps(this.path);
     if (!existsSync(this.path)) return [];
     return parseState(readFileSync(this.path, "utf8"));
   }

@@ -12,6 +12,7 @@
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { systemClock, type Clock } from "../clock.ts";
 
 /** The calls an atomic write makes (node:fs's synchronous ones). */
 export interface AtomicFs {
@@ -147,6 +148,80 @@ function quietly(fn: () => void): void {
     fn();
   } catch {
     // see the caller
+  }
+}
+
+/**
+ * Temporary files a writer killed mid-write (kill -9, a power cut) left beside `path`: they
+ * are named `.BASENAME.PID.HEX.tmp`. Removes those whose writer process is gone; returns
+ * their names. Best effort: a directory that cannot be read has nothing to remove.
+ */
+export function removeStaleTemps(path: string, alive: (pid: number) => boolean = pidAlive): string[] {
+  const dir = dirname(path);
+  const prefix = `.${basename(path)}.`;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const gone: string[] = [];
+  for (const n of names) {
+    const m = n.startsWith(prefix) ? /^(\d+)\.[0-9a-f]+\.tmp$/.exec(n.slice(prefix.length)) : null;
+    if (!m || alive(Number(m[1]))) continue;
+    quietly(() => {
+      fs.unlinkSync(join(dir, n));
+      gone.push(n);
+    });
+  }
+  return gone;
+}
+
+function pidAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return code(e) === "EPERM"; // exists, not ours
+  }
+}
+
+/**
+ * Reports the failures of one kind of write (a state file, an audit log) at most once per
+ * `everyMs` (default a minute), so a full disk is said clearly without flooding the log; the
+ * next report counts the failures held back, and a success after failures is said once.
+ * Durations on the injected clock's monotonic now().
+ */
+export class WriteFailures {
+  private last: number | undefined;
+  private held = 0;
+  private failing = false;
+
+  constructor(
+    private readonly what: string,
+    private readonly warn: (message: string) => void,
+    private readonly o: { clock?: Pick<Clock, "now">; everyMs?: number; info?: (message: string) => void } = {},
+  ) {}
+
+  failed(e: Error): void {
+    this.failing = true;
+    const now = (this.o.clock ?? systemClock).now();
+    if (this.last !== undefined && now - this.last < (this.o.everyMs ?? 60_000)) {
+      this.held++;
+      return;
+    }
+    const more = this.held ? ` (${this.held} more failure(s) since the last report)` : "";
+    this.last = now;
+    this.held = 0;
+    this.warn(`cannot write ${this.what}: ${e.message}${more}`);
+  }
+
+  succeeded(): void {
+    if (!this.failing) return;
+    this.failing = false;
+    this.held = 0;
+    (this.o.info ?? this.warn)(`writing ${this.what} works again`);
   }
 }
 

@@ -166,8 +166,9 @@ export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: 
  */
 export function natRefusal(e: unknown): Error {
   if (!(e instanceof RemoteError)) return e as Error;
-  // NO_SESSION stays a usage error (2) here for now; test/nat-session.test.ts holds it to that.
-  const user: string[] = [ErrorCode.BAD_REQUEST, ErrorCode.NO_SESSION, ErrorCode.FORBIDDEN, ErrorCode.REFUSED];
+  // A session the relay or the device does not know is "not found" (exit 4), as for disconnect.
+  if (e.code === ErrorCode.NO_SESSION) return notFound(e) as Error;
+  const user: string[] = [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.REFUSED];
   if (!user.includes(e.code)) return new RuntimeError(e.message);
   // The onsite device words its refusals for its own operator ("add it with --allow"); on a
   // master that advice is wrong: the allow list is the onsite device's, not this daemon's.

@@ -71,11 +71,13 @@ export class OnsiteRole implements Component {
       this.extraSetup.push((conn) =>
         handle(conn, Msg.NAT_REQUEST, async (b) => {
           const session = b.session;
-          if (!this.sessions.sessions.has(session)) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} on ${bundle.id}`);
+          const binding = this.sessions.natBinding(session);
+          if (!binding) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} on ${bundle.id}`);
           // The source is the session's peer as the relay saw it; nothing the master said.
+          // The rule is bound to the session: its targets, its end, the caps (src/nat/session.ts).
           let added;
           try {
-            added = await nat.add({ proto: b.proto, src: b.source, port: b.port, to: b.to, ttl: b.ttl, iface: b.iface }, session);
+            added = await nat.add({ proto: b.proto, src: b.source, port: b.port, to: b.to, ttl: b.ttl, iface: b.iface }, session, binding);
           } catch (e) {
             if (e instanceof UsageError) throw new RemoteError(ErrorCode.BAD_REQUEST, e.message);
             throw e;

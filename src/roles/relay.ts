@@ -56,7 +56,7 @@ export class RelayRole implements Component {
       sessionIdleTimeout: cfg.session_idle_timeout,
       metrics: ops.metrics,
       events: ops.events,
-      refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
+      refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.warn(`cannot write ${auditFile}: ${e.message}`) }),
     });
     const m = this.server.metrics.registry;
     m.collect("agent_relay_unauthenticated_connections", "Connections not yet past TLS (capped in total and per source).", "gauge", () => this.admission.total);

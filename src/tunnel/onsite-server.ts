@@ -107,9 +107,24 @@ export interface ServeOptions {
   udp?: UdpStreamServer;
 }
 
+/**
+ * What a NAT request inside a session is bound to (src/nat/session.ts reads it): the
+ * session's targets as this device resolved them, its end, and its master's other sessions.
+ */
+export interface SessionNatBinding {
+  session: string;
+  master: string;
+  /** "IPv4:PORT" of each target, a name as the address it resolved to at the offer. */
+  endpoints: string[];
+  /** Wall-clock ms the relay ends the session at; null: no end. */
+  endsAt: number | null;
+  /** The sessions of the same master on this device, this one included. */
+  masterSessions: string[];
+}
+
 export class SessionServer {
-  /** `opened` is wall-clock ms (shown to people). */
-  readonly sessions = new Map<string, { master: string; targets: string[]; opened: number; streams: number; udp?: string[]; tunnel?: boolean }>();
+  /** `opened` and `endsAt` are wall-clock ms (shown to people; the relay's word for the end). */
+  readonly sessions = new Map<string, { master: string; targets: string[]; opened: number; streams: number; endpoints?: string[]; endsAt?: number | null; udp?: string[]; tunnel?: boolean }>();
   streamsServed = 0;
   private readonly dialer: TargetDialer;
   private readonly clock: Clock;
@@ -136,7 +151,9 @@ export class SessionServer {
       const refused = [...checks, ...udpChecks.map((c) => (c.ok ? c : { ok: false as const, reason: `UDP ${c.reason}` }))].filter((c): c is { ok: false; reason: string } => !c.ok);
       if (refused.length) throw new RemoteError(ErrorCode.REFUSED, refused.map((r) => r.reason).join("; "));
       if (udp.length && !this.o.udp) throw new RemoteError(ErrorCode.REFUSED, `${this.o.id}: this device serves no UDP forwards`);
-      this.sessions.set(session, { master: b.master, targets, opened: this.clock.wall(), streams: 0, ...(udp.length ? { udp } : {}), ...(b.tunnel ? { tunnel: true } : {}) });
+      const endpoints = (checks as { host: string; port: number }[]).map((c) => `${c.host}:${c.port}`);
+      const endsAt = b.expires === null ? null : Date.parse(b.expires);
+      this.sessions.set(session, { master: b.master, targets, opened: this.clock.wall(), streams: 0, endpoints, endsAt: Number.isFinite(endsAt) ? endsAt : null, ...(udp.length ? { udp } : {}), ...(b.tunnel ? { tunnel: true } : {}) });
       const reply: SessionOfferReply = {};
       if (b.tunnel) {
         try {
@@ -165,6 +182,14 @@ export class SessionServer {
       this.o.onSessionClosed?.(b.session, b.reason);
     });
     this.o.extra?.(conn);
+  }
+
+  /** A NAT request's binding to its session; undefined when this device does not serve it. */
+  natBinding(session: string): SessionNatBinding | undefined {
+    const s = this.sessions.get(session);
+    if (!s) return undefined;
+    const masterSessions = [...this.sessions].filter(([, x]) => x.master === s.master).map(([id]) => id);
+    return { session, master: s.master, endpoints: s.endpoints ?? [], endsAt: s.endsAt ?? null, masterSessions };
   }
 
   /** A target judged against the allow list, a name by the address it resolves to (an address at once). */

@@ -16,6 +16,16 @@ export function mayReach(rules: readonly AccessRule[], master: string, onsite: s
   return rules.some((r) => r.masters.some((p) => globMatch(p, master)) && r.onsites.some((p) => globMatch(p, onsite)));
 }
 
+/**
+ * Whether `master` may ask `onsite` for NAT rules: only where an [[access]] rule covering
+ * both says `nat = true`. No rules at all (every master reaches every device) still means
+ * no NAT: a DNAT rule opens the device's uplink port to the master's public address, and
+ * everyone behind that address, so it is granted by name, never by default. Pure.
+ */
+export function mayAskNat(rules: readonly AccessRule[], master: string, onsite: string): boolean {
+  return rules.some((r) => r.nat === true && r.masters.some((p) => globMatch(p, master)) && r.onsites.some((p) => globMatch(p, onsite)));
+}
+
 export interface DeviceFacts {
   known: boolean;
   online: boolean;

@@ -3,6 +3,7 @@
 // reason beside it (what an operator reads). Behind an interface: an in-memory ring for the
 // control socket, a JSON-lines file for the audit trail, and whatever comes next (metrics).
 import { appendFileSync, renameSync, statSync } from "node:fs";
+import { systemClock, type Clock } from "../../clock.ts";
 import { MAX_REASON } from "../../transport/frame.ts";
 
 /** Why, in one word. Only add: dashboards and alerts key on these. */
@@ -94,14 +95,31 @@ export class MemoryRefusalLog implements RefusalLog {
 
 /**
  * Appends each refusal to a file as one JSON line; past `maxBytes` the file becomes `FILE.1`
- * (one old generation kept). A write that fails is reported to `onError` and dropped: the audit
- * trail must never take the relay down.
+ * (one old generation kept). A write that fails is dropped (the audit trail must never take
+ * the relay down) and reported to `onError` at most once per `errorEveryMs` (default a
+ * minute): a full disk under a flood of refusals is said once a minute, with the count of the
+ * failures held back, not once per refusal.
  */
 export class FileRefusalLog implements RefusalLog {
+  private lastReport: number | undefined;
+  private held = 0;
+
   constructor(
     readonly file: string,
-    private readonly o: { maxBytes?: number; onError?: (e: Error) => void } = {},
+    private readonly o: { maxBytes?: number; onError?: (e: Error) => void; errorEveryMs?: number; clock?: Pick<Clock, "now"> } = {},
   ) {}
+
+  private failed(e: Error): void {
+    const now = (this.o.clock ?? systemClock).now();
+    if (this.lastReport !== undefined && now - this.lastReport < (this.o.errorEveryMs ?? 60_000)) {
+      this.held++;
+      return;
+    }
+    const more = this.held ? ` (${this.held} more failed write(s) since the last report)` : "";
+    this.lastReport = now;
+    this.held = 0;
+    this.o.onError?.(more ? new Error(e.message + more, { cause: e }) : e);
+  }
 
   record(r: Refusal): void {
     try {
@@ -112,7 +130,7 @@ export class FileRefusalLog implements RefusalLog {
       }
       appendFileSync(this.file, JSON.stringify(r) + "\n", { mode: 0o600 });
     } catch (e) {
-      this.o.onError?.(e as Error);
+      this.failed(e as Error);
     }
   }
 }

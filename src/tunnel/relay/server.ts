@@ -10,7 +10,7 @@ import { handle, on, request, send } from "../../transport/typed.ts";
 import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
 import { DEFAULT_SESSION_IDLE_TIMEOUT, type AccessRule } from "../../config.ts";
-import { decidePairing, mayReach, natSource, newSessionId } from "../pairing.ts";
+import { decidePairing, mayAskNat, mayReach, natSource, newSessionId } from "../pairing.ts";
 import { Front, type PeerCert } from "./front.ts";
 import { Inventory, type Liveness } from "./inventory.ts";
 import { Router } from "./router.ts";
@@ -201,6 +201,11 @@ export class RelayServer {
     });
     handle(conn, Msg.NAT_REQUEST, async (b) => {
       const s = mine(b.session);
+      if (!mayAskNat(this.o.access(), id, s.onsite)) {
+        const why = `${id} may not ask ${s.onsite} for NAT rules (relay access policy: no [[access]] rule covering both has nat = true)`;
+        this.front.record(conn.remoteAddress, id, RefusalCode.POLICY, why);
+        throw new RemoteError(ErrorCode.FORBIDDEN, why);
+      }
       // The rule's source is the master's public address as the relay sees it: the peer of
       // the session, never something the master claims.
       const peer = natSource(conn.remoteAddress);
