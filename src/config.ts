@@ -120,6 +120,10 @@ export interface Config {
   /** Relay: which masters may open sessions to which onsite devices; empty = every master
    * of the fleet may reach every onsite device. */
   access: AccessRule[];
+  /** Onsite: how often a heartbeat goes to the relay over UDP (ms; default 25 s). */
+  heartbeat_interval?: number;
+  /** Relay: the UDP port heartbeats arrive on (default: the listen port's number; 0: off). */
+  heartbeat_port?: number;
 }
 
 /** The file name of the relay's default revocation list inside the state dir. */
@@ -300,6 +304,8 @@ const EXAMPLES: Record<string, string> = {
   tracking: '[tracking] targets = ["1.1.1.1:443"], interval = "1s", timeout = "1s", down = 3, up = 5',
   ap: '[ap] enabled = true, interface = "wlan0", ssid = "agent-setup", country = "FR", address = "10.250.250.1/24"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
+  heartbeat_interval: 'heartbeat_interval = "25s"   (onsite: UDP heartbeat to the relay)',
+  heartbeat_port: "heartbeat_port = 443   (relay: UDP port for heartbeats; 0: off; default: the listen port)",
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
 };
 
@@ -335,6 +341,8 @@ const TOP: Schema = {
   state_dir: nonEmpty("a directory path"),
   log_level: oneOf(LOG_LEVELS),
   json_logs: bool,
+  heartbeat_interval: duration(1000, 3_600_000),
+  heartbeat_port: int(0, 65535),
 };
 
 const NAT: Schema = {
@@ -646,6 +654,8 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   revocations: { roles: ["relay"], why: "only the relay checks certificates against a revocation list", shown: "revocations" },
   access: { roles: ["relay"], why: "only the relay enforces [[access]] rules", shown: "[[access]]" },
   gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
+  heartbeat_interval: { roles: ["onsite"], why: "only an onsite device sends heartbeats", shown: "heartbeat_interval" },
+  heartbeat_port: { roles: ["relay"], why: "only the relay receives heartbeats", shown: "heartbeat_port" },
   relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
 };

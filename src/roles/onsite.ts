@@ -21,6 +21,8 @@ import { relayClientFor } from "./device.ts";
 import type { NatComponentOptions } from "../nat/component.ts";
 import type { OnsiteApi, NatApi, UplinkApi, WifiApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
+import { onsiteHeartbeat } from "./fleet.ts";
+import type { HeartbeatSender, UplinkView } from "../transport/heartbeat/sender.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -34,6 +36,10 @@ export class OnsiteRole implements Component {
   private refresh: ReturnType<typeof setInterval> | null = null;
   /** Extra request handlers on the relay connection (NAT requests), set by other parts. */
   extraSetup: ((conn: Connection) => void)[] = [];
+
+  /** Issue 14: the UDP heartbeat; composeOnsite points `heartbeatFrom` at the uplinks and Wi-Fi. */
+  readonly heartbeat: HeartbeatSender;
+  heartbeatFrom: { uplinks?: () => UplinkView | undefined; wifi?: () => Promise<{ ssid: string; signal: number | null } | undefined> } = {};
 
   /** The role's own part of the onsite API (composeOnsite adds status, NAT, uplink, Wi-Fi). */
   readonly api: Pick<OnsiteApi, "sessions" | "redial">;
@@ -73,6 +79,9 @@ export class OnsiteRole implements Component {
         }),
       );
     }
+    const hb = onsiteHeartbeat({ cfg, id: bundle.id, client: () => this.client, uplinks: () => this.heartbeatFrom.uplinks?.(), wifi: () => this.heartbeatFrom.wifi?.() ?? Promise.resolve(undefined), log: log.withTag("heartbeat") });
+    this.heartbeat = hb.sender;
+    this.extraSetup.push(hb.setup);
     this.client = relayClientFor(cfg, bundle, log, "onsite", {
       setup: (conn) => this.sessions.setup(conn),
       onStream: (s) => this.sessions.serve(s),
@@ -113,15 +122,17 @@ export class OnsiteRole implements Component {
 
   start(): void {
     this.client.start();
+    this.heartbeat.start();
     this.refresh = setInterval(() => this.sendInventory(), INVENTORY_REFRESH_MS);
   }
 
   status(): Record<string, unknown> {
-    return { ...this.client.status(), sessions: this.sessions.sessions.size, streams_served: this.sessions.streamsServed };
+    return { ...this.client.status(), sessions: this.sessions.sessions.size, streams_served: this.sessions.streamsServed, heartbeat: this.heartbeat.status() };
   }
 
   async close(): Promise<void> {
     if (this.refresh) clearInterval(this.refresh);
+    await this.heartbeat.close();
     await this.client.close();
   }
 }
@@ -161,6 +172,7 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
     // After a switch the relay connection is dialed again at once over the new uplink.
     uplinks.onActiveChange((ev) => role.uplinkChanged(ev.to ?? "", ev.reason));
     healthy = () => (uplinks.status().healthy as string[]) ?? [];
+    role.heartbeatFrom.uplinks = () => uplinks.report();
   }
   let wifiApi: WifiApi | undefined;
   if (cfg.ap.enabled) {
@@ -179,6 +191,10 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
       apStop: () => wifi.stopAp(),
     };
     control.nulProtocol(async (text) => encodeNetconnectd(await answerNetconnectd(wifi, text)));
+    role.heartbeatFrom.wifi = async () => {
+      const w = (await wifi.report()).wifi;
+      return w.ssid ? { ssid: w.ssid, signal: null } : undefined;
+    };
   }
   daemon.add(role);
   const api: OnsiteApi = { ...daemon.api(), ...natApi, ...uplinkApi, ...wifiApi, ...role.api };

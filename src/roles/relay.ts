@@ -18,6 +18,10 @@ import { Admission } from "../tunnel/relay/front.ts";
 import type { RelayApi } from "./api.ts";
 import type { Component } from "./daemon.ts";
 import { systemClock, type Clock } from "../clock.ts";
+import { heartbeatSecret, listenHeartbeats, openInventoryStore } from "./fleet.ts";
+import type { DatagramSocket } from "../transport/heartbeat/socket.ts";
+import type { InventoryStore } from "../tunnel/relay/inventory-store.ts";
+import { fleetApi } from "./fleet-api.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -34,6 +38,9 @@ export class RelayRole implements Component {
   private fdLimit: number | null = null;
   /** Connections closed by their peer before TLS completed (probes, dropped links). */
   private abandoned = 0;
+  /** Issue 14: the inventory kept in the state dir, and the heartbeat listener. */
+  private readonly store: InventoryStore;
+  private heartbeatSocket: DatagramSocket | null = null;
 
   /** What the relay's control socket serves beside the daemon shell's status (src/roles/api.ts). */
   readonly api: Omit<RelayApi, "status">;
@@ -41,7 +48,10 @@ export class RelayRole implements Component {
   constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control?: ControlServer, clock: Clock = systemClock) {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
+    this.store = openInventoryStore(cfg.state_dir, log);
     this.server = new RelayServer({
+      inventoryStore: this.store,
+      heartbeat: cfg.heartbeat_port === 0 ? undefined : { secret: heartbeatSecret(cfg.state_dir), port: cfg.heartbeat_port ?? cfg.listen?.port ?? 0 },
       id: bundle.id,
       log: log,
       access: () => this.cfg.access,
@@ -49,9 +59,10 @@ export class RelayRole implements Component {
       refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.debug(`cannot write ${auditFile}: ${e.message}`) }),
     });
     this.api = {
-      devices: () => this.server.deviceList(),
+      devices: () => this.server.deviceRows(),
       sessions: () => this.server.sessionList(),
       refusals: () => this.server.refusals.slice(-100),
+      ...fleetApi(this.server, auditFile),
     };
     control?.serve(this.api, "relay");
   }
@@ -81,6 +92,16 @@ export class RelayRole implements Component {
       throw new Error(`cannot listen on ${formatHostPort(listen)}: ${(e as Error).message}`, { cause: e });
     }
     this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}`);
+    if (this.cfg.heartbeat_port !== 0) {
+      // Devices learn the port in HEARTBEAT_KEY: with `listen` on port 0 (tests) it is the port the TCP listener got.
+      const port = this.cfg.heartbeat_port ?? this.listener.port;
+      this.server.setHeartbeatPort(port);
+      try {
+        this.heartbeatSocket = await listenHeartbeats(this.server, listen.host, port, this.log);
+      } catch (e) {
+        this.log.error(`cannot receive heartbeats on udp ${listen.host}:${port}: ${(e as Error).message}; devices whose tunnel is down will not be heard`);
+      }
+    }
     // Polled whether configured or the default: a list copied into place later takes effect
     // within a second, without a restart.
     this.poll = setInterval(() => void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`)), REVOCATION_POLL_MS);
@@ -128,6 +149,7 @@ export class RelayRole implements Component {
       revoked: this.revocations.entries.length,
       revocations_file: revocationsFile(this.cfg).path,
       revocations_loaded: this.revocationsLoaded,
+      heartbeats: this.server.heartbeats ? { port: this.heartbeatSocket?.local().port ?? null, ...this.server.heartbeats.stats() } : null,
       ...this.server.stats(),
     };
   }
@@ -138,6 +160,9 @@ export class RelayRole implements Component {
     await this.server.close();
     this.listener?.stop(true);
     this.listener = null;
+    await this.heartbeatSocket?.close();
+    this.heartbeatSocket = null;
+    this.store.close();
   }
 }
 

@@ -19,6 +19,8 @@ export const Msg = {
   INVENTORY: 10,
   /** master → relay request: the onsite inventory. result: DeviceInfo[] */
   DEVICES: 11,
+  /** relay → onsite, after WELCOME: {key, port} — the device's heartbeat key (base64) and UDP port (§8) */
+  HEARTBEAT_KEY: 12,
   /** master → relay request: {onsite, targets, ttl?, session?} → SessionInfo */
   SESSION_OPEN: 20,
   /** relay → onsite request: {session, master, targets, expires?} → {warnings?} or error */
@@ -141,6 +143,13 @@ export interface InventoryBody {
   /** Seconds since the device booted, when it sent this. */
   uptime: number;
   uplink: string;
+}
+/** The device's heartbeat key, handed out inside TLS (added in 1, compatible: an older device ignores it). */
+export interface HeartbeatKeyBody {
+  /** 32 bytes, base64. */
+  key: string;
+  /** The relay's UDP port for heartbeats. */
+  port: number;
 }
 /** DEVICES and SESSIONS take an empty request body. */
 export type EmptyBody = Record<string, never>;
@@ -301,6 +310,13 @@ export function decodeInventory(body: unknown): InventoryBody {
   };
 }
 
+export function decodeHeartbeatKey(body: unknown): HeartbeatKeyBody {
+  const r = object(Msg.HEARTBEAT_KEY, body);
+  const key = r.str("key", 64);
+  if (!/^[A-Za-z0-9+/]{43}=$/.test(key)) r.fail("key", "32 bytes in base64", key);
+  return { key, port: r.num("port", (n) => Number.isInteger(n) && n >= 1 && n <= 65535, "a UDP port") };
+}
+
 export function decodeEmpty(type: number): (body: unknown) => EmptyBody {
   return (body) => {
     object(type, body);
@@ -441,6 +457,7 @@ export interface Catalogue {
   [Msg.REPLY]: { body: ReplyBody };
   [Msg.INVENTORY]: { body: InventoryBody };
   [Msg.DEVICES]: { body: EmptyBody; reply: DeviceInfo[] };
+  [Msg.HEARTBEAT_KEY]: { body: HeartbeatKeyBody };
   [Msg.SESSION_OPEN]: { body: SessionOpenBody; reply: SessionInfo };
   [Msg.SESSION_OFFER]: { body: SessionOfferBody; reply: SessionOfferReply };
   [Msg.SESSION_CLOSE]: { body: SessionCloseBody };
@@ -460,6 +477,7 @@ export const decoders: { [M in MsgType]: (body: unknown) => BodyOf<M> } = {
   [Msg.REPLY]: decodeReply,
   [Msg.INVENTORY]: decodeInventory,
   [Msg.DEVICES]: decodeEmpty(Msg.DEVICES),
+  [Msg.HEARTBEAT_KEY]: decodeHeartbeatKey,
   [Msg.SESSION_OPEN]: decodeSessionOpen,
   [Msg.SESSION_OFFER]: decodeSessionOffer,
   [Msg.SESSION_CLOSE]: decodeSessionClose,
