@@ -154,7 +154,7 @@ describe("onsite API", () => {
 
 describe("composeDaemon", () => {
   test.each([
-    ["relay", "devices, refusals, sessions, status"],
+    ["relay", "devices, devices.forget, devices.history, refusals, refusals.report, sessions, status"],
     ["master", "connect, devices, disconnect, nat.add, sessions, status"],
     ["onsite", "nat.add, nat.del, nat.flush, nat.list, redial, sessions, status"],
   ] as const)("%s: the control socket serves the role's API and names the role", async (role, known) => {
