@@ -166,7 +166,7 @@ describe("HeartbeatReceiver", () => {
     expect(beats.map((b) => b.seq)).toEqual([1n, 6n]);
     expect(beats[0]!.from).toBe("203.0.113.9:40000");
     expect(beats[0]!.payload.via).toBe("wwan0");
-    expect(rx.stats()).toEqual({ received: 8, accepted: 2, dropped: { truncated: 1, malformed: 0, unknown: 1, forged: 2, stale: 1, replay: 1 } });
+    expect(rx.stats()).toEqual({ received: 8, accepted: 2, tracked: 1, dropped: { truncated: 1, malformed: 0, unknown: 1, forged: 2, stale: 1, replay: 1 } });
   });
 
   test("a flood from strangers (bounded: 20,000 datagrams, random and well-formed with unknown ids) leaves no state", () => {

@@ -84,7 +84,7 @@ export class HeartbeatReceiver {
     socket.onMessage((d) => void this.handle(d));
   }
 
-  stats(): { received: number; accepted: number; dropped: Record<DropReasonId, number> } {
-    return { received: this.received, accepted: this.accepted, dropped: { ...this.dropped } };
+  stats(): { received: number; accepted: number; tracked: number; dropped: Record<DropReasonId, number> } {
+    return { received: this.received, accepted: this.accepted, tracked: this.windows.size, dropped: { ...this.dropped } };
   }
 }

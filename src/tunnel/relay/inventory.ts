@@ -53,6 +53,8 @@ export interface DeviceRow extends DeviceInfo {
   serial: string;
   cert_expires: string | null;
   heartbeat: { at: string; via: string; from: string; payload: HeartbeatPayload } | null;
+  /** The last heartbeat over each uplink since the relay started (uplink → ISO time). */
+  heard_over: Record<string, string>;
 }
 
 /** The state of a device, from what is known of it. Pure. */
@@ -83,6 +85,8 @@ export type Liveness = (id: string) => { lastReceived: number; rtt: number | nul
 
 export class Inventory {
   private readonly devices = new Map<string, DeviceRecord>();
+  /** The last heartbeat over each uplink (monotonic ms), at most 8 uplinks per device. */
+  private readonly vias = new Map<string, Map<string, number>>();
   /** Wall ms of each device's last disconnect (a heartbeat after it means "alive"). */
   private readonly downAt = new Map<string, number>();
   /** A store write that failed (the inventory goes on in memory; said once per kind). */
@@ -183,6 +187,11 @@ export class Inventory {
     if (!rec) return false;
     const before = this.stateOf(rec);
     rec.heartbeat = { at: b.at, via: b.payload.via, from: b.from, payload: b.payload };
+    const vias = this.vias.get(id) ?? new Map<string, number>();
+    vias.delete(b.payload.via);
+    vias.set(b.payload.via, b.at);
+    if (vias.size > 8) vias.delete(vias.keys().next().value!);
+    this.vias.set(id, vias);
     this.heard(id, b.at);
     const after = this.stateOf(rec);
     this.save(rec, before !== after && after === "alive" ? { kind: "alive", reason: `heartbeat over ${b.payload.via || "the default route"} from ${b.from}${b.payload.err ? `; last error: ${b.payload.err}` : ""}` } : undefined);
@@ -211,6 +220,7 @@ export class Inventory {
   forget(id: string): boolean {
     const had = this.devices.delete(id);
     this.downAt.delete(id);
+    this.vias.delete(id);
     let stored = false;
     try {
       stored = this.store?.forget(id) ?? false;
@@ -249,6 +259,7 @@ export class Inventory {
         serial: rec.serial,
         cert_expires: rec.certExpires === null ? null : new Date(rec.certExpires).toISOString(),
         heartbeat: hb ? { at: new Date(wallOf(this.clock, hb.at)).toISOString(), via: hb.via, from: hb.from, payload: hb.payload } : null,
+        heard_over: Object.fromEntries([...(this.vias.get(d.id) ?? [])].map(([v, at]) => [v, new Date(wallOf(this.clock, at)).toISOString()])),
       };
     });
   }
