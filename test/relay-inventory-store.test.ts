@@ -89,6 +89,7 @@ describe("device state (pure)", () => {
     ["no tunnel, 3 intervals ago: still alive", false, { age: 75_000, interval: 25_000, afterDisconnect: true }, "alive"],
     ["no tunnel, three missed", false, { age: 75_001, interval: 25_000, afterDisconnect: true }, "lost"],
     ["no tunnel, never a heartbeat", false, null, "offline"],
+    ["no tunnel, said goodbye after its last heartbeat", false, { age: 1000, interval: 25_000, afterDisconnect: false }, "offline"],
   ] as const)("%s → %s", (_n, connected, hb, expected) => expect(deviceState(connected, hb)).toBe(expected));
 
   test("status lines", () => {

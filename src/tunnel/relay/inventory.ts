@@ -60,7 +60,7 @@ export interface DeviceRow extends DeviceInfo {
 /** The state of a device, from what is known of it. Pure. */
 export function deviceState(connected: boolean, hb: { age: number; interval: number; afterDisconnect: boolean } | null, missed: number = HeartbeatTiming.missedForLost): DeviceState {
   if (connected) return "online";
-  if (!hb || !hb.afterDisconnect) return hb && hb.age <= missed * hb.interval ? "alive" : hb ? "lost" : "offline";
+  if (!hb || !hb.afterDisconnect) return "offline";
   return hb.age <= missed * hb.interval ? "alive" : "lost";
 }
 
@@ -87,13 +87,19 @@ export class Inventory {
   private readonly devices = new Map<string, DeviceRecord>();
   /** The last heartbeat over each uplink (monotonic ms), at most 8 uplinks per device. */
   private readonly vias = new Map<string, Map<string, number>>();
-  /** Wall ms of each device's last disconnect (a heartbeat after it means "alive"). */
+  /** Monotonic ms a device said goodbye (its own GOAWAY), or the relay restarted: only a heartbeat after it means "alive". */
   private readonly downAt = new Map<string, number>();
   /** A store write that failed (the inventory goes on in memory; said once per kind). */
   onStoreError: (e: Error) => void = () => {};
 
   constructor(private readonly clock: Clock = systemClock, private readonly store?: InventoryStore) {
-    if (store) for (const d of store.load()) this.devices.set(d.id, this.fromStored(d));
+    if (store)
+      for (const d of store.load()) {
+        const rec = this.fromStored(d);
+        this.devices.set(d.id, rec);
+        // A stored heartbeat is from before this start: only a new one says the device is alive.
+        this.downAt.set(d.id, rec.lastSeen + 1);
+      }
   }
 
   private mono(wall: number): number {
@@ -206,12 +212,16 @@ export class Inventory {
     return at;
   }
 
-  /** The device's connection ended (why, for its history). */
-  disconnected(id: string, lastReceived?: number, reason = "disconnected"): void {
+  /**
+   * The device's connection ended (why, for its history). `goodbye`: the device closed it
+   * itself (a shutdown), so heartbeats sent before do not make it "alive".
+   */
+  disconnected(id: string, lastReceived?: number, reason = "disconnected", goodbye = false): void {
     const rec = this.devices.get(id);
     if (!rec) return;
     rec.connected = false;
-    this.downAt.set(id, this.clock.now());
+    if (goodbye) this.downAt.set(id, this.clock.now());
+    else this.downAt.delete(id);
     this.heard(id, lastReceived ?? this.clock.now());
     this.save(rec, { kind: "disconnect", reason });
   }

@@ -208,7 +208,7 @@ export class RelayServer {
     if (cert.role === "onsite") {
       if (this.onsites.get(cert.id) === conn) {
         this.onsites.delete(cert.id);
-        this.inventory.disconnected(cert.id, undefined, why.message);
+        this.inventory.disconnected(cert.id, undefined, why.message, why.remote);
         this.o.log.info(`onsite ${cert.id} disconnected: ${why.message}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, reason: why.message });
       }
     } else if (this.masters.get(cert.id) === conn) {
