@@ -11,6 +11,13 @@ import type { DeviceInfo, InventoryBody } from "../../transport/messages.ts";
 import { HeartbeatTiming, type HeartbeatPayload } from "../../transport/heartbeat/codec.ts";
 import type { DeviceEvent, DeviceEventKind, InventoryStore, StoredDevice } from "./inventory-store.ts";
 
+/**
+ * A heartbeat is written to the store when it changes the device's state, else at most this
+ * often per device: at 5,000 devices a write per heartbeat would be 200 writes a second for
+ * nothing a restart needs to the second.
+ */
+export const HEARTBEAT_PERSIST_MS = 300_000;
+
 /** Longest stored value of each reported field: the device writes them, the relay bounds them. */
 export const FIELD_LIMITS = { hostname: 253, location: 128, agent: 64, uplink: 32 } as const;
 
@@ -85,6 +92,8 @@ export type Liveness = (id: string) => { lastReceived: number; rtt: number | nul
 
 export class Inventory {
   private readonly devices = new Map<string, DeviceRecord>();
+  /** Monotonic ms each device's heartbeat was last written to the store. */
+  private readonly beatSaved = new Map<string, number>();
   /** The last heartbeat over each uplink (monotonic ms), at most 8 uplinks per device. */
   private readonly vias = new Map<string, Map<string, number>>();
   /** Monotonic ms a device said goodbye (its own GOAWAY), or the relay restarted: only a heartbeat after it means "alive". */
@@ -200,7 +209,11 @@ export class Inventory {
     this.vias.set(id, vias);
     this.heard(id, b.at);
     const after = this.stateOf(rec);
-    this.save(rec, before !== after && after === "alive" ? { kind: "alive", reason: `heartbeat over ${b.payload.via || "the default route"} from ${b.from}${b.payload.err ? `; last error: ${b.payload.err}` : ""}` } : undefined);
+    const saved = this.beatSaved.get(id);
+    if (before !== after || saved === undefined || b.at - saved >= HEARTBEAT_PERSIST_MS) {
+      this.beatSaved.set(id, b.at);
+      this.save(rec, before !== after && after === "alive" ? { kind: "alive", reason: `heartbeat over ${b.payload.via || "the default route"} from ${b.from}${b.payload.err ? `; last error: ${b.payload.err}` : ""}` } : undefined);
+    }
     return true;
   }
 
@@ -231,6 +244,7 @@ export class Inventory {
     const had = this.devices.delete(id);
     this.downAt.delete(id);
     this.vias.delete(id);
+    this.beatSaved.delete(id);
     let stored = false;
     try {
       stored = this.store?.forget(id) ?? false;

@@ -61,6 +61,7 @@ export class RelayServer {
   private closed = false;
   /** Judges heartbeat datagrams (a listener in src/roles/relay.ts feeds it); null without a secret. */
   readonly heartbeats: HeartbeatReceiver | null = null;
+  private readonly heartbeatKeys = new Map<string, { serial: string; key: Uint8Array }>();
   /** Connections closed at their certificate's expiry. */
   certExpiries = 0;
   private readonly live: Liveness = (id) => {
@@ -79,7 +80,13 @@ export class RelayServer {
         clock: this.clock,
         keyOf: (id) => {
           const rec = this.inventory.get(id);
-          return rec ? deviceKey(hb.secret, id, rec.serial) : null;
+          if (!rec) return null;
+          // Derived once per device and serial (bounded by the inventory; forget drops it).
+          const k = this.heartbeatKeys.get(id);
+          if (k && k.serial === rec.serial) return k.key;
+          const key = deviceKey(hb.secret, id, rec.serial);
+          this.heartbeatKeys.set(id, { serial: rec.serial, key });
+          return key;
         },
         onBeat: (b) => void this.inventory.beat(b.id, b),
       });
@@ -238,6 +245,7 @@ export class RelayServer {
     if (this.inventory.online(id, this.live)) return "online";
     const done = this.inventory.forget(id);
     this.heartbeats?.forget(id);
+    this.heartbeatKeys.delete(id);
     return done ? "forgotten" : "unknown";
   }
 
