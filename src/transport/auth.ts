@@ -64,7 +64,11 @@ export function verifyPeer(facts: HandshakeFacts, policy: TrustPolicy, now: Date
   const { cert, presented } = parsePeer(facts.peerDer);
   if (!facts.peerDer) return { ok: false, reason: facts.handshakeOk ? "no client certificate" : `TLS handshake failed (${facts.authorizationError ?? "unknown reason"})`, presented };
   if (facts.protocol && facts.protocol !== "TLSv1.3") return { ok: false, reason: `${facts.protocol} is not accepted (TLS 1.3 only)`, presented };
-  if (!facts.handshakeOk || !facts.authorized) return { ok: false, reason: explainTlsError(facts.authorizationError), presented };
+  if (!facts.handshakeOk || !facts.authorized) {
+    const reason = explainTlsError(facts.authorizationError);
+    // An expired certificate, like a revoked one, is told why: only a new one helps, so the device backs off.
+    return reason === "certificate has expired" ? { ok: false, reason, presented, goaway: GoAwayCode.REVOKED } : { ok: false, reason, presented };
+  }
   let ident;
   try {
     ident = certificateIdentity(cert ?? facts.peerDer);
@@ -74,7 +78,7 @@ export function verifyPeer(facts: HandshakeFacts, policy: TrustPolicy, now: Date
   // OpenSSL checked the dates already; checking again keeps the verdict right if a TLS stack
   // is ever configured not to.
   if (now < ident.notBefore) return { ok: false, reason: `certificate is not yet valid (until ${ident.notBefore.toISOString()})`, presented };
-  if (now > ident.notAfter) return { ok: false, reason: `certificate expired on ${ident.notAfter.toISOString()}`, presented };
+  if (now > ident.notAfter) return { ok: false, reason: `certificate expired on ${ident.notAfter.toISOString()}`, presented, goaway: GoAwayCode.REVOKED };
   if (isRevoked(policy.revocations, ident.serial)) {
     const entry = policy.revocations.entries.find((r) => r.serial === ident.serial);
     // Told in a GOAWAY before the close, so the device backs off instead of redialling.

@@ -161,7 +161,7 @@ export class RelayClient {
       if (this.stopped) break;
       this.attempt = nextAttempt(this.attempt, lived);
       const delay = this.redialNow ? 0 : retryDelay(this.attempt, revoked, this.o.random);
-      if (revoked) this.o.log.warn(`the relay revoked this device's certificate: dialling again only every ${Timing.backoffCap / 1000} s; issue a new bundle (\`agent pki issue --force\`)`);
+      if (revoked) this.o.log.warn(`the relay revoked this device's certificate (or it expired): dialling again only every ${Timing.backoffCap / 1000} s; issue a new bundle (\`agent pki issue --force\`)`);
       this.redialNow = false;
       this.setState("waiting");
       this.nextRetryAt = this.clock.now() + delay;
