@@ -23,9 +23,9 @@ const DEVICES = Number(process.env.FLEET_DEVICES ?? 5000);
 const PHASE_MS = Number(process.env.FLEET_PHASE_MS ?? HeartbeatTiming.interval);
 const dir = mkdtempSync(join(tmpdir(), "agent-fleet-bench-"));
 
-async function heartbeatCost(): Promise<void> {
+async function heartbeatCost(floor = false): Promise<number> {
   const secret = randomBytes(32);
-  const child = Bun.spawn([BUN, join(import.meta.dir, "lib", "fleet-relay.ts"), join(dir, "hb.db"), String(DEVICES), secret.toString("hex")], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
+  const child = Bun.spawn([BUN, join(import.meta.dir, "lib", "fleet-relay.ts"), floor ? "floor" : join(dir, "hb.db"), String(DEVICES), secret.toString("hex")], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
   const reader = child.stdout.getReader();
   const dec = new TextDecoder();
   let pending = "";
@@ -70,6 +70,11 @@ async function heartbeatCost(): Promise<void> {
       const r1 = await report();
       return { cpuPct: (100 * cpu) / wall, rss: rssKiB(child.pid), heap: r1.heapUsed, accepted: r1.accepted - r0.accepted };
     };
+    if (floor) {
+      const bare = await phase(true, 1n);
+      console.log(`  peer, a bare node:dgram socket that only counts (the floor: one event-loop wake per datagram): CPU ${bare.cpuPct.toFixed(2)} % of one core at ${(bare.accepted / (PHASE_MS / 1000)).toFixed(0)}/s`);
+      return bare.cpuPct;
+    }
     const idle = await phase(false);
     // The first heartbeat of each device changes its state (offline → alive) and is written to
     // the store; the second round is the steady state: nothing written (HEARTBEAT_PERSIST_MS).
@@ -81,6 +86,7 @@ async function heartbeatCost(): Promise<void> {
     console.log(`  first round: CPU ${first.cpuPct.toFixed(2)} % of one core (each device's first heartbeat: a state change, written to sqlite)`);
     console.log(`  heartbeats:  CPU ${beats.cpuPct.toFixed(2)} % of one core, heap ${(beats.heap / 1048576).toFixed(1)} MiB, RSS ${(beats.rss / 1024).toFixed(1)} MiB, ${beats.accepted} accepted (${(beats.accepted / (PHASE_MS / 1000)).toFixed(0)}/s)`);
     console.log(`  heartbeats add ${(beats.cpuPct - idle.cpuPct).toFixed(2)} % of one core (goal ≤ 2 %) and ${perDevice.toFixed(2)} KiB heap per device (goal ≤ 4 KiB); RSS +${((beats.rss - idle.rss) / DEVICES).toFixed(2)} KiB per device`);
+    return beats.cpuPct - idle.cpuPct;
   } finally {
     child.kill();
     await child.exited;
@@ -125,7 +131,7 @@ async function listCost(): Promise<void> {
   }
   const sock = join(dir, "relay.sock");
   const started = performance.now();
-  const relay = Bun.spawn([BUN, MAIN, "--role", "relay", "--bundle", join(dir, "relay.bundle"), "--listen", "127.0.0.1:0", "--control", sock, "--state-dir", state, "--log-level", "warn"], { stdin: "ignore", stdout: "ignore", stderr: "inherit" });
+  const relay = Bun.spawn([BUN, MAIN, "--role", "relay", "--bundle", join(dir, "relay.bundle"), "--listen", "127.0.0.1:0", "--control", sock, "--state-dir", state, "--log-level", "error"], { stdin: "ignore", stdout: "ignore", stderr: "inherit" });
   try {
     await waitFor(async () => (await agent(["status", "--control", sock])).code === 0, 60_000, "the relay with 50,000 devices answering");
     console.log(`relay start with ${n} stored devices: ${((performance.now() - started) / 1000).toFixed(1)} s to answer status; RSS ${(rssKiB(relay.pid) / 1024).toFixed(0)} MiB`);
@@ -157,7 +163,9 @@ async function listCost(): Promise<void> {
 
 try {
   writeCost();
-  await heartbeatCost();
+  const added = await heartbeatCost();
+  const bare = await heartbeatCost(true);
+  console.log(`  heartbeats cost ${(added / Math.max(bare, 0.01)).toFixed(1)}× the bare receive of the same datagrams`);
   await listCost();
 } finally {
   rmSync(dir, { recursive: true, force: true });

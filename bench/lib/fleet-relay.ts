@@ -1,7 +1,8 @@
 // A relay for bench/fleet.bench.ts: a RelayServer with its inventory in sqlite (argv[2]: the
 // file), N known devices (argv[3]) that connected once and went offline, and the heartbeat
 // receiver on a real UDP socket. Prints {"port"} when ready; on each stdin line "report" it
-// collects garbage and prints {"heapUsed","rss","accepted","dropped"}.
+// collects garbage and prints {"heapUsed","rss","accepted","dropped"}. With the file "floor" it
+// is the peer: a bare node:dgram socket that only counts what arrives (the cost of receiving).
 import { RelayServer } from "../../src/tunnel/relay/server.ts";
 import { SqliteInventoryStore } from "../../src/tunnel/relay/inventory-store.ts";
 import { openUdp } from "../../src/transport/heartbeat/socket.ts";
@@ -9,6 +10,21 @@ import { openUdp } from "../../src/transport/heartbeat/socket.ts";
 const [file, nText, secretHex] = process.argv.slice(2);
 const n = Number(nText);
 const quiet = { debug() {}, info() {}, warn() {} };
+if (file === "floor") {
+  const dgram = await import("node:dgram");
+  const s = dgram.createSocket("udp4");
+  let accepted = 0;
+  s.on("message", () => void accepted++);
+  await new Promise<void>((r) => s.bind(0, "127.0.0.1", () => r()));
+  console.log(JSON.stringify({ port: s.address().port }));
+  for await (const chunk of Bun.stdin.stream()) {
+    for (const _ of new TextDecoder().decode(chunk).split("\n").filter((l) => l === "report")) {
+      Bun.gc(true);
+      console.log(JSON.stringify({ heapUsed: process.memoryUsage().heapUsed, rss: process.memoryUsage().rss, accepted, dropped: {} }));
+    }
+  }
+  process.exit(0);
+}
 const store = new SqliteInventoryStore(file!);
 const server = new RelayServer({ id: "relay-bench", log: quiet, access: () => [], inventoryStore: store, heartbeat: { secret: new Uint8Array(Buffer.from(secretHex!, "hex")), port: 0 } });
 for (let i = 0; i < n; i++) {
