@@ -142,7 +142,9 @@ export const devicesCommand = defineAgentCommand({
     const filter = filterOf(args);
     const client = daemonClient<MasterApi | RelayApi>(ctx, cfg.control, { timeoutMs: 20_000 });
     const all = await client.call("devices");
-    const needStatus = filter === "default" || all.length === 0;
+    // The daemon's start time only matters for the relay's own rows (the default filter), and
+    // its role for what an empty list means.
+    const needStatus = (filter === "default" && all.some(isRow)) || all.length === 0;
     const st = needStatus ? await client.call("status") : null;
     const list = filterDevices(all, filter, st ? Date.parse(st.started) : null);
     if (flag(args, "json")) ctx.io.out(JSON.stringify(list, null, 2) + "\n");
