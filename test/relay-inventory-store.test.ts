@@ -121,6 +121,27 @@ describe("Inventory over a store", () => {
   });
 });
 
+test("a store that fails (a full disk) is reported once, and the inventory goes on in memory", () => {
+  const broken = new MemoryInventoryStore();
+  let fail = true;
+  broken.put = () => {
+    if (fail) throw new Error("SQLITE_FULL: database or disk is full");
+  };
+  const errors: string[] = [];
+  const inv = new Inventory(new FakeClock({ wall: START }), broken);
+  inv.onStoreError = (e) => errors.push(e.message);
+  inv.connected("site-1", { serial: "0a", address: "192.0.2.1", agent: "1.0" });
+  inv.disconnected("site-1", undefined, "gone");
+  inv.connected("site-1", { serial: "0a", address: "192.0.2.1", agent: "1.0" });
+  expect(errors).toEqual(["SQLITE_FULL: database or disk is full"]);
+  expect(inv.rows()[0]!.state).toBe("online");
+  fail = false;
+  inv.disconnected("site-1", undefined, "gone");
+  fail = true;
+  inv.connected("site-1", { serial: "0a", address: "192.0.2.1", agent: "1.0" });
+  expect(errors).toHaveLength(2); // failing again after a write that worked: said again
+});
+
 describe("RelayServer with heartbeats and certificate expiry", () => {
   const secret = new Uint8Array(32).fill(7);
   function setup() {

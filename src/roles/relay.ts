@@ -162,7 +162,11 @@ export class RelayRole implements Component {
     this.listener = null;
     await this.heartbeatSocket?.close();
     this.heartbeatSocket = null;
-    this.store.close();
+    try {
+      this.store.close();
+    } catch {
+      /* closed already */
+    }
   }
 }
 

@@ -146,13 +146,18 @@ export class Inventory {
     };
   }
 
+  /** A write failed and has not been followed by one that worked (reported once, not per write). */
+  private storeFailing = false;
+
   private save(r: DeviceRecord, ev?: { kind: DeviceEventKind; reason: string }): void {
     if (!this.store) return;
     try {
       this.store.put(this.toStored(r));
       if (ev) this.store.event(r.id, { at: this.clock.wall(), kind: ev.kind, address: r.address, reason: ev.reason });
+      this.storeFailing = false;
     } catch (e) {
-      this.onStoreError(e as Error);
+      if (!this.storeFailing) this.onStoreError(e as Error);
+      this.storeFailing = true;
     }
   }
 

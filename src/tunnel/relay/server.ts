@@ -73,7 +73,7 @@ export class RelayServer {
     this.clock = o.clock ?? systemClock;
     const window = o.window ?? Limits.streamWindow;
     this.inventory = new Inventory(this.clock, o.inventoryStore);
-    this.inventory.onStoreError = (e) => o.log.warn(`inventory store: ${e.message}`, { reason: e.message });
+    this.inventory.onStoreError = (e) => o.log.warn(`inventory store: ${e.message}; the inventory goes on in memory (said once until a write works again)`, { reason: e.message });
     const hb = o.heartbeat;
     if (hb) {
       this.heartbeats = new HeartbeatReceiver({
