@@ -6,7 +6,8 @@
 // "tunnel down, alive over …" with the uplink diagnostics and the last dial error. Then
 // datagrams sent by hand from a router namespace: replayed, stale, forged, truncated and
 // unknown ones are each counted by reason and dropped; a bounded flood from a stranger leaves
-// no state behind and the device stays alive through it.
+// no state behind and the device stays alive through it. A device restarted while its TLS path
+// is cut still sends heartbeats: its key is kept in its state dir.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -109,6 +110,19 @@ maybe("heartbeat outside the tunnel (needs root)", () => {
       expect(r.stdout).toMatch(/site-1\s+tunnel down/);
       expect(r.stdout).toMatch(new RegExp(`site-1: tunnel down, alive over (${eth}|${wlan}), last error: `));
       expect(r.stdout).toMatch(new RegExp(`uplinks: ${eth} up`));
+
+      // A device that starts while its TLS path is broken still sends: the key is in its state dir.
+      const old = lab.daemon();
+      old.kill("SIGTERM");
+      await old.exited;
+      const restartedAt = Date.now();
+      lab.restartDaemon();
+      const again = await waitFor(async () => {
+        const x = await site();
+        return x && x.state === "alive" && Date.parse(x.heartbeat!.at) > restartedAt ? x : undefined;
+      }, 30_000, "a heartbeat from the restarted device, whose tunnel never came up", { every: 250 });
+      expect(again.online).toBe(false);
+      expect(again.heartbeat!.payload.up).toBeGreaterThan(0);
     } finally {
       await lab.topo.ns(lab.topo.onsite, ["iptables", "-D", "OUTPUT", "-p", "tcp", "-d", lab.topo.relayAddr, "--dport", String(RELAY_PORT), "-j", "DROP"], true);
     }
