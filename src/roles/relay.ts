@@ -51,7 +51,7 @@ export class RelayRole implements Component {
     this.store = openInventoryStore(cfg.state_dir, log);
     this.server = new RelayServer({
       inventoryStore: this.store,
-      heartbeat: cfg.heartbeat_port === 0 ? undefined : { secret: heartbeatSecret(cfg.state_dir), port: cfg.heartbeat_port ?? cfg.listen?.port ?? 0 },
+      heartbeat: cfg.heartbeat_port === 0 ? undefined : heartbeatOptions(cfg, log),
       id: bundle.id,
       log: log,
       access: () => this.cfg.access,
@@ -167,6 +167,16 @@ export class RelayRole implements Component {
     } catch {
       /* closed already */
     }
+  }
+}
+
+/** The heartbeat's secret and port; none (said loudly) when the secret cannot be kept: the daemon's state-dir check says why. */
+function heartbeatOptions(cfg: Config, log: Logger): { secret: Uint8Array; port: number } | undefined {
+  try {
+    return { secret: heartbeatSecret(cfg.state_dir), port: cfg.heartbeat_port ?? cfg.listen?.port ?? 0 };
+  } catch (e) {
+    log.error(`heartbeats are off: cannot keep the heartbeat secret in ${cfg.state_dir}: ${(e as Error).message}`);
+    return undefined;
   }
 }
 
