@@ -54,6 +54,8 @@ export interface InventoryStore {
   history(id: string): DeviceEvent[];
   /** Drops a device and its history; false when it was not stored. */
   forget(id: string): boolean;
+  /** Runs `fn` as one write (one commit for a device and its event). */
+  batch(fn: () => void): void;
   close(): void;
 }
 
@@ -86,6 +88,9 @@ export class MemoryInventoryStore implements InventoryStore {
   forget(id: string): boolean {
     this.events.delete(id);
     return this.devices.delete(id);
+  }
+  batch(fn: () => void): void {
+    fn();
   }
   close(): void {}
 }
@@ -170,7 +175,7 @@ export class SqliteInventoryStore implements InventoryStore {
     })();
   }
 
-  /** Runs `fn` in one transaction (an import of many devices: one commit instead of one each). */
+  /** Runs `fn` in one transaction (a device and its event, or an import of many: one commit). */
   batch(fn: () => void): void {
     this.db.transaction(fn)();
   }

@@ -152,8 +152,11 @@ export class Inventory {
   private save(r: DeviceRecord, ev?: { kind: DeviceEventKind; reason: string }): void {
     if (!this.store) return;
     try {
-      this.store.put(this.toStored(r));
-      if (ev) this.store.event(r.id, { at: this.clock.wall(), kind: ev.kind, address: r.address, reason: ev.reason });
+      const store = this.store;
+      store.batch(() => {
+        store.put(this.toStored(r));
+        if (ev) store.event(r.id, { at: this.clock.wall(), kind: ev.kind, address: r.address, reason: ev.reason });
+      });
       this.storeFailing = false;
     } catch (e) {
       if (!this.storeFailing) this.onStoreError(e as Error);
