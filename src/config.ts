@@ -174,6 +174,10 @@ export interface Config {
   tunnel: TunnelConfig;
   /** Relay: the nymea-remoteproxy listener ([nymea]); undefined when not configured. */
   nymea?: NymeaConfig;
+  /** Onsite: how often a heartbeat goes to the relay over UDP (ms; default 25 s). */
+  heartbeat_interval?: number;
+  /** Relay: the UDP port heartbeats arrive on (default: the listen port's number; 0: off). */
+  heartbeat_port?: number;
 }
 
 /** `[nymea]`: the relay speaks nymea-remoteproxy's proxy protocol (src/tunnel/nymea/README.md). */
@@ -419,6 +423,8 @@ const EXAMPLES: Record<string, string> = {
   session_idle_timeout: 'session_idle_timeout = "1h"   (relay; 1s to 30d)',
   metrics: 'metrics = "127.0.0.1:9464"   (GET /metrics, Prometheus text format)',
   proxy_protocol: "proxy_protocol = true   (relay behind a load balancer that sends PROXY v2)",
+  heartbeat_interval: 'heartbeat_interval = "25s"   (onsite: UDP heartbeat to the relay)',
+  heartbeat_port: "heartbeat_port = 443   (relay: UDP port for heartbeats; 0: off; default: the listen port)",
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
 };
 
@@ -458,6 +464,8 @@ const TOP: Schema = {
   session_idle_timeout: duration(1000, 30 * 86_400_000),
   metrics: listenHostPort,
   proxy_protocol: bool,
+  heartbeat_interval: duration(1000, 3_600_000),
+  heartbeat_port: int(0, 65535),
 };
 
 const NAT: Schema = {
@@ -873,6 +881,8 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   nymea: { roles: ["relay"], why: "only the relay speaks nymea-remoteproxy's protocol", shown: "[nymea]" },
   gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
   tunnel: { roles: ["onsite", "master"], why: "packet tunnels run between a master and an onsite device; the relay only routes them", shown: "[tunnel]" },
+  heartbeat_interval: { roles: ["onsite"], why: "only an onsite device sends heartbeats", shown: "heartbeat_interval" },
+  heartbeat_port: { roles: ["relay"], why: "only the relay receives heartbeats", shown: "heartbeat_port" },
   relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
   session_idle_timeout: { roles: ["relay"], why: "only the relay holds sessions between masters and devices", shown: "session_idle_timeout" },

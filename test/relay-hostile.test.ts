@@ -18,6 +18,7 @@ import { dialTls } from "../src/transport/tls.ts";
 import { Connection, type ConnectionClosed } from "../src/transport/mux.ts";
 import { Flag, FrameDecoder, FrameType, GoAwayCode, HEADER_SIZE, MAX_PAYLOAD, decodeReset, encodeFrame, encodeJson, type Frame } from "../src/transport/frame.ts";
 import { Msg } from "../src/transport/messages.ts";
+import { controlRequest } from "../src/control.ts";
 
 // Each case waits for a real refusal and a real curl; generous, since other tests share the CPU.
 setDefaultTimeout(30_000);
@@ -300,7 +301,9 @@ test("an expired certificate of the fleet is refused and logged", async () => {
   const expired = makeCert(fleetCa, { role: "onsite", id: "site-old", notBefore: new Date(Date.now() - 30 * day), notAfter: new Date(Date.now() - day) });
   const probe = await tlsProbe(expired, { send: hello("onsite", "site-old") });
   await probe.closed;
-  expect(probe.received).toBe(0);
+  // Told why before the close (issue 14), so a device backs off instead of redialling: one GOAWAY REVOKED, nothing else.
+  expect(probe.frames.map((f) => [f.type, decodeReset(f.payload).code])).toEqual([[FrameType.GOAWAY, GoAwayCode.REVOKED]]);
+  expect(decodeReset(probe.frames[0]!.payload).reason).toMatch(/expired/);
   await expectRefusal(/expired/, "site-old (onsite)");
   await expectHealthy();
 });
@@ -463,7 +466,10 @@ test("revoking a connected device closes its live connection, and its redial is 
     // The relay polls the file (every second): no signal needed.
     await expectRefusal(new RegExp(`^certificate ${serial} was revoked; closing its live connection$`), "site-rev (onsite)");
     await waitFor(async () => (await devices()).some((x) => x.id === "site-rev" && !x.online), 10_000, "site-rev offline");
-    // The device dials again by itself and is refused at the TLS level now.
+    // It heard GOAWAY REVOKED and backs off to the maximum (issue 14): an operator's redial makes it dial now.
+    await waitFor(() => d.stderr.join("").includes("dialling again only every 30 s"), 10_000, "site-rev backing off");
+    await controlRequest(sock("site-rev"), "redial", { reason: "test: dial now" });
+    // The device dials again and is refused at the TLS level now.
     await expectRefusal(new RegExp(`^certificate ${serial} is revoked \\(since `), "site-rev (onsite)");
     expect((await devices()).find((x) => x.id === "site-rev")!.online).toBe(false);
   } finally {
@@ -520,7 +526,8 @@ test("a damaged revocation list is reported once, and the relay keeps enforcing 
     const rev = await loadBundle(join(dir, "site-rev.bundle"));
     const probe = await tlsProbe(rev, { send: hello("onsite", "site-rev") });
     await probe.closed;
-    expect(probe.received).toBe(0);
+    // Refused with the reason in a GOAWAY REVOKED (issue 14), and nothing else.
+    expect(probe.frames.map((f) => [f.type, decodeReset(f.payload).code])).toEqual([[FrameType.GOAWAY, GoAwayCode.REVOKED]]);
     await expectHealthy();
   } finally {
     writeFileSync(file, good);

@@ -44,6 +44,7 @@ test("control message ids are frozen", () => {
     REPLY: 3,
     INVENTORY: 10,
     DEVICES: 11,
+    HEARTBEAT_KEY: 12,
     SESSION_OPEN: 20,
     SESSION_OFFER: 21,
     SESSION_CLOSE: 22,
@@ -117,6 +118,7 @@ const bodies: { [M in MsgType]: BodyOf<M>[] } = {
   ],
   [Msg.INVENTORY]: [{ hostname: "pi-1", location: "", agent: "agent/1.0", uptime: 3600, uplink: "lte" }],
   [Msg.DEVICES]: [{}],
+  [Msg.HEARTBEAT_KEY]: [{ key: Buffer.alloc(32, 7).toString("base64"), port: 4443 }],
   [Msg.SESSION_OPEN]: [
     { onsite: "site-1", targets: ["10.0.0.5:80"], ttl: null, session: null },
     { onsite: "site-1", targets: ["10.0.0.5:80", "[2001:db8::1]:22"], ttl: 3_600_000, session: "s-1a2b3c4d" },

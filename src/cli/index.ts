@@ -29,7 +29,8 @@ export const rootCommand: AgentCommand = {
     status: () => import("./status.ts").then((m) => m.statusCommand),
     doctor: () => import("./doctor.ts").then((m) => m.doctorCommand),
     pki: () => import("./pki.ts").then((m) => m.pkiCommand),
-    devices: () => import("./sessions.ts").then((m) => m.devicesCommand),
+    devices: () => import("./devices.ts").then((m) => m.devicesCommand),
+    refusals: () => import("./devices.ts").then((m) => m.refusalsCommand),
     connect: () => import("./sessions.ts").then((m) => m.connectCommand),
     sessions: () => import("./sessions.ts").then((m) => m.sessionsCommand),
     disconnect: () => import("./sessions.ts").then((m) => m.disconnectCommand),
@@ -63,7 +64,7 @@ export async function runMain(argv: readonly string[], ctx: Partial<CliContext> 
 }
 
 /** The commands that talk to a daemon: a hint naming one must reach the same daemon. */
-const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel", "kick", "monitor"]);
+const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel", "kick", "monitor", "refusals"]);
 
 /** " --control X --config Y" as given in `argv` (either spelling, before or after the command). */
 function reachFlagsOf(argv: readonly string[]): string {

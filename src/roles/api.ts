@@ -8,9 +8,11 @@
 import type { AddResult, RuleView } from "../nat/service.ts";
 import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
-import type { Refusal } from "../tunnel/relay/refusals.ts";
+import type { Refusal, RefusalGroup } from "../tunnel/relay/refusals.ts";
 import type { OnsiteTunnelView } from "../tunnel/packet/onsite-tunnels.ts";
 import type { Kicked } from "../tunnel/relay/server.ts";
+import type { DeviceRow } from "../tunnel/relay/inventory.ts";
+import type { DeviceEventKind } from "../tunnel/relay/inventory-store.ts";
 import type { UplinkReport } from "../uplink/manager.ts";
 import type { WifiReport } from "../uplink/wifi.ts";
 import type { WifiNetwork } from "../uplink/wpa.ts";
@@ -138,8 +140,9 @@ export interface OnsiteApi extends DaemonApi, NatApi, Partial<UplinkApi>, Partia
 
 // ---- relay ----
 
-export interface RelayApi extends DaemonApi {
-  devices(): DeviceInfo[];
+export interface RelayApi extends DaemonApi, Partial<RelayFleetApi> {
+  /** Every device the relay has seen (stored across restarts); the relay's own rows carry state, heartbeat and certificate (DeviceRow). */
+  devices(): DeviceInfo[] | DeviceRow[];
   sessions(): SessionInfo[];
   /** The last 100 refused connections. */
   refusals(): Refusal[];
@@ -159,6 +162,16 @@ export interface KickRequest {
 export interface SessionEndRequest {
   session: string;
   reason?: string | null;
+}
+
+/** Issue 14: the relay's inventory and refusal commands (src/roles/fleet-api.ts). */
+export interface RelayFleetApi {
+  /** Forgets an offline device and its history. */
+  devicesForget(req: { id: string }): { forgotten: string };
+  /** A device's connects and disconnects, oldest first. */
+  devicesHistory(req: { id: string }): { at: string; kind: DeviceEventKind; address: string; reason: string }[];
+  /** Refused and unprovisioned peers, grouped by presented id and address; `since`: wall ms. */
+  refusalsReport(req?: { since?: number }): { now: string; groups: RefusalGroup[] };
 }
 
 /** Any daemon: what a command that works against several roles may call. */

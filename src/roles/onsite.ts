@@ -28,6 +28,8 @@ import { refusingOnsiteHost } from "../tunnel/packet/refusing.ts";
 import { gateOnsiteHost } from "../tunnel/packet/sweep-gate.ts";
 import { OnsiteUdpServer } from "../tunnel/udp.ts";
 import { watchNat, watchRelayLink, watchUplinks } from "./metrics.ts";
+import { onsiteHeartbeat } from "./fleet.ts";
+import type { HeartbeatSender, UplinkView } from "../transport/heartbeat/sender.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -46,6 +48,10 @@ export class OnsiteRole implements Component {
   private refresh: ReturnType<typeof setInterval> | null = null;
   /** Extra request handlers on the relay connection (NAT requests), set by other parts. */
   extraSetup: ((conn: Connection) => void)[] = [];
+
+  /** Issue 14: the UDP heartbeat; composeOnsite points `heartbeatFrom` at the uplinks and Wi-Fi. */
+  readonly heartbeat: HeartbeatSender;
+  heartbeatFrom: { uplinks?: () => UplinkView | undefined; wifi?: () => Promise<{ ssid: string; signal: number | null } | undefined> } = {};
 
   /** The role's own part of the onsite API (composeOnsite adds status, NAT, uplink, Wi-Fi). */
   readonly api: Pick<OnsiteApi, "sessions" | "redial">;
@@ -92,6 +98,9 @@ export class OnsiteRole implements Component {
         }),
       );
     }
+    const hb = onsiteHeartbeat({ cfg, id: bundle.id, client: () => this.client, uplinks: () => this.heartbeatFrom.uplinks?.(), wifi: () => this.heartbeatFrom.wifi?.() ?? Promise.resolve(undefined), log: log.withTag("heartbeat") });
+    this.heartbeat = hb.sender;
+    this.extraSetup.push(hb.setup);
     this.client = relayClientFor(cfg, bundle, log, "onsite", {
       setup: (conn) => this.sessions.setup(conn),
       onStream: (s) => this.sessions.serve(s),
@@ -138,15 +147,17 @@ export class OnsiteRole implements Component {
     // What an earlier run left behind (a kill -9 leaves devices and rules) goes before anything new is made.
     if (this.cfg.tunnel.enabled) void this.tunnelHost.sweep().then((gone) => gone.length && this.log.info(`removed leftovers of an earlier run: ${gone.join(", ")}`), (e: Error) => this.log.warn(`sweeping tunnel leftovers: ${e.message}`));
     this.client.start();
+    this.heartbeat.start();
     this.refresh = setInterval(() => this.sendInventory(), INVENTORY_REFRESH_MS);
   }
 
   status(): Record<string, unknown> {
-    return { ...this.client.status(), sessions: this.sessions.sessions.size, streams_served: this.sessions.streamsServed, tunnels: this.tunnels.size };
+    return { ...this.client.status(), sessions: this.sessions.sessions.size, streams_served: this.sessions.streamsServed, tunnels: this.tunnels.size, heartbeat: this.heartbeat.status() };
   }
 
   async close(): Promise<void> {
     if (this.refresh) clearInterval(this.refresh);
+    await this.heartbeat.close();
     await this.client.close();
     await this.tunnels.closeAll("the onsite daemon is stopping");
     this.udp.closeAll();
@@ -196,6 +207,7 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
     uplinks.onActiveChange((ev) => role.uplinkChanged(ev.to ?? "", ev.reason));
     watchUplinks(daemon.metrics, daemon.events, cfg.uplink.map((u) => u.name), uplinks);
     healthy = () => (uplinks.status().healthy as string[]) ?? [];
+    role.heartbeatFrom.uplinks = () => uplinks.report();
   }
   let wifiApi: WifiApi | undefined;
   let netconnectdBackend: NetconnectdBackend | undefined;
@@ -215,6 +227,10 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
       apStop: () => wifi.stopAp(),
     };
     control.nulProtocol(async (text) => encodeNetconnectd(await answerNetconnectd(wifi, text)));
+    role.heartbeatFrom.wifi = async () => {
+      const w = (await wifi.report()).wifi;
+      return w.ssid ? { ssid: w.ssid, signal: null } : undefined;
+    };
     netconnectdBackend = wifi;
   }
   {

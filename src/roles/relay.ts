@@ -23,6 +23,10 @@ import { NymeaService } from "../tunnel/nymea/service.ts";
 import { NotFoundError, UsageError } from "../errors.ts";
 import type { Metrics } from "../metrics.ts";
 import type { Events } from "../events.ts";
+import { heartbeatSecret, listenHeartbeats, openInventoryStore } from "./fleet.ts";
+import type { DatagramSocket } from "../transport/heartbeat/socket.ts";
+import type { InventoryStore } from "../tunnel/relay/inventory-store.ts";
+import { fleetApi } from "./fleet-api.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -41,6 +45,9 @@ export class RelayRole implements Component {
   private abandoned = 0;
   /** [nymea]: the nymea-remoteproxy listeners, a world apart from the fleet's sessions. */
   private readonly nymea: NymeaService | null;
+  /** Issue 14: the inventory kept in the state dir, and the heartbeat listener. */
+  private readonly store: InventoryStore;
+  private heartbeatSocket: DatagramSocket | null = null;
 
   /** What the relay's control socket serves beside the daemon shell's status (src/roles/api.ts). */
   readonly api: Omit<RelayApi, "status">;
@@ -48,7 +55,10 @@ export class RelayRole implements Component {
   constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control?: ControlServer, clock: Clock = systemClock, ops: { metrics?: Metrics; events?: Events } = {}) {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
+    this.store = openInventoryStore(cfg.state_dir, log);
     this.server = new RelayServer({
+      inventoryStore: this.store,
+      heartbeat: cfg.heartbeat_port === 0 ? undefined : heartbeatOptions(cfg, log),
       id: bundle.id,
       log: log,
       access: () => this.cfg.access,
@@ -62,7 +72,7 @@ export class RelayRole implements Component {
     m.collect("agent_relay_unauthenticated_connections", "Connections not yet past TLS (capped in total and per source).", "gauge", () => this.admission.total);
     m.collect("agent_relay_abandoned_handshakes_total", "Connections closed by their peer before TLS completed (probes, dropped links).", "counter", () => this.abandoned);
     this.api = {
-      devices: () => this.server.deviceList(),
+      devices: () => this.server.deviceRows(),
       sessions: () => this.server.sessionList(),
       refusals: () => this.server.refusals.slice(-100),
       kick: (req) => {
@@ -77,6 +87,7 @@ export class RelayRole implements Component {
         if (!info) throw new NotFoundError(`no active session ${JSON.stringify(id)} on this relay`, "see `agent sessions`");
         return info;
       },
+      ...fleetApi(this.server, auditFile),
     };
     control?.serve(this.api, "relay");
     this.nymea = cfg.nymea ? new NymeaService(cfg.nymea, { cert: bundle.certPem, key: bundle.keyPem }, log.withTag("nymea"), clock) : null;
@@ -113,6 +124,16 @@ export class RelayRole implements Component {
     }
     this.log.info(`relay ${this.bundle.id} listening on ${listen.host}:${this.listener.port}${this.cfg.proxy_protocol ? " (PROXY protocol v2 required: behind a load balancer)" : ""}`);
     this.nymea?.start();
+    if (this.cfg.heartbeat_port !== 0) {
+      // Devices learn the port in HEARTBEAT_KEY: with `listen` on port 0 (tests) it is the port the TCP listener got.
+      const port = this.cfg.heartbeat_port ?? this.listener.port;
+      this.server.setHeartbeatPort(port);
+      try {
+        this.heartbeatSocket = await listenHeartbeats(this.server, listen.host, port, this.log);
+      } catch (e) {
+        this.log.error(`cannot receive heartbeats on udp ${listen.host}:${port}: ${(e as Error).message}; devices whose tunnel is down will not be heard`);
+      }
+    }
     // Polled whether configured or the default: a list copied into place later takes effect
     // within a second, without a restart.
     this.poll = setInterval(() => void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`)), REVOCATION_POLL_MS);
@@ -162,6 +183,7 @@ export class RelayRole implements Component {
       revoked: this.revocations.entries.length,
       revocations_file: revocationsFile(this.cfg).path,
       revocations_loaded: this.revocationsLoaded,
+      heartbeats: this.server.heartbeats ? { port: this.heartbeatSocket?.local().port ?? null, ...this.server.heartbeats.stats() } : null,
       ...this.server.stats(),
       ...(this.nymea ? { nymea: this.nymea.status() } : {}),
     };
@@ -174,6 +196,23 @@ export class RelayRole implements Component {
     await this.server.close();
     this.listener?.stop(true);
     this.listener = null;
+    await this.heartbeatSocket?.close();
+    this.heartbeatSocket = null;
+    try {
+      this.store.close();
+    } catch {
+      /* closed already */
+    }
+  }
+}
+
+/** The heartbeat's secret and port; none (said loudly) when the secret cannot be kept: the daemon's state-dir check says why. */
+function heartbeatOptions(cfg: Config, log: Logger): { secret: Uint8Array; port: number } | undefined {
+  try {
+    return { secret: heartbeatSecret(cfg.state_dir), port: cfg.heartbeat_port ?? cfg.listen?.port ?? 0 };
+  } catch (e) {
+    log.error(`heartbeats are off: cannot keep the heartbeat secret in ${cfg.state_dir}: ${(e as Error).message}`);
+    return undefined;
   }
 }
 

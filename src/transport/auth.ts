@@ -3,6 +3,7 @@
 // and the id the peer presented (also for ids the relay has never seen), for the refusal log.
 import type forge from "node-forge";
 import { certificateIdentity, parseCertificate, isRevoked, type RevocationList } from "../pki.ts";
+import { GoAwayCode } from "./frame.ts";
 
 export interface HandshakeFacts {
   handshakeOk: boolean;
@@ -21,7 +22,7 @@ export interface TrustPolicy {
 
 export type PeerVerdict =
   | { ok: true; id: string; role: string; serial: string; notAfter: Date }
-  | { ok: false; reason: string; presented: string | null };
+  | { ok: false; reason: string; presented: string | null; goaway?: number };
 
 function nameOf(cert: forge.pki.Certificate): string {
   const cn = cert.subject.getField("CN")?.value as string | undefined;
@@ -63,7 +64,11 @@ export function verifyPeer(facts: HandshakeFacts, policy: TrustPolicy, now: Date
   const { cert, presented } = parsePeer(facts.peerDer);
   if (!facts.peerDer) return { ok: false, reason: facts.handshakeOk ? "no client certificate" : `TLS handshake failed (${facts.authorizationError ?? "unknown reason"})`, presented };
   if (facts.protocol && facts.protocol !== "TLSv1.3") return { ok: false, reason: `${facts.protocol} is not accepted (TLS 1.3 only)`, presented };
-  if (!facts.handshakeOk || !facts.authorized) return { ok: false, reason: explainTlsError(facts.authorizationError), presented };
+  if (!facts.handshakeOk || !facts.authorized) {
+    const reason = explainTlsError(facts.authorizationError);
+    // An expired certificate, like a revoked one, is told why: only a new one helps, so the device backs off.
+    return reason === "certificate has expired" ? { ok: false, reason, presented, goaway: GoAwayCode.REVOKED } : { ok: false, reason, presented };
+  }
   let ident;
   try {
     ident = certificateIdentity(cert ?? facts.peerDer);
@@ -73,10 +78,11 @@ export function verifyPeer(facts: HandshakeFacts, policy: TrustPolicy, now: Date
   // OpenSSL checked the dates already; checking again keeps the verdict right if a TLS stack
   // is ever configured not to.
   if (now < ident.notBefore) return { ok: false, reason: `certificate is not yet valid (until ${ident.notBefore.toISOString()})`, presented };
-  if (now > ident.notAfter) return { ok: false, reason: `certificate expired on ${ident.notAfter.toISOString()}`, presented };
+  if (now > ident.notAfter) return { ok: false, reason: `certificate expired on ${ident.notAfter.toISOString()}`, presented, goaway: GoAwayCode.REVOKED };
   if (isRevoked(policy.revocations, ident.serial)) {
     const entry = policy.revocations.entries.find((r) => r.serial === ident.serial);
-    return { ok: false, reason: `certificate ${ident.serial} is revoked${entry ? ` (since ${entry.revokedAt.toISOString()})` : ""}`, presented };
+    // Told in a GOAWAY before the close, so the device backs off instead of redialling.
+    return { ok: false, reason: `certificate ${ident.serial} is revoked${entry ? ` (since ${entry.revokedAt.toISOString()})` : ""}`, presented, goaway: GoAwayCode.REVOKED };
   }
   if (!policy.roles.includes(ident.role)) return { ok: false, reason: `a ${ident.role} certificate cannot connect as a device (allowed: ${policy.roles.join(", ")})`, presented };
   return { ok: true, id: ident.id, role: ident.role, serial: ident.serial, notAfter: ident.notAfter };

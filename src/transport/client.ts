@@ -5,7 +5,7 @@ import { Connection, ConnectionClosed, type Log, type Stream } from "./mux.ts";
 import type { Link } from "./link.ts";
 import { Msg, PROTOCOL_VERSIONS } from "./messages.ts";
 import { on, send } from "./typed.ts";
-import { MAX_CONTROL_MESSAGE } from "./frame.ts";
+import { GoAwayCode, MAX_CONTROL_MESSAGE } from "./frame.ts";
 import { Timing, backoffDelay, nextAttempt } from "./policy.ts";
 import { systemClock, wallOf, type Clock } from "../clock.ts";
 
@@ -41,6 +41,19 @@ export interface RelayClientOptions {
 }
 
 export type ClientState = "connecting" | "up" | "waiting" | "closed";
+
+/** The relay closed us with GOAWAY REVOKED (at the handshake, or later): only a new certificate helps. */
+export class RevokedError extends Error {
+  override name = "RevokedError";
+}
+
+/**
+ * The wait before the next dial. Pure. A revoked device waits the backoff's maximum every time:
+ * redialling every few seconds would only fill the relay's refusal log.
+ */
+export function retryDelay(attempt: number, revoked: boolean, random: () => number = Math.random): number {
+  return revoked ? Timing.backoffCap : backoffDelay(attempt - 1, random);
+}
 
 export class RelayClient {
   private conn: Connection | null = null;
@@ -128,6 +141,7 @@ export class RelayClient {
     while (!this.stopped) {
       this.setState("connecting");
       let lived: number | null = null;
+      let revoked = false;
       try {
         const conn = await this.connectOnce();
         this.conn = conn;
@@ -140,18 +154,21 @@ export class RelayClient {
         this.conn = null;
         if (this.stopped) break;
         this.lastError = why.message;
+        revoked = why.remote && why.code === GoAwayCode.REVOKED;
         this.o.log.warn(`relay connection lost: ${why.message}`);
         this.o.onDown?.(why);
       } catch (err) {
         if (this.stopped) break;
         const msg = err instanceof Error ? err.message : String(err);
+        revoked = err instanceof RevokedError;
         if (msg !== this.lastError) this.o.log.warn(`cannot reach the relay ${this.o.describe}: ${msg}`);
         else this.o.log.debug(`still cannot reach the relay: ${msg}`);
         this.lastError = msg;
       }
       if (this.stopped) break;
       this.attempt = nextAttempt(this.attempt, lived);
-      const delay = this.redialNow ? 0 : backoffDelay(this.attempt - 1, this.o.random);
+      const delay = this.redialNow ? 0 : retryDelay(this.attempt, revoked, this.o.random);
+      if (revoked) this.o.log.warn(`the relay revoked this device's certificate (or it expired): dialling again only every ${Timing.backoffCap / 1000} s; issue a new bundle (\`agent pki issue --force\`)`);
       this.redialNow = false;
       this.setState("waiting");
       this.nextRetryAt = this.clock.now() + delay;
@@ -223,7 +240,8 @@ export class RelayClient {
       );
       void conn.wait().then((why: ConnectionClosed) => {
         this.clock.clearTimeout(timer);
-        reject(new Error(why.remote ? `the relay refused us: ${why.message}` : why.message));
+        const text = why.remote ? `the relay refused us: ${why.message}` : why.message;
+        reject(why.remote && why.code === GoAwayCode.REVOKED ? new RevokedError(text) : new Error(text));
       });
       send(conn, Msg.HELLO, { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent });
     });

@@ -20,6 +20,8 @@ export const Msg = {
   INVENTORY: 10,
   /** master → relay request: the onsite inventory. result: DeviceInfo[] */
   DEVICES: 11,
+  /** relay → onsite, after WELCOME: {key, port} — the device's heartbeat key (base64) and UDP port (§8) */
+  HEARTBEAT_KEY: 12,
   /** master → relay request: {onsite, targets, ttl?, session?} → SessionInfo */
   SESSION_OPEN: 20,
   /** relay → onsite request: {session, master, targets, expires?} → {warnings?} or error */
@@ -190,6 +192,13 @@ export interface InventoryBody {
   uptime: number;
   uplink: string;
 }
+/** The device's heartbeat key, handed out inside TLS (added in 1, compatible: an older device ignores it). */
+export interface HeartbeatKeyBody {
+  /** 32 bytes, base64. */
+  key: string;
+  /** The relay's UDP port for heartbeats. */
+  port: number;
+}
 /** DEVICES and SESSIONS take an empty request body. */
 export type EmptyBody = Record<string, never>;
 export interface SessionOpenBody {
@@ -355,6 +364,13 @@ export function decodeInventory(body: unknown): InventoryBody {
     uptime: r.num("uptime", (n) => Number.isFinite(n) && n >= 0, "seconds (a number ≥ 0)"),
     uplink: r.str("uplink"),
   };
+}
+
+export function decodeHeartbeatKey(body: unknown): HeartbeatKeyBody {
+  const r = object(Msg.HEARTBEAT_KEY, body);
+  const key = r.str("key", 64);
+  if (!/^[A-Za-z0-9+/]{43}=$/.test(key)) r.fail("key", "32 bytes in base64", key);
+  return { key, port: r.num("port", (n) => Number.isInteger(n) && n >= 1 && n <= 65535, "a UDP port") };
 }
 
 export function decodeEmpty(type: number): (body: unknown) => EmptyBody {
@@ -611,6 +627,7 @@ export interface Catalogue {
   [Msg.REPLY]: { body: ReplyBody };
   [Msg.INVENTORY]: { body: InventoryBody };
   [Msg.DEVICES]: { body: EmptyBody; reply: DeviceInfo[] };
+  [Msg.HEARTBEAT_KEY]: { body: HeartbeatKeyBody };
   [Msg.SESSION_OPEN]: { body: SessionOpenBody; reply: SessionInfo };
   [Msg.SESSION_OFFER]: { body: SessionOfferBody; reply: SessionOfferReply };
   [Msg.SESSION_CLOSE]: { body: SessionCloseBody };
@@ -631,6 +648,7 @@ export const decoders: { [M in MsgType]: (body: unknown) => BodyOf<M> } = {
   [Msg.REPLY]: decodeReply,
   [Msg.INVENTORY]: decodeInventory,
   [Msg.DEVICES]: decodeEmpty(Msg.DEVICES),
+  [Msg.HEARTBEAT_KEY]: decodeHeartbeatKey,
   [Msg.SESSION_OPEN]: decodeSessionOpen,
   [Msg.SESSION_OFFER]: decodeSessionOffer,
   [Msg.SESSION_CLOSE]: decodeSessionClose,

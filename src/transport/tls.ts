@@ -4,6 +4,7 @@
 import type { Socket, TCPSocketListener } from "bun";
 import type { Link, LinkHandlers } from "./link.ts";
 import { Timing } from "./policy.ts";
+import { encodeFrame, encodeReset, FrameType } from "./frame.ts";
 import { verifyPeer, type PeerVerdict, type TrustPolicy } from "./auth.ts";
 import { certificateIdentity } from "../pki.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
@@ -237,6 +238,12 @@ function listenTlsSocket(opts: ListenOptions, deadline: number, clock: Clock): T
         );
         if (!verdict.ok) {
           opts.refuse({ address: socket.data.source, reason: verdict.reason, presented: verdict.presented });
+          if (verdict.goaway !== undefined) {
+            // The peer is one of ours (a revoked device): say why, then close once it is out.
+            socket.end(encodeFrame(FrameType.GOAWAY, 0, 0, encodeReset(verdict.goaway, verdict.reason)));
+            clock.setTimeout(() => socket.terminate(), 2_000); // a peer that never reads: gone anyway
+            return;
+          }
           socket.terminate();
           return;
         }

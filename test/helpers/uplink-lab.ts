@@ -67,6 +67,8 @@ export interface LabOptions {
   tracking?: string;
   /** Appended to the daemon's config (further sections, e.g. [ap]). */
   extraConfig?: string;
+  /** Top-level keys of the daemon's config (before any section), e.g. heartbeat_interval. */
+  topConfig?: string;
   /** Extra environment of the daemon. */
   env?: Record<string, string>;
   /** A real relay on RELAY_PORT and a real master, both in the relay namespace. */
@@ -216,6 +218,7 @@ relay = "${topo.relayAddr}:${RELAY_PORT}"
 control = "${control}"
 state_dir = "${join(dir, "state")}"
 log_level = "debug"
+${o.topConfig ?? ""}
 
 [[uplink]]
 name = "${dev.eth}"

@@ -16,6 +16,8 @@ export interface PeerCert {
   id: string;
   role: string;
   serial: string;
+  /** When the certificate expires (the relay closes the connection then). */
+  notAfter?: Date;
 }
 
 /** A value the peer sent, quoted for a log line and cut short. */

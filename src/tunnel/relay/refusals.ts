@@ -2,7 +2,7 @@
 // from a fixed set (so a metric labelled by it has a bounded number of series) and the free-text
 // reason beside it (what an operator reads). Behind an interface: an in-memory ring for the
 // control socket, a JSON-lines file for the audit trail, and whatever comes next (metrics).
-import { appendFileSync, renameSync, statSync } from "node:fs";
+import { appendFileSync, readFileSync, renameSync, statSync } from "node:fs";
 import { systemClock, type Clock } from "../../clock.ts";
 import { MAX_REASON } from "../../transport/frame.ts";
 
@@ -146,4 +146,74 @@ export class RefusalLogs implements RefusalLog {
 /** A refusal record: the reason cut to MAX_REASON characters (it may quote the peer). */
 export function refusal(time: string, address: string, presented: string | null, code: RefusalCodeId, reason: string): Refusal {
   return { time, address, presented, code, reason: reason.slice(0, MAX_REASON) };
+}
+
+// ---- the listing: `agent refusals` ---------------------------------------------------------
+
+/** Refused peers grouped by presented id and address, with counts, newest group first. */
+export interface RefusalGroup {
+  presented: string | null;
+  address: string;
+  count: number;
+  /** Count per reason code. */
+  codes: Partial<Record<RefusalCodeId, number>>;
+  first: string;
+  last: string;
+  /** The newest reason given. */
+  reason: string;
+}
+
+/** The source address without its port (one peer dials from many ports). Pure. */
+export function hostOf(address: string): string {
+  const m = /^\[?([^\]]+?)\]?:\d+$/.exec(address);
+  return m && (address.startsWith("[") || address.split(":").length === 2) ? m[1]! : address;
+}
+
+/** Groups refusals at or after `since` (wall ms) by presented id and address. Pure. */
+export function groupRefusals(list: readonly Refusal[], since = -Infinity): RefusalGroup[] {
+  const groups = new Map<string, RefusalGroup>();
+  for (const r of list) {
+    const t = Date.parse(r.time);
+    if (!(t >= since)) continue;
+    const address = hostOf(r.address);
+    const key = `${r.presented ?? ""}\0${address}`;
+    let g = groups.get(key);
+    if (!g) {
+      g = { presented: r.presented, address, count: 0, codes: {}, first: r.time, last: r.time, reason: r.reason };
+      groups.set(key, g);
+    }
+    g.count++;
+    g.codes[r.code] = (g.codes[r.code] ?? 0) + 1;
+    if (r.time < g.first) g.first = r.time;
+    if (r.time >= g.last) {
+      g.last = r.time;
+      g.reason = r.reason;
+    }
+  }
+  return [...groups.values()].sort((a, b) => (a.last < b.last ? 1 : a.last > b.last ? -1 : 0));
+}
+
+/** The refusals in the JSON-lines file and its previous generation, oldest first; lines that do not parse are skipped. */
+export function readRefusalFile(file: string): Refusal[] | null {
+  const out: Refusal[] = [];
+  let found = false;
+  for (const f of [file + ".1", file]) {
+    let text: string;
+    try {
+      text = readFileSync(f, "utf8");
+      found = true;
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n")) {
+      if (!line) continue;
+      try {
+        const r = JSON.parse(line) as Refusal;
+        if (typeof r.time === "string" && typeof r.address === "string" && typeof r.reason === "string") out.push(r);
+      } catch {
+        /* a torn last line after a crash */
+      }
+    }
+  }
+  return found ? out : null;
 }

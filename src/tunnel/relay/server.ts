@@ -12,7 +12,10 @@ import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.t
 import { DEFAULT_SESSION_IDLE_TIMEOUT, type AccessRule } from "../../config.ts";
 import { decidePairing, mayAskNat, mayReach, natSource, newSessionId } from "../pairing.ts";
 import { Front, type PeerCert } from "./front.ts";
-import { Inventory, type Liveness } from "./inventory.ts";
+import { Inventory, type DeviceRow, type Liveness } from "./inventory.ts";
+import type { DeviceEvent, InventoryStore } from "./inventory-store.ts";
+import { HeartbeatReceiver } from "../../transport/heartbeat/receiver.ts";
+import { deviceKey } from "../../transport/heartbeat/codec.ts";
 import { Router } from "./router.ts";
 import { SessionTable, sessionInfo, type SessionRecord } from "./sessions.ts";
 import { Registry, type Metrics } from "../../metrics.ts";
@@ -42,6 +45,10 @@ export interface RelayOptions {
   metrics?: Metrics;
   /** What `agent monitor` streams (src/events.ts); default: nowhere. */
   events?: Events;
+  /** Where the inventory is kept across restarts (default: memory only). */
+  inventoryStore?: InventoryStore;
+  /** Heartbeats: the relay's secret (device keys derive from it) and the UDP port devices send to. */
+  heartbeat?: { secret: Uint8Array; port: number };
 }
 
 /** Who `kick` disconnected. */
@@ -51,6 +58,9 @@ export interface Kicked {
   address: string;
   sessions: number;
 }
+
+/** Longest a certificate-expiry timer is armed for at once (setTimeout's limit is ~24.8 days). */
+const MAX_TIMER_MS = 86_400_000;
 
 export type Session = SessionRecord<Connection>;
 
@@ -74,6 +84,11 @@ export class RelayServer {
   /** Bytes and frames of connections that are gone, by "direction role". */
   private readonly gone = new Map<string, { bytes: number; frames: number }>();
   private closed = false;
+  /** Judges heartbeat datagrams (a listener in src/roles/relay.ts feeds it); null without a secret. */
+  readonly heartbeats: HeartbeatReceiver | null = null;
+  private readonly heartbeatKeys = new Map<string, { serial: string; key: Uint8Array }>();
+  /** Connections closed at their certificate's expiry. */
+  certExpiries = 0;
   private readonly live: Liveness = (id) => {
     const c = this.onsites.get(id);
     return c && !c.closed ? { lastReceived: c.lastHeard, rtt: c.rtt } : null;
@@ -83,7 +98,25 @@ export class RelayServer {
     this.clock = o.clock ?? systemClock;
     this.idleTimeout = o.sessionIdleTimeout ?? DEFAULT_SESSION_IDLE_TIMEOUT;
     const window = o.window ?? Limits.streamWindow;
-    this.inventory = new Inventory(this.clock);
+    this.inventory = new Inventory(this.clock, o.inventoryStore);
+    this.inventory.onStoreError = (e) => o.log.warn(`inventory store: ${e.message}; the inventory goes on in memory (said once until a write works again)`, { reason: e.message });
+    const hb = o.heartbeat;
+    if (hb) {
+      this.heartbeats = new HeartbeatReceiver({
+        clock: this.clock,
+        keyOf: (id) => {
+          const rec = this.inventory.get(id);
+          if (!rec) return null;
+          // Derived once per device and serial (bounded by the inventory; forget drops it).
+          const k = this.heartbeatKeys.get(id);
+          if (k && k.serial === rec.serial) return k.key;
+          const key = deviceKey(hb.secret, id, rec.serial);
+          this.heartbeatKeys.set(id, { serial: rec.serial, key });
+          return key;
+        },
+        onBeat: (b) => void this.inventory.beat(b.id, b),
+      });
+    }
     this.sessions = new SessionTable({ maxPerMaster: Limits.maxSessionsPerMaster, newId: o.newSessionId ?? (() => newSessionId()) });
     this.metrics = new RelayMetrics(o.metrics ?? new Registry());
     this.events = o.events ?? noEvents;
@@ -149,6 +182,30 @@ export class RelayServer {
     if (cert.role === "onsite") this.registerOnsite(conn, cert, hello.agent);
     else this.registerMaster(conn, cert.id);
     send(conn, Msg.WELCOME, { version, relay: this.o.id, address: conn.remoteAddress, keepalive: this.o.keepaliveInterval ?? Timing.keepaliveInterval });
+    const hb = this.o.heartbeat;
+    if (hb && cert.role === "onsite") send(conn, Msg.HEARTBEAT_KEY, { key: Buffer.from(deviceKey(hb.secret, cert.id, cert.serial)).toString("base64"), port: hb.port });
+    this.closeAtExpiry(conn, cert);
+  }
+
+  /** A certificate that expires while connected: the connection is closed at its expiry. */
+  private closeAtExpiry(conn: Connection, cert: PeerCert): void {
+    if (!cert.notAfter) return;
+    const at = cert.notAfter.getTime();
+    let timer: TimerHandle | null = null;
+    const arm = () => {
+      const left = at - this.clock.wall();
+      if (left <= 0) {
+        this.certExpiries++;
+        const reason = `certificate ${cert.serial} of ${cert.id} expired at ${cert.notAfter!.toISOString()}`;
+        this.front.record(conn.remoteAddress, `${cert.id} (${cert.role})`, RefusalCode.CERTIFICATE, `${reason}; closing its live connection`);
+        conn.close(GoAwayCode.REVOKED, reason);
+        return;
+      }
+      // Re-armed at most daily: the wall clock may have stepped meanwhile.
+      timer = this.clock.setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+    };
+    arm();
+    void conn.wait().then(() => this.clock.clearTimeout(timer));
   }
 
   /** A second connection with the same id replaces the first, which hears why. */
@@ -163,7 +220,7 @@ export class RelayServer {
 
   private registerOnsite(conn: Connection, cert: PeerCert, agent: string): void {
     this.replace(this.onsites, cert.id, conn);
-    this.inventory.connected(cert.id, { serial: cert.serial, address: conn.remoteAddress, agent });
+    this.inventory.connected(cert.id, { serial: cert.serial, address: conn.remoteAddress, agent, certExpires: cert.notAfter?.getTime() ?? null });
     this.o.log.info(`onsite ${cert.id} connected from ${conn.remoteAddress}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, agent });
     on(conn, Msg.INVENTORY, (b) => this.inventory.report(cert.id, b), (e) => this.o.log.warn(`${cert.id}: ignoring an INVENTORY that does not decode: ${e.message}`, { id: cert.id, reason: e.message }));
   }
@@ -232,7 +289,7 @@ export class RelayServer {
     if (cert.role === "onsite") {
       if (this.onsites.get(cert.id) === conn) {
         this.onsites.delete(cert.id);
-        this.inventory.disconnected(cert.id);
+        this.inventory.disconnected(cert.id, undefined, why.message, why.remote);
         this.o.log.info(`onsite ${cert.id} disconnected: ${why.message}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, reason: why.message });
       }
     } else if (this.masters.get(cert.id) === conn) {
@@ -245,6 +302,29 @@ export class RelayServer {
 
   deviceList(): DeviceInfo[] {
     return this.inventory.list(this.live);
+  }
+
+  /** The relay's own listing: DEVICES plus state, heartbeat and certificate (`agent devices` on the relay). */
+  deviceRows(): DeviceRow[] {
+    return this.inventory.rows(this.live);
+  }
+
+  /** The UDP port devices are told to send heartbeats to (known once the listener is bound). */
+  setHeartbeatPort(port: number): void {
+    if (this.o.heartbeat) this.o.heartbeat = { ...this.o.heartbeat, port };
+  }
+
+  /** Forgets an offline device and its history. */
+  forgetDevice(id: string): "forgotten" | "online" | "unknown" {
+    if (this.inventory.online(id, this.live)) return "online";
+    const done = this.inventory.forget(id);
+    this.heartbeats?.forget(id);
+    this.heartbeatKeys.delete(id);
+    return done ? "forgotten" : "unknown";
+  }
+
+  deviceHistory(id: string): DeviceEvent[] | null {
+    return this.inventory.has(id) ? this.inventory.history(id) : null;
   }
 
   sessionList(): SessionInfo[] {
