@@ -84,6 +84,8 @@ export class PacketSender {
     private readonly bound: QueueBound = PACKET_QUEUE,
     /** Where this sender counts (`_out` and drops; `_in` is the receiver's): several senders may share one. */
     readonly stats: PacketStats = noPacketStats(),
+    /** Told of every drop as it happens (the relay's metrics counter); the stats count it anyway. */
+    private readonly onDrop?: (why: DropReason) => void,
   ) {}
 
   /** Packets waiting for the link now (for tests and `sessions`). */
@@ -104,6 +106,7 @@ export class PacketSender {
       const old = this.queue.shift()!;
       this.queuedBytes -= old.length;
       this.stats.drops.queue_full++;
+      this.onDrop?.("queue_full");
     }
     // The caller's buffer may be reused once we return (a device reader's): keep a copy.
     this.queue.push(packet.slice());
@@ -128,6 +131,7 @@ export class PacketSender {
     if (this.closed) return;
     this.closed = true;
     this.stats.drops.closed += this.queue.length;
+    for (let i = 0; i < this.queue.length; i++) this.onDrop?.("closed");
     this.queue = [];
     this.queuedBytes = 0;
   }
@@ -140,6 +144,7 @@ export class PacketSender {
 
   private drop(why: DropReason): false {
     this.stats.drops[why]++;
+    this.onDrop?.(why);
     return false;
   }
 }

@@ -6,6 +6,8 @@
 import type { Counter, Gauge, Histogram, Metrics } from "../../metrics.ts";
 import { HANDSHAKE_BUCKETS } from "../../metrics.ts";
 import { REFUSAL_CODES } from "./refusals.ts";
+import { DROP_REASONS } from "../../transport/heartbeat/codec.ts";
+import { DROP_REASONS as PACKET_DROPS } from "../../transport/packet.ts";
 
 export const ROLE_LABEL = ["onsite", "master"] as const;
 export const DIRECTION_LABEL = ["in", "out"] as const;
@@ -15,9 +17,9 @@ export const SESSION_END_REASONS = ["ttl", "idle", "ended", "operator", "disconn
 export type SessionEndReason = (typeof SESSION_END_REASONS)[number];
 
 /** Why a heartbeat datagram was dropped (issue 14 §1): fed by the heartbeat receiver. */
-export const HEARTBEAT_REJECT_REASONS = ["replay", "stale", "unknown_device", "forged", "truncated", "malformed"] as const;
+export const HEARTBEAT_REJECT_REASONS = DROP_REASONS;
 /** Why a packet of a packet stream was dropped: fed by the packet router. */
-export const PACKET_DROP_REASONS = ["queue_full", "no_session", "oversize", "malformed", "credit"] as const;
+export const PACKET_DROP_REASONS = PACKET_DROPS;
 
 export class RelayMetrics {
   readonly sessionsOpened: Counter;

@@ -6,7 +6,7 @@
 import type { Connection } from "../../transport/mux.ts";
 import { Flag, FrameType, ResetCode, decodeJson, encodeJson, encodeReset, type Frame } from "../../transport/frame.ts";
 import { maxRoutedStreams } from "../../transport/policy.ts";
-import { PacketSender, decodePacketOpen, isPacketOpen, noPacketStats, packetProblem, type PacketKind, type PacketStats } from "../../transport/packet.ts";
+import { PacketSender, decodePacketOpen, isPacketOpen, noPacketStats, packetProblem, type DropReason, type PacketKind, type PacketStats } from "../../transport/packet.ts";
 
 /** What the router needs to know of a session. */
 export interface RoutedSession {
@@ -54,6 +54,8 @@ export interface RouterOptions {
   refuse(conn: Connection, reason: string): void;
   /** A stream of session `s` opened (true) or ended (false): the session table's idle count. */
   streamChanged?(s: RoutedSession, opened: boolean): void;
+  /** A packet the relay dropped, by reason (the metrics counter). */
+  packetDropped?(why: DropReason): void;
 }
 
 export class Router {
@@ -174,8 +176,8 @@ export class Router {
     if (packet) {
       s.packets ??= { to_onsite: noPacketStats(), to_master: noPacketStats() };
       a.kind = b.kind = packet.packet;
-      a.tx = new PacketSender(s.onsiteConn, sid, undefined, s.packets.to_onsite);
-      b.tx = new PacketSender(conn, f.stream, undefined, s.packets.to_master);
+      a.tx = new PacketSender(s.onsiteConn, sid, undefined, s.packets.to_onsite, this.o.packetDropped);
+      b.tx = new PacketSender(conn, f.stream, undefined, s.packets.to_master, this.o.packetDropped);
     }
     peer.routes.set(f.stream, a);
     other.routes.set(sid, b);

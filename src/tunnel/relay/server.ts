@@ -114,7 +114,11 @@ export class RelayServer {
           this.heartbeatKeys.set(id, { serial: rec.serial, key });
           return key;
         },
-        onBeat: (b) => void this.inventory.beat(b.id, b),
+        onBeat: (b) => {
+          this.metrics.heartbeatsReceived.inc();
+          this.inventory.beat(b.id, b);
+        },
+        onDrop: (reason) => this.metrics.heartbeatsRejected.inc({ reason }),
       });
     }
     this.sessions = new SessionTable({ maxPerMaster: Limits.maxSessionsPerMaster, newId: o.newSessionId ?? (() => newSessionId()) });
@@ -142,6 +146,7 @@ export class RelayServer {
           if (rec.openStreams === 0) this.armIdle();
         }
       },
+      packetDropped: (why) => this.metrics.packetDrops.inc({ reason: why }),
     });
     this.front = new Front({
       clock: this.clock,
