@@ -239,6 +239,8 @@ gateway = "${topo.uplinks[2]!.gateway}"
 ${o.tracking ?? ""}
 ${o.extraConfig ?? ""}
 `,
+      // 0600: it may hold a secret ([ap] passphrase), and the daemon refuses such a file others can read.
+      { mode: 0o600 },
     );
     const mm = join(dir, "mmcli");
     mkdirSync(mm);
