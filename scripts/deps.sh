@@ -16,6 +16,7 @@ packages=(
   dnsmasq-base hostapd wpasupplicant      # access-point fallback and Wi-Fi client
   isc-dhcp-client                         # DHCP client in AP tests
   hyperfine                               # start-up benchmark
+  faketime                                # a device without an RTC: certificates judged with a stale clock
 )
 
 missing=()
