@@ -67,6 +67,8 @@ export interface LabOptions {
   tracking?: string;
   /** Appended to the daemon's config (further sections, e.g. [ap]). */
   extraConfig?: string;
+  /** Top-level keys for the daemon's config (before any section), e.g. proxy = "…". */
+  rootConfig?: string;
   /** Extra environment of the daemon. */
   env?: Record<string, string>;
   /** A real relay on RELAY_PORT and a real master, both in the relay namespace. */
@@ -211,6 +213,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
     writeFileSync(
       cfgPath,
       `role = "onsite"
+${o.rootConfig ?? ""}
 bundle = "${join(dir, "site.bundle")}"
 relay = "${topo.relayAddr}:${RELAY_PORT}"
 control = "${control}"
