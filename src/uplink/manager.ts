@@ -7,7 +7,7 @@ import type { HostPort } from "../netaddr.ts";
 import { formatHostPort } from "../netaddr.ts";
 import { formatDuration } from "../duration.ts";
 import type { Logger } from "../log.ts";
-import { decide, initialState, type Action, type PolicyEvent, type PolicyState, type Switch } from "./policy.ts";
+import { decide, initialState, probePeriod, type Action, type PolicyEvent, type PolicyState, type Switch } from "./policy.ts";
 import { linkUsable, type LinkMonitor, type Snapshot } from "./monitor.ts";
 import type { Prober, RoundResult } from "./probe.ts";
 import { RULE_PREF_BASE, TABLE_BASE, type RouteTable, type UplinkRoute } from "./routes.ts";
@@ -179,8 +179,8 @@ export class UplinkManager {
   }
 
   private apply(a: Action): void {
-    // A metered uplink may sit in a long keepalive wait: once active it is probed at the
-    // tracking interval, starting now.
+    // A metered uplink may sit in a long keepalive wait: once active it is probed now, then
+    // at its active period (probePeriod).
     const next = this.rt.find((x) => x.cfg.name === a.to);
     if (next?.cfg.keepalive) this.schedule(next, 0);
     this.o.log.info(a.to ? `uplink ${a.to} is now active (${a.reason})` : `no uplink is usable (${a.reason})`, { from: a.from, to: a.to });
@@ -255,10 +255,10 @@ export class UplinkManager {
     }
   }
 
-  /** Probe period: the tracking interval, or the uplink's keepalive while it is on standby. */
+  /** Probe period (policy.ts `probePeriod`): the tracking interval; a standby uplink's keepalive; a healthy active metered uplink's keepalive or a minute. */
   private periodOf(r: UplinkRuntime): number {
-    const standby = this.state.active !== r.cfg.name;
-    return standby && r.cfg.keepalive ? Math.max(r.cfg.keepalive, this.o.tracking.interval) : this.o.tracking.interval;
+    const u = this.state.uplinks[r.index]!;
+    return probePeriod({ active: this.state.active === r.cfg.name, metered: r.cfg.metered, keepalive: r.cfg.keepalive, health: u.health, failStreak: u.failStreak }, this.o.tracking.interval);
   }
 
   private schedule(r: UplinkRuntime, delay: number): void {

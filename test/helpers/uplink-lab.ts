@@ -69,6 +69,8 @@ export interface LabOptions {
   extraConfig?: string;
   /** Top-level keys for the daemon's config (before any section), e.g. proxy = "…". */
   rootConfig?: string;
+  /** Extra lines of the cellular [[uplink]] entry, e.g. keepalive = "5m". */
+  cellularConfig?: string;
   /** Extra environment of the daemon. */
   env?: Record<string, string>;
   /** A real relay on RELAY_PORT and a real master, both in the relay namespace. */
@@ -237,6 +239,7 @@ kind = "cellular"
 priority = 30
 apn = "internet"
 gateway = "${topo.uplinks[2]!.gateway}"
+${o.cellularConfig ?? ""}
 
 [tracking]
 ${o.tracking ?? ""}
