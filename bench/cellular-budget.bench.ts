@@ -9,7 +9,8 @@
 // in three classes: the relay connection (its 4-tuple), probes (other connections to the
 // relay's port) and everything else. IP bytes are what a cellular operator bills (no
 // Ethernet header on a modem's raw-IP interface). Counted over a real window of
-// CELLULAR_BUDGET_S seconds (default 120), then extrapolated to an hour.
+// CELLULAR_BUDGET_S seconds (default 120) that starts CELLULAR_SETTLE_S (default 90) after
+// the switch, then extrapolated to an hour.
 //
 // The peer, measured in the same run: the same lab with the cellular uplink marked
 // `metered = false`, i.e. probed like any active uplink, at the tracking interval.
@@ -17,12 +18,16 @@ import { startLab, waitReport, type Lab } from "../test/helpers/uplink-lab.ts";
 import { waitFor } from "../test/helpers/wait.ts";
 import type { DeviceInfo } from "../src/transport/messages.ts";
 import { defaults } from "../src/config.ts";
+import { METERED_ACTIVE_PERIOD_MS } from "../src/uplink/policy.ts";
 
 if (process.getuid?.() !== 0) {
   console.error("cellular budget bench needs root (network namespaces)");
   process.exit(1);
 }
 const WINDOW_S = Number(process.env.CELLULAR_BUDGET_S ?? 120);
+/** Wait this long after the switch before counting: an active metered uplink's probe period
+ * backs off from the interval to a minute over its first ~63 s (1+2+4+…+32 s). */
+const SETTLE_S = Number(process.env.CELLULAR_SETTLE_S ?? 90);
 const GOAL = 100_000;
 const RELAY_PORT = 4443;
 
@@ -48,6 +53,7 @@ async function measure(label: string, cellularConfig: string): Promise<Counts & 
       30_000,
       "site-1 online via cellular",
     );
+    await Bun.sleep(SETTLE_S * 1000);
     // The relay connection's local port: the one established connection to the relay.
     const ss = await lab.topo.ns(lab.topo.onsite, ["ss", "-Htn", "state", "established", "dst", `${lab.topo.relayAddr}:${RELAY_PORT}`]);
     // (A connection over a cut uplink may linger with unsent data: only the cellular one counts.)
@@ -105,8 +111,8 @@ async function measure(label: string, cellularConfig: string): Promise<Counts & 
 const perHour = (bytes: number, s: number) => (bytes * 3600) / s;
 const kB = (b: number) => `${(b / 1000).toFixed(1)} kB/h`;
 const t = defaults().tracking;
-console.log(`cellular upkeep on an active metered uplink, no user traffic; window ${WINDOW_S} s each, extrapolated to 1 h; IP bytes both ways`);
-console.log(`tracking defaults: interval ${t.interval} ms, timeout ${t.timeout} ms, count ${t.count}; cellular keepalive default ${defaults().uplink.length ? "" : "(see [[uplink]] keepalive)"}`);
+console.log(`cellular upkeep on an active metered uplink, no user traffic; window ${WINDOW_S} s each, ${SETTLE_S} s after the switch, extrapolated to 1 h; IP bytes both ways`);
+console.log(`tracking defaults: interval ${t.interval} ms, timeout ${t.timeout} ms, count ${t.count}; the lab's cellular [[uplink]] sets no keepalive (active period: ${METERED_ACTIVE_PERIOD_MS / 1000} s)`);
 const rows: [string, Awaited<ReturnType<typeof measure>>][] = [];
 rows.push(["agent (metered cellular, defaults)", await measure("metered", "")]);
 rows.push(["peer: the same uplink probed as unmetered", await measure("unmetered", "metered = false")]);
