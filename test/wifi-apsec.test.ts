@@ -9,7 +9,7 @@ import { FakeClock } from "../src/clock.ts";
 import { defaults, type ApConfig } from "../src/config.ts";
 import { createLogger } from "../src/log.ts";
 import { parseCidr } from "../src/netaddr.ts";
-import { apPassphrase, passphraseFileProblem, passwdHasUser } from "../src/uplink/ap.ts";
+import { AccessPoint, apPassphrase, passphraseFileProblem, passwdHasUser } from "../src/uplink/ap.ts";
 import { DNSMASQ_USER, renderDnsmasq, renderNft } from "../src/uplink/apconf.ts";
 import { afterLogin, initialThrottle, LOGIN_DELAY_MAX_MS, LOGIN_FORGET_MS, loginDelay, loginGate, type LoginThrottle } from "../src/uplink/login-throttle.ts";
 import { SetupPage } from "../src/uplink/setup-page.ts";
@@ -182,5 +182,20 @@ describe("the AP passphrase file", () => {
     // A configured passphrase does not read the file at all.
     expect(apPassphrase(ap({ passphrase: "configured-passphrase" }), tmp.path)).toBe("configured-passphrase");
     expect(existsSync(file)).toBe(true);
+  });
+
+  test("the access point with a damaged file: logged as an error, in its status, and it does not start; nothing is run", async () => {
+    using tmp = tempDir("apsec-ap");
+    writeFileSync(join(tmp.path, "ap-passphrase"), "\n", { mode: 0o600 });
+    const lines: string[] = [];
+    const ran: string[][] = [];
+    const ap = new AccessPoint(defaults().ap, tmp.path, async (argv) => (ran.push([...argv]), { code: 0, stdout: "", stderr: "" }), createLogger({ level: "error", write: (l) => void lines.push(l) }));
+    expect(lines.join("")).toContain("ap-passphrase is damaged (it is empty)");
+    expect(ap.status().error).toContain("is damaged (it is empty); the access point stays down");
+    const e = (await ap.start().catch((e: Error) => e)) as Error;
+    expect(e.message).toBe("access point on wlan0 did not start");
+    expect((e.cause as Error).message).toContain("is damaged");
+    expect(ran.filter((a) => a[0] === "nft" && a[1] === "-f")).toEqual([]); // no fence, no hostapd, no dnsmasq
+    expect(readFileSync(join(tmp.path, "ap-passphrase"), "utf8")).toBe("\n");
   });
 });
