@@ -40,6 +40,10 @@ async function main(argv: readonly string[]): Promise<number> {
     selectTargets(targets, args.targets);
     selectRoles(args.roles);
     entries = buildMatrix(targets, { targets: args.targets, roles: args.roles, outDir, commit: gitCommit() });
+    // The build time (src/version.ts buildTime): certificates are never judged with a clock
+    // earlier than it, on a device without an RTC.
+    const built = buildTimeIso();
+    for (const e of entries) e.defines.AGENT_BUILD_TIME = built;
   } catch (err) {
     if (err instanceof ReleaseUsageError) {
       process.stderr.write(`release: ${err.message}\n${err.hint ? `hint: ${err.hint}\n` : ""}`);
@@ -138,6 +142,21 @@ function gitCommit(): string {
   const hash = head.exitCode === 0 ? head.stdout.toString().trim() : undefined;
   const dirty = status.exitCode !== 0 || status.stdout.toString().trim() !== "";
   return commitLabel(hash, dirty);
+}
+
+/**
+ * SOURCE_DATE_EPOCH when set (reproducible builds), else the HEAD commit's time for a clean
+ * tree (the same commit builds the same bytes), else now. Never later than the real build.
+ */
+function buildTimeIso(): string {
+  const sde = Number(process.env.SOURCE_DATE_EPOCH);
+  if (process.env.SOURCE_DATE_EPOCH && Number.isInteger(sde) && sde > 0) return new Date(sde * 1000).toISOString();
+  if (!gitCommit().endsWith("-dirty")) {
+    const r = Bun.spawnSync(["git", "log", "-1", "--format=%ct", "HEAD"], { cwd: REPO, stdout: "pipe", stderr: "ignore" });
+    const secs = Number(r.stdout.toString().trim());
+    if (r.exitCode === 0 && Number.isInteger(secs) && secs > 0) return new Date(secs * 1000).toISOString();
+  }
+  return new Date().toISOString();
 }
 
 process.exit(await main(process.argv.slice(2)));

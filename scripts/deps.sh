@@ -17,6 +17,7 @@ packages=(
   isc-dhcp-client                         # DHCP client in AP tests
   hyperfine                               # start-up benchmark
   prometheus haproxy                      # promtool check metrics (metrics tests); the PROXY v2 load balancer (relay tests)
+  faketime                                # a device without an RTC: certificates judged with a stale clock
 )
 
 missing=()

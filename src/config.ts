@@ -17,6 +17,7 @@ import {
   type HostPort,
 } from "./netaddr.ts";
 import { UsageError } from "./errors.ts";
+import { stat } from "node:fs/promises";
 
 export const ROLES = ["relay", "onsite", "master"] as const;
 export type Role = (typeof ROLES)[number];
@@ -862,7 +863,44 @@ export async function loadConfigFile(path: string, explicit: boolean): Promise<C
   } catch (e) {
     throw new UsageError(`cannot read config file ${path}: ${(e as Error).message}`, "check the file's permissions", { cause: e });
   }
-  return { origin: { kind: "file", path }, raw: parseToml(text, path) };
+  const raw = parseToml(text, path);
+  const problem = secretFileProblem(path, (await stat(path)).mode, secretsIn(raw));
+  if (problem) throw new UsageError(`config file ${problem.message}`, problem.hint);
+  return { origin: { kind: "file", path }, raw };
+}
+
+// ---------------------------------------------------------------- secrets in config files
+
+/** The secrets a raw config holds, named as people know them ([ap] passphrase, proxy credentials). Pure. */
+export function secretsIn(raw: RawConfig): string[] {
+  const out: string[] = [];
+  const ap = (raw as Record<string, unknown>).ap;
+  if (ap && typeof ap === "object" && typeof (ap as Record<string, unknown>).passphrase === "string") out.push("[ap] passphrase");
+  const proxy = (raw as Record<string, unknown>).proxy;
+  if (typeof proxy === "string" && proxyHasCredentials(proxy)) out.push("the proxy's credentials (proxy = \"http://user:pass@…\")");
+  return out;
+}
+
+function proxyHasCredentials(text: string): boolean {
+  try {
+    const u = new URL(text);
+    return u.username !== "" || u.password !== "";
+  } catch {
+    return /\/\/[^/@]*@/.test(text); // not a URL the schema takes either; still do not spread it
+  }
+}
+
+/**
+ * A file that holds a secret must be readable by its owner only: the refusal with the exact
+ * fix, or undefined. `mode` is the file's st_mode. Pure. Also used for --psk-file/--proxy-file.
+ */
+export function secretFileProblem(path: string, mode: number, secrets: readonly string[]): { message: string; hint: string } | undefined {
+  if (secrets.length === 0 || (mode & 0o044) === 0) return undefined;
+  const who = (mode & 0o040 ? ["group"] : []).concat(mode & 0o004 ? ["others"] : []).join(" and ");
+  return {
+    message: `${path} holds ${secrets.join(" and ")} and is readable by ${who} (mode ${(mode & 0o777).toString(8).padStart(4, "0")}): refused`,
+    hint: `chmod 600 ${path}`,
+  };
 }
 
 /** Which roles use a key; absent: every role. */

@@ -6,6 +6,7 @@ import { realExecSync } from "./os/spawn.ts";
 declare const AGENT_BUILD_COMMIT: string | undefined;
 declare const AGENT_BUILD_TARGET: string | undefined;
 declare const AGENT_BUILD_ROLE: string | undefined;
+declare const AGENT_BUILD_TIME: string | undefined;
 
 export const VERSION: string = pkg.version;
 
@@ -39,4 +40,26 @@ export function versionInfo() {
 export function versionText(): string {
   const v = versionInfo();
   return `agent ${v.version} (commit ${v.commit}, target ${v.target}${v.role ? `, role ${v.role}` : ""}, bun ${v.bun})`;
+}
+
+let devBuildTime: number | null | undefined;
+
+/**
+ * When this executable was built (epoch ms): a release build bakes it in (build/release.ts:
+ * SOURCE_DATE_EPOCH, else the commit's time, else the build's clock); from source, the HEAD
+ * commit's time. A lower bound of "now" for a host without an RTC (a Pi boots in 1970 or at
+ * its last shutdown until NTP answers): certificates are never judged with an earlier clock.
+ * Undefined when not known (no git from source).
+ */
+export function buildTime(): number | undefined {
+  if (typeof AGENT_BUILD_TIME === "string" && AGENT_BUILD_TIME !== "") {
+    const t = Date.parse(AGENT_BUILD_TIME);
+    return Number.isNaN(t) ? undefined : t;
+  }
+  if (devBuildTime === undefined) {
+    const r = realExecSync(["git", "log", "-1", "--format=%ct", "HEAD"], { cwd: import.meta.dir });
+    const secs = Number(r.stdout.trim());
+    devBuildTime = r.code === 0 && Number.isInteger(secs) && secs > 0 ? secs * 1000 : null;
+  }
+  return devBuildTime ?? undefined;
 }

@@ -115,7 +115,7 @@ describe("UplinkManager with fakes", () => {
     }
   });
 
-  test("a metered uplink on standby is probed only every keepalive", async () => {
+  test("a metered uplink is probed only every keepalive on standby and while active and healthy", async () => {
     // A keepalive far longer than the 20 rounds of eth0 waited for below (400 ms at 20 ms each,
     // seconds on a loaded machine): no second wwan0 round can fall inside them.
     const { m, probes, healthy } = rig({ uplinks: [uplinks[0]!, { ...uplinks[1]!, keepalive: 60_000 }] });
@@ -125,10 +125,18 @@ describe("UplinkManager with fakes", () => {
       await waitFor(() => ethRounds() >= 20, 10_000, "20 rounds of eth0");
       const wwan = probes.filter((p) => p.startsWith("10.0.2.2>")).length;
       expect(wwan).toBe(1); // its first round, then nothing until the keepalive
-      // Once it carries the traffic it is probed at the tracking interval again, at once.
+      // Once it carries the traffic it is probed at once, then, healthy and metered, with
+      // a period that doubles per good round up to the keepalive (policy.ts probePeriod,
+      // table-tested there): far fewer rounds than eth0's every interval.
       healthy.set("10.0.1.2", false);
       await waitFor(() => m.active === "wwan0", 2000, "failover to the metered uplink");
-      await waitFor(() => probes.filter((p) => p.startsWith("10.0.2.2>")).length >= 4, 3000, "wwan0 probed every interval (not every 60 s keepalive)");
+      const wwanRounds = () => probes.filter((p) => p.startsWith("10.0.2.2>")).length;
+      await waitFor(() => wwanRounds() >= 3, 2000, "wwan0 probed at once and soon after on becoming active");
+      const ethAt = ethRounds();
+      const wwanAt = wwanRounds();
+      await waitFor(() => ethRounds() >= ethAt + 64, 20_000, "64 more rounds of eth0");
+      // At 20 ms doubling: 40, 80, 160, 320, 640 ms … : at most 6 rounds while eth0 had 64.
+      expect(wwanRounds() - wwanAt).toBeLessThanOrEqual(6);
     } finally {
       await m.close();
     }

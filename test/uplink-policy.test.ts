@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { decide, FLAP_HOLD_BASE_MS, initialState, requiredStableMs, type PolicyEvent, type PolicyState } from "../src/uplink/policy.ts";
+import { decide, FLAP_HOLD_BASE_MS, initialState, METERED_ACTIVE_PERIOD_MS, probePeriod, requiredStableMs, type PolicyEvent, type PolicyState } from "../src/uplink/policy.ts";
 
 const specs = [
   { name: "eth0", priority: 10, metered: false },
@@ -109,4 +109,27 @@ describe("decide", () => {
 test("several links lost in one snapshot are decided together", () => {
   const r = run([...boot, { type: "links", up: { eth0: false, wlan0: false, wwan0: false } }]);
   expect(r.switches).toEqual(["->eth0: initial choice", "eth0>-: all uplinks down"]);
+});
+
+describe("probe period (issue 13 §8: a metered uplink's probes are billed)", () => {
+  const I = 1000;
+  test.each([
+    ["unmetered, active", { active: true, metered: false, health: "up", failStreak: 0 }, I],
+    ["unmetered, standby", { active: false, metered: false, health: "up", failStreak: 0 }, I],
+    ["unmetered, standby, keepalive", { active: false, metered: false, keepalive: 30_000, health: "up", failStreak: 0 }, 30_000],
+    ["metered, standby, no keepalive", { active: false, metered: true, health: "up", failStreak: 0 }, I],
+    ["metered, standby, keepalive", { active: false, metered: true, keepalive: 60_000, health: "up", failStreak: 0 }, 60_000],
+    ["metered, standby, keepalive below the interval", { active: false, metered: true, keepalive: 500, health: "up", failStreak: 0 }, I],
+    ["metered, active, healthy, just switched to", { active: true, metered: true, health: "up", failStreak: 0, activeOk: 0 }, I],
+    ["metered, active, 1 good round", { active: true, metered: true, health: "up", failStreak: 0, activeOk: 1 }, 2 * I],
+    ["metered, active, 5 good rounds", { active: true, metered: true, health: "up", failStreak: 0, activeOk: 5 }, 32 * I],
+    ["metered, active, 6 good rounds: the minute", { active: true, metered: true, health: "up", failStreak: 0, activeOk: 6 }, METERED_ACTIVE_PERIOD_MS],
+    ["metered, active, long healthy", { active: true, metered: true, health: "up", failStreak: 0, activeOk: 5000 }, METERED_ACTIVE_PERIOD_MS],
+    ["metered, active, long healthy, keepalive", { active: true, metered: true, keepalive: 300_000, health: "up", failStreak: 0, activeOk: 5000 }, 300_000],
+    ["metered, active, long healthy, keepalive below the interval", { active: true, metered: true, keepalive: 500, health: "up", failStreak: 0, activeOk: 9 }, I],
+    ["metered, active, one failed round: confirmed at the interval", { active: true, metered: true, health: "up", failStreak: 1, activeOk: 0 }, I],
+    ["metered, active, down", { active: true, metered: true, health: "down", failStreak: 3 }, I],
+    ["metered, active, not yet known", { active: true, metered: true, health: "unknown", failStreak: 0 }, I],
+  ] as const)("%s", (_n, u, want) => expect(probePeriod(u, I)).toBe(want));
+  test("the active default is a minute", () => expect(METERED_ACTIVE_PERIOD_MS).toBe(60_000));
 });

@@ -11,7 +11,7 @@ import { renderHostapd } from "../src/uplink/apconf.ts";
 import { WifiClient, WpaClient } from "../src/uplink/wpa.ts";
 import { defaults } from "../src/config.ts";
 import type { WifiReport } from "../src/uplink/wifi.ts";
-import { agent, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
+import { agent, BUN, ROOT, tempDir, waitFor } from "./helpers/cli.ts";
 import { FakeWpaSupplicant } from "./helpers/fake-wpa.ts";
 import { netconnectd } from "./helpers/netconnectd.ts";
 import { createNamespace, deleteNamespace, inNs, nsArgv, nsName } from "./helpers/netns.ts";
@@ -459,4 +459,71 @@ wpa_ctrl = "${fake.path}"
     const st = (await netconnectd(lab.control, { status: {} })).result as { wifi: { valid_config: boolean } };
     expect(st.wifi.valid_config).toBe(false);
   }, 30_000);
+
+  test("port scan from the phone and from the LAN and uplink side: only DHCP, DNS and the setup page answer, only to the phone", async () => {
+    // Issue 13 §6. The AP up by hand (manual: held whatever the uplinks do).
+    expect((await agent(["uplink", "start-ap", "--control", lab.control])).code).toBe(0);
+    const r = await waitWifi((r) => r.ap.running && !!r.ap.dnsmasq?.running, 20_000, "AP up for the scan");
+    // dnsmasq runs as its own user, not root.
+    const uid = /^Uid:\s+(\d+)\s+(\d+)/m.exec(readFileSync(`/proc/${r.ap.dnsmasq!.pid}/status`, "utf8"));
+    const dnsmasqUid = (await inNs(lab.topo.onsite, ["id", "-u", "dnsmasq"])).stdout.trim();
+    expect({ real: uid?.[1], effective: uid?.[2] }).toEqual({ real: dnsmasqUid, effective: dnsmasqUid });
+    expect(dnsmasqUid).not.toBe("0");
+    const on = lab.topo.onsite;
+    // What could answer: ports 1-1024 and every socket anything listens on in the device's namespace.
+    const ss = await inNs(on, ["ss", "-Htlnu"]);
+    const listening = [...new Set(ss.stdout.split("\n").map((l) => /:(\d+)$/.exec(l.trim().split(/\s+/)[4] ?? "")?.[1]).filter(Boolean))].map(Number);
+    expect(listening).toContain(53);
+    expect(listening).toContain(80);
+    const spec = ["1-1024", ...listening.filter((p) => p > 1024)].join(",");
+    type Scan = { host: string; tcp: number[]; udp: number[]; probed: { tcp: number; udp: number } };
+    const scan = async (ns: string, host: string): Promise<Scan> => {
+      const out = await inNs(ns, [BUN, join(FIX, "scan.ts"), host, spec, spec, "700"]);
+      return JSON.parse(out.stdout.trim().split("\n").at(-1)!) as Scan;
+    };
+    const dhcp = async (ns: string, dev: string) => {
+      const f = join(tmp.path, `dhcp-${ns}.out`);
+      await inNs(ns, ["env", `UDHCPC_OUT=${f}`, "busybox", "udhcpc", "-i", dev, "-n", "-q", "-t", "3", "-T", "1", "-s", join(FIX, "udhcpc-record.script")], true);
+      return existsSync(f) && readFileSync(f, "utf8").split("\n").some((l) => l.startsWith("bound "));
+    };
+    const lanDev = `${lab.topo.prefix}lan0`;
+    const up1 = lab.topo.uplinks[0]!;
+    // A host on eth0's side that routes the AP subnet via the device.
+    await inNs(up1.router, ["ip", "route", "replace", "10.250.250.0/24", "via", up1.addr]);
+    const results: Record<string, Scan | boolean> = {};
+    try {
+      // All at once: each waits out its timeouts, the namespaces are independent.
+      const scans = await Promise.all([
+        ["phone → AP address", scan(PHONE, AP_ADDR)],
+        ["phone → LAN address", scan(PHONE, "192.168.77.1")],
+        ["phone → eth0 address", scan(PHONE, up1.addr)],
+        ["LAN → AP address", scan(lab.topo.lan, AP_ADDR)],
+        ["LAN → LAN address", scan(lab.topo.lan, "192.168.77.1")],
+        ["uplink router → AP address", scan(up1.router, AP_ADDR)],
+      ].map(async ([k, p]) => [k as string, await (p as Promise<Scan>)] as const));
+      for (const [k, v] of scans) results[k] = v;
+      results["phone DHCP lease"] = await dhcp(PHONE, "wfcl0");
+      results["LAN DHCP lease"] = await dhcp(lab.topo.lan, lanDev);
+    } finally {
+      await inNs(up1.router, ["ip", "route", "del", "10.250.250.0/24"], true);
+    }
+    console.log(`port scan (TCP connect + UDP DNS query to ${spec}; DHCP by busybox udhcpc):\n${Object.entries(results).map(([k, v]) => `  ${k}: ${typeof v === "boolean" ? v : `tcp ${JSON.stringify(v.tcp)} udp ${JSON.stringify(v.udp)} (${v.probed.tcp} ports)`}`).join("\n")}`);
+    const ports = (k: string) => ({ tcp: (results[k] as Scan).tcp, udp: (results[k] as Scan).udp });
+    expect(ports("phone → AP address")).toEqual({ tcp: [53, 80], udp: [53] });
+    for (const k of ["phone → LAN address", "phone → eth0 address", "LAN → AP address", "LAN → LAN address", "uplink router → AP address"]) expect({ k, ...ports(k) }).toEqual({ k, tcp: [], udp: [] });
+    expect(results["phone DHCP lease"]).toBe(true);
+    expect(results["LAN DHCP lease"]).toBe(false);
+    // Control: without the fence the LAN host does reach the setup port (the scan can see it),
+    // and the page's own check still refuses it, with the right passphrase.
+    await inNs(on, ["nft", "delete", "table", "inet", "agent_ap"]);
+    try {
+      expect((await scan(lab.topo.lan, AP_ADDR)).tcp).toContain(80);
+      const page = await inNs(lab.topo.lan, ["curl", "-s", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-u", `x:${PASS}`, `http://${AP_ADDR}/`], true);
+      expect(page.stdout).toBe("403");
+    } finally {
+      await inNs(on, ["nft", "-f", join(stateDir(), "ap", "fence.nft")]);
+    }
+    expect((await curl(["-o", "/dev/null", "-w", "%{http_code}", "-u", `phone:${PASS}`, `http://${AP_ADDR}/`])).stdout).toBe("200");
+    expect((await agent(["uplink", "stop-ap", "--control", lab.control])).code).toBe(0);
+  }, 90_000);
 });

@@ -1,6 +1,8 @@
 // Flag sets shared by several commands and the mapping from flags to config keys.
 import type { ArgsDef } from "citty";
-import { DEFAULT_CONFIG_FILE, DEFAULT_CONTROL, DEFAULT_STATE_DIR, loadConfigFile, resolveConfig, type Config, type ConfigSource, type RawConfig } from "../config.ts";
+import { DEFAULT_CONFIG_FILE, DEFAULT_CONTROL, DEFAULT_STATE_DIR, loadConfigFile, resolveConfig, secretFileProblem, type Config, type ConfigSource, type RawConfig } from "../config.ts";
+import { UsageError } from "../errors.ts";
+import { stat } from "node:fs/promises";
 import { ControlClient, socketTransport, type ControlClientOptions, type ControlResponse, type ControlTransport } from "../control.ts";
 import { str, strs, type CliContext, type DaemonRole, type ParsedArgs } from "./args.ts";
 
@@ -52,6 +54,7 @@ export const daemonArgs = {
   relay: { type: "string", valueHint: "host:port", description: "relay to dial (onsite, master)" },
   listen: { type: "string", valueHint: "host:port", description: "address to accept devices on (relay)" },
   proxy: { type: "string", valueHint: "url", description: "dial the relay through an HTTP CONNECT proxy: http://[user:pass@]host:port" },
+  "proxy-file": { type: "string", valueHint: "file", description: "read the proxy URL with its credentials from FILE (mode 0600), \"-\": from stdin; keeps the password out of ps" },
   revocations: { type: "string", valueHint: "file", description: "revocation list written by `agent pki revoke` (relay)" },
   allow: { type: "string", valueHint: "cidr[:ports]", description: "LAN targets sessions and NAT rules may reach (onsite; repeatable)" },
   location: { type: "string", valueHint: "label", description: 'location label shown in the inventory (onsite), e.g. "Royal Champagne"' },
@@ -90,6 +93,36 @@ export async function configSources(args: ParsedArgs): Promise<ConfigSource[]> {
   if (file) sources.push(file);
   const nymeaConf = str(args, "nymea-conf");
   if (nymeaConf !== undefined) sources.push(await (await import("../tunnel/nymea/ini.ts")).loadNymeaConf(nymeaConf));
-  sources.push({ origin: { kind: "flag" }, raw: flagsToRaw(args) });
+  const flags = flagsToRaw(args);
+  const proxyFile = str(args, "proxy-file");
+  if (proxyFile !== undefined) {
+    if (flags.proxy !== undefined) throw new UsageError("--proxy and --proxy-file both given", "pass one: --proxy-file keeps the credentials out of ps");
+    flags.proxy = await readSecretArg("--proxy-file", proxyFile, "the proxy's credentials");
+  }
+  sources.push({ origin: { kind: "flag" }, raw: flags });
   return sources;
+}
+
+/**
+ * A secret from a file or, for "-", from stdin: one line, its newline dropped. A file others
+ * can read is refused with the chmod that fixes it. Never on the command line: ps shows argv.
+ */
+export async function readSecretArg(flag: string, value: string, what: string): Promise<string> {
+  let text: string;
+  if (value === "-") {
+    text = await new Response(Bun.stdin.stream()).text();
+  } else {
+    let mode: number;
+    try {
+      mode = (await stat(value)).mode;
+    } catch (e) {
+      throw new UsageError(`${flag} ${value}: ${(e as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (e as Error).message}`, `${flag} FILE reads ${what} from FILE; ${flag} - reads it from stdin`);
+    }
+    const problem = secretFileProblem(value, mode, [what]);
+    if (problem) throw new UsageError(`${flag}: ${problem.message}`, problem.hint);
+    text = await Bun.file(value).text();
+  }
+  const secret = text.replace(/\r?\n$/, "");
+  if (secret === "" || secret.includes("\n")) throw new UsageError(`${flag} ${value === "-" ? "(stdin)" : value}: expected ${what} on one line, got ${secret === "" ? "nothing" : "several lines"}`);
+  return secret;
 }

@@ -8,7 +8,7 @@ import { formatTable } from "../table.ts";
 import type { UplinkReport } from "../uplink/manager.ts";
 import type { WifiNetwork } from "../uplink/wpa.ts";
 import { defineAgentCommand, flag, str, type CliContext } from "./args.ts";
-import { configArgs, configFromArgs, daemonClient } from "./common.ts";
+import { configArgs, configFromArgs, daemonClient, readSecretArg } from "./common.ts";
 
 const since = (iso: string | undefined, now: number) => (iso ? `${formatDuration(Math.max(0, Math.round((now - Date.parse(iso)) / 1000) * 1000)) || "0s"} ago` : "-");
 
@@ -101,19 +101,22 @@ async function readStdin(): Promise<string> {
 }
 
 const configureWifi = defineAgentCommand({
-  meta: { name: "configure-wifi", description: "Add (or replace) a known Wi-Fi network and try it; PSK \"-\" reads it from stdin (keeps it out of ps)" },
+  meta: { name: "configure-wifi", description: "Add (or replace) a known Wi-Fi network and try it; --psk-file FILE or PSK \"-\" (stdin) keeps the passphrase out of ps" },
   args: {
     ...configArgs,
     ssid: { type: "positional", valueHint: "SSID", description: "network name, 1-32 bytes" },
     psk: { type: "positional", required: false, valueHint: "PSK", description: "passphrase (8-63 printable ASCII, or 64 hex digits); \"-\": read from stdin; omit for an open network" },
+    "psk-file": { type: "string", valueHint: "file", description: "read the passphrase from FILE (mode 0600), \"-\": from stdin; instead of the PSK argument, which ps shows" },
     priority: { type: "string", valueHint: "n", description: "0-1000, HIGHER is preferred (as in wpa_supplicant; unlike [[uplink]] priority, where lower wins); default: above every known network" },
   },
   runsOn: ["onsite"],
   async exec(args, ctx) {
     const [ssid, pskArg, ...extra] = args._;
-    if (ssid === undefined) throw new UsageError("agent uplink configure-wifi needs an SSID", "agent uplink configure-wifi SSID [PSK] (PSK - reads it from stdin; none: an open network)");
+    if (ssid === undefined) throw new UsageError("agent uplink configure-wifi needs an SSID", "agent uplink configure-wifi SSID [PSK | --psk-file FILE] (PSK - or --psk-file - reads it from stdin; none: an open network)");
     if (extra.length) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`, "quote an SSID or passphrase with spaces");
-    const psk = pskArg === "-" ? await readStdin() : pskArg;
+    const pskFile = str(args, "psk-file");
+    if (pskFile !== undefined && pskArg !== undefined) throw new UsageError("a PSK argument and --psk-file both given", "pass one: --psk-file FILE (or -, stdin) keeps it out of ps");
+    const psk = pskFile !== undefined ? await readSecretArg("--psk-file", pskFile, "the Wi-Fi passphrase") : pskArg === "-" ? await readStdin() : pskArg;
     const { checkPsk, checkSsid } = await import("../uplink/wpa.ts");
     const bad = checkSsid(ssid) ?? (psk ? checkPsk(psk) : undefined);
     if (bad) throw new UsageError(bad);

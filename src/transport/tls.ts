@@ -9,6 +9,8 @@ import { verifyPeer, type PeerVerdict, type TrustPolicy } from "./auth.ts";
 import { certificateIdentity } from "../pki.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
 import { listenError } from "./listen-error.ts";
+import { X509Certificate } from "node:crypto";
+import { buildTime } from "../version.ts";
 
 /** TLS 1.3 as Bun wants it (a number: TLS1_3_VERSION). */
 const TLS13 = 0x0304;
@@ -234,7 +236,7 @@ function listenTlsSocket(opts: ListenOptions, deadline: number, clock: Clock): T
         const verdict = verifyPeer(
           { handshakeOk: success, authorized: socket.authorized, authorizationError: describeTlsError(authorizationError), peerDer: cert?.raw ?? null, protocol: socket.getTLSVersion() },
           opts.trust(),
-          new Date(clock.wall()), // certificate validity is wall-clock time
+          new Date(validityInstant(clock.wall(), buildTime()).at), // wall-clock time, never before the build
         );
         if (!verdict.ok) {
           opts.refuse({ address: socket.data.source, reason: verdict.reason, presented: verdict.presented });
@@ -334,7 +336,7 @@ function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Prom
           socket.terminate();
           return;
         }
-        const problem = judgeRelay(socket, success, authorizationError, opts.host);
+        const problem = judgeRelay(socket, success, authorizationError, opts);
         if (problem) {
           fail(new DialError(problem));
           socket.terminate(); // after fail(): terminate runs the close handler at once
@@ -372,14 +374,23 @@ function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Prom
 }
 
 /** Checks the relay's certificate: trusted by the fleet CA, valid now, role relay, right name. */
-function judgeRelay(socket: Socket<SocketData>, success: boolean, err: Error | null, host: string): string | null {
+function judgeRelay(socket: Socket<SocketData>, success: boolean, err: Error | null, opts: DialOptions): string | null {
+  const host = opts.host;
+  const cert = socket.getPeerCertificate() as { raw?: Uint8Array } | undefined;
   if (!success || !socket.authorized) {
     const mismatch = nameMismatch(socket, err, host);
     if (mismatch) return mismatch;
-    const why = err?.message ?? "handshake failed";
-    return `the relay's certificate was refused (${why}); is ${host} a relay of this fleet, and is the bundle's CA the fleet's?`;
+    // TLS judged the dates with the system clock, which on a device without an RTC may be
+    // years behind: judge them again, never earlier than the build (everything else too,
+    // since TLS stopped at the first error).
+    const notYet = /NOT[ _]YET[ _]VALID/i.test(`${(err as { code?: string } | null)?.code ?? ""} ${err?.message ?? ""}`);
+    if (!(success && notYet && cert?.raw)) {
+      const why = err?.message ?? "handshake failed";
+      return `the relay's certificate was refused (${why}); is ${host} a relay of this fleet, and is the bundle's CA the fleet's?`;
+    }
+    const again = verifyRelayChain(cert.raw, opts.tls.caPem, host, (opts.clock ?? systemClock).wall(), buildTime());
+    if (again) return again;
   }
-  const cert = socket.getPeerCertificate() as { raw?: Uint8Array } | undefined;
   if (!cert?.raw) return "the relay presented no certificate";
   try {
     const ident = certificateIdentity(cert.raw);
@@ -388,6 +399,54 @@ function judgeRelay(socket: Socket<SocketData>, success: boolean, err: Error | n
     return `the relay's certificate has no valid identity: ${(e as Error).message}`;
   }
   return null;
+}
+
+// ---- certificate validity without an RTC ----------------------------------------------------
+
+/**
+ * The instant certificates are judged at: the wall clock, but never earlier than the build
+ * (a clock before the build is not set: a Pi boots in 1970 until NTP answers). Pure.
+ */
+export function validityInstant(wall: number, build: number | undefined): { at: number; clockNotSet: boolean } {
+  return build !== undefined && wall < build ? { at: build, clockNotSet: true } : { at: wall, clockNotSet: false };
+}
+
+const iso = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
+
+/**
+ * Why a certificate valid from `notBefore` to `notAfter` (epoch ms) is not valid at the
+ * validity instant, or null. With the clock not set the reason says so, in words that do not
+ * change from one dial to the next (the dialer logs a repeated error once). Pure.
+ */
+export function judgeCertTime(what: string, notBefore: number, notAfter: number, wall: number, build: number | undefined): string | null {
+  const v = validityInstant(wall, build);
+  if (v.at >= notBefore && v.at <= notAfter) return null;
+  if (v.clockNotSet) {
+    return `clock not set: this device's clock is earlier than this agent's build (${iso(build!)}), and ${what} is valid only from ${iso(notBefore)} to ${iso(notAfter)}; waiting for the clock (NTP) to be set`;
+  }
+  return v.at < notBefore ? `${what} is not yet valid (valid from ${iso(notBefore)}); is this device's clock right?` : `${what} expired on ${iso(notAfter)}`;
+}
+
+/**
+ * The relay's certificate checked by hand, as TLS would with the validity instant for its
+ * clock: issued and signed by the fleet CA, both valid at that instant, for `host`.
+ */
+export function verifyRelayChain(der: Uint8Array, caPem: string, host: string, wall: number, build: number | undefined): string | null {
+  let leaf: X509Certificate;
+  let ca: X509Certificate;
+  try {
+    leaf = new X509Certificate(der);
+    ca = new X509Certificate(caPem);
+  } catch (e) {
+    return `the relay's certificate could not be read: ${(e as Error).message}`;
+  }
+  if (!leaf.checkIssued(ca) || !leaf.verify(ca.publicKey)) return `the relay's certificate was not issued by this fleet's CA; is ${host} a relay of this fleet?`;
+  const named = /^\d+\.\d+\.\d+\.\d+$|:/.test(host) ? leaf.checkIP(host) : leaf.checkHost(host, { wildcards: false });
+  if (!named) return `the relay's certificate is not for ${host}`;
+  return (
+    judgeCertTime("the fleet CA", Date.parse(ca.validFrom), Date.parse(ca.validTo), wall, build) ??
+    judgeCertTime("the relay's certificate", Date.parse(leaf.validFrom), Date.parse(leaf.validTo), wall, build)
+  );
 }
 
 /**

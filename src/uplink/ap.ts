@@ -8,7 +8,7 @@ import { join } from "node:path";
 import type { ApConfig } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { formatIPv4 } from "../netaddr.ts";
-import { generatePassphrase, NFT_TABLE, renderDnsmasq, renderHostapd, renderNft } from "./apconf.ts";
+import { DNSMASQ_USER, generatePassphrase, NFT_TABLE, renderDnsmasq, renderHostapd, renderNft } from "./apconf.ts";
 import { describeFailure, type Exec } from "../os/spawn.ts";
 import { stopOrphan, Supervisor, type SupervisedStatus } from "./supervisor.ts";
 import { systemClock, type Clock } from "../clock.ts";
@@ -25,21 +25,57 @@ export interface ApStatus {
   error?: string;
 }
 
+/** Why a passphrase file's text is not a passphrase; undefined when it is one. Pure. */
+export function passphraseFileProblem(text: string): string | undefined {
+  const p = text.replace(/\r?\n$/, "");
+  if (/^[\x20-\x7e]{12,63}$/.test(p)) return undefined;
+  if (p.length === 0) return "it is empty";
+  if (p.includes("\n")) return `it has ${p.split("\n").length} lines, expected one`;
+  if (!/^[\x20-\x7e]*$/.test(p)) return "it holds characters other than printable ASCII";
+  return `it holds ${p.length} characters, expected 12-63`;
+}
+
 /**
  * The AP passphrase: `[ap] passphrase` if set, else one generated for this device on first
- * use and kept in the state directory (mode 0600), so it can be printed on a label.
+ * use and kept in the state directory (mode 0600), so it can be printed on a label. A file
+ * that is there but damaged is an error, never silently replaced: the passphrase on the
+ * label would stop working.
  */
 export function apPassphrase(ap: ApConfig, stateDir: string): string {
   if (ap.passphrase) return ap.passphrase;
   const file = join(stateDir, "ap-passphrase");
   if (existsSync(file)) {
-    const p = readFileSync(file, "utf8").trim();
-    if (/^[\x20-\x7e]{12,63}$/.test(p)) return p;
+    const text = readFileSync(file, "utf8");
+    const problem = passphraseFileProblem(text);
+    if (problem === undefined) return text.replace(/\r?\n$/, "");
+    throw new Error(
+      `the access point's passphrase file ${file} is damaged (${problem}); the access point stays down. ` +
+        `Put the passphrase printed on the device's label back into it (one line, 12-63 printable ASCII characters), ` +
+        `set [ap] passphrase, or delete the file to generate a new one (the label's passphrase then stops working)`,
+    );
   }
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   const p = generatePassphrase();
   writeFileAtomic(file, p + "\n", { mode: 0o600 });
   return p;
+}
+
+/** Whether /etc/passwd-format text has the user `name`. Pure. */
+export function passwdHasUser(passwd: string, name: string): boolean {
+  return passwd.split("\n").some((l) => l.split(":")[0] === name);
+}
+
+/** dnsmasq drops root to DNSMASQ_USER: a missing user is named before dnsmasq fails on it. */
+function checkDnsmasqUser(): void {
+  let passwd = "";
+  try {
+    passwd = readFileSync("/etc/passwd", "utf8");
+  } catch {
+    return; // no passwd file to read (NSS elsewhere): dnsmasq itself will say
+  }
+  if (!passwdHasUser(passwd, DNSMASQ_USER)) {
+    throw new Error(`dnsmasq runs as user ${JSON.stringify(DNSMASQ_USER)}, which does not exist: install the dnsmasq package (it creates the user) or create it (useradd --system --no-create-home ${DNSMASQ_USER})`);
+  }
 }
 
 export class AccessPoint {
@@ -49,7 +85,7 @@ export class AccessPoint {
   private since: number | undefined;
   private lastError: string | undefined;
   private savedForwarding: string | undefined;
-  readonly passphrase: string;
+  private readonly pass: { value: string } | { error: string };
 
   constructor(
     private readonly ap: ApConfig,
@@ -62,7 +98,20 @@ export class AccessPoint {
     private readonly clock: Clock = systemClock,
   ) {
     this.dir = join(stateDir, "ap");
-    this.passphrase = apPassphrase(ap, stateDir);
+    // Read (or generated, for the label) at once; a damaged file keeps the AP down, named.
+    try {
+      this.pass = { value: apPassphrase(ap, stateDir) };
+    } catch (e) {
+      this.pass = { error: (e as Error).message };
+      this.lastError = this.pass.error;
+      log.error(this.pass.error);
+    }
+  }
+
+  /** The passphrase; throws the damaged file's error. */
+  get passphrase(): string {
+    if ("error" in this.pass) throw new Error(this.pass.error);
+    return this.pass.value;
   }
 
   get running(): boolean {
@@ -134,10 +183,12 @@ export class AccessPoint {
     const ifname = this.ap.interface;
     const addr = `${formatIPv4(this.ap.address.host)}/${this.ap.address.prefix}`;
     try {
+      const passphrase = this.passphrase;
+      checkDnsmasqUser();
       mkdirSync(this.dir, { recursive: true, mode: 0o700 });
       await this.cleanupOrphans();
       // Configurations hold the passphrase: owner only.
-      writeFileSync(p.hostapdConf, renderHostapd(this.ap, this.passphrase), { mode: 0o600 });
+      writeFileSync(p.hostapdConf, renderHostapd(this.ap, passphrase), { mode: 0o600 });
       writeFileSync(p.dnsmasqConf, renderDnsmasq(this.ap, { leaseFile: p.leases }), { mode: 0o600 });
       // The fence goes up before the address: no packet from the AP side is ever forwarded
       // but what `ap.forward` lists.

@@ -66,7 +66,10 @@ export function renderHostapd(ap: ApConfig, passphrase: string, ctrlDir?: string
   return lines.join("\n") + "\n";
 }
 
-export function renderDnsmasq(ap: ApConfig, o: { leaseFile: string }): string {
+/** The user dnsmasq runs as once it has bound its sockets (Debian's and OpenWrt's packages create it). */
+export const DNSMASQ_USER = "dnsmasq";
+
+export function renderDnsmasq(ap: ApConfig, o: { leaseFile: string; user?: string }): string {
   const addr = formatIPv4(ap.address.host);
   const r = dhcpRange(ap.address);
   const lines = [
@@ -81,7 +84,9 @@ export function renderDnsmasq(ap: ApConfig, o: { leaseFile: string }): string {
     "no-poll",
     // No pid file of its own: the agent supervises the process and keeps its pid.
     "pid-file=",
-    "user=root",
+    // Drops root after binding (Debian's package creates the user). It opens the lease file
+    // and reads this file as root first, so both stay in the agent's 0700 directory.
+    `user=${o.user ?? DNSMASQ_USER}`,
     `dhcp-leasefile=${o.leaseFile}`,
     "dhcp-authoritative",
     `dhcp-range=${r.start},${r.end},${r.netmask},${DHCP_LEASE}`,
@@ -99,7 +104,8 @@ export const NFT_TABLE = "agent_ap";
 
 /**
  * nft ruleset (for `nft -f`): by default nothing is forwarded to or from the AP interface,
- * and AP clients reach the device only for DHCP, DNS and the setup page on the AP address.
+ * and AP clients reach the device only for DHCP, DNS and the setup page on the AP address;
+ * the AP address answers nothing that arrives on another interface.
  * `ap.forward` opens the forward fence for what it lists, masqueraded behind the device's
  * address on the way out (the LAN and the uplinks' routers have no route to the AP subnet):
  * "uplinks" to the `uplinks` interfaces, "lan" to every other interface but the AP itself;
@@ -126,6 +132,10 @@ export function renderNft(ap: ApConfig, uplinks: readonly string[] = []): string
     `  }`,
     `  chain input {`,
     `    type filter hook input priority -300; policy accept;`,
+    // The AP address is for AP clients only: a LAN or uplink host that routes the AP subnet
+    // via the device must not reach the setup page, DNS or anything else on it (Linux answers
+    // for any local address on any interface). The device itself talks to it over lo.
+    `    iifname != { ${i}, "lo" } ip daddr ${addr} drop`,
     `    iifname ${i} udp dport 67 accept`,
     `    iifname ${i} ip daddr ${addr} udp dport 53 accept`,
     `    iifname ${i} ip daddr ${addr} tcp dport { 53, ${ap.setup_port} } accept`,

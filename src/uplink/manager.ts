@@ -7,7 +7,7 @@ import type { HostPort } from "../netaddr.ts";
 import { formatHostPort } from "../netaddr.ts";
 import { formatDuration } from "../duration.ts";
 import type { Logger } from "../log.ts";
-import { decide, initialState, type Action, type PolicyEvent, type PolicyState, type Switch } from "./policy.ts";
+import { decide, initialState, probePeriod, type Action, type PolicyEvent, type PolicyState, type Switch } from "./policy.ts";
 import { linkUsable, type LinkMonitor, type Snapshot } from "./monitor.ts";
 import type { Prober, RoundResult } from "./probe.ts";
 import { RULE_PREF_BASE, TABLE_BASE, type RouteTable, type UplinkRoute } from "./routes.ts";
@@ -62,6 +62,8 @@ interface UplinkRuntime {
   modem?: ModemStatus & { error?: string; at: number };
   /** Whether the last snapshot had the interface (undefined: none seen yet). */
   present?: boolean;
+  /** Good rounds in a row since it last became active (probePeriod backs off with them). */
+  activeOk: number;
 }
 
 /** Why an uplink's link is not usable, or undefined when it is. "missing interface" is its own
@@ -125,7 +127,7 @@ export class UplinkManager {
       o.uplinks.map((u) => ({ name: u.name, priority: u.priority, metered: u.metered })),
       { down: o.tracking.down, up: o.tracking.up },
     );
-    this.rt = o.uplinks.map((cfg, index) => ({ cfg, index, rounds: [] }));
+    this.rt = o.uplinks.map((cfg, index) => ({ cfg, index, rounds: [], activeOk: 0 }));
     const seen = new Set<string>();
     this.targets = [...(o.relay ? [o.relay] : []), ...o.tracking.targets].filter((t) => {
       const k = formatHostPort(t);
@@ -179,10 +181,11 @@ export class UplinkManager {
   }
 
   private apply(a: Action): void {
-    // A metered uplink may sit in a long keepalive wait: once active it is probed at the
-    // tracking interval, starting now.
+    // A metered uplink may sit in a long keepalive wait: once active it is probed now, then
+    // at its active period (probePeriod).
     const next = this.rt.find((x) => x.cfg.name === a.to);
-    if (next?.cfg.keepalive) this.schedule(next, 0);
+    if (next) next.activeOk = 0;
+    if (next?.cfg.keepalive || next?.cfg.metered) this.schedule(next, 0);
     this.o.log.info(a.to ? `uplink ${a.to} is now active (${a.reason})` : `no uplink is usable (${a.reason})`, { from: a.from, to: a.to });
     this.effects = this.effects.then(async () => {
       if (a.to) {
@@ -255,10 +258,10 @@ export class UplinkManager {
     }
   }
 
-  /** Probe period: the tracking interval, or the uplink's keepalive while it is on standby. */
+  /** Probe period (policy.ts `probePeriod`): the tracking interval; a standby uplink's keepalive; a healthy active metered uplink's, backing off to its keepalive or a minute. */
   private periodOf(r: UplinkRuntime): number {
-    const standby = this.state.active !== r.cfg.name;
-    return standby && r.cfg.keepalive ? Math.max(r.cfg.keepalive, this.o.tracking.interval) : this.o.tracking.interval;
+    const u = this.state.uplinks[r.index]!;
+    return probePeriod({ active: this.state.active === r.cfg.name, metered: r.cfg.metered, keepalive: r.cfg.keepalive, health: u.health, failStreak: u.failStreak, activeOk: r.activeOk }, this.o.tracking.interval);
   }
 
   private schedule(r: UplinkRuntime, delay: number): void {
@@ -288,6 +291,7 @@ export class UplinkManager {
       r.rounds.push({ at, ok: res.ok, rttMs: res.rttMs });
       if (r.rounds.length > STATS_WINDOW) r.rounds.shift();
       this.feed({ type: "probe", uplink: r.cfg.name, ok: res.ok });
+      r.activeOk = res.ok && this.state.active === r.cfg.name ? r.activeOk + 1 : 0;
     }
     const elapsed = this.now() - started;
     this.schedule(r, Math.max(0, this.periodOf(r) - elapsed));

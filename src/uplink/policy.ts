@@ -34,6 +34,30 @@ export const FLAP_WINDOW_MS = 300_000;
 export const FLAP_HOLD_BASE_MS = 10_000;
 /** Cap of that extra time. */
 export const FLAP_HOLD_MAX_MS = 300_000;
+/**
+ * How often an ACTIVE metered uplink is probed while healthy, when its [[uplink]] entry sets
+ * no `keepalive`. It carries traffic only because nothing unmetered is healthy, the relay
+ * connection's own keepalive watches the same path, and every probe is billed: measured
+ * (`make bench B=cellular`), probing each second cost about 1.1 MB/h.
+ */
+export const METERED_ACTIVE_PERIOD_MS = 60_000;
+
+/**
+ * The probe period of one uplink. Standby: its `keepalive` if set (at least the interval),
+ * else the interval. Active and unmetered: the interval. Active and metered: the interval
+ * while its health is not settled up (a failed round is confirmed at the normal pace, so a
+ * dead link is still noticed after `down` quick rounds); then it doubles with each good
+ * round since it became active (`activeOk`) up to its `keepalive` or
+ * METERED_ACTIVE_PERIOD_MS: a link that has just taken over, or just failed once, is watched
+ * closely; one that has carried the traffic for minutes costs a probe a minute. Pure.
+ */
+export function probePeriod(u: { active: boolean; metered: boolean; keepalive?: number; health: Health; failStreak: number; activeOk?: number }, interval: number): number {
+  if (!u.active) return u.keepalive ? Math.max(u.keepalive, interval) : interval;
+  if (!u.metered || u.health !== "up" || u.failStreak > 0) return interval;
+  const cap = Math.max(u.keepalive ?? METERED_ACTIVE_PERIOD_MS, interval);
+  return Math.min(cap, interval * 2 ** Math.min(u.activeOk ?? 0, 30));
+}
+
 /** Switch history kept for `agent uplink status`. */
 export const HISTORY_MAX = 50;
 

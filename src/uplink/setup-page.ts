@@ -4,9 +4,15 @@
 // passphrase as password); every POST also needs the CSRF token of the form it came from
 // (an HMAC of the session's credentials with a per-start secret), so a page on another
 // origin the phone visits cannot post to the device with the browser's cached credentials.
+// Each failed login makes the next one wait longer (./login-throttle.ts). Only AP clients get
+// an answer: the nft fence drops what reaches the AP address on another interface, and the
+// page itself refuses a peer outside the AP subnet (defence in depth, should the fence be gone).
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import type { Server } from "bun";
 import type { Logger } from "../log.ts";
+import { systemClock, type Clock } from "../clock.ts";
+import { cidrContains, parseIPv4, type Cidr } from "../netaddr.ts";
+import { afterLogin, initialThrottle, loginGate, type LoginThrottle } from "./login-throttle.ts";
 import type { WifiNetwork } from "./wpa.ts";
 
 export interface SetupBackend {
@@ -36,10 +42,39 @@ function page(title: string, body: string): Response {
 export class SetupPage {
   private server: Server<undefined> | undefined;
   private readonly secret = randomBytes(32);
+  private throttle: LoginThrottle = initialThrottle();
+  private readonly clock: Clock;
 
   constructor(
-    private readonly o: { hostname: string; port: number; passphrase: string; backend: SetupBackend; log: Logger },
-  ) {}
+    private readonly o: {
+      hostname: string;
+      port: number;
+      passphrase: string;
+      backend: SetupBackend;
+      log: Logger;
+      /** The AP subnet: a peer outside it gets 403 (none: not checked). */
+      subnet?: Cidr;
+      /** The monotonic clock the login delays run on. */
+      clock?: Clock;
+    },
+  ) {
+    this.clock = o.clock ?? systemClock;
+  }
+
+  /** Whether `peer` (an IPv4 text, possibly "::ffff:"-mapped) is an AP client. */
+  peerAllowed(peer: string | undefined): boolean {
+    if (!this.o.subnet) return true;
+    if (peer === undefined) return false;
+    try {
+      return cidrContains(this.o.subnet, parseIPv4(peer.replace(/^::ffff:/i, "")));
+    } catch {
+      return false; // IPv6 or garbage: never an AP client (the AP is IPv4 only)
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((r) => this.clock.setTimeout(r, ms));
+  }
 
   get url(): string {
     return `http://${this.o.hostname}:${this.server?.port ?? this.o.port}/`;
@@ -68,13 +103,35 @@ export class SetupPage {
     return a.length === b.length && timingSafeEqual(a, b);
   }
 
-  async handle(req: Request): Promise<Response> {
+  /** `peer`: the client's address (Bun's requestIP); checked against the AP subnet. */
+  async handle(req: Request, peer?: string): Promise<Response> {
+    if (this.o.subnet && !this.peerAllowed(peer)) {
+      this.o.log.warn(`setup page: refused ${peer ?? "a client of unknown address"}, which is not on the access point's subnet`);
+      return new Response("the setup page answers only clients of the access point\n", { status: 403, headers: { "content-type": "text/plain; charset=utf-8" } });
+    }
     const url = new URL(req.url);
     // Captive-portal probes (/generate_204, /hotspot-detect.html, …) and any other path: to the page.
     if (url.pathname !== "/" && url.pathname !== "/wifi" && url.pathname !== "/status.json") {
       return new Response(null, { status: 302, headers: { location: `http://${this.o.hostname}${this.o.port === 80 ? "" : `:${this.o.port}`}/` } });
     }
-    const auth = this.authorized(req);
+    const tried = req.headers.has("authorization");
+    let auth: string | undefined;
+    if (tried) {
+      const gate = loginGate(this.throttle, this.clock.now());
+      if (!gate.check) {
+        return new Response(`too many failed logins: try again in ${Math.ceil(gate.retryAfterMs / 1000)} s\n`, {
+          status: 429,
+          headers: { "retry-after": String(Math.ceil(gate.retryAfterMs / 1000)), "content-type": "text/plain; charset=utf-8" },
+        });
+      }
+      auth = this.authorized(req);
+      const { state, delayMs } = afterLogin(this.throttle, auth !== undefined, this.clock.now());
+      this.throttle = state;
+      if (delayMs > 0) {
+        this.o.log.warn(`setup page: failed login #${state.failures} from ${peer ?? "?"}; the next login is checked after ${delayMs} ms`);
+        await this.sleep(delayMs);
+      }
+    }
     if (!auth) {
       return new Response("The device's setup page: log in with the access point's passphrase as password (any user name).\n", {
         status: 401,
@@ -123,7 +180,7 @@ export class SetupPage {
 
   start(): void {
     if (this.server) return;
-    this.server = Bun.serve({ hostname: this.o.hostname, port: this.o.port, fetch: (req) => this.handle(req) });
+    this.server = Bun.serve({ hostname: this.o.hostname, port: this.o.port, fetch: (req, server) => this.handle(req, server.requestIP(req)?.address) });
     this.o.log.info(`setup page on ${this.url}`);
   }
 

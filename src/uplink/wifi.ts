@@ -302,6 +302,8 @@ export class WifiService implements NetconnectdBackend {
         hostname: formatIPv4(this.o.cfg.ap.address.host),
         port: this.o.cfg.ap.setup_port,
         passphrase: this.ap.passphrase,
+        subnet: { network: this.o.cfg.ap.address.network, prefix: this.o.cfg.ap.address.prefix },
+        clock: this.clock,
         log: this.o.log.withTag("setup"),
         backend: {
           networks: () => this.cells,

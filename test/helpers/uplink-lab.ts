@@ -69,6 +69,10 @@ export interface LabOptions {
   extraConfig?: string;
   /** Top-level keys of the daemon's config (before any section), e.g. heartbeat_interval. */
   topConfig?: string;
+  /** Top-level keys for the daemon's config (before any section), e.g. proxy = "…". */
+  rootConfig?: string;
+  /** Extra lines of the cellular [[uplink]] entry, e.g. keepalive = "5m". */
+  cellularConfig?: string;
   /** Extra environment of the daemon. */
   env?: Record<string, string>;
   /** A real relay on RELAY_PORT and a real master, both in the relay namespace. */
@@ -213,6 +217,7 @@ export async function startLab(o: LabOptions): Promise<Lab> {
     writeFileSync(
       cfgPath,
       `role = "onsite"
+${o.rootConfig ?? ""}
 bundle = "${join(dir, "site.bundle")}"
 relay = "${topo.relayAddr}:${RELAY_PORT}"
 control = "${control}"
@@ -237,11 +242,14 @@ kind = "cellular"
 priority = 30
 apn = "internet"
 gateway = "${topo.uplinks[2]!.gateway}"
+${o.cellularConfig ?? ""}
 
 [tracking]
 ${o.tracking ?? ""}
 ${o.extraConfig ?? ""}
 `,
+      // 0600: it may hold a secret ([ap] passphrase), and the daemon refuses such a file others can read.
+      { mode: 0o600 },
     );
     const mm = join(dir, "mmcli");
     mkdirSync(mm);
