@@ -1,7 +1,7 @@
 // The packet-tunnel topology of issue 11, in namespaces this run owns:
 //
 //   laptop ns (lap0) ──veth── (eth1) master ns          onsite ns (br-lan ⊃ lan0, wan0) ──veth── (eth0) LAN ns
-//                                 192.168.77.1/24          br-lan 192.168.1.2/24                  192.168.1.1/24 (+ 192.168.2.1/24 on lo2)
+//                                 192.168.77.1/24          br-lan 192.168.1.2/24                  192.168.1.1/24 (+ 192.168.2.1/24 on lo)
 //                                                          route 192.168.2.0/24 via .1.1          dnsmasq: the customer's DHCP server
 //
 // The master and the onsite namespaces are not linked here: the tunnel between them is the
@@ -60,13 +60,12 @@ export async function buildTunnelLab(prefix: string): Promise<TunnelLab> {
     await inNs(onsite, ["ip", "link", "set", "br-lan", "up"]);
     await inNs(onsite, ["ip", "addr", "add", ONSITE_LAN, "dev", "br-lan"]);
     await inNs(onsite, ["ip", "route", "add", "192.168.2.0/24", "via", LAN_ROUTER]);
-    await inNs(onsite, ["ip", "link", "add", "wan0", "type", "dummy"]);
+    // An uplink stand-in (no dummy module on every kernel: a veth pair).
+    await inNs(onsite, ["ip", "link", "add", "wan0", "type", "veth", "peer", "name", "wan1"]);
     await inNs(onsite, ["ip", "link", "set", "wan0", "up"]);
     await inNs(lan, ["ip", "addr", "add", `${LAN_ROUTER}/24`, "dev", "eth0"]);
     await inNs(lan, ["ip", "link", "set", "eth0", "up"]);
-    await inNs(lan, ["ip", "link", "add", "lo2", "type", "dummy"]);
-    await inNs(lan, ["ip", "addr", "add", `${FAR_HOST}/24`, "dev", "lo2"]);
-    await inNs(lan, ["ip", "link", "set", "lo2", "up"]);
+    await inNs(lan, ["ip", "addr", "add", `${FAR_HOST}/24`, "dev", "lo"]);
     lanDhcp = spawnChild(
       "LAN dnsmasq",
       nsArgv(lan, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--port=0", "--bind-interfaces", "--interface=eth0", "--except-interface=lo", "--pid-file=", `--dhcp-leasefile=${join(dir, "lan.leases")}`, "--dhcp-range=192.168.1.100,192.168.1.150,255.255.255.0,1h", `--dhcp-option=option:router,${LAN_ROUTER}`, "--dhcp-authoritative", "--user=root"),
@@ -101,7 +100,7 @@ export async function buildTunnelLab(prefix: string): Promise<TunnelLab> {
 /** Pings once per try until one answer (or `ms` passes); true when answered. */
 export async function pingable(ns: string, addr: string, ms = 5_000): Promise<boolean> {
   try {
-    await waitFor(async () => (await inNs(ns, ["ping", "-c", "1", "-W", "1", addr], true)).code === 0, ms, `ping ${addr} from ${ns}`, { every: 100 });
+    await waitFor(async () => (await inNs(ns, ["busybox", "ping", "-c", "1", "-W", "1", addr], true)).code === 0, ms, `ping ${addr} from ${ns}`, { every: 100 });
     return true;
   } catch {
     return false;
