@@ -194,4 +194,18 @@ describe.skipIf(!run)("tunnel hosts in namespaces", () => {
     // A second sweep finds nothing: it removes only what is there, by name.
     expect(await sweepIn(lab.master, { role: "master", opts: masterOpts() })).toEqual([]);
   }, 60_000);
+
+  test("a routed master end warns when its secondary interface is renamed, goes and comes back (netlink)", async () => {
+    const master = start("master", lab.master, { role: "master", opts: { ...masterOpts(), dhcp: false }, req: { session: "s-mon", mode: "routed", addressing: ADDR, subnets: [] } });
+    await master.waitCtl("ready");
+    const said = () => master.ctl.filter((c) => "secondary" in c).map((c) => c.secondary as string);
+    await inNs(lab.master, ["ip", "link", "set", "eth1", "down"]);
+    await inNs(lab.master, ["ip", "link", "set", "eth1", "name", "eth9"]);
+    await waitFor(() => said().some((w) => w.includes("eth1 was renamed to eth9")), 5_000, () => `the rename warning (${JSON.stringify(said())})`);
+    await inNs(lab.master, ["ip", "link", "set", "eth9", "name", "eth1"]);
+    await inNs(lab.master, ["ip", "link", "set", "eth1", "up"]);
+    await waitFor(() => said().some((w) => w.includes("renamed from eth9 to eth1")), 5_000, () => `the rename-back warning (${JSON.stringify(said())})`);
+    expect(await master.close()).toBe(0);
+    expect(await leftovers(lab.master)).toEqual([]);
+  }, 30_000);
 });
