@@ -16,6 +16,7 @@ packages=(
   dnsmasq-base hostapd wpasupplicant      # access-point fallback and Wi-Fi client
   isc-dhcp-client                         # DHCP client in AP tests
   hyperfine                               # start-up benchmark
+  vtun openvpn                            # packet-tunnel benchmark peers (seed 000's vtun, OpenVPN TCP)
 )
 
 missing=()
