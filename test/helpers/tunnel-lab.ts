@@ -4,8 +4,11 @@
 //                                 192.168.77.1/24          br-lan 192.168.1.2/24                  192.168.1.1/24 (+ 192.168.2.1/24 on lo)
 //                                                          route 192.168.2.0/24 via .1.1          dnsmasq: the customer's DHCP server
 //
-// The master and the onsite namespaces are not linked here: the tunnel between them is the
-// thing under test (host tests pipe the two devices' packets; system tests add a relay).
+// Without a relay the master and the onsite namespaces are not linked: host tests pipe the two
+// devices' packets. With `relay: true` (system tests, the benchmark) a relay namespace sits
+// between their uplinks, and neither routes to the other's networks except through a tunnel:
+//
+//   master (up0 10.200.1.2/24) ── (m0 10.200.1.1) relay ns, RELAY 10.200.0.1 on lo (o0 10.200.2.1) ── (up0 10.200.2.2/24) onsite
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { createNamespace, deleteNamespace, inNs, nsArgv, nsName } from "./netns.ts";
@@ -17,9 +20,13 @@ export const ONSITE_LAN = "192.168.1.2/24";
 export const LAN_ROUTER = "192.168.1.1";
 /** A LAN subnet behind the router, outside an allow list of 192.168.1.0/24. */
 export const FAR_HOST = "192.168.2.1";
+/** The relay's address in a lab with a relay, reachable from the master's and the onsite uplinks. */
+export const LAB_RELAY = "10.200.0.1";
 export const UDHCPC_SCRIPT = join(import.meta.dir, "..", "fixtures", "wifi", "udhcpc.script");
 
 export interface TunnelLab {
+  /** The relay's namespace ("" without a relay). */
+  relay: string;
   laptop: string;
   master: string;
   onsite: string;
@@ -33,12 +40,13 @@ export interface TunnelLab {
   teardown(): Promise<void>;
 }
 
-export async function buildTunnelLab(prefix: string): Promise<TunnelLab> {
+export async function buildTunnelLab(prefix: string, o: { relay?: boolean } = {}): Promise<TunnelLab> {
+  const relay = o.relay ? nsName(`${prefix}-rly`) : "";
   const laptop = nsName(`${prefix}-lap`);
   const master = nsName(`${prefix}-mst`);
   const onsite = nsName(`${prefix}-ons`);
   const lan = nsName(`${prefix}-lan`);
-  const all = [laptop, master, onsite, lan];
+  const all = [laptop, master, onsite, lan, ...(relay ? [relay] : [])];
   const dir = mkdtempSync("/tmp/agent-tunlab-");
   let lanDhcp: Child | undefined;
   const teardown = async () => {
@@ -66,6 +74,17 @@ export async function buildTunnelLab(prefix: string): Promise<TunnelLab> {
     await inNs(lan, ["ip", "addr", "add", `${LAN_ROUTER}/24`, "dev", "eth0"]);
     await inNs(lan, ["ip", "link", "set", "eth0", "up"]);
     await inNs(lan, ["ip", "addr", "add", `${FAR_HOST}/24`, "dev", "lo"]);
+    if (relay) {
+      await inNs(relay, ["ip", "addr", "add", `${LAB_RELAY}/32`, "dev", "lo"]);
+      for (const [end, side, n] of [[master, "m0", 1], [onsite, "o0", 2]] as const) {
+        await inNs(relay, ["ip", "link", "add", side, "type", "veth", "peer", "name", "up0", "netns", end]);
+        await inNs(relay, ["ip", "addr", "add", `10.200.${n}.1/24`, "dev", side]);
+        await inNs(relay, ["ip", "link", "set", side, "up"]);
+        await inNs(end, ["ip", "addr", "add", `10.200.${n}.2/24`, "dev", "up0"]);
+        await inNs(end, ["ip", "link", "set", "up0", "up"]);
+        await inNs(end, ["ip", "route", "add", `${LAB_RELAY}/32`, "via", `10.200.${n}.1`]);
+      }
+    }
     lanDhcp = spawnChild(
       "LAN dnsmasq",
       nsArgv(lan, "dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--port=0", "--bind-interfaces", "--interface=eth0", "--except-interface=lo", "--pid-file=", `--dhcp-leasefile=${join(dir, "lan.leases")}`, "--dhcp-range=192.168.1.100,192.168.1.150,255.255.255.0,1h", `--dhcp-option=option:router,${LAN_ROUTER}`, "--dhcp-authoritative", "--user=root"),
@@ -76,6 +95,7 @@ export async function buildTunnelLab(prefix: string): Promise<TunnelLab> {
   }
   const out = join(dir, "udhcpc.out");
   return {
+    relay,
     laptop,
     master,
     onsite,
