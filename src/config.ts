@@ -90,6 +90,22 @@ export interface ApConfig {
   forward: ApForward[];
 }
 
+/** Packet tunnels (issue 11): the master's keys and the onsite device's, in one [tunnel] table. */
+export interface TunnelConfig {
+  /** Master: the technician's port, where dnsmasq serves (routed) or the bridge joins (bridged). */
+  secondary: string;
+  /** Master, routed mode: run dnsmasq on `secondary`. */
+  dhcp: boolean;
+  /** Master: the addresses of tunnel ends, one /30 per tunnel. */
+  pool: Cidr;
+  /** Onsite: packet tunnels at all (false: TCP/UDP forwards only). */
+  enabled: boolean;
+  /** Onsite: bridged mode (a whole L2 segment) must be allowed explicitly. */
+  bridged: boolean;
+  /** Onsite: the LAN bridge a bridged tunnel's TAP joins. */
+  lan_bridge: string;
+}
+
 export const AP_FORWARD = ["lan", "uplinks"] as const;
 export type ApForward = (typeof AP_FORWARD)[number];
 
@@ -120,6 +136,7 @@ export interface Config {
   /** Relay: which masters may open sessions to which onsite devices; empty = every master
    * of the fleet may reach every onsite device. */
   access: AccessRule[];
+  tunnel: TunnelConfig;
 }
 
 /** The file name of the relay's default revocation list inside the state dir. */
@@ -300,12 +317,13 @@ const EXAMPLES: Record<string, string> = {
   tracking: '[tracking] targets = ["1.1.1.1:443"], interval = "1s", timeout = "1s", down = 3, up = 5',
   ap: '[ap] enabled = true, interface = "wlan0", ssid = "agent-setup", country = "FR", address = "10.250.250.1/24"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
+  tunnel: '[tunnel] secondary = "eth1", dhcp = true, pool = "10.99.0.0/16" (master); enabled = true, bridged = false, lan_bridge = "br-lan" (onsite)',
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
 };
 
 function exampleFor(key: string, origin: Origin): string | undefined {
   if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
-  const section = /^(nat|tracking|ap)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
+  const section = /^(nat|tracking|ap|tunnel)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
   return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
@@ -413,6 +431,20 @@ const AP: Schema = {
   },
 };
 
+const TUNNEL: Schema = {
+  secondary: ifname,
+  dhcp: bool,
+  pool: wrap("an IPv4 network such as 10.99.0.0/16 (a /30 per tunnel)", (s) => {
+    const c = parseCidr(s);
+    if (c.prefix > 30) throw new Error(`expected a network of /30 or larger (each tunnel takes a /30), got ${JSON.stringify(s)}`);
+    if (c.prefix < 8) throw new Error(`expected a network of /8 or smaller, got ${JSON.stringify(s)}`);
+    return c;
+  }),
+  enabled: bool,
+  bridged: bool,
+  lan_bridge: ifname,
+};
+
 export function defaults(): Config {
   return {
     allow: PRIVATE_RANGES.map(parseAllowEntry),
@@ -423,6 +455,7 @@ export function defaults(): Config {
     nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, allow_any_source: false, keep_on_stop: false },
     uplink: [],
     access: [],
+    tunnel: { secondary: "eth1", dhcp: true, pool: parseCidr("10.99.0.0/16"), enabled: false, bridged: false, lan_bridge: "br-lan" },
     // Failover within ~4 s of a black hole (3 failed 1 s rounds), at once on link loss. Three
     // staggered connects per round keep a 10%-lossy link from failing 3 rounds in a row
     // (about once a month instead of every few minutes). See src/uplink/README.md.
@@ -485,7 +518,7 @@ export function resolveConfig(sources: ConfigSource[]): Config {
     }
   };
 
-  const sections: Record<string, Schema> = { nat: NAT, tracking: TRACKING, ap: AP };
+  const sections: Record<string, Schema> = { nat: NAT, tracking: TRACKING, ap: AP, tunnel: TUNNEL };
   for (const { origin, raw } of sources) {
     for (const [k, v] of Object.entries(raw)) {
       if (k in sections) {
@@ -646,6 +679,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   revocations: { roles: ["relay"], why: "only the relay checks certificates against a revocation list", shown: "revocations" },
   access: { roles: ["relay"], why: "only the relay enforces [[access]] rules", shown: "[[access]]" },
   gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
+  tunnel: { roles: ["onsite", "master"], why: "packet tunnels run between a master and an onsite device; the relay only routes them", shown: "[tunnel]" },
   relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
 };

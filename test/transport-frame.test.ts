@@ -144,7 +144,10 @@ describe("FrameDecoder", () => {
 
   test.each([
     ["an unknown version", header(2, FrameType.DATA, 0, 1, 0), /unsupported frame version 2/],
-    ["an unknown frame type", header(1, 6, 0, 1, 0), /unknown frame type 6/],
+    ["an unknown frame type", header(1, 7, 0, 1, 0), /unknown frame type 7/],
+    ["PACKET on stream 0", header(1, FrameType.PACKET, 0, 0, 10), /stream 0/],
+    ["PACKET with a flag", header(1, FrameType.PACKET, Flag.FIN, 1, 10), /on a PACKET frame, which takes none/],
+    ["an oversized PACKET frame", header(1, FrameType.PACKET, 0, 1, MAX_PAYLOAD + 1), /exceeds the limit/],
     ["frame type 255", header(1, 255, 0, 1, 0), /unknown frame type 255/],
     ["unknown flags", header(1, FrameType.DATA, 0x10, 1, 0), /unknown frame flags 0x10/],
     ["MORE on a DATA frame", header(1, FrameType.DATA, Flag.MORE, 1, 0), /flag MORE on frame type 0; only CONTROL frames continue/],

@@ -22,7 +22,7 @@ test("frame format constants", () => {
 });
 
 test("frame type ids are frozen", () => {
-  expect({ ...FrameType }).toEqual({ DATA: 0, WINDOW: 1, PING: 2, GOAWAY: 3, RESET: 4, CONTROL: 5 });
+  expect({ ...FrameType }).toEqual({ DATA: 0, WINDOW: 1, PING: 2, GOAWAY: 3, RESET: 4, CONTROL: 5, PACKET: 6 });
 });
 
 test("flag bits are frozen", () => {
@@ -49,6 +49,7 @@ test("control message ids are frozen", () => {
     SESSION_CLOSE: 22,
     SESSIONS: 23,
     SESSION_END: 24,
+    TUNNEL_MODE: 25,
     NAT_REQUEST: 30,
   });
 });
@@ -119,16 +120,23 @@ const bodies: { [M in MsgType]: BodyOf<M>[] } = {
   [Msg.SESSION_OPEN]: [
     { onsite: "site-1", targets: ["10.0.0.5:80"], ttl: null, session: null },
     { onsite: "site-1", targets: ["10.0.0.5:80", "[2001:db8::1]:22"], ttl: 3_600_000, session: "s-1a2b3c4d" },
+    { onsite: "site-1", targets: [], ttl: null, session: null, tunnel: { mode: "routed", addressing: { master: "10.99.0.1/30", onsite: "10.99.0.2/30" } } },
+    { onsite: "site-1", targets: [], ttl: null, session: null, tunnel: { mode: "bridged" }, udp: ["192.168.1.1:53"] },
   ],
   [Msg.SESSION_OFFER]: [
     { session: "s-1a2b3c4d", master: "tech-1", targets: ["10.0.0.5:80"], expires: "2026-12-01T09:00:00.000Z" },
     { session: "s-1a2b3c4d", master: "tech-1", targets: ["10.0.0.5:80"], expires: null },
+    { session: "s-1a2b3c4d", master: "tech-1", targets: [], expires: null, tunnel: { mode: "routed", addressing: { master: "10.99.0.1/30", onsite: "10.99.0.2/30" } }, udp: ["192.168.1.1:53"] },
   ],
   [Msg.SESSION_CLOSE]: [{ session: "s-1a2b3c4d", reason: "TTL of 60 s reached", final: true }],
   [Msg.SESSIONS]: [{}],
   [Msg.SESSION_END]: [
     { session: "s-1a2b3c4d", reason: "done" },
     { session: "s-1a2b3c4d", reason: null },
+  ],
+  [Msg.TUNNEL_MODE]: [
+    { session: "s-1a2b3c4d", mode: "bridged" },
+    { session: "s-1a2b3c4d", mode: "routed", addressing: { master: "10.99.0.5/30", onsite: "10.99.0.6/30" } },
   ],
   [Msg.NAT_REQUEST]: [
     { session: "s-1a2b3c4d", proto: "udp", port: "8080", to: "192.168.1.50:80", ttl: "15m", iface: "eth0" },
@@ -139,9 +147,10 @@ const bodies: { [M in MsgType]: BodyOf<M>[] } = {
 const replies: { [M in RequestMsg]: ReplyOf<M>[] } = {
   [Msg.DEVICES]: [[device, { ...device, id: "site-2", online: false, rtt_ms: null }], []],
   [Msg.SESSION_OPEN]: [session, { ...session, expires: "2026-12-01T09:00:00.000Z" }],
-  [Msg.SESSION_OFFER]: [{}],
-  [Msg.SESSIONS]: [[session], []],
+  [Msg.SESSION_OFFER]: [{}, { warnings: ["w"], tunnel: { mode: "routed", subnets: ["192.168.1.0/24"], onsite: { iface: "agt-t-1", addresses: ["10.99.0.2/30"], routes: [] } } }],
+  [Msg.SESSIONS]: [[session, { ...session, targets: [], udp: ["192.168.1.1:53"], tunnel: { mode: "routed", subnets: ["192.168.1.0/24"], onsite: { iface: "agt-t-1", addresses: ["10.99.0.2/30"], routes: [] }, addressing: { master: "10.99.0.1/30", onsite: "10.99.0.2/30" }, relay: { to_onsite: { packets_out: 3, bytes_out: 300, packets_in: 3, bytes_in: 300, drops: { queue_full: 1, oversize: 0, closed: 0, no_stream: 0, device: 0 } }, to_master: { packets_out: 0, bytes_out: 0, packets_in: 0, bytes_in: 0, drops: { queue_full: 0, oversize: 0, closed: 0, no_stream: 0, device: 0 } } } } }], []],
   [Msg.SESSION_END]: [{}],
+  [Msg.TUNNEL_MODE]: [{ mode: "bridged", subnets: [], onsite: { iface: "agt-p-1", addresses: [], routes: [], bridge: "br-lan" } }],
   [Msg.NAT_REQUEST]: [{ rule: { id: "r1", proto: "tcp", port: 8080 }, created: true }],
 };
 
@@ -189,6 +198,13 @@ describe("a malformed body is refused with the field and what it must be", () =>
     [Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"], ttl: 999 }, "ttl: expected milliseconds between 1 s and 7 days"],
     [Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"], ttl: MAX_SESSION_TTL + 1 }, "ttl: expected milliseconds between 1 s and 7 days"],
     [Msg.SESSION_OPEN, { onsite: "site-1", targets: ["10.0.0.5:80"], session: "S-UPPER" }, "session: expected an id such as s-1a2b3c4d"],
+    [Msg.SESSION_OPEN, { onsite: "site-1", targets: [], tunnel: { mode: "rm -rf /" } }, 'tunnel.mode: expected "routed" or "bridged", got "rm -rf /"'],
+    [Msg.SESSION_OPEN, { onsite: "site-1", targets: [], tunnel: { mode: "x".repeat(5000) } }, 'tunnel.mode: expected "routed" or "bridged", got a string of 5000 characters'],
+    [Msg.SESSION_OPEN, { onsite: "site-1", targets: [], tunnel: "routed" }, 'tunnel: expected a JSON object, got "routed"'],
+    [Msg.SESSION_OPEN, { onsite: "site-1", targets: [], tunnel: { mode: "routed", addressing: { master: "10.99.0.1", onsite: "10.99.0.2/30" } } }, 'tunnel.addressing.master: expected an IPv4 address with prefix such as 10.99.0.1/30, got "10.99.0.1"'],
+    [Msg.SESSION_OPEN, { onsite: "site-1", targets: [], udp: ["nonsense"] }, 'udp[0]: expected HOST:PORT such as relay.example.net:443, got "nonsense"'],
+    [Msg.TUNNEL_MODE, { session: "s-1", mode: "ROUTED" }, 'mode: expected "routed" or "bridged", got "ROUTED"'],
+    [Msg.TUNNEL_MODE, { session: "s-1", mode: null }, 'mode: expected "routed" or "bridged", got null'],
     [Msg.SESSION_OFFER, { session: "s-1", master: "m", targets: ["x:1"], expires: "soon" }, 'expires: expected an ISO time or null, got "soon"'],
     [Msg.SESSION_OFFER, { session: "s-1", master: "m", targets: "x:1", expires: null }, 'targets: expected an array of HOST:PORT strings, got "x:1"'],
     [Msg.SESSION_CLOSE, { session: "s-1", reason: "x", final: "yes" }, 'final: expected true or false, got "yes"'],

@@ -34,6 +34,7 @@ export const rootCommand: AgentCommand = {
     sessions: () => import("./sessions.ts").then((m) => m.sessionsCommand),
     disconnect: () => import("./sessions.ts").then((m) => m.disconnectCommand),
     nat: () => import("./nat.ts").then((m) => m.natCommand),
+    tunnel: () => import("./tunnel.ts").then((m) => m.tunnelCommand),
     uplink: () => import("./uplink.ts").then((m) => m.uplinkCommand),
     version: versionCommand,
     help: helpCommand,
@@ -60,7 +61,7 @@ export async function runMain(argv: readonly string[], ctx: Partial<CliContext> 
 }
 
 /** The commands that talk to a daemon: a hint naming one must reach the same daemon. */
-const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink"]);
+const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel"]);
 
 /** " --control X --config Y" as given in `argv` (either spelling, before or after the command). */
 function reachFlagsOf(argv: readonly string[]): string {

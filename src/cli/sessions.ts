@@ -11,6 +11,7 @@ import { MAX_SESSION_TTL } from "../transport/messages.ts";
 import { defineAgentCommand, flag, str, strs } from "./args.ts";
 import { reachFlags } from "./format.ts";
 import { configArgs, configFromArgs, daemonClient } from "./common.ts";
+import { formatTunnel, parseModeArg, sshPeer } from "./tunnel.ts";
 
 const json = { type: "boolean", description: "print JSON" } as const;
 
@@ -72,11 +73,12 @@ export const devicesCommand = defineAgentCommand({
 });
 
 export const connectCommand = defineAgentCommand({
-  meta: { name: "connect", description: "Open a session to an onsite device with local port forwards (master)" },
+  meta: { name: "connect", description: "Open a session to an onsite device with local port forwards and/or a packet tunnel (master)" },
   args: {
     ...configArgs,
     id: { type: "positional", valueHint: "id", description: "onsite device id (see `agent devices`)" },
     forward: { type: "string", valueHint: "[bind:]lport:host:port", description: "listen on BIND:LPORT (default bind 127.0.0.1; port 0: any) and carry each connection to HOST:PORT behind the device (repeatable)" },
+    tunnel: { type: "string", valueHint: "routed|bridged", description: "a packet tunnel: routed (TUN, routes to the device's LAN) or bridged (TAP in the LAN's bridge)" },
     ttl: { type: "string", valueHint: "duration", description: "end the session after this long, e.g. 30m" },
     json,
   },
@@ -84,7 +86,9 @@ export const connectCommand = defineAgentCommand({
   runsOn: ["master"],
   async exec(args, ctx) {
     const forwards = strs(args, "forward");
-    if (forwards.length === 0) throw new UsageError("agent connect needs at least one --forward [BIND:]LPORT:HOST:PORT", "e.g. agent connect site-1 --forward 8080:192.168.1.50:80");
+    const tunnelText = str(args, "tunnel");
+    const tunnel = tunnelText === undefined ? undefined : parseModeArg(tunnelText, "--tunnel");
+    if (forwards.length === 0 && !tunnel) throw new UsageError("agent connect needs at least one --forward [BIND:]LPORT:HOST:PORT or --tunnel routed|bridged", "e.g. agent connect site-1 --forward 8080:192.168.1.50:80, or agent connect site-1 --tunnel routed");
     for (const f of forwards) {
       try {
         parseForward(f);
@@ -104,13 +108,15 @@ export const connectCommand = defineAgentCommand({
       if (ttl > MAX_SESSION_TTL) throw new UsageError(`--ttl: at most ${formatDuration(MAX_SESSION_TTL)}, got ${ttlText}`, "a session lives at most that long; open a new one when it ends");
     }
     const cfg = await configFromArgs(args);
-    const s = await daemonClient<MasterApi>(ctx, cfg.control, { timeoutMs: 30_000 }).call("connect", { onsite: str(args, "id") ?? "", forwards, ttl });
+    const requester = tunnel ? sshPeer(process.env) : undefined;
+    const s = await daemonClient<MasterApi>(ctx, cfg.control, { timeoutMs: 30_000 }).call("connect", { onsite: str(args, "id") ?? "", forwards, ttl, ...(tunnel ? { tunnel } : {}), ...(requester ? { requester } : {}) });
     if (flag(args, "json")) {
       ctx.io.out(JSON.stringify(s, null, 2) + "\n");
       return 0;
     }
     const lines = [`session ${s.session} to ${s.onsite} (${left(s.expires)})`];
     for (const f of s.forwards) lines.push(`  ${f.bind}:${f.port} → ${f.target}`);
+    if (s.tunnel) lines.push(...formatTunnel(s.session, s.tunnel));
     // What the device found when it tried each target (refused, no answer): said at once.
     for (const w of s.warnings ?? []) lines.push(`warning: ${w}`);
     lines.push(`end it with: agent disconnect ${s.session}${reachFlags(args)}`);
@@ -128,18 +134,20 @@ export function formatSessions(list: SessionView[] | SessionInfo[] | OnsiteSessi
       s.session,
       s.onsite,
       s.state,
-      s.forwards.map((f) => `${f.bind}:${f.port}→${f.target}`).join(" "),
+      [...s.forwards.map((f) => `${f.bind}:${f.port}→${f.target}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])].join(" ") || "-",
       s.state === "closed" ? "-" : left(s.expires, now),
       // A forward whose connections failed says how often, and the last reason, as ssh -L would.
       [s.reason, ...s.forwards.filter((f) => f.errors).map((f) => `${f.target}: ${f.errors} failed, last: ${f.last_error}`)].join("; "),
     ]);
-    return formatTable(["SESSION", "ONSITE", "STATE", "FORWARDS", "TTL", "NOTE"], rows);
+    const table = formatTable(["SESSION", "ONSITE", "STATE", "FORWARDS", "TTL", "NOTE"], rows);
+    const tunnels = (list as SessionView[]).filter((s) => s.tunnel && s.state !== "closed").flatMap((s) => formatTunnel(s.session, s.tunnel!));
+    return tunnels.length ? `${table}\n${tunnels.join("\n")}\n` : table;
   }
   if ("onsite" in first) {
     const rows = (list as SessionInfo[]).map((s) => [s.session, s.master, s.onsite, s.targets.join(" "), ago(s.opened, now), left(s.expires, now)]);
     return formatTable(["SESSION", "MASTER", "ONSITE", "TARGETS", "OPENED", "TTL"], rows);
   }
-  const rows = (list as OnsiteSessionView[]).map((s) => [s.session, s.master, s.targets.join(" "), String(s.streams)]);
+  const rows = (list as OnsiteSessionView[]).map((s) => [s.session, s.master, [...s.targets, ...(s.udp ?? []).map((t) => `udp:${t}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel${s.tunnel.onsite ? ` on ${s.tunnel.onsite.iface}` : ""}`] : [])].join(" ") || "-", String(s.streams)]);
   return formatTable(["SESSION", "MASTER", "TARGETS", "STREAMS"], rows);
 }
 

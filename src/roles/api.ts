@@ -9,6 +9,7 @@ import type { AddResult, RuleView } from "../nat/service.ts";
 import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
 import type { Refusal } from "../tunnel/relay/refusals.ts";
+import type { OnsiteTunnelView } from "../tunnel/packet/onsite-tunnels.ts";
 import type { UplinkReport } from "../uplink/manager.ts";
 import type { WifiReport } from "../uplink/wifi.ts";
 import type { WifiNetwork } from "../uplink/wpa.ts";
@@ -26,10 +27,21 @@ export interface DaemonApi {
 export interface ConnectRequest {
   /** Onsite device id (see `devices`). */
   onsite: string;
-  /** `[BIND:]LPORT:HOST:PORT`, at least one. */
+  /** `[BIND:]LPORT:HOST:PORT` (TCP) or `udp:[BIND:]LPORT:HOST:PORT`; at least one unless `tunnel` is given. */
   forwards: string[];
   /** Session lifetime in ms; absent or null: the relay's default. */
   ttl?: number | null;
+  /** A packet tunnel: "routed" or "bridged" (then `forwards` may be empty). */
+  tunnel?: string;
+  /** The address the request came from (the CLI's SSH client, if any): bridged is refused from the secondary interface. */
+  requester?: string;
+}
+
+/** `agent tunnel mode SESSION routed|bridged`. */
+export interface TunnelModeRequest {
+  session: string;
+  mode: string;
+  requester?: string;
 }
 
 export interface SessionRequest {
@@ -58,6 +70,8 @@ export interface MasterApi extends DaemonApi {
   sessions(): SessionView[];
   disconnect(req: SessionRequest): Promise<SessionView>;
   natAdd(req: MasterNatAddRequest): Promise<AddResult>;
+  /** Switches a live session's tunnel between routed and bridged (the session stays). */
+  tunnelMode?(req: TunnelModeRequest): Promise<SessionView>;
 }
 
 // ---- onsite ----
@@ -109,6 +123,10 @@ export interface OnsiteSessionView {
   targets: string[];
   opened: string;
   streams: number;
+  /** UDP forwards' targets, if any. */
+  udp?: string[];
+  /** The session's tunnel end on this device, if any. */
+  tunnel?: OnsiteTunnelView;
 }
 
 export interface OnsiteApi extends DaemonApi, NatApi, Partial<UplinkApi>, Partial<WifiApi> {

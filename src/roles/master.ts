@@ -16,6 +16,21 @@ import { relayClientFor } from "./device.ts";
 import type { AddResult } from "../nat/service.ts";
 import type { MasterApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
+import { parseTunnelMode, type MasterTunnelHost } from "../tunnel/packet/device.ts";
+import { refusingMasterHost } from "../tunnel/packet/refusing.ts";
+
+/** What composeMaster may be handed instead of the defaults (tests: a memory tunnel host). */
+export interface MasterDeps {
+  /** Where tunnel ends are made. Default: a host that refuses (TUN/TAP not composed in yet). */
+  tunnelHost?: MasterTunnelHost;
+}
+
+/** The mode a user or a client asked for, or a usage error naming it (pure). */
+export function tunnelModeOf(v: unknown, what: string): "routed" | "bridged" {
+  const mode = parseTunnelMode(v);
+  if (!mode) throw new UsageError(`${what}: expected routed or bridged, got ${typeof v === "string" ? JSON.stringify(v.slice(0, 40)) : String(v)}`, "routed: a TUN device and routes to the device's LAN; bridged: a TAP device in the LAN's bridge");
+  return mode;
+}
 
 export class MasterRole implements Component {
   readonly name = "master";
@@ -25,12 +40,14 @@ export class MasterRole implements Component {
   readonly api: Omit<MasterApi, "status">;
 
   /** With `control`, serves `api` there itself (composeMaster serves the whole API instead). */
-  constructor(cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer) {
+  constructor(cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer, deps: MasterDeps = {}) {
     if (cfg.gui) log.warn(`the web GUI is not built yet: ${cfg.gui.host}:${cfg.gui.port} serves nothing; use agent devices / connect / sessions`);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
       relay: () => this.client.connection,
       relayState: () => this.relayState(),
+      tunnelHost: deps.tunnelHost ?? refusingMasterHost(),
+      tunnelPool: cfg.tunnel.pool,
     });
     this.client = relayClientFor(cfg, bundle, log, "master", {
       setup: (conn) => this.sessions.setup(conn),
@@ -47,7 +64,8 @@ export class MasterRole implements Component {
         const onsite = req?.onsite;
         if (typeof onsite !== "string" || !onsite) throw new UsageError("connect: missing device id");
         const forwards = Array.isArray(req.forwards) ? req.forwards : [];
-        if (forwards.length === 0) throw new UsageError("connect: give at least one --forward [BIND:]LPORT:HOST:PORT");
+        const tunnel = req.tunnel === undefined || req.tunnel === null ? undefined : tunnelModeOf(req.tunnel, "--tunnel");
+        if (forwards.length === 0 && !tunnel) throw new UsageError("connect: give at least one --forward [BIND:]LPORT:HOST:PORT, or --tunnel routed|bridged");
         let specs: ForwardSpec[];
         try {
           specs = forwards.map((f) => parseForward(String(f)));
@@ -55,9 +73,19 @@ export class MasterRole implements Component {
           throw new UsageError((e as Error).message);
         }
         const ttl = typeof req.ttl === "number" ? req.ttl : null;
-        return this.sessions.connect(onsite, specs, ttl).catch((e: unknown) => {
-          throw notFound(e);
+        const requester = typeof req.requester === "string" && req.requester ? req.requester : undefined;
+        return this.sessions.connect(onsite, specs, ttl, { ...(tunnel ? { tunnel } : {}), ...(requester ? { requester } : {}) }).catch((e: unknown) => {
+          throw userError(notFound(e));
         });
+      },
+      tunnelMode: async (req) => {
+        const mode = tunnelModeOf(req?.mode, "tunnel mode");
+        const requester = typeof req?.requester === "string" && req.requester ? req.requester : undefined;
+        try {
+          return await this.sessions.switchMode(String(req?.session ?? ""), mode, requester);
+        } catch (e) {
+          throw userError(notFound(e));
+        }
       },
       sessions: () => this.sessions.list(),
       disconnect: async (req) => {
@@ -108,8 +136,8 @@ export class MasterRole implements Component {
 }
 
 /** The master daemon: its role on the daemon shell, and the whole MasterApi on the control socket. */
-export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger): { role: MasterRole; api: MasterApi } {
-  const role = new MasterRole(cfg, bundle, log.withTag("master"));
+export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger, deps: MasterDeps = {}): { role: MasterRole; api: MasterApi } {
+  const role = new MasterRole(cfg, bundle, log.withTag("master"), undefined, deps);
   daemon.add(role);
   const api: MasterApi = { ...daemon.api(), ...role.api };
   daemon.control.serve(api, "master");
@@ -142,5 +170,14 @@ function notFound(e: unknown): unknown {
     const hint = e.code === ErrorCode.NO_SESSION ? "`agent sessions` lists this master's sessions" : "`agent devices` lists the devices this master may reach";
     return new NotFoundError(e.message, e.message.includes("`agent ") ? undefined : hint);
   }
+  return e;
+}
+
+/**
+ * A refusal that is the user's to fix (bridging from the secondary interface, a mode the device
+ * does not allow, a session without a tunnel) as a usage error (exit 2); the rest unchanged.
+ */
+function userError(e: unknown): unknown {
+  if (e instanceof RemoteError && (e.code === ErrorCode.BAD_REQUEST || e.code === ErrorCode.REFUSED) && /tunnel|bridg/i.test(e.message)) return new UsageError(e.message);
   return e;
 }

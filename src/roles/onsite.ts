@@ -21,6 +21,9 @@ import { relayClientFor } from "./device.ts";
 import type { NatComponentOptions } from "../nat/component.ts";
 import type { OnsiteApi, NatApi, UplinkApi, WifiApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
+import type { OnsiteTunnelHost } from "../tunnel/packet/device.ts";
+import { OnsiteTunnels } from "../tunnel/packet/onsite-tunnels.ts";
+import { refusingOnsiteHost } from "../tunnel/packet/refusing.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -29,6 +32,9 @@ export class OnsiteRole implements Component {
   readonly name = "onsite";
   readonly client: RelayClient;
   readonly sessions: SessionServer;
+  /** Packet tunnels' ends on this device (refused unless [tunnel] enabled = true). */
+  readonly tunnels: OnsiteTunnels;
+  private readonly tunnelHost: OnsiteTunnelHost;
   /** The active uplink's name; the uplink manager sets it. */
   uplink = "";
   private refresh: ReturnType<typeof setInterval> | null = null;
@@ -39,8 +45,11 @@ export class OnsiteRole implements Component {
   readonly api: Pick<OnsiteApi, "sessions" | "redial">;
 
   /** With `control`, serves `api` there itself (composeOnsite serves the whole API instead). */
-  constructor(private readonly cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">) {
+  constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control?: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">, tunnelHost?: OnsiteTunnelHost) {
+    this.tunnelHost = tunnelHost ?? refusingOnsiteHost();
+    this.tunnels = new OnsiteTunnels({ id: bundle.id, host: this.tunnelHost, policy: () => this.cfg.tunnel, log: log.withTag("tunnel") });
     this.sessions = new SessionServer({
+      tunnels: this.tunnels,
       id: bundle.id,
       allow: () => this.cfg.allow,
       log: log.withTag("sessions"),
@@ -82,7 +91,11 @@ export class OnsiteRole implements Component {
       onDown: (why) => this.sessions.endAll(`relay connection lost: ${why.message}`),
     });
     this.api = {
-      sessions: () => [...this.sessions.sessions.entries()].map(([session, s]) => ({ session, master: s.master, targets: s.targets, opened: new Date(s.opened).toISOString(), streams: s.streams })),
+      sessions: () =>
+        [...this.sessions.sessions.entries()].map(([session, s]) => {
+          const tunnel = this.tunnels.view(session);
+          return { session, master: s.master, targets: s.targets, opened: new Date(s.opened).toISOString(), streams: s.streams, ...(s.udp ? { udp: s.udp } : {}), ...(tunnel ? { tunnel } : {}) };
+        }),
       redial: (req) => {
         this.client.redial(typeof req?.reason === "string" ? req.reason : "asked over the control socket");
         return {};
@@ -112,6 +125,8 @@ export class OnsiteRole implements Component {
   }
 
   start(): void {
+    // What an earlier run left behind (a kill -9 leaves devices and rules) goes before anything new is made.
+    if (this.cfg.tunnel.enabled) void this.tunnelHost.sweep().then((gone) => gone.length && this.log.info(`removed leftovers of an earlier run: ${gone.join(", ")}`), (e: Error) => this.log.warn(`sweeping tunnel leftovers: ${e.message}`));
     this.client.start();
     this.refresh = setInterval(() => this.sendInventory(), INVENTORY_REFRESH_MS);
   }
@@ -123,12 +138,15 @@ export class OnsiteRole implements Component {
   async close(): Promise<void> {
     if (this.refresh) clearInterval(this.refresh);
     await this.client.close();
+    await this.tunnels.closeAll("the onsite daemon is stopping");
   }
 }
 
 export interface OnsiteOptions {
   /** The firewall backend and command runner of the NAT service (tests: fakes). */
   nat?: Pick<NatComponentOptions, "backend" | "exec">;
+  /** Where tunnel ends are made. Default: a host that refuses (TUN/TAP not composed in yet). */
+  tunnelHost?: OnsiteTunnelHost;
 }
 
 export interface OnsiteDaemon {
@@ -150,7 +168,7 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
   const nat = createNatComponent({ control, config: cfg, log: log.withTag("nat"), ...opts.nat });
   daemon.add(nat);
   const natApi = natApiOf(control);
-  const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat);
+  const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat, opts.tunnelHost ?? refusingOnsiteHost());
   let uplinkApi: UplinkApi | undefined;
   let healthy: () => string[] = () => [];
   if (cfg.uplink.length > 0) {

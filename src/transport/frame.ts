@@ -37,9 +37,15 @@ export const FrameType = {
   RESET: 4,
   /** A typed control message on stream 0: payload = u16 message type + JSON body. */
   CONTROL: 5,
+  /**
+   * One whole packet (an IP packet, an Ethernet frame, a UDP datagram with its flow id) on a
+   * packet stream: `length` is the packet's length, 1..MAX_PACKET. Outside credit: a full queue
+   * drops packets, it never waits (src/transport/packet.ts). No flags.
+   */
+  PACKET: 6,
 } as const;
 export type FrameTypeId = (typeof FrameType)[keyof typeof FrameType];
-const MAX_TYPE = 5;
+const MAX_TYPE = 6;
 
 /** MORE: CONTROL only; the control message continues in the next CONTROL frame. */
 export const Flag = { SYN: 1, ACK: 2, FIN: 4, MORE: 8 } as const;
@@ -83,7 +89,7 @@ const EMPTY = new Uint8Array(0);
 
 /** Types whose `length` is a value, not a payload length. */
 function hasPayload(type: number): boolean {
-  return type === FrameType.DATA || type === FrameType.RESET || type === FrameType.CONTROL || type === FrameType.GOAWAY;
+  return type === FrameType.DATA || type === FrameType.RESET || type === FrameType.CONTROL || type === FrameType.GOAWAY || type === FrameType.PACKET;
 }
 
 export function encodeHeader(target: Uint8Array, offset: number, type: number, flags: number, stream: number, length: number): void {
@@ -210,7 +216,8 @@ function parseHeader(b: Uint8Array, at: number): { type: FrameTypeId; flags: num
   if ((type === FrameType.PING || type === FrameType.GOAWAY || type === FrameType.CONTROL) && stream !== 0) {
     throw new ProtocolError(`frame type ${type} on stream ${stream}; it belongs on stream 0`);
   }
-  if ((type === FrameType.DATA || type === FrameType.WINDOW || type === FrameType.RESET) && stream === 0) {
+  if (type === FrameType.PACKET && flags !== 0) throw new ProtocolError(`flags 0x${flags.toString(16)} on a PACKET frame, which takes none`);
+  if ((type === FrameType.DATA || type === FrameType.WINDOW || type === FrameType.RESET || type === FrameType.PACKET) && stream === 0) {
     throw new ProtocolError(`frame type ${type} on stream 0, which carries only control frames`);
   }
   return { type: type as FrameTypeId, flags, stream, length };

@@ -4,7 +4,8 @@
 //
 // Requests carry `rid` (a number unique per connection and direction) and are answered by a
 // REPLY with the same `rid`; everything else is one-way.
-import { parseHostPort } from "../netaddr.ts";
+import { parseCidr, parseHostPort, parseIPv4 } from "../netaddr.ts";
+import { DROP_REASONS, type PacketStats } from "./packet.ts";
 
 export const PROTOCOL_VERSIONS = [1] as const;
 
@@ -29,6 +30,9 @@ export const Msg = {
   SESSIONS: 23,
   /** master → relay request {session, reason?}: end a session for both sides */
   SESSION_END: 24,
+  /** master → relay → onsite request {session, mode, addressing?}: switch a live session's tunnel
+   * (the packet stream is replaced, not the session) → TunnelOffer */
+  TUNNEL_MODE: 25,
   /** master → relay → onsite request: a timed DNAT rule for the session's peer */
   NAT_REQUEST: 30,
 } as const;
@@ -83,6 +87,50 @@ export interface SessionInfo {
    * offer (a target that refused or did not answer). Absent when there was nothing to say.
    */
   warnings?: string[];
+  /** Added in 1 (compatible): the session's packet tunnel, if it has one. */
+  tunnel?: SessionTunnel;
+  /** Added in 1 (compatible): the UDP forwards' targets (HOST:PORT), if any. */
+  udp?: string[];
+}
+
+// ---- packet tunnels (issue 11) ------------------------------------------------------------
+
+/** The two tunnel modes (src/tunnel/packet/device.ts TunnelMode is the same union). */
+export type TunnelModeName = "routed" | "bridged";
+/** The point-to-point addresses of a routed tunnel, CIDR strings such as "10.99.0.1/30". */
+export interface TunnelAddressingBody {
+  master: string;
+  onsite: string;
+}
+/** What a session asks of the onsite device: a tunnel in this mode (routed: these addresses). */
+export interface TunnelRequestBody {
+  mode: TunnelModeName;
+  addressing?: TunnelAddressingBody;
+}
+/** One end's interface as `agent sessions` shows it. */
+export interface TunnelEndBody {
+  iface: string;
+  addresses: string[];
+  routes: string[];
+  bridge?: string;
+}
+/** The onsite device's answer to a tunnel request: what it routes and the end it made. */
+export interface TunnelOffer {
+  mode: TunnelModeName;
+  /** The subnets the onsite end routes (its allow list's CIDRs); the master routes them. */
+  subnets: string[];
+  onsite: TunnelEndBody;
+}
+/** A session's tunnel as the relay holds it (SessionInfo.tunnel). */
+export interface SessionTunnel extends TunnelOffer {
+  addressing?: TunnelAddressingBody;
+  /** Packets the relay carried (or dropped) towards each side. */
+  relay?: { to_onsite: PacketStats; to_master: PacketStats };
+}
+export interface TunnelModeBody {
+  session: string;
+  mode: TunnelModeName;
+  addressing?: TunnelAddressingBody;
 }
 
 // ---- bodies and decoders ------------------------------------------------------------------
@@ -152,6 +200,10 @@ export interface SessionOpenBody {
   ttl: number | null;
   /** Re-open this session id (a master resuming); null: the relay picks one. */
   session: string | null;
+  /** A packet tunnel for the session (then `targets` may be empty). */
+  tunnel?: TunnelRequestBody;
+  /** UDP forwards' targets, HOST:PORT (then `targets` may be empty). */
+  udp?: string[];
 }
 export interface SessionOfferBody {
   session: string;
@@ -159,10 +211,14 @@ export interface SessionOfferBody {
   targets: string[];
   /** ISO time, or null for no TTL. */
   expires: string | null;
+  tunnel?: TunnelRequestBody;
+  udp?: string[];
 }
 /** The onsite device's answer to SESSION_OFFER: it accepts; `warnings` about its targets, if any. */
 export interface SessionOfferReply {
   warnings?: string[];
+  /** When the offer asked for a tunnel: the end the device made. */
+  tunnel?: TunnelOffer;
 }
 export interface SessionCloseBody {
   session: string;
@@ -324,8 +380,12 @@ export function decodeSessionOpen(body: unknown): SessionOpenBody {
   const r = object(T, body);
   const onsite = r.o.onsite;
   if (typeof onsite !== "string" || onsite.length === 0 || onsite.length > MAX_DEVICE_ID) throw new MessageError(T, "onsite", "a device id");
+  const tunnel = tunnelRequestOf(r, "tunnel");
+  const udp = udpTargetsOf(r);
   const targets = r.o.targets;
-  if (!Array.isArray(targets) || targets.length === 0 || targets.length > MAX_TARGETS) throw new MessageError(T, "targets", `1-${MAX_TARGETS} HOST:PORT strings`);
+  // A session carries something: TCP targets, UDP targets or a tunnel.
+  const min = tunnel || udp?.length ? 0 : 1;
+  if (!Array.isArray(targets) || targets.length < min || targets.length + (udp?.length ?? 0) > MAX_TARGETS) throw new MessageError(T, "targets", `${min}-${MAX_TARGETS} HOST:PORT strings`);
   targets.forEach((t, i) => {
     if (typeof t !== "string") throw new MessageError(T, "targets", "HOST:PORT strings");
     checkTarget(T, `targets[${i}]`, t);
@@ -336,12 +396,112 @@ export function decodeSessionOpen(body: unknown): SessionOpenBody {
   }
   const session = r.o.session ?? null;
   if (session !== null && (typeof session !== "string" || !SESSION_ID.test(session))) throw new MessageError(T, "session", "an id such as s-1a2b3c4d");
-  return { onsite, targets: [...new Set(targets as string[])], ttl: ttl as number | null, session: session as string | null };
+  const out: SessionOpenBody = { onsite, targets: [...new Set(targets as string[])], ttl: ttl as number | null, session: session as string | null };
+  if (tunnel) out.tunnel = tunnel;
+  if (udp) out.udp = udp;
+  return out;
 }
+
+const TUNNEL_MODE_NAMES: readonly string[] = ["routed", "bridged"];
+
+/** A tunnel mode as a peer wrote it: anything else is refused, quoted (cut) in the error. */
+function tunnelModeOf(r: Reader, k: string): TunnelModeName {
+  const v = r.o[k];
+  if (typeof v !== "string" || !TUNNEL_MODE_NAMES.includes(v)) r.fail(k, `"routed" or "bridged"`, v);
+  return v as TunnelModeName;
+}
+
+/** A point-to-point address with its prefix, "10.99.0.1/30" (host bits may be set). */
+function addressOf(r: Reader, k: string): string {
+  const v = r.o[k];
+  const ok = typeof v === "string" && /^[\d.]+\/(\d|[12]\d|3[0-2])$/.test(v) && (() => {
+    try {
+      parseIPv4(v.slice(0, v.indexOf("/")));
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+  if (!ok) r.fail(k, "an IPv4 address with prefix such as 10.99.0.1/30", v);
+  return v as string;
+}
+
+function addressingOf(r: Reader, k: string): TunnelAddressingBody | undefined {
+  if (r.o[k] === undefined || r.o[k] === null) return undefined;
+  const a = object(r.type, r.o[k], r.at(k));
+  return { master: addressOf(a, "master"), onsite: addressOf(a, "onsite") };
+}
+
+function tunnelRequestOf(r: Reader, k: string): TunnelRequestBody | undefined {
+  if (r.o[k] === undefined || r.o[k] === null) return undefined;
+  const t = object(r.type, r.o[k], r.at(k));
+  const out: TunnelRequestBody = { mode: tunnelModeOf(t, "mode") };
+  const addressing = addressingOf(t, "addressing");
+  if (addressing) out.addressing = addressing;
+  return out;
+}
+
+function udpTargetsOf(r: Reader): string[] | undefined {
+  if (r.o.udp === undefined || r.o.udp === null) return undefined;
+  const v = r.o.udp;
+  if (!Array.isArray(v) || v.length > MAX_TARGETS || v.some((x) => typeof x !== "string")) throw new MessageError(r.type, r.at("udp"), `0-${MAX_TARGETS} HOST:PORT strings`);
+  (v as string[]).forEach((t, i) => checkTarget(r.type, r.at(`udp[${i}]`), t));
+  return [...new Set(v as string[])];
+}
+
+function cidrsOf(r: Reader, k: string): string[] {
+  const v = r.strs(k, "an array of CIDR strings");
+  v.forEach((c, i) => {
+    try {
+      parseCidr(c);
+    } catch (e) {
+      throw new MessageError(r.type, r.at(`${k}[${i}]`), "a CIDR such as 192.168.1.0/24", (e as Error).message);
+    }
+  });
+  return v;
+}
+
+function tunnelEndOf(r: Reader): TunnelEndBody {
+  const out: TunnelEndBody = { iface: r.str("iface", 15), addresses: r.strs("addresses"), routes: r.strs("routes") };
+  if (r.o.bridge !== undefined && r.o.bridge !== null) out.bridge = r.str("bridge", 15);
+  return out;
+}
+
+function tunnelOfferOf(r: Reader): TunnelOffer {
+  return { mode: tunnelModeOf(r, "mode"), subnets: cidrsOf(r, "subnets"), onsite: tunnelEndOf(object(r.type, r.o.onsite, r.at("onsite"))) };
+}
+
+function packetStatsOf(r: Reader): PacketStats {
+  const d = object(r.type, r.o.drops, r.at("drops"));
+  const drops = {} as PacketStats["drops"];
+  for (const reason of DROP_REASONS) drops[reason] = d.o[reason] === undefined ? 0 : d.num(reason, isCount, "a count");
+  return { packets_out: r.num("packets_out", isCount, "a count"), bytes_out: r.num("bytes_out", isCount, "a count"), packets_in: r.num("packets_in", isCount, "a count"), bytes_in: r.num("bytes_in", isCount, "a count"), drops };
+}
+
+function sessionTunnelOf(r: Reader): SessionTunnel {
+  const out: SessionTunnel = tunnelOfferOf(r);
+  const addressing = addressingOf(r, "addressing");
+  if (addressing) out.addressing = addressing;
+  if (r.o.relay !== undefined && r.o.relay !== null) {
+    const rel = object(r.type, r.o.relay, r.at("relay"));
+    out.relay = { to_onsite: packetStatsOf(object(r.type, rel.o.to_onsite, rel.at("to_onsite"))), to_master: packetStatsOf(object(r.type, rel.o.to_master, rel.at("to_master"))) };
+  }
+  return out;
+}
+
+export function decodeTunnelMode(body: unknown): TunnelModeBody {
+  const r = object(Msg.TUNNEL_MODE, body);
+  const out: TunnelModeBody = { session: r.str("session"), mode: tunnelModeOf(r, "mode") };
+  const addressing = addressingOf(r, "addressing");
+  if (addressing) out.addressing = addressing;
+  return out;
+}
+
+export const decodeTunnelOffer = (v: unknown): TunnelOffer => tunnelOfferOf(object(Msg.TUNNEL_MODE, v, "result"));
 
 export function decodeSessionOffer(body: unknown): SessionOfferBody {
   const r = object(Msg.SESSION_OFFER, body);
-  return {
+  const out: SessionOfferBody = {
     session: r.str("session"),
     master: r.str("master"),
     targets: r.strs("targets", "an array of HOST:PORT strings"),
@@ -351,6 +511,11 @@ export function decodeSessionOffer(body: unknown): SessionOfferBody {
       return s;
     }),
   };
+  const tunnel = tunnelRequestOf(r, "tunnel");
+  if (tunnel) out.tunnel = tunnel;
+  const udp = udpTargetsOf(r);
+  if (udp) out.udp = udp;
+  return out;
 }
 
 export function decodeSessionClose(body: unknown): SessionCloseBody {
@@ -405,6 +570,8 @@ function sessionInfo(r: Reader): SessionInfo {
   };
   const warnings = warningsOf(r);
   if (warnings) info.warnings = warnings;
+  if (r.o.tunnel !== undefined && r.o.tunnel !== null) info.tunnel = sessionTunnelOf(object(r.type, r.o.tunnel, r.at("tunnel")));
+  if (r.o.udp !== undefined && r.o.udp !== null) info.udp = r.strs("udp");
   return info;
 }
 
@@ -417,8 +584,11 @@ function warningsOf(r: Reader): string[] | undefined {
 export function decodeSessionOfferReply(v: unknown): SessionOfferReply {
   // A handler that returns nothing answers null: "accepted, nothing to say".
   if (v === null || v === undefined) return {};
-  const warnings = warningsOf(object(Msg.SESSION_OFFER, v, "result"));
-  return warnings ? { warnings } : {};
+  const r = object(Msg.SESSION_OFFER, v, "result");
+  const warnings = warningsOf(r);
+  const out: SessionOfferReply = warnings ? { warnings } : {};
+  if (r.o.tunnel !== undefined && r.o.tunnel !== null) out.tunnel = tunnelOfferOf(object(r.type, r.o.tunnel, r.at("tunnel")));
+  return out;
 }
 
 /** Results of the requests: what the REPLY's `result` carries. */
@@ -446,6 +616,7 @@ export interface Catalogue {
   [Msg.SESSION_CLOSE]: { body: SessionCloseBody };
   [Msg.SESSIONS]: { body: EmptyBody; reply: SessionInfo[] };
   [Msg.SESSION_END]: { body: SessionEndBody; reply: EmptyBody };
+  [Msg.TUNNEL_MODE]: { body: TunnelModeBody; reply: TunnelOffer };
   [Msg.NAT_REQUEST]: { body: NatRequestBody; reply: NatReply };
 }
 export type BodyOf<M extends MsgType> = Catalogue[M]["body"];
@@ -465,6 +636,7 @@ export const decoders: { [M in MsgType]: (body: unknown) => BodyOf<M> } = {
   [Msg.SESSION_CLOSE]: decodeSessionClose,
   [Msg.SESSIONS]: decodeEmpty(Msg.SESSIONS),
   [Msg.SESSION_END]: decodeSessionEnd,
+  [Msg.TUNNEL_MODE]: decodeTunnelMode,
   [Msg.NAT_REQUEST]: decodeNatRequest,
 };
 
@@ -475,5 +647,6 @@ export const replyDecoders: { [M in RequestMsg]: (result: unknown) => ReplyOf<M>
   [Msg.SESSION_OFFER]: decodeSessionOfferReply,
   [Msg.SESSIONS]: decodeSessionsReply,
   [Msg.SESSION_END]: emptyReply(Msg.SESSION_END),
+  [Msg.TUNNEL_MODE]: decodeTunnelOffer,
   [Msg.NAT_REQUEST]: decodeNatReply,
 };

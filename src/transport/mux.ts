@@ -8,6 +8,7 @@ import {
 import { Msg, isKnownMsg, msgName, ErrorCode } from "./messages.ts";
 import type { Link } from "./link.ts";
 import { Limits, Timing } from "./policy.ts";
+import { PacketSender, isPacketOpen, packetProblem, type PacketLink, type PacketStats } from "./packet.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 
 export interface Log {
@@ -73,7 +74,7 @@ export interface ConnectionOptions {
 /** A link's queue beyond this: streams keep their data (and pause their sources) until drain. */
 const LINK_HIGH_WATER = 4 * 1024 * 1024;
 
-export class Connection {
+export class Connection implements PacketLink {
   readonly side: "dialer" | "acceptor";
   readonly log: Log;
   readonly window: number;
@@ -84,7 +85,8 @@ export class Connection {
   private nextRid = 1;
   private readonly handlers = new Map<number, RequestHandler>();
   private readonly listeners = new Map<number, MessageHandler>();
-  private readonly blocked = new Set<Stream>();
+  /** Streams and packet senders waiting for the link to drain. */
+  private readonly blocked = new Set<{ flush(): void }>();
   /** Pieces of a control message sent over several frames (Flag.MORE), bounded by maxControlIn. */
   private readonly controlParts: Uint8Array[] = [];
   private controlBytes = 0;
@@ -356,7 +358,8 @@ export class Connection {
       }
       return;
     }
-    if (f.type === FrameType.DATA) s.receiveData(f.payload, (f.flags & Flag.FIN) !== 0);
+    if (f.type === FrameType.PACKET) s.receivePacket(f.payload);
+    else if (f.type === FrameType.DATA) s.receiveData(f.payload, (f.flags & Flag.FIN) !== 0);
     else if (f.type === FrameType.WINDOW) s.receiveWindow(f.length, (f.flags & Flag.ACK) !== 0);
     else if (f.type === FrameType.RESET) {
       const { code, reason } = decodeReset(f.payload);
@@ -386,8 +389,12 @@ export class Connection {
   get writable(): boolean {
     return this.link.queued < LINK_HIGH_WATER;
   }
-  /** A stream that could not send because the link was full waits for drain. */
-  block(s: Stream): void {
+  /** True while packets may go straight to the link (Limits.packetLinkHighWater). */
+  get packetRoom(): boolean {
+    return this.link.queued < Limits.packetLinkHighWater;
+  }
+  /** A stream (or packet sender) that could not send because the link was full waits for drain. */
+  block(s: { flush(): void }): void {
     this.blocked.add(s);
   }
 
@@ -418,6 +425,7 @@ export class Connection {
   forget(s: Stream): void {
     this.streams.delete(s.id);
     this.blocked.delete(s);
+    if (s.packetSender) this.blocked.delete(s.packetSender);
   }
 
   // ---- closing ----------------------------------------------------------------------------
@@ -468,8 +476,18 @@ export class Stream {
   ondrain: (() => void) | null = null;
   onaccept: (() => void) | null = null;
   onclose: ((err: StreamError | null) => void) | null = null;
+  /** Packet streams: each packet from the peer (delivered at once, whether paused or not). */
+  onpacket: ((packet: Uint8Array) => void) | null = null;
 
   accepted = true;
+  /** A packet stream (its open header has `packet`): PACKET frames only, outside credit. */
+  readonly packets: boolean;
+  /** Packet streams: the bounded queue towards the peer. */
+  readonly packetSender: PacketSender | null;
+  private packetsIn = 0;
+  private packetBytesIn = 0;
+  /** Packets that arrived before a handler was set (counted as `no_stream` drops). */
+  private packetsUnhandled = 0;
   private sendCredit: number;
   private sendQueue: Uint8Array[] = [];
   private sendQueued = 0;
@@ -488,6 +506,43 @@ export class Stream {
   constructor(readonly conn: Connection, readonly id: number, readonly open: Record<string, unknown>) {
     this.sendCredit = conn.window;
     this.recvAvail = conn.window;
+    this.packets = isPacketOpen(open);
+    this.packetSender = this.packets ? new PacketSender(conn, id) : null;
+  }
+
+  /** Packet streams: sends one packet, or drops it (counted) when the queue is full. Never waits. */
+  sendPacket(packet: Uint8Array): boolean {
+    if (!this.packetSender) throw new Error(`stream ${this.id} is not a packet stream`);
+    return this.packetSender.send(packet);
+  }
+
+  /** Packet streams: what went each way and what was dropped (a copy). */
+  packetStats(): PacketStats {
+    const out = this.packetSender!.stats;
+    return {
+      packets_out: out.packets_out,
+      bytes_out: out.bytes_out,
+      packets_in: this.packetsIn,
+      bytes_in: this.packetBytesIn,
+      drops: { ...out.drops, no_stream: out.drops.no_stream + this.packetsUnhandled },
+    };
+  }
+
+  receivePacket(payload: Uint8Array): void {
+    if (this.done) return;
+    if (!this.packets) {
+      this.reset(ResetCode.PROTOCOL, "a PACKET frame on a byte stream");
+      return;
+    }
+    const problem = packetProblem(payload.length);
+    if (problem) {
+      this.reset(ResetCode.PROTOCOL, `${problem} on packet stream ${this.id}`);
+      return;
+    }
+    this.packetsIn++;
+    this.packetBytesIn += payload.length;
+    if (this.onpacket) this.onpacket(payload);
+    else this.packetsUnhandled++;
   }
 
   get closed(): boolean {
@@ -575,6 +630,7 @@ export class Stream {
   abort(err: StreamError | null): void {
     if (this.done) return;
     this.done = true;
+    this.packetSender?.close();
     this.sendQueue = [];
     this.recvQueue = [];
     this.conn.forget(this);
@@ -583,6 +639,10 @@ export class Stream {
 
   receiveData(payload: Uint8Array, fin: boolean): void {
     if (this.done) return;
+    if (this.packets && payload.length) {
+      this.reset(ResetCode.PROTOCOL, "byte data on a packet stream (packets travel in PACKET frames)");
+      return;
+    }
     if (payload.length > this.recvAvail) {
       this.reset(ResetCode.PROTOCOL, `peer sent ${payload.length} bytes with ${this.recvAvail} bytes of credit`);
       return;

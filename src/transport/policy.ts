@@ -35,6 +35,14 @@ export const Limits = {
   /** Sessions one master may hold open at the relay: each costs the relay and the device
    * memory, so one master must not be able to open them without end. */
   maxSessionsPerMaster: 256,
+  /** The queue of one packet stream towards a peer (each end and each relay direction): at
+   * most this many packets and bytes wait; beyond, the oldest is dropped (src/transport/packet.ts).
+   * 256 full-size routed packets are 363 KB, ~30 ms at 100 Mbit/s: enough to ride out a burst,
+   * short enough that a TCP flow inside the tunnel sees its drops while they still matter. */
+  packetQueuePackets: 256,
+  packetQueueBytes: 512 * 1024,
+  /** Packets go straight to the link while it holds less than this; then they queue (above). */
+  packetLinkHighWater: 1024 * 1024,
 } as const;
 
 /** Room kept under Limits.maxQueued for what credit does not cover (control answers, headers). */

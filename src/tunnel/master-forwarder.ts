@@ -15,6 +15,12 @@ import type { Duplex, ForwardListener, ListeningPort } from "./duplex.ts";
 import { carriesConnections, decide, opening, type SessionAction, type SessionEvent, type SessionState } from "./master-session.ts";
 import { Pipe, streamDuplex } from "./pipe.ts";
 import { tcpListener } from "./tcp.ts";
+import type { Cidr } from "../netaddr.ts";
+import { MasterTunnel, type TunnelView } from "./master-tunnel.ts";
+import { allocateAddressing } from "./packet/addressing.ts";
+import { TunnelRefused, type MasterTunnelHost, type TunnelAddressing, type TunnelMode } from "./packet/device.ts";
+import { refusingMasterHost } from "./packet/refusing.ts";
+import type { SessionOpenBody } from "../transport/messages.ts";
 
 export interface ForwardSpec {
   bind: string;
@@ -79,6 +85,15 @@ interface MasterSession {
   expiryTimer: TimerHandle | null;
   /** What the onsite device said of the targets when the session was (re)offered. */
   warnings: string[];
+  /** The session's packet tunnel, if it has one. */
+  tunnel: MasterTunnel | null;
+}
+
+/** What a session carries besides TCP forwards. */
+export interface ConnectExtras {
+  tunnel?: TunnelMode;
+  /** The address the request came from (an SSH client), for the bridged-mode safety rule. */
+  requester?: string;
 }
 
 export interface SessionView {
@@ -93,6 +108,8 @@ export interface SessionView {
   warnings?: string[];
   /** `errors`: connections whose stream could not be opened; `last_error`: the latest reason. */
   forwards: { bind: string; port: number; target: string; connections: number; active: number; errors?: number; last_error?: string | null }[];
+  /** The packet tunnel: mode, both ends' interfaces, addresses and routes, packets, drops. */
+  tunnel?: TunnelView;
 }
 
 export interface MasterSessionsOptions {
@@ -104,6 +121,10 @@ export interface MasterSessionsOptions {
   listener?: ForwardListener;
   /** TTL and resume timers (monotonic); default: the system clock. */
   clock?: Clock;
+  /** Where tunnel ends are made; default: a host that refuses (no TUN/TAP support composed in). */
+  tunnelHost?: MasterTunnelHost;
+  /** `[tunnel] pool`: each routed tunnel gets a /30 of it. */
+  tunnelPool?: Cidr;
 }
 
 /** Closed sessions stay listed this long, so `agent sessions` can say why they ended. */
@@ -113,10 +134,28 @@ export class MasterSessions {
   private readonly sessions = new Map<string, MasterSession>();
   private readonly clock: Clock;
   private readonly listener: ForwardListener;
+  private readonly tunnelHost: MasterTunnelHost;
 
   constructor(private readonly o: MasterSessionsOptions) {
     this.clock = o.clock ?? systemClock;
     this.listener = o.listener ?? tcpListener;
+    this.tunnelHost = o.tunnelHost ?? refusingMasterHost();
+  }
+
+  /** A /30 of the pool that no other live tunnel holds. */
+  private allocate(): TunnelAddressing {
+    const pool = this.o.tunnelPool ?? { network: 0x0a630000, prefix: 16 };
+    const used = [...this.sessions.values()].filter((x) => x.st.phase !== "closed" && x.tunnel?.addressing).map((x) => x.tunnel!.addressing!);
+    const a = allocateAddressing(pool, used);
+    if (!a.ok) throw new RemoteError(ErrorCode.REFUSED, a.reason);
+    return a.addressing;
+  }
+
+  /** The SESSION_OPEN body of a session (new or resuming). */
+  private openBody(s: MasterSession, ttl: number | null, session: string | null): SessionOpenBody {
+    const body: SessionOpenBody = { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session };
+    if (s.tunnel) body.tunnel = { mode: s.tunnel.mode, ...(s.tunnel.mode === "routed" && s.tunnel.addressing ? { addressing: s.tunnel.addressing } : {}) };
+    return body;
   }
 
   setup(conn: Connection): void {
@@ -138,7 +177,7 @@ export class MasterSessions {
     for (const s of this.sessions.values()) this.apply(s, { kind: "relay-down", reason });
   }
 
-  async connect(onsite: string, specs: ForwardSpec[], ttl: number | null): Promise<SessionView> {
+  async connect(onsite: string, specs: ForwardSpec[], ttl: number | null, extras: ConnectExtras = {}): Promise<SessionView> {
     const conn = this.o.relay();
     if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.o.relayState()}); see \`agent status\``);
     const forwards: Forward[] = [];
@@ -149,22 +188,38 @@ export class MasterSessions {
       throw e;
     }
     const now = this.clock.now();
-    const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null, warnings: [] };
+    const s: MasterSession = { id: "", onsite, forwards, opened: now, st: opening(now), retryTimer: null, expiryTimer: null, warnings: [], tunnel: null };
     let info: SessionInfo;
     try {
-      info = await request(conn, Msg.SESSION_OPEN, { onsite, targets: specs.map((x) => x.target), ttl, session: null });
+      if (extras.tunnel) s.tunnel = new MasterTunnel(this.tunnelHost, this.o.log, extras.tunnel, extras.tunnel === "routed" ? this.allocate() : null, extras.requester);
+      info = await request(conn, Msg.SESSION_OPEN, this.openBody(s, ttl, null));
     } catch (e) {
       for (const f of forwards) f.listener.close();
       throw e;
     }
     s.id = info.session;
     s.warnings = info.warnings ?? [];
+    if (s.tunnel) {
+      // The onsite end is made; ours follows. A refusal here (bridging from the secondary
+      // interface, no TUN device) ends the session: it was asked for its tunnel.
+      try {
+        if (!info.tunnel) throw new Error(`the relay's answer has no tunnel (is the relay older than this master?)`);
+        await s.tunnel.up(conn, s.id, info.tunnel);
+      } catch (e) {
+        await s.tunnel.close("the master could not open its end");
+        for (const f of forwards) f.listener.close();
+        await request(conn, Msg.SESSION_END, { session: s.id, reason: "the master could not open its tunnel end" }).catch(() => undefined);
+        if (e instanceof TunnelRefused) throw new RemoteError(e.code === "from_secondary" || e.code === "invalid" ? ErrorCode.BAD_REQUEST : ErrorCode.REFUSED, e.message);
+        throw e;
+      }
+    }
     this.sessions.set(s.id, s);
     // The TTL runs on this side's monotonic clock from the asked length; the relay's wall-clock
     // `expires` only tells whether there is one (or its length, had none been asked).
     const left = info.expires ? (ttl ?? Math.max(0, Date.parse(info.expires) - this.clock.wall())) : null;
     this.apply(s, { kind: "opened", ttl: left });
-    this.o.log.info(`session ${s.id} to ${onsite}: ${forwards.map((f) => `${f.spec.bind}:${f.port} → ${f.spec.target}`).join(", ")}`);
+    const carries = [...forwards.map((f) => `${f.spec.bind}:${f.port} → ${f.spec.target}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])];
+    this.o.log.info(`session ${s.id} to ${onsite}: ${carries.join(", ")}`);
     for (const w of s.warnings) this.o.log.warn(`session ${s.id} to ${onsite}: ${w}`);
     return this.view(s);
   }
@@ -175,6 +230,30 @@ export class MasterSessions {
     const conn = this.o.relay();
     if (conn) await request(conn, Msg.SESSION_END, { session: id, reason: "disconnect" }).catch(() => undefined);
     this.apply(s, { kind: "disconnect" });
+    return this.view(s);
+  }
+
+  /** `agent tunnel mode`: the onsite end switches first (its config may refuse), then ours. */
+  async switchMode(id: string, mode: TunnelMode, requester?: string): Promise<SessionView> {
+    const s = this.sessions.get(id);
+    if (!s || s.st.phase === "closed") throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(id)}; see \`agent sessions\``);
+    if (!s.tunnel) throw new RemoteError(ErrorCode.BAD_REQUEST, `session ${id} has no tunnel; open one with agent connect ${s.onsite} --tunnel ${mode}`);
+    const conn = this.o.relay();
+    if (!conn || !carriesConnections(s.st)) throw new RemoteError(ErrorCode.OFFLINE, `session ${id} is ${s.st.phase} (${s.st.reason}); switch it once it is active again`);
+    const t = s.tunnel;
+    if (t.mode === mode && t.view().state === "up") return this.view(s);
+    if (mode === "routed" && !t.addressing) t.addressing = this.allocate();
+    t.setRequester(requester);
+    const offer = await request(conn, Msg.TUNNEL_MODE, { session: id, mode, ...(mode === "routed" && t.addressing ? { addressing: t.addressing } : {}) });
+    await t.takeDown(`switching to ${mode}`);
+    try {
+      await t.up(conn, id, offer);
+    } catch (e) {
+      this.o.log.warn(`session ${id}: the ${mode} tunnel's master end did not open: ${(e as Error).message}`);
+      if (e instanceof TunnelRefused) throw new RemoteError(e.code === "from_secondary" || e.code === "invalid" ? ErrorCode.BAD_REQUEST : ErrorCode.REFUSED, e.message);
+      throw e;
+    }
+    this.o.log.info(`session ${id}: tunnel switched to ${mode}`);
     return this.view(s);
   }
 
@@ -262,6 +341,7 @@ export class MasterSessions {
         this.clock.clearTimeout(s.expiryTimer);
         s.retryTimer = s.expiryTimer = null;
         for (const f of s.forwards) f.listener.close();
+        if (s.tunnel) void s.tunnel.close(a.reason);
         this.o.log.info(`session ${s.id} closed: ${a.reason}`);
         unref(
           this.clock.setTimeout(() => {
@@ -281,9 +361,10 @@ export class MasterSessions {
     const conn = this.o.relay();
     if (!conn) return; // relay-up asks again
     try {
-      const info = await request(conn, Msg.SESSION_OPEN, { onsite: s.onsite, targets: s.forwards.map((f) => f.spec.target), ttl, session: s.id });
+      const info = await request(conn, Msg.SESSION_OPEN, this.openBody(s, ttl, s.id));
       s.warnings = info.warnings ?? [];
       this.apply(s, { kind: "resumed" });
+      if (s.tunnel && info.tunnel) await s.tunnel.up(conn, s.id, info.tunnel).catch((e: Error) => this.o.log.warn(`session ${s.id}: the tunnel did not come back: ${e.message}`));
       for (const w of s.warnings) this.o.log.warn(`session ${s.id} to ${s.onsite}: ${w}`);
     } catch (e) {
       this.apply(s, { kind: "resume-failed", code: e instanceof RemoteError ? e.code : undefined, message: (e as Error).message });
@@ -303,6 +384,7 @@ export class MasterSessions {
       expires: st.expiresAt !== null ? iso(st.expiresAt) : null,
       warnings: [...s.warnings],
       forwards: s.forwards.map((f) => ({ bind: f.spec.bind, port: f.port, target: f.spec.target, connections: f.connections, active: f.active, errors: f.errors, last_error: f.lastError })),
+      ...(s.tunnel ? { tunnel: s.tunnel.view() } : {}),
     };
   }
 }

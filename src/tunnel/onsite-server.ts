@@ -13,6 +13,15 @@ import type { Duplex, TargetDialer } from "./duplex.ts";
 import { Pipe, streamDuplex } from "./pipe.ts";
 import { tcpDialer } from "./tcp.ts";
 import { lookup } from "node:dns/promises";
+import { decodePacketOpen } from "../transport/packet.ts";
+import type { SessionOfferReply } from "../transport/messages.ts";
+import { tunnelRefusal, type OnsiteTunnels } from "./packet/onsite-tunnels.ts";
+
+/** Serves a UDP forward's packet stream (src/tunnel/udp.ts): the target is already judged. */
+export interface UdpStreamServer {
+  attach(stream: Stream, session: string, target: { host: string; port: number; text: string }): void;
+  closeSession(session: string): void;
+}
 
 export type TargetCheck = { ok: true; host: string; port: number } | { ok: false; reason: string };
 
@@ -92,11 +101,15 @@ export interface ServeOptions {
   connectTimeout?: number;
   /** The check of each target when a session is offered; default PROBE_TIMEOUT_MS; 0: no check. */
   probeTimeout?: number;
+  /** Packet tunnels (absent: every tunnel is refused as not enabled). */
+  tunnels?: OnsiteTunnels;
+  /** UDP forwards' packet streams (absent: refused). */
+  udp?: UdpStreamServer;
 }
 
 export class SessionServer {
   /** `opened` is wall-clock ms (shown to people). */
-  readonly sessions = new Map<string, { master: string; targets: string[]; opened: number; streams: number }>();
+  readonly sessions = new Map<string, { master: string; targets: string[]; opened: number; streams: number; udp?: string[]; tunnel?: boolean }>();
   streamsServed = 0;
   private readonly dialer: TargetDialer;
   private readonly clock: Clock;
@@ -112,17 +125,43 @@ export class SessionServer {
   setup(conn: Connection): void {
     handle(conn, Msg.SESSION_OFFER, async (b) => {
       const { session, targets } = b;
+      // A tunnel this device's config does not allow is refused before anything is checked or made.
+      if (b.tunnel) {
+        const no = this.o.tunnels ? this.o.tunnels.refusal(b.tunnel.mode) : tunnelRefusal(this.o.id, { enabled: false, bridged: false }, b.tunnel.mode);
+        if (no) throw new RemoteError(ErrorCode.REFUSED, no);
+      }
+      const udp = b.udp ?? [];
       const checks = await Promise.all(targets.map((t) => this.check(t)));
-      const refused = checks.filter((c): c is { ok: false; reason: string } => !c.ok);
+      const udpChecks = await Promise.all(udp.map((t) => this.check(t)));
+      const refused = [...checks, ...udpChecks.map((c) => (c.ok ? c : { ok: false as const, reason: `UDP ${c.reason}` }))].filter((c): c is { ok: false; reason: string } => !c.ok);
       if (refused.length) throw new RemoteError(ErrorCode.REFUSED, refused.map((r) => r.reason).join("; "));
-      this.sessions.set(session, { master: b.master, targets, opened: this.clock.wall(), streams: 0 });
-      this.o.log.info(`session ${session} from ${b.master} accepted: ${targets.join(", ")}`);
+      if (udp.length && !this.o.udp) throw new RemoteError(ErrorCode.REFUSED, `${this.o.id}: this device serves no UDP forwards`);
+      this.sessions.set(session, { master: b.master, targets, opened: this.clock.wall(), streams: 0, ...(udp.length ? { udp } : {}), ...(b.tunnel ? { tunnel: true } : {}) });
+      const reply: SessionOfferReply = {};
+      if (b.tunnel) {
+        try {
+          reply.tunnel = await this.o.tunnels!.open(session, b.tunnel);
+        } catch (e) {
+          this.sessions.delete(session);
+          await this.o.tunnels!.close(session, "the tunnel could not be opened");
+          throw e;
+        }
+      }
+      const carries = [...targets, ...udp.map((t) => `udp ${t}`), ...(b.tunnel ? [`${b.tunnel.mode} tunnel`] : [])];
+      this.o.log.info(`session ${session} from ${b.master} accepted: ${carries.join(", ")}`);
       const warnings = await this.probe(targets, checks as { ok: true; host: string; port: number }[]);
       for (const w of warnings) this.o.log.warn(`session ${session}: ${w}`);
-      return warnings.length ? { warnings } : {};
+      if (warnings.length) reply.warnings = warnings;
+      return reply;
+    });
+    handle(conn, Msg.TUNNEL_MODE, async (b) => {
+      if (!this.sessions.has(b.session)) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(b.session)} on ${this.o.id}`);
+      if (!this.o.tunnels) throw new RemoteError(ErrorCode.REFUSED, tunnelRefusal(this.o.id, { enabled: false, bridged: false }, b.mode)!);
+      return this.o.tunnels.switch(b.session, { mode: b.mode, ...(b.addressing ? { addressing: b.addressing } : {}) });
     });
     on(conn, Msg.SESSION_CLOSE, (b) => {
       if (this.sessions.delete(b.session)) this.o.log.info(`session ${b.session} closed: ${b.reason}`);
+      this.endPackets(b.session, b.reason);
       this.o.onSessionClosed?.(b.session, b.reason);
     });
     this.o.extra?.(conn);
@@ -224,12 +263,62 @@ export class SessionServer {
     this.sessions.clear();
     for (const session of ended) {
       this.o.log.info(`session ${session} ended: ${reason}`);
+      this.endPackets(session, reason);
       this.o.onSessionClosed?.(session, reason);
     }
   }
 
+  /** A session's tunnel end and UDP flows go with it. */
+  private endPackets(session: string, reason: string): void {
+    this.o.udp?.closeSession(session);
+    if (this.o.tunnels) void this.o.tunnels.close(session, reason).catch((e: Error) => this.o.log.warn(`session ${session}: closing its tunnel: ${e.message}`));
+  }
+
+  /** A packet stream the relay opened: a session's tunnel, or one of its UDP forwards. */
+  private servePackets(stream: Stream): void {
+    const open = decodePacketOpen(stream.open);
+    if (typeof open === "string") {
+      stream.reset(ResetCode.PROTOCOL, `${this.o.id}: ${open}`);
+      return;
+    }
+    if (!this.sessions.has(open.session)) {
+      stream.reset(ResetCode.NO_SESSION, `${this.o.id}: no session ${JSON.stringify(open.session)}`);
+      return;
+    }
+    if (open.packet !== "udp") {
+      if (!this.o.tunnels) stream.reset(ResetCode.REFUSED, tunnelRefusal(this.o.id, { enabled: false, bridged: false }, open.packet)!);
+      else this.o.tunnels.attach(stream, open.session, open.packet);
+      return;
+    }
+    const target = open.target!;
+    const info = this.sessions.get(open.session)!;
+    if (!info.udp?.includes(target) || !this.o.udp) {
+      stream.reset(ResetCode.REFUSED, `${this.o.id}: UDP target ${target} is not part of session ${open.session}`);
+      return;
+    }
+    const udp = this.o.udp;
+    const check = this.check(target);
+    const go = (c: TargetCheck) => {
+      if (stream.closed) return;
+      if (!c.ok) {
+        this.o.log.warn(`refused a UDP stream of session ${open.session}: ${c.reason}`);
+        stream.reset(ResetCode.REFUSED, `${this.o.id}: ${c.reason}`);
+        return;
+      }
+      info.streams++;
+      this.streamsServed++;
+      udp.attach(stream, open.session, { host: c.host, port: c.port, text: target });
+    };
+    if (check instanceof Promise) void check.then(go);
+    else go(check);
+  }
+
   /** A stream the relay opened for a session: connect to its target. */
   serve(stream: Stream): void {
+    if (stream.packets) {
+      this.servePackets(stream);
+      return;
+    }
     const target = String(stream.open.target ?? "");
     const session = String(stream.open.session ?? "");
     const check = this.check(target);

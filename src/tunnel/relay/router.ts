@@ -6,6 +6,7 @@
 import type { Connection } from "../../transport/mux.ts";
 import { Flag, FrameType, ResetCode, decodeJson, encodeJson, encodeReset, type Frame } from "../../transport/frame.ts";
 import { maxRoutedStreams } from "../../transport/policy.ts";
+import { PacketSender, decodePacketOpen, isPacketOpen, noPacketStats, packetProblem, type PacketKind, type PacketStats } from "../../transport/packet.ts";
 
 /** What the router needs to know of a session. */
 export interface RoutedSession {
@@ -15,6 +16,12 @@ export interface RoutedSession {
   masterConn: Connection;
   onsiteConn: Connection;
   streams: number;
+  /** The session's tunnel, once the onsite device has made its end. */
+  tunnel?: { mode: string };
+  /** UDP forwards' targets. */
+  udp?: readonly string[];
+  /** What the relay carried on packet streams towards each side. */
+  packets?: { to_onsite: PacketStats; to_master: PacketStats };
 }
 
 /** One direction of a routed stream: frames arriving on `conn` with id `sid`. */
@@ -26,6 +33,9 @@ interface Route {
   /** Bytes this side may still send towards the peer (the peer's window, tracked here). */
   credit: number;
   fin: boolean;
+  /** Packet streams: the kind, and the bounded queue towards the peer (frames from `conn` go there). */
+  kind?: PacketKind;
+  tx?: PacketSender;
 }
 
 interface Peer {
@@ -94,6 +104,18 @@ export class Router {
     }
     const r = peer.routes.get(f.stream);
     if (!r) return; // a stream that has just been reset; its late frames are harmless
+    if (f.type === FrameType.PACKET) {
+      if (!r.tx) return this.drop(r, ResetCode.PROTOCOL, `${peer.id} sent a PACKET frame on a byte stream`);
+      const problem = packetProblem(f.payload.length);
+      if (problem) return this.drop(r, ResetCode.PROTOCOL, `${peer.id} sent ${problem}`);
+      r.tx.stats.packets_in++;
+      r.tx.stats.bytes_in += f.payload.length;
+      r.tx.send(f.payload);
+      return;
+    }
+    if (f.type === FrameType.DATA && r.tx && f.payload.length) {
+      return this.drop(r, ResetCode.PROTOCOL, `${peer.id} sent byte data on a packet stream`);
+    }
     if (f.type === FrameType.DATA) {
       if (f.payload.length > r.credit) {
         this.drop(r, ResetCode.PROTOCOL, `${peer.id} sent past its credit`);
@@ -131,9 +153,14 @@ export class Router {
     } catch (e) {
       return reset(ResetCode.PROTOCOL, (e as Error).message);
     }
+    const packet = isPacketOpen(open) ? decodePacketOpen(open) : null;
+    if (typeof packet === "string") return reset(ResetCode.PROTOCOL, packet);
     const s = typeof open.session === "string" ? this.o.session(open.session) : undefined;
     if (!s || s.masterConn !== conn) return reset(ResetCode.NO_SESSION, `no session ${JSON.stringify(open.session)}`);
-    if (typeof open.target !== "string" || !s.targets.includes(open.target)) return reset(ResetCode.REFUSED, `target ${JSON.stringify(open.target)} is not part of session ${s.id}`);
+    if (packet) {
+      const refusal = packetRefusal(s, packet.packet, packet.target);
+      if (refusal) return reset(ResetCode.REFUSED, refusal);
+    } else if (typeof open.target !== "string" || !s.targets.includes(open.target)) return reset(ResetCode.REFUSED, `target ${JSON.stringify(open.target)} is not part of session ${s.id}`);
     const other = this.peers.get(s.onsiteConn);
     if (!other) return reset(ResetCode.NO_SESSION, "the onsite device is gone");
     if (peer.routes.size >= this.limit || other.routes.size >= this.limit) return reset(ResetCode.REFUSED, `too many streams on one connection (limit ${this.limit})`);
@@ -142,15 +169,30 @@ export class Router {
     const a: Route = { conn, sid: f.stream, session: s, credit: this.o.window, fin: false, peer: null as unknown as Route };
     const b: Route = { conn: s.onsiteConn, sid, session: s, credit: this.o.window, fin: false, peer: a };
     a.peer = b;
+    if (packet) {
+      s.packets ??= { to_onsite: noPacketStats(), to_master: noPacketStats() };
+      a.kind = b.kind = packet.packet;
+      a.tx = new PacketSender(s.onsiteConn, sid, undefined, s.packets.to_onsite);
+      b.tx = new PacketSender(conn, f.stream, undefined, s.packets.to_master);
+    }
     peer.routes.set(f.stream, a);
     other.routes.set(sid, b);
     s.streams++;
     const fin = (f.flags & Flag.FIN) !== 0;
-    s.onsiteConn.writeFrame(FrameType.DATA, Flag.SYN | (fin ? Flag.FIN : 0), sid, encodeJson({ session: s.id, target: open.target, master: s.master }));
+    const header = packet ? { ...packet, master: s.master } : { session: s.id, target: open.target, master: s.master };
+    s.onsiteConn.writeFrame(FrameType.DATA, Flag.SYN | (fin ? Flag.FIN : 0), sid, encodeJson(header));
     if (fin) a.fin = true;
   }
 
+  /** The session's tunnel changed mode (or went): its tunnel packet streams are reset on both sides. */
+  dropTunnelStreams(s: RoutedSession, reason: string): void {
+    const peer = this.peers.get(s.masterConn);
+    if (peer) for (const r of [...peer.routes.values()]) if (r.session === s && (r.kind === "routed" || r.kind === "bridged")) this.drop(r, ResetCode.CANCEL, reason);
+  }
+
   private forget(r: Route): void {
+    r.tx?.close();
+    r.peer.tx?.close();
     this.peers.get(r.conn)?.routes.delete(r.sid);
     this.peers.get(r.peer.conn)?.routes.delete(r.peer.sid);
   }
@@ -161,4 +203,12 @@ export class Router {
     r.peer.conn.writeFrame(FrameType.RESET, 0, r.peer.sid, payload);
     this.forget(r);
   }
+}
+
+/** Why a session may not carry a packet stream of this kind (pure); null when it may. */
+export function packetRefusal(s: Pick<RoutedSession, "id" | "tunnel" | "udp">, kind: PacketKind, target?: string): string | null {
+  if (kind === "udp") return target !== undefined && s.udp?.includes(target) ? null : `UDP target ${JSON.stringify(target)} is not part of session ${s.id}`;
+  if (!s.tunnel) return `session ${s.id} has no tunnel (open one with agent connect --tunnel routed|bridged)`;
+  if (s.tunnel.mode !== kind) return `session ${s.id}'s tunnel is ${s.tunnel.mode}, not ${kind}`;
+  return null;
 }

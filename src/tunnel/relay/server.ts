@@ -5,7 +5,7 @@
 import { type Connection, type ConnectionClosed, RemoteError, type Log } from "../../transport/mux.ts";
 import type { Link } from "../../transport/link.ts";
 import { GoAwayCode } from "../../transport/frame.ts";
-import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type SessionInfo, type SessionOpenBody } from "../../transport/messages.ts";
+import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type SessionInfo, type SessionOfferBody, type SessionOpenBody } from "../../transport/messages.ts";
 import { handle, on, request, send } from "../../transport/typed.ts";
 import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
@@ -133,6 +133,22 @@ export class RelayServer {
     handle(conn, Msg.DEVICES, () => this.deviceList().filter((d) => mayReach(this.o.access(), id, d.id)));
     handle(conn, Msg.SESSIONS, () => this.sessionList().filter((s) => s.master === id));
     handle(conn, Msg.SESSION_OPEN, (b) => this.openSession(conn, id, b));
+    handle(conn, Msg.TUNNEL_MODE, async (b) => {
+      const s = mine(b.session);
+      if (!s.tunnel) throw new RemoteError(ErrorCode.BAD_REQUEST, `session ${s.id} has no tunnel; open one with agent connect ${s.onsite} --tunnel routed|bridged`);
+      let offer;
+      try {
+        offer = await request(s.onsiteConn, Msg.TUNNEL_MODE, b);
+      } catch (e) {
+        if (e instanceof RemoteError) throw new RemoteError(e.code === ErrorCode.INTERNAL ? ErrorCode.REFUSED : e.code, `${s.onsite} refused: ${e.message}`);
+        throw new RemoteError(ErrorCode.INTERNAL, `${s.onsite} did not switch the tunnel: ${(e as Error).message}`);
+      }
+      // The old packet stream goes; the master opens one of the new mode.
+      this.router.dropTunnelStreams(s, `tunnel of session ${s.id} switched to ${offer.mode}`);
+      s.tunnel = { ...offer, ...(b.addressing ? { addressing: b.addressing } : {}) };
+      this.o.log.info(`session ${s.id}: tunnel switched to ${offer.mode}`, { session: s.id, mode: offer.mode });
+      return offer;
+    });
     handle(conn, Msg.SESSION_END, (b) => {
       this.closeSession(mine(b.session), `ended by ${id}${b.reason !== null ? `: ${b.reason.slice(0, 200)}` : ""}`, true);
       return {};
@@ -196,7 +212,15 @@ export class RelayServer {
     let warnings: string[] | undefined;
     try {
       const expires = s.expiresAt === null ? null : new Date(wallOf(this.clock, s.expiresAt)).toISOString();
-      warnings = (await request(onsiteConn, Msg.SESSION_OFFER, { session: s.id, master, targets: s.targets, expires })).warnings;
+      const offer: SessionOfferBody = { session: s.id, master, targets: s.targets, expires };
+      if (s.tunnelRequest) offer.tunnel = s.tunnelRequest;
+      if (s.udp) offer.udp = s.udp;
+      const answer = await request(onsiteConn, Msg.SESSION_OFFER, offer);
+      warnings = answer.warnings;
+      if (s.tunnelRequest) {
+        if (!answer.tunnel) throw new MessageError(Msg.SESSION_OFFER, "result.tunnel", "the tunnel end the device made", "got nothing (is its agent older than this relay?)");
+        s.tunnel = { ...answer.tunnel, ...(s.tunnelRequest.addressing ? { addressing: s.tunnelRequest.addressing } : {}) };
+      }
     } catch (e) {
       this.sessions.refuse(s);
       if (e instanceof RemoteError) throw new RemoteError(e.code === ErrorCode.INTERNAL ? ErrorCode.REFUSED : e.code, `${req.onsite} refused the session: ${e.message}`);
@@ -208,7 +232,8 @@ export class RelayServer {
       throw new RemoteError(ErrorCode.OFFLINE, "a side disconnected while opening the session");
     }
     this.armExpiry();
-    this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${s.targets.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
+    const carries = [...s.targets, ...(s.udp ?? []).map((t) => `udp ${t}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])];
+    this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${carries.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
     const info = sessionInfo(s, this.clock.now(), this.clock.wall());
     // What the device found checking the targets goes to the master with the answer.
     if (warnings?.length) {

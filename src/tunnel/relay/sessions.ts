@@ -5,7 +5,8 @@
 // wall-clock step cannot lengthen or shorten a TTL. `C` is whatever the caller uses to name a
 // connection (the relay: its Connection objects; the table test: strings); the table only
 // compares it.
-import { ErrorCode, type ErrorCodeId, type SessionInfo } from "../../transport/messages.ts";
+import { ErrorCode, type ErrorCodeId, type SessionInfo, type SessionTunnel, type TunnelRequestBody } from "../../transport/messages.ts";
+import { noPacketStats, type PacketStats } from "../../transport/packet.ts";
 
 export type SessionState = "open" | "offered" | "active" | "closed";
 export type SessionEvent = "offer" | "accept" | "refuse" | "close" | "expire";
@@ -39,6 +40,13 @@ export interface SessionRecord<C> {
   onsiteConn: C;
   /** Streams routed in this session so far. */
   streams: number;
+  /** The tunnel asked for (the request), then what the onsite device made of it (`tunnel`). */
+  tunnelRequest?: TunnelRequestBody;
+  tunnel?: SessionTunnel;
+  /** UDP forwards' targets. */
+  udp?: string[];
+  /** Packets the relay carried towards each side (both tunnel and UDP packet streams). */
+  packets?: { to_onsite: PacketStats; to_master: PacketStats };
 }
 
 export interface OpenRequest {
@@ -48,6 +56,8 @@ export interface OpenRequest {
   ttl: number | null;
   /** A session id to re-open (a master resuming), or null for a new one. */
   session: string | null;
+  tunnel?: TunnelRequestBody;
+  udp?: string[];
 }
 
 export type OpenResult<C> =
@@ -105,6 +115,9 @@ export class SessionTable<C> {
       onsiteConn: ends.onsite,
       streams: 0,
     };
+    if (req.tunnel) s.tunnelRequest = req.tunnel;
+    if (req.udp?.length) s.udp = [...req.udp];
+    if (req.tunnel || req.udp?.length) s.packets = { to_onsite: noPacketStats(), to_master: noPacketStats() };
     this.byId.set(id, s);
     return { ok: true, session: s, replaced };
   }
@@ -175,7 +188,7 @@ export class SessionTable<C> {
 
 /** What SESSIONS and SESSION_OPEN answer. `expires` is the monotonic end put on today's wall clock. Pure. */
 export function sessionInfo(s: SessionRecord<unknown>, now: number, wall: number): SessionInfo {
-  return {
+  const info: SessionInfo = {
     session: s.id,
     master: s.master,
     onsite: s.onsite,
@@ -183,4 +196,7 @@ export function sessionInfo(s: SessionRecord<unknown>, now: number, wall: number
     opened: new Date(s.openedWall).toISOString(),
     expires: s.expiresAt === null ? null : new Date(wall + (s.expiresAt - now)).toISOString(),
   };
+  if (s.tunnel) info.tunnel = { ...s.tunnel, ...(s.packets ? { relay: structuredClone(s.packets) } : {}) };
+  if (s.udp) info.udp = [...s.udp];
+  return info;
 }
