@@ -17,11 +17,11 @@ import type { AddResult } from "../nat/service.ts";
 import type { MasterApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
 import { parseTunnelMode, type MasterTunnelHost } from "../tunnel/packet/device.ts";
-import { refusingMasterHost } from "../tunnel/packet/refusing.ts";
+import { masterTunnelHost } from "../tunnel/packet/linux.ts";
 
 /** What composeMaster may be handed instead of the defaults (tests: a memory tunnel host). */
 export interface MasterDeps {
-  /** Where tunnel ends are made. Default: a host that refuses (TUN/TAP not composed in yet). */
+  /** Where tunnel ends are made. Default: the Linux host (src/tunnel/packet/linux.ts), from `[tunnel]`. */
   tunnelHost?: MasterTunnelHost;
 }
 
@@ -36,17 +36,18 @@ export class MasterRole implements Component {
   readonly name = "master";
   readonly client: RelayClient;
   readonly sessions: MasterSessions;
+  private readonly tunnelHost: MasterTunnelHost;
   /** The role's own part of its API (the daemon shell adds `status`; see composeMaster). */
   readonly api: Omit<MasterApi, "status">;
 
   /** With `control`, serves `api` there itself (composeMaster serves the whole API instead). */
-  constructor(cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer, deps: MasterDeps = {}) {
+  constructor(cfg: Config, bundle: Bundle, private readonly log: Logger, control?: ControlServer, deps: MasterDeps = {}) {
     if (cfg.gui) log.warn(`the web GUI is not built yet: ${cfg.gui.host}:${cfg.gui.port} serves nothing; use agent devices / connect / sessions`);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
       relay: () => this.client.connection,
       relayState: () => this.relayState(),
-      tunnelHost: deps.tunnelHost ?? refusingMasterHost(),
+      tunnelHost: (this.tunnelHost = deps.tunnelHost ?? masterTunnelHost(cfg, log.withTag("tunnel"))),
       tunnelPool: cfg.tunnel.pool,
     });
     this.client = relayClientFor(cfg, bundle, log, "master", {
@@ -121,6 +122,12 @@ export class MasterRole implements Component {
   }
 
   start(): void {
+    // What a killed master left (its bridge holding the secondary port, rules, dnsmasq) goes first.
+    // A master without CAP_NET_ADMIN (port forwards only) cannot list rules: that is no news.
+    void this.tunnelHost.sweep().then(
+      (gone) => gone.length && this.log.info(`removed leftovers of an earlier run: ${gone.join(", ")}`),
+      (e: Error) => this.log.debug(`sweeping tunnel leftovers: ${e.message}`),
+    );
     this.client.start();
   }
 

@@ -24,6 +24,7 @@ import type { Daemon } from "./daemon.ts";
 import type { OnsiteTunnelHost } from "../tunnel/packet/device.ts";
 import { OnsiteTunnels } from "../tunnel/packet/onsite-tunnels.ts";
 import { refusingOnsiteHost } from "../tunnel/packet/refusing.ts";
+import { onsiteTunnelHost } from "../tunnel/packet/linux.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -145,7 +146,7 @@ export class OnsiteRole implements Component {
 export interface OnsiteOptions {
   /** The firewall backend and command runner of the NAT service (tests: fakes). */
   nat?: Pick<NatComponentOptions, "backend" | "exec">;
-  /** Where tunnel ends are made. Default: a host that refuses (TUN/TAP not composed in yet). */
+  /** Where tunnel ends are made. Default: the Linux host (src/tunnel/packet/linux.ts), from `[tunnel]` and the allow list. */
   tunnelHost?: OnsiteTunnelHost;
 }
 
@@ -168,7 +169,7 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
   const nat = createNatComponent({ control, config: cfg, log: log.withTag("nat"), ...opts.nat });
   daemon.add(nat);
   const natApi = natApiOf(control);
-  const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat, opts.tunnelHost ?? refusingOnsiteHost());
+  const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat, opts.tunnelHost ?? onsiteTunnelHost(cfg, log.withTag("tunnel")));
   let uplinkApi: UplinkApi | undefined;
   let healthy: () => string[] = () => [];
   if (cfg.uplink.length > 0) {
