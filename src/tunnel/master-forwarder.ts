@@ -244,6 +244,10 @@ export class MasterSessions {
     if (t.mode === mode && t.view().state === "up") return this.view(s);
     if (mode === "routed" && !t.addressing) t.addressing = this.allocate();
     t.setRequester(requester);
+    // A refusal known before anything changes (bridging from the secondary port) leaves the
+    // current tunnel up instead of tearing it down for an end that cannot be made.
+    const pre = await this.tunnelHost.precheck?.({ session: id, mode, ...(requester ? { requester } : {}) });
+    if (pre) throw new RemoteError(pre.code === "from_secondary" || pre.code === "invalid" ? ErrorCode.BAD_REQUEST : ErrorCode.REFUSED, pre.message);
     const offer = await request(conn, Msg.TUNNEL_MODE, { session: id, mode, ...(mode === "routed" && t.addressing ? { addressing: t.addressing } : {}) });
     await t.takeDown(`switching to ${mode}`);
     try {

@@ -20,7 +20,7 @@ import { TUNNEL_MTU, TunnelRefused, type MasterTunnelEnd, type MasterTunnelHost,
 import { SecondaryDhcp } from "./dnsmasq.ts";
 import { hostFirewall, type FirewallKind, type MasterRules, type TunnelFirewall } from "./firewall.ts";
 import { checkMode, checkSession, checkTunnelAddress, openLinuxDevice, writeProc, type DeviceOpener } from "./host-onsite.ts";
-import { IpCommands } from "./host-ip.ts";
+import { IpCommands, type IpLink } from "./host-ip.ts";
 import { dhcpWanted, fromSecondaryRefusal, masterRoutes, ownedLinks } from "./host-rules.ts";
 import { deviceName } from "./names.ts";
 import { SecondaryWatch } from "./netmon.ts";
@@ -130,14 +130,27 @@ export class LinuxMasterHost implements MasterTunnelHost {
     return end;
   }
 
+  async precheck(req: MasterTunnelRequest): Promise<TunnelRefused | null> {
+    if (req.mode !== "bridged") return null;
+    const [links, addrs] = await Promise.all([this.ip.links(), this.ip.addrs()]);
+    return this.bridgedRefusal(req.session, req.requester, links, addrs);
+  }
+
+  private bridgedRefusal(session: string, requester: string | undefined, links: IpLink[], addrs: Map<string, string[]>): TunnelRefused | null {
+    const sec = this.secondary;
+    const refusal = fromSecondaryRefusal(requester, sec, addrs.get(sec) ?? []);
+    if (refusal) return refusal;
+    if (!links.some((l) => l.ifname === sec)) return new TunnelRefused("no_device", `the secondary interface ${sec} (\`[tunnel] secondary\`) does not exist on this master`);
+    const other = this.ends.find((e) => e.session !== session);
+    if (other) return new TunnelRefused("busy", `bridging ${sec} would take it from session ${other.session}'s ${other.mode} tunnel; end that one first`);
+    return null;
+  }
+
   private async openBridged(session: string, req: MasterTunnelRequest): Promise<MasterTunnelEnd> {
     const [links, addrs] = await Promise.all([this.ip.links(), this.ip.addrs()]);
     const sec = this.secondary;
-    const refusal = fromSecondaryRefusal(req.requester, sec, addrs.get(sec) ?? []);
+    const refusal = this.bridgedRefusal(session, req.requester, links, addrs);
     if (refusal) throw refusal;
-    if (!links.some((l) => l.ifname === sec)) throw new TunnelRefused("no_device", `the secondary interface ${sec} (\`[tunnel] secondary\`) does not exist on this master`);
-    const other = this.ends.find((e) => e.session !== session);
-    if (other) throw new TunnelRefused("busy", `bridging ${sec} would take it from session ${other.session}'s ${other.mode} tunnel; end that one first`);
     const bridge = deviceName("master", "bridge", session);
     const name = deviceName("master", "tap", session);
     // dnsmasq goes first: the laptop must hear only the customer's DHCP server from now on.
