@@ -32,7 +32,7 @@ const LAN = "192.168.1.0/24";
 
 /** nft: masquerade what leaves `oif` (the peer's tunnel on the master, the LAN bridge on the onsite side). */
 async function masquerade(ns: string, table: string, oif: string): Promise<void> {
-  const script = `table ip ${table} {\n chain post {\n  type nat hook postrouting priority 100;\n  oifname "${oif}" masquerade\n }\n chain fwd {\n  type filter hook forward priority 0;\n  tcp flags syn tcp option maxseg size set rt mtu\n }\n}\n`;
+  const script = `table ip ${table} {\n chain post {\n  type nat hook postrouting priority 100;\n  oifname "${oif}" masquerade\n }\n chain forward {\n  type filter hook forward priority 0;\n  tcp flags syn tcp option maxseg size set rt mtu\n }\n}\n`;
   const r = await Bun.spawn(nsArgv(ns, "nft", "-f", "-"), { stdin: new TextEncoder().encode(script), stdout: "pipe", stderr: "pipe" }).exited;
   if (r !== 0) throw new Error(`nft in ${ns} for ${table} failed`);
 }
@@ -57,9 +57,13 @@ export async function startVtunPath(lab: TunnelLab): Promise<TunnelPath> {
     const tls = await makeTlsFiles(dir);
     await inNs(lab.relay, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     for (const ns of [lab.master, lab.onsite]) await inNs(ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // vtund writes whatever the far end reads to its TUN at once, and a write to a device that
+    // is not up yet fails (EIO) and ends the session: IPv6's router solicitation on the side that
+    // came up first did so. No IPv6 on the devices vtund makes.
+    for (const ns of [lab.master, lab.onsite, lab.relay]) await inNs(ns, ["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
     const ip = "/usr/sbin/ip";
     const session = (name: string, dev: string, local: string, peer: string, route: string) =>
-      `${name} {\n passwd benchpass;\n type tun;\n proto tcp;\n device ${dev};\n compress no;\n encrypt no;\n keepalive yes;\n up {\n  ip "addr add ${local} peer ${peer} dev %%";\n  ip "link set %% mtu 1420 up";\n  ip "route add ${route} dev %%";\n };\n}\n`;
+      `${name} {\n passwd benchpass;\n type tun;\n proto tcp;\n device ${dev};\n compress no;\n encrypt no;\n keepalive yes;\n up {\n  program ${"/usr/sbin/ip"} "link set %% mtu 1420 up" wait;\n  program ${"/usr/sbin/ip"} "addr add ${local} peer ${peer} dev %%" wait;\n  program ${"/usr/sbin/ip"} "route add ${route} dev %%" wait;\n };\n}\n`;
     writeFileSync(
       join(dir, "server.conf"),
       `options {\n port 5000;\n ip ${ip};\n bindaddr { addr 127.0.0.1; };\n}\ndefault {\n compress no;\n encrypt no;\n speed 0;\n}\n` +
