@@ -126,7 +126,7 @@ export async function startOpenvpnPath(lab: TunnelLab): Promise<TunnelPath> {
     const common = ["--dev", "tun", "--proto", "tcp", "--tun-mtu", "1420", "--mssfix", "0", "--ca", tls.ca, "--verb", "1", "--data-ciphers", "AES-128-GCM:AES-256-GCM:CHACHA20-POLY1305"];
     const server = kids.spawn(
       "openvpn server (relay)",
-      nsArgv(lab.relay, "openvpn", ...common, "--mode", "server", "--tls-server", "--port", "1194", "--local", LAB_RELAY, "--dh", "none", "--cert", tls.server.cert, "--key", tls.server.key, "--topology", "subnet", "--server", "10.4.0.0", "255.255.255.0", "--client-to-client", "--client-config-dir", ccd, "--route", "192.168.1.0", "255.255.255.0", "--push", "route 192.168.1.0 255.255.255.0", "--keepalive", "10", "60"),
+      nsArgv(lab.relay, "openvpn", ...common, "--mode", "server", "--tls-server", "--port", "1194", "--local", LAB_RELAY, "--dh", "none", "--cert", tls.server.cert, "--key", tls.server.key, "--topology", "subnet", "--server", "10.4.0.0", "255.255.255.0", "--client-to-client", "--tcp-nodelay", "--client-config-dir", ccd, "--route", "192.168.1.0", "255.255.255.0", "--push", "route 192.168.1.0 255.255.255.0", "--keepalive", "10", "60"),
     );
     await waitFor(async () => (await inNs(lab.relay, ["ss", "-ltn"])).stdout.includes(`${LAB_RELAY}:1194`), 15_000, "openvpn on the relay", { abort: () => (server.running ? undefined : server.failure("openvpn server exited")) });
     for (const [ns, cn] of [[lab.master, "master"], [lab.onsite, "onsite"]] as const) {
@@ -136,7 +136,7 @@ export async function startOpenvpnPath(lab: TunnelLab): Promise<TunnelPath> {
     await inNs(lab.master, ["ip", "route", "replace", LAN, "dev", "tun0"]);
     await masquerade(lab.master, "bench_ovpn", "tun0");
     await masquerade(lab.onsite, "bench_ovpn", "br-lan");
-    return { name: "OpenVPN TCP client-to-client", notes: "openvpn 2.6 server mode over TCP on the relay, client-to-client, TLS certificates, AES-GCM data channel", relayPids: [server.pid], stop };
+    return { name: "OpenVPN TCP client-to-client", notes: "openvpn 2.6 server mode over TCP on the relay, client-to-client, --tcp-nodelay (pushed), TLS certificates, AES-GCM data channel", relayPids: [server.pid], stop };
   } catch (e) {
     await stop();
     throw e;
