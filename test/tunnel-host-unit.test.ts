@@ -342,3 +342,23 @@ describe("TUN device on fake system calls", () => {
     expect(d.counters.readErrors).toBe(1);
   });
 });
+
+describe("the daemons' hosts from the config", () => {
+  test("the relay's address is kept out of the master's tunnel routes; a host name cannot be", async () => {
+    const { keepOutOf } = await import("../src/tunnel/packet/linux.ts");
+    expect(keepOutOf({ relay: { host: "10.1.2.3", port: 443 } })).toEqual(["10.1.2.3"]);
+    expect(keepOutOf({ relay: { host: "relay.example.net", port: 443 } })).toEqual([]);
+    expect(keepOutOf({})).toEqual([]);
+  });
+  test("off Linux the hosts refuse, saying TUN/TAP tunnels are not there", async () => {
+    const { onsiteTunnelHost, masterTunnelHost } = await import("../src/tunnel/packet/linux.ts");
+    const { resolveConfig } = await import("../src/config.ts");
+    const { createLogger } = await import("../src/log.ts");
+    const cfg = resolveConfig([]);
+    const log = createLogger({ level: "silent" });
+    await expect(onsiteTunnelHost(cfg, log, "darwin").open({ session: "s", mode: "routed" })).rejects.toThrow("no packet tunnel host");
+    await expect(masterTunnelHost(cfg, log, "darwin").open({ session: "s", mode: "routed" })).rejects.toThrow("no packet tunnel host");
+    expect(onsiteTunnelHost(cfg, log, "linux").constructor.name).toBe("LinuxOnsiteHost");
+    expect(masterTunnelHost(cfg, log, "linux").constructor.name).toBe("LinuxMasterHost");
+  });
+});
