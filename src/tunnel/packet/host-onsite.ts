@@ -58,7 +58,7 @@ export function checkMode(mode: unknown): TunnelMode {
   return m;
 }
 
-/** A routed end's address: an IPv4 address with a prefix of /8 to /30… /31 (e.g. 10.99.0.2/30). */
+/** A routed end's address: an IPv4 address with its prefix (e.g. 10.99.0.2/30, as the master allocates them). */
 export function checkTunnelAddress(a: unknown, which: string): string {
   if (typeof a !== "string" || !/^\d+\.\d+\.\d+\.\d+\/\d+$/.test(a) || !subnetOf(a)) {
     throw new TunnelRefused("invalid", `bad ${which} tunnel address ${JSON.stringify(a)?.slice(0, 40)}: expected an IPv4 address with prefix such as 10.99.0.2/30`);
