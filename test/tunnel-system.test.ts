@@ -196,10 +196,13 @@ describe.skipIf(!run)("packet tunnels between agent processes", () => {
     expect((await leftovers(lab.onsite)).some((l) => /agent_tun_o/.test(l))).toBe(true);
     await startOnsite(false);
     await fleet.waitConnected(onsite);
-    await clean(lab.onsite, "after the onsite device's restart");
-    expect(onsite.log()).toMatch(/removed leftovers of an earlier run: .*nft table inet agent_tun_o/);
-    await cli(master, ["disconnect", session]);
+    // The restarted device swept the dead run's end first; the master's session then resumes
+    // and the device makes a fresh end (same session, same names): wait for that, then end it.
+    await waitFor(() => /removed leftovers of an earlier run: .*nft table inet agent_tun_o/.test(onsite.log()), 10_000, () => `the onsite sweep in its log${logs()}`);
+    await waitTunnel("routed");
+    expect((await cli(master, ["disconnect", session])).code).toBe(0);
     await clean(lab.master, "after disconnect");
+    await clean(lab.onsite, "after disconnect");
 
     const refused = await cli(master, ["connect", "site-1", "--tunnel", "bridged", "--json"]);
     expect(refused.code).not.toBe(0);
@@ -220,4 +223,17 @@ describe.skipIf(!run)("packet tunnels between agent processes", () => {
     await clean(lab.master, "after the relay came back");
     await clean(lab.onsite, "after the relay came back");
   }, 90_000);
+
+  test("a daemon stopped with SIGTERM while its routed tunnel is up leaves nothing behind, without a restart", async () => {
+    await fleet.waitConnected(master, 30_000);
+    const r = await cli(master, ["connect", "site-1", "--tunnel", "routed", "--json"]);
+    expect(r.code).toBe(0);
+    session = (JSON.parse(r.stdout) as SessionJson).session;
+    await waitTunnel("routed");
+    expect((await leftovers(lab.master)).length).toBeGreaterThan(0);
+    await fleet.stop(master, "SIGTERM");
+    expect(await leftovers(lab.master)).toEqual([]);
+    await fleet.stop(onsite, "SIGTERM");
+    expect(await leftovers(lab.onsite)).toEqual([]);
+  }, 60_000);
 });

@@ -138,6 +138,7 @@ export class MasterRole implements Component {
 
   async close(): Promise<void> {
     this.sessions.close();
+    await this.sessions.tunnelsClosed();
     await this.client.close();
   }
 }

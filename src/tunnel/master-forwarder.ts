@@ -269,6 +269,11 @@ export class MasterSessions {
     for (const s of this.sessions.values()) this.apply(s, { kind: "shutdown" });
   }
 
+  /** Resolves once every session's tunnel end is gone (devices, rules, dnsmasq): a stopping daemon waits for it. */
+  async tunnelsClosed(reason = "the master is stopping"): Promise<void> {
+    await Promise.all([...this.sessions.values()].map((s) => s.tunnel?.close(reason)));
+  }
+
   private listen(spec: ForwardSpec): Forward {
     const fwd = { spec, connections: 0, active: 0, errors: 0, lastError: null } as Forward;
     try {
