@@ -18,6 +18,7 @@ packages=(
   hyperfine                               # start-up benchmark
   prometheus haproxy                      # promtool check metrics (metrics tests); the PROXY v2 load balancer (relay tests)
   faketime                                # a device without an RTC: certificates judged with a stale clock
+  vtun openvpn                            # packet-tunnel benchmark peers (seed 000's vtun, OpenVPN TCP)
 )
 
 missing=()

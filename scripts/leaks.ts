@@ -10,8 +10,9 @@
 //     (/tmp/agent-<name>-XXXXXX) on their command line. Another checkout's processes, and
 //     anything a live run owns, are never listed, let alone killed;
 //   - in the root namespace: the agent's firewall names (iptables chains AGENT-NAT / AGENT-FWD,
-//     comments "agent-nat id=", nft tables agent_nat / agent_ap), and TUN/TAP devices named
-//     agt* or agent*. Tests make these only inside namespaces, so any here is a leak.
+//     comments "agent-nat id=", nft tables agent_nat / agent_ap, the packet tunnels' nft tables
+//     agent_tun_<o|m><tag> and iptables chains AGT-TUN-<o|m><tag>-*), and TUN/TAP devices and
+//     bridges named agt* or agent*. Tests make these only inside namespaces, so any here is a leak.
 //
 // Usage: bun scripts/leaks.ts [--clean]   (exit 1 when something was left behind; --clean also
 // kills the orphans and deletes the namespaces it lists: only those, by pid and by name.)
@@ -83,7 +84,7 @@ export function leakedProcesses(procs: readonly Proc[], root: string, self: Read
 
 /** Lines of a firewall dump (iptables-save, nft list ruleset) that carry the agent's names. */
 export function agentRuleLines(dump: string): string[] {
-  return dump.split("\n").filter((l) => /AGENT-NAT|AGENT-FWD|agent-nat id=|\btable (ip|inet) agent_(nat|ap)\b/.test(l));
+  return dump.split("\n").filter((l) => /AGENT-NAT|AGENT-FWD|agent-nat id=|\btable (ip|inet) agent_(nat|ap|tun_[om][0-9a-f]{8})\b|AGT-TUN-[om][0-9a-f]{8}/.test(l));
 }
 
 /** Names of TUN/TAP devices in `ip -o link show type tun` style output that look like ours. */
@@ -178,6 +179,9 @@ function main(): number {
     const tun = run(["ip", "-o", "link", "show", "type", "tun"]);
     if (tun.code === 0) for (const d of ourTunDevices(tun.stdout)) problems.push(`TUN/TAP device ${d} in the root namespace`);
     else notes.push(`TUN/TAP: not checked (${tun.stderr.trim().split("\n")[0]})`);
+    // A master's bridged tunnel makes a bridge `agt-b<tag>` (src/tunnel/packet/names.ts).
+    const br = run(["ip", "-o", "link", "show", "type", "bridge"]);
+    if (br.code === 0) for (const d of ourTunDevices(br.stdout)) problems.push(`bridge ${d} in the root namespace`);
   } else {
     notes.push("not root: firewall rules, TUN/TAP devices and processes inside namespaces not checked");
   }

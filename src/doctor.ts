@@ -288,6 +288,8 @@ export interface DoctorReport {
 export interface EvaluateOptions {
   /** The relay's listen port (from --listen); decides whether CAP_NET_BIND_SERVICE matters. */
   listenPort?: number;
+  /** Packet tunnels are enabled here (`[tunnel] enabled`): /dev/net/tun, ip and CAP_NET_ADMIN become required (also on a master). */
+  tunnels?: boolean;
 }
 
 /**
@@ -366,6 +368,23 @@ function capCheck(f: HostFacts, cap: "CAP_NET_ADMIN" | "CAP_NET_BIND_SERVICE", h
   return { status: "missing" as const, detail: `${who}, ${cap} not in CapEff ${f.caps.hex}${note}`, fix: privilegeFix(f.os.family, cap) };
 }
 
+/** The tun check's row from what opening the device said. */
+function tunRow(f: HostFacts): { status: CheckStatus; detail: string; fix?: string } {
+  const t = f.tun;
+  if (t.openable) return { status: "ok", detail: `${t.path} opens read-write` };
+  if (t.error === "ENOENT" || t.error === "ENODEV" || t.error === "ENXIO") {
+    return { status: "missing", detail: `${t.path}: ${t.error} (the tun module is not loaded or the device node is missing)`, fix: FIXES["tun-missing"][f.os.family] };
+  }
+  if (t.error === "EACCES" || t.error === "EPERM") {
+    return {
+      status: "missing",
+      detail: `${t.path}: ${t.error} (no permission to open it)`,
+      fix: `${privilegeFix(f.os.family, "CAP_NET_ADMIN")}; a non-root user also needs ${t.path} mode 0666 (the stock mode)`,
+    };
+  }
+  return { status: "missing", detail: `${t.path} cannot be opened: ${t.error ?? "unknown error"}`, fix: FIXES["tun-missing"][f.os.family] };
+}
+
 function specs(opts: EvaluateOptions): Spec[] {
   return [
     {
@@ -416,24 +435,13 @@ function specs(opts: EvaluateOptions): Spec[] {
     {
       check: "tun",
       roles: ["onsite", "master"],
-      required: true,
-      // A master's port forwards are plain sockets: it runs as any user (even nobody). Only
-      // the planned L3/L2 packet tunnel will need these there.
-      requiredFor: ["onsite"],
+      // Only packet tunnels (issue 11) open TUN/TAP devices: port forwards are plain sockets.
+      // Required where tunnels are enabled; elsewhere a missing device fails nothing.
+      required: opts.tunnels === true,
       run: (f) => {
-        const t = f.tun;
-        if (t.openable) return { status: "ok", detail: `${t.path} opens read-write` };
-        if (t.error === "ENOENT" || t.error === "ENODEV" || t.error === "ENXIO") {
-          return { status: "missing", detail: `${t.path}: ${t.error} (the tun module is not loaded or the device node is missing)`, fix: FIXES["tun-missing"][f.os.family] };
-        }
-        if (t.error === "EACCES" || t.error === "EPERM") {
-          return {
-            status: "missing",
-            detail: `${t.path}: ${t.error} (no permission to open it)`,
-            fix: `${privilegeFix(f.os.family, "CAP_NET_ADMIN")}; a non-root user also needs ${t.path} mode 0666 (the stock mode)`,
-          };
-        }
-        return { status: "missing", detail: `${t.path} cannot be opened: ${t.error ?? "unknown error"}`, fix: FIXES["tun-missing"][f.os.family] };
+        const unless = opts.tunnels === true ? "" : "; needed only for packet tunnels ([tunnel] enabled = true)";
+        const r = tunRow(f);
+        return r.status === "ok" ? r : { ...r, detail: r.detail + unless };
       },
     },
     {
@@ -441,8 +449,8 @@ function specs(opts: EvaluateOptions): Spec[] {
       roles: ["onsite", "master"],
       required: true,
       // A master's port forwards are plain sockets: it runs as any user (even nobody). Only
-      // the planned L3/L2 packet tunnel will need these there.
-      requiredFor: ["onsite"],
+      // packet tunnels need these there.
+      requiredFor: opts.tunnels === true ? undefined : ["onsite"],
       run: (f) => toolCheck(f, "ip", "ip", true, "needed to configure tunnel interfaces and routes"),
     },
     {
@@ -450,8 +458,8 @@ function specs(opts: EvaluateOptions): Spec[] {
       roles: ["onsite", "master"],
       required: true,
       // A master's port forwards are plain sockets: it runs as any user (even nobody). Only
-      // the planned L3/L2 packet tunnel will need these there.
-      requiredFor: ["onsite"],
+      // packet tunnels need these there.
+      requiredFor: opts.tunnels === true ? undefined : ["onsite"],
       run: (f) => capCheck(f, "CAP_NET_ADMIN", (c) => c.netAdmin),
     },
     {

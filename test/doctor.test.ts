@@ -128,17 +128,31 @@ describe("evaluate", () => {
   });
 
   const noTun = facts({ tun: { path: "/dev/net/tun", exists: false, openable: false, error: "ENOENT" } });
+  // Issue 11: /dev/net/tun is required only where packet tunnels are enabled; without them a
+  // host whose forwards would work is not failed for it.
   test.each([
-    ["onsite", false],
-    ["master", true], // issue 19: a master's port forwards need no TUN
-    ["relay", true],
-    ["all", false],
-  ] as const)("no tun: %s ok=%p", (role, ok) => {
-    const r = evaluate(noTun, role);
+    ["onsite", undefined, true],
+    ["onsite", false, true],
+    ["onsite", true, false],
+    ["master", undefined, true], // issue 19: a master's port forwards need no TUN
+    ["master", true, false],
+    ["relay", true, true],
+    ["all", undefined, true],
+    ["all", true, false],
+  ] as const)("no tun: %s with tunnels=%p ok=%p", (role, tunnels, ok) => {
+    const r = evaluate(noTun, role, { tunnels });
     expect(r.ok).toBe(ok);
-    if (role === "onsite" || role === "all") {
-      expect(row(r, "tun")).toMatchObject({ status: "missing", required: true, fix: expect.stringContaining("modprobe tun") });
+    if (role !== "relay") {
+      expect(row(r, "tun")).toMatchObject({ status: tunnels ? "missing" : "optional-missing", required: tunnels === true, fix: expect.stringContaining("modprobe tun") });
+      if (!tunnels) expect(row(r, "tun").detail).toContain("needed only for packet tunnels ([tunnel] enabled = true)");
     }
+  });
+
+  test("tunnels enabled make ip and CAP_NET_ADMIN required on a master too", () => {
+    const noIp = facts({ tools: { ip: null } });
+    expect(evaluate(noIp, "master").ok).toBe(true);
+    expect(evaluate(noIp, "master", { tunnels: true }).ok).toBe(false);
+    expect(row(evaluate(noIp, "master", { tunnels: true }), "ip")).toMatchObject({ status: "missing", required: true });
   });
 
   test("no tun on OpenWRT: opkg install kmod-tun", () => {
@@ -279,7 +293,7 @@ describe("evaluate", () => {
 
 describe("formatReport", () => {
   test("aligned columns, a ROLES column for all roles, and a failing summary", () => {
-    const r = evaluate(facts({ tun: { path: "/dev/net/tun", exists: false, openable: false, error: "ENOENT" }, tools: { mmcli: null } }), "all");
+    const r = evaluate(facts({ tun: { path: "/dev/net/tun", exists: false, openable: false, error: "ENOENT" }, tools: { mmcli: null } }), "all", { tunnels: true });
     const lines = formatReport(r).trimEnd().split("\n");
     expect(lines[0]).toStartWith("host: Debian GNU/Linux 12 (bookworm), kernel 6.1.0, uid 0");
     const header = lines[2]!;

@@ -76,6 +76,9 @@ test("firewall lines: the agent's chains, tags and tables only", () => {
   expect(agentRuleLines(save)).toEqual([":AGENT-NAT - [0:0]", "-A PREROUTING -j AGENT-NAT", '-A FOO -m comment --comment "agent-nat id=deadbeef exp=1" -j DNAT']);
   expect(agentRuleLines("table ip agent_nat {\n}\ntable inet agent_ap {\n}\ntable ip filter {\n}")).toEqual(["table ip agent_nat {", "table inet agent_ap {"]);
   expect(agentRuleLines("table ip nt_foreign {\n comment \"user agent\"\n}")).toEqual([]);
+  // Packet tunnels (src/tunnel/packet/names.ts): nft tables and iptables fallback chains.
+  expect(agentRuleLines("table inet agent_tun_o1a2b3c4d {\ntable inet agent_tun_x {\n")).toEqual(["table inet agent_tun_o1a2b3c4d {"]);
+  expect(agentRuleLines(":AGT-TUN-m1a2b3c4d-F - [0:0]\n-A FORWARD -j AGT-TUN-m1a2b3c4d-F\n:AGT-OTHER - [0:0]")).toEqual([":AGT-TUN-m1a2b3c4d-F - [0:0]", "-A FORWARD -j AGT-TUN-m1a2b3c4d-F"]);
 });
 
 test("TUN/TAP devices: ours by name", () => {

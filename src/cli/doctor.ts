@@ -54,7 +54,7 @@ export const doctorCommand = defineAgentCommand({
     facts.config = fileProblems
       ? { file: where!, problems: fileProblems, now: Date.now(), bundle: null, relay: null, listen: null, revocations: { path: "", configured: false, exists: false }, interfaces: [] }
       : await gatherConfigFacts(cfg, where !== undefined ? { file: where } : {});
-    const report = evaluate(facts, role, cfg.listen ? { listenPort: cfg.listen.port } : {});
+    const report = evaluate(facts, role, { ...(cfg.listen ? { listenPort: cfg.listen.port } : {}), tunnels: cfg.tunnel.enabled });
     io.out(flag(args, "json") ? JSON.stringify(report, null, 2) + "\n" : formatReport(report));
     return report.ok ? EXIT_OK : EXIT_RUNTIME;
   },

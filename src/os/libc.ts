@@ -7,6 +7,7 @@
 // musl's dynamic loader `/lib/ld-musl-<arch>.so.1`, which is libc on musl systems such as
 // OpenWRT (DESIGN.md: "Facts checked"). Every symbol below exists under the same name in both.
 import { existsSync } from "node:fs";
+import { endianness } from "node:os";
 import { dlopen, FFIType, read, type Pointer } from "bun:ffi";
 
 /** musl's loader name for this CPU (`aarch64`, `x86_64`, …). */
@@ -79,7 +80,7 @@ export function errno(): number {
 }
 
 /** Linux errno values the agent handles by number (same on every Linux architecture we ship). */
-export const E = { EINTR: 4, EBADF: 9, EAGAIN: 11, EINVAL: 22, ENOBUFS: 105 } as const;
+export const E = { EPERM: 1, ENOENT: 2, EINTR: 4, EBADF: 9, EAGAIN: 11, EBUSY: 16, ENODEV: 19, EINVAL: 22, ENOBUFS: 105 } as const;
 
 /** Socket constants (Linux, all our architectures). */
 export const AF_UNIX = 1;
@@ -96,6 +97,27 @@ export const POLLIN = 0x1;
 export const O_RDWR = 0o2;
 export const O_NONBLOCK = 0o4000;
 export const O_CLOEXEC = 0o2000000;
+/** TUN/TAP (linux/if_tun.h): `ioctl(fd, TUNSETIFF, struct ifreq *)` with these flags in ifr_flags. */
+export const TUNSETIFF = 0x400454ca;
+export const IFF_TUN = 0x0001;
+export const IFF_TAP = 0x0002;
+/** No 4-byte packet-information header before each packet: reads and writes are bare packets. */
+export const IFF_NO_PI = 0x1000;
+/** struct ifreq: a 16-byte name (IFNAMSIZ, NUL included), then a 24-byte union (ifr_flags first). */
+export const IFNAMSIZ = 16;
+export const IFREQ_SIZE = 40;
+
+/** A `struct ifreq` for TUNSETIFF: `name` (at most 15 bytes) and `flags` (a short at offset 16). */
+export function tunIfreq(name: string, flags: number): Buffer {
+  const n = Buffer.from(name, "utf8");
+  if (n.length === 0 || n.length >= IFNAMSIZ) throw new RangeError(`interface name ${JSON.stringify(name)} must be 1 to ${IFNAMSIZ - 1} bytes`);
+  const b = Buffer.alloc(IFREQ_SIZE);
+  n.copy(b, 0);
+  // A short in host byte order (big-endian MIPS routers exist among OpenWRT targets).
+  if (endianness() === "BE") b.writeUInt16BE(flags & 0xffff, IFNAMSIZ);
+  else b.writeUInt16LE(flags & 0xffff, IFNAMSIZ);
+  return b;
+}
 
 /** A failed system call: what was attempted and the errno it returned. */
 export class OsError extends Error {

@@ -20,10 +20,11 @@ import { parseTunnelMode, type MasterTunnelHost } from "../tunnel/packet/device.
 import { refusingMasterHost } from "../tunnel/packet/refusing.ts";
 import { gateMasterHost } from "../tunnel/packet/sweep-gate.ts";
 import { isUdpForward, parseUdpForward, type UdpForwardSpec } from "../tunnel/udp.ts";
+import { masterTunnelHost } from "../tunnel/packet/linux.ts";
 
 /** What composeMaster may be handed instead of the defaults (tests: a memory tunnel host). */
 export interface MasterDeps {
-  /** Where tunnel ends are made. Default: a host that refuses (TUN/TAP not composed in yet). */
+  /** Where tunnel ends are made. Default: the Linux host (src/tunnel/packet/linux.ts), from `[tunnel]`. */
   tunnelHost?: MasterTunnelHost;
 }
 
@@ -39,16 +40,17 @@ export class MasterRole implements Component {
   readonly name = "master";
   readonly client: RelayClient;
   readonly sessions: MasterSessions;
+  private readonly tunnelHost: MasterTunnelHost;
   /** The role's own part of its API (the daemon shell adds `status`; see composeMaster). */
   readonly api: Omit<MasterApi, "status">;
 
-  /** With `control`, serves `api` there itself (composeMaster serves the whole API instead). */
-  private readonly tunnelHost: MasterTunnelHost;
   private readonly log: Logger;
+
+  /** With `control`, serves `api` there itself (composeMaster serves the whole API instead). */
 
   constructor(cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer, deps: MasterDeps = {}) {
     this.log = log;
-    this.tunnelHost = gateMasterHost(deps.tunnelHost ?? refusingMasterHost());
+    this.tunnelHost = gateMasterHost(deps.tunnelHost ?? masterTunnelHost(cfg, log.withTag("tunnel")));
     if (cfg.gui) log.warn(`the web GUI is not built yet: ${cfg.gui.host}:${cfg.gui.port} serves nothing; use agent devices / connect / sessions`);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
@@ -131,8 +133,12 @@ export class MasterRole implements Component {
   }
 
   start(): void {
-    // What an earlier run left behind (a kill -9 leaves devices, routes, dnsmasq) goes first.
-    void this.tunnelHost.sweep().then((gone) => gone.length && this.log.info(`removed tunnel leftovers of an earlier run: ${gone.join(", ")}`), (e: Error) => this.log.warn(`sweeping tunnel leftovers: ${e.message}`));
+    // What a killed master left (its bridge holding the secondary port, rules, dnsmasq) goes first.
+    // A master without CAP_NET_ADMIN (port forwards only) cannot list rules: that is no news.
+    void this.tunnelHost.sweep().then(
+      (gone) => gone.length && this.log.info(`removed leftovers of an earlier run: ${gone.join(", ")}`),
+      (e: Error) => this.log.debug(`sweeping tunnel leftovers: ${e.message}`),
+    );
     this.client.start();
   }
 
@@ -143,6 +149,7 @@ export class MasterRole implements Component {
 
   async close(): Promise<void> {
     this.sessions.close();
+    await this.sessions.tunnelsClosed();
     await this.client.close();
   }
 }

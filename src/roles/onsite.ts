@@ -30,6 +30,7 @@ import { OnsiteUdpServer } from "../tunnel/udp.ts";
 import { watchNat, watchRelayLink, watchUplinks } from "./metrics.ts";
 import { onsiteHeartbeat } from "./fleet.ts";
 import type { HeartbeatSender, UplinkView } from "../transport/heartbeat/sender.ts";
+import { onsiteTunnelHost } from "../tunnel/packet/linux.ts";
 
 /** The inventory goes out again this often so the relay's view of uptime and uplink stays fresh. */
 const INVENTORY_REFRESH_MS = 60_000;
@@ -167,7 +168,7 @@ export class OnsiteRole implements Component {
 export interface OnsiteOptions {
   /** The firewall backend and command runner of the NAT service (tests: fakes). */
   nat?: Pick<NatComponentOptions, "backend" | "exec">;
-  /** Where tunnel ends are made. Default: a host that refuses (TUN/TAP not composed in yet). */
+  /** Where tunnel ends are made. Default: the Linux host (src/tunnel/packet/linux.ts), from `[tunnel]` and the allow list. */
   tunnelHost?: OnsiteTunnelHost;
 }
 
@@ -190,7 +191,7 @@ export async function composeOnsite(daemon: Daemon, cfg: Config, bundle: Bundle,
   const nat = createNatComponent({ control, config: cfg, log: log.withTag("nat"), ...opts.nat });
   daemon.add(nat);
   const natApi = natApiOf(control);
-  const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat, opts.tunnelHost ?? refusingOnsiteHost());
+  const role = new OnsiteRole(cfg, bundle, log.withTag("onsite"), undefined, nat, opts.tunnelHost ?? onsiteTunnelHost(cfg, log.withTag("tunnel")));
   if (cfg.ownline) {
     // Seed 001's own client: ownline's protocol, answered through the same NAT calls as `agent nat add|del`.
     const { OwnlineListener } = await import("../ownline/listener.ts");

@@ -291,6 +291,10 @@ export class MasterSessions {
     if (t.mode === mode && t.view().state === "up") return this.view(s);
     if (mode === "routed" && !t.addressing) t.addressing = this.allocate();
     t.setRequester(requester);
+    // A refusal known before anything changes (bridging from the secondary port) leaves the
+    // current tunnel up instead of tearing it down for an end that cannot be made.
+    const pre = await this.tunnelHost.precheck?.({ session: id, mode, ...(requester ? { requester } : {}) });
+    if (pre) throw new RemoteError(pre.code === "from_secondary" || pre.code === "invalid" ? ErrorCode.BAD_REQUEST : ErrorCode.REFUSED, pre.message);
     const offer = await request(conn, Msg.TUNNEL_MODE, { session: id, mode, ...(mode === "routed" && t.addressing ? { addressing: t.addressing } : {}) });
     await t.takeDown(`switching to ${mode}`);
     try {
@@ -312,6 +316,11 @@ export class MasterSessions {
 
   close(): void {
     for (const s of this.sessions.values()) this.apply(s, { kind: "shutdown" });
+  }
+
+  /** Resolves once every session's tunnel end is gone (devices, rules, dnsmasq): a stopping daemon waits for it. */
+  async tunnelsClosed(reason = "the master is stopping"): Promise<void> {
+    await Promise.all([...this.sessions.values()].map((s) => s.tunnel?.close(reason)));
   }
 
   private listen(spec: ForwardSpec): Forward {

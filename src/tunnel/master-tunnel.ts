@@ -130,15 +130,19 @@ export class MasterTunnel {
     this.requester = r;
   }
 
-  async close(reason: string): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    this.unwatch?.();
-    this.unwatch = null;
-    this.bridge.currentStream?.reset(ResetCode.CANCEL, reason);
-    this.bridge.setStream(null);
-    await this.closeEnd();
-    this.reason = reason;
+  private closing: Promise<void> | null = null;
+
+  /** Ends the tunnel; a second call waits for the first (the daemon stopping awaits it). */
+  close(reason: string): Promise<void> {
+    return (this.closing ??= (async () => {
+      this.closed = true;
+      this.unwatch?.();
+      this.unwatch = null;
+      this.bridge.currentStream?.reset(ResetCode.CANCEL, reason);
+      this.bridge.setStream(null);
+      await this.closeEnd();
+      this.reason = reason;
+    })());
   }
 
   view(): TunnelView {

@@ -3,7 +3,7 @@
 // uplinks. Rendered here, written and run by ap.ts.
 import { randomInt } from "node:crypto";
 import type { ApConfig } from "../config.ts";
-import { formatIPv4, maskOf } from "../netaddr.ts";
+import { formatIPv4, maskOf, type Cidr } from "../netaddr.ts";
 
 /** Letters and digits without look-alikes (0/O, 1/l/I): read off a label, typed on a phone. */
 const PASS_ALPHABET = "abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
@@ -69,13 +69,35 @@ export function renderHostapd(ap: ApConfig, passphrase: string, ctrlDir?: string
 /** The user dnsmasq runs as once it has bound its sockets (Debian's and OpenWrt's packages create it). */
 export const DNSMASQ_USER = "dnsmasq";
 
-export function renderDnsmasq(ap: ApConfig, o: { leaseFile: string; user?: string }): string {
-  const addr = formatIPv4(ap.address.host);
-  const r = dhcpRange(ap.address);
+/** What a DHCP-only (or DHCP + captive DNS) dnsmasq on one interface needs to know. */
+export interface DhcpServerSpec {
+  /** The one interface it serves (the AP, a master's secondary port). */
+  interface: string;
+  /** The interface's own address: listen address, router and DNS server of the leases. */
+  address: Cidr & { host: number };
+  leaseFile: string;
+  /** Answer every DNS name with the address (a setup page); false: no DNS at all (port=0). */
+  captiveDns: boolean;
+  /** Whether clients are told the address is their DNS server (default: with captive DNS only). */
+  advertiseDns?: boolean;
+  /** The first comment line: who writes the file. */
+  banner?: string;
+  /** The user dnsmasq drops to after binding (default DNSMASQ_USER). */
+  user?: string;
+}
+
+/**
+ * dnsmasq.conf for one interface, shared by the access point and the master's packet tunnel
+ * (`src/tunnel/packet/dnsmasq.ts`): bound to that interface only, never to the LAN or an
+ * uplink; no pid file (the agent supervises it); leases with the address as the router.
+ */
+export function renderDhcpServer(o: DhcpServerSpec): string {
+  const addr = formatIPv4(o.address.host);
+  const r = dhcpRange(o.address);
   const lines = [
-    "# written by the agent at each AP start; edits are overwritten",
-    `interface=${ap.interface}`,
-    // Only the AP interface: never answer DHCP or DNS on the LAN or an uplink.
+    o.banner ?? "# written by the agent; edits are overwritten",
+    `interface=${o.interface}`,
+    // Only this interface: never answer DHCP or DNS on the LAN or an uplink.
     "bind-interfaces",
     `listen-address=${addr}`,
     "except-interface=lo",
@@ -90,14 +112,26 @@ export function renderDnsmasq(ap: ApConfig, o: { leaseFile: string; user?: strin
     `dhcp-leasefile=${o.leaseFile}`,
     "dhcp-authoritative",
     `dhcp-range=${r.start},${r.end},${r.netmask},${DHCP_LEASE}`,
-    // The AP address as router and DNS server: phones treat the network as usable and probe
-    // for a captive portal, which the setup page answers; nothing is forwarded past it.
     `dhcp-option=option:router,${addr}`,
-    `dhcp-option=option:dns-server,${addr}`,
   ];
-  if (ap.captive_dns) lines.push("port=53", `address=/#/${addr}`);
+  if (o.advertiseDns ?? o.captiveDns) lines.push(`dhcp-option=option:dns-server,${addr}`);
+  if (o.captiveDns) lines.push("port=53", `address=/#/${addr}`);
   else lines.push("port=0");
   return lines.join("\n") + "\n";
+}
+
+export function renderDnsmasq(ap: ApConfig, o: { leaseFile: string; user?: string }): string {
+  // The AP address as router and DNS server: phones treat the network as usable and probe
+  // for a captive portal, which the setup page answers; nothing is forwarded past it.
+  return renderDhcpServer({
+    interface: ap.interface,
+    address: ap.address,
+    leaseFile: o.leaseFile,
+    captiveDns: ap.captive_dns,
+    advertiseDns: true,
+    banner: "# written by the agent at each AP start; edits are overwritten",
+    ...(o.user ? { user: o.user } : {}),
+  });
 }
 
 export const NFT_TABLE = "agent_ap";

@@ -108,6 +108,12 @@ export interface MasterTunnelEnd {
  */
 export interface MasterTunnelHost {
   open(req: MasterTunnelRequest): Promise<MasterTunnelEnd>;
+  /**
+   * Optional: the refusal open(req) would give for a reason known before anything is made
+   * (seed 000's bridged rule, the secondary port held by another session), or null. A mode
+   * switch asks first, so a refused switch leaves the session's current tunnel as it was.
+   */
+  precheck?(req: MasterTunnelRequest): Promise<TunnelRefused | null>;
   sweep(): Promise<string[]>;
   /** Calls `handler` with a sentence when the secondary interface appears, goes or is renamed. */
   onSecondaryChange(handler: (what: string) => void): () => void;
