@@ -17,7 +17,6 @@ import type { AddResult } from "../nat/service.ts";
 import type { MasterApi } from "./api.ts";
 import type { Daemon } from "./daemon.ts";
 import { parseTunnelMode, type MasterTunnelHost } from "../tunnel/packet/device.ts";
-import { refusingMasterHost } from "../tunnel/packet/refusing.ts";
 import { gateMasterHost } from "../tunnel/packet/sweep-gate.ts";
 import { isUdpForward, parseUdpForward, type UdpForwardSpec } from "../tunnel/udp.ts";
 import { masterTunnelHost } from "../tunnel/packet/linux.ts";
