@@ -373,3 +373,16 @@ test("a tunnel opened while the start-up sweep runs waits for it (the sweep cann
   await opened;
   expect(events).toEqual(["swept", "open"]);
 });
+
+test("the gated master host passes precheck through (a refused bridged switch is known before anything changes)", async () => {
+  const { gateMasterHost } = await import("../src/tunnel/packet/sweep-gate.ts");
+  const { TunnelRefused } = await import("../src/tunnel/packet/device.ts");
+  const refused = new TunnelRefused("from_secondary", "asked from eth1's subnet");
+  const base = { open: async () => { throw new Error("not here"); }, sweep: async () => [], onSecondaryChange: () => () => {} };
+  const seen: string[] = [];
+  const gated = gateMasterHost({ ...base, precheck: async (r) => (seen.push(r.mode), r.mode === "bridged" ? refused : null) });
+  expect(await gated.precheck!({ session: "s-1", mode: "bridged", requester: "192.168.77.150" })).toBe(refused);
+  expect(await gated.precheck!({ session: "s-1", mode: "routed" })).toBeNull();
+  expect(seen).toEqual(["bridged", "routed"]);
+  expect(gateMasterHost(base).precheck).toBeUndefined();
+});

@@ -40,5 +40,7 @@ export function gateMasterHost(host: MasterTunnelHost): MasterTunnelHost {
     },
     sweep: () => g.sweep(() => host.sweep()),
     onSecondaryChange: (h) => host.onSecondaryChange(h),
+    // Every optional method of the seam passes through, or the gate silently drops it.
+    ...(host.precheck ? { precheck: (req: Parameters<NonNullable<MasterTunnelHost["precheck"]>>[0]) => host.precheck!(req) } : {}),
   };
 }
