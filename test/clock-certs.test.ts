@@ -79,7 +79,11 @@ if (!hasFaketime && process.env.CI) throw new Error("faketime is missing (script
 const maybe = hasFaketime ? describe : describe.skip; // without faketime (outside CI): skipped, there is no other way to fake OpenSSL's clock
 
 maybe("an onsite daemon whose clock reads 2001 (libfaketime) and a relay on the real clock", () => {
-  const ft = (when: number) => ["env", "TZ=UTC", "faketime", "-m", "--exclude-monotonic", new Date(when).toISOString().slice(0, 19).replace("T", " ")];
+  // libfaketime by LD_PRELOAD under `env`, which execs: the pid the fleet stops is the daemon's
+  // own. The `faketime` wrapper forks and waits instead, so stopping it orphaned the daemon.
+  const lib = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map((t) => `/usr/lib/${t}/faketime/libfaketimeMT.so.1`).find((p) => existsSync(p));
+  if (!lib) throw new Error("libfaketimeMT.so.1 not found (Debian's libfaketime package, pulled in by faketime)");
+  const ft = (when: number) => ["env", "TZ=UTC", `LD_PRELOAD=${lib}`, `FAKETIME=@${new Date(when).toISOString().slice(0, 19).replace("T", " ")}`, "FAKETIME_DONT_FAKE_MONOTONIC=1"];
   const agentAt = async (when: number, args: string[]) => {
     const r = await run([...ft(when), BUN, MAIN, ...args], { timeoutMs: 60_000 });
     if (r.code !== 0) throw new Error(`agent ${args.join(" ")} at ${new Date(when).toISOString()}: ${r.stderr}`);
