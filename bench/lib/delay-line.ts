@@ -153,7 +153,10 @@ if (import.meta.main) {
   const ba = new DelayPump(args.delayMs, (p) => a.write(p));
   a.onPacket((p) => ab.arrive(p));
   b.onPacket((p) => ba.arrive(p));
+  // The devices' poll thread does not hold the event loop open; this does, until SIGTERM.
+  const alive = setInterval(() => {}, 1 << 30);
   process.on("SIGTERM", () => {
+    clearInterval(alive);
     ab.stop();
     ba.stop();
     const writeDrops = a.counters.txDropped + b.counters.txDropped;
