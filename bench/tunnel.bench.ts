@@ -84,14 +84,24 @@ async function measure(lab: TunnelLab, name: string, host: string, port: number,
   const t1: number[] = [];
   const t4: number[] = [];
   let stall = 0;
+  const failed: string[] = [];
+  // A failed run is a result, not a crash: counted in the row's notes, its reason printed.
+  const attempt = async (streams: number, into: number[]) => {
+    try {
+      const r = await iperf(lab, host, port, streams);
+      into.push(r.bps);
+      stall = Math.max(stall, r.stallMs);
+    } catch (e) {
+      failed.push(`${streams} stream(s): ${(e as Error).message.split("\n")[0]}`);
+      console.log(`  ${name}: run failed: ${failed.at(-1)}`);
+    }
+  };
   for (let i = 0; i < TURNS; i++) {
-    const a = await iperf(lab, host, port, 1);
-    t1.push(a.bps);
-    const b = await iperf(lab, host, port, 4);
-    t4.push(b.bps);
-    stall = Math.max(stall, a.stallMs, b.stallMs);
+    await attempt(1, t1);
+    await attempt(4, t4);
   }
   const p = pingHost ? await ping(lab, pingHost) : { median: NaN, p99: NaN };
+  if (failed.length) notes += `; ${failed.length} of ${2 * TURNS} iperf3 runs failed`;
   const row = { name, tcp1: median(t1) / 1e6, tcp4: median(t4) / 1e6, rttMedian: p.median, rttP99: p.p99, stallMs: stall, notes };
   console.log(`  ${name}: ${row.tcp1.toFixed(0)} / ${row.tcp4.toFixed(0)} Mbit/s, RTT ${row.rttMedian.toFixed(2)} / ${row.rttP99.toFixed(2)} ms`);
   return row;
@@ -206,6 +216,9 @@ try {
   } finally {
     await loss(lab, false);
     delayCheck.counters = await delayOff();
+  }
+  if (rows.some((r) => r.notes.includes("runs failed"))) {
+    for (const d of [master, onsite, relay]) console.log(`--- ${d.id} log, last lines ---\n${d.log().trim().split("\n").slice(-15).join("\n")}`);
   }
 
   if ((await cli(master, ["tunnel", "mode", session, "bridged"])).code !== 0) throw new Error("switch to bridged failed");

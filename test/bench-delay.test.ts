@@ -10,7 +10,7 @@ const pkt = (id: number, len = 4) => {
   p[0] = id;
   return p;
 };
-const ids = (ps: Uint8Array[]) => ps.map((p) => p[0]);
+const ids = (ps: Uint8Array[]) => ps.map((p) => p[0]!);
 
 describe("DelayQueue", () => {
   test.each([
