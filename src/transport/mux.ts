@@ -7,7 +7,7 @@ import {
 } from "./frame.ts";
 import { Msg, isKnownMsg, msgName, ErrorCode } from "./messages.ts";
 import type { Link } from "./link.ts";
-import { Limits, Timing } from "./policy.ts";
+import { Limits, Timing, type Keepalive } from "./policy.ts";
 import { PacketSender, isPacketOpen, packetProblem, type PacketLink, type PacketStats } from "./packet.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 
@@ -149,10 +149,15 @@ export class Connection implements PacketLink {
     return new Promise((r) => this.closeWaiters.push(r));
   }
 
-  startKeepalive(): void {
-    const interval = this.opts.keepaliveInterval ?? Timing.keepaliveInterval;
-    const timeout = this.opts.keepaliveTimeout ?? Timing.keepaliveTimeout;
+  /** The keepalive this connection runs (once started): PING interval and dead-peer timeout, ms. */
+  keepalive: Keepalive | null = null;
+
+  /** PINGs from now on; `k` (negotiated for this connection, issue 13 §8) overrides the options. */
+  startKeepalive(k?: Keepalive): void {
+    const interval = k?.interval ?? this.opts.keepaliveInterval ?? Timing.keepaliveInterval;
+    const timeout = k?.timeout ?? this.opts.keepaliveTimeout ?? Timing.keepaliveTimeout;
     if (this.keepaliveTimer) return;
+    this.keepalive = { interval, timeout };
     this.keepaliveTimer = this.clock.setInterval(() => this.routineKeepalive(timeout), interval);
   }
 

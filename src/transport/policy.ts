@@ -6,6 +6,13 @@ export const Timing = {
   keepaliveInterval: 5_000,
   /** No frame at all for this long: the path is dead, close and redial. Well under a minute. */
   keepaliveTimeout: 15_000,
+  /** What a device dialing over a metered uplink asks for in its HELLO (issue 13 §8): a PING
+   * each way every 30 s instead of 5 s, a sixth of the keepalive bytes on a billed link. */
+  meteredKeepaliveInterval: 30_000,
+  /** The relay honours a HELLO's keepalive request within these bounds (ms): no device makes it
+   * ping faster than the default, nor go deaf to a dead peer for more than 3 minutes. */
+  keepaliveRequestMin: 5_000,
+  keepaliveRequestMax: 60_000,
   /** TLS handshake must complete within this (relay side). */
   handshakeDeadline: 10_000,
   /** The HELLO must arrive within this after the handshake (relay side). */
@@ -81,4 +88,32 @@ export function backoffDelay(attempt: number, random: () => number = Math.random
 export function nextAttempt(attempt: number, livedMs: number | null, stableAfter: number = Timing.stableAfter): number {
   if (livedMs !== null && livedMs >= stableAfter) return 0;
   return attempt + 1;
+}
+
+/** The keepalive of one connection: the PING interval and the dead-peer timeout, ms. */
+export interface Keepalive {
+  interval: number;
+  timeout: number;
+}
+
+/**
+ * A connection's keepalive, given the peer's request (HELLO `keepalive`, absent: none) and this
+ * side's own setting. Pure. No request: the own setting, as before. A request: clamped to
+ * [keepaliveRequestMin, keepaliveRequestMax], and the timeout stays at least three intervals
+ * (as 15 s is to 5 s), so three PINGs may go unanswered before the path counts as dead.
+ */
+export function negotiateKeepalive(
+  request: number | undefined,
+  own: Keepalive = { interval: Timing.keepaliveInterval, timeout: Timing.keepaliveTimeout },
+  bounds: { min: number; max: number } = { min: Timing.keepaliveRequestMin, max: Timing.keepaliveRequestMax },
+): Keepalive {
+  if (request === undefined) return own;
+  const interval = Math.min(bounds.max, Math.max(bounds.min, Math.floor(request)));
+  return { interval, timeout: Math.max(own.timeout, 3 * interval) };
+}
+
+/** What a device asks for in its HELLO when it dials over an uplink: on a metered one the
+ * longer interval, else nothing (the relay's default). Pure. */
+export function keepaliveRequestFor(uplink: { metered: boolean } | undefined): number | undefined {
+  return uplink?.metered ? Timing.meteredKeepaliveInterval : undefined;
 }
