@@ -291,3 +291,17 @@ describe("RelayClient asks when told to, and runs what the relay answered", () =
     expect(c.connection!.keepalive!.interval).toBe(30_000);
   });
 });
+
+test("docs/protocol.md quotes the metered keepalive's figures the code has", async () => {
+  const doc = (await Bun.file(new URL("../docs/protocol.md", import.meta.url)).text()).replace(/\s+/g, " ");
+  const s = (ms: number) => `${ms / 1000} s`;
+  const quotes = [
+    `(\`meteredKeepaliveInterval\`, ${s(Timing.meteredKeepaliveInterval)}`,
+    `clamps the request to ${Timing.keepaliveRequestMin / 1000}–${s(Timing.keepaliveRequestMax)} (\`keepaliveRequestMin\`/\`Max\`)`,
+    `(${s(Timing.meteredKeepaliveInterval)}: ${s(negotiateKeepalive(Timing.meteredKeepaliveInterval).timeout)}`,
+    `an integer 1–86400000`,
+  ];
+  expect(quotes.filter((q) => !doc.includes(q))).toEqual([]);
+  // The decoder's bound is the one quoted.
+  expect(() => decodeHello({ versions: [1], role: "onsite", id: "x", keepalive: 86_400_000 })).not.toThrow();
+});
