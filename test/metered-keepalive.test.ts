@@ -6,11 +6,11 @@
 import { afterEach, describe, expect, test } from "bun:test";
 import { FakeClock } from "../src/clock.ts";
 import { deviceKeepalive, RelayClient } from "../src/transport/client.ts";
-import { GoAwayCode } from "../src/transport/frame.ts";
+import { Flag, FrameDecoder, FrameType, GoAwayCode } from "../src/transport/frame.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
 import { decodeHello, MessageError, Msg } from "../src/transport/messages.ts";
 import { Connection, type ConnectionClosed } from "../src/transport/mux.ts";
-import { keepaliveRequestFor, negotiateKeepalive, Timing } from "../src/transport/policy.ts";
+import { keepaliveRequestFor, negotiateKeepalive, pingDue, RELAY_LEAN, relayKeepalive, Timing } from "../src/transport/policy.ts";
 import { judgeHello } from "../src/tunnel/relay/front.ts";
 import { RelayServer } from "../src/tunnel/relay/server.ts";
 import { RefusalCode } from "../src/tunnel/relay/refusals.ts";
@@ -47,6 +47,27 @@ describe("negotiateKeepalive (the relay's decision)", () => {
     expect(deviceKeepalive(30_000, {})).toEqual({ interval: 30_000, timeout: 90_000 });
     expect(deviceKeepalive(5_000, {})).toEqual(own); // an older relay that ignored the request
     expect(deviceKeepalive(1, {})).toEqual(own);
+  });
+});
+
+describe("the relay's PINGs on a lean connection", () => {
+  test.each([
+    ["not lean: every tick", { interval: 5_000, timeout: 15_000 }, 0, 0, true],
+    ["lean, heard 10 s ago, own PING 30 s ago", { interval: 30_000, timeout: 90_000, lean: 4 }, 10_000, 30_000, false],
+    ["lean, quiet for an interval (the peer's PING is due about now)", { interval: 30_000, timeout: 90_000, lean: 4 }, 30_000, 30_000, false],
+    ["lean, quiet for 1.5 intervals (the peer's PING went missing)", { interval: 30_000, timeout: 90_000, lean: 4 }, 45_000, 30_000, true],
+    ["lean, own PING almost 4 intervals ago (the timer's tick)", { interval: 30_000, timeout: 90_000, lean: 4 }, 0, 119_500, true],
+    ["lean, heard just now, own PING 4 intervals ago (RTT)", { interval: 30_000, timeout: 90_000, lean: 4 }, 0, 120_000, true],
+    ["lean, heard just now, own PING 3 intervals ago", { interval: 30_000, timeout: 90_000, lean: 4 }, 0, 90_000, false],
+    ["lean, no own PING yet", { interval: 30_000, timeout: 90_000, lean: 4 }, 0, Infinity, true],
+  ])("pingDue: %s", (_n, k, quiet, sinceOwn, want) => {
+    expect(pingDue(k, quiet, sinceOwn)).toBe(want);
+  });
+
+  test("relayKeepalive: lean only for a connection that asked", () => {
+    expect(relayKeepalive(undefined, own)).toEqual(own);
+    expect(relayKeepalive(30_000, own)).toEqual({ interval: 30_000, timeout: 90_000, lean: RELAY_LEAN });
+    expect(relayKeepalive(1, own)).toEqual({ ...own, lean: RELAY_LEAN });
   });
 });
 
@@ -145,13 +166,43 @@ async function heardAt(clock: FakeClock, conn: Connection, ms: number): Promise<
 }
 
 describe("the relay honours the request per connection", () => {
-  test("a metered HELLO (30 s): WELCOME says 30 s, the relay PINGs every 30 s, not every 5 s", async () => {
+  test("a metered HELLO (30 s): WELCOME says 30 s, the relay PINGs at most every 30 s, not every 5 s", async () => {
     const clock = new FakeClock();
     const r = relay(clock);
     const d = await device(r, clock, 30_000);
     expect((await d.welcomed).keepalive).toBe(30_000);
-    expect(d.atRelay.keepalive).toEqual({ interval: 30_000, timeout: 90_000 });
-    expect(await heardAt(clock, d.conn, 95_000)).toEqual([30_000, 60_000, 90_000]);
+    expect(d.atRelay.keepalive).toEqual({ interval: 30_000, timeout: 90_000, lean: RELAY_LEAN });
+    // This device PINGs not at all: the lean relay PINGs at its first tick, and again whenever
+    // it heard nothing (the ACK to its last PING) for 1.5 intervals.
+    expect(await heardAt(clock, d.conn, 155_000)).toEqual([30_000, 90_000, 150_000]);
+  });
+
+  test("a metered device that PINGs every 30 s itself: the relay answers, and PINGs only every 4th interval", async () => {
+    const clock = new FakeClock();
+    const r = relay(clock);
+    const d = await device(r, clock, 30_000);
+    await d.welcomed;
+    d.conn.startKeepalive({ interval: 30_000, timeout: 90_000 });
+    const t0 = clock.now();
+    const pings: number[] = []; // the relay's own PINGs, from t0
+    const acks: number[] = []; // its answers to the device's
+    const dec = new FrameDecoder((f) => {
+      if (f.type !== FrameType.PING) return;
+      ((f.flags & Flag.ACK) ? acks : pings).push(clock.now() - t0);
+    });
+    const relayEnd = (d.link as MemoryLink).peer!;
+    const write = relayEnd.write.bind(relayEnd);
+    relayEnd.write = (chunk) => {
+      dec.push(chunk);
+      write(chunk);
+    };
+    await run(clock, 365_000);
+    expect(d.atRelay.closed).toBe(false);
+    expect(acks).toEqual([30_000, 60_000, 90_000, 120_000, 150_000, 180_000, 210_000, 240_000, 270_000, 300_000, 330_000, 360_000]);
+    // Before: a PING every 5 s (73 in this time); now one in 4 intervals (the first at its first tick).
+    expect(pings.length).toBeGreaterThanOrEqual(3);
+    expect(pings.length).toBeLessThanOrEqual(4);
+    for (let i = 1; i < pings.length; i++) expect(pings[i]! - pings[i - 1]!).toBe(120_000);
   });
 
   test("no request (unmetered, or an older device): as today, a PING every 5 s", async () => {
@@ -175,7 +226,7 @@ describe("the relay honours the request per connection", () => {
     const atRelay = r.accept(relayLink, { id: "tech-1", role: "master", serial: "02" });
     other.send(Msg.HELLO, { versions: [1], role: "master", id: "tech-1", agent: "t" });
     expect((await welcomed).keepalive).toBe(5_000);
-    expect([metered.atRelay.keepalive, atRelay.keepalive]).toEqual([{ interval: 30_000, timeout: 90_000 }, own]);
+    expect([metered.atRelay.keepalive, atRelay.keepalive]).toEqual([{ interval: 30_000, timeout: 90_000, lean: RELAY_LEAN }, own]);
   });
 
   test("the dead-peer timeout follows: a silent metered device is closed after 90 s of silence, not 15 s", async () => {

@@ -94,7 +94,14 @@ export function nextAttempt(attempt: number, livedMs: number | null, stableAfter
 export interface Keepalive {
   interval: number;
   timeout: number;
+  /** Lean: the peer PINGs at the interval itself, so this side PINGs only when nothing came
+   * from it for 1.5 intervals, or every `lean`-th interval anyway (its own RTT stays fresh).
+   * Absent: a PING every interval. */
+  lean?: number;
 }
+
+/** The relay's own PINGs on a lean connection (a metered device's): every 4th interval. */
+export const RELAY_LEAN = 4;
 
 /**
  * A connection's keepalive, given the peer's request (HELLO `keepalive`, absent: none) and this
@@ -116,4 +123,26 @@ export function negotiateKeepalive(
  * longer interval, else nothing (the relay's default). Pure. */
 export function keepaliveRequestFor(uplink: { metered: boolean } | undefined): number | undefined {
   return uplink?.metered ? Timing.meteredKeepaliveInterval : undefined;
+}
+
+/**
+ * The relay's keepalive for a connection whose HELLO asked for one (a metered device, which
+ * PINGs at that interval itself): the negotiated one, lean (its ACKs answer the device, and
+ * a PING of its own only when the device fell quiet, or every RELAY_LEAN intervals for the
+ * RTT). No request: its own, as before. Pure.
+ */
+export function relayKeepalive(request: number | undefined, own: Keepalive): Keepalive {
+  if (request === undefined) return own;
+  return { ...negotiateKeepalive(request, own), lean: RELAY_LEAN };
+}
+
+/** Does this keepalive tick send a PING? `quietFor`: since the peer's last frame; `sinceOwn`:
+ * since this side's last PING (Infinity: none yet). Pure. */
+export function pingDue(k: Keepalive, quietFor: number, sinceOwn: number): boolean {
+  if (!k.lean) return true;
+  // The peer's PINGs come every interval, in about the same phase as these ticks (both timers
+  // start at the WELCOME): quiet for half an interval more than that means one went missing.
+  // Own PINGs: a little early rather than a tick late, as the timer fires every interval.
+  const slack = Math.min(1_000, k.interval / 10);
+  return quietFor >= 1.5 * k.interval || sinceOwn >= k.lean * k.interval - slack;
 }
