@@ -1,13 +1,14 @@
 // `make bench B=cellular` (root): what the device's own upkeep costs on an ACTIVE metered
-// (cellular) uplink, in bytes per hour: the uplink manager's probes and the relay
-// connection's keepalives, with no user traffic. Goal (issue 13 §8): ≤ 100 kB/h.
+// (cellular) uplink, in bytes per hour: the uplink manager's probes, the relay connection's
+// keepalives and the UDP heartbeat, with no user traffic. Goal (issue 13 §8): ≤ 100 kB/h.
 //
 // On the namespace lab (test/helpers/uplink-lab.ts) with a real relay: eth0 and wlan0 cut,
 // so the cellular uplink (brought up by the fake mmcli) carries the tunnel. An nft table in
 // the onsite namespace counts, on the cellular interface, the IP bytes of the device's own
 // packets (input/output hooks only: the LAN's forwarded traffic is not the device's upkeep)
-// in three classes: the relay connection (its 4-tuple), probes (other connections to the
-// relay's port) and everything else. IP bytes are what a cellular operator bills (no
+// in four classes: the relay connection (its 4-tuple), probes (other connections to the
+// relay's port), heartbeats (UDP to the relay's port: heartbeat_port defaults to the listen
+// port's number) and everything else. IP bytes are what a cellular operator bills (no
 // Ethernet header on a modem's raw-IP interface). Counted over a real window of
 // CELLULAR_BUDGET_S seconds (default 120) that starts CELLULAR_SETTLE_S (default 90) after
 // the switch, then extrapolated to an hour.
@@ -34,6 +35,8 @@ const RELAY_PORT = 4443;
 interface Counts {
   relayConn: number;
   probes: number;
+  heartbeat: number;
+  heartbeatPackets: number;
   other: number;
   relayPackets: number;
   probePackets: number;
@@ -71,6 +74,7 @@ async function measure(label: string, cellularConfig: string): Promise<Counts & 
     oifname ${w} ip saddr ${a} tcp sport ${sport} counter comment "relay"
     oifname ${w} ip saddr ${a} tcp dport ${RELAY_PORT} tcp sport != ${sport} counter comment "probe"
     oifname ${w} ip saddr ${a} tcp dport ${RELAY_PORT} tcp sport != ${sport} tcp flags syn / syn,ack counter comment "syn"
+    oifname ${w} ip saddr ${a} udp dport ${RELAY_PORT} counter comment "heartbeat"
     oifname ${w} ip saddr ${a} counter comment "all"
     oifname ${w} ip saddr != ${a} counter comment "stale"
     oifname ${w} meta nfproto ipv6 counter comment "ipv6"
@@ -79,6 +83,7 @@ async function measure(label: string, cellularConfig: string): Promise<Counts & 
     type filter hook input priority 0; policy accept;
     iifname ${w} ip daddr ${a} tcp dport ${sport} counter comment "relay"
     iifname ${w} ip daddr ${a} tcp sport ${RELAY_PORT} tcp dport != ${sport} counter comment "probe"
+    iifname ${w} ip daddr ${a} udp sport ${RELAY_PORT} counter comment "heartbeat"
     iifname ${w} ip daddr ${a} counter comment "all"
     iifname ${w} ip daddr != ${a} counter comment "stale"
     iifname ${w} meta nfproto ipv6 counter comment "ipv6"
@@ -101,8 +106,9 @@ async function measure(label: string, cellularConfig: string): Promise<Counts & 
     const all = sum("all", "bytes");
     const relay = sum("relay", "bytes");
     const probes = sum("probe", "bytes");
+    const heartbeat = sum("heartbeat", "bytes");
     console.log(`  ${label}: not counted: ${sum("stale", "bytes")} B (${sum("stale", "packets")} packets) of connections from another uplink's address, ${sum("ipv6", "bytes")} B IPv6 (ND/MLD), in ${Math.round(windowS)} s`);
-    return { windowS, sport, relayConn: relay, probes, other: all - relay - probes, relayPackets: sum("relay", "packets"), probePackets: sum("probe", "packets"), probeConnects: sum("syn", "packets") };
+    return { windowS, sport, relayConn: relay, probes, heartbeat, heartbeatPackets: sum("heartbeat", "packets"), other: all - relay - probes - heartbeat, relayPackets: sum("relay", "packets"), probePackets: sum("probe", "packets"), probeConnects: sum("syn", "packets") };
   } finally {
     await lab.close();
   }
@@ -116,12 +122,12 @@ console.log(`tracking defaults: interval ${t.interval} ms, timeout ${t.timeout} 
 const rows: [string, Awaited<ReturnType<typeof measure>>][] = [];
 rows.push(["agent (metered cellular, defaults)", await measure("metered", "")]);
 rows.push(["peer: the same uplink probed as unmetered", await measure("unmetered", "metered = false")]);
-console.log(`${"".padEnd(44)} ${"probes".padStart(12)} ${"relay conn".padStart(12)} ${"other".padStart(12)} ${"total".padStart(12)}  probe connects/h`);
+console.log(`${"".padEnd(44)} ${"probes".padStart(12)} ${"relay conn".padStart(12)} ${"heartbeat".padStart(12)} ${"other".padStart(12)} ${"total".padStart(12)}  probe connects/h, heartbeats/h`);
 for (const [name, c] of rows) {
-  const total = c.probes + c.relayConn + c.other;
-  console.log(`${name.padEnd(44)} ${kB(perHour(c.probes, c.windowS)).padStart(12)} ${kB(perHour(c.relayConn, c.windowS)).padStart(12)} ${kB(perHour(c.other, c.windowS)).padStart(12)} ${kB(perHour(total, c.windowS)).padStart(12)}  ${Math.round(perHour(c.probeConnects, c.windowS))}`);
+  const total = c.probes + c.relayConn + c.heartbeat + c.other;
+  console.log(`${name.padEnd(44)} ${kB(perHour(c.probes, c.windowS)).padStart(12)} ${kB(perHour(c.relayConn, c.windowS)).padStart(12)} ${kB(perHour(c.heartbeat, c.windowS)).padStart(12)} ${kB(perHour(c.other, c.windowS)).padStart(12)} ${kB(perHour(total, c.windowS)).padStart(12)}  ${Math.round(perHour(c.probeConnects, c.windowS))}, ${Math.round(perHour(c.heartbeatPackets, c.windowS))}`);
 }
 const [a, b] = [rows[0]![1], rows[1]![1]];
-const tot = (c: Counts & { windowS: number }) => perHour(c.probes + c.relayConn + c.other, c.windowS);
+const tot = (c: Counts & { windowS: number }) => perHour(c.probes + c.relayConn + c.heartbeat + c.other, c.windowS);
 console.log(`ratio: agent / unmetered peer = ${(tot(a) / tot(b)).toFixed(3)}; goal ≤ ${GOAL / 1000} kB/h: ${tot(a) <= GOAL ? "met" : "NOT met"} (${kB(tot(a))})`);
 console.log(`relay connection: ${Math.round(perHour(a.relayPackets, a.windowS))} packets/h, ${a.relayPackets ? Math.round(a.relayConn / a.relayPackets) : 0} B each on average`);

@@ -13,7 +13,7 @@ export function relayClientFor(
   bundle: Bundle,
   log: Logger,
   role: "onsite" | "master",
-  hooks: Pick<RelayClientOptions, "setup" | "onUp" | "onDown" | "onStream">,
+  hooks: Pick<RelayClientOptions, "setup" | "onUp" | "onDown" | "onStream" | "keepaliveRequest">,
 ): RelayClient {
   const relay = cfg.relay!;
   return new RelayClient({

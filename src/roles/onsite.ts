@@ -29,6 +29,7 @@ import { gateOnsiteHost } from "../tunnel/packet/sweep-gate.ts";
 import { OnsiteUdpServer } from "../tunnel/udp.ts";
 import { watchNat, watchRelayLink, watchUplinks } from "./metrics.ts";
 import { onsiteHeartbeat } from "./fleet.ts";
+import { keepaliveRequestFor } from "../transport/policy.ts";
 import type { HeartbeatSender, UplinkView } from "../transport/heartbeat/sender.ts";
 import { onsiteTunnelHost } from "../tunnel/packet/linux.ts";
 
@@ -109,6 +110,9 @@ export class OnsiteRole implements Component {
       // Without this the sessions (and their NAT rules) of a lost connection would linger
       // until their TTL: no SESSION_CLOSE can arrive for them any more.
       onDown: (why) => this.sessions.endAll(`relay connection lost: ${why.message}`),
+      // Issue 13 §8: over a metered active uplink, ask the relay for a longer keepalive. Each
+      // uplink switch redials, so the HELLO of every connection speaks for its own uplink.
+      keepaliveRequest: () => keepaliveRequestFor(this.heartbeatFrom.uplinks?.()?.uplinks.find((u) => u.active)),
     });
     this.api = {
       sessions: () =>

@@ -6,13 +6,15 @@ import type { Link } from "./link.ts";
 import { Msg, PROTOCOL_VERSIONS } from "./messages.ts";
 import { on, send } from "./typed.ts";
 import { GoAwayCode, MAX_CONTROL_MESSAGE } from "./frame.ts";
-import { Timing, backoffDelay, nextAttempt } from "./policy.ts";
+import { Timing, backoffDelay, negotiateKeepalive, nextAttempt } from "./policy.ts";
 import { systemClock, wallOf, type Clock } from "../clock.ts";
 
 export interface Welcome {
   version: number;
   relay: string;
   address: string;
+  /** The keepalive interval the relay runs on this connection, ms. */
+  keepalive?: number;
 }
 
 export interface RelayClientOptions {
@@ -33,6 +35,9 @@ export interface RelayClientOptions {
   random?: () => number;
   keepaliveInterval?: number;
   keepaliveTimeout?: number;
+  /** Asked at each dial: the keepalive interval to request in the HELLO (ms), or undefined for
+   * the relay's default. The onsite role asks for a longer one over a metered uplink. */
+  keepaliveRequest?: () => number | undefined;
   /** Target for the log messages ("relay.example.net:443"). */
   describe: string;
   /** Backoff, "stable after", the WELCOME deadline and the connection's keepalive run on its
@@ -53,6 +58,11 @@ export class RevokedError extends Error {
  */
 export function retryDelay(attempt: number, revoked: boolean, random: () => number = Math.random): number {
   return revoked ? Timing.backoffCap : backoffDelay(attempt - 1, random);
+}
+
+/** The device's keepalive after asking for one: the relay's answer, within the bounds. Pure. */
+export function deviceKeepalive(answered: number, own: { keepaliveInterval?: number; keepaliveTimeout?: number }): { interval: number; timeout: number } {
+  return negotiateKeepalive(answered, { interval: own.keepaliveInterval ?? Timing.keepaliveInterval, timeout: own.keepaliveTimeout ?? Timing.keepaliveTimeout });
 }
 
 export class RelayClient {
@@ -120,6 +130,7 @@ export class RelayClient {
       last_error: this.lastError,
       next_retry: this.nextRetryAt !== null ? new Date(wallOf(this.clock, this.nextRetryAt)).toISOString() : null,
       rtt_ms: this.conn?.rtt ?? null,
+      keepalive_ms: this.conn?.keepalive?.interval ?? null,
     };
   }
 
@@ -220,6 +231,7 @@ export class RelayClient {
       maxControlIn: MAX_CONTROL_MESSAGE,
     });
     this.o.setup(conn);
+    const request = this.o.keepaliveRequest?.();
     const greeting = new Promise<Welcome>((resolve, reject) => {
       const timer = this.clock.setTimeout(() => {
         conn.close(1, "no WELCOME in time");
@@ -230,7 +242,7 @@ export class RelayClient {
         Msg.WELCOME,
         (b) => {
           this.clock.clearTimeout(timer);
-          resolve({ version: b.version, relay: b.relay, address: b.address });
+          resolve({ version: b.version, relay: b.relay, address: b.address, keepalive: b.keepalive });
         },
         (err) => {
           this.clock.clearTimeout(timer);
@@ -243,7 +255,9 @@ export class RelayClient {
         const text = why.remote ? `the relay refused us: ${why.message}` : why.message;
         reject(why.remote && why.code === GoAwayCode.REVOKED ? new RevokedError(text) : new Error(text));
       });
-      send(conn, Msg.HELLO, { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent });
+      const hello: { versions: number[]; role: string; id: string; agent: string; keepalive?: number } = { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent };
+      if (request !== undefined) hello.keepalive = request;
+      send(conn, Msg.HELLO, hello);
     });
     let welcome: Welcome;
     try {
@@ -255,7 +269,9 @@ export class RelayClient {
     }
     this.welcome = welcome;
     conn.peer = { id: welcome.relay, role: "relay" };
-    conn.startKeepalive();
+    // Asked for a keepalive: run the one the relay's WELCOME says it runs (an older relay's is
+    // its own default), with a timeout of at least three of its PINGs.
+    conn.startKeepalive(request === undefined ? undefined : deviceKeepalive(welcome.keepalive ?? request, this.o));
     this.o.log.info(`connected to relay ${welcome.relay} at ${this.o.describe} (protocol v${welcome.version}, seen as ${welcome.address})`);
     this.o.onUp?.(conn, welcome);
     return conn;

@@ -10,7 +10,7 @@ import { DROP_REASONS, type PacketStats } from "./packet.ts";
 export const PROTOCOL_VERSIONS = [1] as const;
 
 export const Msg = {
-  /** device → relay, first frame: {versions, role, id, agent} */
+  /** device → relay, first frame: {versions, role, id, agent, keepalive?} */
   HELLO: 1,
   /** relay → device, answer to HELLO: {version, relay, address, keepalive} */
   WELCOME: 2,
@@ -167,6 +167,9 @@ export const SESSION_ID = /^s-[a-z0-9]{4,32}$/;
 /** Longest device id (a DNS label). */
 export const MAX_DEVICE_ID = 63;
 
+/** The largest keepalive a HELLO may ask for at all (a day); within it, the relay clamps. */
+export const MAX_KEEPALIVE_REQUEST = 86_400_000;
+
 export interface HelloBody {
   /** Protocol versions the device speaks; an absent list offers none. */
   versions: number[];
@@ -174,6 +177,10 @@ export interface HelloBody {
   id: string;
   /** Software and version, e.g. "agent/1.2.0"; may be empty. */
   agent: string;
+  /** The keepalive interval the device asks for on this connection, ms (added in 1, compatible:
+   * an older relay ignores it and its WELCOME says its own). Sent when the device dials over a
+   * metered uplink; the relay clamps it to its bounds (src/transport/policy.ts). */
+  keepalive?: number;
 }
 export interface WelcomeBody {
   version: number;
@@ -335,7 +342,9 @@ export function decodeHello(body: unknown): HelloBody {
   if (!Array.isArray(versions) || versions.some((v) => !Number.isInteger(v) || v < 1 || v > 0xffff)) {
     r.fail("versions", "an array of protocol version numbers", versions);
   }
-  return { versions: versions as number[], role: r.str("role"), id: r.str("id"), agent: r.optStr("agent", "") };
+  const hello: HelloBody = { versions: versions as number[], role: r.str("role"), id: r.str("id"), agent: r.optStr("agent", "") };
+  if (r.o.keepalive !== undefined) hello.keepalive = r.num("keepalive", (n) => Number.isInteger(n) && n >= 1 && n <= MAX_KEEPALIVE_REQUEST, `milliseconds (an integer 1–${MAX_KEEPALIVE_REQUEST})`);
+  return hello;
 }
 
 export function decodeWelcome(body: unknown): WelcomeBody {

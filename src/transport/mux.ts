@@ -7,7 +7,7 @@ import {
 } from "./frame.ts";
 import { Msg, isKnownMsg, msgName, ErrorCode } from "./messages.ts";
 import type { Link } from "./link.ts";
-import { Limits, Timing } from "./policy.ts";
+import { Limits, Timing, pingDue, type Keepalive } from "./policy.ts";
 import { PacketSender, isPacketOpen, packetProblem, type PacketLink, type PacketStats } from "./packet.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 
@@ -149,12 +149,20 @@ export class Connection implements PacketLink {
     return new Promise((r) => this.closeWaiters.push(r));
   }
 
-  startKeepalive(): void {
-    const interval = this.opts.keepaliveInterval ?? Timing.keepaliveInterval;
-    const timeout = this.opts.keepaliveTimeout ?? Timing.keepaliveTimeout;
+  /** The keepalive this connection runs (once started): PING interval and dead-peer timeout, ms. */
+  keepalive: Keepalive | null = null;
+
+  /** PINGs from now on; `k` (negotiated for this connection, issue 13 §8) overrides the options. */
+  startKeepalive(k?: Keepalive): void {
+    const interval = k?.interval ?? this.opts.keepaliveInterval ?? Timing.keepaliveInterval;
+    const timeout = k?.timeout ?? this.opts.keepaliveTimeout ?? Timing.keepaliveTimeout;
     if (this.keepaliveTimer) return;
+    this.keepalive = k?.lean ? { interval, timeout, lean: k.lean } : { interval, timeout };
     this.keepaliveTimer = this.clock.setInterval(() => this.routineKeepalive(timeout), interval);
   }
+
+  /** Monotonic instant of this side's last PING (null: none yet). */
+  private lastOwnPing: number | null = null;
 
   private routineKeepalive(timeout: number): void {
     if (this.closed) return;
@@ -163,8 +171,11 @@ export class Connection implements PacketLink {
       this.close(GoAwayCode.KEEPALIVE, `no frame from the peer for ${Math.round(quietFor / 1000)} s (keepalive timeout)`);
       return;
     }
+    const now = this.clock.now();
+    if (this.keepalive && !pingDue(this.keepalive, quietFor, this.lastOwnPing === null ? Infinity : now - this.lastOwnPing)) return;
+    this.lastOwnPing = now;
     const seq = (this.pingSeq = (this.pingSeq + 1) >>> 0);
-    this.pingSentAt.set(seq, this.clock.now());
+    this.pingSentAt.set(seq, now);
     if (this.pingSentAt.size > 8) this.pingSentAt.delete(this.pingSentAt.keys().next().value!);
     this.writeFrame(FrameType.PING, 0, 0, undefined, seq);
   }

@@ -6,6 +6,13 @@ export const Timing = {
   keepaliveInterval: 5_000,
   /** No frame at all for this long: the path is dead, close and redial. Well under a minute. */
   keepaliveTimeout: 15_000,
+  /** What a device dialing over a metered uplink asks for in its HELLO (issue 13 §8): a PING
+   * each way every 30 s instead of 5 s, a sixth of the keepalive bytes on a billed link. */
+  meteredKeepaliveInterval: 30_000,
+  /** The relay honours a HELLO's keepalive request within these bounds (ms): no device makes it
+   * ping faster than the default, nor go deaf to a dead peer for more than 3 minutes. */
+  keepaliveRequestMin: 5_000,
+  keepaliveRequestMax: 60_000,
   /** TLS handshake must complete within this (relay side). */
   handshakeDeadline: 10_000,
   /** The HELLO must arrive within this after the handshake (relay side). */
@@ -81,4 +88,61 @@ export function backoffDelay(attempt: number, random: () => number = Math.random
 export function nextAttempt(attempt: number, livedMs: number | null, stableAfter: number = Timing.stableAfter): number {
   if (livedMs !== null && livedMs >= stableAfter) return 0;
   return attempt + 1;
+}
+
+/** The keepalive of one connection: the PING interval and the dead-peer timeout, ms. */
+export interface Keepalive {
+  interval: number;
+  timeout: number;
+  /** Lean: the peer PINGs at the interval itself, so this side PINGs only when nothing came
+   * from it for 1.5 intervals, or every `lean`-th interval anyway (its own RTT stays fresh).
+   * Absent: a PING every interval. */
+  lean?: number;
+}
+
+/** The relay's own PINGs on a lean connection (a metered device's): every 4th interval. */
+export const RELAY_LEAN = 4;
+
+/**
+ * A connection's keepalive, given the peer's request (HELLO `keepalive`, absent: none) and this
+ * side's own setting. Pure. No request: the own setting, as before. A request: clamped to
+ * [keepaliveRequestMin, keepaliveRequestMax], and the timeout stays at least three intervals
+ * (as 15 s is to 5 s), so three PINGs may go unanswered before the path counts as dead.
+ */
+export function negotiateKeepalive(
+  request: number | undefined,
+  own: Keepalive = { interval: Timing.keepaliveInterval, timeout: Timing.keepaliveTimeout },
+  bounds: { min: number; max: number } = { min: Timing.keepaliveRequestMin, max: Timing.keepaliveRequestMax },
+): Keepalive {
+  if (request === undefined) return own;
+  const interval = Math.min(bounds.max, Math.max(bounds.min, Math.floor(request)));
+  return { interval, timeout: Math.max(own.timeout, 3 * interval) };
+}
+
+/** What a device asks for in its HELLO when it dials over an uplink: on a metered one the
+ * longer interval, else nothing (the relay's default). Pure. */
+export function keepaliveRequestFor(uplink: { metered: boolean } | undefined): number | undefined {
+  return uplink?.metered ? Timing.meteredKeepaliveInterval : undefined;
+}
+
+/**
+ * The relay's keepalive for a connection whose HELLO asked for one (a metered device, which
+ * PINGs at that interval itself): the negotiated one, lean (its ACKs answer the device, and
+ * a PING of its own only when the device fell quiet, or every RELAY_LEAN intervals for the
+ * RTT). No request: its own, as before. Pure.
+ */
+export function relayKeepalive(request: number | undefined, own: Keepalive): Keepalive {
+  if (request === undefined) return own;
+  return { ...negotiateKeepalive(request, own), lean: RELAY_LEAN };
+}
+
+/** Does this keepalive tick send a PING? `quietFor`: since the peer's last frame; `sinceOwn`:
+ * since this side's last PING (Infinity: none yet). Pure. */
+export function pingDue(k: Keepalive, quietFor: number, sinceOwn: number): boolean {
+  if (!k.lean) return true;
+  // The peer's PINGs come every interval, in about the same phase as these ticks (both timers
+  // start at the WELCOME): quiet for half an interval more than that means one went missing.
+  // Own PINGs: a little early rather than a tick late, as the timer fires every interval.
+  const slack = Math.min(1_000, k.interval / 10);
+  return quietFor >= 1.5 * k.interval || sinceOwn >= k.lean * k.interval - slack;
 }

@@ -1,6 +1,7 @@
 // The onsite device's end of the heartbeat: every 25 s, one signed datagram to the relay over
 // EVERY healthy uplink (a socket bound to each uplink's address, so the uplink manager's
-// source rules carry it out of that interface), a metered one on standby less often. The key
+// source rules carry it out of that interface), a metered one less often while on standby or
+// while the TLS tunnel runs over it. The key
 // comes from the relay inside TLS (HEARTBEAT_KEY) and is kept in the state dir, so a device
 // that boots with its tunnel broken still says how it is.
 import { randomBytes } from "node:crypto";
@@ -77,10 +78,21 @@ export function pathsOf(view: UplinkView | undefined): Path[] {
     .map((u) => ({ uplink: u.name, source: u.link.addrs[0]!.split("/")[0], metered: u.metered, active: u.active }));
 }
 
+/**
+ * How often a heartbeat goes over this path. Pure. A metered uplink on standby: the standby
+ * rate. A metered ACTIVE uplink while the TLS tunnel is up (it goes over the active uplink):
+ * the standby rate too, as the relay hears the device over TLS anyway (issue 13 §8); when the
+ * tunnel is down, the full rate, as that is when the heartbeat is all the relay hears.
+ */
+export function intervalFor(path: Path, tunnelUp: boolean, t: { interval: number; meteredStandbyInterval: number } = HeartbeatTiming): number {
+  if (path.metered && (!path.active || tunnelUp)) return t.meteredStandbyInterval;
+  return t.interval;
+}
+
 /** Is a heartbeat due over this path, last sent at `last` (monotonic, or null)? Pure. */
-export function due(path: Path, last: number | null, now: number, t: { interval: number; meteredStandbyInterval: number } = HeartbeatTiming): boolean {
+export function due(path: Path, last: number | null, now: number, t: { interval: number; meteredStandbyInterval: number } = HeartbeatTiming, tunnelUp = false): boolean {
   if (last === null) return true;
-  const every = path.metered && !path.active ? t.meteredStandbyInterval : t.interval;
+  const every = intervalFor(path, tunnelUp, t);
   // A little early rather than a round late: the timer fires every `interval`.
   return now - last >= every - 1000;
 }
@@ -199,7 +211,7 @@ export class HeartbeatSender {
     }
     const t = { interval: this.interval, meteredStandbyInterval: this.o.meteredStandbyInterval ?? HeartbeatTiming.meteredStandbyInterval };
     await Promise.all(
-      paths.filter((p) => due(p, this.last.get(p.uplink) ?? null, now, t)).map(async (p) => {
+      paths.filter((p) => due(p, this.last.get(p.uplink) ?? null, now, t, d.tunnel === "up")).map(async (p) => {
         const bytes = encodeHeartbeat({ id: this.o.id, boot: this.boot, seq: this.seq++, sentAt: this.clock.wall(), payload: payloadOf(d, p.uplink, this.interval) }, k.key);
         try {
           const sock = await this.socketFor(p.source ?? "");

@@ -7,7 +7,7 @@ import { Connection, type ConnectionClosed, type Log } from "../../transport/mux
 import type { Link } from "../../transport/link.ts";
 import { GoAwayCode, type Frame } from "../../transport/frame.ts";
 import { Msg, PROTOCOL_VERSIONS, decodeHello, msgName, MessageError, type HelloBody } from "../../transport/messages.ts";
-import { Limits } from "../../transport/policy.ts";
+import { Limits, Timing, relayKeepalive } from "../../transport/policy.ts";
 import type { Clock, TimerHandle } from "../../clock.ts";
 import { RefusalCode, refusal, type RefusalCodeId, type RefusalLog } from "./refusals.ts";
 
@@ -151,8 +151,11 @@ export class Front {
     this.pending.delete(conn);
     this.live.set(conn, cert);
     conn.peer = { id: cert.id, role: cert.role };
+    // The device's keepalive request (a metered uplink's longer interval), within bounds, for
+    // this connection's PINGs and dead-peer timeout, lean as the device PINGs itself; started
+    // first so the WELCOME can say it.
+    conn.startKeepalive(relayKeepalive(verdict.hello.keepalive, { interval: this.o.keepaliveInterval, timeout: this.o.keepaliveTimeout ?? Timing.keepaliveTimeout }));
     this.o.welcome(conn, cert, verdict.hello, verdict.version);
-    conn.startKeepalive();
   }
 
   /** Writes a refusal to the logs (and the operator's log). */

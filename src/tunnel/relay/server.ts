@@ -186,7 +186,7 @@ export class RelayServer {
     this.events.publish("connect", { id: cert.id, role, address: conn.remoteAddress, agent: hello.agent });
     if (cert.role === "onsite") this.registerOnsite(conn, cert, hello.agent);
     else this.registerMaster(conn, cert.id);
-    send(conn, Msg.WELCOME, { version, relay: this.o.id, address: conn.remoteAddress, keepalive: this.o.keepaliveInterval ?? Timing.keepaliveInterval });
+    send(conn, Msg.WELCOME, { version, relay: this.o.id, address: conn.remoteAddress, keepalive: conn.keepalive?.interval ?? this.o.keepaliveInterval ?? Timing.keepaliveInterval });
     const hb = this.o.heartbeat;
     if (hb && cert.role === "onsite") send(conn, Msg.HEARTBEAT_KEY, { key: Buffer.from(deviceKey(hb.secret, cert.id, cert.serial)).toString("base64"), port: hb.port });
     this.closeAtExpiry(conn, cert);
