@@ -37,18 +37,25 @@ export interface ForwardSpec {
 export function parseForward(text: string): ForwardSpec {
   const bad = (why: string) =>
     new Error(`--forward ${JSON.stringify(text)}: ${why}; expected [BIND:]LPORT:HOST:PORT such as 8080:192.168.1.50:80 or 8080:printer.lan:80 (HOST: an IPv4 address, or a host name the onsite device resolves)`);
-  const parts = text.split(":");
-  if (text.includes("[") || text.includes("]") || parts.length > 4) throw bad("IPv6 addresses are not supported yet");
-  if (parts.length !== 3 && parts.length !== 4) throw bad(`${parts.length} field${parts.length === 1 ? "" : "s"} where 3 or 4 are expected`);
+  if (text.includes("[") || text.includes("]") || text.split(":").length > 4) throw bad("IPv6 addresses are not supported yet");
+  return parseForwardFields(text, bad, "");
+}
+
+/**
+ * The `[BIND:]LPORT:HOST:PORT` fields of a TCP or UDP forward (pure), after the caller's own
+ * IPv6 check; `bad` makes the caller's error, `after` names what the fields follow ("udp:").
+ */
+export function parseForwardFields(fields: string, bad: (why: string) => Error, after: string): ForwardSpec {
+  const parts = fields.split(":");
+  if (parts.length !== 3 && parts.length !== 4) throw bad(`${parts.length} field${parts.length === 1 ? "" : "s"}${after} where 3 or 4 are expected`);
   const [bind, lport, host, port] = parts.length === 4 ? (parts as [string, string, string, string]) : (["127.0.0.1", ...parts] as [string, string, string, string]);
   try {
     parseIPv4(bind);
   } catch {
     throw bad(`bind address ${JSON.stringify(bind)} is not an IPv4 address`);
   }
-  let lp: number;
-  if (lport === "0") lp = 0;
-  else {
+  let lp = 0;
+  if (lport !== "0") {
     try {
       lp = parsePort(lport);
     } catch (e) {

@@ -5,11 +5,11 @@
 // either way is forgotten on both ends. The allow list applies as for TCP (the relay and the
 // onsite device check the target when the session is offered and when the stream opens).
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
-import { formatHostPort, parseHostPort, parseIPv4, parsePort } from "../netaddr.ts";
 import { ResetCode } from "../transport/frame.ts";
 import type { Log, Stream } from "../transport/mux.ts";
 import { Limits, Timing } from "../transport/policy.ts";
 import type { UdpStreamServer } from "./onsite-server.ts";
+import { parseForwardFields } from "./master-forwarder.ts";
 
 export interface UdpForwardSpec {
   bind: string;
@@ -28,30 +28,8 @@ export function parseUdpForward(text: string): UdpForwardSpec {
     new Error(`--forward ${JSON.stringify(text)}: ${why}; expected udp:[BIND:]LPORT:HOST:PORT such as udp:5353:192.168.1.1:53 (HOST: an IPv4 address, or a host name the onsite device resolves)`);
   if (!isUdpForward(text)) throw bad('a UDP forward starts with "udp:"');
   const rest = text.slice(4);
-  const parts = rest.split(":");
-  if (rest.includes("[") || parts.length > 4) throw bad("IPv6 addresses are not supported yet");
-  if (parts.length !== 3 && parts.length !== 4) throw bad(`${parts.length} field${parts.length === 1 ? "" : "s"} after "udp:" where 3 or 4 are expected`);
-  const [bind, lport, host, port] = parts.length === 4 ? (parts as [string, string, string, string]) : (["127.0.0.1", ...parts] as [string, string, string, string]);
-  try {
-    parseIPv4(bind);
-  } catch {
-    throw bad(`bind address ${JSON.stringify(bind)} is not an IPv4 address`);
-  }
-  let lp = 0;
-  if (lport !== "0") {
-    try {
-      lp = parsePort(lport);
-    } catch (e) {
-      throw bad(`local port: ${(e as Error).message}`);
-    }
-  }
-  let target;
-  try {
-    target = parseHostPort(`${host}:${port}`, "a target HOST:PORT");
-  } catch (e) {
-    throw bad((e as Error).message);
-  }
-  return { bind, port: lp, target: formatHostPort(target) };
+  if (rest.includes("[") || rest.split(":").length > 4) throw bad("IPv6 addresses are not supported yet");
+  return parseForwardFields(rest, bad, ' after "udp:"');
 }
 
 /** One packet of a UDP forward: flow id + datagram (pure). */

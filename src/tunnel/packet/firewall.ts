@@ -284,3 +284,12 @@ export function hostFirewall(exec: Exec = realExec, which: (t: string) => boolea
   if (kind === "iptables") return new IptablesTunnelFirewall(exec);
   throw new TunnelFirewallError("routed tunnels need nft or iptables (with iptables-restore) to enforce the allow list; install nftables or iptables");
 }
+
+/** The firewall a sweep looks at, or undefined when this host has none (no nft, no iptables). */
+export function firewallIfAny(make: () => TunnelFirewall): TunnelFirewall | undefined {
+  try {
+    return make();
+  } catch {
+    return undefined;
+  }
+}

@@ -18,7 +18,7 @@ import { realExec, type Exec, type Spawner } from "../../os/spawn.ts";
 import type { LinkMonitor } from "../../uplink/monitor.ts";
 import { TUNNEL_MTU, TunnelRefused, type MasterTunnelEnd, type MasterTunnelHost, type MasterTunnelRequest, type PacketDevice, type TunnelEndInfo, type TunnelMode } from "./device.ts";
 import { SecondaryDhcp } from "./dnsmasq.ts";
-import { hostFirewall, type FirewallKind, type MasterRules, type TunnelFirewall } from "./firewall.ts";
+import { firewallIfAny, hostFirewall, type FirewallKind, type MasterRules, type TunnelFirewall } from "./firewall.ts";
 import { checkMode, checkSession, checkTunnelAddress, openLinuxDevice, writeProc, type DeviceOpener } from "./host-onsite.ts";
 import { IpCommands, type IpLink } from "./host-ip.ts";
 import { dhcpWanted, fromSecondaryRefusal, masterRoutes, ownedLinks } from "./host-rules.ts";
@@ -240,12 +240,7 @@ export class LinuxMasterHost implements MasterTunnelHost {
       await this.ip.delLink(n);
       gone.push(`interface ${n}`);
     }
-    let fw: TunnelFirewall | undefined;
-    try {
-      fw = this.firewall();
-    } catch {
-      fw = undefined;
-    }
+    const fw = firewallIfAny(() => this.firewall());
     if (fw && this.ends.length === 0) gone.push(...(await fw.sweep("master")));
     if (!this.dhcp.running) gone.push(...(await this.dhcp.sweep()));
     return gone;

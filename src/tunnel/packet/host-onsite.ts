@@ -13,7 +13,7 @@ import type { Logger } from "../../log.ts";
 import type { AllowEntry } from "../../netaddr.ts";
 import { realExec, type Exec } from "../../os/spawn.ts";
 import { parseTunnelMode, TUNNEL_MTU, TunnelRefused, type OnsiteTunnelEnd, type OnsiteTunnelHost, type OnsiteTunnelRequest, type PacketDevice, type TunnelEndInfo, type TunnelMode } from "./device.ts";
-import { hostFirewall, type FirewallKind, type OnsiteRules, type TunnelFirewall } from "./firewall.ts";
+import { firewallIfAny, hostFirewall, type FirewallKind, type OnsiteRules, type TunnelFirewall } from "./firewall.ts";
 import { IpCommands } from "./host-ip.ts";
 import { advertisedSubnets, bareAddress, onsiteBridgedRefusal, ownedLinks, subnetOf, tunnelNetwork } from "./host-rules.ts";
 import { deviceName } from "./names.ts";
@@ -169,12 +169,7 @@ export class LinuxOnsiteHost implements OnsiteTunnelHost {
       gone.push(`interface ${n}`);
     }
     // The firewall is looked at only if one can be had: a host without nft or iptables has no rules left.
-    let fw: TunnelFirewall | undefined;
-    try {
-      fw = this.firewall();
-    } catch {
-      fw = undefined;
-    }
+    const fw = firewallIfAny(() => this.firewall());
     if (fw && this.open_.size === 0) gone.push(...(await fw.sweep("onsite")));
     return gone;
   }
