@@ -358,7 +358,8 @@ export function groupId(name: string, groupFile = "/etc/group"): number {
   throw new Error(`no group ${JSON.stringify(name)} in ${groupFile}`);
 }
 
-async function isAlive(path: string): Promise<boolean> {
+/** Whether something accepts connections on the unix socket at `path` (a live daemon owns it). */
+export async function isAlive(path: string): Promise<boolean> {
   try {
     const s = await Bun.connect({ unix: path, socket: { data() {} } });
     s.end();

@@ -14,7 +14,7 @@
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Socket, UnixSocketListener } from "bun";
-import { groupId } from "../control.ts";
+import { groupId, isAlive } from "../control.ts";
 import { RuntimeError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { systemClock, type Clock, type TimerHandle } from "../clock.ts";
@@ -109,7 +109,7 @@ export class NetconnectdSocket {
     mkdirSync(dirname(path), { recursive: true, mode: 0o755 });
     if (existsSync(path)) {
       if (!lstatSync(path).isSocket()) throw new RuntimeError(`${path} exists and is not a socket`, "remove it, or set another [ap] netconnectd_socket");
-      if (await answers(path)) throw new RuntimeError(`another program is listening on ${path} (netconnectd itself?)`, "stop it (`systemctl disable --now netconnectd`), or set another [ap] netconnectd_socket");
+      if (await isAlive(path)) throw new RuntimeError(`another program is listening on ${path} (netconnectd itself?)`, "stop it (`systemctl disable --now netconnectd`), or set another [ap] netconnectd_socket");
       unlinkSync(path);
     }
     const timeout = this.o.requestTimeoutMs ?? NETCONNECTD_REQUEST_TIMEOUT_MS;
@@ -220,16 +220,5 @@ export class NetconnectdSocket {
     } catch {
       // already gone
     }
-  }
-}
-
-/** Whether something accepts connections on the socket at `path`. */
-async function answers(path: string): Promise<boolean> {
-  try {
-    const s = await Bun.connect({ unix: path, socket: { data() {} } });
-    s.end();
-    return true;
-  } catch {
-    return false;
   }
 }
