@@ -22,6 +22,11 @@ export const EVENT_TYPES = [
   "relay_up", // this device's relay connection came up (onsite, master)
   "relay_down", // ... and went down, with the reason (onsite, master)
   "dropped", // the monitor stream itself: N events were not delivered to a slow reader
+  // issue 15 (what the GUI's live pages follow); the master also publishes session_open and
+  // session_close for its own sessions ({session, onsite, state, expires, reason?}).
+  "session_mode", // a session's tunnel switched between routed and bridged: {session, onsite, mode} (relay, master)
+  "session_extend", // a session's end moved: {session, onsite, expires} (relay, master)
+  "device_state", // a device's state changed: {id, state, previous, status} (relay: online, alive, lost, offline)
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

@@ -51,6 +51,8 @@ test("control message ids are frozen", () => {
     SESSIONS: 23,
     SESSION_END: 24,
     TUNNEL_MODE: 25,
+    SESSION_EXTEND: 26,
+    SESSION_EXPIRES: 27,
     NAT_REQUEST: 30,
   });
 });
@@ -116,7 +118,10 @@ const bodies: { [M in MsgType]: BodyOf<M>[] } = {
     { rid: 7, ok: true, result: [device] },
     { rid: 8, ok: false, code: ErrorCode.OFFLINE, error: "device site-1 is offline" },
   ],
-  [Msg.INVENTORY]: [{ hostname: "pi-1", location: "", agent: "agent/1.0", uptime: 3600, uplink: "lte" }],
+  [Msg.INVENTORY]: [
+    { hostname: "pi-1", location: "", agent: "agent/1.0", uptime: 3600, uplink: "lte" },
+    { hostname: "pi-1", location: "", agent: "agent/1.0", uptime: 3600, uplink: "lte", services: [{ name: "Router web UI", target: "192.168.1.1:80", kind: "http" }, { name: "NAS", target: "nas.lan:22", kind: "ssh", description: "the backup box" }] },
+  ],
   [Msg.DEVICES]: [{}],
   [Msg.HEARTBEAT_KEY]: [{ key: Buffer.alloc(32, 7).toString("base64"), port: 4443 }],
   [Msg.SESSION_OPEN]: [
@@ -140,6 +145,8 @@ const bodies: { [M in MsgType]: BodyOf<M>[] } = {
     { session: "s-1a2b3c4d", mode: "bridged" },
     { session: "s-1a2b3c4d", mode: "routed", addressing: { master: "10.99.0.5/30", onsite: "10.99.0.6/30" } },
   ],
+  [Msg.SESSION_EXTEND]: [{ session: "s-1a2b3c4d", ttl: 1_800_000 }],
+  [Msg.SESSION_EXPIRES]: [{ session: "s-1a2b3c4d", expires: "2026-12-01T09:30:00.000Z" }],
   [Msg.NAT_REQUEST]: [
     { session: "s-1a2b3c4d", proto: "udp", port: "8080", to: "192.168.1.50:80", ttl: "15m", iface: "eth0" },
     { session: "s-1a2b3c4d", port: 8080, to: "192.168.1.50:80", ttl: 60_000, source: "203.0.113.7" },
@@ -147,12 +154,30 @@ const bodies: { [M in MsgType]: BodyOf<M>[] } = {
 };
 
 const replies: { [M in RequestMsg]: ReplyOf<M>[] } = {
-  [Msg.DEVICES]: [[device, { ...device, id: "site-2", online: false, rtt_ms: null }], []],
+  [Msg.DEVICES]: [
+    [device, { ...device, id: "site-2", online: false, rtt_ms: null }],
+    [],
+    [
+      {
+        ...device,
+        online: false,
+        rtt_ms: null,
+        state: "alive",
+        status: "tunnel down, alive over wwan0",
+        heartbeat: { at: "2026-12-01T08:05:00.000Z", via: "wwan0", from: "198.51.100.9:4000", payload: { iv: 25 } as never },
+        heard_over: { wwan0: "2026-12-01T08:05:00.000Z" },
+        first_seen: "2026-11-01T08:00:00.000Z",
+        cert_expires: null,
+        services: [{ name: "Router web UI", target: "192.168.1.1:80", kind: "https", description: "admin" }],
+      },
+    ],
+  ],
   [Msg.SESSION_OPEN]: [session, { ...session, expires: "2026-12-01T09:00:00.000Z" }],
   [Msg.SESSION_OFFER]: [{}, { warnings: ["w"], tunnel: { mode: "routed", subnets: ["192.168.1.0/24"], onsite: { iface: "agt-t-1", addresses: ["10.99.0.2/30"], routes: [] } } }],
   [Msg.SESSIONS]: [[session, { ...session, targets: [], udp: ["192.168.1.1:53"], tunnel: { mode: "routed", subnets: ["192.168.1.0/24"], onsite: { iface: "agt-t-1", addresses: ["10.99.0.2/30"], routes: [] }, addressing: { master: "10.99.0.1/30", onsite: "10.99.0.2/30" }, relay: { to_onsite: { packets_out: 3, bytes_out: 300, packets_in: 3, bytes_in: 300, drops: { queue_full: 1, oversize: 0, closed: 0, no_stream: 0, device: 0 } }, to_master: { packets_out: 0, bytes_out: 0, packets_in: 0, bytes_in: 0, drops: { queue_full: 0, oversize: 0, closed: 0, no_stream: 0, device: 0 } } } } }], []],
   [Msg.SESSION_END]: [{}],
   [Msg.TUNNEL_MODE]: [{ mode: "bridged", subnets: [], onsite: { iface: "agt-p-1", addresses: [], routes: [], bridge: "br-lan" } }],
+  [Msg.SESSION_EXTEND]: [{ ...session, expires: "2026-12-01T09:30:00.000Z" }],
   [Msg.NAT_REQUEST]: [{ rule: { id: "r1", proto: "tcp", port: 8080 }, created: true }],
 };
 
@@ -191,6 +216,11 @@ describe("a malformed body is refused with the field and what it must be", () =>
     [Msg.REPLY, { rid: 1, ok: false, error: "x" }, "code: expected a string, got nothing"],
     [Msg.INVENTORY, { hostname: "pi", location: "", agent: "a", uptime: -5, uplink: "" }, "uptime: expected seconds (a number ≥ 0), got -5"],
     [Msg.INVENTORY, { hostname: 7, location: "", agent: "a", uptime: 1, uplink: "" }, "hostname: expected a string, got 7"],
+    [Msg.INVENTORY, { hostname: "pi", location: "", agent: "a", uptime: 1, uplink: "", services: [{ name: "x", target: "10.0.0.1:80", kind: "gopher" }] }, 'services[0].kind: expected one of http, https, ssh, rdp, vnc, tcp, got "gopher"'],
+    [Msg.INVENTORY, { hostname: "pi", location: "", agent: "a", uptime: 1, uplink: "", services: [{ name: "x", target: "nowhere", kind: "ssh" }] }, 'services[0].target: expected HOST:PORT such as relay.example.net:443, got "nowhere"'],
+    [Msg.INVENTORY, { hostname: "pi", location: "", agent: "a", uptime: 1, uplink: "", services: [{ name: " ", target: "10.0.0.1:22", kind: "ssh" }] }, 'services[0].name: expected a name that is not empty, got " "'],
+    [Msg.SESSION_EXTEND, { session: "s-1a2b3c4d", ttl: 999 }, "ttl: expected milliseconds (an integer of at least 1000), got 999"],
+    [Msg.SESSION_EXPIRES, { session: "s-1a2b3c4d", expires: "soon" }, 'expires: expected an ISO time, got "soon"'],
     [Msg.DEVICES, null, "body: expected a JSON object, got null"],
     [Msg.SESSION_OPEN, { targets: ["10.0.0.5:80"] }, "onsite: expected a device id"],
     [Msg.SESSION_OPEN, { onsite: "site-1", targets: [] }, `targets: expected 1-${MAX_TARGETS} HOST:PORT strings`],

@@ -6,7 +6,7 @@
 // outside the process, so each implementation checks the fields it reads and throws a
 // UsageError naming the bad one.
 import type { AddResult, RuleView } from "../nat/service.ts";
-import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
+import type { DeviceInfo, ServiceDecl, ServiceKind, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
 import type { Refusal, RefusalGroup } from "../tunnel/relay/refusals.ts";
 import type { OnsiteTunnelView } from "../tunnel/packet/onsite-tunnels.ts";
@@ -65,8 +65,12 @@ export interface MasterNatAddRequest {
   iface?: string;
 }
 
-export interface MasterApi extends DaemonApi {
-  /** The onsite devices the relay lets this master see. */
+export interface MasterApi extends DaemonApi, Partial<MasterGuiApi> {
+  /**
+   * The onsite devices the relay lets this master see. A relay of issue 15 or later also sends
+   * each device's state, status line, last heartbeat, heard_over, first_seen, cert_expires and
+   * services (the optional fields of DeviceInfo); an older relay only the report.
+   */
   devices(): Promise<DeviceInfo[]>;
   connect(req: ConnectRequest): Promise<SessionView>;
   /** This master's sessions, closed ones included until they are forgotten. */
@@ -75,6 +79,93 @@ export interface MasterApi extends DaemonApi {
   natAdd(req: MasterNatAddRequest): Promise<AddResult>;
   /** Switches a live session's tunnel between routed and bridged (the session stays). */
   tunnelMode?(req: TunnelModeRequest): Promise<SessionView>;
+}
+
+// ---- master: what the web GUI needs besides (issue 15) ----
+
+export type { ServiceDecl, ServiceKind };
+
+/**
+ * What a GUI offers for a service, by kind (src/roles/services.ts serviceOffer):
+ * - "tab" (http, https): open a forward, then `url` in a new tab;
+ * - "command" (ssh): open a forward, then show `command` to copy;
+ * - "url" (rdp, vnc): open a forward, then show (and link) `url`;
+ * - "forward" (tcp): open a forward and show its local port.
+ * In `url` and `command`, "{port}" stands for the forward's local port (SessionView
+ * forwards[].port) and the host is 127.0.0.1 (the forward's bind).
+ */
+export interface ServiceOffer {
+  action: "tab" | "command" | "url" | "forward";
+  /** The `forwards` entry for `connect`: "0:TARGET" (0: any free local port). */
+  forward: string;
+  url: string | null;
+  command: string | null;
+}
+
+/** One entry of the catalogue `services` answers. */
+export interface ServiceEntry extends ServiceDecl {
+  /** The onsite device the service is behind. */
+  device: string;
+  /** "device": advertised by the device (its [[service]]); "master": this master's own [[service]] entry. */
+  source: "device" | "master";
+  /** The device's location and whether it is online now (false when the relay does not list it). */
+  location: string;
+  online: boolean;
+  offer: ServiceOffer;
+}
+
+export interface ServicesRequest {
+  /** Only this device's services. */
+  onsite?: string;
+}
+
+/** `agent sessions extend SESSION --ttl D`: the session then ends `ttl` ms from now. */
+export interface SessionExtendRequest {
+  session: string;
+  /** ms, at least 1000; the relay clamps it to its maximum (7 days) and the answer says the end. */
+  ttl: number;
+}
+
+/**
+ * The master's part of `status` (DaemonStatus.master), for the GUI's status card: the relay
+ * connection (RelayClient.status: relay, state, since, attempt, connects, last_error,
+ * next_retry, rtt_ms, keepalive_ms), live sessions, and the host facts below (refreshed in the
+ * background; null until first read).
+ */
+export interface MasterStatusPart {
+  relay: string;
+  state: string;
+  since: string;
+  last_error: string | null;
+  rtt_ms: number | null;
+  sessions: number;
+  /** The master's own uplink: the interface and source address its route to the relay uses. */
+  uplink: { iface: string; address: string; gateway: string | null } | null;
+  /** `[tunnel] secondary` and what is on it. */
+  secondary: SecondaryView | null;
+  [extra: string]: unknown;
+}
+
+export interface SecondaryView {
+  iface: string;
+  /** The interface exists. */
+  present: boolean;
+  /** Its link is up with a carrier (operstate UP). */
+  up: boolean;
+  /** IPv4 addresses with prefix. */
+  addresses: string[];
+  /** The bridge it is enslaved to (a bridged tunnel), or null. */
+  bridge: string | null;
+  /** DHCP leases the master's dnsmasq handed out on it (routed mode). */
+  leases: { mac: string; address: string; hostname: string; expires: string | null }[];
+}
+
+/** Issue 15's master methods (served on the control socket as "services", "sessions.extend"). */
+export interface MasterGuiApi {
+  /** The service catalogue: what each device advertises merged with this master's [[service]] entries. */
+  services(req?: ServicesRequest): Promise<ServiceEntry[]>;
+  /** Moves a live session's end; the answer is the session as the master now holds it. */
+  sessionsExtend(req: SessionExtendRequest): Promise<SessionView>;
 }
 
 // ---- onsite ----

@@ -6,6 +6,7 @@
 // REPLY with the same `rid`; everything else is one-way.
 import { parseCidr, parseHostPort, parseIPv4 } from "../netaddr.ts";
 import { DROP_REASONS, type PacketStats } from "./packet.ts";
+import type { HeartbeatPayload } from "./heartbeat/codec.ts";
 
 export const PROTOCOL_VERSIONS = [1] as const;
 
@@ -35,6 +36,12 @@ export const Msg = {
   /** master → relay → onsite request {session, mode, addressing?}: switch a live session's tunnel
    * (the packet stream is replaced, not the session) → TunnelOffer */
   TUNNEL_MODE: 25,
+  /** master → relay request {session, ttl}: the session now ends `ttl` ms from now (the relay
+   * clamps it to MAX_SESSION_TTL) → SessionInfo (added in 1, compatible; issue 15) */
+  SESSION_EXTEND: 26,
+  /** relay → onsite, one-way {session, expires}: a session's end moved (after SESSION_EXTEND);
+   * an older device ignores it and keeps the end it was offered */
+  SESSION_EXPIRES: 27,
   /** master → relay → onsite request: a timed DNAT rule for the session's peer */
   NAT_REQUEST: 30,
 } as const;
@@ -63,6 +70,35 @@ export const ErrorCode = {
 } as const;
 export type ErrorCodeId = (typeof ErrorCode)[keyof typeof ErrorCode];
 
+// ---- service catalogue (issue 15) ---------------------------------------------------------
+
+/** What a service speaks: decides what a GUI offers for it (src/roles/services.ts). */
+export const SERVICE_KINDS = ["http", "https", "ssh", "rdp", "vnc", "tcp"] as const;
+export type ServiceKind = (typeof SERVICE_KINDS)[number];
+/** Most services one device may advertise; longest name and description. */
+export const SERVICE_LIMITS = { count: 64, name: 64, description: 200 } as const;
+
+/** A service behind an onsite device: `[[service]]` in its config, advertised in INVENTORY. */
+export interface ServiceDecl {
+  name: string;
+  /** HOST:PORT on the device's LAN. */
+  target: string;
+  kind: ServiceKind;
+  description?: string;
+}
+
+/** A device's state as the relay judges it (src/tunnel/relay/inventory.ts deviceState):
+ * "alive" is "tunnel down, alive over UPLINK" (its heartbeats arrive, its TLS path does not). */
+export type DeviceStateName = "online" | "alive" | "lost" | "offline";
+
+/** The last heartbeat of a device as the relay shows it (`payload`: the datagram's content). */
+export interface DeviceHeartbeatView {
+  at: string;
+  via: string;
+  from: string;
+  payload: HeartbeatPayload;
+}
+
 export interface DeviceInfo {
   id: string;
   hostname: string;
@@ -75,6 +111,19 @@ export interface DeviceInfo {
   connected_since: string; // ISO time
   last_seen: string; // ISO time
   rtt_ms: number | null;
+  // Added in 1 (compatible; issue 15): what the relay knows beside the report, so a master (and
+  // its GUI) sees what `agent devices` on the relay shows. An older relay sends none of them.
+  /** online | alive (tunnel down, heartbeats arrive) | lost | offline. */
+  state?: DeviceStateName;
+  /** One line for people: "tunnel down, alive over wwan0, last error: …". */
+  status?: string;
+  heartbeat?: DeviceHeartbeatView | null;
+  /** The last heartbeat over each uplink since the relay started (uplink → ISO time). */
+  heard_over?: Record<string, string>;
+  first_seen?: string;
+  cert_expires?: string | null;
+  /** The services the device advertises (its `[[service]]` tables). */
+  services?: ServiceDecl[];
 }
 
 export interface SessionInfo {
@@ -198,6 +247,8 @@ export interface InventoryBody {
   /** Seconds since the device booted, when it sent this. */
   uptime: number;
   uplink: string;
+  /** Added in 1 (compatible; issue 15): the device's `[[service]]` tables. An older relay ignores it. */
+  services?: ServiceDecl[];
 }
 /** The device's heartbeat key, handed out inside TLS (added in 1, compatible: an older device ignores it). */
 export interface HeartbeatKeyBody {
@@ -245,6 +296,16 @@ export interface SessionCloseBody {
 export interface SessionEndBody {
   session: string;
   reason: string | null;
+}
+/** SESSION_EXTEND: the session ends `ttl` ms from now (≥ 1 s; the relay clamps to MAX_SESSION_TTL). */
+export interface SessionExtendBody {
+  session: string;
+  ttl: number;
+}
+/** SESSION_EXPIRES: the session's end as the relay now holds it (ISO time). */
+export interface SessionExpiresBody {
+  session: string;
+  expires: string;
 }
 /**
  * A timed DNAT rule for a session's peer. The master sends every field but `source`; the relay
@@ -366,13 +427,35 @@ export function decodeReply(body: unknown): ReplyBody {
 
 export function decodeInventory(body: unknown): InventoryBody {
   const r = object(Msg.INVENTORY, body);
-  return {
+  const out: InventoryBody = {
     hostname: r.str("hostname"),
     location: r.str("location"),
     agent: r.str("agent"),
     uptime: r.num("uptime", (n) => Number.isFinite(n) && n >= 0, "seconds (a number ≥ 0)"),
     uplink: r.str("uplink"),
   };
+  const services = servicesOf(r);
+  if (services) out.services = services;
+  return out;
+}
+
+/** The optional `services` list (INVENTORY, DeviceInfo): absent or null is none. */
+function servicesOf(r: Reader): ServiceDecl[] | undefined {
+  const v = r.o.services;
+  if (v === undefined || v === null) return undefined;
+  if (!Array.isArray(v) || v.length > SERVICE_LIMITS.count) r.fail("services", `an array of at most ${SERVICE_LIMITS.count} services`, v);
+  return (v as unknown[]).map((x, i) => {
+    const e = object(r.type, x, r.at(`services[${i}]`));
+    const name = e.str("name", SERVICE_LIMITS.name);
+    if (name.trim() === "") e.fail("name", "a name that is not empty", name);
+    const target = e.str("target", 261);
+    checkTarget(r.type, e.at("target"), target);
+    const kind = e.o.kind;
+    if (typeof kind !== "string" || !(SERVICE_KINDS as readonly string[]).includes(kind)) e.fail("kind", `one of ${SERVICE_KINDS.join(", ")}`, kind);
+    const out: ServiceDecl = { name, target, kind: kind as ServiceKind };
+    if (e.o.description !== undefined && e.o.description !== null) out.description = e.str("description", SERVICE_LIMITS.description);
+    return out;
+  });
 }
 
 export function decodeHeartbeatKey(body: unknown): HeartbeatKeyBody {
@@ -553,6 +636,22 @@ export function decodeSessionEnd(body: unknown): SessionEndBody {
   return { session: r.str("session"), reason: r.nullable("reason", () => r.str("reason")) };
 }
 
+export function decodeSessionExtend(body: unknown): SessionExtendBody {
+  const r = object(Msg.SESSION_EXTEND, body);
+  const session = r.str("session", 64);
+  // Any length of at least a second: the relay clamps, rather than refusing a long one.
+  const ttl = r.num("ttl", (n) => Number.isInteger(n) && n >= 1000 && n <= Number.MAX_SAFE_INTEGER, "milliseconds (an integer of at least 1000)");
+  return { session, ttl };
+}
+
+export function decodeSessionExpires(body: unknown): SessionExpiresBody {
+  const r = object(Msg.SESSION_EXPIRES, body);
+  const session = r.str("session", 64);
+  const expires = r.str("expires", 40);
+  if (!isIso(expires)) r.fail("expires", "an ISO time", expires);
+  return { session, expires };
+}
+
 export function decodeNatRequest(body: unknown): NatRequestBody {
   const r = object(Msg.NAT_REQUEST, body);
   const out: NatRequestBody = { session: r.str("session") };
@@ -581,7 +680,37 @@ function deviceInfo(r: Reader): DeviceInfo {
     connected_since: r.str("connected_since"),
     last_seen: r.str("last_seen"),
     rtt_ms: r.nullable("rtt_ms", () => r.num("rtt_ms")),
+    ...deviceExtras(r),
   };
+}
+
+const DEVICE_STATES: readonly string[] = ["online", "alive", "lost", "offline"];
+
+/** DeviceInfo's optional fields (issue 15), each checked when present. */
+function deviceExtras(r: Reader): Partial<DeviceInfo> {
+  const out: Partial<DeviceInfo> = {};
+  const o = r.o;
+  if (o.state !== undefined) {
+    if (typeof o.state !== "string" || !DEVICE_STATES.includes(o.state)) r.fail("state", "online, alive, lost or offline", o.state);
+    out.state = o.state as DeviceStateName;
+  }
+  if (o.status !== undefined) out.status = r.str("status");
+  if (o.heartbeat !== undefined) {
+    out.heartbeat = r.nullable("heartbeat", () => {
+      const h = object(r.type, o.heartbeat, r.at("heartbeat"));
+      const payload = object(r.type, h.o.payload, h.at("payload"));
+      return { at: h.str("at"), via: h.str("via"), from: h.str("from"), payload: payload.o as unknown as HeartbeatPayload };
+    });
+  }
+  if (o.heard_over !== undefined) {
+    const h = object(r.type, o.heard_over, r.at("heard_over"));
+    out.heard_over = Object.fromEntries(Object.keys(h.o).map((k) => [k, h.str(k)]));
+  }
+  if (o.first_seen !== undefined) out.first_seen = r.str("first_seen");
+  if (o.cert_expires !== undefined) out.cert_expires = r.nullable("cert_expires", () => r.str("cert_expires"));
+  const services = servicesOf(r);
+  if (services) out.services = services;
+  return out;
 }
 
 function sessionInfo(r: Reader): SessionInfo {
@@ -643,6 +772,8 @@ export interface Catalogue {
   [Msg.SESSIONS]: { body: EmptyBody; reply: SessionInfo[] };
   [Msg.SESSION_END]: { body: SessionEndBody; reply: EmptyBody };
   [Msg.TUNNEL_MODE]: { body: TunnelModeBody; reply: TunnelOffer };
+  [Msg.SESSION_EXTEND]: { body: SessionExtendBody; reply: SessionInfo };
+  [Msg.SESSION_EXPIRES]: { body: SessionExpiresBody };
   [Msg.NAT_REQUEST]: { body: NatRequestBody; reply: NatReply };
 }
 export type BodyOf<M extends MsgType> = Catalogue[M]["body"];
@@ -664,6 +795,8 @@ export const decoders: { [M in MsgType]: (body: unknown) => BodyOf<M> } = {
   [Msg.SESSIONS]: decodeEmpty(Msg.SESSIONS),
   [Msg.SESSION_END]: decodeSessionEnd,
   [Msg.TUNNEL_MODE]: decodeTunnelMode,
+  [Msg.SESSION_EXTEND]: decodeSessionExtend,
+  [Msg.SESSION_EXPIRES]: decodeSessionExpires,
   [Msg.NAT_REQUEST]: decodeNatRequest,
 };
 
@@ -675,5 +808,6 @@ export const replyDecoders: { [M in RequestMsg]: (result: unknown) => ReplyOf<M>
   [Msg.SESSIONS]: decodeSessionsReply,
   [Msg.SESSION_END]: emptyReply(Msg.SESSION_END),
   [Msg.TUNNEL_MODE]: decodeTunnelOffer,
+  [Msg.SESSION_EXTEND]: (v) => sessionInfo(object(Msg.SESSION_EXTEND, v, "result")),
   [Msg.NAT_REQUEST]: decodeNatReply,
 };
