@@ -2,8 +2,8 @@
 // (Bun.password) each. There are none until `agent gui user add NAME` makes one: no default
 // credentials. The daemon reads the file on every login, so a user added or deleted while it
 // runs counts at once (a deleted user's open sessions end at their next request).
-import { existsSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { UsageError } from "../errors.ts";
 import { writeFileAtomic } from "../os/atomic.ts";
 
@@ -99,6 +99,7 @@ export class UserStore {
   }
 
   private write(users: GuiUser[]): void {
+    mkdirSync(dirname(this.file), { recursive: true, mode: 0o700 });
     writeFileAtomic(this.file, JSON.stringify({ users }, null, 2) + "\n", { mode: 0o600 });
   }
 }
