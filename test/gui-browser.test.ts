@@ -90,7 +90,7 @@ describe.skipIf(!ok)("web GUI in chromium", () => {
     const watcher = await page();
     await logIn(watcher, masterUrl + "#/sessions", "alice", PASSWORD);
     await watcher.waitForSelector("#no-sessions");
-    await watcher.evaluate(() => ((window as unknown as { __sameDocument: boolean }).__sameDocument = true));
+    await watcher.evaluate("window.__sameDocument = true");
 
     await p.locator('.device[data-id="site-1"] button.connect').click();
     await p.fill("#connect-dialog textarea[name=forwards]", `127.0.0.1:0:127.0.0.1:${web.port}`);
@@ -114,7 +114,7 @@ describe.skipIf(!ok)("web GUI in chromium", () => {
     await watcher.locator(`.session[data-session="${id}"]`).waitFor({ timeout: 15_000 });
     await session.locator("button.disconnect").click();
     await watcher.locator(`.session[data-session="${id}"]`).waitFor({ state: "detached", timeout: 15_000 });
-    expect(await watcher.evaluate(() => (window as unknown as { __sameDocument?: boolean }).__sameDocument)).toBe(true);
+    expect(await watcher.evaluate("window.__sameDocument")).toBe(true);
     await p.locator(`.session[data-session="${id}"]`).waitFor({ state: "detached" });
   });
 
@@ -132,18 +132,17 @@ describe.skipIf(!ok)("web GUI in chromium", () => {
     await waitFor(async () => (await card.locator(".pill").textContent()) === "online" || undefined, 15_000, "site-1 online in the fleet view");
     await shot(p, "relay-fleet");
     // Every state the card shows from now on, however briefly (the device dials again after its backoff).
-    await p.evaluate(() => {
-      const seen: string[] = [];
-      (window as unknown as { __seen: string[] }).__seen = seen;
+    await p.evaluate(`(() => {
+      const seen = (window.__seen = []);
       const note = () => {
         const t = document.querySelector('.device[data-id="site-1"] .pill')?.textContent;
         if (t && seen[seen.length - 1] !== t) seen.push(t);
       };
       new MutationObserver(note).observe(document.body, { subtree: true, childList: true, characterData: true });
-    });
+    })()`);
     await card.locator("button.kick").click();
     await waitFor(async () => {
-      const seen = await p.evaluate(() => (window as unknown as { __seen: string[] }).__seen);
+      const seen = (await p.evaluate("window.__seen")) as string[];
       return seen.some((s) => s !== "online") || undefined;
     }, 15_000, "site-1 shown offline after the kick");
     const refusalsOrKick = await fleet.json<{ kind: string }[]>(relay, ["devices", "history", "site-1"]).catch(() => []);
@@ -165,7 +164,7 @@ describe.skipIf(!ok)("web GUI in chromium", () => {
     const p = await c.newPage();
     await logIn(p, masterUrl + "#/devices", "alice", PASSWORD);
     await p.locator('.device[data-id="site-1"]').waitFor();
-    const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    const overflow = (await p.evaluate("document.documentElement.scrollWidth - window.innerWidth")) as number;
     expect(overflow).toBeLessThanOrEqual(0);
     await shot(p, "phone-devices");
   });

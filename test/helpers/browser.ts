@@ -37,3 +37,10 @@ export async function logIn(page: Page, url: string, user: string, password: str
   await page.click("#login");
   await page.waitForSelector("#logout");
 }
+
+/** Waits for `selector`, or fails with the error the page shows instead. */
+export async function expectShown(page: Page, selector: string, timeout = 15_000): Promise<void> {
+  await page.waitForSelector(`${selector}, #flash.err`, { timeout });
+  const err = await page.$("#flash.err");
+  if (err && !(await page.$(selector))) throw new Error(`the page says: ${await err.textContent()}`);
+}

@@ -232,6 +232,7 @@ async function masterDevices(): Promise<Node[]> {
 }
 
 function connectDialog(d: Json): void {
+  document.getElementById("flash")?.remove();
   const forwards = h("textarea", { name: "forwards", rows: 3, placeholder: "8080:192.168.1.1:80 (one a line)" });
   const mode = h("select", { name: "tunnel" }, h("option", { value: "" }, "no packet tunnel"), h("option", { value: "routed" }, "routed tunnel (TUN)"), h("option", { value: "bridged" }, "bridged tunnel (TAP)"));
   const ttl = h("input", { name: "ttl", type: "number", min: 1, value: 60 });
@@ -266,7 +267,7 @@ function serviceRow(s: Json): HTMLElement {
     h("b", {}, s.name),
     h("span", { class: "muted" }, `${s.kind} · ${s.target}`),
     h("button", { class: "open", disabled: !s.online, onclick: () => void openService(s, row) }, s.offer?.action === "tab" ? "Open" : "Forward"),
-    has("natAdd") ? h("button", { class: "ghost grant", disabled: !s.online, onclick: () => void grantDialog(s) }, "Timed access…") : null,
+    has("natAdd") ? h("button", { class: "ghost grant", disabled: !s.online, onclick: () => grantDialog({ device: s.device, name: s.name, target: s.target }) }, "Timed access…") : null,
   );
   return row;
 }
@@ -295,15 +296,26 @@ async function openService(s: Json, row: HTMLElement): Promise<void> {
   }
 }
 
-/** Seed 001's flow: this browser's public address may reach the service through the device's DNAT for N minutes. */
-async function grantDialog(s: Json): Promise<void> {
+/** What a timed-access grant is for: a service of a device, or any target through a session already open. */
+interface GrantTarget {
+  device: string;
+  name: string;
+  target: string;
+  session?: string;
+}
+
+/** Seed 001's flow: this browser's public address may reach the service through the device's DNAT for a time. */
+function grantDialog(s: GrantTarget): void {
+  document.getElementById("flash")?.remove();
   const dur = h("input", { name: "duration", value: "30m", placeholder: "30m, 2h, 90s" });
   const port = h("input", { type: "number", min: 1, max: 65535, name: "port", value: String(s.target).split(":").pop() });
+  const to = h("input", { name: "to", value: s.target, placeholder: "192.168.1.10:443" });
   const dlg = h("dialog", { id: "grant-dialog" });
   dlg.append(h("form", { class: "stack", method: "dialog" },
     h("h2", {}, `Timed access: ${s.name}`),
-    h("p", { class: "muted" }, "The device forwards its public port to the service, for this master's public address only, until the time runs out."),
+    h("p", { class: "muted" }, "The device forwards its public port to the target, for this master's public address only, until the time runs out; the rule is the session's and ends with it."),
     h("label", {}, "Public port on the device", port),
+    h("label", {}, "Target (HOST:PORT on the device's LAN)", to),
     h("label", {}, "For (a duration: 30m, 2h, 90s)", dur),
     h("div", { class: "row" }, h("button", { type: "submit", value: "ok", id: "grant-ok" }, "Grant"), h("button", { type: "submit", value: "cancel", class: "ghost" }, "Cancel")),
   ));
@@ -312,10 +324,10 @@ async function grantDialog(s: Json): Promise<void> {
     dlg.remove();
     if (dlg.returnValue !== "ok") return;
     void act(async () => {
-      // A NAT request rides a session to the device; a forward to the service itself carries it.
       const ms = parseDuration(dur.value.trim());
-      const session = await call("connect", { onsite: s.device, forwards: [`127.0.0.1:0:${s.target}`], ttl: ms + 60_000 });
-      const res = await call("natAdd", { session: session.session, port: port.value, to: s.target, ttl: dur.value.trim() });
+      // A NAT request rides a session to the device: the one given, or one with a forward to the target itself.
+      const session = s.session ?? (await call("connect", { onsite: s.device, forwards: [`127.0.0.1:0:${to.value.trim()}`], ttl: ms + 60_000 })).session;
+      const res = await call("natAdd", { session, port: port.value, to: to.value.trim(), ttl: dur.value.trim() });
       const expires = Date.parse(res.rule?.expires ?? "") || Date.now() + ms;
       keep.grants.push({ device: s.device, service: s.name, rule: res.rule ?? {}, expires });
       location.hash = "#/sessions";
@@ -368,6 +380,7 @@ async function masterSessions(): Promise<Node[]> {
       h("div", { class: "row" },
         t && has("tunnelMode") ? h("button", { class: "ghost switch", onclick: () => act(() => call("tunnelMode", { session: s.session, mode: t.mode === "routed" ? "bridged" : "routed" }), "tunnel switched") }, `Switch to ${t.mode === "routed" ? "bridged" : "routed"}`) : null,
         has("sessionsExtend") ? h("button", { class: "ghost extend", onclick: () => act(() => call("sessionsExtend", { session: s.session, ttl: Math.max(0, Date.parse(s.expires ?? "") - Date.now() || 0) + 3600_000 }), "extended by 1 h") }, "+1 h") : null,
+        has("natAdd") ? h("button", { class: "ghost grant", onclick: () => grantDialog({ device: s.onsite, name: s.onsite, target: s.forwards?.[0]?.target ?? "", session: s.session }) }, "Timed access…") : null,
         h("button", { class: "danger disconnect", onclick: () => act(() => call("disconnect", { session: s.session }), "disconnected") }, "Disconnect"),
       ),
     );
@@ -581,7 +594,10 @@ async function boot(): Promise<void> {
   await render();
 }
 
-window.addEventListener("hashchange", () => void render());
+window.addEventListener("hashchange", () => {
+  document.getElementById("flash")?.remove();
+  void render();
+});
 // Countdowns tick in the page; nothing is fetched for them.
 setInterval(() => {
   for (const el of Array.from(document.querySelectorAll<HTMLElement>(".countdown"))) {
