@@ -17,6 +17,7 @@ import {
   type HostPort,
 } from "./netaddr.ts";
 import { UsageError } from "./errors.ts";
+import { SERVICE_KINDS, SERVICE_LIMITS, type ServiceKind } from "./transport/messages.ts";
 import { stat } from "node:fs/promises";
 
 export const ROLES = ["relay", "onsite", "master"] as const;
@@ -181,6 +182,19 @@ export interface Config {
   heartbeat_interval?: number;
   /** Relay: the UDP port heartbeats arrive on (default: the listen port's number; 0: off). */
   heartbeat_port?: number;
+  /** Onsite: the services behind it, advertised to the relay; master: its own catalogue entries (with `device`). */
+  service: ServiceConfig[];
+}
+
+/** `[[service]]` (issue 15): a service behind an onsite device, for the GUI's catalogue. */
+export interface ServiceConfig {
+  name: string;
+  /** HOST:PORT as written (a LAN address or a name the onsite device resolves). */
+  target: string;
+  kind: ServiceKind;
+  description?: string;
+  /** Master only: the onsite device the service is behind. */
+  device?: string;
 }
 
 /** `[nymea]`: the relay speaks nymea-remoteproxy's proxy protocol (src/tunnel/nymea/README.md). */
@@ -422,6 +436,7 @@ const EXAMPLES: Record<string, string> = {
   "ap.netconnectd_socket_group": '[ap] netconnectd_socket_mode = "0660", netconnectd_socket_group = "octoprint"   (a group in /etc/group)',
   ownline: '[ownline] listen = "0.0.0.0:9999", known_server = "203.0.113.7", api_key_file = "/etc/agent/ownline.api_key", aes_key_file = "/etc/agent/ownline.aes_key"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
+  service: '[[service]] name = "Router web UI", target = "192.168.1.1:80", kind = "http"   (kinds: http, https, ssh, rdp, vnc, tcp; optional description; on a master also device = "site-1")',
   nymea: '[nymea] tcp = "0.0.0.0:2213", ws = "0.0.0.0:2212", tokens = "/etc/agent/nymea-tokens", inactive_timeout = "8s"',
   tunnel: '[tunnel] secondary = "eth1", dhcp = true, pool = "10.99.0.0/16" (master); enabled = true, bridged = false, lan_bridge = "br-lan" (onsite)',
   session_idle_timeout: 'session_idle_timeout = "1h"   (relay; 1s to 30d)',
@@ -434,7 +449,7 @@ const EXAMPLES: Record<string, string> = {
 
 function exampleFor(key: string, origin: Origin): string | undefined {
   if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
-  const section = /^(nat|tracking|ap|nymea|ownline|tunnel)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
+  const section = /^(nat|tracking|ap|nymea|ownline|tunnel)\./.exec(key)?.[1] ?? /^(uplink|access|service)\[/.exec(key)?.[1];
   return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
@@ -504,6 +519,21 @@ const ACCESS: Schema = {
   masters: idPatterns,
   onsites: idPatterns,
   nat: bool,
+};
+
+const SERVICE: Schema = {
+  name: str(`a service name of 1-${SERVICE_LIMITS.name} characters`, (s) =>
+    s.trim().length === 0 || s.length > SERVICE_LIMITS.name || /[\0-\x1f]/.test(s) ? `expected a service name of 1-${SERVICE_LIMITS.name} characters without control characters, got ${got(s)}` : undefined,
+  ),
+  target: wrap("HOST:PORT such as 192.168.1.1:80", (s) => {
+    parseHostPort(s, "HOST:PORT such as 192.168.1.1:80");
+    return s;
+  }),
+  kind: oneOf(SERVICE_KINDS),
+  description: str(`a description of at most ${SERVICE_LIMITS.description} characters`, (s) =>
+    s.length > SERVICE_LIMITS.description || /[\0-\x1f]/.test(s) ? `expected a description of at most ${SERVICE_LIMITS.description} characters without control characters, got ${got(s)}` : undefined,
+  ),
+  device: str("a device id", (s) => (/^[a-z0-9][a-z0-9._-]{0,62}$/.test(s) ? undefined : `expected a device id such as site-1, got ${got(s)}`)),
 };
 
 const TRACKING: Schema = {
@@ -627,6 +657,7 @@ export function defaults(): Config {
     nat: { backend: "auto", min_ttl: 1000, max_ttl: 8 * 3_600_000, max_rules: 256, max_rules_per_session: 8, max_rules_per_master: 16, allow_any_source: false, keep_on_stop: false },
     uplink: [],
     access: [],
+    service: [],
     tunnel: { secondary: "eth1", dhcp: true, pool: parseCidr("10.99.0.0/16"), enabled: false, bridged: false, lan_bridge: "br-lan" },
     session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
     proxy_protocol: false,
@@ -763,6 +794,24 @@ export function resolveConfig(sources: ConfigSource[]): Config {
           if (problems.length === before) rules.push(r as unknown as AccessRule);
         });
         cfg.access = rules;
+      } else if (k === "service") {
+        if (!Array.isArray(v) || !v.every(isTable)) {
+          problems.push({ origin, key: k, message: `expected an array of tables ([[service]] with name, target and kind), got ${got(v)}` });
+          continue;
+        }
+        const services: ServiceConfig[] = [];
+        v.forEach((t, i) => {
+          const r: Record<string, unknown> = {};
+          const before = problems.length;
+          applyTable(SERVICE, t, r, `service[${i}].`, origin);
+          for (const req of ["name", "target", "kind"]) {
+            if (!(req in t)) problems.push({ origin, key: `service[${i}].${req}`, message: 'missing; every [[service]] needs name, target and kind, e.g. name = "Router web UI", target = "192.168.1.1:80", kind = "http"' });
+          }
+          if (problems.length === before) services.push(r as unknown as ServiceConfig);
+        });
+        if (services.length > SERVICE_LIMITS.count) problems.push({ origin, key: "service", message: `${services.length} services; at most ${SERVICE_LIMITS.count} are advertised` });
+        cfg.service = services;
+        originOf.set("service", origin);
       } else {
         applyTable(TOP, { [k]: v }, cfg, "", origin);
       }
@@ -786,8 +835,26 @@ export function resolveConfig(sources: ConfigSource[]): Config {
   if (c.ap.netconnectd_socket !== undefined && c.ap.netconnectd_socket === c.control) {
     problems.push({ origin: at("ap.netconnectd_socket"), key: "ap.netconnectd_socket", message: `must differ from control (${c.control}): the control socket serves every command, the netconnectd socket only netconnectd's` });
   }
+  for (const p of serviceProblems(c.service, c.role)) problems.push({ origin: at("service"), ...p });
   if (problems.length > 0) throw new ConfigError(problems);
   return c;
+}
+
+/**
+ * What is wrong with a list of [[service]] as a whole (pure): a name twice for one device; on
+ * an onsite device a `device` key (its services are its own), on a master a missing one.
+ */
+export function serviceProblems(services: readonly ServiceConfig[], role: Role | undefined): { key: string; message: string }[] {
+  const out: { key: string; message: string }[] = [];
+  const seen = new Set<string>();
+  services.forEach((sv, i) => {
+    if (role === "onsite" && sv.device !== undefined) out.push({ key: `service[${i}].device`, message: "an onsite device advertises its own services; device is for a master's [[service]] entries" });
+    if (role === "master" && sv.device === undefined) out.push({ key: `service[${i}].device`, message: 'missing; a master\'s [[service]] names the onsite device it is behind, e.g. device = "site-1"' });
+    const key = `${sv.device ?? ""}\0${sv.name}`;
+    if (seen.has(key)) out.push({ key: `service[${i}].name`, message: `service ${JSON.stringify(sv.name)} is listed twice${sv.device ? ` for ${sv.device}` : ""}` });
+    seen.add(key);
+  });
+  return out;
 }
 
 /** Parses TOML text; syntax errors become a ConfigError naming the file. */
@@ -920,6 +987,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   listen: { roles: ["relay"], why: "only the relay listens; devices dial `relay`", shown: "listen" },
   revocations: { roles: ["relay"], why: "only the relay checks certificates against a revocation list", shown: "revocations" },
   access: { roles: ["relay"], why: "only the relay enforces [[access]] rules", shown: "[[access]]" },
+  service: { roles: ["onsite", "master"], why: "services are advertised by onsite devices and listed by masters", shown: "[[service]]" },
   nymea: { roles: ["relay"], why: "only the relay speaks nymea-remoteproxy's protocol", shown: "[nymea]" },
   gui: { roles: ["master", "relay"], why: "only a master and a relay serve the GUI", shown: "gui" },
   gui_cert: { roles: ["master", "relay"], why: "only a master and a relay serve the GUI", shown: "gui_cert" },

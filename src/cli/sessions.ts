@@ -163,7 +163,7 @@ export const sessionsCommand = defineAgentCommand({
   args: { ...configArgs, json },
   runsOn: ["master", "relay", "onsite"],
   // `agent sessions end SESSION` (relay): src/cli/kick.ts
-  subCommands: { end: () => import("./kick.ts").then((m) => m.sessionsEndCommand) },
+  subCommands: { end: () => import("./kick.ts").then((m) => m.sessionsEndCommand), extend: () => import("./services.ts").then((m) => m.sessionsExtendCommand) },
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const list = await daemonClient<AnyApi>(ctx, cfg.control).call("sessions");

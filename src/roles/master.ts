@@ -25,6 +25,10 @@ import { masterTunnelHost } from "../tunnel/packet/linux.ts";
 export interface MasterDeps {
   /** Where tunnel ends are made. Default: the Linux host (src/tunnel/packet/linux.ts), from `[tunnel]`. */
   tunnelHost?: MasterTunnelHost;
+  /** Where session_open/close/mode/extend go (issue 15; composeMaster: the daemon's bus). */
+  events?: Events;
+  /** The host facts of `status` (tests: one with a fake Exec). */
+  hostFacts?: MasterHostFacts;
 }
 
 /** The mode a user or a client asked for, or a usage error naming it (pure). */
@@ -36,6 +40,14 @@ export function tunnelModeOf(v: unknown, what: string): "routed" | "bridged" {
 import { watchRelayLink } from "./metrics.ts";
 import { guiComponent } from "../gui/attach.ts";
 import { masterDigest } from "../gui/digest.ts";
+import { noEvents, type Events } from "../events.ts";
+import { mergeCatalogue } from "./services.ts";
+import { MasterHostFacts } from "./master-host.ts";
+import { MAX_SESSION_TTL } from "../transport/messages.ts";
+import type { SessionView } from "../tunnel/master-forwarder.ts";
+
+/** How often the status card's host facts (uplink, secondary) are read again. */
+const HOST_FACTS_MS = 15_000;
 
 export class MasterRole implements Component {
   readonly name = "master";
@@ -46,11 +58,16 @@ export class MasterRole implements Component {
   readonly api: Omit<MasterApi, "status">;
 
   private readonly log: Logger;
+  private readonly events: Events;
+  readonly hostFacts: MasterHostFacts;
+  private hostTimer: ReturnType<typeof setInterval> | null = null;
 
   /** With `control`, serves `api` there itself (composeMaster serves the whole API instead). */
 
   constructor(cfg: Config, bundle: Bundle, log: Logger, control?: ControlServer, deps: MasterDeps = {}) {
     this.log = log;
+    this.events = deps.events ?? noEvents;
+    this.hostFacts = deps.hostFacts ?? new MasterHostFacts({ relayHost: cfg.relay?.host, secondary: cfg.tunnel.secondary, stateDir: cfg.state_dir });
     this.tunnelHost = gateMasterHost(deps.tunnelHost ?? masterTunnelHost(cfg, log.withTag("tunnel")));
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
@@ -58,10 +75,14 @@ export class MasterRole implements Component {
       relayState: () => this.relayState(),
       tunnelHost: this.tunnelHost,
       tunnelPool: cfg.tunnel.pool,
+      onPhase: (v, from, to) => this.phaseEvent(v, from, to),
     });
     this.client = relayClientFor(cfg, bundle, log, "master", {
       setup: (conn) => this.sessions.setup(conn),
-      onUp: () => this.sessions.relayUp(),
+      onUp: () => {
+        this.sessions.relayUp();
+        void this.hostFacts.refresh();
+      },
       onDown: (why) => this.sessions.relayDown(why.message),
     });
     this.api = {
@@ -94,7 +115,30 @@ export class MasterRole implements Component {
         const mode = tunnelModeOf(req?.mode, "tunnel mode");
         const requester = typeof req?.requester === "string" && req.requester ? req.requester : undefined;
         try {
-          return await this.sessions.switchMode(String(req?.session ?? ""), mode, requester);
+          const v = await this.sessions.switchMode(String(req?.session ?? ""), mode, requester);
+          this.events.publish("session_mode", { session: v.session, onsite: v.onsite, mode: v.tunnel?.mode ?? mode });
+          return v;
+        } catch (e) {
+          throw userError(notFound(e));
+        }
+      },
+      // Issue 15: the service catalogue and extending a session's TTL (src/roles/api.ts MasterGuiApi).
+      services: async (req) => {
+        const onsite = req?.onsite;
+        if (onsite !== undefined && onsite !== null && (typeof onsite !== "string" || onsite.length === 0 || onsite.length > 63)) throw new UsageError("services: onsite: expected a device id (1-63 characters)");
+        const devices = await this.api.devices();
+        return mergeCatalogue(devices, cfg.service, typeof onsite === "string" ? onsite : undefined);
+      },
+      sessionsExtend: async (req) => {
+        const session = req?.session;
+        if (typeof session !== "string" || !session) throw new UsageError("sessions extend: missing session id", "`agent sessions` lists this master's sessions");
+        const ttl = req.ttl;
+        if (typeof ttl !== "number" || !Number.isInteger(ttl) || ttl < 1000) throw new UsageError("sessions extend: ttl: expected milliseconds, at least 1000 (--ttl 30m)");
+        if (ttl > MAX_SESSION_TTL) throw new UsageError(`sessions extend: ttl: at most 7 days (${MAX_SESSION_TTL} ms)`, "a session lives at most that long from now");
+        try {
+          const v = await this.sessions.extend(session, ttl);
+          this.events.publish("session_extend", { session: v.session, onsite: v.onsite, expires: v.expires });
+          return v;
         } catch (e) {
           throw userError(notFound(e));
         }
@@ -128,6 +172,13 @@ export class MasterRole implements Component {
     control?.serve(this.api, "master");
   }
 
+  /** The master's own session events (issue 15): opened (or resumed) and closed; an interruption shows as relay_down. */
+  private phaseEvent(v: SessionView, from: string, to: string): void {
+    const base = { session: v.session, onsite: v.onsite, state: v.state, expires: v.expires };
+    if (to === "closed") this.events.publish("session_close", { ...base, reason: v.reason });
+    else if (to === "active") this.events.publish("session_open", { ...base, resumed: from !== "opening", forwards: v.forwards.map((f) => `${f.bind}:${f.port} → ${f.target}`), ...(v.tunnel ? { tunnel: v.tunnel.mode } : {}) });
+  }
+
   private relayState(): string {
     return `${this.client.state}${this.client.lastError ? `: ${this.client.lastError}` : ""}`;
   }
@@ -140,14 +191,20 @@ export class MasterRole implements Component {
       (e: Error) => this.log.debug(`sweeping tunnel leftovers: ${e.message}`),
     );
     this.client.start();
+    void this.hostFacts.refresh();
+    this.hostTimer = setInterval(() => void this.hostFacts.refresh(), HOST_FACTS_MS);
+    this.hostTimer.unref?.();
   }
 
   status(): Record<string, unknown> {
     const list = this.sessions.list();
-    return { ...this.client.status(), sessions: list.filter((s) => s.state !== "closed").length };
+    // Issue 15: the status card's host facts (src/roles/api.ts MasterStatusPart).
+    return { ...this.client.status(), sessions: list.filter((s) => s.state !== "closed").length, uplink: this.hostFacts.uplink, secondary: this.hostFacts.secondary };
   }
 
   async close(): Promise<void> {
+    if (this.hostTimer) clearInterval(this.hostTimer);
+    this.hostTimer = null;
     this.sessions.close();
     await this.sessions.tunnelsClosed();
     await this.client.close();
@@ -156,7 +213,7 @@ export class MasterRole implements Component {
 
 /** The master daemon: its role on the daemon shell, and the whole MasterApi on the control socket. */
 export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: Logger, deps: MasterDeps = {}): { role: MasterRole; api: MasterApi } {
-  const role = new MasterRole(cfg, bundle, log.withTag("master"), undefined, deps);
+  const role = new MasterRole(cfg, bundle, log.withTag("master"), undefined, { events: daemon.events, ...deps });
   daemon.add(role);
   watchRelayLink(daemon.metrics, daemon.events, role.client);
   daemon.metrics.collect("agent_master_sessions", "This master's sessions that are not closed.", "gauge", () => role.sessions.list().filter((s) => s.state !== "closed").length);

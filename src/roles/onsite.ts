@@ -145,6 +145,8 @@ export class OnsiteRole implements Component {
       agent: VERSION,
       uptime: Math.floor(uptime()),
       uplink: this.uplink,
+      // Issue 15: the [[service]] tables, for the masters' catalogue (absent when there are none).
+      ...(this.cfg.service.length ? { services: this.cfg.service.map(({ name, target, kind, description }) => ({ name, target, kind, ...(description !== undefined ? { description } : {}) })) } : {}),
     });
   }
 

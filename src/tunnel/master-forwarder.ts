@@ -138,6 +138,8 @@ export interface MasterSessionsOptions {
   tunnelHost?: MasterTunnelHost;
   /** `[tunnel] pool`: each routed tunnel gets a /30 of it. */
   tunnelPool?: Cidr;
+  /** A session changed phase (opening → active, active → resuming → active, → closed): the master's events (issue 15). */
+  onPhase?: (view: SessionView, from: string, to: string) => void;
 }
 
 /** Closed sessions stay listed this long, so `agent sessions` can say why they ended. */
@@ -273,6 +275,22 @@ export class MasterSessions {
     return this.view(s);
   }
 
+  /**
+   * `agent sessions extend` (issue 15): the relay moves the session's end (clamping it), then
+   * this side's TTL timer follows the end the relay answered.
+   */
+  async extend(id: string, ttl: number): Promise<SessionView> {
+    const s = this.sessions.get(id);
+    if (!s || s.st.phase === "closed") throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(id)}; see \`agent sessions\``);
+    const conn = this.o.relay();
+    if (!conn) throw new RemoteError(ErrorCode.OFFLINE, `not connected to the relay (${this.o.relayState()}); see \`agent status\``);
+    const info = await request(conn, Msg.SESSION_EXTEND, { session: id, ttl });
+    const left = info.expires ? Math.max(0, Date.parse(info.expires) - this.clock.wall()) : ttl;
+    this.apply(s, { kind: "extended", ttl: left });
+    this.o.log.info(`session ${id} to ${s.onsite}: extended, ends ${info.expires}`);
+    return this.view(s);
+  }
+
   /** Switches of one session run one after the other (two at once would race on the ends). */
   private readonly switching = new Map<string, Promise<unknown>>();
 
@@ -380,9 +398,17 @@ export class MasterSessions {
 
   /** Runs the state machine for one event and carries out what it decided. */
   private apply(s: MasterSession, e: SessionEvent): void {
+    const from = s.st.phase;
     const { state, actions } = decide(s.st, e, this.clock.now());
     s.st = state;
     for (const a of actions) this.run(s, a);
+    if (from !== state.phase && this.o.onPhase) {
+      try {
+        this.o.onPhase(this.view(s), from, state.phase);
+      } catch {
+        // A listener's failure is its own.
+      }
+    }
   }
 
   private run(s: MasterSession, a: SessionAction): void {

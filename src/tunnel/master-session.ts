@@ -73,6 +73,8 @@ export type SessionEvent =
   | { kind: "resume-failed"; code: string | undefined; message: string }
   /** The TTL timer fired. */
   | { kind: "ttl" }
+  /** The relay moved the session's end (SESSION_EXTEND): it now ends `ttl` ms from `now`. */
+  | { kind: "extended"; ttl: number }
   | { kind: "disconnect" }
   | { kind: "shutdown" };
 
@@ -165,6 +167,9 @@ export function decide(s: SessionState, e: SessionEvent, now: number): Decision 
       return close(s, now, e.reason);
     case "ttl":
       return close(s, now, "TTL reached");
+    case "extended":
+      if (s.phase === "opening") return none;
+      return { state: { ...s, expiresAt: now + e.ttl }, actions: [{ kind: "expire-in", ms: e.ttl + SessionTiming.expiryGrace }] };
     case "disconnect":
       return close(s, now, "disconnected by the user");
     case "shutdown":

@@ -176,6 +176,11 @@ export class SessionServer {
       if (!this.o.tunnels) throw new RemoteError(ErrorCode.REFUSED, tunnelRefusal(this.o.id, { enabled: false, bridged: false }, b.mode)!);
       return this.o.tunnels.switch(b.session, { mode: b.mode, ...(b.addressing ? { addressing: b.addressing } : {}) });
     });
+    // Issue 15: a master extended the session; NAT rules are then bounded by the new end.
+    on(conn, Msg.SESSION_EXPIRES, (b) => {
+      const s = this.sessions.get(b.session);
+      if (s) s.endsAt = Date.parse(b.expires);
+    });
     on(conn, Msg.SESSION_CLOSE, (b) => {
       if (this.sessions.delete(b.session)) this.o.log.info(`session ${b.session} closed: ${b.reason}`);
       this.endPackets(b.session, b.reason);

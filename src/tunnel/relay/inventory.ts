@@ -100,6 +100,14 @@ export class Inventory {
   private readonly downAt = new Map<string, number>();
   /** A store write that failed (the inventory goes on in memory; said once per kind). */
   onStoreError: (e: Error) => void = () => {};
+  /**
+   * A device's state changed (issue 15: the relay publishes `device_state`). Called at once for
+   * a connect, a disconnect and a heartbeat that changes it; `sweepStates` finds the changes
+   * time makes (alive → lost).
+   */
+  onState: (id: string, state: DeviceState, previous: DeviceState, status: string) => void = () => {};
+  /** The state each device was last said to be in. */
+  private readonly lastState = new Map<string, DeviceState>();
 
   constructor(private readonly clock: Clock = systemClock, private readonly store?: InventoryStore) {
     if (store)
@@ -108,7 +116,35 @@ export class Inventory {
         this.devices.set(d.id, rec);
         // A stored heartbeat is from before this start: only a new one says the device is alive.
         this.downAt.set(d.id, rec.lastSeen + 1);
+        this.lastState.set(d.id, "offline");
       }
+  }
+
+  /** Says a change of the device's state (against what was last said), if any. */
+  private noteState(rec: DeviceRecord, live?: Liveness): void {
+    const state = this.stateOf(rec, live);
+    const previous = this.lastState.get(rec.id) ?? "offline";
+    if (state === previous && this.lastState.has(rec.id)) return;
+    this.lastState.set(rec.id, state);
+    if (state === previous) return;
+    const hb = rec.heartbeat;
+    const ago = hb ? `${Math.max(0, Math.round((this.clock.now() - hb.at) / 1000))} s` : "";
+    try {
+      this.onState(rec.id, state, previous, statusLine(state, hb ? { via: hb.via, err: hb.payload.err, ago } : null));
+    } catch {
+      // A listener's failure is its own; the inventory goes on.
+    }
+  }
+
+  /** Finds the state changes time alone makes (a device whose heartbeats stopped is lost). */
+  sweepStates(live?: Liveness): void {
+    for (const rec of this.devices.values()) this.noteState(rec, live);
+  }
+
+  /** The state of one device (null: unknown). */
+  state(id: string, live?: Liveness): DeviceState | null {
+    const rec = this.devices.get(id);
+    return rec ? this.stateOf(rec, live) : null;
   }
 
   private mono(wall: number): number {
@@ -185,6 +221,7 @@ export class Inventory {
     };
     this.devices.set(id, rec);
     this.downAt.delete(id);
+    this.noteState(rec);
     this.save(rec, { kind: "connect", reason: `from ${o.address}${o.agent ? ` (${o.agent.slice(0, FIELD_LIMITS.agent)})` : ""}` });
     return rec;
   }
@@ -199,6 +236,8 @@ export class Inventory {
       agent: b.agent.slice(0, FIELD_LIMITS.agent) || rec.info.agent,
       uptime: Math.max(0, Math.floor(b.uptime)),
       uplink: b.uplink.slice(0, FIELD_LIMITS.uplink),
+      // Issue 15: the device's [[service]] tables (bounded by the decoder); kept across restarts.
+      ...(b.services?.length ? { services: b.services } : {}),
     };
     rec.reportedAt = this.heard(id) ?? rec.reportedAt;
     this.save(rec);
@@ -217,6 +256,7 @@ export class Inventory {
     this.vias.set(id, vias);
     this.heard(id, b.at);
     const after = this.stateOf(rec);
+    if (before !== after) this.noteState(rec);
     const saved = this.beatSaved.get(id);
     if (before !== after || saved === undefined || b.at - saved >= HEARTBEAT_PERSIST_MS) {
       this.beatSaved.set(id, b.at);
@@ -244,6 +284,7 @@ export class Inventory {
     if (goodbye) this.downAt.set(id, this.clock.now());
     else this.downAt.delete(id);
     this.heard(id, lastReceived ?? this.clock.now());
+    this.noteState(rec);
     this.save(rec, { kind: "disconnect", reason });
   }
 
@@ -251,6 +292,7 @@ export class Inventory {
   forget(id: string): boolean {
     const had = this.devices.delete(id);
     this.downAt.delete(id);
+    this.lastState.delete(id);
     this.vias.delete(id);
     this.beatSaved.delete(id);
     let stored = false;
@@ -345,6 +387,7 @@ export class Inventory {
           connected_since: new Date(d.connectedSince).toISOString(),
           last_seen: new Date(wallOf(this.clock, lastSeen)).toISOString(),
           rtt_ms: online ? l.rtt : null,
+          ...(d.info.services?.length ? { services: d.info.services } : {}),
         };
       })
       .sort((a, b) => a.id.localeCompare(b.id));

@@ -17,6 +17,7 @@ import type { DeviceEvent, InventoryStore } from "./inventory-store.ts";
 import { HeartbeatReceiver } from "../../transport/heartbeat/receiver.ts";
 import { deviceKey } from "../../transport/heartbeat/codec.ts";
 import { Router } from "./router.ts";
+import { applyExtend, decideExtend } from "./extend.ts";
 import { SessionTable, sessionInfo, type SessionRecord } from "./sessions.ts";
 import { Registry, type Metrics } from "../../metrics.ts";
 import { noEvents, type Events } from "../../events.ts";
@@ -59,6 +60,9 @@ export interface Kicked {
   sessions: number;
 }
 
+/** How often the relay looks for devices that time made lost (device_state events). */
+const STATE_SWEEP_MS = 5_000;
+
 /** Longest a certificate-expiry timer is armed for at once (setTimeout's limit is ~24.8 days). */
 const MAX_TIMER_MS = 86_400_000;
 
@@ -75,6 +79,7 @@ export class RelayServer {
   private readonly onsites = new Map<string, Connection>();
   private readonly masters = new Map<string, Connection>();
   private expiryTimer: TimerHandle | null = null;
+  private stateSweep: TimerHandle | null = null;
   private idleTimer: TimerHandle | null = null;
   readonly idleTimeout: number;
   readonly metrics: RelayMetrics;
@@ -124,6 +129,10 @@ export class RelayServer {
     this.sessions = new SessionTable({ maxPerMaster: Limits.maxSessionsPerMaster, newId: o.newSessionId ?? (() => newSessionId()) });
     this.metrics = new RelayMetrics(o.metrics ?? new Registry());
     this.events = o.events ?? noEvents;
+    // Issue 15: device_state for the GUI's live fleet page; with heartbeats, time alone makes a
+    // device lost, so a sweep looks every few seconds (no formatting unless a state changed).
+    this.inventory.onState = (id, state, previous, status) => this.events.publish("device_state", { id, state, previous, status });
+    if (this.heartbeats) this.stateSweep = this.clock.setInterval(() => this.inventory.sweepStates(this.live), STATE_SWEEP_MS);
     this.registerLiveMetrics();
     const sinks: RefusalLog[] = [this.ring];
     sinks.push({
@@ -238,7 +247,8 @@ export class RelayServer {
       if (!s || s.master !== id) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} of ${id}`);
       return s;
     };
-    handle(conn, Msg.DEVICES, () => this.deviceList().filter((d) => mayReach(this.o.access(), id, d.id)));
+    // Issue 15: the relay's own rows (state, heartbeat, services), so a master sees what `agent devices` here shows.
+    handle(conn, Msg.DEVICES, () => this.deviceRows().filter((d) => mayReach(this.o.access(), id, d.id)));
     handle(conn, Msg.SESSIONS, () => this.sessionList().filter((s) => s.master === id));
     handle(conn, Msg.SESSION_OPEN, (b) => this.openSession(conn, id, b));
     handle(conn, Msg.TUNNEL_MODE, async (b) => {
@@ -255,8 +265,10 @@ export class RelayServer {
       this.router.dropTunnelStreams(s, `tunnel of session ${s.id} switched to ${offer.mode}`);
       s.tunnel = { ...offer, ...(b.addressing ? { addressing: b.addressing } : {}) };
       this.o.log.info(`session ${s.id}: tunnel switched to ${offer.mode}`, { session: s.id, mode: offer.mode });
+      this.events.publish("session_mode", { session: s.id, master: s.master, onsite: s.onsite, mode: offer.mode });
       return offer;
     });
+    handle(conn, Msg.SESSION_EXTEND, (b) => this.extendSession(mine(b.session), b.ttl));
     handle(conn, Msg.SESSION_END, (b) => {
       this.closeSession(mine(b.session), `ended by ${id}${b.reason !== null ? `: ${b.reason.slice(0, 200)}` : ""}`, true);
       return {};
@@ -387,6 +399,19 @@ export class RelayServer {
       info.warnings = warnings.slice(0, MAX_TARGETS).map((w) => w.slice(0, 500));
       this.o.log.info(`session ${s.id}: ${req.onsite} warns: ${info.warnings.join("; ")}`, { session: s.id, onsite: req.onsite, warnings: info.warnings });
     }
+    return info;
+  }
+
+  /** SESSION_EXTEND: the session ends `ttl` ms from now (clamped); the onsite device hears the new end. */
+  extendSession(s: Session, ttl: number): SessionInfo {
+    const d = decideExtend(s, ttl, this.clock.now());
+    if (!d.ok) throw new RemoteError(d.code, d.message);
+    applyExtend(s, d.expiresAt);
+    this.armExpiry();
+    const info = sessionInfo(s, this.clock.now(), this.clock.wall());
+    if (!s.onsiteConn.closed) send(s.onsiteConn, Msg.SESSION_EXPIRES, { session: s.id, expires: info.expires! });
+    this.events.publish("session_extend", { session: s.id, master: s.master, onsite: s.onsite, expires: info.expires, clamped: d.clamped });
+    this.o.log.info(`session ${s.id}: extended, now ends ${info.expires}${d.clamped ? " (clamped to the longest TTL)" : ""}`, { session: s.id, expires: info.expires });
     return info;
   }
 
@@ -537,6 +562,8 @@ export class RelayServer {
     this.expiryTimer = null;
     this.clock.clearTimeout(this.idleTimer);
     this.idleTimer = null;
+    this.clock.clearInterval(this.stateSweep);
+    this.stateSweep = null;
     await this.front.close();
   }
 }
