@@ -22,6 +22,7 @@ $(STAMP): package.json package-lock.json
 
 typecheck: $(STAMP)
 	$(TSC) --noEmit -p .
+	$(TSC) --noEmit -p src/gui/web
 
 # The whole suite: type check, unit tests, CLI and PKI tests against the real program,
 # and the arm64 release executable under qemu-user. Then the leak check (scripts/leaks.ts:

@@ -4,6 +4,8 @@
 // device behind the onsite device, opens a port forward to it through the relay, prints the
 // URL to open, and runs until Ctrl-C; then stops every process it started and removes its
 // temporary files. `--once` stops right after checking the forward (used by the test suite).
+// The master also serves its web GUI (issue 15) on 127.0.0.1 with a throwaway user whose
+// password is made here and printed with the URL.
 import { mkdtempSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -25,6 +27,17 @@ function say(line: string) {
 
 async function agent(args: string[]): Promise<string> {
   const p = Bun.spawn([...AGENT, ...args], { stdout: "pipe", stderr: "pipe" });
+  const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  if (code !== 0) throw new Error(`agent ${args.join(" ")} failed (${code}): ${err.trim()}`);
+  return out;
+}
+
+/** The GUI's throwaway user: no default credentials, even in the demo. */
+const GUI_USER = "demo";
+const GUI_PASSWORD = crypto.getRandomValues(new Uint8Array(12)).reduce((s, b) => s + b.toString(36).padStart(2, "0"), "");
+
+async function agentStdin(args: string[], input: string): Promise<string> {
+  const p = Bun.spawn([...AGENT, ...args], { stdin: new Blob([input]), stdout: "pipe", stderr: "pipe" });
   const [out, err, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
   if (code !== 0) throw new Error(`agent ${args.join(" ")} failed (${code}): ${err.trim()}`);
   return out;
@@ -65,12 +78,13 @@ async function main() {
   const fleet = [
     { role: "relay", id: "relay-demo", issue: ["--host", "localhost", "--host", "127.0.0.1"], run: () => ["--listen", "127.0.0.1:0", "--revocations", join(ca, "revoked")] },
     { role: "onsite", id: "site-1", issue: [], run: () => ["--relay", `127.0.0.1:${relayPort}`, "--location", "Royal Champagne", "--allow", "127.0.0.1/32"] },
-    { role: "master", id: "tech-1", issue: [], run: () => ["--relay", `127.0.0.1:${relayPort}`] },
+    { role: "master", id: "tech-1", issue: [], run: () => ["--relay", `127.0.0.1:${relayPort}`, "--gui", "127.0.0.1:0"] },
   ];
   let relayPort = 0;
   for (const f of fleet) {
     const bundle = join(dir, `${f.id}.bundle`);
     await agent(["pki", "issue", "--dir", ca, "--role", f.role, "--id", f.id, ...f.issue, "--out", bundle]);
+    if (f.role === "master") await agentStdin(["gui", "user", "add", GUI_USER, "--state-dir", join(dir, "state-master")], GUI_PASSWORD + "\n");
     const p = Bun.spawn([...AGENT, "--role", f.role, "--bundle", bundle, ...f.run(), "--control", sock(f.role), "--state-dir", join(dir, `state-${f.role}`)], {
       stdout: "pipe",
       stderr: "pipe",
@@ -119,6 +133,13 @@ async function main() {
   say(`fetched through the forward: "${title}"`);
   process.stdout.write(await agent(["sessions", "--control", sock("master")]));
   say(`open ${url} in a browser (session ${session.session})`);
+  // The web GUI, served by the compiled executable: its page and its script are embedded.
+  const gui = (JSON.parse(await agent(["status", "--json", "--control", sock("master")])) as { gui: { url: string } }).gui.url;
+  const html = await (await fetch(gui)).text();
+  const script = /src="(\/[^"]+\.js)"/.exec(html)?.[1];
+  const js = script ? await fetch(new URL(script, gui)) : null;
+  if (!js?.ok) throw new Error(`the GUI at ${gui} does not serve its page and script`);
+  say(`web GUI: ${gui} (user ${GUI_USER}, password ${GUI_PASSWORD}); page and script served by the executable`);
   if (once) return;
   say("relay, onsite and master are running; press Ctrl-C to stop and clean up");
   await new Promise<void>((resolve) => {

@@ -150,6 +150,8 @@ export interface Config {
   location?: string;
   hostname?: string;
   gui?: HostPort;
+  /** The GUI's certificate: "bundle" (the daemon's own, signed by the fleet CA) or a PEM file with the chain and the key; unset: HTTP. */
+  gui_cert?: string;
   /** A group that may use the control socket (mode 0660), like `tailscale up --operator`. */
   operator?: string;
   allow: AllowEntry[];
@@ -418,6 +420,7 @@ const EXAMPLES: Record<string, string> = {
   location: 'location = "Building A, room 2"',
   hostname: 'hostname = "relay.example.net"',
   gui: 'gui = "127.0.0.1:8080"',
+  gui_cert: 'gui_cert = "bundle"   (or a PEM file with certificate and key)',
   operator: 'operator = "support"   (a group name)',
   allow: 'allow = ["192.168.1.0/24", "10.0.0.5/32:22,80"]',
   control: 'control = "/run/agent/control.sock"',
@@ -470,6 +473,7 @@ const TOP: Schema = {
   ),
   hostname: str("a host name", (s) => (/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/.test(s) ? undefined : `expected a host name, got ${got(s)}`)),
   gui: listenHostPort,
+  gui_cert: nonEmpty('"bundle" or a path to a PEM file with a certificate and its key'),
   operator: str("a group name", (s) => (/^[a-z_][a-z0-9_-]{0,31}\$?$/i.test(s) ? undefined : `expected a group name, got ${got(s)}`)),
   allow: list(wrap("CIDR[:PORTS]", parseAllowEntry), 'a list of "CIDR[:PORTS]" strings such as ["192.168.1.0/24", "10.0.0.5/32:22,80"]'),
   control: nonEmpty("a path to a unix socket"),
@@ -985,7 +989,8 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   access: { roles: ["relay"], why: "only the relay enforces [[access]] rules", shown: "[[access]]" },
   service: { roles: ["onsite", "master"], why: "services are advertised by onsite devices and listed by masters", shown: "[[service]]" },
   nymea: { roles: ["relay"], why: "only the relay speaks nymea-remoteproxy's protocol", shown: "[nymea]" },
-  gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
+  gui: { roles: ["master", "relay"], why: "only a master and a relay serve the GUI", shown: "gui" },
+  gui_cert: { roles: ["master", "relay"], why: "only a master and a relay serve the GUI", shown: "gui_cert" },
   tunnel: { roles: ["onsite", "master"], why: "packet tunnels run between a master and an onsite device; the relay only routes them", shown: "[tunnel]" },
   heartbeat_interval: { roles: ["onsite"], why: "only an onsite device sends heartbeats", shown: "heartbeat_interval" },
   heartbeat_port: { roles: ["relay"], why: "only the relay receives heartbeats", shown: "heartbeat_port" },

@@ -21,4 +21,6 @@ test("demo builds the executable, runs relay, onsite and master, opens a working
   expect(dir).toBeDefined();
   expect(existsSync(dir!)).toBe(false);
   expect(out).toContain("stopped 3 daemons");
+  // The master's web GUI came from the compiled executable, with a throwaway user.
+  expect(out).toMatch(/web GUI: http:\/\/127\.0\.0\.1:\d+\/ \(user demo, password [0-9a-z]{12,}\); page and script served by the executable/);
 }, 60_000);

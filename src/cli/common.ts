@@ -58,7 +58,7 @@ export const daemonArgs = {
   revocations: { type: "string", valueHint: "file", description: "revocation list written by `agent pki revoke` (relay)" },
   allow: { type: "string", valueHint: "cidr[:ports]", description: "LAN targets sessions and NAT rules may reach (onsite; repeatable)" },
   location: { type: "string", valueHint: "label", description: 'location label shown in the inventory (onsite), e.g. "Royal Champagne"' },
-  gui: { type: "string", valueHint: "host:port", description: "serve the web GUI here (master)" },
+  gui: { type: "string", valueHint: "host:port", description: "serve the web GUI here (master, relay)" },
   "state-dir": { type: "string", valueHint: "dir", description: `where state is kept (default ${DEFAULT_STATE_DIR})` },
   "log-level": { type: "enum", options: ["silent", "error", "warn", "info", "debug", "trace"], description: "log level (default info)" },
   "json-logs": { type: "boolean", description: "log one JSON object per line (under journald without a time: the journal has its own)" },

@@ -39,6 +39,7 @@ export const rootCommand: AgentCommand = {
     uplink: () => import("./uplink.ts").then((m) => m.uplinkCommand),
     kick: () => import("./kick.ts").then((m) => m.kickCommand),
     monitor: () => import("./monitor.ts").then((m) => m.monitorCommand),
+    gui: () => import("./gui.ts").then((m) => m.guiCommand),
     services: () => import("./services.ts").then((m) => m.servicesCommand),
     version: versionCommand,
     help: helpCommand,

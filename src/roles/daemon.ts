@@ -212,7 +212,11 @@ export async function composeDaemon(role: Role, cfg: Config, bundle: Bundle, log
     const { systemClock } = await import("../clock.ts");
     const relay = new RelayRole(cfg, bundle, rlog, undefined, systemClock, { metrics: daemon.metrics, events: daemon.events });
     daemon.add(relay);
-    daemon.control.serve({ ...daemon.api(), ...relay.api }, "relay");
+    const relayApi = { ...daemon.api(), ...relay.api };
+    daemon.control.serve(relayApi, "relay");
+    const { relayGui } = await import("./relay.ts");
+    const gui = relayGui(cfg, bundle, relayApi, daemon.events, rlog);
+    if (gui) daemon.add(gui);
   } else if (role === "onsite") {
     const { composeOnsite } = await import("./onsite.ts");
     await composeOnsite(daemon, cfg, bundle, log);

@@ -38,6 +38,8 @@ export function tunnelModeOf(v: unknown, what: string): "routed" | "bridged" {
   return mode;
 }
 import { watchRelayLink } from "./metrics.ts";
+import { guiComponent } from "../gui/attach.ts";
+import { masterDigest } from "../gui/digest.ts";
 import { noEvents, type Events } from "../events.ts";
 import { mergeCatalogue } from "./services.ts";
 import { MasterHostFacts } from "./master-host.ts";
@@ -67,7 +69,6 @@ export class MasterRole implements Component {
     this.events = deps.events ?? noEvents;
     this.hostFacts = deps.hostFacts ?? new MasterHostFacts({ relayHost: cfg.relay?.host, secondary: cfg.tunnel.secondary, stateDir: cfg.state_dir });
     this.tunnelHost = gateMasterHost(deps.tunnelHost ?? masterTunnelHost(cfg, log.withTag("tunnel")));
-    if (cfg.gui) log.warn(`the web GUI is not built yet: ${cfg.gui.host}:${cfg.gui.port} serves nothing; use agent devices / connect / sessions`);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
       relay: () => this.client.connection,
@@ -218,6 +219,18 @@ export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: 
   daemon.metrics.collect("agent_master_sessions", "This master's sessions that are not closed.", "gauge", () => role.sessions.list().filter((s) => s.state !== "closed").length);
   const api: MasterApi = { ...daemon.api(), ...role.api };
   daemon.control.serve(api, "master");
+  // The web GUI (issue 15): one more client of the same API object.
+  const gui = guiComponent(cfg, {
+    role: "master",
+    id: bundle.id,
+    api,
+    events: daemon.events,
+    bundle,
+    digest: async () => masterDigest(role.sessions.list() as unknown as Record<string, unknown>[], role.client.connection ? ((await api.devices().catch(() => null)) as unknown as Record<string, unknown>[] | null) : null),
+    // Bridged is refused from the secondary interface: the browser's address is the requester, whatever the page says.
+    shape: (method, req, peer) => (method === "connect" || method === "tunnelMode" ? { ...req, requester: peer } : req),
+  }, log);
+  if (gui) daemon.add(gui);
   return { role, api };
 }
 

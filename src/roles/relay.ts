@@ -27,6 +27,9 @@ import { heartbeatSecret, listenHeartbeats, openInventoryStore } from "./fleet.t
 import type { DatagramSocket } from "../transport/heartbeat/socket.ts";
 import type { InventoryStore } from "../tunnel/relay/inventory-store.ts";
 import { fleetApi } from "./fleet-api.ts";
+import { guiComponent } from "../gui/attach.ts";
+import { relayDigest } from "../gui/digest.ts";
+import type { EventSource as GuiEvents } from "../gui/server.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -245,4 +248,16 @@ export function missingRevocationsWarning(file: string): string {
     `NO REVOCATION LIST: ${file} does not exist and \`revocations\` is not set, so this relay accepts every certificate the fleet CA signed, revoked ones too. ` +
     `\`agent pki revoke --dir DIR --id ID\` updates DIR/revoked on the CA machine: copy that file to ${file} (the relay reads it within a second), or point revocations = "FILE" (--revocations FILE) at it`
   );
+}
+
+/** The relay's web GUI (issue 15) for `gui = "ADDR:PORT"`: the fleet view over the relay's API object. */
+export function relayGui(cfg: Config, bundle: Bundle, api: RelayApi, events: GuiEvents, log: Logger): Component | null {
+  return guiComponent(cfg, {
+    role: "relay",
+    id: bundle.id,
+    api,
+    events,
+    bundle,
+    digest: () => relayDigest(api.devices() as unknown as Record<string, unknown>[], api.sessions() as unknown as Record<string, unknown>[], api.refusals().length),
+  }, log);
 }

@@ -19,6 +19,8 @@ import { MemoryMasterTunnelHost, MemoryOnsiteTunnelHost, type MemoryMasterOption
 import { waitFor } from "./wait.ts";
 
 export interface TrioOptions {
+  /** Added to the relay's config (e.g. `access`). */
+  relay?: RawConfig;
   onsite?: RawConfig;
   master?: RawConfig;
   onsiteHost?: MemoryOnsiteOptions;
@@ -69,7 +71,7 @@ export class Trio {
   static async start(o: TrioOptions = {}): Promise<Trio> {
     const t = new Trio();
     const b = await fleetBundles();
-    const rcfg = t.config("relay-1", { listen: "127.0.0.1:0" });
+    const rcfg = t.config("relay-1", { listen: "127.0.0.1:0", ...o.relay });
     t.relay = new Daemon({ role: "relay", id: "relay-1" }, rcfg, t.log("relay"));
     t.relayRole = new RelayRole(rcfg, b.relay, t.log("relay"));
     t.relay.add(t.relayRole);

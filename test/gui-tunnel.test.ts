@@ -1,0 +1,81 @@
+// The master's console driving a packet tunnel and seed 001's timed access, in chromium, against
+// a relay, a master and an onsite daemon composed in this process (test/helpers/tunnel-trio.ts:
+// real TLS, mux, relay routing and sessions; memory tunnel hosts instead of TUN/TAP, and the
+// NAT service on its recording backend). Open a routed tunnel, switch it to bridged, grant timed
+// access and see it expire (on the page and on the device), disconnect.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
+import type { Browser, Page } from "playwright-core";
+import { UserStore } from "../src/gui/users.ts";
+import { chromiumPresent, expectShown, launchChromium, logIn, shot } from "./helpers/browser.ts";
+import { Trio } from "./helpers/tunnel-trio.ts";
+import { waitFor } from "./helpers/wait.ts";
+
+const ok = chromiumPresent("test/gui-tunnel.test.ts");
+const PASSWORD = "a long test password";
+
+describe.skipIf(!ok)("web GUI: tunnels and timed access", () => {
+  let trio: Trio;
+  let browser: Browser;
+  let p: Page;
+  let url = "";
+
+  beforeAll(async () => {
+    const [b, t] = await Promise.all([launchChromium(), Trio.start({ relay: { access: [{ masters: ["tech-1"], onsites: ["site-1"], nat: true }] }, master: { gui: "127.0.0.1:0" }, onsite: { location: "Cellar 2", nat: { min_ttl: "1s" }, tunnel: { enabled: true, bridged: true } } })]);
+    browser = b;
+    trio = t;
+    await new UserStore(join(trio.dir, "state-tech-1")).add("alice", PASSWORD);
+    url = ((await trio.masterApi.call("status")).gui as { url: string }).url;
+    p = await (await browser.newContext({ viewport: { width: 1100, height: 800 } })).newPage();
+    await logIn(p, url + "#/devices", "alice", PASSWORD);
+  }, 60_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await trio?.close();
+  });
+
+  test("open a routed tunnel, switch it to bridged, disconnect", async () => {
+    await p.locator('.device[data-id="site-1"] button.connect').click();
+    await p.selectOption("#connect-dialog select[name=tunnel]", "routed");
+    await p.click("#connect-ok");
+    await expectShown(p, ".session");
+    const card = p.locator(".session");
+    const id = (await card.getAttribute("data-session"))!;
+    await waitFor(async () => (await card.locator(".pill.routed").count()) === 1 || undefined, 15_000, "the routed pill");
+    expect((await trio.masterApi.call("sessions")).find((s) => s.session === id)?.tunnel?.mode).toBe("routed");
+    await card.locator("button.switch").click();
+    await waitFor(async () => (await p.locator(`.session[data-session="${id}"] .pill.bridged`).count()) === 1 || undefined, 15_000, "the bridged pill");
+    expect((await trio.masterApi.call("sessions")).find((s) => s.session === id)?.tunnel?.mode).toBe("bridged");
+    await shot(p, "master-tunnel");
+    await p.locator(`.session[data-session="${id}"] button.disconnect`).click();
+    await p.locator(`.session[data-session="${id}"]`).waitFor({ state: "detached", timeout: 15_000 });
+    expect((await trio.masterApi.call("sessions")).find((s) => s.session === id && s.state !== "closed")).toBeUndefined();
+  });
+
+  test("grant timed access through the device's DNAT, see its expiry, see it expire", async () => {
+    await p.goto(url + "#/devices");
+    await p.locator('.device[data-id="site-1"] button.connect').click();
+    await p.fill("#connect-dialog textarea[name=forwards]", "0:192.168.1.10:443");
+    await p.click("#connect-ok");
+    await expectShown(p, ".session");
+    const card = p.locator(".session");
+    await card.locator("button.grant").click();
+    await p.fill("#grant-dialog input[name=port]", "8443");
+    await p.fill("#grant-dialog input[name=to]", "192.168.1.10:443");
+    await p.fill("#grant-dialog input[name=duration]", "4s");
+    await p.click("#grant-ok");
+    await expectShown(p, ".grant[data-rule]");
+    const grant = p.locator(".grant[data-rule]");
+    expect(await grant.locator(".pill").textContent()).toBe("active");
+    const text = (await grant.textContent())!;
+    expect(text).toContain("192.168.1.10:443");
+    expect(text).toMatch(/expires\d{4}-\d\d-\d\dT/);
+    // The device holds the rule, for the master's public address as the relay saw it.
+    const rules = (await trio.onsiteApi.call("natList")).rules;
+    expect(rules.map((r) => [r.port, r.to, r.src])).toEqual([[8443, "192.168.1.10:443", "127.0.0.1/32"]]);
+    await shot(p, "master-timed-access");
+    await waitFor(async () => (await grant.locator(".pill").textContent()) === "expired" || undefined, 20_000, "the grant shown expired");
+    await waitFor(async () => (await trio.onsiteApi.call("natList")).rules.length === 0 || undefined, 20_000, "the rule gone from the device");
+  });
+});
