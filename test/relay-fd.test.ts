@@ -6,6 +6,7 @@ import net from "node:net";
 import { readdirSync } from "node:fs";
 import { Fleet } from "./helpers/fleet.ts";
 import { waitFor } from "./helpers/wait.ts";
+import { cpuSeconds } from "./helpers/proc.ts";
 
 let fleet: Fleet;
 let http: ReturnType<typeof Bun.serve>;
@@ -42,7 +43,15 @@ test("the relay runs with the hard open-files limit and warns when it is low", a
   await fleet.stop(low);
 });
 
-test("out of descriptors: the relay survives, serves the connected devices, and admits new ones after", async () => {
+/** The share of one core a process used over a window, from /proc/PID/stat (CPU time, not wall speed). */
+async function cpuShare(pid: number, windowMs: number): Promise<number> {
+  const c0 = cpuSeconds(pid);
+  const t0 = performance.now();
+  await Bun.sleep(windowMs); // the measuring window itself, not a wait for something to settle
+  return (cpuSeconds(pid) - c0) / ((performance.now() - t0) / 1000);
+}
+
+test("out of descriptors: the relay pauses accepting instead of spinning, serves the connected devices, and admits new ones after", async () => {
   // A hard limit the relay cannot raise: ~80 descriptors in all.
   fleet.wrap = ["prlimit", "--nofile=80:80"];
   const relay = await fleet.startRelay("relay-fd");
@@ -65,13 +74,22 @@ test("out of descriptors: the relay survives, serves the connected devices, and 
       }),
     ),
   );
-  await waitFor(() => readdirSync(`/proc/${relay.proc.pid}/fd`).length >= 78, 10_000, "the relay to run out of descriptors");
+  // Nearly out: it stops accepting (issue 17; Bun's accept loop would spin a core on EMFILE).
+  await waitFor(async () => ((await fleet.status(relay)).relay as { accepting: boolean }).accepting === false, 10_000, "the relay to pause accepting");
+  expect(readdirSync(`/proc/${relay.proc.pid}/fd`).length).toBeGreaterThanOrEqual(72 - 8);
+  expect(relay.log()).toContain("out of descriptors (");
+  // While paused (the flood holds its descriptors until the 10 s handshake deadline) the relay
+  // idles: its CPU time over a 2 s window is a small share of the window (spinning, it is most of it).
+  const share = await cpuShare(relay.proc.pid, 2_000);
+  expect(share).toBeLessThan(0.1);
   // The session set up before the flood still carries traffic.
   const during = await curl(ports[0]!);
   expect(during.out).toBe("still here\n");
   expect(relay.proc.exitCode).toBeNull();
   for (const s of flood.splice(0)) s.destroy();
   // A device that was not connected gets in once descriptors are free again.
+  await waitFor(async () => ((await fleet.status(relay)).relay as { accepting: boolean }).accepting, 20_000, "the relay to accept again");
+  expect(relay.log()).toContain("descriptors free again");
   const late = await fleet.startOnsite("site-late");
   await fleet.waitConnected(late, 20_000);
   const list = await fleet.json<{ id: string; online: boolean }[]>(relay, ["devices"]);

@@ -607,13 +607,14 @@ async function legitDevice(localAddress?: string): Promise<void> {
   probe.socket.destroy();
 }
 
-const TOO_MANY = "too many unauthenticated connections";
-const DEADLINE = "no TLS handshake within 10 s";
-/** Refusals with this reason whose address passes `from`. */
-const refusalCount = (reason: string, from: (address: string) => boolean) => refusals().filter((r) => r.reason === reason && from(r.address)).length;
+const TOO_MANY = /^too many unauthenticated connections/;
+/** 10 s, or 3 s while the table is past half full (issue 17: silent slots are freed sooner under pressure). */
+const DEADLINE = /^no TLS handshake within (10|3) s$/;
+/** Refusals whose reason matches and whose address passes `from`. */
+const refusalCount = (reason: RegExp, from: (address: string) => boolean) => refusals().filter((r) => reason.test(r.reason) && from(r.address)).length;
 
 // The floods count events, not snapshots: every flood connection is either refused at once
-// (the cap) or held until the relay's own 10 s handshake deadline closes it, and each of those
+// (a cap, an early drop) or held until the relay's own handshake deadline closes it, and each of those
 // is a refusal with its reason. Counting both is exact however slow the machine is; reading
 // the relay's "unauthenticated" gauge once would race the deadline that frees the slots.
 // The one timing assumption: the flood's 600 connects land well within that 10 s (they take
@@ -643,18 +644,25 @@ test("600 half-open connections from one address: 32 are held, the rest refused 
   await expectHealthy();
 });
 
-test("600 half-open connections from 30 addresses fill the total cap of 512; the relay keeps serving and admits again after", async () => {
+test("600 half-open connections from 30 addresses fill the total cap of 512, dropped early at random past half of it; the relay keeps serving and admits again after", async () => {
   const flooders = (a: string) => a.startsWith("127.0.1.");
   const tooManyBefore = refusalCount(TOO_MANY, flooders);
   const deadlineBefore = refusalCount(DEADLINE, flooders);
+  const earlyBefore = refusalCount(/dropped early at random/, flooders);
+  const shortBefore = refusalCount(/^no TLS handshake within 3 s$/, flooders);
   const sockets = await flood(600, (i) => `127.0.1.${1 + (i % 30)}`);
   try {
-    await waitFor(() => refusalCount(TOO_MANY, flooders) - tooManyBefore === 88, 15_000, () => `88 refusals for the total cap; have ${refusalCount(TOO_MANY, flooders) - tooManyBefore}`);
+    // Every connection is refused at once (the cap, or an early drop) or held until its deadline.
+    const refusedOrExpired = () => refusalCount(TOO_MANY, flooders) - tooManyBefore + refusalCount(DEADLINE, flooders) - deadlineBefore;
     expect(await unauthenticated()).toBeLessThanOrEqual(512);
     await expectHealthy();
-    await waitFor(() => refusalCount(DEADLINE, flooders) - deadlineBefore >= 512, 20_000, () => `512 deadline refusals for the held connections; have ${refusalCount(DEADLINE, flooders) - deadlineBefore}`);
-    expect(refusalCount(TOO_MANY, flooders) - tooManyBefore).toBe(88);
-    expect(refusalCount(DEADLINE, flooders) - deadlineBefore).toBe(512);
+    await waitFor(() => refusedOrExpired() === 600, 25_000, () => `600 refusals (at once or at the deadline); have ${refusedOrExpired()}`);
+    const early = refusalCount(/dropped early at random/, flooders) - earlyBefore;
+    const held = refusalCount(DEADLINE, flooders) - deadlineBefore;
+    expect(refusalCount(TOO_MANY, flooders) - tooManyBefore).toBeGreaterThanOrEqual(88);
+    expect(held).toBeLessThanOrEqual(512);
+    expect(early).toBeGreaterThan(0); // random early drop past 256 of 512
+    expect(refusalCount(/^no TLS handshake within 3 s$/, flooders) - shortBefore).toBeGreaterThan(0); // the shorter deadline under pressure
   } finally {
     closeAll(sockets);
   }

@@ -14,8 +14,11 @@ import { listenTls, type ListenOptions } from "../transport/tls.ts";
 import { listenTlsProxied } from "../transport/tls-proxied.ts";
 import { fdLimit } from "../fdlimit.ts";
 import { RelayServer } from "../tunnel/relay/server.ts";
-import { FileRefusalLog } from "../tunnel/relay/refusals.ts";
-import { Admission } from "../tunnel/relay/front.ts";
+import { RefusalCode, tlsRefusalCode } from "../tunnel/relay/refusals.ts";
+import { AdmissionTable } from "../tunnel/relay/admission.ts";
+import { BatchedRefusalFile, RefusalThrottle } from "../tunnel/relay/refusal-throttle.ts";
+import { redialSpread } from "../transport/accept-pacer.ts";
+import { AcceptGuard } from "../transport/accept-guard.ts";
 import type { RelayApi } from "./api.ts";
 import type { Component } from "./daemon.ts";
 import { systemClock, type Clock } from "../clock.ts";
@@ -42,7 +45,12 @@ export class RelayRole implements Component {
   private revocationsStamp = "";
   private revocationsLoaded = false;
   private poll: ReturnType<typeof setInterval> | null = null;
-  private readonly admission = new Admission();
+  /** Issue 17: who may start a handshake (caps, early drop, per-source rates and penalties, the accept pacer). */
+  private readonly admission: AdmissionTable;
+  private readonly throttle = new RefusalThrottle();
+  private readonly auditLog: BatchedRefusalFile;
+  private readonly clock: Clock;
+  private guard: AcceptGuard | null = null;
   private fdLimit: number | null = null;
   /** Connections closed by their peer before TLS completed (probes, dropped links). */
   private abandoned = 0;
@@ -58,6 +66,10 @@ export class RelayRole implements Component {
   constructor(private readonly cfg: Config, private readonly bundle: Bundle, private readonly log: Logger, control?: ControlServer, clock: Clock = systemClock, ops: { metrics?: Metrics; events?: Events } = {}) {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
+    this.clock = clock;
+    this.admission = new AdmissionTable();
+    // Written in batches, and beyond the first few refusals per source a minute as one summary line.
+    this.auditLog = new BatchedRefusalFile(auditFile, { clock, throttle: this.throttle, maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.warn(`cannot write ${auditFile}: ${e.message}`) });
     this.store = openInventoryStore(cfg.state_dir, log);
     this.server = new RelayServer({
       inventoryStore: this.store,
@@ -69,7 +81,9 @@ export class RelayRole implements Component {
       sessionIdleTimeout: cfg.session_idle_timeout,
       metrics: ops.metrics,
       events: ops.events,
-      refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.warn(`cannot write ${auditFile}: ${e.message}`) }),
+      refusalLog: this.auditLog,
+      admission: { throttle: this.throttle, unauthenticated: { hold: (a) => this.admission.hold(a, clock.now()), release: (a) => this.admission.release(a) } },
+      redialSpread: (fleet) => redialSpread(fleet, this.admission.policy.acceptRate),
     });
     const m = this.server.metrics.registry;
     m.collect("agent_relay_unauthenticated_connections", "Connections not yet past TLS (capped in total and per source).", "gauge", () => this.admission.total);
@@ -113,15 +127,30 @@ export class RelayRole implements Component {
         trust: () => ({ revocations: this.revocations, roles: ["onsite", "master"] }),
         accept: ({ link, verdict, handshakeMs }) => {
           if (handshakeMs !== undefined) this.server.metrics.handshake.observe(handshakeMs / 1000);
+          this.admission.succeeded(link.remoteAddress);
           this.server.accept(link, verdict);
         },
-        refuse: (r) => this.server.refusedAtTls(r.address, r.presented, this.cfg.proxy_protocol ? r.reason : notTlsHint(r.reason)),
+        refuse: (r) => {
+          // A failed handshake costs its source (issue 17); being turned away for capacity does not.
+          if (tlsRefusalCode(r.reason) !== RefusalCode.CAPACITY) this.admission.failed(r.address, this.clock.now());
+          this.server.refusedAtTls(r.address, r.presented, this.cfg.proxy_protocol ? r.reason : notTlsHint(r.reason));
+        },
         abandoned: () => void this.abandoned++,
-        admit: (source) => this.admission.admit(source),
+        admit: (source) => {
+          const v = this.admission.admit(source, this.clock.now());
+          return v.ok || v.reason;
+        },
         release: (source) => this.admission.release(source),
+        deadlineNow: () => this.admission.deadline(),
       };
       // Behind a load balancer every connection starts with its PROXY v2 header (src/transport/tls-proxied.ts).
-      this.listener = this.cfg.proxy_protocol ? await listenTlsProxied(opts) : (listenTls(opts) as TCPSocketListener<unknown>);
+      // Issue 17: out of descriptors, the Bun listener pauses accepting instead of spinning (src/transport/accept-guard.ts).
+      const limit = this.fdLimit;
+      this.listener = this.cfg.proxy_protocol
+        ? await listenTlsProxied(opts)
+        : limit === null
+          ? (listenTls(opts) as TCPSocketListener<unknown>)
+          : (this.guard = new AcceptGuard({ listen: (port) => listenTls({ ...opts, port }), port: listen.port, limit, clock: this.clock, log: this.log }));
     } catch (e) {
       throw new Error(`cannot listen on ${formatHostPort(listen)}: ${(e as Error).message}`, { cause: e });
     }
@@ -139,7 +168,17 @@ export class RelayRole implements Component {
     }
     // Polled whether configured or the default: a list copied into place later takes effect
     // within a second, without a restart.
-    this.poll = setInterval(() => void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`)), REVOCATION_POLL_MS);
+    this.poll = setInterval(() => {
+      void this.reloadRevocations(false).catch((e) => this.log.error(`revocation list: ${(e as Error).message}; keeping the previous one`));
+      this.admissionTick();
+    }, REVOCATION_POLL_MS);
+  }
+
+  /** Issue 17, every second: the refusal summaries of sources whose minute ended, and forgetting recovered sources. */
+  private admissionTick(): void {
+    const time = new Date(this.clock.wall()).toISOString();
+    for (const s of this.server.summarizeRefusals()) this.auditLog.summary(s, this.throttle.policy.perSource, time);
+    this.admission.sweep(this.clock.now());
   }
 
   /** SIGHUP */
@@ -179,8 +218,11 @@ export class RelayRole implements Component {
       listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
       port: this.listener?.port ?? null,
       unauthenticated: this.admission.total,
+      admission: { dropped: { ...this.admission.dropped }, sources: this.admission.tracked, held_off: this.admission.held(this.clock.now()) },
       proxy_protocol: this.cfg.proxy_protocol,
       open_files_limit: this.fdLimit,
+      accepting: this.guard ? this.guard.accepting : this.listener !== null,
+      accept_pauses: this.guard?.paused ?? 0,
       abandoned_handshakes: this.abandoned,
       refusals: this.server.refusals.length,
       revoked: this.revocations.entries.length,
@@ -197,6 +239,7 @@ export class RelayRole implements Component {
     this.poll = null;
     this.nymea?.close();
     await this.server.close();
+    this.auditLog.closeSync();
     this.listener?.stop(true);
     this.listener = null;
     await this.heartbeatSocket?.close();

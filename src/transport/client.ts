@@ -15,6 +15,8 @@ export interface Welcome {
   address: string;
   /** The keepalive interval the relay runs on this connection, ms. */
   keepalive?: number;
+  /** Issue 17: the window (ms) the first redial after losing this relay is spread over. */
+  spread?: number;
 }
 
 export interface RelayClientOptions {
@@ -58,6 +60,18 @@ export class RevokedError extends Error {
  */
 export function retryDelay(attempt: number, revoked: boolean, random: () => number = Math.random): number {
   return revoked ? Timing.backoffCap : backoffDelay(attempt - 1, random);
+}
+
+/**
+ * The wait before the first dial after a connection that was up ended (issue 17): uniform over
+ * the relay's spread window (WELCOME `spread`, which grows with its fleet) or the backoff's
+ * ceiling, whichever is longer, so a relay restart does not bring every device back in the same
+ * 250 ms. Without a spread (an older relay) or revoked: `retryDelay`. Pure.
+ */
+export function redialDelay(attempt: number, revoked: boolean, spread: number | undefined, random: () => number = Math.random): number {
+  if (revoked || spread === undefined) return retryDelay(attempt, revoked, random);
+  const ceiling = Math.min(Timing.backoffCap, Timing.backoffBase * 2 ** Math.min(Math.max(attempt - 1, -1), 30));
+  return Math.floor(random() * Math.max(spread, ceiling));
 }
 
 /** The device's keepalive after asking for one: the relay's answer, within the bounds. Pure. */
@@ -178,7 +192,7 @@ export class RelayClient {
       }
       if (this.stopped) break;
       this.attempt = nextAttempt(this.attempt, lived);
-      const delay = this.redialNow ? 0 : retryDelay(this.attempt, revoked, this.o.random);
+      const delay = this.redialNow ? 0 : lived !== null ? redialDelay(this.attempt, revoked, this.welcome?.spread, this.o.random) : retryDelay(this.attempt, revoked, this.o.random);
       if (revoked) this.o.log.warn(`the relay revoked this device's certificate (or it expired): dialling again only every ${Timing.backoffCap / 1000} s; issue a new bundle (\`agent pki issue --force\`)`);
       this.redialNow = false;
       this.setState("waiting");
@@ -242,7 +256,7 @@ export class RelayClient {
         Msg.WELCOME,
         (b) => {
           this.clock.clearTimeout(timer);
-          resolve({ version: b.version, relay: b.relay, address: b.address, keepalive: b.keepalive });
+          resolve({ version: b.version, relay: b.relay, address: b.address, keepalive: b.keepalive, ...(b.spread !== undefined ? { spread: b.spread } : {}) });
         },
         (err) => {
           this.clock.clearTimeout(timer);

@@ -238,6 +238,10 @@ export interface WelcomeBody {
   address: string;
   /** The relay's keepalive interval, ms. */
   keepalive: number;
+  /** Issue 17: the window (ms) over which this device spreads its first redial when the
+   * connection is lost (a relay restart must not bring the whole fleet back in one instant);
+   * it grows with the fleet the relay serves. Absent from an older relay. */
+  spread?: number;
 }
 export type ReplyBody = { rid: number; ok: true; result: unknown } | { rid: number; ok: false; code: string; error: string };
 export interface InventoryBody {
@@ -415,8 +419,12 @@ export function decodeWelcome(body: unknown): WelcomeBody {
     relay: r.str("relay"),
     address: r.str("address"),
     keepalive: r.num("keepalive", (n) => isCount(n) && n > 0, "milliseconds"),
+    ...(r.o.spread !== undefined ? { spread: r.num("spread", (n) => isCount(n) && n <= MAX_REDIAL_SPREAD, `milliseconds (0–${MAX_REDIAL_SPREAD})`) } : {}),
   };
 }
+
+/** The longest first-redial spread a WELCOME may ask for (ms): beyond, a device waits too long after a blip. */
+export const MAX_REDIAL_SPREAD = 120_000;
 
 export function decodeReply(body: unknown): ReplyBody {
   const r = object(Msg.REPLY, body);

@@ -133,9 +133,10 @@ export function listenTlsProxied(opts: ListenOptions): Promise<ProxiedListener> 
         return;
       }
       if (r.header.command === "proxy") source = r.header.source.address;
-      if (!opts.admit(source)) {
+      const admitted = opts.admit(source);
+      if (admitted !== true) {
         judged = true;
-        opts.refuse({ address: source, reason: "too many unauthenticated connections", presented: null });
+        opts.refuse({ address: source, reason: typeof admitted === "string" ? admitted : "too many unauthenticated connections", presented: null });
         raw.destroy();
         return;
       }

@@ -170,8 +170,10 @@ export interface ListenOptions {
   refuse(info: { address: string; reason: string; presented: string | null }): void;
   /** A peer closed before the handshake completed without presenting anything. */
   abandoned?(source: string): void;
-  /** Connections admitted before authentication; false refuses the connection at once. */
-  admit(source: string): boolean;
+  /** Connections admitted before authentication; false (or the reason, as a string) refuses the connection at once. */
+  admit(source: string): boolean | string;
+  /** Issue 17: the handshake deadline for a connection opening now (shorter while the relay is under pressure). */
+  deadlineNow?: () => number;
   release(source: string): void;
   handshakeDeadline?: number;
   /** The handshake deadline runs on its timers; certificates are judged at its wall(). */
@@ -207,18 +209,20 @@ function listenTlsSocket(opts: ListenOptions, deadline: number, clock: Clock): T
       open(socket) {
         const source = socket.remoteAddress;
         socket.data = { link: null, opened: clock.now(), source };
-        if (!opts.admit(source)) {
-          opts.refuse({ address: source, reason: "too many unauthenticated connections", presented: null });
+        const admitted = opts.admit(source);
+        if (admitted !== true) {
+          opts.refuse({ address: source, reason: typeof admitted === "string" ? admitted : "too many unauthenticated connections", presented: null });
           socket.terminate();
           return;
         }
         socket.data.counted = true;
+        const within = opts.deadlineNow?.() ?? deadline;
         const timer = clock.setTimeout(() => {
           if (!socket.data.link) {
-            opts.refuse({ address: source, reason: `no TLS handshake within ${deadline / 1000} s`, presented: null });
+            opts.refuse({ address: source, reason: `no TLS handshake within ${within / 1000} s`, presented: null });
             socket.terminate();
           }
-        }, deadline);
+        }, within);
         socket.data.onHandshake = () => clock.clearTimeout(timer);
       },
       handshake(socket, success, authorizationError) {

@@ -10,6 +10,8 @@ import { Msg, PROTOCOL_VERSIONS, decodeHello, msgName, MessageError, type HelloB
 import { Limits, Timing, relayKeepalive } from "../../transport/policy.ts";
 import type { Clock, TimerHandle } from "../../clock.ts";
 import { RefusalCode, refusal, type RefusalCodeId, type RefusalLog } from "./refusals.ts";
+import { IdentityCount, MAX_CONNECTIONS_PER_IDENTITY, MAX_PENDING_HELLO } from "./admission.ts";
+import { summaryText, type RefusalSummary, type RefusalThrottle } from "./refusal-throttle.ts";
 
 /** What the TLS level established about the peer. */
 export interface PeerCert {
@@ -86,6 +88,13 @@ export interface FrontOptions {
   welcome(conn: Connection, cert: PeerCert, hello: HelloBody, version: number): void;
   /** A connection that had passed its HELLO has ended. */
   gone(conn: Connection, cert: PeerCert, why: ConnectionClosed): void;
+  /** Issue 17: refusals beyond the first few per source a minute are counted, not logged one by one. */
+  throttle?: RefusalThrottle;
+  /** Issue 17: a connection past TLS stays counted as unauthenticated until its HELLO (false: over the caps, close it). */
+  unauthenticated?: { hold(address: string): boolean; release(address: string): void };
+  /** Connections waiting for their HELLO, and connections per identity (pending and live). */
+  maxPending?: number;
+  maxPerIdentity?: number;
 }
 
 export class Front {
@@ -94,8 +103,11 @@ export class Front {
   private readonly pending = new Map<Connection, PeerCert>();
   private readonly live = new Map<Connection, PeerCert>();
   private closed = false;
+  private readonly identities: IdentityCount;
 
-  constructor(private readonly o: FrontOptions) {}
+  constructor(private readonly o: FrontOptions) {
+    this.identities = new IdentityCount(o.maxPerIdentity ?? MAX_CONNECTIONS_PER_IDENTITY);
+  }
 
   /** A link whose certificate passed verifyPeer; the HELLO must follow within the deadline. */
   accept(link: Link, cert: PeerCert): Connection {
@@ -122,16 +134,42 @@ export class Front {
       conn.close(GoAwayCode.SHUTDOWN, "relay is shutting down");
       return conn;
     }
+    // Issue 17: the caps hold for connections with a valid certificate too, until their HELLO.
+    if (this.pending.size >= (this.o.maxPending ?? MAX_PENDING_HELLO)) {
+      this.refuse(conn, presented, RefusalCode.CAPACITY, `too many unauthenticated connections: ${this.pending.size} past TLS wait for their HELLO (the cap)`);
+      return conn;
+    }
+    if (!this.identities.add(cert.id)) {
+      this.refuse(conn, presented, RefusalCode.CAPACITY, `too many connections for ${cert.id}: ${this.identities.of(cert.id)} open (the cap per certificate identity)`);
+      return conn;
+    }
+    const unauth = this.o.unauthenticated;
+    let held = false;
+    if (unauth) {
+      held = unauth.hold(conn.remoteAddress);
+      if (!held) {
+        this.identities.remove(cert.id);
+        this.refuse(conn, presented, RefusalCode.CAPACITY, "too many unauthenticated connections (waiting for their HELLO)");
+        return conn;
+      }
+    }
+    const unhold = () => {
+      if (held) unauth?.release(conn.remoteAddress);
+      held = false;
+    };
     this.pending.set(conn, cert);
     const timer: TimerHandle = clock.setTimeout(() => {
       if (this.pending.has(conn)) this.refuse(conn, presented, RefusalCode.DEADLINE, `no HELLO within ${this.o.helloDeadline / 1000} s`);
     }, this.o.helloDeadline);
     conn.on(Msg.HELLO, (b) => {
       clock.clearTimeout(timer);
+      unhold();
       this.onHello(conn, cert, b);
     });
     void conn.wait().then((why) => {
       clock.clearTimeout(timer);
+      unhold();
+      this.identities.remove(cert.id);
       this.pending.delete(conn);
       if (this.live.delete(conn)) this.o.gone(conn, cert, why);
     });
@@ -161,7 +199,7 @@ export class Front {
   /** Writes a refusal to the logs (and the operator's log). */
   record(address: string, presented: string | null, code: RefusalCodeId, reason: string): void {
     const r = refusal(new Date(this.o.clock.wall()).toISOString(), address, presented, code, reason);
-    this.o.log.warn(`refused ${presented ?? "(no certificate)"} from ${address}: ${r.reason}`, { id: presented, address, code, reason: r.reason });
+    if (!this.o.throttle || this.o.throttle.note(r, this.o.clock.now())) this.o.log.warn(`refused ${presented ?? "(no certificate)"} from ${address}: ${r.reason}`, { id: presented, address, code, reason: r.reason });
     this.o.refusals.record(r);
   }
 
@@ -183,6 +221,15 @@ export class Front {
       }
     }
     return n;
+  }
+
+  /** Issue 17: the summary lines of refusals held back (one per source per minute); returns them for the audit file. */
+  summarizeRefusals(): RefusalSummary[] {
+    const t = this.o.throttle;
+    if (!t) return [];
+    const due = t.due(this.o.clock.now());
+    for (const s of due) this.o.log.warn(summaryText(s, t.policy.perSource), { address: s.source, held: s.held, codes: s.codes });
+    return due;
   }
 
   get pendingHello(): number {

@@ -11,7 +11,8 @@ import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
 import { DEFAULT_SESSION_IDLE_TIMEOUT, type AccessRule } from "../../config.ts";
 import { decidePairing, mayAskNat, mayReach, natSource, newSessionId } from "../pairing.ts";
-import { Front, type PeerCert } from "./front.ts";
+import { Front, type FrontOptions, type PeerCert } from "./front.ts";
+import type { RefusalSummary } from "./refusal-throttle.ts";
 import { Inventory, type DeviceRow, type Liveness } from "./inventory.ts";
 import type { DeviceEvent, InventoryStore } from "./inventory-store.ts";
 import { HeartbeatReceiver } from "../../transport/heartbeat/receiver.ts";
@@ -50,6 +51,10 @@ export interface RelayOptions {
   inventoryStore?: InventoryStore;
   /** Heartbeats: the relay's secret (device keys derive from it) and the UDP port devices send to. */
   heartbeat?: { secret: Uint8Array; port: number };
+  /** Issue 17: the front's caps beyond the defaults (pending HELLO counted as unauthenticated, refusal throttle). */
+  admission?: Pick<FrontOptions, "throttle" | "unauthenticated" | "maxPending" | "maxPerIdentity">;
+  /** Issue 17: the first-redial spread (ms) each WELCOME tells the device, given the fleet's size. */
+  redialSpread?: (fleet: number) => number;
 }
 
 /** Who `kick` disconnected. */
@@ -168,7 +173,13 @@ export class RelayServer {
       route: (f, conn) => this.router.route(f, conn),
       welcome: (conn, cert, hello, version) => this.welcome(conn, cert, hello, version),
       gone: (conn, cert, why) => this.onGone(conn, cert, why),
+      ...o.admission,
     });
+  }
+
+  /** Issue 17: logs the refusals held back per source over the last minute, one line each; returns them. */
+  summarizeRefusals(): RefusalSummary[] {
+    return this.front.summarizeRefusals();
   }
 
   /** The last refusals (at most 1000), oldest first. */
@@ -195,7 +206,9 @@ export class RelayServer {
     this.events.publish("connect", { id: cert.id, role, address: conn.remoteAddress, agent: hello.agent });
     if (cert.role === "onsite") this.registerOnsite(conn, cert, hello.agent);
     else this.registerMaster(conn, cert.id);
-    send(conn, Msg.WELCOME, { version, relay: this.o.id, address: conn.remoteAddress, keepalive: conn.keepalive?.interval ?? this.o.keepaliveInterval ?? Timing.keepaliveInterval });
+    // The fleet is the devices the inventory knows (kept across restarts), or those connected if more.
+    const spread = this.o.redialSpread?.(Math.max(this.inventory.size, this.welcomed.size));
+    send(conn, Msg.WELCOME, { version, relay: this.o.id, address: conn.remoteAddress, keepalive: conn.keepalive?.interval ?? this.o.keepaliveInterval ?? Timing.keepaliveInterval, ...(spread !== undefined ? { spread } : {}) });
     const hb = this.o.heartbeat;
     if (hb && cert.role === "onsite") send(conn, Msg.HEARTBEAT_KEY, { key: Buffer.from(deviceKey(hb.secret, cert.id, cert.serial)).toString("base64"), port: hb.port });
     this.closeAtExpiry(conn, cert);
