@@ -12,6 +12,9 @@
 //   (c)      client → stunnel ═TLS 1.3═ stunnel → socat → stunnel ═TLS 1.3═ stunnel → target:
 //            a relay written in C (the middle two stunnels + socat) with our number of TLS
 //            legs; mutual auth, certificates made with openssl, TCP_NODELAY on every socket.
+//   splice   the ceiling of the runtime through the same two TLS legs as ours: three Bun
+//            processes, each a bare socket.write copy with pause/resume backpressure
+//            (bench/transport-splice.ts). Every figure is also given as a ratio to it.
 //   ours     `agent pki init/issue`, `agent --role relay|onsite|master` as real processes,
 //            `agent connect site-1 --forward 127.0.0.1:LPORT:127.0.0.1:TARGET`.
 //            Until the CLI has all of that, this row says "not available: <reason>".
@@ -34,7 +37,8 @@
 //   BENCH_SECONDS=5         iperf3 duration per run (max 10)
 //   BENCH_ROUNDS=2000       ping-pong round trips per path (split over the repeats)
 //   BENCH_REPEAT=2          runs per path; paths take turns, figures are medians
-//   BENCH_PATHS=direct,ssh,stunnel,ours   which paths, in this order
+//   BENCH_PATHS=direct,splice,ssh,stunnel,ours   which paths, in this order
+//   BENCH_SPLICE_BUN_ARGS=  extra bun arguments for the splice hops (--cpu-prof: a profile)
 //   BENCH_SOCAT_BUFFER=65536  socat -b (socat's own default is 8192, a weaker peer)
 //   BENCH_IDLE=1            also run the idle-capacity measurement (bench/lib/idle.ts)
 //   BENCH_IDLE_COUNTS=1000,5000
@@ -42,7 +46,8 @@
 //                              with BENCH_AGENT_MAIN, that checkout's)
 //
 // Goals from issue 3: throughput >= (c) and >= 2x (b); p99 latency <= (c); idle relay
-// memory <= 32 KiB per device.
+// memory <= 32 KiB per device. Issue 18: throughput >= 0.9x the raw splice (1 and 4 streams),
+// >= 1.3x (c), >= 2x (b); relay CPU per GB <= 1.1x the splice's.
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { startIperfServer } from "../test/helpers/iperf.ts";
@@ -53,6 +58,7 @@ import { agentCli, startFleet, startOursPath } from "./lib/ours.ts";
 import type { Path } from "./lib/path.ts";
 import { DEFAULT_SOCAT_BUFFER, startSshPath, startStunnelPath } from "./lib/peers.ts";
 import { startEchoServer } from "./lib/pingpong.ts";
+import { startSplicePath } from "./transport-splice.ts";
 
 const MAX_SECONDS = 10;
 /** Bounds the idle load: the fd limit here is 20,000 and the relay holds one fd per device. */
@@ -71,7 +77,7 @@ if (idleCounts.some((n) => !Number.isInteger(n) || n < 1 || n > MAX_IDLE_COUNT))
 }
 // The connector speaks the protocol of the agent under test: take it from the same checkout.
 const idleConnector = env.BENCH_IDLE_CONNECTOR || (env.BENCH_AGENT_MAIN ? join(dirname(env.BENCH_AGENT_MAIN), "..", "bench", "lib", "idle-connector.ts") : IDLE_CONNECTOR_MODULE);
-const wanted = (env.BENCH_PATHS ?? `direct,ssh,stunnel,ours${env.BENCH_BASE_MAIN ? ",base" : ""}`).split(",").map((s) => s.trim());
+const wanted = (env.BENCH_PATHS ?? `direct,splice,ssh,stunnel,ours${env.BENCH_BASE_MAIN ? ",base" : ""}`).split(",").map((s) => s.trim());
 
 if (!programsPresent("transport.bench.ts", ["iperf3", "/usr/sbin/sshd", "ssh", "ssh-keygen", "stunnel", "socat", "openssl"])) process.exit(1);
 
@@ -80,6 +86,7 @@ const starters: Record<string, (targets: number[]) => Promise<Path>> = {
     const stop = async () => {};
     return { name: "direct", entries: targets, relayPids: [], pathPids: [], notes: "client straight to the target", stop, [Symbol.asyncDispose]: stop };
   },
+  splice: (t) => startSplicePath(t),
   ssh: (t) => startSshPath(t),
   stunnel: (t) => startStunnelPath(t, { socatBuffer }),
   ours: (t) => startOursPath(t),
@@ -89,7 +96,7 @@ const starters: Record<string, (targets: number[]) => Promise<Path>> = {
   },
 };
 const names: Record<string, string> = {
-  direct: "direct", ssh: "(b) ssh -R + ssh -L", stunnel: "(c) stunnel+socat+stunnel", ours: "ours (master→relay→onsite)", base: "base (same path, BENCH_BASE_MAIN)",
+  direct: "direct", splice: "raw Bun splice (3 x socket.write)", ssh: "(b) ssh -R + ssh -L", stunnel: "(c) stunnel+socat+stunnel", ours: "ours (master→relay→onsite)", base: "base (same path, BENCH_BASE_MAIN)",
 };
 for (const w of wanted) {
   if (!starters[w]) {
@@ -149,7 +156,8 @@ try {
     rows.push(m ?? { name, notes: "not measured", unavailable: unavailable.get(name) ?? "not started" });
     if (w !== "ours" && rows.at(-1)!.unavailable) failed = true;
   }
-  const peers = rows.filter((r) => r.name === names.ssh || r.name === names.stunnel || r.name === names.base);
+  // The splice first: it is the ceiling the issue-18 goals are stated against.
+  const peers = rows.filter((r) => r.name === names.splice || r.name === names.ssh || r.name === names.stunnel || r.name === names.base);
   console.log("\n" + report(rows, peers));
   // Idle paths would only add noise to what follows.
   for (const p of started) await p.stop();
