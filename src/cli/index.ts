@@ -39,6 +39,7 @@ export const rootCommand: AgentCommand = {
     uplink: () => import("./uplink.ts").then((m) => m.uplinkCommand),
     kick: () => import("./kick.ts").then((m) => m.kickCommand),
     monitor: () => import("./monitor.ts").then((m) => m.monitorCommand),
+    enroll: () => import("./enroll.ts").then((m) => m.enrollCommand),
     version: versionCommand,
     help: helpCommand,
   },
@@ -64,7 +65,7 @@ export async function runMain(argv: readonly string[], ctx: Partial<CliContext> 
 }
 
 /** The commands that talk to a daemon: a hint naming one must reach the same daemon. */
-const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel", "kick", "monitor", "refusals"]);
+const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel", "kick", "monitor", "refusals", "enroll"]);
 
 /** " --control X --config Y" as given in `argv` (either spelling, before or after the command). */
 function reachFlagsOf(argv: readonly string[]): string {
