@@ -648,7 +648,8 @@ export function bundleProblems(d: DecodedBundle): string[] {
   if (!isCaCertificate(d.ca)) problems.push("the third block is not a CA certificate (basicConstraints CA:true missing)");
   else if (!isSignedBy(d.ca, d.ca)) problems.push("the CA certificate is not self-signed or its signature is broken");
   if (d.chain) {
-    if (!isCaCertificate(d.chain)) problems.push("the fourth block (the enroller) is not a CA certificate");
+    if (isSignedBy(d.chain, d.chain)) problems.push("the fourth block is a self-signed CA, not an enroller: a bundle holds three blocks (four for an enrolled device, its enroller certificate last)");
+    else if (!isCaCertificate(d.chain)) problems.push("the fourth block (the enroller) is not a CA certificate");
     else if (!isSignedBy(d.chain, d.ca)) problems.push("the enroller certificate (fourth block) is not signed by the bundle's CA certificate");
     if (!isSignedBy(d.cert, d.chain)) problems.push("the device certificate is not signed by the bundle's enroller certificate (fourth block)");
   } else if (!isSignedBy(d.cert, d.ca)) problems.push("the device certificate is not signed by the bundle's CA certificate");
