@@ -126,8 +126,8 @@ describe("certificate requests", () => {
     expect(createEnrollmentCsr(deviceKey, "site-").id).toBe(id); // same key, same id (restart)
   });
   test.each([
-    ["nothing", () => "", "no certificate request"],
-    ["not PEM", () => "hello", "cannot be parsed"],
+    ["nothing", (): string => "", "no certificate request"],
+    ["not PEM", (): string => "hello", "cannot be parsed"],
     ["oversized", () => "x".repeat(MAX_CSR_BYTES + 1), `more than the ${MAX_CSR_BYTES} allowed`],
     ["wrong role", () => csrWith({ ou: "master" }), 'asks for role "master"; enrollment issues onsite certificates only'],
     ["relay role", () => csrWith({ ou: "relay" }), "onsite certificates only"],
