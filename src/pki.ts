@@ -767,7 +767,7 @@ export function inspectBundle(text: string, file: string, mode?: number): Bundle
     ...(identity ? { identity } : {}),
     caSubject: formatName(d.ca.subject.attributes),
     caNotAfter: d.ca.validity.notAfter,
-    verified: isSignedBy(d.cert, d.ca),
+    verified: d.chain ? isSignedBy(d.cert, d.chain) && isSignedBy(d.chain, d.ca) : isSignedBy(d.cert, d.ca),
     problems,
   };
 }

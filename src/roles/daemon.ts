@@ -260,6 +260,9 @@ export async function runRole(role: Role, cfg: Config, log: Logger, opts: Daemon
     const enrolled = await enrollUntilSignal(cfg, log.withTag("enroll"));
     if (enrolled === null) return 0;
     cfg = { ...cfg, bundle: enrolled };
+    const reread = opts.reloadConfig;
+    // SIGHUP reads the file again, which names no bundle: the enrolled one is still the one in use.
+    if (reread) opts = { ...opts, reloadConfig: async () => ({ ...(await reread()), bundle: enrolled }) };
   }
   const bundle = await loadRoleBundle(role, cfg, log);
   return runUntilSignal(await composeDaemon(role, cfg, bundle, log, opts));
