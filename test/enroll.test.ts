@@ -3,7 +3,9 @@
 // and onsite daemons started from one identical image (the same config file, empty state
 // dirs). Heavy (daemons): run under flock /tmp/agent-heavy.lock.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import forge from "node-forge";
+import { generateDeviceKey, parseEnroller } from "../src/pki-enroll.ts";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
@@ -174,6 +176,38 @@ describe("flash-and-run enrollment", () => {
     expect(deny.code).not.toBe(0);
     expect(deny.stderr).toContain(`agent enroll revoke ${pending.id}`);
   }, 45_000);
+
+  test("the relay's TLS refuses a master identity the enroller signed (name constraints), and logs why", async () => {
+    // As if the relay's enroller key leaked and signed a master: the chain verifies up to the
+    // fleet CA, but the enroller may only vouch for onsite identities.
+    const e = parseEnroller(readFileSync(join(fleet.dir, "relay-1.enroller"), "utf8"), "relay-1.enroller");
+    const keyPem = generateDeviceKey();
+    const key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
+    const c = forge.pki.createCertificate();
+    c.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+    c.serialNumber = "4242";
+    c.validity.notBefore = new Date(Date.now() - 60_000);
+    c.validity.notAfter = new Date(Date.now() + 86_400_000);
+    c.setSubject([{ name: "organizationName", value: "agent fleet" }, { shortName: "OU", value: "master" }, { name: "commonName", value: "tech-evil" }]);
+    c.setIssuer(e.cert.subject.attributes);
+    c.setExtensions([{ name: "extKeyUsage", clientAuth: true }, { name: "subjectAltName", altNames: [{ type: 6, value: "agent://master/tech-evil" }] }]);
+    c.sign(e.key, forge.md.sha256.create());
+    const chain = forge.pki.certificateToPem(c) + e.certPem;
+    let got = 0;
+    const closed = Promise.withResolvers<void>();
+    await Bun.connect({
+      hostname: "127.0.0.1",
+      port: fleet.relayPort,
+      tls: { cert: chain, key: keyPem, ca: e.caPem, rejectUnauthorized: false } as Bun.TLSOptions,
+      socket: { data: (_s, d) => void (got += d.length), close: () => closed.resolve(), error: () => closed.resolve() },
+    });
+    await closed.promise;
+    expect(got).toBe(0); // not one byte of application data
+    await waitFor(async () => {
+      const r = await fleet.cli(relay, ["refusals", "--json"]);
+      return r.stdout.includes("tech-evil (master)") && /permitted subtree violation|certificate refused by TLS/.test(r.stdout) ? r : undefined;
+    }, 10_000, "the refusal of the constrained chain in the relay's log");
+  }, 30_000);
 
   test("the relay's enroll.db keeps tokens and enrollments across a restart", async () => {
     relay = await fleet.restart(relay);
