@@ -184,6 +184,8 @@ export interface Config {
   heartbeat_port?: number;
   /** Onsite: the services behind it, advertised to the relay; master: its own catalogue entries (with `device`). */
   service: ServiceConfig[];
+  /** Flash-and-run enrollment ([enroll], issue 14 §8): onsite asks, relay signs. */
+  enroll?: EnrollConfig;
 }
 
 /** `[[service]]` (issue 15): a service behind an onsite device, for the GUI's catalogue. */
@@ -195,6 +197,30 @@ export interface ServiceConfig {
   description?: string;
   /** Master only: the onsite device the service is behind. */
   device?: string;
+}
+
+/** `[enroll]`: an onsite device without a bundle enrolls at the relay; the relay signs (src/pki-enroll.ts). */
+export interface EnrollConfig {
+  /** Onsite: the relay's enrollment endpoint. */
+  address?: HostPort;
+  /** Onsite: the fleet enrollment token, inline or in a file (one of the two). */
+  token?: string;
+  token_file?: string;
+  /** Onsite: the fleet CA certificate (PEM) the relay's certificate must chain to. */
+  ca?: string;
+  /** Onsite: the id is this prefix + 16 hex digits of the device key's hash. */
+  id_prefix: string;
+  /** Relay: where the enrollment endpoint listens. */
+  listen?: HostPort;
+  /** Relay: the enroller file from `agent pki issue-enroller`. */
+  enroller?: string;
+  /** Relay: lifetime of the certificates it signs, in days. */
+  days: number;
+}
+
+/** Where an enrolling device keeps its bundle: `bundle` if set, else STATE_DIR/enrolled.bundle. */
+export function enrolledBundlePath(cfg: Pick<Config, "bundle" | "state_dir">): string {
+  return cfg.bundle ?? `${cfg.state_dir.replace(/\/+$/, "")}/enrolled.bundle`;
 }
 
 /** `[nymea]`: the relay speaks nymea-remoteproxy's proxy protocol (src/tunnel/nymea/README.md). */
@@ -444,12 +470,13 @@ const EXAMPLES: Record<string, string> = {
   proxy_protocol: "proxy_protocol = true   (relay behind a load balancer that sends PROXY v2)",
   heartbeat_interval: 'heartbeat_interval = "25s"   (onsite: UDP heartbeat to the relay)',
   heartbeat_port: "heartbeat_port = 443   (relay: UDP port for heartbeats; 0: off; default: the listen port)",
+  enroll: '[enroll] address = "relay.example.net:8443", token_file = "/etc/agent/enroll.token", ca = "/etc/agent/fleet-ca.crt" (onsite); listen = "0.0.0.0:8443", enroller = "/etc/agent/relay.enroller" (relay)',
   "(syntax)": 'key = "value" on one line; strings in double quotes, lists as ["a", "b"], [section] headers on their own line',
 };
 
 function exampleFor(key: string, origin: Origin): string | undefined {
   if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
-  const section = /^(nat|tracking|ap|nymea|ownline|tunnel)\./.exec(key)?.[1] ?? /^(uplink|access|service)\[/.exec(key)?.[1];
+  const section = /^(nat|tracking|ap|nymea|ownline|tunnel|enroll)\./.exec(key)?.[1] ?? /^(uplink|access|service)\[/.exec(key)?.[1];
   return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
@@ -617,6 +644,17 @@ const NYMEA: Schema = {
   jsonrpc_timeout: duration(100, 3_600_000),
 };
 
+const ENROLL: Schema = {
+  address: hostPort,
+  token: str("the fleet enrollment token", (s) => (s.length >= 8 && s.length <= 256 && !/\s/.test(s) ? undefined : "expected the enrollment token from `agent enroll token add` (8-256 characters, no spaces)")),
+  token_file: nonEmpty("a path to the file holding the enrollment token"),
+  ca: nonEmpty("a path to the fleet CA certificate (PEM)"),
+  id_prefix: str("an id prefix", (s) => (/^[a-z0-9][a-z0-9._-]{0,39}$/.test(s) ? undefined : `expected 1-40 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, got ${got(s)}`)),
+  listen: listenHostPort,
+  enroller: nonEmpty("a path to the enroller file from `agent pki issue-enroller`"),
+  days: int(1, 3650),
+};
+
 /** [nymea] before any key is set: upstream's name and timeouts. */
 export function nymeaDefaults(): NymeaConfig {
   return { name: "nymea-remoteproxy", dummy: false, plain: false, inactive_timeout: 8_000, alone_timeout: 8_000, authentication_timeout: 8_000, jsonrpc_timeout: 10_000 };
@@ -778,6 +816,15 @@ export function resolveConfig(sources: ConfigSource[]): Config {
           problems.push({ origin, key: "cert_file" in o ? "ownline.key_file" : "ownline.cert_file", message: "missing; cert_file and key_file go together (neither: the device's bundle)" });
         }
         if (problems.length === before) cfg.ownline = o;
+      } else if (k === "enroll") {
+        if (!isTable(v)) {
+          problems.push({ origin, key: k, message: `expected a table ([enroll]), got ${got(v)}` });
+          continue;
+        }
+        const e: Record<string, unknown> = { id_prefix: "onsite-", days: 825, ...(cfg.enroll as Record<string, unknown> | undefined) };
+        applyTable(ENROLL, v, e, "enroll.", origin);
+        if ("token" in e && "token_file" in e) problems.push({ origin, key: "enroll.token_file", message: "set token or token_file, not both" });
+        cfg.enroll = e;
       } else if (k === "access") {
         if (!Array.isArray(v) || !v.every(isTable)) {
           problems.push({ origin, key: k, message: `expected an array of tables ([[access]] with masters and onsites), got ${got(v)}` });
@@ -949,6 +996,8 @@ export function secretsIn(raw: RawConfig): string[] {
   if (ap && typeof ap === "object" && typeof (ap as Record<string, unknown>).passphrase === "string") out.push("[ap] passphrase");
   const proxy = (raw as Record<string, unknown>).proxy;
   if (typeof proxy === "string" && proxyHasCredentials(proxy)) out.push("the proxy's credentials (proxy = \"http://user:pass@…\")");
+  const enroll = (raw as Record<string, unknown>).enroll;
+  if (enroll && typeof enroll === "object" && typeof (enroll as Record<string, unknown>).token === "string") out.push("[enroll] token");
   return out;
 }
 
@@ -998,6 +1047,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
   session_idle_timeout: { roles: ["relay"], why: "only the relay holds sessions between masters and devices", shown: "session_idle_timeout" },
   proxy_protocol: { roles: ["relay"], why: "only the relay accepts connections from a load balancer", shown: "proxy_protocol" },
+  enroll: { roles: ["onsite", "relay"], why: "a master is issued its bundle with `agent pki issue`; only onsite devices enroll", shown: "[enroll]" },
 };
 
 const A_ROLE: Record<Role, string> = { relay: "a relay", onsite: "an onsite device", master: "a master" };
@@ -1028,7 +1078,21 @@ export function requireForRole(cfg: Config, role: Role): void {
   const need = (key: keyof Config, why: string) => {
     if (cfg[key] === undefined) missing.push({ origin: { kind: "flag" }, key, message: `required for --role ${role} (${why}); pass --${key} or set ${key} in the config file` });
   };
-  need("bundle", "the device's certificate bundle from `agent pki issue`");
+  // An onsite device with [enroll] gets its bundle by enrolling (src/roles/enroll.ts).
+  if (!(role === "onsite" && cfg.enroll)) need("bundle", "the device's certificate bundle from `agent pki issue`");
+  const e = cfg.enroll;
+  const needEnroll = (key: keyof EnrollConfig, why: string) => {
+    if (e && e[key] === undefined) missing.push({ origin: { kind: "default" }, key: `enroll.${key}`, message: `required in [enroll] for --role ${role} (${why})` });
+  };
+  if (e && role === "onsite") {
+    needEnroll("address", 'the relay\'s enrollment endpoint, e.g. address = "relay.example.net:8443"');
+    needEnroll("ca", "the fleet CA certificate the relay's certificate is checked against");
+    if (e.token === undefined && e.token_file === undefined) missing.push({ origin: { kind: "default" }, key: "enroll.token", message: "required in [enroll] for --role onsite: token = \"…\" or token_file = \"FILE\" (from `agent enroll token add` on the relay)" });
+  }
+  if (e && role === "relay") {
+    needEnroll("listen", 'where devices enroll, e.g. listen = "0.0.0.0:8443"');
+    needEnroll("enroller", "the enroller file from `agent pki issue-enroller` on the CA host");
+  }
   if (role === "relay") need("listen", "the address the relay accepts devices on");
   else need("relay", "the relay to dial, HOST:PORT");
   if (missing.length > 0) throw new ConfigError(missing);

@@ -5,7 +5,7 @@
 // the interfaces the config names. The decisions over these facts are in doctor.ts.
 import { existsSync, statSync } from "node:fs";
 import { createServer, Socket } from "node:net";
-import { revocationsFile, type Config, type Role } from "./config.ts";
+import { enrolledBundlePath, revocationsFile, type Config, type Role } from "./config.ts";
 import { formatHostPort } from "./netaddr.ts";
 import { loadRevocations, readBundleReport } from "./pki.ts";
 
@@ -38,6 +38,8 @@ export interface ConfigFacts {
   now: number;
   /** null: no bundle configured. */
   bundle: BundleFacts | null;
+  /** [enroll] without a bundle yet: where the device will write the one it enrolls for. */
+  enrolls?: string;
   /** null: no relay configured. A TCP connect with a short timeout (to the proxy when one is set). */
   relay: { target: string; via?: string; ok: boolean; ms?: number; error?: string } | null;
   /** null: no listen address configured. Whether it binds now (then closed at once). */
@@ -96,10 +98,13 @@ export async function gatherConfigFacts(cfg: Config, opts: ConfigGatherOptions =
     revocations: { ...revocationsFile(cfg), exists: false },
     interfaces: [],
   };
-  if (cfg.bundle !== undefined) {
-    const b: BundleFacts = { path: cfg.bundle, problems: [] };
+  // Flash-and-run ([enroll]): the bundle is the enrolled one once there, else made at first start.
+  const bundlePath = cfg.bundle ?? (cfg.enroll?.address ? enrolledBundlePath(cfg) : undefined);
+  if (bundlePath !== undefined && cfg.enroll?.address && !existsSync(bundlePath)) out.enrolls = bundlePath;
+  else if (bundlePath !== undefined) {
+    const b: BundleFacts = { path: bundlePath, problems: [] };
     try {
-      const r = await readBundleReport(cfg.bundle);
+      const r = await readBundleReport(bundlePath);
       if (r.mode !== undefined) b.mode = r.mode;
       if (r.identity) {
         b.role = r.identity.role;

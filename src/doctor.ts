@@ -584,6 +584,7 @@ function configSpecs(): Spec[] {
         if (!cf || cf.problems?.length) return null;
         const b = cf.bundle;
         const issue = `agent pki issue --dir DIR --role ${cf.role ?? roles[0]} --id ID --out FILE.bundle`;
+        if (b === null && cf.enrolls !== undefined) return { status: "ok", detail: `no bundle yet: enrolls at the relay ([enroll]) at first start and writes ${cf.enrolls}` };
         if (b === null && cf.file === undefined) return null; // flags only: nothing to say
         if (b === null) return { status: "missing", detail: "no bundle configured", fix: `set bundle = "FILE" in the config (or --bundle FILE); issue one with \`${issue}\`` };
         if (b.error !== undefined) return { status: "missing", detail: b.error, fix: `check the path, or issue a new bundle: \`${issue}\`` };

@@ -6,7 +6,9 @@
 // or IP SANs and serverAuth; every device certificate has clientAuth.
 //
 // CA directory (mode 0700), written by `agent pki init|issue|revoke`:
-//   ca.crt        fleet CA certificate (self-signed, CA:true, pathlen 0, keyCertSign+cRLSign)
+//   ca.crt        fleet CA certificate (self-signed, CA:true, pathlen 1, keyCertSign+cRLSign;
+//                 pathlen 1 leaves room for one enroller under it, src/pki-enroll.ts; CAs made
+//                 before enrollment have pathlen 0 and cannot issue an enroller)
 //   ca.key        its private key, PKCS#8, mode 0600
 //   index.json    every issued certificate: {version: 1, certs: CertRecord[]}
 //   certs/SERIAL.crt  a copy of each issued certificate
@@ -28,6 +30,8 @@
 //   -----BEGIN CERTIFICATE-----     device certificate
 //   -----BEGIN PRIVATE KEY-----     its key, PKCS#8, unencrypted (the file is mode 0600)
 //   -----BEGIN CERTIFICATE-----     fleet CA certificate
+//   -----BEGIN CERTIFICATE-----     optional: the enroller that signed the device certificate
+//                                   (a device enrolled at the relay, src/pki-enroll.ts)
 //
 // Pure helpers first, then thin file I/O. Nothing here prints, exits or logs, and no error
 // message ever includes key material.
@@ -235,7 +239,8 @@ export function createCa(opts: CreateCaOptions = {}): { certPem: string; keyPem:
   cert.setSubject(subject);
   cert.setIssuer(subject);
   cert.setExtensions([
-    { name: "basicConstraints", cA: true, pathLenConstraint: 0, critical: true },
+    // pathlen 1: one enroller (CA:true, pathlen 0, name-constrained to onsite) may sit below.
+    { name: "basicConstraints", cA: true, pathLenConstraint: 1, critical: true },
     { name: "keyUsage", keyCertSign: true, cRLSign: true, critical: true },
     { name: "subjectKeyIdentifier" },
   ]);
@@ -467,6 +472,8 @@ export interface BundleContents {
   certPem: string;
   keyPem: string;
   caPem: string;
+  /** An enrolled device's: the enroller certificate between its certificate and the CA. */
+  chainPem?: string;
 }
 
 export interface Bundle extends BundleContents {
@@ -487,6 +494,7 @@ export function formatBundle(b: BundleContents): string {
     block(b.certPem),
     block(b.keyPem),
     block(b.caPem),
+    ...(b.chainPem ? [block(b.chainPem)] : []),
   ].join("");
 }
 
@@ -506,6 +514,9 @@ export interface DecodedBundle {
   certPem: string;
   keyPem: string;
   caPem: string;
+  /** The optional fourth block: the enroller certificate that signed `cert`. */
+  chain?: forge.pki.Certificate;
+  chainPem?: string;
 }
 
 const BLOCK_NAMES = ["device certificate (CERTIFICATE)", "private key (PRIVATE KEY)", "CA certificate (CERTIFICATE)"] as const;
@@ -604,8 +615,12 @@ export function decodeBundle(text: string, file: string): DecodedBundle {
     if (!b) throw bundleError(file, `missing the ${BLOCK_NAMES[k]}: a bundle holds the device certificate, its private key and the CA certificate, in that order`, header);
     if (b.label !== BLOCK_LABELS[k]) throw bundleError(file, `block ${k + 1} (line ${b.line}) is ${b.label}; expected the ${BLOCK_NAMES[k]}`, header);
   }
-  if (blocks.length > 3) throw bundleError(file, `unexpected ${blocks[3]!.label} block at line ${blocks[3]!.line}: a bundle holds exactly three blocks`, header);
-  const [certB, keyB, caB] = blocks as [PemBlock, PemBlock, PemBlock];
+  // A fourth CERTIFICATE: the enroller between an enrolled device's certificate and the CA.
+  if (blocks.length > 4 || (blocks.length === 4 && blocks[3]!.label !== "CERTIFICATE")) {
+    const extra = blocks[blocks.length === 4 ? 3 : 4]!;
+    throw bundleError(file, `unexpected ${extra.label} block at line ${extra.line}: a bundle holds three blocks (four for an enrolled device: its enroller certificate last)`, header);
+  }
+  const [certB, keyB, caB, chainB] = blocks as [PemBlock, PemBlock, PemBlock, PemBlock | undefined];
   const parseCert = (b: PemBlock, what: string) => {
     try {
       return forge.pki.certificateFromPem(b.pem);
@@ -615,6 +630,7 @@ export function decodeBundle(text: string, file: string): DecodedBundle {
   };
   const cert = parseCert(certB, "device certificate");
   const ca = parseCert(caB, "CA certificate");
+  const chain = chainB ? parseCert(chainB, "enroller certificate") : undefined;
   let key: forge.pki.rsa.PrivateKey;
   try {
     key = forge.pki.privateKeyFromPem(keyB.pem) as forge.pki.rsa.PrivateKey;
@@ -623,7 +639,7 @@ export function decodeBundle(text: string, file: string): DecodedBundle {
     // No cause: a parser's message could echo key bytes.
     throw bundleError(file, `the private key at line ${keyB.line} cannot be parsed (expected an unencrypted RSA PKCS#8 key)`, header);
   }
-  return { path: file, header, cert, ca, key, certPem: certB.pem, keyPem: keyB.pem, caPem: caB.pem };
+  return { path: file, header, cert, ca, key, certPem: certB.pem, keyPem: keyB.pem, caPem: caB.pem, ...(chain ? { chain, chainPem: chainB!.pem } : {}) };
 }
 
 /** Every consistency problem of a decoded bundle, most fundamental first; empty when sound. */
@@ -631,7 +647,12 @@ export function bundleProblems(d: DecodedBundle): string[] {
   const problems: string[] = [];
   if (!isCaCertificate(d.ca)) problems.push("the third block is not a CA certificate (basicConstraints CA:true missing)");
   else if (!isSignedBy(d.ca, d.ca)) problems.push("the CA certificate is not self-signed or its signature is broken");
-  if (!isSignedBy(d.cert, d.ca)) problems.push("the device certificate is not signed by the bundle's CA certificate");
+  if (d.chain) {
+    if (isSignedBy(d.chain, d.chain)) problems.push("the fourth block is a self-signed CA, not an enroller: a bundle holds three blocks (four for an enrolled device, its enroller certificate last)");
+    else if (!isCaCertificate(d.chain)) problems.push("the fourth block (the enroller) is not a CA certificate");
+    else if (!isSignedBy(d.chain, d.ca)) problems.push("the enroller certificate (fourth block) is not signed by the bundle's CA certificate");
+    if (!isSignedBy(d.cert, d.chain)) problems.push("the device certificate is not signed by the bundle's enroller certificate (fourth block)");
+  } else if (!isSignedBy(d.cert, d.ca)) problems.push("the device certificate is not signed by the bundle's CA certificate");
   if (!keyMatchesCertificate(d.key, d.cert)) problems.push("the private key does not match the device certificate");
   let identity: CertIdentity | undefined;
   try {
@@ -659,6 +680,7 @@ export function parseBundle(text: string, file: string): Bundle {
     certPem: d.certPem,
     keyPem: d.keyPem,
     caPem: d.caPem,
+    ...(d.chainPem ? { chainPem: d.chainPem } : {}),
     serial: identity.serial,
     notBefore: identity.notBefore,
     notAfter: identity.notAfter,
@@ -745,7 +767,7 @@ export function inspectBundle(text: string, file: string, mode?: number): Bundle
     ...(identity ? { identity } : {}),
     caSubject: formatName(d.ca.subject.attributes),
     caNotAfter: d.ca.validity.notAfter,
-    verified: isSignedBy(d.cert, d.ca),
+    verified: d.chain ? isSignedBy(d.cert, d.chain) && isSignedBy(d.chain, d.ca) : isSignedBy(d.cert, d.ca),
     problems,
   };
 }

@@ -41,6 +41,7 @@ export const rootCommand: AgentCommand = {
     monitor: () => import("./monitor.ts").then((m) => m.monitorCommand),
     gui: () => import("./gui.ts").then((m) => m.guiCommand),
     services: () => import("./services.ts").then((m) => m.servicesCommand),
+    enroll: () => import("./enroll.ts").then((m) => m.enrollCommand),
     version: versionCommand,
     help: helpCommand,
   },
@@ -66,7 +67,7 @@ export async function runMain(argv: readonly string[], ctx: Partial<CliContext> 
 }
 
 /** The commands that talk to a daemon: a hint naming one must reach the same daemon. */
-const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel", "kick", "monitor", "refusals", "services"]);
+const DAEMON_COMMANDS = new Set(["status", "devices", "connect", "sessions", "disconnect", "nat", "uplink", "tunnel", "kick", "monitor", "refusals", "services", "enroll"]);
 
 /** " --control X --config Y" as given in `argv` (either spelling, before or after the command). */
 function reachFlagsOf(argv: readonly string[]): string {

@@ -216,5 +216,5 @@ const show = defineAgentCommand({
 
 export const pkiCommand = defineAgentCommand({
   meta: { name: "pki", description: "Fleet certificate authority: create it, issue device bundles, revoke, list, show" },
-  subCommands: { init, issue, revoke, list, show },
+  subCommands: { init, issue, revoke, list, show, "issue-enroller": () => import("./enroll.ts").then((m) => m.issueEnrollerCommand) },
 });

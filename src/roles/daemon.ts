@@ -212,7 +212,12 @@ export async function composeDaemon(role: Role, cfg: Config, bundle: Bundle, log
     const { systemClock } = await import("../clock.ts");
     const relay = new RelayRole(cfg, bundle, rlog, undefined, systemClock, { metrics: daemon.metrics, events: daemon.events });
     daemon.add(relay);
-    const relayApi = { ...daemon.api(), ...relay.api };
+    // Issue 14 §8: the enrollment endpoint and `agent enroll …` (src/roles/enroll.ts).
+    const { relayEnrollment, enrollApi } = await import("./enroll.ts");
+    const enroll = await relayEnrollment(cfg, bundle, rlog.withTag("enroll"), relay.enrollHooks());
+    if (enroll) daemon.add(enroll);
+    relay.enrolledRevocations = () => enroll?.service.revokedSerials() ?? [];
+    const relayApi = { ...daemon.api(), ...relay.api, ...enrollApi(enroll?.service ?? null) };
     daemon.control.serve(relayApi, "relay");
     const { relayGui } = await import("./relay.ts");
     const gui = relayGui(cfg, bundle, relayApi, daemon.events, rlog);
@@ -253,6 +258,16 @@ export async function loadRoleBundle(role: Role, cfg: Config, log: Logger, now =
 
 /** `agent --role R`: loads the bundle, composes the daemon and runs it until a signal. */
 export async function runRole(role: Role, cfg: Config, log: Logger, opts: DaemonOptions = {}): Promise<number> {
+  if (role === "onsite" && cfg.enroll) {
+    // Flash-and-run: no bundle yet? Enroll at the relay first (src/roles/enroll.ts).
+    const { enrollUntilSignal } = await import("./enroll.ts");
+    const enrolled = await enrollUntilSignal(cfg, log.withTag("enroll"));
+    if (enrolled === null) return 0;
+    cfg = { ...cfg, bundle: enrolled };
+    const reread = opts.reloadConfig;
+    // SIGHUP reads the file again, which names no bundle: the enrolled one is still the one in use.
+    if (reread) opts = { ...opts, reloadConfig: async () => ({ ...(await reread()), bundle: enrolled }) };
+  }
   const bundle = await loadRoleBundle(role, cfg, log);
   return runUntilSignal(await composeDaemon(role, cfg, bundle, log, opts));
 }

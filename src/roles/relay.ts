@@ -42,6 +42,10 @@ export class RelayRole implements Component {
   readonly server: RelayServer;
   private listener: Pick<TCPSocketListener<unknown>, "port" | "stop"> | null = null;
   private revocations: RevocationList = parseRevocations(REVOCATIONS_HEADER + "\n");
+  /** The file's list alone; `revocations` is it merged with the revoked enrolled certificates. */
+  private fileRevocations: RevocationList = this.revocations;
+  /** Issue 14 §8: certificates this relay enrolled and then revoked (`agent enroll revoke`). */
+  enrolledRevocations: () => readonly { serial: string; id: string; revoked: number }[] = () => [];
   private revocationsStamp = "";
   private revocationsLoaded = false;
   private poll: ReturnType<typeof setInterval> | null = null;
@@ -118,6 +122,7 @@ export class RelayRole implements Component {
       this.log.warn(`cannot read the open-files limit: ${(e as Error).message}`);
     }
     await this.reloadRevocations(true);
+    this.mergeEnrolled(); // also when there is no revocation file
     const listen = this.cfg.listen!;
     try {
       const opts: ListenOptions = {
@@ -206,11 +211,30 @@ export class RelayRole implements Component {
     // Remembered before parsing: a damaged file is reported once, not at every poll, and the
     // previous list stays in force until the file changes again (or SIGHUP).
     this.revocationsStamp = stamp;
-    const list = await loadRevocations(file);
-    this.revocations = list;
+    this.fileRevocations = await loadRevocations(file);
+    const list = this.mergeEnrolled();
     this.revocationsLoaded = true;
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
+  }
+
+  /** The file's revocations plus the enrolled ones: the list every handshake is judged by. */
+  private mergeEnrolled(): RevocationList {
+    const extra = this.enrolledRevocations().map((r) => ({ serial: r.serial, id: r.id, revokedAt: new Date(r.revoked) }));
+    const list = extra.length === 0 ? this.fileRevocations : { entries: [...this.fileRevocations.entries, ...extra], serials: new Set([...this.fileRevocations.serials, ...extra.map((r) => r.serial)]) };
+    this.revocations = list;
+    return list;
+  }
+
+  /** What the enrollment part (src/roles/enroll.ts) reports back: its refusals, and a revocation taking effect now. */
+  enrollHooks(): { refuse(address: string, presented: string | null, reason: string): void; revoked(): void } {
+    return {
+      refuse: (address, presented, reason) => this.server.refusedAtTls(address, presented, reason, RefusalCode.ENROLL),
+      revoked: () => {
+        const list = this.mergeEnrolled();
+        this.server.enforceRevocations((serial) => isRevoked(list, serial));
+      },
+    };
   }
 
   status(): Record<string, unknown> {

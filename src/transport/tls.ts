@@ -25,6 +25,8 @@ export interface TlsMaterial {
   certPem: string;
   keyPem: string;
   caPem: string;
+  /** An enrolled device's enroller certificate, sent after its own (leaf + enroller chain). */
+  chainPem?: string;
 }
 
 interface SocketData {
@@ -322,7 +324,8 @@ export async function dialTls(opts: DialOptions): Promise<SocketLink> {
 }
 
 function tlsClientOptions(opts: DialOptions): Bun.TLSOptions {
-  return { cert: opts.tls.certPem, key: opts.tls.keyPem, ca: opts.tls.caPem, serverName: opts.host, minVersion: TLS13, rejectUnauthorized: false } as Bun.TLSOptions;
+  const cert = opts.tls.chainPem ? `${opts.tls.certPem.trim()}\n${opts.tls.chainPem.trim()}\n` : opts.tls.certPem;
+  return { cert, key: opts.tls.keyPem, ca: opts.tls.caPem, serverName: opts.host, minVersion: TLS13, rejectUnauthorized: false } as Bun.TLSOptions;
 }
 
 function dialInner(opts: DialOptions, setAbandon: (f: () => void) => void): Promise<SocketLink> {

@@ -30,6 +30,8 @@ export const RefusalCode = {
   POLICY: "policy",
   /** proxy_protocol = true: no PROXY v2 header, or a malformed one. */
   PROXY_PROTOCOL: "proxy_protocol",
+  /** Enrollment (issue 14 §8): a wrong, expired or used-up token, a bad certificate request, a revoked or denied device. */
+  ENROLL: "enroll",
 } as const;
 export type RefusalCodeId = (typeof RefusalCode)[keyof typeof RefusalCode];
 export const REFUSAL_CODES: readonly RefusalCodeId[] = Object.values(RefusalCode);
