@@ -179,6 +179,29 @@ export interface Config {
   heartbeat_interval?: number;
   /** Relay: the UDP port heartbeats arrive on (default: the listen port's number; 0: off). */
   heartbeat_port?: number;
+  // ---- relay scale-out (issue 16) ----
+  /** Onsite, master: every relay to try (`relay = ["r1:443", "r2:443"]`), in a shuffled order;
+   * `relay` is the first of them. Set whenever `relay` is. */
+  relays?: HostPort[];
+  /** Relay: cluster mode ([cluster]); undefined: a single relay, state in memory. */
+  cluster?: ClusterConfig;
+}
+
+/** `[cluster]`: presence and shared state in Redis, sessions carried relay-to-relay over the mesh. */
+export interface ClusterConfig {
+  /** redis://[:password@]host[:port][/db] or rediss:// (TLS). */
+  redis: URL;
+  /** The relay-to-relay mesh listener, which the other relays dial (mutual TLS, relay certificates). */
+  mesh: HostPort;
+  /** This relay's id in the cluster; default: its certificate's id. */
+  node?: string;
+}
+
+/** A Redis URL with its password hidden, for logs and status. Pure. */
+export function redactRedisUrl(u: URL): string {
+  const c = new URL(u.href);
+  if (c.password) c.password = "***";
+  return c.href;
 }
 
 /** `[nymea]`: the relay speaks nymea-remoteproxy's proxy protocol (src/tunnel/nymea/README.md). */
@@ -326,6 +349,30 @@ const listenHostPort = wrap("HOST:PORT such as 0.0.0.0:443 (port 0: chosen by th
 
 
 
+const redisUrl = wrap("a redis://[:password@]host:port or rediss://… URL", (s) => {
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    throw new Error(`expected a redis://[:password@]host:port URL (rediss:// for TLS), got ${JSON.stringify(s.replace(/:[^:@/]*@/, ":***@"))}`);
+  }
+  const shown = JSON.stringify(redactRedisUrl(u));
+  if (u.protocol !== "redis:" && u.protocol !== "rediss:") throw new Error(`expected a redis:// or rediss:// (TLS) URL, got ${shown}`);
+  if (!u.hostname) throw new Error(`expected the Redis host in the URL, e.g. redis://10.0.0.5:6379, got ${shown}`);
+  if (!/^(\/|\/\d{1,2})?$/.test(u.pathname) || u.search || u.hash) throw new Error(`expected only scheme, password, host, port and an optional /DB number in the Redis URL, got ${shown}`);
+  return u;
+});
+
+const CLUSTER: Schema = {
+  redis: redisUrl,
+  mesh: wrap("HOST:PORT the other relays dial, such as 10.0.0.1:8444", (s) => {
+    const hp = parseHostPort(s);
+    if (hp.host === "0.0.0.0" || hp.host === "::" || hp.host === "[::]") throw new Error(`expected an address the other relays can dial (it is published to them), not the wildcard ${JSON.stringify(s)}`);
+    return hp;
+  }),
+  node: str("a node id", (s) => (/^[a-z0-9][a-z0-9._-]{0,62}$/.test(s) ? undefined : `expected a node id (1-63 characters: lowercase letters, digits, '.', '_' or '-'), got ${got(s)}`)),
+};
+
 const proxyUrl = wrap("an http://[user:pass@]host:port proxy URL", (s) => {
   let u: URL;
   try {
@@ -419,6 +466,7 @@ const EXAMPLES: Record<string, string> = {
   "ap.netconnectd_socket_group": '[ap] netconnectd_socket_mode = "0660", netconnectd_socket_group = "octoprint"   (a group in /etc/group)',
   ownline: '[ownline] listen = "0.0.0.0:9999", known_server = "203.0.113.7", api_key_file = "/etc/agent/ownline.api_key", aes_key_file = "/etc/agent/ownline.aes_key"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
+  cluster: '[cluster] redis = "redis://:PASSWORD@10.0.0.5:6379" (rediss:// for TLS), mesh = "10.0.0.1:8444", node = "relay-1"   (relay)',
   nymea: '[nymea] tcp = "0.0.0.0:2213", ws = "0.0.0.0:2212", tokens = "/etc/agent/nymea-tokens", inactive_timeout = "8s"',
   tunnel: '[tunnel] secondary = "eth1", dhcp = true, pool = "10.99.0.0/16" (master); enabled = true, bridged = false, lan_bridge = "br-lan" (onsite)',
   session_idle_timeout: 'session_idle_timeout = "1h"   (relay; 1s to 30d)',
@@ -431,7 +479,7 @@ const EXAMPLES: Record<string, string> = {
 
 function exampleFor(key: string, origin: Origin): string | undefined {
   if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
-  const section = /^(nat|tracking|ap|nymea|ownline|tunnel)\./.exec(key)?.[1] ?? /^(uplink|access)\[/.exec(key)?.[1];
+  const section = /^(nat|tracking|ap|nymea|ownline|tunnel|cluster)\./.exec(key)?.[1] ?? /^(uplink|access|relay)\[/.exec(key)?.[1];
   return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
@@ -720,6 +768,36 @@ export function resolveConfig(sources: ConfigSource[]): Config {
         });
         cfg.uplink = uplinks;
         originOf.set("uplink", origin);
+      } else if (k === "cluster") {
+        if (!isTable(v)) {
+          problems.push({ origin, key: k, message: `expected a table ([cluster]), got ${got(v)}` });
+          continue;
+        }
+        const before = problems.length;
+        const o: Record<string, unknown> = { ...(cfg.cluster as Record<string, unknown> | undefined) };
+        applyTable(CLUSTER, v, o, "cluster.", origin);
+        for (const req of ["redis", "mesh"]) if (!(req in o)) problems.push({ origin, key: `cluster.${req}`, message: 'missing; [cluster] needs redis = "redis://HOST:PORT" and mesh = "HOST:PORT"' });
+        if (problems.length === before) cfg.cluster = o;
+        originOf.set("cluster", origin);
+      } else if (k === "relay" && Array.isArray(v)) {
+        // Several relays (issue 16): the device tries them in a shuffled order.
+        if (v.length === 0 || v.length > 16) {
+          problems.push({ origin, key: k, message: `expected 1 to 16 relays such as ["r1.example.net:443", "r2.example.net:443"], got ${v.length}` });
+          continue;
+        }
+        const all: unknown[] = [];
+        v.forEach((x, i) => {
+          try {
+            all.push(hostPort(x));
+          } catch (e) {
+            problems.push({ origin, key: `relay[${i}]`, message: (e as Error).message });
+          }
+        });
+        if (all.length === v.length) {
+          cfg.relay = all[0];
+          cfg.relays = all;
+          originOf.set("relay", origin);
+        }
       } else if (k === "nymea") {
         if (!isTable(v)) {
           problems.push({ origin, key: k, message: `expected a table ([nymea]), got ${got(v)}` });
@@ -761,6 +839,7 @@ export function resolveConfig(sources: ConfigSource[]): Config {
         cfg.access = rules;
       } else {
         applyTable(TOP, { [k]: v }, cfg, "", origin);
+        if (k === "relay") cfg.relays = cfg.relay === undefined ? undefined : [cfg.relay];
       }
     }
   }
@@ -917,6 +996,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   revocations: { roles: ["relay"], why: "only the relay checks certificates against a revocation list", shown: "revocations" },
   access: { roles: ["relay"], why: "only the relay enforces [[access]] rules", shown: "[[access]]" },
   nymea: { roles: ["relay"], why: "only the relay speaks nymea-remoteproxy's protocol", shown: "[nymea]" },
+  cluster: { roles: ["relay"], why: "only relays form a cluster (devices list several relays with relay = [...])", shown: "[cluster]" },
   gui: { roles: ["master"], why: "only a master serves the GUI", shown: "gui" },
   tunnel: { roles: ["onsite", "master"], why: "packet tunnels run between a master and an onsite device; the relay only routes them", shown: "[tunnel]" },
   heartbeat_interval: { roles: ["onsite"], why: "only an onsite device sends heartbeats", shown: "heartbeat_interval" },

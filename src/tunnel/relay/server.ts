@@ -49,6 +49,22 @@ export interface RelayOptions {
   inventoryStore?: InventoryStore;
   /** Heartbeats: the relay's secret (device keys derive from it) and the UDP port devices send to. */
   heartbeat?: { secret: Uint8Array; port: number };
+  /** Cluster mode (issue 16, src/cluster): where the relay tells and asks the other relays. */
+  cluster?: RelayClusterHooks;
+}
+
+/** What cluster mode hooks into (all optional; absent: a single relay, as before). */
+export interface RelayClusterHooks {
+  /** An onsite device's connection was welcomed (`since`: wall ms) or, the current one, ended. */
+  onsiteUp?(id: string, since: number): void;
+  onsiteDown?(id: string): void;
+  /**
+   * A session to a device that is not online here: the cluster carries it (another relay holds
+   * the device) and answers, or throws a RemoteError saying why not; null: no relay holds it.
+   */
+  openElsewhere?(master: string, masterConn: Connection, req: SessionOpenBody): Promise<SessionInfo | null>;
+  /** The DEVICES answer for a master: the local list merged with the other relays'. */
+  devices?(local: DeviceInfo[]): Promise<DeviceInfo[]>;
 }
 
 /** Who `kick` disconnected. */
@@ -225,7 +241,8 @@ export class RelayServer {
 
   private registerOnsite(conn: Connection, cert: PeerCert, agent: string): void {
     this.replace(this.onsites, cert.id, conn);
-    this.inventory.connected(cert.id, { serial: cert.serial, address: conn.remoteAddress, agent, certExpires: cert.notAfter?.getTime() ?? null });
+    const rec = this.inventory.connected(cert.id, { serial: cert.serial, address: conn.remoteAddress, agent, certExpires: cert.notAfter?.getTime() ?? null });
+    this.o.cluster?.onsiteUp?.(cert.id, rec.connectedSince);
     this.o.log.info(`onsite ${cert.id} connected from ${conn.remoteAddress}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, agent });
     on(conn, Msg.INVENTORY, (b) => this.inventory.report(cert.id, b), (e) => this.o.log.warn(`${cert.id}: ignoring an INVENTORY that does not decode: ${e.message}`, { id: cert.id, reason: e.message }));
   }
@@ -238,7 +255,10 @@ export class RelayServer {
       if (!s || s.master !== id) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} of ${id}`);
       return s;
     };
-    handle(conn, Msg.DEVICES, () => this.deviceList().filter((d) => mayReach(this.o.access(), id, d.id)));
+    handle(conn, Msg.DEVICES, async () => {
+      const all = this.o.cluster?.devices ? await this.o.cluster.devices(this.deviceList()) : this.deviceList();
+      return all.filter((d) => mayReach(this.o.access(), id, d.id));
+    });
     handle(conn, Msg.SESSIONS, () => this.sessionList().filter((s) => s.master === id));
     handle(conn, Msg.SESSION_OPEN, (b) => this.openSession(conn, id, b));
     handle(conn, Msg.TUNNEL_MODE, async (b) => {
@@ -295,6 +315,7 @@ export class RelayServer {
       if (this.onsites.get(cert.id) === conn) {
         this.onsites.delete(cert.id);
         this.inventory.disconnected(cert.id, undefined, why.message, why.remote);
+        this.o.cluster?.onsiteDown?.(cert.id);
         this.o.log.info(`onsite ${cert.id} disconnected: ${why.message}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, reason: why.message });
       }
     } else if (this.masters.get(cert.id) === conn) {
@@ -341,6 +362,10 @@ export class RelayServer {
   private async openSession(masterConn: Connection, master: string, req: SessionOpenBody): Promise<SessionInfo> {
     const admitted = this.sessions.admits(master, req.session);
     if (!admitted.ok) throw new RemoteError(admitted.code, admitted.message);
+    if (this.o.cluster?.openElsewhere && !this.inventory.online(req.onsite, this.live) && mayReach(this.o.access(), master, req.onsite)) {
+      const remote = await this.o.cluster.openElsewhere(master, masterConn, req);
+      if (remote) return remote;
+    }
     const decision = decidePairing(this.o.access(), master, req.onsite, { known: this.inventory.has(req.onsite), online: this.inventory.online(req.onsite, this.live) });
     if (!decision.ok) {
       if (decision.code === ErrorCode.FORBIDDEN) this.front.record(masterConn.remoteAddress, master, RefusalCode.POLICY, decision.message);
@@ -471,6 +496,24 @@ export class RelayServer {
       conn.close(GoAwayCode.NORMAL, why);
     }
     return out;
+  }
+
+  /**
+   * Cluster mode: the device connected to another relay more recently, so this relay closes its
+   * own connection of it (REPLACED). False when none is live here.
+   */
+  replacedElsewhere(id: string, reason: string): boolean {
+    const conn = this.onsites.get(id);
+    if (!conn || conn.closed) return false;
+    this.o.log.warn(`${id} from ${conn.remoteAddress}: ${reason}`, { id, address: conn.remoteAddress, reason });
+    conn.close(GoAwayCode.REPLACED, reason);
+    return true;
+  }
+
+  /** The wall ms the live connection of onsite `id` began, or null when none is live here. */
+  onsiteSince(id: string): number | null {
+    const conn = this.onsites.get(id);
+    return conn && !conn.closed ? (this.inventory.get(id)?.connectedSince ?? null) : null;
   }
 
   /** Ends an active session on the operator's word (final: the master does not resume it). */
