@@ -19,6 +19,7 @@ packages=(
   prometheus haproxy                      # promtool check metrics (metrics tests); the PROXY v2 load balancer (relay tests)
   faketime                                # a device without an RTC: certificates judged with a stale clock
   vtun openvpn                            # packet-tunnel benchmark peers (seed 000's vtun, OpenVPN TCP)
+  redis-server                            # relay cluster mode (issue 16): presence and shared state
 )
 
 missing=()

@@ -27,6 +27,7 @@ import { heartbeatSecret, listenHeartbeats, openInventoryStore } from "./fleet.t
 import type { DatagramSocket } from "../transport/heartbeat/socket.ts";
 import type { InventoryStore } from "../tunnel/relay/inventory-store.ts";
 import { fleetApi } from "./fleet-api.ts";
+import { RelayCluster } from "../cluster/relay-cluster.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -48,6 +49,10 @@ export class RelayRole implements Component {
   /** Issue 14: the inventory kept in the state dir, and the heartbeat listener. */
   private readonly store: InventoryStore;
   private heartbeatSocket: DatagramSocket | null = null;
+  /** Issue 16: cluster mode ([cluster]); null: a single relay. */
+  readonly cluster: RelayCluster | null;
+  /** This relay's own revocation list (the cluster's serials are merged into `revocations`). */
+  private localRevocations: RevocationList = this.revocations;
 
   /** What the relay's control socket serves beside the daemon shell's status (src/roles/api.ts). */
   readonly api: Omit<RelayApi, "status">;
@@ -56,7 +61,9 @@ export class RelayRole implements Component {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
     this.store = openInventoryStore(cfg.state_dir, log);
+    this.cluster = cfg.cluster ? new RelayCluster({ cfg: cfg.cluster, id: bundle.id, log: log.withTag("cluster"), access: () => this.cfg.access, clock }) : null;
     this.server = new RelayServer({
+      cluster: this.cluster?.hooks,
       inventoryStore: this.store,
       heartbeat: cfg.heartbeat_port === 0 ? undefined : heartbeatOptions(cfg, log),
       id: bundle.id,
@@ -68,12 +75,13 @@ export class RelayRole implements Component {
       events: ops.events,
       refusalLog: new FileRefusalLog(auditFile, { maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.warn(`cannot write ${auditFile}: ${e.message}`) }),
     });
+    this.cluster?.attach(this.server, () => this.mergeClusterRevocations());
     const m = this.server.metrics.registry;
     m.collect("agent_relay_unauthenticated_connections", "Connections not yet past TLS (capped in total and per source).", "gauge", () => this.admission.total);
     m.collect("agent_relay_abandoned_handshakes_total", "Connections closed by their peer before TLS completed (probes, dropped links).", "counter", () => this.abandoned);
     this.api = {
-      devices: () => this.server.deviceRows(),
-      sessions: () => this.server.sessionList(),
+      devices: () => (this.cluster ? this.cluster.devices() : this.server.deviceRows()),
+      sessions: () => (this.cluster ? this.cluster.sessions() : this.server.sessionList()),
       refusals: () => this.server.refusals.slice(-100),
       kick: (req) => {
         const id = requiredText(req, "id", "a device or master id (see `agent devices`, `agent sessions`)");
@@ -101,6 +109,7 @@ export class RelayRole implements Component {
       this.log.warn(`cannot read the open-files limit: ${(e as Error).message}`);
     }
     await this.reloadRevocations(true);
+    this.cluster?.start();
     const listen = this.cfg.listen!;
     try {
       const opts: ListenOptions = {
@@ -164,15 +173,34 @@ export class RelayRole implements Component {
     // Remembered before parsing: a damaged file is reported once, not at every poll, and the
     // previous list stays in force until the file changes again (or SIGHUP).
     this.revocationsStamp = stamp;
-    const list = await loadRevocations(file);
+    const own = await loadRevocations(file);
+    this.localRevocations = own;
+    const list = this.mergedRevocations();
     this.revocations = list;
     this.revocationsLoaded = true;
+    this.cluster?.publishRevoked(own.serials);
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
   }
 
+  /** This relay's list with the serials any relay of the cluster revoked. */
+  private mergedRevocations(): RevocationList {
+    const shared = this.cluster?.directory.revokedSerials;
+    if (!shared || shared.size === 0) return this.localRevocations;
+    return { entries: this.localRevocations.entries, serials: new Set([...this.localRevocations.serials, ...shared]) };
+  }
+
+  /** Another relay revoked serials: refused at TLS from now on, and live connections closed. */
+  private mergeClusterRevocations(): void {
+    const list = this.mergedRevocations();
+    this.revocations = list;
+    const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
+    if (closed) this.log.info(`cluster: revoked on another relay: closed ${closed} live connection(s)`);
+  }
+
   status(): Record<string, unknown> {
     return {
+      ...(this.cluster ? { cluster: this.cluster.status() } : {}),
       listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
       port: this.listener?.port ?? null,
       unauthenticated: this.admission.total,
@@ -192,6 +220,7 @@ export class RelayRole implements Component {
   async close(): Promise<void> {
     if (this.poll) clearInterval(this.poll);
     this.poll = null;
+    await this.cluster?.close();
     this.nymea?.close();
     await this.server.close();
     this.listener?.stop(true);
