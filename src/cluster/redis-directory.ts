@@ -39,8 +39,8 @@ export interface DirectoryHooks {
   since(device: string): number | null;
   /** This relay's device rows (each with id, online, last_seen). */
   rows(): SharedRow[];
-  /** This relay's sessions. */
-  sessions(): SharedRow[];
+  /** This relay's sessions (SessionInfo: each with its `session` id). */
+  sessions(): { session: string }[];
   /** A digest of this relay's [[access]] rules. */
   accessDigest(): string;
 }
@@ -446,9 +446,9 @@ export class RedisDirectory implements ClusterDirectory {
     return out;
   }
 
-  /** The whole fleet's sessions: this relay's and those of every live relay, each naming its relay. */
-  async fleetSessions<T extends SharedRow>(local: T[]): Promise<{ sessions: (T & { relay: string })[]; partial: string | null }> {
-    const out = new Map<string, T & { relay: string }>(local.map((s) => [s.id, { ...s, relay: this.self.id }]));
+  /** The whole fleet's sessions (by their `session` id): this relay's and those of every live relay, each naming its relay. */
+  async fleetSessions<T extends { session: string }>(local: T[]): Promise<{ sessions: (T & { relay: string })[]; partial: string | null }> {
+    const out = new Map<string, T & { relay: string }>(local.map((s) => [s.session, { ...s, relay: this.self.id }]));
     const others = this.table.nodes().filter((n) => n.id !== this.self.id);
     let partial: string | null = this.o.redis.up ? null : "Redis unreachable";
     const answers = await Promise.allSettled(others.map((n) => this.o.redis.cmd("GET", [sessionsKey(n.id)])));
@@ -463,8 +463,9 @@ export class RedisDirectory implements ClusterDirectory {
         const o = decodeObject(`the sessions of ${node}`, a.value, ClusterLimits.sessions);
         if (o.node !== node || !Array.isArray(o.sessions)) throw new GarbageError(`the sessions of ${node}`, "not {node, sessions}");
         for (const s of o.sessions as unknown[]) {
-          if (s === null || typeof s !== "object" || typeof (s as SharedRow).id !== "string") throw new GarbageError(`the sessions of ${node}`, "a session without an id");
-          if (!out.has((s as SharedRow).id)) out.set((s as SharedRow).id, { ...(s as T), relay: node });
+          const id = (s as { session?: unknown } | null)?.session;
+          if (typeof id !== "string" || id.length > 64) throw new GarbageError(`the sessions of ${node}`, "a session without an id");
+          if (!out.has(id)) out.set(id, { ...(s as T), relay: node });
         }
       } catch (e) {
         this.refused(e as Error);

@@ -67,7 +67,7 @@ export class RelayCluster {
         revoked: (serials) => this.onRevoked(serials),
         since: (device) => this.server?.onsiteSince(device) ?? null,
         rows: () => (this.server?.deviceRows() ?? []) as unknown as SharedRow[],
-        sessions: () => (this.server?.sessionList() ?? []) as unknown as SharedRow[],
+        sessions: () => this.server?.sessionList() ?? [],
         accessDigest: () => accessDigest(this.o.access()),
       },
     });
@@ -105,9 +105,9 @@ export class RelayCluster {
 
   /** `agent sessions` on this relay: the fleet's sessions. */
   async sessions(): Promise<SessionInfo[]> {
-    const { sessions, partial } = await this.directory.fleetSessions((this.server?.sessionList() ?? []) as unknown as SharedRow[]);
+    const { sessions, partial } = await this.directory.fleetSessions(this.server?.sessionList() ?? []);
     if (partial) this.o.log.warn(`cluster: listing only the sessions that could be read: ${partial}`);
-    return sessions as unknown as SessionInfo[];
+    return sessions;
   }
 
   private async openElsewhere(master: string, conn: Connection, req: SessionOpenBody): Promise<SessionInfo | null> {
