@@ -14,7 +14,7 @@ import { linkPair, type MemoryLink } from "../src/transport/link.ts";
 import { MAX_CONTROL_MESSAGE } from "../src/transport/frame.ts";
 import { ErrorCode, Msg, type SessionInfo } from "../src/transport/messages.ts";
 import type { AccessRule } from "../src/config.ts";
-import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEADER, type CaMaterial } from "../src/pki.ts";
+import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEADER, type CaMaterial, type RevocationList } from "../src/pki.ts";
 import { ClusterUnavailableError, MemoryDirectory, type ClusterDirectory, type RelayNode } from "../src/cluster/directory.ts";
 import { meshReason, offerAnswer, startMesh, type Mesh } from "../src/cluster/mesh.ts";
 import { makeCert, newCa } from "./helpers/certs.ts";
@@ -30,7 +30,7 @@ const fleetCa = (() => {
   const c = createCa({ name: "fleet CA" });
   return parseCa(c.certPem, c.keyPem);
 })();
-const relayCerts = new Map<string, { certPem: string; keyPem: string }>();
+const relayCerts = new Map<string, { certPem: string; keyPem: string; serial: string }>();
 function relayCert(id: string, ca: CaMaterial = fleetCa) {
   const key = `${ca === fleetCa ? "" : "x:"}${id}`;
   let c = relayCerts.get(key);
@@ -55,7 +55,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; directory?: (d: ClusterDirectory) => ClusterDirectory } = {}): Relay {
+function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; directory?: (d: ClusterDirectory) => ClusterDirectory; revocations?: () => RevocationList } = {}): Relay {
   const refusals: Refusal[] = [];
   const infos: string[] = [];
   const rules = opts.rules ?? [];
@@ -69,11 +69,11 @@ function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; d
     directory: opts.directory ? opts.directory(view) : view,
     listen: "127.0.0.1:0",
     tls: { certPem: cert.certPem, keyPem: cert.keyPem, caPem: fleetCa.certPem },
-    revocations: () => noRevocations,
+    revocations: opts.revocations ?? (() => noRevocations),
     log,
     agent: "test/1",
     keepaliveInterval: 60_000,
-    random: () => 0,
+    random: () => 0.1, // redials within 50 ms, 100 ms, ...
   });
   node.mesh = `127.0.0.1:${mesh.port}`;
   cleanups.push(async () => {
@@ -236,6 +236,55 @@ describe("a master on relay A reaches a device on relay B", () => {
   });
 });
 
+test("three relays: a master on A reaches devices on B and C at once, and a master on C reaches A's device over C's own link", async () => {
+  const dir = new MemoryDirectory();
+  const a = relay(dir, "relay-a");
+  const b = relay(dir, "relay-b");
+  const c = relay(dir, "relay-c");
+  const echo = (p: Peer) => {
+    // Each device echoes what it reads, prefixed with its id.
+    const seen = new Set<Stream>();
+    const timer = setInterval(() => {
+      for (const s of p.streams) {
+        if (seen.has(s)) continue;
+        seen.add(s);
+        s.ondata = (d) => s.write(Buffer.concat([Buffer.from(`${(s.open.target as string) ?? ""}|`), d]));
+        s.onend = () => s.end();
+        s.accept();
+        s.resume();
+      }
+    }, 5);
+    cleanups.push(() => clearInterval(timer));
+  };
+  const onB = await peer(dir, b, "onsite", "site-b");
+  const onC = await peer(dir, c, "onsite", "site-c");
+  const onA = await peer(dir, a, "onsite", "site-a");
+  for (const d of [onA, onB, onC]) echo(d);
+  const techA = await peer(dir, a, "master", "tech-a");
+  const techC = await peer(dir, c, "master", "tech-c");
+  const roundTrip = async (m: Peer, onsite: string) => {
+    const info = await open(m, { onsite, targets: [`10.0.0.5:${onsite.length}0`] });
+    const s = m.conn.openStream({ session: info.session, target: info.targets[0] });
+    const got: Uint8Array[] = [];
+    s.ondata = (x) => got.push(x.slice());
+    s.resume();
+    s.write(Buffer.from(`hello ${onsite}`));
+    await waitFor(() => Buffer.concat(got).toString().endsWith(`hello ${onsite}`), 5_000, `the echo of ${onsite}`);
+    return Buffer.concat(got).toString();
+  };
+  const [toB, toC, back] = await Promise.all([roundTrip(techA, "site-b"), roundTrip(techA, "site-c"), roundTrip(techC, "site-a")]);
+  expect([toB, toC, back]).toEqual(["10.0.0.5:60|hello site-b", "10.0.0.5:60|hello site-c", "10.0.0.5:60|hello site-a"]);
+  expect(a.mesh.linkTo("relay-b")).not.toBeNull();
+  expect(a.mesh.linkTo("relay-c")).not.toBeNull();
+  expect(c.mesh.linkTo("relay-a")).not.toBeNull();
+  expect(b.mesh.linkTo("relay-a")).toBeNull(); // B's masters needed nothing: B dialed nobody
+  expect(a.mesh.status()).toMatchObject({ out: [{ node: "relay-b", up: true }, { node: "relay-c", up: true }], in: [{ node: "relay-c" }] });
+  // A second session to B reuses the link.
+  const first = a.mesh.linkTo("relay-b");
+  await roundTrip(techA, "site-b");
+  expect(a.mesh.linkTo("relay-b")).toBe(first);
+});
+
 describe("session ends cross the hop", () => {
   test("the master ends it: the device hears why, final", async () => {
     const { a, b, device, master } = await pair();
@@ -296,6 +345,25 @@ describe("session ends cross the hop", () => {
     await holdsFor(() => a.mesh.linkTo("relay-b"), 200, "a link to a relay that is gone");
     expect(master2.closes[0]?.reason).toMatch(/^mesh link to relay relay-b lost: .*left the cluster/);
   });
+});
+
+test("a relay whose certificate is revoked while linked: the link closes on reload, its sessions end, it is not let in again", async () => {
+  const dir = new MemoryDirectory();
+  let revoked = noRevocations;
+  const a = relay(dir, "relay-a");
+  const b = relay(dir, "relay-b", { revocations: () => revoked });
+  await peer(dir, b, "onsite", "site-1");
+  const master = await peer(dir, a, "master", "tech-1");
+  await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] });
+  const serial = relayCert("relay-a").serial;
+  revoked = parseRevocations(`${REVOCATIONS_HEADER}\n${serial} relay-a 2026-12-01T00:00:00Z\n`);
+  b.mesh.reload();
+  const c = await waitFor(() => master.closes[0], 5_000, "SESSION_CLOSE at the master");
+  expect(c.reason).toMatch(/^mesh link to relay relay-b lost: .*revoked/);
+  expect(b.refusals).toContainEqual(expect.objectContaining({ code: "revoked", presented: "relay-a (relay)" }));
+  const again = (await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
+  expect(again.code).toBe(ErrorCode.OFFLINE);
+  expect(again.message).toContain("which this relay cannot reach over the mesh");
 });
 
 describe("refusals", () => {

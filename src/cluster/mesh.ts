@@ -57,6 +57,8 @@ export interface Mesh {
   /** The port the mesh listener is bound to. */
   readonly port: number;
   start(): void;
+  /** The revocation list changed (SIGHUP, the file): links of relays now revoked are closed. */
+  reload(): void;
   close(): Promise<void>;
   status(): Record<string, unknown>;
   /** The live link this relay dialed to `node` (tests, status), if any. */
@@ -91,6 +93,8 @@ class MeshNode implements Mesh {
   /** Links peers dialed to this relay, by peer id (a newer one replaces the older). */
   private readonly inbound = new Map<string, Connection>();
   private readonly pending = new Set<Connection>();
+  /** The certificate serial of each live link's peer (both directions), for revocations. */
+  private readonly serials = new Map<Connection, { id: string; serial: string }>();
   private readonly unsubscribe: () => void;
   private closed = false;
 
@@ -191,9 +195,11 @@ class MeshNode implements Mesh {
       },
       (e: Error) => {
         l.dialing = null;
+        // Said once per cause, not at every redial of a streak.
+        const repeated = l.lastError === e.message;
         l.lastError = e.message;
         if (!l.done && !this.closed) {
-          this.o.log.warn(`mesh: cannot reach relay ${l.node.id} at ${l.node.mesh}: ${e.message}`, { node: l.node.id, reason: e.message });
+          if (!repeated) this.o.log.warn(`mesh: cannot reach relay ${l.node.id} at ${l.node.mesh}: ${e.message}; dialling again with backoff`, { node: l.node.id, reason: e.message });
           this.redial(l);
         }
         throw e;
@@ -220,10 +226,10 @@ class MeshNode implements Mesh {
   private async handshake(node: RelayNode): Promise<Connection> {
     const hp = parseHostPort(node.mesh, "its mesh address HOST:PORT");
     const link = await dialTls({ host: hp.host, port: hp.port, tls: this.o.tls, timeout: this.o.dialTimeout, clock: this.hooks.clock });
-    const problem = this.judgeDialed(link, node);
-    if (problem) {
+    const judged = this.judgeDialed(link, node);
+    if (typeof judged === "string") {
       link.destroy();
-      throw new Error(problem);
+      throw new Error(judged);
     }
     const conn = this.connection(link, "dialer");
     const deadline = this.o.helloDeadline ?? Timing.helloDeadline;
@@ -246,6 +252,7 @@ class MeshNode implements Mesh {
       throw e;
     }
     conn.peer = { id: node.id, role: "relay" };
+    this.track(conn, node.id, judged.serial);
     conn.startKeepalive();
     this.hooks.attach(conn, node.id, "onsite");
     // The far relay ended a session (its device went, a TTL, its operator): so does this one.
@@ -254,17 +261,32 @@ class MeshNode implements Mesh {
   }
 
   /** The dialed relay is the node the directory named, with a certificate that is not revoked. */
-  private judgeDialed(link: SocketLink, node: RelayNode): string | null {
+  private judgeDialed(link: SocketLink, node: RelayNode): string | { serial: string } {
     const raw = (link.socket.getPeerCertificate() as { raw?: Uint8Array } | undefined)?.raw;
     if (!raw) return "it presented no certificate";
     try {
       const ident = certificateIdentity(raw);
       if (ident.id !== node.id) return `the relay at ${node.mesh} is ${ident.id}, not ${node.id}`;
       if (isRevoked(this.o.revocations(), ident.serial)) return `its certificate ${ident.serial} is revoked`;
+      return { serial: ident.serial };
     } catch (e) {
       return `its certificate has no valid identity: ${(e as Error).message}`;
     }
-    return null;
+  }
+
+  private track(conn: Connection, id: string, serial: string): void {
+    this.serials.set(conn, { id, serial });
+    void conn.wait().then(() => this.serials.delete(conn));
+  }
+
+  reload(): void {
+    const list = this.o.revocations();
+    for (const [conn, p] of [...this.serials]) {
+      if (!isRevoked(list, p.serial)) continue;
+      const reason = `certificate ${p.serial} of relay ${p.id} is revoked`;
+      this.hooks.record(conn.remoteAddress, `${p.id} (relay)`, RefusalCode.REVOKED, `${reason}; closing its mesh link`);
+      conn.close(GoAwayCode.REVOKED, reason);
+    }
   }
 
   private connection(link: Link, side: "dialer" | "acceptor", live?: () => boolean): Connection {
@@ -339,6 +361,7 @@ class MeshNode implements Mesh {
       this.pending.delete(conn);
       welcomed = true;
       conn.peer = { id: cert.id, role: "relay" };
+      this.track(conn, cert.id, cert.serial);
       this.welcome(conn, cert.id, verdict.version);
     });
     void conn.wait().then((why) => {
