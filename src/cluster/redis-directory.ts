@@ -474,17 +474,6 @@ export class RedisDirectory implements ClusterDirectory {
     return { sessions: [...out.values()], partial };
   }
 
-  /** Is `device` listed by any relay (online or not)? Null when Redis cannot say. */
-  async knownAnywhere(device: string): Promise<string | null> {
-    const nodes = await this.o.redis.cmd("SMEMBERS", [K_INV_NODES]);
-    if (!Array.isArray(nodes)) return null;
-    for (const n of nodes.slice(0, ClusterLimits.nodes)) {
-      if (typeof n !== "string") continue;
-      if ((await this.o.redis.cmd("HEXISTS", [inventoryKey(n), device])) === 1) return n;
-    }
-    return null;
-  }
-
   // ---- status and warnings ------------------------------------------------------------------
 
   status(): Record<string, unknown> {

@@ -7,17 +7,13 @@ import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import type { AccessRule, ClusterConfig } from "../config.ts";
 import { redactRedisUrl } from "../config.ts";
-import { RemoteError, type Connection } from "../transport/mux.ts";
-import { ErrorCode, type DeviceInfo, type SessionInfo, type SessionOpenBody } from "../transport/messages.ts";
+import type { DeviceInfo, SessionInfo } from "../transport/messages.ts";
 import type { RelayClusterHooks, RelayServer } from "../tunnel/relay/server.ts";
 import type { DeviceRow } from "../tunnel/relay/inventory.ts";
 import { ClusterUnavailableError, type RelayNode } from "./directory.ts";
 import { BunRedis, type RedisPort } from "./redis-client.ts";
 import { RedisDirectory, type DirectoryLog, type SharedRow } from "./redis-directory.ts";
 import type { ClusterTiming } from "./presence.ts";
-
-/** Carries a session to a device on another relay (the mesh, ./mesh-*.ts). */
-export type OpenRemote = (node: RelayNode, master: string, masterConn: Connection, req: SessionOpenBody) => Promise<SessionInfo>;
 
 /** A digest of [[access]] rules: relays compare theirs in the heartbeats. Pure. */
 export function accessDigest(rules: readonly AccessRule[]): string {
@@ -41,15 +37,12 @@ export class RelayCluster {
   readonly self: RelayNode;
   private server: RelayServer | null = null;
   private onRevoked: (serials: ReadonlySet<string>) => void = () => {};
-  /** Set by the mesh once it runs; until then a device on another relay is refused with why. */
-  openRemote: OpenRemote | null = null;
   private readonly redis: RedisPort;
 
   /** What the RelayServer calls (RelayOptions.cluster). */
   readonly hooks: RelayClusterHooks = {
     onsiteUp: (id, since) => this.directory.connected(id, since),
     onsiteDown: (id) => this.directory.disconnected(id),
-    openElsewhere: (master, conn, req) => this.openElsewhere(master, conn, req),
     devices: async (local) => (await this.directory.fleetRows(local as unknown as SharedRow[])).rows.map(deviceInfo),
   };
 
@@ -108,26 +101,6 @@ export class RelayCluster {
     const { sessions, partial } = await this.directory.fleetSessions(this.server?.sessionList() ?? []);
     if (partial) this.o.log.warn(`cluster: listing only the sessions that could be read: ${partial}`);
     return sessions;
-  }
-
-  private async openElsewhere(master: string, conn: Connection, req: SessionOpenBody): Promise<SessionInfo | null> {
-    let node: RelayNode | null;
-    try {
-      node = await this.directory.locate(req.onsite);
-      if (node === null || node.id === this.self.id) {
-        // Known to another relay but connected nowhere: offline (the master keeps trying), not unknown.
-        if (this.server?.inventory.has(req.onsite)) return null;
-        const where = await this.directory.knownAnywhere(req.onsite);
-        if (where) throw new RemoteError(ErrorCode.OFFLINE, `device ${req.onsite} is offline (last seen by relay ${where})`);
-        return null;
-      }
-    } catch (e) {
-      if (e instanceof ClusterUnavailableError)
-        throw new RemoteError(ErrorCode.OFFLINE, `device ${req.onsite} is not connected to relay ${this.self.id}, and ${e.message}: sessions to devices on other relays are refused until Redis is back`);
-      throw e;
-    }
-    if (!this.openRemote) throw new RemoteError(ErrorCode.OFFLINE, `device ${req.onsite} is connected to relay ${node.id}, and this relay has no mesh link to carry the session there`);
-    return this.openRemote(node, master, conn, req);
   }
 
   status(): Record<string, unknown> {

@@ -28,6 +28,8 @@ import type { DatagramSocket } from "../transport/heartbeat/socket.ts";
 import type { InventoryStore } from "../tunnel/relay/inventory-store.ts";
 import { fleetApi } from "./fleet-api.ts";
 import { RelayCluster } from "../cluster/relay-cluster.ts";
+import { startMesh, type Mesh } from "../cluster/mesh.ts";
+import { VERSION } from "../version.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -51,6 +53,8 @@ export class RelayRole implements Component {
   private heartbeatSocket: DatagramSocket | null = null;
   /** Issue 16: cluster mode ([cluster]); null: a single relay. */
   readonly cluster: RelayCluster | null;
+  /** The relay-to-relay mesh (cluster mode), bound at start. */
+  private mesh: Mesh | null = null;
   /** This relay's own revocation list (the cluster's serials are merged into `revocations`). */
   private localRevocations: RevocationList = this.revocations;
 
@@ -61,6 +65,8 @@ export class RelayRole implements Component {
     // The audit trail: STATE_DIR/refusals.log, JSON lines, one old generation kept.
     const auditFile = join(cfg.state_dir, "refusals.log");
     this.store = openInventoryStore(cfg.state_dir, log);
+    if (cfg.cluster?.node && cfg.cluster.node !== bundle.id)
+      throw new UsageError(`[cluster] node = ${JSON.stringify(cfg.cluster.node)} differs from the relay certificate's id ${JSON.stringify(bundle.id)}`, "the other relays authenticate the mesh by certificate id: remove node, or issue this relay's bundle with --id " + cfg.cluster.node);
     this.cluster = cfg.cluster ? new RelayCluster({ cfg: cfg.cluster, id: bundle.id, log: log.withTag("cluster"), access: () => this.cfg.access, clock }) : null;
     this.server = new RelayServer({
       cluster: this.cluster?.hooks,
@@ -109,7 +115,19 @@ export class RelayRole implements Component {
       this.log.warn(`cannot read the open-files limit: ${(e as Error).message}`);
     }
     await this.reloadRevocations(true);
-    this.cluster?.start();
+    if (this.cluster) {
+      this.cluster.start();
+      this.mesh = startMesh({
+        server: this.server,
+        directory: this.cluster.directory,
+        listen: this.cluster.self.mesh,
+        tls: this.bundle,
+        revocations: () => this.revocations,
+        log: this.log.withTag("mesh"),
+        agent: `agent/${VERSION}`,
+      });
+      this.mesh.start();
+    }
     const listen = this.cfg.listen!;
     try {
       const opts: ListenOptions = {
@@ -201,6 +219,7 @@ export class RelayRole implements Component {
   status(): Record<string, unknown> {
     return {
       ...(this.cluster ? { cluster: this.cluster.status() } : {}),
+      ...(this.mesh ? { mesh: this.mesh.status() } : {}),
       listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
       port: this.listener?.port ?? null,
       unauthenticated: this.admission.total,
@@ -220,7 +239,10 @@ export class RelayRole implements Component {
   async close(): Promise<void> {
     if (this.poll) clearInterval(this.poll);
     this.poll = null;
+    // The others hear this relay leave (a bye) before its devices go.
     await this.cluster?.close();
+    await this.mesh?.close();
+    this.mesh = null;
     this.nymea?.close();
     await this.server.close();
     this.listener?.stop(true);

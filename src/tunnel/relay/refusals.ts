@@ -30,6 +30,8 @@ export const RefusalCode = {
   POLICY: "policy",
   /** proxy_protocol = true: no PROXY v2 header, or a malformed one. */
   PROXY_PROTOCOL: "proxy_protocol",
+  /** Cluster mode: a peer on the relay-to-relay mesh port that is not a relay of this fleet, or broke its handshake. */
+  MESH: "mesh",
 } as const;
 export type RefusalCodeId = (typeof RefusalCode)[keyof typeof RefusalCode];
 export const REFUSAL_CODES: readonly RefusalCodeId[] = Object.values(RefusalCode);
