@@ -117,8 +117,8 @@ describe.skipIf(!HAVE)("a cluster of three relays on one Redis", () => {
     for (const reverse of [false, true]) {
       const r = await runIperf({ host: "127.0.0.1", port: ip!, seconds: 2, reverse });
       console.log(`cluster: iperf3 master@relay-a → site-c@relay-c${reverse ? " (reverse)" : ""}: ${(r.receivedBps / 1e6).toFixed(0)} Mbit/s`);
-      expect(r.receivedBytes).toBeGreaterThan(0);
-      expect(r.receivedBytes).toBe(r.sentBytes);
+      // The sender's count includes what was still in flight when -t ran out: only the receiver's is what crossed.
+      expect(r.receivedBytes).toBeGreaterThan(1_000_000);
     }
   }, 40_000);
 
