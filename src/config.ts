@@ -195,6 +195,8 @@ export interface ClusterConfig {
   mesh: HostPort;
   /** This relay's id in the cluster; default: its certificate's id. */
   node?: string;
+  /** rediss://: the CA that signed Redis's certificate (PEM file); default: the system's CAs. */
+  redis_ca?: string;
 }
 
 /** A Redis URL with its password hidden, for logs and status. Pure. */
@@ -370,6 +372,7 @@ const CLUSTER: Schema = {
     if (hp.host === "0.0.0.0" || hp.host === "::" || hp.host === "[::]") throw new Error(`expected an address the other relays can dial (it is published to them), not the wildcard ${JSON.stringify(s)}`);
     return hp;
   }),
+  redis_ca: nonEmpty("a path to the PEM CA certificate that signed Redis's TLS certificate"),
   node: str("a node id", (s) => (/^[a-z0-9][a-z0-9._-]{0,62}$/.test(s) ? undefined : `expected a node id (1-63 characters: lowercase letters, digits, '.', '_' or '-'), got ${got(s)}`)),
 };
 
@@ -777,6 +780,7 @@ export function resolveConfig(sources: ConfigSource[]): Config {
         const o: Record<string, unknown> = { ...(cfg.cluster as Record<string, unknown> | undefined) };
         applyTable(CLUSTER, v, o, "cluster.", origin);
         for (const req of ["redis", "mesh"]) if (!(req in o)) problems.push({ origin, key: `cluster.${req}`, message: 'missing; [cluster] needs redis = "redis://HOST:PORT" and mesh = "HOST:PORT"' });
+        if (o.redis_ca !== undefined && o.redis instanceof URL && o.redis.protocol !== "rediss:") problems.push({ origin, key: "cluster.redis_ca", message: "is for Redis over TLS: use a rediss:// URL, or remove redis_ca" });
         if (problems.length === before) cfg.cluster = o;
         originOf.set("cluster", origin);
       } else if (k === "relay" && Array.isArray(v)) {

@@ -309,3 +309,42 @@ describe.skipIf(!HAVE)("RedisDirectory on a real redis-server", () => {
     expect((await m.dir.locate("site-n"))?.id).toBe("relay-n");
   }, 30_000);
 });
+
+describe.skipIf(!HAVE)("Redis with a password and TLS (the production set-up)", () => {
+  let redis: TestRedis;
+  beforeAll(async () => {
+    redis = await TestRedis.create({ password: "s3cret-pass", tls: true });
+  });
+  afterAll(() => redis?.close());
+
+  test("rediss:// with the password and the CA: two relays hear each other and locate a device", async () => {
+    const mk = (id: string, url: string, ca: string | undefined) => {
+      const d = new RedisDirectory({
+        redis: new BunRedis({ url, ca }),
+        self: { id, mesh: "127.0.0.1:9999" },
+        timing: { heartbeat: 100, deadAfter: 600 },
+        log: { info: () => {}, warn: () => {} },
+        hooks: { replaced: () => {}, revoked: () => {}, since: () => null, rows: () => [], sessions: () => [], accessDigest: () => "x" },
+      });
+      d.start();
+      return d;
+    };
+    const a = mk("relay-a", redis.url, redis.ca!);
+    const b = mk("relay-b", redis.url, redis.ca!);
+    // A wrong password, and TLS without the CA: never up, and locate says the store is unreachable.
+    const wrong = mk("relay-w", redis.url.replace("s3cret-pass", "wrong"), redis.ca!);
+    const untrusted = mk("relay-u", redis.url, undefined);
+    try {
+      await waitFor(() => a.nodes().length === 2 && b.nodes().length === 2, 5_000, "both relays over TLS seeing two");
+      b.connected("site-tls", Date.now());
+      await waitFor(async () => (await a.locate("site-tls"))?.id === "relay-b", 5_000, "site-tls located over TLS");
+      expect(a.nodes().map((n) => n.id)).not.toContain("relay-w");
+      for (const d of [wrong, untrusted]) {
+        expect(d.available).toBe(false);
+        expect(await d.locate("site-tls").catch((e) => e)).toBeInstanceOf(ClusterUnavailableError);
+      }
+    } finally {
+      await Promise.all([a, b, wrong, untrusted].map((d) => d.close()));
+    }
+  });
+});

@@ -17,7 +17,7 @@ export interface RedisPort {
   cmd(name: string, args: string[]): Promise<unknown>;
   /** Channels to listen on, kept across reconnects. */
   subscribe(channels: string[], listener: (message: string, channel: string) => void): void;
-  /** Up or down changed. */
+  /** Up or down changed; `up` false also for every failed dial (why: the error). */
   onState(listener: (up: boolean, why: string) => void): void;
   start(): void;
   close(): void;
@@ -101,6 +101,7 @@ export class BunRedis implements RedisPort {
       cmd.close();
       sub.close();
       this.lastWhy = describe(e as Error, this.o.url);
+      for (const l of this.listeners) l(false, this.lastWhy);
       this.schedule();
     }
   }

@@ -169,7 +169,7 @@ export class RedisDirectory implements ClusterDirectory {
         void this.catchUp();
       } else {
         this.table.pause();
-        this.warn("down", `cluster: Redis unreachable (${why}); sessions whose two ends are on this relay go on, sessions to devices on other relays are refused until it is back`);
+        this.warn("down", `cluster: Redis unreachable (${why}); sessions whose two ends are on this relay go on, sessions to devices on other relays are refused until it is back (check [cluster] redis: host, port, password, rediss:// and redis_ca)`);
       }
     });
     r.start();

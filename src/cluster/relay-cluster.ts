@@ -3,6 +3,7 @@
 // fleet's listings, cross-relay opens), and the revocations every relay shares. src/roles/relay.ts
 // makes one when `[cluster]` is set; without it none of this is loaded.
 import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import type { Clock } from "../clock.ts";
 import { systemClock } from "../clock.ts";
 import type { AccessRule, ClusterConfig } from "../config.ts";
@@ -48,7 +49,7 @@ export class RelayCluster {
 
   constructor(private readonly o: RelayClusterOptions) {
     this.self = { id: o.cfg.node ?? o.id, mesh: `${o.cfg.mesh.host.includes(":") ? `[${o.cfg.mesh.host}]` : o.cfg.mesh.host}:${o.cfg.mesh.port}` };
-    this.redis = o.redis ?? new BunRedis({ url: o.cfg.redis.href, clock: o.clock });
+    this.redis = o.redis ?? new BunRedis({ url: o.cfg.redis.href, clock: o.clock, ca: o.cfg.redis_ca === undefined ? undefined : readCa(o.cfg.redis_ca) });
     this.directory = new RedisDirectory({
       redis: this.redis,
       self: this.self,
@@ -106,6 +107,18 @@ export class RelayCluster {
   status(): Record<string, unknown> {
     return { redis_url: redactRedisUrl(this.o.cfg.redis), ...this.directory.status() };
   }
+}
+
+/** The CA file of [cluster] redis_ca, or a clear error. */
+function readCa(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (e) {
+    throw new Error(`[cluster] redis_ca: cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  if (!text.includes("-----BEGIN CERTIFICATE-----")) throw new Error(`[cluster] redis_ca: ${path} holds no PEM certificate`);
+  return text;
 }
 
 /** A fleet row as a master sees it (DEVICES): the DeviceInfo fields and the relay. */
