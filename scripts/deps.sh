@@ -20,6 +20,7 @@ packages=(
   faketime                                # a device without an RTC: certificates judged with a stale clock
   vtun openvpn                            # packet-tunnel benchmark peers (seed 000's vtun, OpenVPN TCP)
   chromium                                # the web GUI's browser tests (playwright-core drives it; nothing is downloaded)
+  redis-server                            # relay cluster mode (issue 16): presence and shared state
 )
 
 missing=()

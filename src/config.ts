@@ -186,6 +186,12 @@ export interface Config {
   service: ServiceConfig[];
   /** Flash-and-run enrollment ([enroll], issue 14 §8): onsite asks, relay signs. */
   enroll?: EnrollConfig;
+  // ---- relay scale-out (issue 16) ----
+  /** Onsite, master: every relay to try (`relay = ["r1:443", "r2:443"]`), in a shuffled order;
+   * `relay` is the first of them. Set whenever `relay` is. */
+  relays?: HostPort[];
+  /** Relay: cluster mode ([cluster]); undefined: a single relay, state in memory. */
+  cluster?: ClusterConfig;
 }
 
 /** `[[service]]` (issue 15): a service behind an onsite device, for the GUI's catalogue. */
@@ -221,6 +227,25 @@ export interface EnrollConfig {
 /** Where an enrolling device keeps its bundle: `bundle` if set, else STATE_DIR/enrolled.bundle. */
 export function enrolledBundlePath(cfg: Pick<Config, "bundle" | "state_dir">): string {
   return cfg.bundle ?? `${cfg.state_dir.replace(/\/+$/, "")}/enrolled.bundle`;
+}
+
+/** `[cluster]`: presence and shared state in Redis, sessions carried relay-to-relay over the mesh. */
+export interface ClusterConfig {
+  /** redis://[:password@]host[:port][/db] or rediss:// (TLS). */
+  redis: URL;
+  /** The relay-to-relay mesh listener, which the other relays dial (mutual TLS, relay certificates). */
+  mesh: HostPort;
+  /** This relay's id in the cluster; default: its certificate's id. */
+  node?: string;
+  /** rediss://: the CA that signed Redis's certificate (PEM file); default: the system's CAs. */
+  redis_ca?: string;
+}
+
+/** A Redis URL with its password hidden, for logs and status. Pure. */
+export function redactRedisUrl(u: URL): string {
+  const c = new URL(u.href);
+  if (c.password) c.password = "***";
+  return c.href;
 }
 
 /** `[nymea]`: the relay speaks nymea-remoteproxy's proxy protocol (src/tunnel/nymea/README.md). */
@@ -368,6 +393,31 @@ const listenHostPort = wrap("HOST:PORT such as 0.0.0.0:443 (port 0: chosen by th
 
 
 
+const redisUrl = wrap("a redis://[:password@]host:port or rediss://… URL", (s) => {
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    throw new Error(`expected a redis://[:password@]host:port URL (rediss:// for TLS), got ${JSON.stringify(s.replace(/:[^:@/]*@/, ":***@"))}`);
+  }
+  const shown = JSON.stringify(redactRedisUrl(u));
+  if (u.protocol !== "redis:" && u.protocol !== "rediss:") throw new Error(`expected a redis:// or rediss:// (TLS) URL, got ${shown}`);
+  if (!u.hostname) throw new Error(`expected the Redis host in the URL, e.g. redis://10.0.0.5:6379, got ${shown}`);
+  if (!/^(\/|\/\d{1,2})?$/.test(u.pathname) || u.search || u.hash) throw new Error(`expected only scheme, password, host, port and an optional /DB number in the Redis URL, got ${shown}`);
+  return u;
+});
+
+const CLUSTER: Schema = {
+  redis: redisUrl,
+  mesh: wrap("HOST:PORT the other relays dial, such as 10.0.0.1:8444", (s) => {
+    const hp = parseHostPort(s);
+    if (hp.host === "0.0.0.0" || hp.host === "::" || hp.host === "[::]") throw new Error(`expected an address the other relays can dial (it is published to them), not the wildcard ${JSON.stringify(s)}`);
+    return hp;
+  }),
+  redis_ca: nonEmpty("a path to the PEM CA certificate that signed Redis's TLS certificate"),
+  node: str("a node id", (s) => (/^[a-z0-9][a-z0-9._-]{0,62}$/.test(s) ? undefined : `expected a node id (1-63 characters: lowercase letters, digits, '.', '_' or '-'), got ${got(s)}`)),
+};
+
 const proxyUrl = wrap("an http://[user:pass@]host:port proxy URL", (s) => {
   let u: URL;
   try {
@@ -463,6 +513,7 @@ const EXAMPLES: Record<string, string> = {
   ownline: '[ownline] listen = "0.0.0.0:9999", known_server = "203.0.113.7", api_key_file = "/etc/agent/ownline.api_key", aes_key_file = "/etc/agent/ownline.aes_key"',
   access: '[[access]] masters = ["tech-*"], onsites = ["site-*"]',
   service: '[[service]] name = "Router web UI", target = "192.168.1.1:80", kind = "http"   (kinds: http, https, ssh, rdp, vnc, tcp; optional description; on a master also device = "site-1")',
+  cluster: '[cluster] redis = "redis://:PASSWORD@10.0.0.5:6379" (rediss:// for TLS), mesh = "10.0.0.1:8444", node = "relay-1"   (relay)',
   nymea: '[nymea] tcp = "0.0.0.0:2213", ws = "0.0.0.0:2212", tokens = "/etc/agent/nymea-tokens", inactive_timeout = "8s"',
   tunnel: '[tunnel] secondary = "eth1", dhcp = true, pool = "10.99.0.0/16" (master); enabled = true, bridged = false, lan_bridge = "br-lan" (onsite)',
   session_idle_timeout: 'session_idle_timeout = "1h"   (relay; 1s to 30d)',
@@ -476,7 +527,7 @@ const EXAMPLES: Record<string, string> = {
 
 function exampleFor(key: string, origin: Origin): string | undefined {
   if (origin.kind === "flag") return undefined; // `agent --help` shows the flags' forms
-  const section = /^(nat|tracking|ap|nymea|ownline|tunnel|enroll)\./.exec(key)?.[1] ?? /^(uplink|access|service)\[/.exec(key)?.[1];
+  const section = /^(nat|tracking|ap|nymea|ownline|tunnel|enroll|cluster)\./.exec(key)?.[1] ?? /^(uplink|access|service|relay)\[/.exec(key)?.[1];
   return EXAMPLES[key] ?? (section ? EXAMPLES[section] : undefined);
 }
 
@@ -793,6 +844,37 @@ export function resolveConfig(sources: ConfigSource[]): Config {
         });
         cfg.uplink = uplinks;
         originOf.set("uplink", origin);
+      } else if (k === "cluster") {
+        if (!isTable(v)) {
+          problems.push({ origin, key: k, message: `expected a table ([cluster]), got ${got(v)}` });
+          continue;
+        }
+        const before = problems.length;
+        const o: Record<string, unknown> = { ...(cfg.cluster as Record<string, unknown> | undefined) };
+        applyTable(CLUSTER, v, o, "cluster.", origin);
+        for (const req of ["redis", "mesh"]) if (!(req in o)) problems.push({ origin, key: `cluster.${req}`, message: 'missing; [cluster] needs redis = "redis://HOST:PORT" and mesh = "HOST:PORT"' });
+        if (o.redis_ca !== undefined && o.redis instanceof URL && o.redis.protocol !== "rediss:") problems.push({ origin, key: "cluster.redis_ca", message: "is for Redis over TLS: use a rediss:// URL, or remove redis_ca" });
+        if (problems.length === before) cfg.cluster = o;
+        originOf.set("cluster", origin);
+      } else if (k === "relay" && Array.isArray(v)) {
+        // Several relays (issue 16): the device tries them in a shuffled order.
+        if (v.length === 0 || v.length > 16) {
+          problems.push({ origin, key: k, message: `expected 1 to 16 relays such as ["r1.example.net:443", "r2.example.net:443"], got ${v.length}` });
+          continue;
+        }
+        const all: unknown[] = [];
+        v.forEach((x, i) => {
+          try {
+            all.push(hostPort(x));
+          } catch (e) {
+            problems.push({ origin, key: `relay[${i}]`, message: (e as Error).message });
+          }
+        });
+        if (all.length === v.length) {
+          cfg.relay = all[0];
+          cfg.relays = all;
+          originOf.set("relay", origin);
+        }
       } else if (k === "nymea") {
         if (!isTable(v)) {
           problems.push({ origin, key: k, message: `expected a table ([nymea]), got ${got(v)}` });
@@ -861,6 +943,7 @@ export function resolveConfig(sources: ConfigSource[]): Config {
         originOf.set("service", origin);
       } else {
         applyTable(TOP, { [k]: v }, cfg, "", origin);
+        if (k === "relay") cfg.relays = cfg.relay === undefined ? undefined : [cfg.relay];
       }
     }
   }
@@ -1040,6 +1123,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   nymea: { roles: ["relay"], why: "only the relay speaks nymea-remoteproxy's protocol", shown: "[nymea]" },
   gui: { roles: ["master", "relay"], why: "only a master and a relay serve the GUI", shown: "gui" },
   gui_cert: { roles: ["master", "relay"], why: "only a master and a relay serve the GUI", shown: "gui_cert" },
+  cluster: { roles: ["relay"], why: "only relays form a cluster (devices list several relays with relay = [...])", shown: "[cluster]" },
   tunnel: { roles: ["onsite", "master"], why: "packet tunnels run between a master and an onsite device; the relay only routes them", shown: "[tunnel]" },
   heartbeat_interval: { roles: ["onsite"], why: "only an onsite device sends heartbeats", shown: "heartbeat_interval" },
   heartbeat_port: { roles: ["relay"], why: "only the relay receives heartbeats", shown: "heartbeat_port" },

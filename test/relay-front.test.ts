@@ -62,7 +62,7 @@ describe("refusal codes", () => {
   });
 
   test("the set is small, unique and only grows (metric labels stay bounded)", () => {
-    expect(REFUSAL_CODES).toEqual(["tls", "no_certificate", "certificate", "revoked", "capacity", "deadline", "identity", "version", "protocol", "policy", "proxy_protocol", "enroll"]);
+    expect(REFUSAL_CODES).toEqual(["tls", "no_certificate", "certificate", "revoked", "capacity", "deadline", "identity", "version", "protocol", "policy", "proxy_protocol", "enroll", "mesh"]);
   });
 
   test("a refusal's reason is cut to MAX_REASON characters", () => {

@@ -54,6 +54,7 @@ test("control message ids are frozen", () => {
     SESSION_EXTEND: 26,
     SESSION_EXPIRES: 27,
     NAT_REQUEST: 30,
+    MESH_OPEN: 40,
   });
 });
 
@@ -151,6 +152,10 @@ const bodies: { [M in MsgType]: BodyOf<M>[] } = {
     { session: "s-1a2b3c4d", proto: "udp", port: "8080", to: "192.168.1.50:80", ttl: "15m", iface: "eth0" },
     { session: "s-1a2b3c4d", port: 8080, to: "192.168.1.50:80", ttl: 60_000, source: "203.0.113.7" },
   ],
+  [Msg.MESH_OPEN]: [
+    { onsite: "site-1", targets: ["10.0.0.5:80"], ttl: 60_000, session: "s-1a2b3c4d", master: "tech-1", address: "203.0.113.7:50312" },
+    { onsite: "site-1", targets: [], ttl: null, session: "s-1a2b3c4d", tunnel: { mode: "routed", addressing: { master: "10.99.0.1/30", onsite: "10.99.0.2/30" } }, udp: ["192.168.1.1:53"], master: "tech-1", address: "[2001:db8::7]:443" },
+  ],
 };
 
 const replies: { [M in RequestMsg]: ReplyOf<M>[] } = {
@@ -179,6 +184,7 @@ const replies: { [M in RequestMsg]: ReplyOf<M>[] } = {
   [Msg.TUNNEL_MODE]: [{ mode: "bridged", subnets: [], onsite: { iface: "agt-p-1", addresses: [], routes: [], bridge: "br-lan" } }],
   [Msg.SESSION_EXTEND]: [{ ...session, expires: "2026-12-01T09:30:00.000Z" }],
   [Msg.NAT_REQUEST]: [{ rule: { id: "r1", proto: "tcp", port: 8080 }, created: true }],
+  [Msg.MESH_OPEN]: [session],
 };
 
 const wire = (v: unknown) => JSON.parse(JSON.stringify(v));

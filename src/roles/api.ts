@@ -233,8 +233,9 @@ export interface OnsiteApi extends DaemonApi, NatApi, Partial<UplinkApi>, Partia
 
 export interface RelayApi extends DaemonApi, Partial<RelayFleetApi> {
   /** Every device the relay has seen (stored across restarts); the relay's own rows carry state, heartbeat and certificate (DeviceRow). */
-  devices(): DeviceInfo[] | DeviceRow[];
-  sessions(): SessionInfo[];
+  devices(): DeviceInfo[] | DeviceRow[] | Promise<DeviceRow[]>;
+  /** In cluster mode (issue 16) the whole fleet's, each row naming its relay. */
+  sessions(): SessionInfo[] | Promise<SessionInfo[]>;
   /** The last 100 refused connections. */
   refusals(): Refusal[];
   // Admin actions (issue 14 §4). The relay role always serves them; optional only so the

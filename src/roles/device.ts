@@ -7,6 +7,8 @@ import type { Bundle } from "../pki.ts";
 import { RelayClient, type RelayClientOptions } from "../transport/client.ts";
 import { dialTls } from "../transport/tls.ts";
 import { VERSION } from "../version.ts";
+import { lookup } from "node:dns/promises";
+import { RelayRotation } from "../cluster/relay-order.ts";
 
 export function relayClientFor(
   cfg: Config,
@@ -16,13 +18,22 @@ export function relayClientFor(
   hooks: Pick<RelayClientOptions, "setup" | "onUp" | "onDown" | "onStream" | "keepaliveRequest">,
 ): RelayClient {
   const relay = cfg.relay!;
+  // Several relays, or one name with several addresses (issue 16): a shuffled rotation. Through
+  // a proxy the proxy resolves names, so only the configured list rotates.
+  const relays = cfg.relays ?? [relay];
+  const rotation = new RelayRotation(relays, async (host) => (cfg.proxy ? [] : (await lookup(host, { all: true })).map((a) => a.address)));
+  const link = log.withTag("link");
   return new RelayClient({
     role,
     id: bundle.id,
     agent: VERSION,
-    describe: formatHostPort(relay) + (cfg.proxy ? ` via proxy ${cfg.proxy.host}` : ""),
-    log: log.withTag("link"),
-    dial: () => dialTls({ host: relay.host, port: relay.port, tls: bundle, proxy: cfg.proxy }),
+    describe: relays.map(formatHostPort).join(", ") + (cfg.proxy ? ` via proxy ${cfg.proxy.host}` : ""),
+    log: link,
+    dial: async () => {
+      const c = await rotation.next();
+      if (rotation.several || c.host !== relay.host) link.debug(`dialing relay ${c.name}${c.host !== c.name.replace(/:\d+$/, "") ? ` at ${c.host}` : ""}`);
+      return dialTls({ host: c.host, port: c.port, tls: bundle, proxy: cfg.proxy });
+    },
     ...hooks,
   });
 }

@@ -33,6 +33,9 @@ import { fleetApi } from "./fleet-api.ts";
 import { guiComponent } from "../gui/attach.ts";
 import { relayDigest } from "../gui/digest.ts";
 import type { EventSource as GuiEvents } from "../gui/server.ts";
+import { RelayCluster } from "../cluster/relay-cluster.ts";
+import { startMesh, type Mesh } from "../cluster/mesh.ts";
+import { VERSION } from "../version.ts";
 
 const REVOCATION_POLL_MS = 1_000;
 const AUDIT_MAX_BYTES = 10 * 1024 * 1024;
@@ -63,6 +66,10 @@ export class RelayRole implements Component {
   /** Issue 14: the inventory kept in the state dir, and the heartbeat listener. */
   private readonly store: InventoryStore;
   private heartbeatSocket: DatagramSocket | null = null;
+  /** Issue 16: cluster mode ([cluster]); null: a single relay. */
+  readonly cluster: RelayCluster | null;
+  /** The relay-to-relay mesh (cluster mode), bound at start. */
+  private mesh: Mesh | null = null;
 
   /** What the relay's control socket serves beside the daemon shell's status (src/roles/api.ts). */
   readonly api: Omit<RelayApi, "status">;
@@ -75,7 +82,11 @@ export class RelayRole implements Component {
     // Written in batches, and beyond the first few refusals per source a minute as one summary line.
     this.auditLog = new BatchedRefusalFile(auditFile, { clock, throttle: this.throttle, maxBytes: AUDIT_MAX_BYTES, onError: (e) => this.log.warn(`cannot write ${auditFile}: ${e.message}`) });
     this.store = openInventoryStore(cfg.state_dir, log);
+    if (cfg.cluster?.node && cfg.cluster.node !== bundle.id)
+      throw new UsageError(`[cluster] node = ${JSON.stringify(cfg.cluster.node)} differs from the relay certificate's id ${JSON.stringify(bundle.id)}`, "the other relays authenticate the mesh by certificate id: remove node, or issue this relay's bundle with --id " + cfg.cluster.node);
+    this.cluster = cfg.cluster ? new RelayCluster({ cfg: cfg.cluster, id: bundle.id, log: log.withTag("cluster"), access: () => this.cfg.access, clock }) : null;
     this.server = new RelayServer({
+      cluster: this.cluster?.hooks,
       inventoryStore: this.store,
       heartbeat: cfg.heartbeat_port === 0 ? undefined : heartbeatOptions(cfg, log),
       id: bundle.id,
@@ -89,12 +100,13 @@ export class RelayRole implements Component {
       admission: { throttle: this.throttle, unauthenticated: { hold: (a) => this.admission.hold(a, clock.now()), release: (a) => this.admission.release(a) } },
       redialSpread: (fleet) => redialSpread(fleet, this.admission.policy.acceptRate),
     });
+    this.cluster?.attach(this.server, () => this.mergeClusterRevocations());
     const m = this.server.metrics.registry;
     m.collect("agent_relay_unauthenticated_connections", "Connections not yet past TLS (capped in total and per source).", "gauge", () => this.admission.total);
     m.collect("agent_relay_abandoned_handshakes_total", "Connections closed by their peer before TLS completed (probes, dropped links).", "counter", () => this.abandoned);
     this.api = {
-      devices: () => this.server.deviceRows(),
-      sessions: () => this.server.sessionList(),
+      devices: () => (this.cluster ? this.cluster.devices() : this.server.deviceRows()),
+      sessions: () => (this.cluster ? this.cluster.sessions() : this.server.sessionList()),
       refusals: () => this.server.refusals.slice(-100),
       kick: (req) => {
         const id = requiredText(req, "id", "a device or master id (see `agent devices`, `agent sessions`)");
@@ -123,6 +135,19 @@ export class RelayRole implements Component {
     }
     await this.reloadRevocations(true);
     this.mergeEnrolled(); // also when there is no revocation file
+    if (this.cluster) {
+      this.cluster.start();
+      this.mesh = startMesh({
+        server: this.server,
+        directory: this.cluster.directory,
+        listen: this.cluster.self.mesh,
+        tls: this.bundle,
+        revocations: () => this.revocations,
+        log: this.log.withTag("mesh"),
+        agent: `agent/${VERSION}`,
+      });
+      this.mesh.start();
+    }
     const listen = this.cfg.listen!;
     try {
       const opts: ListenOptions = {
@@ -214,14 +239,18 @@ export class RelayRole implements Component {
     this.fileRevocations = await loadRevocations(file);
     const list = this.mergeEnrolled();
     this.revocationsLoaded = true;
+    this.cluster?.publishRevoked(this.fileRevocations.serials);
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
   }
 
-  /** The file's revocations plus the enrolled ones: the list every handshake is judged by. */
+  /** The file's revocations plus the enrolled ones (and the cluster's): the list every handshake is judged by. */
   private mergeEnrolled(): RevocationList {
     const extra = this.enrolledRevocations().map((r) => ({ serial: r.serial, id: r.id, revokedAt: new Date(r.revoked) }));
-    const list = extra.length === 0 ? this.fileRevocations : { entries: [...this.fileRevocations.entries, ...extra], serials: new Set([...this.fileRevocations.serials, ...extra.map((r) => r.serial)]) };
+    const own = extra.length === 0 ? this.fileRevocations : { entries: [...this.fileRevocations.entries, ...extra], serials: new Set([...this.fileRevocations.serials, ...extra.map((r) => r.serial)]) };
+    // Cluster mode: the serials any relay of the cluster revoked, too.
+    const shared = this.cluster?.directory.revokedSerials;
+    const list = !shared || shared.size === 0 ? own : { entries: own.entries, serials: new Set([...own.serials, ...shared]) };
     this.revocations = list;
     return list;
   }
@@ -237,8 +266,17 @@ export class RelayRole implements Component {
     };
   }
 
+  /** Another relay revoked serials: refused at TLS from now on, and live connections closed. */
+  private mergeClusterRevocations(): void {
+    const list = this.mergeEnrolled();
+    const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
+    if (closed) this.log.info(`cluster: revoked on another relay: closed ${closed} live connection(s)`);
+  }
+
   status(): Record<string, unknown> {
     return {
+      ...(this.cluster ? { cluster: this.cluster.status() } : {}),
+      ...(this.mesh ? { mesh: this.mesh.status() } : {}),
       listen: this.listener ? `${this.cfg.listen!.host}:${this.listener.port}` : null,
       port: this.listener?.port ?? null,
       unauthenticated: this.admission.total,
@@ -261,6 +299,10 @@ export class RelayRole implements Component {
   async close(): Promise<void> {
     if (this.poll) clearInterval(this.poll);
     this.poll = null;
+    // The others hear this relay leave (a bye) before its devices go.
+    await this.cluster?.close();
+    await this.mesh?.close();
+    this.mesh = null;
     this.nymea?.close();
     await this.server.close();
     this.auditLog.closeSync();

@@ -44,6 +44,8 @@ export const Msg = {
   SESSION_EXPIRES: 27,
   /** master → relay → onsite request: a timed DNAT rule for the session's peer */
   NAT_REQUEST: 30,
+  /** relay → relay on the mesh (cluster mode, §9): {master, address, session, onsite, targets, ttl, tunnel?, udp?} → SessionInfo */
+  MESH_OPEN: 40,
 } as const;
 export type MsgType = (typeof Msg)[keyof typeof Msg];
 
@@ -639,6 +641,33 @@ export function decodeSessionClose(body: unknown): SessionCloseBody {
   return { session: r.str("session"), reason: r.str("reason"), final: r.bool("final") };
 }
 
+/** A session opened by a master on another relay (§9): SESSION_OPEN's fields, its master and address, and the id its relay gave it. */
+export interface MeshOpenBody extends SessionOpenBody {
+  session: string;
+  /** The master's id, as its relay authenticated it. */
+  master: string;
+  /** The master's address as its relay sees it. */
+  address: string;
+}
+
+export function decodeMeshOpen(body: unknown): MeshOpenBody {
+  const T = Msg.MESH_OPEN;
+  let open: SessionOpenBody;
+  try {
+    open = decodeSessionOpen(body);
+  } catch (e) {
+    if (e instanceof MessageError) throw new MessageError(T, e.field, e.expected);
+    throw e;
+  }
+  const r = object(T, body);
+  const master = r.o.master;
+  if (typeof master !== "string" || master.length === 0 || master.length > MAX_DEVICE_ID) throw new MessageError(T, "master", "a device id");
+  if (open.session === null) throw new MessageError(T, "session", "an id such as s-1a2b3c4d");
+  const address = r.str("address");
+  if (address.length > 64) throw new MessageError(T, "address", "an address of at most 64 characters");
+  return { ...open, session: open.session, master, address };
+}
+
 export function decodeSessionEnd(body: unknown): SessionEndBody {
   const r = object(Msg.SESSION_END, body);
   return { session: r.str("session"), reason: r.nullable("reason", () => r.str("reason")) };
@@ -783,6 +812,7 @@ export interface Catalogue {
   [Msg.SESSION_EXTEND]: { body: SessionExtendBody; reply: SessionInfo };
   [Msg.SESSION_EXPIRES]: { body: SessionExpiresBody };
   [Msg.NAT_REQUEST]: { body: NatRequestBody; reply: NatReply };
+  [Msg.MESH_OPEN]: { body: MeshOpenBody; reply: SessionInfo };
 }
 export type BodyOf<M extends MsgType> = Catalogue[M]["body"];
 export type RequestMsg = { [M in MsgType]: Catalogue[M] extends { reply: unknown } ? M : never }[MsgType];
@@ -806,6 +836,7 @@ export const decoders: { [M in MsgType]: (body: unknown) => BodyOf<M> } = {
   [Msg.SESSION_EXTEND]: decodeSessionExtend,
   [Msg.SESSION_EXPIRES]: decodeSessionExpires,
   [Msg.NAT_REQUEST]: decodeNatRequest,
+  [Msg.MESH_OPEN]: decodeMeshOpen,
 };
 
 /** The decoder of each request's result. */
@@ -818,4 +849,5 @@ export const replyDecoders: { [M in RequestMsg]: (result: unknown) => ReplyOf<M>
   [Msg.TUNNEL_MODE]: decodeTunnelOffer,
   [Msg.SESSION_EXTEND]: (v) => sessionInfo(object(Msg.SESSION_EXTEND, v, "result")),
   [Msg.NAT_REQUEST]: decodeNatReply,
+  [Msg.MESH_OPEN]: decodeSessionInfo,
 };

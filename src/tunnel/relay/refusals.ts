@@ -32,6 +32,8 @@ export const RefusalCode = {
   PROXY_PROTOCOL: "proxy_protocol",
   /** Enrollment (issue 14 §8): a wrong, expired or used-up token, a bad certificate request, a revoked or denied device. */
   ENROLL: "enroll",
+  /** Cluster mode: a peer on the relay-to-relay mesh port that is not a relay of this fleet, or broke its handshake. */
+  MESH: "mesh",
 } as const;
 export type RefusalCodeId = (typeof RefusalCode)[keyof typeof RefusalCode];
 export const REFUSAL_CODES: readonly RefusalCodeId[] = Object.values(RefusalCode);

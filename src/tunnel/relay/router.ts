@@ -66,9 +66,10 @@ export class Router {
     this.limit = maxRoutedStreams(o.window);
   }
 
-  /** The connection passed its HELLO: its stream frames are routed from now on. */
-  attach(conn: Connection, peer: { id: string; role: string }): void {
-    this.peers.set(conn, { id: peer.id, role: peer.role, nextStreamId: 2, routes: new Map() });
+  /** The connection passed its HELLO: its stream frames are routed from now on. `firstStreamId`:
+   * of the streams the relay opens on it (1 on a mesh link this relay dialed, src/cluster/mesh.ts). */
+  attach(conn: Connection, peer: { id: string; role: string }, firstStreamId = 2): void {
+    this.peers.set(conn, { id: peer.id, role: peer.role, nextStreamId: firstStreamId, routes: new Map() });
   }
 
   has(conn: Connection): boolean {

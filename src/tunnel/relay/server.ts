@@ -4,8 +4,8 @@
 // tests hand it pipes), and every duration it keeps runs on the injected clock.
 import { type Connection, type ConnectionClosed, RemoteError, type Log } from "../../transport/mux.ts";
 import type { Link } from "../../transport/link.ts";
-import { GoAwayCode } from "../../transport/frame.ts";
-import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type SessionInfo, type SessionOfferBody, type SessionOpenBody } from "../../transport/messages.ts";
+import { GoAwayCode, type Frame } from "../../transport/frame.ts";
+import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type SessionInfo, type SessionOfferBody, type SessionOfferReply, type SessionOpenBody, type TunnelModeBody, type TunnelOffer } from "../../transport/messages.ts";
 import { handle, on, request, send } from "../../transport/typed.ts";
 import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
@@ -55,6 +55,17 @@ export interface RelayOptions {
   admission?: Pick<FrontOptions, "throttle" | "unauthenticated" | "maxPending" | "maxPerIdentity">;
   /** Issue 17: the first-redial spread (ms) each WELCOME tells the device, given the fleet's size. */
   redialSpread?: (fleet: number) => number;
+  /** Cluster mode (issue 16, src/cluster): where the relay tells and asks the other relays. */
+  cluster?: RelayClusterHooks;
+}
+
+/** What cluster mode hooks into (all optional; absent: a single relay, as before). */
+export interface RelayClusterHooks {
+  /** An onsite device's connection was welcomed (`since`: wall ms) or, the current one, ended. */
+  onsiteUp?(id: string, since: number): void;
+  onsiteDown?(id: string): void;
+  /** The DEVICES answer for a master: the local list merged with the other relays'. */
+  devices?(local: DeviceInfo[]): Promise<DeviceInfo[]>;
 }
 
 /** Who `kick` disconnected. */
@@ -72,6 +83,54 @@ const STATE_SWEEP_MS = 5_000;
 const MAX_TIMER_MS = 86_400_000;
 
 export type Session = SessionRecord<Connection>;
+
+// ---- cluster mode: the hooks the relay-to-relay mesh drives (src/cluster/mesh.ts) ----------
+
+/** A device another relay holds, reached over a mesh connection to that relay. */
+export interface RemoteEnd {
+  /** The relay that holds the device (its node id), for reasons and logs. */
+  node: string;
+  /** The mesh connection to it: the session's `onsiteConn` on this relay. */
+  conn: Connection;
+  /** Opens the session on that relay (it offers it to the device); answers as the device's offer would. */
+  offer(open: SessionOfferBody & { onsite: string; ttl: number | null; address: string }): Promise<SessionOfferReply>;
+}
+
+/** Where a device this relay does not hold is looked for (cluster mode only). */
+export interface RemoteDevices {
+  /** The device's relay, or null when no live relay holds it; throws RemoteError when that cannot be known. */
+  route(onsite: string): Promise<RemoteEnd | null>;
+}
+
+/** A session opened by a master on another relay: who asked, from where, through which relay. */
+export interface MeshOrigin {
+  relay: string;
+  /** The master's address as its relay sees it. */
+  address: string;
+}
+
+/** What the mesh (src/cluster/mesh.ts) drives on this relay; nothing else calls these. */
+export interface MeshHooks {
+  readonly window: number;
+  readonly clock: Clock;
+  readonly log: Log;
+  /** A mesh connection past its handshake: "master" for a link the peer dialed (its masters'
+   * streams come in on it), "onsite" for one this relay dialed (streams go out on it, odd ids). */
+  attach(conn: Connection, peer: string, as: "master" | "onsite"): void;
+  route(f: Frame, conn: Connection): void;
+  /** The mesh connection is gone: its streams are reset and its sessions end (not final). */
+  gone(conn: Connection, reason: string): void;
+  /** A master on the peer relay opens a session to a device of this relay. */
+  open(via: Connection, master: string, req: SessionOpenBody, origin: MeshOrigin): Promise<SessionInfo>;
+  /** The peer relay ended session `id` carried on `via`, in whatever state it is here. */
+  end(via: Connection, id: string, reason: string, final: boolean): void;
+  /** The active session `id` whose master end is `via`. */
+  session(via: Connection, id: string): Session | undefined;
+  switchTunnel(s: Session, b: TunnelModeBody): Promise<TunnelOffer>;
+  record(address: string, presented: string | null, code: RefusalCodeId, reason: string): void;
+  /** Cluster mode on (the mesh's router of remote devices) or off (null). */
+  setRemote(r: RemoteDevices | null): void;
+}
 
 export class RelayServer {
   readonly clock: Clock;
@@ -94,6 +153,9 @@ export class RelayServer {
   /** Bytes and frames of connections that are gone, by "direction role". */
   private readonly gone = new Map<string, { bytes: number; frames: number }>();
   private closed = false;
+  /** Cluster mode: where devices this relay does not hold are found (src/cluster/mesh.ts). */
+  private remote: RemoteDevices | null = null;
+  private readonly window: number;
   /** Judges heartbeat datagrams (a listener in src/roles/relay.ts feeds it); null without a secret. */
   readonly heartbeats: HeartbeatReceiver | null = null;
   private readonly heartbeatKeys = new Map<string, { serial: string; key: Uint8Array }>();
@@ -108,6 +170,7 @@ export class RelayServer {
     this.clock = o.clock ?? systemClock;
     this.idleTimeout = o.sessionIdleTimeout ?? DEFAULT_SESSION_IDLE_TIMEOUT;
     const window = o.window ?? Limits.streamWindow;
+    this.window = window;
     this.inventory = new Inventory(this.clock, o.inventoryStore);
     this.inventory.onStoreError = (e) => o.log.warn(`inventory store: ${e.message}; the inventory goes on in memory (said once until a write works again)`, { reason: e.message });
     const hb = o.heartbeat;
@@ -139,6 +202,7 @@ export class RelayServer {
     this.inventory.onState = (id, state, previous, status) => this.events.publish("device_state", { id, state, previous, status });
     if (this.heartbeats) this.stateSweep = this.clock.setInterval(() => this.inventory.sweepStates(this.live), STATE_SWEEP_MS);
     this.registerLiveMetrics();
+    this.mesh = this.meshHooks(window);
     const sinks: RefusalLog[] = [this.ring];
     sinks.push({
       record: (r) => {
@@ -180,6 +244,42 @@ export class RelayServer {
   /** Issue 17: logs the refusals held back per source over the last minute, one line each; returns them. */
   summarizeRefusals(): RefusalSummary[] {
     return this.front.summarizeRefusals();
+  }
+
+  /** Cluster mode's hooks (see MeshHooks): the mesh routes, opens and ends sessions through these. */
+  readonly mesh: MeshHooks;
+
+  private meshHooks(window: number): MeshHooks {
+    return {
+      window,
+      clock: this.clock,
+      log: this.o.log,
+      attach: (conn, peer, as) => this.router.attach(conn, { id: peer, role: as }, as === "onsite" && conn.side === "dialer" ? 1 : 2),
+      route: (f, conn) => this.router.route(f, conn),
+      gone: (conn, reason) => {
+        this.router.detach(conn, reason);
+        for (const s of this.sessions.boundTo(conn)) {
+          if (s.state !== "active") this.sessions.close(s.id, s);
+          else this.closeSession(s, reason, false);
+        }
+      },
+      open: (via, master, req, origin) => this.openSession(via, master, req, origin),
+      end: (via, id, reason, final) => {
+        const s = this.sessions.boundTo(via).find((x) => x.id === id);
+        if (!s) return;
+        if (s.state === "active") this.closeSession(s, reason, final);
+        else this.sessions.close(s.id, s);
+      },
+      session: (via, id) => {
+        const s = this.sessions.active(id);
+        return s && s.masterConn === via ? s : undefined;
+      },
+      switchTunnel: (s, b) => this.switchTunnel(s, b),
+      record: (address, presented, code, reason) => this.front.record(address, presented, code, reason),
+      setRemote: (r) => {
+        this.remote = r;
+      },
+    };
   }
 
   /** The last refusals (at most 1000), oldest first. */
@@ -247,7 +347,8 @@ export class RelayServer {
 
   private registerOnsite(conn: Connection, cert: PeerCert, agent: string): void {
     this.replace(this.onsites, cert.id, conn);
-    this.inventory.connected(cert.id, { serial: cert.serial, address: conn.remoteAddress, agent, certExpires: cert.notAfter?.getTime() ?? null });
+    const rec = this.inventory.connected(cert.id, { serial: cert.serial, address: conn.remoteAddress, agent, certExpires: cert.notAfter?.getTime() ?? null });
+    this.o.cluster?.onsiteUp?.(cert.id, rec.connectedSince);
     this.o.log.info(`onsite ${cert.id} connected from ${conn.remoteAddress}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, agent });
     on(conn, Msg.INVENTORY, (b) => this.inventory.report(cert.id, b), (e) => this.o.log.warn(`${cert.id}: ignoring an INVENTORY that does not decode: ${e.message}`, { id: cert.id, reason: e.message }));
   }
@@ -260,27 +361,16 @@ export class RelayServer {
       if (!s || s.master !== id) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} of ${id}`);
       return s;
     };
-    // Issue 15: the relay's own rows (state, heartbeat, services), so a master sees what `agent devices` here shows.
-    handle(conn, Msg.DEVICES, () => this.deviceRows().filter((d) => mayReach(this.o.access(), id, d.id)));
+    // Issue 15: the relay's own rows (state, heartbeat, services), so a master sees what `agent devices` here shows;
+    // in cluster mode (issue 16) merged with the other relays' devices.
+    handle(conn, Msg.DEVICES, async () => {
+      const local = this.deviceRows();
+      const all = this.o.cluster?.devices ? await this.o.cluster.devices(local) : local;
+      return all.filter((d) => mayReach(this.o.access(), id, d.id));
+    });
     handle(conn, Msg.SESSIONS, () => this.sessionList().filter((s) => s.master === id));
     handle(conn, Msg.SESSION_OPEN, (b) => this.openSession(conn, id, b));
-    handle(conn, Msg.TUNNEL_MODE, async (b) => {
-      const s = mine(b.session);
-      if (!s.tunnel) throw new RemoteError(ErrorCode.BAD_REQUEST, `session ${s.id} has no tunnel; open one with agent connect ${s.onsite} --tunnel routed|bridged`);
-      let offer;
-      try {
-        offer = await request(s.onsiteConn, Msg.TUNNEL_MODE, b);
-      } catch (e) {
-        if (e instanceof RemoteError) throw new RemoteError(e.code === ErrorCode.INTERNAL ? ErrorCode.REFUSED : e.code, `${s.onsite} refused: ${e.message}`);
-        throw new RemoteError(ErrorCode.INTERNAL, `${s.onsite} did not switch the tunnel: ${(e as Error).message}`);
-      }
-      // The old packet stream goes; the master opens one of the new mode.
-      this.router.dropTunnelStreams(s, `tunnel of session ${s.id} switched to ${offer.mode}`);
-      s.tunnel = { ...offer, ...(b.addressing ? { addressing: b.addressing } : {}) };
-      this.o.log.info(`session ${s.id}: tunnel switched to ${offer.mode}`, { session: s.id, mode: offer.mode });
-      this.events.publish("session_mode", { session: s.id, master: s.master, onsite: s.onsite, mode: offer.mode });
-      return offer;
-    });
+    handle(conn, Msg.TUNNEL_MODE, (b) => this.switchTunnel(mine(b.session), b));
     handle(conn, Msg.SESSION_EXTEND, (b) => this.extendSession(mine(b.session), b.ttl));
     handle(conn, Msg.SESSION_END, (b) => {
       this.closeSession(mine(b.session), `ended by ${id}${b.reason !== null ? `: ${b.reason.slice(0, 200)}` : ""}`, true);
@@ -299,6 +389,24 @@ export class RelayServer {
       if (!peer.ok) throw new RemoteError(ErrorCode.BAD_REQUEST, peer.reason);
       return request(s.onsiteConn, Msg.NAT_REQUEST, { ...b, session: s.id, source: peer.source });
     });
+  }
+
+  /** TUNNEL_MODE of a session: the device switches, the old packet stream goes. */
+  private async switchTunnel(s: Session, b: TunnelModeBody): Promise<TunnelOffer> {
+    if (!s.tunnel) throw new RemoteError(ErrorCode.BAD_REQUEST, `session ${s.id} has no tunnel; open one with agent connect ${s.onsite} --tunnel routed|bridged`);
+    let offer;
+    try {
+      offer = await request(s.onsiteConn, Msg.TUNNEL_MODE, b);
+    } catch (e) {
+      if (e instanceof RemoteError) throw new RemoteError(e.code === ErrorCode.INTERNAL ? ErrorCode.REFUSED : e.code, `${s.onsite} refused: ${e.message}`);
+      throw new RemoteError(ErrorCode.INTERNAL, `${s.onsite} did not switch the tunnel: ${(e as Error).message}`);
+    }
+    // The old packet stream goes; the master opens one of the new mode.
+    this.router.dropTunnelStreams(s, `tunnel of session ${s.id} switched to ${offer.mode}`);
+    s.tunnel = { ...offer, ...(b.addressing ? { addressing: b.addressing } : {}) };
+    this.o.log.info(`session ${s.id}: tunnel switched to ${offer.mode}`, { session: s.id, mode: offer.mode });
+    this.events.publish("session_mode", { session: s.id, master: s.master, onsite: s.onsite, mode: offer.mode });
+    return offer;
   }
 
   private onGone(conn: Connection, cert: PeerCert, why: ConnectionClosed): void {
@@ -320,6 +428,7 @@ export class RelayServer {
       if (this.onsites.get(cert.id) === conn) {
         this.onsites.delete(cert.id);
         this.inventory.disconnected(cert.id, undefined, why.message, why.remote);
+        this.o.cluster?.onsiteDown?.(cert.id);
         this.o.log.info(`onsite ${cert.id} disconnected: ${why.message}`, { id: cert.id, role: "onsite", address: conn.remoteAddress, reason: why.message });
       }
     } else if (this.masters.get(cert.id) === conn) {
@@ -363,15 +472,22 @@ export class RelayServer {
     return this.sessions.list().map((s) => sessionInfo(s, now, wall));
   }
 
-  private async openSession(masterConn: Connection, master: string, req: SessionOpenBody): Promise<SessionInfo> {
+  /** `origin`: opened by a master on another relay, over the mesh connection `masterConn` (one hop: never routed on). */
+  private async openSession(masterConn: Connection, master: string, req: SessionOpenBody, origin?: MeshOrigin): Promise<SessionInfo> {
     const admitted = this.sessions.admits(master, req.session);
     if (!admitted.ok) throw new RemoteError(admitted.code, admitted.message);
-    const decision = decidePairing(this.o.access(), master, req.onsite, { known: this.inventory.has(req.onsite), online: this.inventory.online(req.onsite, this.live) });
+    const online = this.inventory.online(req.onsite, this.live);
+    // Cluster mode: a device this relay does not hold may be on another (src/cluster/mesh.ts).
+    const remote = !online && !origin && this.remote ? await this.remote.route(req.onsite) : null;
+    // A resumed session's device is known to the cluster even if this relay never saw it: "offline", so the master tries again.
+    const known = this.inventory.has(req.onsite) || (this.remote !== null && req.session !== null);
+    const decision = decidePairing(this.o.access(), master, req.onsite, remote ? { known: true, online: true } : { known, online });
+    const from = origin ? `${origin.address} via relay ${origin.relay}` : masterConn.remoteAddress;
     if (!decision.ok) {
-      if (decision.code === ErrorCode.FORBIDDEN) this.front.record(masterConn.remoteAddress, master, RefusalCode.POLICY, decision.message);
+      if (decision.code === ErrorCode.FORBIDDEN) this.front.record(from, master, RefusalCode.POLICY, decision.message);
       throw new RemoteError(decision.code, decision.message);
     }
-    const onsiteConn = this.onsites.get(req.onsite)!;
+    const onsiteConn = remote ? remote.conn : this.onsites.get(req.onsite)!;
     const opened = this.sessions.open({ master, ...req }, { master: masterConn, onsite: onsiteConn }, this.clock.now(), this.clock.wall());
     if (!opened.ok) throw new RemoteError(opened.code, opened.message);
     if (opened.replaced) this.closed_(opened.replaced, "re-opened", false);
@@ -383,7 +499,7 @@ export class RelayServer {
       const offer: SessionOfferBody = { session: s.id, master, targets: s.targets, expires };
       if (s.tunnelRequest) offer.tunnel = s.tunnelRequest;
       if (s.udp) offer.udp = s.udp;
-      const answer = await request(onsiteConn, Msg.SESSION_OFFER, offer);
+      const answer = remote ? await remote.offer({ ...offer, onsite: req.onsite, ttl: req.ttl, address: masterConn.remoteAddress }) : await request(onsiteConn, Msg.SESSION_OFFER, offer);
       warnings = answer.warnings;
       if (s.tunnelRequest) {
         if (!answer.tunnel) throw new MessageError(Msg.SESSION_OFFER, "result.tunnel", "the tunnel end the device made", "got nothing (is its agent older than this relay?)");
@@ -391,12 +507,15 @@ export class RelayServer {
       }
     } catch (e) {
       this.sessions.refuse(s);
+      if (remote) this.tellRemote(remote.conn, s.id, "the session did not open on this relay");
+      if (e instanceof RemoteError && remote) throw new RemoteError(e.code, `relay ${remote.node}: ${e.message}`);
       if (e instanceof RemoteError) throw new RemoteError(e.code === ErrorCode.INTERNAL ? ErrorCode.REFUSED : e.code, `${req.onsite} refused the session: ${e.message}`);
       if (e instanceof MessageError) throw new RemoteError(ErrorCode.INTERNAL, `${req.onsite} answered the offer with a bad result: ${e.message}`);
       throw new RemoteError(ErrorCode.OFFLINE, `device ${req.onsite} went offline while opening the session`);
     }
     if (masterConn.closed || onsiteConn.closed || !this.sessions.accept(s)) {
       this.sessions.refuse(s);
+      if (remote) this.tellRemote(remote.conn, s.id, "a side disconnected while opening the session");
       throw new RemoteError(ErrorCode.OFFLINE, "a side disconnected while opening the session");
     }
     this.armExpiry();
@@ -405,7 +524,8 @@ export class RelayServer {
     this.metrics.sessionsOpened.inc();
     this.events.publish("session_open", { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
     const carries = [...s.targets, ...(s.udp ?? []).map((t) => `udp ${t}`), ...(s.tunnel ? [`${s.tunnel.mode} tunnel`] : [])];
-    this.o.log.info(`session ${s.id}: ${master} → ${req.onsite} (${carries.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null });
+    const hop = origin ? ` from ${from}` : remote ? ` via relay ${remote.node}` : "";
+    this.o.log.info(`session ${s.id}: ${master} → ${req.onsite}${hop} (${carries.join(", ")})${s.ttl ? `, TTL ${Math.round(s.ttl / 1000)} s` : ""}`, { session: s.id, master, onsite: req.onsite, targets: s.targets, ttl_ms: s.ttl ?? null, ...(origin ? { via: origin.relay } : remote ? { relay: remote.node } : {}) });
     const info = sessionInfo(s, this.clock.now(), this.clock.wall());
     // What the device found checking the targets goes to the master with the answer.
     if (warnings?.length) {
@@ -426,6 +546,11 @@ export class RelayServer {
     this.events.publish("session_extend", { session: s.id, master: s.master, onsite: s.onsite, expires: info.expires, clamped: d.clamped });
     this.o.log.info(`session ${s.id}: extended, now ends ${info.expires}${d.clamped ? " (clamped to the longest TTL)" : ""}`, { session: s.id, expires: info.expires });
     return info;
+  }
+
+  /** The relay holding the device of a session that did not open here ends its half too. */
+  private tellRemote(conn: Connection, session: string, reason: string): void {
+    if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session, reason, final: true });
   }
 
   /** Ends a session: both sides hear why; its streams are reset. */
@@ -509,6 +634,24 @@ export class RelayServer {
       conn.close(GoAwayCode.NORMAL, why);
     }
     return out;
+  }
+
+  /**
+   * Cluster mode: the device connected to another relay more recently, so this relay closes its
+   * own connection of it (REPLACED). False when none is live here.
+   */
+  replacedElsewhere(id: string, reason: string): boolean {
+    const conn = this.onsites.get(id);
+    if (!conn || conn.closed) return false;
+    this.o.log.warn(`${id} from ${conn.remoteAddress}: ${reason}`, { id, address: conn.remoteAddress, reason });
+    conn.close(GoAwayCode.REPLACED, reason);
+    return true;
+  }
+
+  /** The wall ms the live connection of onsite `id` began, or null when none is live here. */
+  onsiteSince(id: string): number | null {
+    const conn = this.onsites.get(id);
+    return conn && !conn.closed ? (this.inventory.get(id)?.connectedSince ?? null) : null;
   }
 
   /** Ends an active session on the operator's word (final: the master does not resume it). */
