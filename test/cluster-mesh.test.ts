@@ -366,6 +366,26 @@ test("a relay whose certificate is revoked while linked: the link closes on relo
   expect(again.message).toContain("which this relay cannot reach over the mesh");
 });
 
+test("NAT_REQUEST crosses the hop: both relays' policies judge it, the device gets the source A saw", async () => {
+  const nat: AccessRule[] = [{ masters: ["tech-1"], onsites: ["site-1"], nat: true }];
+  const { b, device, master } = await pair({ rulesA: [...nat], rulesB: [...nat] });
+  const asked: Record<string, unknown>[] = [];
+  device.conn.handle(Msg.NAT_REQUEST, (x) => {
+    asked.push(x);
+    return { rule: { id: "r1", proto: "tcp", port: 8080 }, created: true };
+  });
+  const info = await open(master, { onsite: "site-1", targets: ["192.168.1.50:80"] });
+  const r = (await master.conn.request(Msg.NAT_REQUEST, { session: info.session, port: 8080, to: "192.168.1.50:80", ttl: "15m", source: "6.6.6.6" })) as { created: boolean };
+  expect(r.created).toBe(true);
+  expect(asked).toMatchObject([{ session: info.session, port: 8080, to: "192.168.1.50:80", ttl: "15m", source: "10.0.0.1" }]);
+  // B without nat = true refuses, whatever A allowed.
+  b.rules.splice(0, 1, { masters: ["tech-1"], onsites: ["site-1"] });
+  const err = (await master.conn.request(Msg.NAT_REQUEST, { session: info.session, port: 8081, to: "192.168.1.50:80", ttl: "15m" }).catch((e) => e)) as RemoteError;
+  expect(err.code).toBe(ErrorCode.FORBIDDEN);
+  expect(b.refusals).toMatchObject([{ code: "policy", presented: "tech-1", address: "via relay relay-a" }]);
+  expect(asked.length).toBe(1);
+});
+
 describe("refusals", () => {
   test("B's access policy judges the original master, and logs it", async () => {
     const { b, master } = await pair({ rulesB: [{ masters: ["tech-9"], onsites: ["*"] }] });

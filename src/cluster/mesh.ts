@@ -10,7 +10,7 @@
 // B's masters reach A's devices over the link B dialed to A. One link per ordered pair, dialled
 // when a session first needs it, reused by every session after, redialled with backoff when it
 // breaks, closed when the directory says the peer is gone. Messages on the link: HELLO/WELCOME
-// (role "relay"), MESH_OPEN, SESSION_CLOSE both ways, TUNNEL_MODE (docs/protocol.md §9).
+// (role "relay"), MESH_OPEN, SESSION_CLOSE both ways, TUNNEL_MODE and NAT_REQUEST (docs/protocol.md §9).
 import type { TCPSocketListener } from "bun";
 import { Connection, RemoteError, type Log } from "../transport/mux.ts";
 import type { Link } from "../transport/link.ts";
@@ -389,8 +389,10 @@ class MeshNode implements Mesh {
       if (!s) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(b.session)} from relay ${peer}`);
       return this.hooks.switchTunnel(s, b);
     });
-    handle(conn, Msg.NAT_REQUEST, () => {
-      throw new RemoteError(ErrorCode.REFUSED, "NAT rules are not carried across relays yet: connect the master to the relay that holds the device for agent nat");
+    handle(conn, Msg.NAT_REQUEST, (b) => {
+      const s = this.hooks.session(conn, b.session);
+      if (!s) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(b.session)} from relay ${peer}`);
+      return this.hooks.nat(s, b, peer);
     });
     send(conn, Msg.WELCOME, { version, relay: this.o.directory.self.id, address: conn.remoteAddress, keepalive: conn.keepalive?.interval ?? Timing.keepaliveInterval });
     this.o.log.info(`mesh: relay ${peer} linked in from ${conn.remoteAddress}`, { node: peer, address: conn.remoteAddress });

@@ -5,7 +5,7 @@
 import { type Connection, type ConnectionClosed, RemoteError, type Log } from "../../transport/mux.ts";
 import type { Link } from "../../transport/link.ts";
 import { GoAwayCode, type Frame } from "../../transport/frame.ts";
-import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type SessionInfo, type SessionOfferBody, type SessionOfferReply, type SessionOpenBody, type TunnelModeBody, type TunnelOffer } from "../../transport/messages.ts";
+import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type NatReply, type NatRequestBody, type SessionInfo, type SessionOfferBody, type SessionOfferReply, type SessionOpenBody, type TunnelModeBody, type TunnelOffer } from "../../transport/messages.ts";
 import { handle, on, request, send } from "../../transport/typed.ts";
 import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
@@ -107,6 +107,8 @@ export interface MeshHooks {
   /** The active session `id` whose master end is `via`. */
   session(via: Connection, id: string): Session | undefined;
   switchTunnel(s: Session, b: TunnelModeBody): Promise<TunnelOffer>;
+  /** NAT_REQUEST of a session whose master is on the peer relay: this relay's policy, the `source` that relay saw. */
+  nat(s: Session, b: NatRequestBody, peer: string): Promise<NatReply>;
   record(address: string, presented: string | null, code: RefusalCodeId, reason: string): void;
   /** Cluster mode on (the mesh's router of remote devices) or off (null). */
   setRemote(r: RemoteDevices | null): void;
@@ -244,6 +246,15 @@ export class RelayServer {
         return s && s.masterConn === via ? s : undefined;
       },
       switchTunnel: (s, b) => this.switchTunnel(s, b),
+      nat: (s, b, peer) => {
+        if (!mayAskNat(this.o.access(), s.master, s.onsite)) {
+          const why = `${s.master} may not ask ${s.onsite} for NAT rules (relay access policy: no [[access]] rule covering both has nat = true)`;
+          this.front.record(`via relay ${peer}`, s.master, RefusalCode.POLICY, why);
+          return Promise.reject(new RemoteError(ErrorCode.FORBIDDEN, why));
+        }
+        if (b.source === undefined) return Promise.reject(new RemoteError(ErrorCode.BAD_REQUEST, `relay ${peer} sent a NAT_REQUEST without the master's source address`));
+        return request(s.onsiteConn, Msg.NAT_REQUEST, { ...b, session: s.id, source: b.source });
+      },
       record: (address, presented, code, reason) => this.front.record(address, presented, code, reason),
       setRemote: (r) => {
         this.remote = r;
