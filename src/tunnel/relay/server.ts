@@ -96,7 +96,7 @@ export interface MeshHooks {
   readonly log: Log;
   /** A mesh connection past its handshake: "master" for a link the peer dialed (its masters'
    * streams come in on it), "onsite" for one this relay dialed (streams go out on it, odd ids). */
-  attach(conn: Connection, peer: string, as: "master" | "onsite"): void;
+  attach(conn: Connection, peer: string, as: "master" | "onsite", limit: number): void;
   route(f: Frame, conn: Connection): void;
   /** The mesh connection is gone: its streams are reset and its sessions end (not final). */
   gone(conn: Connection, reason: string): void;
@@ -225,7 +225,7 @@ export class RelayServer {
       window,
       clock: this.clock,
       log: this.o.log,
-      attach: (conn, peer, as) => this.router.attach(conn, { id: peer, role: as }, as === "onsite" && conn.side === "dialer" ? 1 : 2),
+      attach: (conn, peer, as, limit) => this.router.attach(conn, { id: peer, role: as }, as === "onsite" && conn.side === "dialer" ? 1 : 2, limit),
       route: (f, conn) => this.router.route(f, conn),
       gone: (conn, reason) => {
         this.router.detach(conn, reason);
