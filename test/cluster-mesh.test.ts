@@ -335,6 +335,21 @@ describe("session ends cross the hop", () => {
     expect(b.server.sessionList().map((s) => s.session)).toEqual([info.session]);
   });
 
+  test("a master re-opens its session while the old one still lives on both relays: the old ones close, the new one stands", async () => {
+    const { a, b, device, master } = await pair();
+    const info = await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] });
+    // No SESSION_CLOSE comes back over the mesh to end the new session while it opens.
+    for (let i = 0; i < 3; i++) expect((await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"], session: info.session })).session).toBe(info.session);
+    expect(a.server.sessionList().map((s) => s.session)).toEqual([info.session]);
+    expect(b.server.sessionList().map((s) => s.session)).toEqual([info.session]);
+    await holdsFor(() => a.server.sessionList().length !== 1 || b.server.sessionList().length !== 1, 200, "the re-opened session was closed afterwards");
+    expect(device.closes.map((c) => c.reason)).toEqual(["re-opened", "re-opened", "re-opened"].map((r) => `ended on relay relay-a: ${r}`));
+    const s = master.conn.openStream({ session: info.session, target: "10.0.0.5:80" });
+    const ds = await waitFor(() => device.streams[0], 5_000, "a stream in the re-opened session");
+    expect(ds.open.session).toBe(info.session);
+    s.reset(0, "done");
+  });
+
   test("a relay the directory declares gone: its link is closed and not dialled again", async () => {
     const { dir, a } = await pair();
     const master2 = await peer(dir, a, "master", "tech-2");

@@ -102,7 +102,9 @@ export interface MeshHooks {
   gone(conn: Connection, reason: string): void;
   /** A master on the peer relay opens a session to a device of this relay. */
   open(via: Connection, master: string, req: SessionOpenBody, origin: MeshOrigin): Promise<SessionInfo>;
-  /** The peer relay ended session `id` carried on `via`, in whatever state it is here. */
+  /** The peer relay ended session `id` carried on `via` (not told back over `via`). One still
+   * being opened is dropped only where `via` is its master end (that relay gave up on it); where
+   * `via` is its device end the SESSION_CLOSE is of an earlier session with the same id. */
   end(via: Connection, id: string, reason: string, final: boolean): void;
   /** The active session `id` whose master end is `via`. */
   session(via: Connection, id: string): Session | undefined;
@@ -136,7 +138,6 @@ export class RelayServer {
   private closed = false;
   /** Cluster mode: where devices this relay does not hold are found (src/cluster/mesh.ts). */
   private remote: RemoteDevices | null = null;
-  private readonly window: number;
   /** Judges heartbeat datagrams (a listener in src/roles/relay.ts feeds it); null without a secret. */
   readonly heartbeats: HeartbeatReceiver | null = null;
   private readonly heartbeatKeys = new Map<string, { serial: string; key: Uint8Array }>();
@@ -151,7 +152,6 @@ export class RelayServer {
     this.clock = o.clock ?? systemClock;
     this.idleTimeout = o.sessionIdleTimeout ?? DEFAULT_SESSION_IDLE_TIMEOUT;
     const window = o.window ?? Limits.streamWindow;
-    this.window = window;
     this.inventory = new Inventory(this.clock, o.inventoryStore);
     this.inventory.onStoreError = (e) => o.log.warn(`inventory store: ${e.message}; the inventory goes on in memory (said once until a write works again)`, { reason: e.message });
     const hb = o.heartbeat;
@@ -238,8 +238,8 @@ export class RelayServer {
       end: (via, id, reason, final) => {
         const s = this.sessions.boundTo(via).find((x) => x.id === id);
         if (!s) return;
-        if (s.state === "active") this.closeSession(s, reason, final);
-        else this.sessions.close(s.id, s);
+        if (s.state === "active") this.closeSession(s, reason, final, via);
+        else if (s.masterConn === via) this.sessions.close(s.id, s);
       },
       session: (via, id) => {
         const s = this.sessions.active(id);
@@ -508,15 +508,15 @@ export class RelayServer {
     if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session, reason, final: true });
   }
 
-  /** Ends a session: both sides hear why; its streams are reset. */
-  closeSession(s: Session, reason: string, final: boolean): void {
+  /** Ends a session: both sides hear why (but `told`, which said so); its streams are reset. */
+  closeSession(s: Session, reason: string, final: boolean, told?: Connection): void {
     if (!this.sessions.close(s.id, s)) return;
-    this.closed_(s, reason, final);
+    this.closed_(s, reason, final, told);
     this.armExpiry();
   }
 
   /** The effects of a session that the table has closed. */
-  private closed_(s: Session, reason: string, final: boolean): void {
+  private closed_(s: Session, reason: string, final: boolean, told?: Connection): void {
     this.router.dropSession(s, `session ended: ${reason}`);
     const label = sessionEndReason(reason);
     this.metrics.sessionsClosed.inc({ reason: label });
@@ -526,7 +526,7 @@ export class RelayServer {
       this.clock.clearTimeout(this.idleTimer);
       this.idleTimer = null;
     }
-    for (const conn of [s.masterConn, s.onsiteConn]) if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session: s.id, reason, final });
+    for (const conn of [s.masterConn, s.onsiteConn]) if (!conn.closed && conn !== told) send(conn, Msg.SESSION_CLOSE, { session: s.id, reason, final });
     this.o.log.info(`session ${s.id} closed: ${reason}`, { session: s.id, reason });
   }
 
