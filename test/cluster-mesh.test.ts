@@ -18,6 +18,9 @@ import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEAD
 import { ClusterUnavailableError, MemoryDirectory, type ClusterDirectory, type RelayNode } from "../src/cluster/directory.ts";
 import { meshReason, offerAnswer, startMesh, type Mesh } from "../src/cluster/mesh.ts";
 import { makeCert, newCa } from "./helpers/certs.ts";
+import { SessionServer } from "../src/tunnel/onsite-server.ts";
+import { MasterSessions, parseForward } from "../src/tunnel/master-forwarder.ts";
+import { parseAllowEntry } from "../src/netaddr.ts";
 import { holdsFor, waitFor } from "./helpers/wait.ts";
 
 setDefaultTimeout(20_000);
@@ -90,13 +93,14 @@ interface Peer {
   relayLink: MemoryLink;
 }
 
-async function peer(dir: MemoryDirectory, r: Relay, role: "onsite" | "master", id: string, opts: { offer?: (b: Record<string, unknown>) => unknown } = {}): Promise<Peer> {
+async function peer(dir: MemoryDirectory, r: Relay, role: "onsite" | "master", id: string, opts: { offer?: (b: Record<string, unknown>) => unknown; onStream?: (s: Stream) => void; setup?: (c: Connection) => void } = {}): Promise<Peer> {
   const [link, relayLink] = linkPair("10.0.0.1", "10.9.9.9");
   const streams: Stream[] = [];
   const closes: Peer["closes"] = [];
-  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: (s) => streams.push(s), maxControlIn: MAX_CONTROL_MESSAGE });
+  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: opts.onStream ?? ((s) => streams.push(s)), maxControlIn: MAX_CONTROL_MESSAGE });
   conn.on(Msg.SESSION_CLOSE, (b) => closes.push(b as Peer["closes"][number]));
   conn.handle(Msg.SESSION_OFFER, (b) => opts.offer?.(b) ?? {});
+  opts.setup?.(conn);
   const welcome = new Promise((resolve) => conn.on(Msg.WELCOME, resolve));
   r.server.accept(relayLink, { id, role, serial: `serial-${id}` });
   r.links.push(relayLink);
@@ -399,6 +403,39 @@ test("NAT_REQUEST crosses the hop: both relays' policies judge it, the device ge
   expect(err.code).toBe(ErrorCode.FORBIDDEN);
   expect(b.refusals).toMatchObject([{ code: "policy", presented: "tech-1", address: "via relay relay-a" }]);
   expect(asked.length).toBe(1);
+});
+
+test("the real master and onsite ends over the mesh: a TCP forward echoes, the link breaks, the master resumes by itself and the forward echoes again", async () => {
+  const dir = new MemoryDirectory();
+  const a = relay(dir, "relay-a");
+  const b = relay(dir, "relay-b");
+  const echo = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (sock, d) => void sock.write(d) } });
+  cleanups.push(() => echo.stop(true));
+  const onsite = new SessionServer({ id: "site-1", allow: () => [parseAllowEntry("127.0.0.1/32")], log: quiet, probeTimeout: 0 });
+  await peer(dir, b, "onsite", "site-1", { onStream: (s) => onsite.serve(s), setup: (c) => onsite.setup(c) });
+  let mconn: Connection | null = null;
+  const sessions = new MasterSessions({ log: quiet, relay: () => mconn, relayState: () => "up" });
+  cleanups.push(() => sessions.close());
+  mconn = (await peer(dir, a, "master", "tech-1", { setup: (c) => sessions.setup(c) })).conn;
+  const view = await sessions.connect("site-1", [parseForward(`0:127.0.0.1:${echo.port}`)], null);
+  const port = view.forwards[0]!.port;
+  const ping = async (text: string) => {
+    let got = "";
+    const sock = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data: (_s, d) => void (got += Buffer.from(d).toString()) } });
+    sock.write(text);
+    try {
+      await waitFor(() => got === text, 5_000, () => `the echo of ${text} (got ${JSON.stringify(got)})`);
+    } finally {
+      sock.end();
+    }
+  };
+  await ping("before the break");
+  a.mesh.linkTo("relay-b")!.link.destroy();
+  await waitFor(() => sessions.list()[0]!.state === "resuming", 5_000, "the master to see the interruption");
+  expect(sessions.list()[0]!.reason).toMatch(/^mesh link to relay relay-b lost/);
+  await waitFor(() => sessions.list()[0]!.state === "active", 10_000, () => `the master to resume by itself (${sessions.list()[0]!.reason})`);
+  expect(sessions.list()[0]!.session).toBe(view.session);
+  await ping("after the break");
 });
 
 describe("refusals", () => {
