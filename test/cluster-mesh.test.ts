@@ -18,6 +18,9 @@ import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEAD
 import { ClusterUnavailableError, MemoryDirectory, type ClusterDirectory, type RelayNode } from "../src/cluster/directory.ts";
 import { meshReason, offerAnswer, startMesh, type Mesh } from "../src/cluster/mesh.ts";
 import { makeCert, newCa } from "./helpers/certs.ts";
+import { SessionServer } from "../src/tunnel/onsite-server.ts";
+import { MasterSessions, parseForward } from "../src/tunnel/master-forwarder.ts";
+import { parseAllowEntry } from "../src/netaddr.ts";
 import { holdsFor, waitFor } from "./helpers/wait.ts";
 
 setDefaultTimeout(20_000);
@@ -90,13 +93,14 @@ interface Peer {
   relayLink: MemoryLink;
 }
 
-async function peer(dir: MemoryDirectory, r: Relay, role: "onsite" | "master", id: string, opts: { offer?: (b: Record<string, unknown>) => unknown } = {}): Promise<Peer> {
+async function peer(dir: MemoryDirectory, r: Relay, role: "onsite" | "master", id: string, opts: { offer?: (b: Record<string, unknown>) => unknown; onStream?: (s: Stream) => void; setup?: (c: Connection) => void } = {}): Promise<Peer> {
   const [link, relayLink] = linkPair("10.0.0.1", "10.9.9.9");
   const streams: Stream[] = [];
   const closes: Peer["closes"] = [];
-  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: (s) => streams.push(s), maxControlIn: MAX_CONTROL_MESSAGE });
+  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: opts.onStream ?? ((s) => streams.push(s)), maxControlIn: MAX_CONTROL_MESSAGE });
   conn.on(Msg.SESSION_CLOSE, (b) => closes.push(b as Peer["closes"][number]));
   conn.handle(Msg.SESSION_OFFER, (b) => opts.offer?.(b) ?? {});
+  opts.setup?.(conn);
   const welcome = new Promise((resolve) => conn.on(Msg.WELCOME, resolve));
   r.server.accept(relayLink, { id, role, serial: `serial-${id}` });
   r.links.push(relayLink);
@@ -335,6 +339,21 @@ describe("session ends cross the hop", () => {
     expect(b.server.sessionList().map((s) => s.session)).toEqual([info.session]);
   });
 
+  test("a master re-opens its session while the old one still lives on both relays: the old ones close, the new one stands", async () => {
+    const { a, b, device, master } = await pair();
+    const info = await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] });
+    // No SESSION_CLOSE comes back over the mesh to end the new session while it opens.
+    for (let i = 0; i < 3; i++) expect((await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"], session: info.session })).session).toBe(info.session);
+    expect(a.server.sessionList().map((s) => s.session)).toEqual([info.session]);
+    expect(b.server.sessionList().map((s) => s.session)).toEqual([info.session]);
+    await holdsFor(() => a.server.sessionList().length !== 1 || b.server.sessionList().length !== 1, 200, "the re-opened session was closed afterwards");
+    expect(device.closes.map((c) => c.reason)).toEqual(["re-opened", "re-opened", "re-opened"].map((r) => `ended on relay relay-a: ${r}`));
+    const s = master.conn.openStream({ session: info.session, target: "10.0.0.5:80" });
+    const ds = await waitFor(() => device.streams[0], 5_000, "a stream in the re-opened session");
+    expect(ds.open.session).toBe(info.session);
+    s.reset(0, "done");
+  });
+
   test("a relay the directory declares gone: its link is closed and not dialled again", async () => {
     const { dir, a } = await pair();
     const master2 = await peer(dir, a, "master", "tech-2");
@@ -364,6 +383,59 @@ test("a relay whose certificate is revoked while linked: the link closes on relo
   const again = (await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
   expect(again.code).toBe(ErrorCode.OFFLINE);
   expect(again.message).toContain("which this relay cannot reach over the mesh");
+});
+
+test("NAT_REQUEST crosses the hop: both relays' policies judge it, the device gets the source A saw", async () => {
+  const nat: AccessRule[] = [{ masters: ["tech-1"], onsites: ["site-1"], nat: true }];
+  const { b, device, master } = await pair({ rulesA: [...nat], rulesB: [...nat] });
+  const asked: Record<string, unknown>[] = [];
+  device.conn.handle(Msg.NAT_REQUEST, (x) => {
+    asked.push(x);
+    return { rule: { id: "r1", proto: "tcp", port: 8080 }, created: true };
+  });
+  const info = await open(master, { onsite: "site-1", targets: ["192.168.1.50:80"] });
+  const r = (await master.conn.request(Msg.NAT_REQUEST, { session: info.session, port: 8080, to: "192.168.1.50:80", ttl: "15m", source: "6.6.6.6" })) as { created: boolean };
+  expect(r.created).toBe(true);
+  expect(asked).toMatchObject([{ session: info.session, port: 8080, to: "192.168.1.50:80", ttl: "15m", source: "10.0.0.1" }]);
+  // B without nat = true refuses, whatever A allowed.
+  b.rules.splice(0, 1, { masters: ["tech-1"], onsites: ["site-1"] });
+  const err = (await master.conn.request(Msg.NAT_REQUEST, { session: info.session, port: 8081, to: "192.168.1.50:80", ttl: "15m" }).catch((e) => e)) as RemoteError;
+  expect(err.code).toBe(ErrorCode.FORBIDDEN);
+  expect(b.refusals).toMatchObject([{ code: "policy", presented: "tech-1", address: "via relay relay-a" }]);
+  expect(asked.length).toBe(1);
+});
+
+test("the real master and onsite ends over the mesh: a TCP forward echoes, the link breaks, the master resumes by itself and the forward echoes again", async () => {
+  const dir = new MemoryDirectory();
+  const a = relay(dir, "relay-a");
+  const b = relay(dir, "relay-b");
+  const echo = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (sock, d) => void sock.write(d) } });
+  cleanups.push(() => echo.stop(true));
+  const onsite = new SessionServer({ id: "site-1", allow: () => [parseAllowEntry("127.0.0.1/32")], log: quiet, probeTimeout: 0 });
+  await peer(dir, b, "onsite", "site-1", { onStream: (s) => onsite.serve(s), setup: (c) => onsite.setup(c) });
+  let mconn: Connection | null = null;
+  const sessions = new MasterSessions({ log: quiet, relay: () => mconn, relayState: () => "up" });
+  cleanups.push(() => sessions.close());
+  mconn = (await peer(dir, a, "master", "tech-1", { setup: (c) => sessions.setup(c) })).conn;
+  const view = await sessions.connect("site-1", [parseForward(`0:127.0.0.1:${echo.port}`)], null);
+  const port = view.forwards[0]!.port;
+  const ping = async (text: string) => {
+    let got = "";
+    const sock = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data: (_s, d) => void (got += Buffer.from(d).toString()) } });
+    sock.write(text);
+    try {
+      await waitFor(() => got === text, 5_000, () => `the echo of ${text} (got ${JSON.stringify(got)})`);
+    } finally {
+      sock.end();
+    }
+  };
+  await ping("before the break");
+  a.mesh.linkTo("relay-b")!.link.destroy();
+  await waitFor(() => sessions.list()[0]!.state === "resuming", 5_000, "the master to see the interruption");
+  expect(sessions.list()[0]!.reason).toMatch(/^mesh link to relay relay-b lost/);
+  await waitFor(() => sessions.list()[0]!.state === "active", 10_000, () => `the master to resume by itself (${sessions.list()[0]!.reason})`);
+  expect(sessions.list()[0]!.session).toBe(view.session);
+  await ping("after the break");
 });
 
 describe("refusals", () => {

@@ -10,14 +10,14 @@
 // B's masters reach A's devices over the link B dialed to A. One link per ordered pair, dialled
 // when a session first needs it, reused by every session after, redialled with backoff when it
 // breaks, closed when the directory says the peer is gone. Messages on the link: HELLO/WELCOME
-// (role "relay"), MESH_OPEN, SESSION_CLOSE both ways, TUNNEL_MODE (docs/protocol.md §9).
+// (role "relay"), MESH_OPEN, SESSION_CLOSE both ways, TUNNEL_MODE and NAT_REQUEST (docs/protocol.md §9).
 import type { TCPSocketListener } from "bun";
 import { Connection, RemoteError, type Log } from "../transport/mux.ts";
 import type { Link } from "../transport/link.ts";
 import { GoAwayCode } from "../transport/frame.ts";
 import { ErrorCode, Msg, PROTOCOL_VERSIONS, type SessionInfo } from "../transport/messages.ts";
 import { handle, on, request, send } from "../transport/typed.ts";
-import { Timing, backoffDelay } from "../transport/policy.ts";
+import { Limits, Timing, backoffDelay } from "../transport/policy.ts";
 import { dialTls, listenTls, type SocketLink, type TlsMaterial } from "../transport/tls.ts";
 import { certificateIdentity, isRevoked, type RevocationList } from "../pki.ts";
 import { parseHostPort } from "../netaddr.ts";
@@ -66,6 +66,13 @@ export interface Mesh {
 }
 
 const MESH_OPEN_TIMEOUT = 20_000;
+/**
+ * Streams one mesh link routes at once: it carries the sessions of every device of the peer
+ * that this relay's masters reach, so it gets the connection's whole stream budget rather than
+ * a device's maxRoutedStreams, and a queue limit that one window per stream fits into.
+ */
+export const MESH_MAX_STREAMS = Limits.maxStreams;
+const meshMaxQueued = (window: number) => MESH_MAX_STREAMS * window + 8 * 1024 * 1024;
 
 /** One outbound link: to one peer relay, dialled when needed and again after it breaks. */
 interface Outbound {
@@ -254,7 +261,7 @@ class MeshNode implements Mesh {
     conn.peer = { id: node.id, role: "relay" };
     this.track(conn, node.id, judged.serial);
     conn.startKeepalive();
-    this.hooks.attach(conn, node.id, "onsite");
+    this.hooks.attach(conn, node.id, "onsite", MESH_MAX_STREAMS);
     // The far relay ended a session (its device went, a TTL, its operator): so does this one.
     on(conn, Msg.SESSION_CLOSE, (b) => this.hooks.end(conn, b.session, b.reason, b.final));
     return conn;
@@ -298,6 +305,7 @@ class MeshNode implements Mesh {
       clock: this.hooks.clock,
       keepaliveInterval: this.o.keepaliveInterval,
       keepaliveTimeout: this.o.keepaliveTimeout,
+      maxQueued: meshMaxQueued(this.hooks.window),
       routeFrame: (f, c) => {
         if (!live || live()) this.hooks.route(f, c);
         else this.refuse(c, presented(), "stream frames before HELLO");
@@ -378,7 +386,7 @@ class MeshNode implements Mesh {
     if (old && !old.closed) old.close(GoAwayCode.REPLACED, `replaced by a new mesh link from relay ${peer} (${conn.remoteAddress})`);
     this.inbound.set(peer, conn);
     conn.startKeepalive();
-    this.hooks.attach(conn, peer, "master");
+    this.hooks.attach(conn, peer, "master", MESH_MAX_STREAMS);
     handle(conn, Msg.MESH_OPEN, (b) => {
       const { master, address, ...req } = b;
       return this.hooks.open(conn, master, req, { relay: peer, address });
@@ -389,8 +397,10 @@ class MeshNode implements Mesh {
       if (!s) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(b.session)} from relay ${peer}`);
       return this.hooks.switchTunnel(s, b);
     });
-    handle(conn, Msg.NAT_REQUEST, () => {
-      throw new RemoteError(ErrorCode.REFUSED, "NAT rules are not carried across relays yet: connect the master to the relay that holds the device for agent nat");
+    handle(conn, Msg.NAT_REQUEST, (b) => {
+      const s = this.hooks.session(conn, b.session);
+      if (!s) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(b.session)} from relay ${peer}`);
+      return this.hooks.nat(s, b, peer);
     });
     send(conn, Msg.WELCOME, { version, relay: this.o.directory.self.id, address: conn.remoteAddress, keepalive: conn.keepalive?.interval ?? Timing.keepaliveInterval });
     this.o.log.info(`mesh: relay ${peer} linked in from ${conn.remoteAddress}`, { node: peer, address: conn.remoteAddress });
