@@ -65,6 +65,7 @@ test("reply error codes are frozen (a CLI maps them to messages)", () => {
     NO_SESSION: "no_session",
     VERSION: "version",
     INTERNAL: "internal",
+    BUSY: "busy",
   });
 });
 
