@@ -73,5 +73,13 @@ FUZZ_SEED ?= $(shell date +%s)
 fuzz: $(STAMP)
 	FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_SEED=$(FUZZ_SEED) $(BUN) test --timeout 3600000 test/fuzz.test.ts
 
+# Soak (bench/soak.ts, issue 17 §9; not in CI): the relay process for SOAK (default 30m) under
+# 1,000 churning idle devices, 20 pairs moving data, session opens and closes and a revocation a
+# minute; reports the RSS slope, descriptors against the baseline, unhandled rejections,
+# sessions lost and bytes compared. `make soak SOAK=10m` for a shorter run.
+SOAK ?= 30m
+soak: $(STAMP)
+	SOAK=$(SOAK) $(BUN) bench/soak.ts
+
 clean:
 	rm -rf dist
