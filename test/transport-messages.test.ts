@@ -34,7 +34,7 @@ test("reset codes are frozen", () => {
 });
 
 test("goaway codes are frozen", () => {
-  expect({ ...GoAwayCode }).toEqual({ NORMAL: 0, PROTOCOL: 1, REPLACED: 2, REVOKED: 3, KEEPALIVE: 4, SHUTDOWN: 5, INTERNAL: 6 });
+  expect({ ...GoAwayCode }).toEqual({ NORMAL: 0, PROTOCOL: 1, REPLACED: 2, REVOKED: 3, KEEPALIVE: 4, SHUTDOWN: 5, INTERNAL: 6, DUPLICATE: 7 });
 });
 
 test("control message ids are frozen", () => {
@@ -68,6 +68,7 @@ test("reply error codes are frozen (a CLI maps them to messages)", () => {
     NO_SESSION: "no_session",
     VERSION: "version",
     INTERNAL: "internal",
+    BUSY: "busy",
   });
 });
 

@@ -67,7 +67,7 @@ export function formatFleet(list: DeviceInfo[], now = Date.now(), asker: "master
       d.agent || "-",
     ]),
   );
-  const notes = rows.filter((d) => d.state === "alive" || d.state === "lost");
+  const notes = rows.filter((d) => d.state === "alive" || d.state === "lost" || d.duplicate);
   for (const d of notes) {
     out += `${d.id}: ${d.status}\n`;
     const hb = d.heartbeat?.payload;

@@ -54,6 +54,11 @@ export class RevokedError extends Error {
   override name = "RevokedError";
 }
 
+/** The relay closed us with GOAWAY DUPLICATE: another device is connected with this certificate (a clone). */
+export class DuplicateError extends Error {
+  override name = "DuplicateError";
+}
+
 /**
  * The wait before the next dial. Pure. A revoked device waits the backoff's maximum every time:
  * redialling every few seconds would only fill the relay's refusal log.
@@ -167,6 +172,7 @@ export class RelayClient {
       this.setState("connecting");
       let lived: number | null = null;
       let revoked = false;
+      let duplicate = false;
       try {
         const conn = await this.connectOnce();
         this.conn = conn;
@@ -180,19 +186,22 @@ export class RelayClient {
         if (this.stopped) break;
         this.lastError = why.message;
         revoked = why.remote && why.code === GoAwayCode.REVOKED;
+        duplicate = why.remote && why.code === GoAwayCode.DUPLICATE;
         this.o.log.warn(`relay connection lost: ${why.message}`);
         this.o.onDown?.(why);
       } catch (err) {
         if (this.stopped) break;
         const msg = err instanceof Error ? err.message : String(err);
         revoked = err instanceof RevokedError;
+        duplicate = err instanceof DuplicateError;
         if (msg !== this.lastError) this.o.log.warn(`cannot reach the relay ${this.o.describe}: ${msg}`);
         else this.o.log.debug(`still cannot reach the relay: ${msg}`);
         this.lastError = msg;
       }
       if (this.stopped) break;
       this.attempt = nextAttempt(this.attempt, lived);
-      const delay = this.redialNow ? 0 : lived !== null ? redialDelay(this.attempt, revoked, this.welcome?.spread, this.o.random) : retryDelay(this.attempt, revoked, this.o.random);
+      const delay = this.redialNow ? 0 : lived !== null ? redialDelay(this.attempt, revoked || duplicate, this.welcome?.spread, this.o.random) : retryDelay(this.attempt, revoked || duplicate, this.o.random);
+      if (duplicate) this.o.log.warn(`the relay refused this device as a duplicate: another device is connected with the same certificate (a cloned SD card?); dialling again only every ${Timing.backoffCap / 1000} s; give each device its own bundle (\`agent pki issue\`)`);
       if (revoked) this.o.log.warn(`the relay revoked this device's certificate (or it expired): dialling again only every ${Timing.backoffCap / 1000} s; issue a new bundle (\`agent pki issue --force\`)`);
       this.redialNow = false;
       this.setState("waiting");
@@ -267,7 +276,7 @@ export class RelayClient {
       void conn.wait().then((why: ConnectionClosed) => {
         this.clock.clearTimeout(timer);
         const text = why.remote ? `the relay refused us: ${why.message}` : why.message;
-        reject(why.remote && why.code === GoAwayCode.REVOKED ? new RevokedError(text) : new Error(text));
+        reject(why.remote && why.code === GoAwayCode.REVOKED ? new RevokedError(text) : why.remote && why.code === GoAwayCode.DUPLICATE ? new DuplicateError(text) : new Error(text));
       });
       const hello: { versions: number[]; role: string; id: string; agent: string; keepalive?: number } = { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent };
       if (request !== undefined) hello.keepalive = request;

@@ -70,6 +70,7 @@ export const GoAwayCode = {
   KEEPALIVE: 4,
   SHUTDOWN: 5,
   INTERNAL: 6,
+  DUPLICATE: 7, // another device is connected with this certificate (a clone): back off
 } as const;
 
 export interface Frame {

@@ -69,6 +69,8 @@ export const ErrorCode = {
   NO_SESSION: "no_session",
   VERSION: "version",
   INTERNAL: "internal",
+  /** Too many of this peer's requests are unanswered (Limits.maxRequestsInFlight): wait for some. */
+  BUSY: "busy",
 } as const;
 export type ErrorCodeId = (typeof ErrorCode)[keyof typeof ErrorCode];
 

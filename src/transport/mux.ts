@@ -7,7 +7,7 @@ import {
 } from "./frame.ts";
 import { Msg, isKnownMsg, msgName, ErrorCode } from "./messages.ts";
 import type { Link } from "./link.ts";
-import { Limits, Timing, pingDue, type Keepalive } from "./policy.ts";
+import { Limits, Timing, pingDue, judgeWrites, writeStallTimeout, type Keepalive, type WriteProgress } from "./policy.ts";
 import { PacketSender, isPacketOpen, packetProblem, type PacketLink, type PacketStats } from "./packet.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../clock.ts";
 
@@ -69,6 +69,11 @@ export interface ConnectionOptions {
    * (monotonic), so a step of the wall clock neither drops the connection nor switches
    * dead-peer detection off. Default: the system clock. */
   clock?: Clock;
+  /** Requests from the peer answered at once while this many are unanswered (Limits.maxRequestsInFlight). */
+  maxRequestsInFlight?: number;
+  /** No write progress for this long closes the connection (Timing.writeStallTimeout; at least
+   * the keepalive timeout). Checked at each keepalive tick; 0 turns it off. */
+  writeStallTimeout?: number;
 }
 
 /** A link's queue beyond this: streams keep their data (and pause their sources) until drain. */
@@ -166,6 +171,7 @@ export class Connection implements PacketLink {
 
   private routineKeepalive(timeout: number): void {
     if (this.closed) return;
+    if (this.writeStalled()) return;
     const quietFor = this.clock.now() - this.lastHeard;
     if (quietFor > timeout) {
       this.close(GoAwayCode.KEEPALIVE, `no frame from the peer for ${Math.round(quietFor / 1000)} s (keepalive timeout)`);
@@ -178,6 +184,28 @@ export class Connection implements PacketLink {
     this.pingSentAt.set(seq, now);
     if (this.pingSentAt.size > 8) this.pingSentAt.delete(this.pingSentAt.keys().next().value!);
     this.writeFrame(FrameType.PING, 0, 0, undefined, seq);
+  }
+
+  // ---- write progress (issue 17 §5) --------------------------------------------------------
+
+  private writes: WriteProgress | null = null;
+  /** Requests of the peer being answered now (their handlers have not finished). */
+  requestsInFlight = 0;
+
+  /** Closes a connection whose peer has taken none of the bytes waiting for it for too long. */
+  private writeStalled(): boolean {
+    const base = this.opts.writeStallTimeout ?? Timing.writeStallTimeout;
+    if (base <= 0) return false;
+    const now = this.clock.now();
+    const queued = this.link.queued;
+    const flushed = this.bytesOut - queued;
+    const v = judgeWrites(this.writes ?? { flushed, at: now }, queued, flushed, now, writeStallTimeout(this.keepalive, base));
+    this.writes = v.progress;
+    if (v.stalledFor === null) return false;
+    const why = `peer is not reading: no write progress for ${Math.round(v.stalledFor / 1000)} s with ${queued} bytes queued (write stall timeout)`;
+    this.log.warn(why);
+    this.close(GoAwayCode.KEEPALIVE, why);
+    return true;
   }
 
   // ---- control messages -------------------------------------------------------------------
@@ -247,8 +275,15 @@ export class Connection implements PacketLink {
     const handler = this.handlers.get(type);
     if (handler && typeof b.rid === "number") {
       const rid = b.rid;
+      const cap = this.opts.maxRequestsInFlight ?? Limits.maxRequestsInFlight;
+      if (this.requestsInFlight >= cap) {
+        this.send(Msg.REPLY, { rid, ok: false, code: ErrorCode.BUSY, error: `${this.requestsInFlight} requests of yours are unanswered on this connection (limit ${cap}); wait for their answers` });
+        return;
+      }
+      this.requestsInFlight++;
       Promise.resolve()
         .then(() => handler(b, this))
+        .finally(() => this.requestsInFlight--)
         .then(
           (result) => {
             // A result too big for one control frame must become an error REPLY: thrown here

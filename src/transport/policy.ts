@@ -30,6 +30,11 @@ export const Timing = {
    * forgotten, and its socket on the onsite device closed: 60 s, as conntrack's default for a
    * UDP stream that has seen replies is 120 s and an unreplied one 30 s. */
   udpFlowIdle: 60_000,
+  /** A connection with bytes waiting for the peer and none of them taken for this long is closed
+   * (issue 17 §5): the peer has stopped reading, though it may still send (PINGs keep the
+   * keepalive happy). Longer than the keepalive timeout, so a dead path is still the
+   * keepalive's to report; a connection whose negotiated keepalive is longer gets that. */
+  writeStallTimeout: 20_000,
 } as const;
 
 export const Limits = {
@@ -56,6 +61,10 @@ export const Limits = {
   packetLinkHighWater: 1024 * 1024,
   /** Flows (client addresses) one UDP forward carries at once; a new one beyond is dropped. */
   udpFlowsPerForward: 1024,
+  /** Requests one peer may have unanswered at once on one connection (issue 17 §4); one more is
+   * answered at once with error `busy`. Each costs the answering side memory and often a
+   * request of its own to a third party (SESSION_OPEN → SESSION_OFFER). */
+  maxRequestsInFlight: 64,
 } as const;
 
 /** Room kept under Limits.maxQueued for what credit does not cover (control answers, headers). */
@@ -145,4 +154,29 @@ export function pingDue(k: Keepalive, quietFor: number, sinceOwn: number): boole
   // Own PINGs: a little early rather than a tick late, as the timer fires every interval.
   const slack = Math.min(1_000, k.interval / 10);
   return quietFor >= 1.5 * k.interval || sinceOwn >= k.lean * k.interval - slack;
+}
+
+/** What a connection remembers of its writes between keepalive ticks. */
+export interface WriteProgress {
+  /** Bytes the link had handed on (written minus queued) at `at`. */
+  flushed: number;
+  /** Monotonic ms of the last progress: the queue empty, or bytes taken since the last look. */
+  at: number;
+}
+
+/**
+ * Has the peer stopped reading? Judged at each keepalive tick from the link's queue (`queued`)
+ * and the bytes it has handed on so far (`flushed`). Pure. No bytes waiting, or some taken
+ * since the last look, is progress; otherwise the connection is stalled once `timeout` ms have
+ * passed since the last progress (`stalledFor`, else null).
+ */
+export function judgeWrites(prev: WriteProgress, queued: number, flushed: number, now: number, timeout: number): { progress: WriteProgress; stalledFor: number | null } {
+  if (queued <= 0 || flushed > prev.flushed) return { progress: { flushed, at: now }, stalledFor: null };
+  const stalledFor = now - prev.at;
+  return { progress: prev, stalledFor: stalledFor >= timeout ? stalledFor : null };
+}
+
+/** The write-stall timeout of a connection with keepalive `k`: never shorter than its dead-peer timeout. Pure. */
+export function writeStallTimeout(k: { timeout: number } | null, base: number = Timing.writeStallTimeout): number {
+  return Math.max(base, k?.timeout ?? 0);
 }

@@ -62,7 +62,12 @@ export interface DeviceRow extends DeviceInfo {
   heartbeat: { at: string; via: string; from: string; payload: HeartbeatPayload } | null;
   /** The last heartbeat over each uplink since the relay started (uplink → ISO time). */
   heard_over: Record<string, string>;
+  /** Two devices with this certificate (issue 17 §6): newcomers refused since, from where. Null: none seen. */
+  duplicate: { since: string; last: string; refused: number; addresses: string[] } | null;
 }
+
+/** What the relay knows of an id used by two devices at once (src/tunnel/relay/clone.ts), monotonic ms. */
+export type DuplicateOf = (id: string) => { since: number; last: number; refused: number; addresses: string[] } | null;
 
 /** The state of a device, from what is known of it. Pure. */
 export function deviceState(connected: boolean, hb: { age: number; interval: number; afterDisconnect: boolean } | null, missed: number = HeartbeatTiming.missedForLost): DeviceState {
@@ -108,6 +113,8 @@ export class Inventory {
   onState: (id: string, state: DeviceState, previous: DeviceState, status: string) => void = () => {};
   /** The state each device was last said to be in. */
   private readonly lastState = new Map<string, DeviceState>();
+  /** Ids marked duplicated (the relay's CloneWatch); rows show the mark. */
+  duplicateOf: DuplicateOf = () => null;
 
   constructor(private readonly clock: Clock = systemClock, private readonly store?: InventoryStore) {
     if (store)
@@ -325,15 +332,18 @@ export class Inventory {
       const state = this.stateOf(rec, live);
       const hb = rec.heartbeat;
       const ago = hb ? `${Math.max(0, Math.round((now - hb.at) / 1000))} s` : "";
+      const dup = this.duplicateOf(d.id);
+      const status = statusLine(state, hb ? { via: hb.via, err: hb.payload.err, ago } : null);
       return {
         ...d,
         state,
-        status: statusLine(state, hb ? { via: hb.via, err: hb.payload.err, ago } : null),
+        status: dup ? `${status}; DUPLICATE: two devices use this certificate, ${dup.refused} connection${dup.refused === 1 ? "" : "s"} refused (from ${dup.addresses.join(", ")}); give each device its own bundle` : status,
         first_seen: new Date(rec.firstSeen).toISOString(),
         serial: rec.serial,
         cert_expires: rec.certExpires === null ? null : new Date(rec.certExpires).toISOString(),
         heartbeat: hb ? { at: new Date(wallOf(this.clock, hb.at)).toISOString(), via: hb.via, from: hb.from, payload: hb.payload } : null,
         heard_over: Object.fromEntries([...(this.vias.get(d.id) ?? [])].map(([v, at]) => [v, new Date(wallOf(this.clock, at)).toISOString()])),
+        duplicate: dup ? { since: new Date(wallOf(this.clock, dup.since)).toISOString(), last: new Date(wallOf(this.clock, dup.last)).toISOString(), refused: dup.refused, addresses: [...dup.addresses] } : null,
       };
     });
   }

@@ -23,6 +23,7 @@ import { SessionTable, sessionInfo, type SessionRecord } from "./sessions.ts";
 import { Registry, type Metrics } from "../../metrics.ts";
 import { noEvents, type Events } from "../../events.ts";
 import { DIRECTION_LABEL, ROLE_LABEL, RelayMetrics, sessionEndReason } from "./metrics.ts";
+import { CloneWatch, ClonePolicy } from "./clone.ts";
 import { MemoryRefusalLog, RefusalCode, RefusalLogs, tlsRefusalCode, type Refusal, type RefusalCodeId, type RefusalLog } from "./refusals.ts";
 
 export interface RelayOptions {
@@ -164,6 +165,8 @@ export class RelayServer {
   private readonly heartbeatKeys = new Map<string, { serial: string; key: Uint8Array }>();
   /** Connections closed at their certificate's expiry. */
   certExpiries = 0;
+  /** Onsite ids used by two live devices at once (issue 17 §6). */
+  readonly clones = new CloneWatch();
   private readonly live: Liveness = (id) => {
     const c = this.onsites.get(id);
     return c && !c.closed ? { lastReceived: c.lastHeard, rtt: c.rtt } : null;
@@ -174,6 +177,7 @@ export class RelayServer {
     this.idleTimeout = o.sessionIdleTimeout ?? DEFAULT_SESSION_IDLE_TIMEOUT;
     const window = o.window ?? Limits.streamWindow;
     this.inventory = new Inventory(this.clock, o.inventoryStore);
+    this.inventory.duplicateOf = (id) => this.clones.mark(id, this.clock.now());
     this.inventory.onStoreError = (e) => o.log.warn(`inventory store: ${e.message}; the inventory goes on in memory (said once until a write works again)`, { reason: e.message });
     const hb = o.heartbeat;
     if (hb) {
@@ -311,6 +315,7 @@ export class RelayServer {
   }
 
   private welcome(conn: Connection, cert: PeerCert, hello: HelloBody, version: number): void {
+    if (cert.role === "onsite" && this.refusedAsClone(conn, cert)) return;
     this.router.attach(conn, cert);
     const role = cert.role === "onsite" ? "onsite" : "master";
     this.welcomed.set(conn, role);
@@ -344,6 +349,23 @@ export class RelayServer {
     };
     arm();
     void conn.wait().then(() => this.clock.clearTimeout(timer));
+  }
+
+  /**
+   * Two live devices with one certificate: once the id's connection has been replaced
+   * ClonePolicy.replacements times within ClonePolicy.window, the live one stays and the
+   * newcomer is closed with GOAWAY DUPLICATE (src/tunnel/relay/clone.ts).
+   */
+  private refusedAsClone(conn: Connection, cert: PeerCert): boolean {
+    const old = this.onsites.get(cert.id);
+    const v = this.clones.arrive(cert.id, conn.remoteAddress, old && !old.closed ? old.remoteAddress : null, this.clock.now());
+    if (v.action !== "refuse") return false;
+    if (v.first) {
+      this.o.log.warn(`${cert.id}: ${ClonePolicy.replacements} replacements within ${ClonePolicy.window / 60_000} min: two devices use this certificate (from ${v.mark.addresses.join(", ")}); keeping the connection from ${old!.remoteAddress}, refusing newcomers; marked duplicated`, { id: cert.id, addresses: v.mark.addresses });
+    }
+    this.front.record(conn.remoteAddress, `${cert.id} (${cert.role})`, RefusalCode.IDENTITY, v.reason);
+    conn.close(GoAwayCode.DUPLICATE, v.reason);
+    return true;
   }
 
   /** A second connection with the same id replaces the first, which hears why. */
@@ -468,6 +490,7 @@ export class RelayServer {
   forgetDevice(id: string): "forgotten" | "online" | "unknown" {
     if (this.inventory.online(id, this.live)) return "online";
     const done = this.inventory.forget(id);
+    this.clones.forget(id);
     this.heartbeats?.forget(id);
     this.heartbeatKeys.delete(id);
     return done ? "forgotten" : "unknown";

@@ -89,10 +89,15 @@ export class SessionTable<C> {
   }
 
   /**
-   * Takes a request (state `open`). Re-opening an id of the same master closes the old record
+   * Takes a request (state `open`), within the master's cap (maxPerMaster). Re-opening an id of the same master closes the old record
    * (returned as `replaced`, for the caller to tell both sides); another master's id is refused.
    */
   open(req: OpenRequest, ends: { master: C; onsite: C }, now: number, wall: number): OpenResult<C> {
+    // The cap is checked here, where the record is made: the record is the master's reservation
+    // from the moment the request is taken, through the awaited offer, so requests in flight
+    // at once cannot all pass a count taken before any of them was recorded (issue 17 §4).
+    const admitted = this.admits(req.master, req.session);
+    if (!admitted.ok) return admitted;
     let replaced: SessionRecord<C> | null = null;
     if (req.session !== null) {
       const existing = this.byId.get(req.session);
