@@ -31,6 +31,7 @@ import { decodeEnrollAnswer, decodeEnrollRequest, encodeEnrollMessage, EnrollRea
 import { FakeClock } from "../src/clock.ts";
 import { createLogger } from "../src/log.ts";
 import { resolveConfig, requireForRole } from "../src/config.ts";
+import { enrollApi } from "../src/roles/enroll.ts";
 
 const NOW = Date.UTC(2026, 11, 1, 12, 0, 0);
 const token = (over: Partial<TokenRecord> = {}): TokenRecord => ({ id: "t1", hash: "h", uses: 1, used: 0, expires: null, approval: "auto", created: NOW, note: "", ...over });
@@ -292,6 +293,14 @@ describe("the service (in-memory store, fake clock)", () => {
     expect(svc.handle({ v: 1, token: t.token, csr: csrWith({ ou: "master" }) }, "10.0.0.6")).toMatchObject({ status: "refused", code: "csr", reason: expect.stringContaining("onsite certificates only") });
     expect(refusals[0]!.reason).toContain("onsite certificates only");
     expect(svc.tokenList()[0]!.used).toBe(0);
+  });
+});
+
+describe("agent enroll on a relay without [enroll]", () => {
+  test("each command says how to turn it on", () => {
+    const api = enrollApi(null);
+    expect(Object.keys(api).sort()).toEqual(["enrollApprove", "enrollDeny", "enrollList", "enrollPending", "enrollRevoke", "enrollTokenAdd", "enrollTokenDel", "enrollTokenList"]);
+    for (const f of Object.values(api)) expect(() => f({})).toThrow("this relay does not enroll devices: its config has no [enroll] section");
   });
 });
 

@@ -7,11 +7,11 @@
 //    A second start finds the bundle and goes straight on.
 //  - relay: `relayEnrollment` opens STATE_DIR/enroll.db, loads the enroller and serves the
 //    endpoint and `agent enroll …`.
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { hostname } from "node:os";
 import type { TCPSocketListener } from "bun";
-import { enrolledBundlePath, type Config } from "../config.ts";
+import { enrolledBundlePath, secretFileProblem, type Config } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { UsageError } from "../errors.ts";
 import { fingerprintSha256, formatBundle, parseBundle } from "../pki.ts";
@@ -30,8 +30,12 @@ function readToken(cfg: NonNullable<Config["enroll"]>): string {
   if (cfg.token !== undefined) return cfg.token;
   let text: string;
   try {
+    // The token lets any box join the fleet: group and others must not read it.
+    const problem = secretFileProblem(cfg.token_file!, statSync(cfg.token_file!).mode, ["the fleet enrollment token"]);
+    if (problem) throw new UsageError(`[enroll] token_file ${problem.message}`, problem.hint);
     text = readFileSync(cfg.token_file!, "utf8");
   } catch (e) {
+    if (e instanceof UsageError) throw e;
     throw new UsageError(`[enroll] token_file ${cfg.token_file}: ${(e as Error).message}`, "put the token from `agent enroll token add` (on the relay) in that file");
   }
   const t = text.trim();
