@@ -13,7 +13,7 @@
 // same bodies run with iptables and with nft. Everything is removed in afterAll, also when
 // a test fails.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
 import { must, rulesetOf, run, startLanServer, tagsIn, type NatBackendName } from "./helpers/nat-lab.ts";
@@ -214,9 +214,11 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
       expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 2, stderr: expect.stringMatching(message) });
     }
     expect(await ruleset()).toBe(before);
-    // The relay's audit trail has it, as a policy refusal.
-    const audit = readFileSync(join(fleet!.dir, "state-relay-1", "refusals.log"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { code: string; reason: string; presented: string });
-    expect(audit).toContainEqual(expect.objectContaining({ code: "policy", presented: expect.stringContaining("tech-3"), reason: expect.stringMatching(/^tech-3 may not ask site-1 for NAT rules/) }));
+    // The relay's audit trail has it, as a policy refusal (the file is written in batches, so it may take a moment).
+    const auditFile = join(fleet!.dir, "state-relay-1", "refusals.log");
+    const audit = () => (existsSync(auditFile) ? readFileSync(auditFile, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l) as { code: string; reason: string; presented: string }) : []);
+    const refusal = await waitFor(() => audit().find((a) => a.code === "policy" && a.presented.includes("tech-3")), 10_000, "the policy refusal in refusals.log");
+    expect(refusal.reason).toMatch(/^tech-3 may not ask site-1 for NAT rules/);
     // At the cap, the same request again extends (it adds no rule).
     const again = await natAdd(tech1, "--session", s1, "--port", "8085", "--to", `${SERVER}:80`, "--ttl", "5m");
     expect(again.code).toBe(0);
