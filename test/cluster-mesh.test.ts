@@ -18,6 +18,7 @@ import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEAD
 import { ClusterUnavailableError, MemoryDirectory, type ClusterDirectory, type RelayNode } from "../src/cluster/directory.ts";
 import { meshReason, offerAnswer, startMesh, type Mesh } from "../src/cluster/mesh.ts";
 import { makeCert, newCa } from "./helpers/certs.ts";
+import { Registry } from "../src/metrics.ts";
 import { SessionServer } from "../src/tunnel/onsite-server.ts";
 import { MasterSessions, parseForward } from "../src/tunnel/master-forwarder.ts";
 import { parseAllowEntry } from "../src/netaddr.ts";
@@ -51,6 +52,13 @@ interface Relay {
   rules: AccessRule[];
   /** Links of the devices and masters on this relay, relay side (their queued bytes are this relay's). */
   links: MemoryLink[];
+  metrics: Registry;
+}
+
+/** One sample of the relay's metrics, as scraped. */
+function metric(r: Relay, series: string): number {
+  const line = r.metrics.render().split("\n").find((l) => l.startsWith(series + " "));
+  return line === undefined ? NaN : Number(line.slice(series.length + 1));
 }
 
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -63,7 +71,8 @@ function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; d
   const infos: string[] = [];
   const rules = opts.rules ?? [];
   const log = { ...quiet, info: (m: unknown) => infos.push(String(m)), warn: (m: unknown) => infos.push(String(m)) };
-  const server = new RelayServer({ id, log, access: () => rules, onRefusal: (r) => refusals.push(r), window: WINDOW, keepaliveInterval: 60_000 });
+  const registry = new Registry();
+  const server = new RelayServer({ id, log, access: () => rules, onRefusal: (r) => refusals.push(r), window: WINDOW, keepaliveInterval: 60_000, metrics: registry });
   const node: RelayNode = { id, mesh: "127.0.0.1:0" };
   const view = dir.view(node);
   const cert = relayCert(id);
@@ -77,13 +86,14 @@ function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; d
     agent: "test/1",
     keepaliveInterval: 60_000,
     random: () => 0.1, // redials within 50 ms, 100 ms, ...
+    metrics: registry,
   });
   node.mesh = `127.0.0.1:${mesh.port}`;
   cleanups.push(async () => {
     await mesh.close();
     await server.close();
   });
-  return { id, server, mesh, node, refusals, infos, rules, links: [] };
+  return { id, server, mesh, node, refusals, infos, rules, links: [], metrics: registry };
 }
 
 interface Peer {
@@ -170,6 +180,12 @@ describe("a master on relay A reaches a device on relay B", () => {
     expect(sha(atDevice)).toBe(sha(up));
     expect(sha(atMaster)).toBe(sha(down));
     await waitFor(() => a.server.stats().streams === 0 && b.server.stats().streams === 0, 5_000, "the stream gone on both relays");
+    // The mesh's own figures: one link each way of who dialed, every byte counted (frames included).
+    expect(metric(a, 'agent_relay_mesh_links{direction="out"}')).toBe(1);
+    expect(metric(b, 'agent_relay_mesh_links{direction="in"}')).toBe(1);
+    expect(metric(a, 'agent_relay_mesh_bytes_total{direction="out"}')).toBeGreaterThan(4_000_777);
+    expect(metric(b, 'agent_relay_mesh_bytes_total{direction="out"}')).toBeGreaterThan(2_012_345);
+    expect(metric(b, 'agent_relay_refusals_total{reason="mesh"}')).toBe(0);
   });
 
   test("a frozen reader on B holds the master to one window: no hop buffers more", async () => {
@@ -433,6 +449,8 @@ test("the real master and onsite ends over the mesh: a TCP forward echoes, the l
   a.mesh.linkTo("relay-b")!.link.destroy();
   await waitFor(() => sessions.list()[0]!.state === "resuming", 5_000, "the master to see the interruption");
   expect(sessions.list()[0]!.reason).toMatch(/^mesh link to relay relay-b lost/);
+  expect(metric(a, 'agent_relay_mesh_bytes_total{direction="out"}')).toBeGreaterThan(0); // the gone link's bytes stay counted
+  expect(metric(a, 'agent_relay_mesh_dial_failures_total')).toBe(0);
   await waitFor(() => sessions.list()[0]!.state === "active", 10_000, () => `the master to resume by itself (${sessions.list()[0]!.reason})`);
   expect(sessions.list()[0]!.session).toBe(view.session);
   await ping("after the break");
@@ -473,6 +491,8 @@ describe("refusals", () => {
     const err = (await open(master, { onsite: "site-z", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
     expect(err.code).toBe(ErrorCode.OFFLINE);
     expect(err.message).toMatch(/^device site-z is on relay relay-z, which this relay cannot reach over the mesh \(127\.0\.0\.1:1\): cannot connect/);
+    expect(metric(a, "agent_relay_mesh_dial_failures_total")).toBeGreaterThanOrEqual(1);
+    expect(a.infos.filter((l) => l.startsWith("mesh: cannot reach relay relay-z")).length).toBe(1); // said once, however often it redials
   });
 
   /** A TLS client on the mesh port: the bytes it received, once the relay closed it. */
@@ -511,6 +531,7 @@ describe("refusals", () => {
     expect(await knock(b.mesh.port, device)).toBe(0);
     expect(await knock(b.mesh.port, masterCert)).toBe(0);
     await waitFor(() => b.refusals.length === 3, 5_000, "three refusals");
+    expect(metric(b, 'agent_relay_refusals_total{reason="mesh"}')).toBe(3);
     expect(b.refusals).toMatchObject([
       { code: "mesh", presented: "relay-x (relay)", reason: "mesh port: certificate was not issued by this fleet's CA" },
       { code: "mesh", presented: "site-1 (onsite)", reason: "mesh port: a onsite certificate (only relay certificates of this fleet may link in)" },

@@ -22,6 +22,7 @@ import { dialTls, listenTls, type SocketLink, type TlsMaterial } from "../transp
 import { certificateIdentity, isRevoked, type RevocationList } from "../pki.ts";
 import { parseHostPort } from "../netaddr.ts";
 import type { TimerHandle } from "../clock.ts";
+import type { Metrics } from "../metrics.ts";
 import { Admission, judgeHello, type PeerCert } from "../tunnel/relay/front.ts";
 import { RefusalCode } from "../tunnel/relay/refusals.ts";
 import type { MeshHooks, RemoteEnd } from "../tunnel/relay/server.ts";
@@ -49,6 +50,8 @@ export interface MeshOptions {
   openTimeout?: number;
   /** Jitter of the redial backoff (tests pin it). */
   random?: () => number;
+  /** Where the mesh's metric families go (the relay's registry: `server.metrics.registry`). */
+  metrics?: Metrics;
 }
 
 /** The mesh as a daemon component: `startMesh(...)` binds and hooks in; `close()` undoes both. */
@@ -104,6 +107,9 @@ class MeshNode implements Mesh {
   private readonly serials = new Map<Connection, { id: string; serial: string }>();
   private readonly unsubscribe: () => void;
   private closed = false;
+  /** Bytes of mesh links that are gone, by direction; dials that failed. */
+  private readonly goneBytes = { in: 0, out: 0 };
+  private dialFailures = 0;
 
   constructor(private readonly o: MeshOptions) {
     this.hooks = o.server.mesh;
@@ -121,6 +127,27 @@ class MeshNode implements Mesh {
     }) as TCPSocketListener<unknown>);
     this.hooks.setRemote({ route: (onsite) => this.route(onsite) });
     this.unsubscribe = o.directory.onNodes((nodes) => this.nodesChanged(nodes));
+    if (o.metrics) this.registerMetrics(o.metrics);
+  }
+
+  private registerMetrics(m: Metrics): void {
+    const links = () => {
+      const out = [...this.out.values()].filter((l) => l.conn && !l.conn.closed).map((l) => l.conn!);
+      return { out, in: [...this.inbound.values()] };
+    };
+    m.collect("agent_relay_mesh_links", "Live relay-to-relay mesh links, by who dialed (out: this relay).", "gauge", () => {
+      const l = links();
+      return [{ labels: { direction: "out" }, value: l.out.length }, { labels: { direction: "in" }, value: l.in.length }];
+    }, { direction: ["in", "out"] });
+    m.collect("agent_relay_mesh_bytes_total", "Bytes on relay-to-relay mesh links (frames included), by direction seen from this relay.", "counter", () => {
+      const l = links();
+      const live = [...l.out, ...l.in];
+      return [
+        { labels: { direction: "in" }, value: this.goneBytes.in + live.reduce((n, c) => n + c.bytesIn, 0) },
+        { labels: { direction: "out" }, value: this.goneBytes.out + live.reduce((n, c) => n + c.bytesOut, 0) },
+      ];
+    }, { direction: ["in", "out"] });
+    m.collect("agent_relay_mesh_dial_failures_total", "Dials of a mesh link that failed (TLS, certificate, handshake).", "counter", () => this.dialFailures);
   }
 
   get port(): number {
@@ -202,6 +229,7 @@ class MeshNode implements Mesh {
       },
       (e: Error) => {
         l.dialing = null;
+        this.dialFailures++;
         // Said once per cause, not at every redial of a streak.
         const repeated = l.lastError === e.message;
         l.lastError = e.message;
@@ -283,7 +311,11 @@ class MeshNode implements Mesh {
 
   private track(conn: Connection, id: string, serial: string): void {
     this.serials.set(conn, { id, serial });
-    void conn.wait().then(() => this.serials.delete(conn));
+    void conn.wait().then(() => {
+      this.serials.delete(conn);
+      this.goneBytes.in += conn.bytesIn;
+      this.goneBytes.out += conn.bytesOut;
+    });
   }
 
   reload(): void {
