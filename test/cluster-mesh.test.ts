@@ -66,7 +66,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; directory?: (d: ClusterDirectory) => ClusterDirectory; revocations?: () => RevocationList } = {}): Relay {
+function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; directory?: (d: ClusterDirectory) => ClusterDirectory; revocations?: () => RevocationList; cert?: { certPem: string; keyPem: string } } = {}): Relay {
   const refusals: Refusal[] = [];
   const infos: string[] = [];
   const rules = opts.rules ?? [];
@@ -75,7 +75,7 @@ function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; d
   const server = new RelayServer({ id, log, access: () => rules, onRefusal: (r) => refusals.push(r), window: WINDOW, keepaliveInterval: 60_000, metrics: registry });
   const node: RelayNode = { id, mesh: "127.0.0.1:0" };
   const view = dir.view(node);
-  const cert = relayCert(id);
+  const cert = opts.cert ?? relayCert(id);
   const mesh = startMesh({
     server,
     directory: opts.directory ? opts.directory(view) : view,
@@ -454,6 +454,19 @@ test("the real master and onsite ends over the mesh: a TCP forward echoes, the l
   await waitFor(() => sessions.list()[0]!.state === "active", 10_000, () => `the master to resume by itself (${sessions.list()[0]!.reason})`);
   expect(sessions.list()[0]!.session).toBe(view.session);
   await ping("after the break");
+});
+
+test("a relay whose certificate expires while linked: the peer closes the link at the expiry and says so", async () => {
+  const dir = new MemoryDirectory();
+  const short = makeCert(fleetCa, { role: "relay", id: "relay-a", ips: ["127.0.0.1"], notAfter: new Date(Date.now() + 1500) });
+  const a = relay(dir, "relay-a", { cert: short });
+  const b = relay(dir, "relay-b");
+  await peer(dir, b, "onsite", "site-1");
+  const master = await peer(dir, a, "master", "tech-1");
+  await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] });
+  const c = await waitFor(() => master.closes[0], 5_000, "SESSION_CLOSE at the master");
+  expect(c.reason).toMatch(/^mesh link to relay relay-b lost: .*certificate [0-9a-f]+ of relay relay-a expired at /);
+  expect(b.refusals).toContainEqual(expect.objectContaining({ code: "certificate", presented: "relay-a (relay)" }));
 });
 
 describe("refusals", () => {

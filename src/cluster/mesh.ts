@@ -287,7 +287,7 @@ class MeshNode implements Mesh {
       throw e;
     }
     conn.peer = { id: node.id, role: "relay" };
-    this.track(conn, node.id, judged.serial);
+    this.track(conn, node.id, judged.serial, judged.notAfter);
     conn.startKeepalive();
     this.hooks.attach(conn, node.id, "onsite", MESH_MAX_STREAMS);
     // The far relay ended a session (its device went, a TTL, its operator): so does this one.
@@ -296,22 +296,38 @@ class MeshNode implements Mesh {
   }
 
   /** The dialed relay is the node the directory named, with a certificate that is not revoked. */
-  private judgeDialed(link: SocketLink, node: RelayNode): string | { serial: string } {
+  private judgeDialed(link: SocketLink, node: RelayNode): string | { serial: string; notAfter: Date } {
     const raw = (link.socket.getPeerCertificate() as { raw?: Uint8Array } | undefined)?.raw;
     if (!raw) return "it presented no certificate";
     try {
       const ident = certificateIdentity(raw);
       if (ident.id !== node.id) return `the relay at ${node.mesh} is ${ident.id}, not ${node.id}`;
       if (isRevoked(this.o.revocations(), ident.serial)) return `its certificate ${ident.serial} is revoked`;
-      return { serial: ident.serial };
+      return { serial: ident.serial, notAfter: ident.notAfter };
     } catch (e) {
       return `its certificate has no valid identity: ${(e as Error).message}`;
     }
   }
 
-  private track(conn: Connection, id: string, serial: string): void {
+  /** A live link: its peer's serial for revocations, and closed when the peer's certificate expires. */
+  private track(conn: Connection, id: string, serial: string, notAfter?: Date): void {
     this.serials.set(conn, { id, serial });
+    const clock = this.hooks.clock;
+    let timer: TimerHandle | null = null;
+    const arm = () => {
+      const left = notAfter!.getTime() - clock.wall();
+      if (left > 0) {
+        // Re-armed at most daily: the wall clock may step meanwhile, and setTimeout's range is ~24.8 days.
+        timer = clock.setTimeout(arm, Math.min(left, 86_400_000));
+        return;
+      }
+      const reason = `certificate ${serial} of relay ${id} expired at ${notAfter!.toISOString()}`;
+      this.hooks.record(conn.remoteAddress, `${id} (relay)`, RefusalCode.CERTIFICATE, `${reason}; closing its mesh link`);
+      conn.close(GoAwayCode.REVOKED, reason);
+    };
+    if (notAfter) arm();
     void conn.wait().then(() => {
+      clock.clearTimeout(timer);
       this.serials.delete(conn);
       this.goneBytes.in += conn.bytesIn;
       this.goneBytes.out += conn.bytesOut;
@@ -401,7 +417,7 @@ class MeshNode implements Mesh {
       this.pending.delete(conn);
       welcomed = true;
       conn.peer = { id: cert.id, role: "relay" };
-      this.track(conn, cert.id, cert.serial);
+      this.track(conn, cert.id, cert.serial, cert.notAfter);
       this.welcome(conn, cert.id, verdict.version);
     });
     void conn.wait().then((why) => {
