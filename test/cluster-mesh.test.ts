@@ -12,7 +12,7 @@ import type { Refusal } from "../src/tunnel/relay/refusals.ts";
 import { Connection, RemoteError, type Stream } from "../src/transport/mux.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
 import { MAX_CONTROL_MESSAGE } from "../src/transport/frame.ts";
-import { ErrorCode, Msg, type SessionInfo } from "../src/transport/messages.ts";
+import { ErrorCode, MessageError, Msg, decodeMeshOpen, type SessionInfo } from "../src/transport/messages.ts";
 import type { AccessRule } from "../src/config.ts";
 import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEADER, type CaMaterial, type RevocationList } from "../src/pki.ts";
 import { ClusterUnavailableError, MemoryDirectory, type ClusterDirectory, type RelayNode } from "../src/cluster/directory.ts";
@@ -568,6 +568,25 @@ describe("refusals", () => {
 });
 
 describe("pure parts", () => {
+  test.each([
+    ["no master", { onsite: "site-1", targets: ["10.0.0.5:80"], session: "s-1a2b3c4d", address: "a" }, "master: expected a device id"],
+    ["no session id (the dialing relay gives it)", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], address: "a" }, "session: expected an id such as s-1a2b3c4d"],
+    ["no address", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], session: "s-1a2b3c4d" }, "address: expected a string, got nothing"],
+    ["an address too long", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], session: "s-1a2b3c4d", address: "x".repeat(65) }, "address: expected an address of at most 64 characters"],
+    ["SESSION_OPEN's own checks", { master: "tech-1", onsite: "site-1", targets: [], session: "s-1a2b3c4d", address: "a" }, "targets: expected 1-64 HOST:PORT strings"],
+    ["a TTL out of range", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], ttl: 5, session: "s-1a2b3c4d", address: "a" }, "ttl: expected milliseconds between 1 s and 7 days"],
+  ])("MESH_OPEN with %s is refused naming the field", (_name, body, message) => {
+    let err: Error | null = null;
+    try {
+      decodeMeshOpen(body);
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err).toBeInstanceOf(MessageError);
+    expect(err!.message).toBe(message);
+    expect((err as MessageError).type).toBe(Msg.MESH_OPEN);
+  });
+
   test("meshReason rewords a device certificate's refusal and leaves others", () => {
     expect(meshReason("a onsite certificate cannot connect as a device (allowed: relay)")).toBe("a onsite certificate (only relay certificates of this fleet may link in)");
     expect(meshReason("certificate has expired")).toBe("certificate has expired");
