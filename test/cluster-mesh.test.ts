@@ -305,6 +305,16 @@ test("three relays: a master on A reaches devices on B and C at once, and a mast
   expect(a.mesh.linkTo("relay-b")).toBe(first);
 });
 
+test("masters opening at once before any link exists share one dial", async () => {
+  const { dir, a, b } = await pair();
+  const masters = await Promise.all(["tech-2", "tech-3", "tech-4", "tech-5"].map((id) => peer(dir, a, "master", id)));
+  const infos = await Promise.all(masters.map((m) => open(m, { onsite: "site-1", targets: ["10.0.0.5:80"] })));
+  expect(new Set(infos.map((i) => i.session)).size).toBe(4);
+  expect(b.server.sessionList().map((s) => s.master).sort()).toEqual(["tech-2", "tech-3", "tech-4", "tech-5"]);
+  expect(b.mesh.status().in).toEqual([{ node: "relay-a", address: expect.any(String) }]);
+  expect(b.infos.filter((l) => l.startsWith("mesh: relay relay-a linked in")).length).toBe(1);
+});
+
 describe("session ends cross the hop", () => {
   test("the master ends it: the device hears why, final", async () => {
     const { a, b, device, master } = await pair();
