@@ -66,7 +66,7 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; directory?: (d: ClusterDirectory) => ClusterDirectory; revocations?: () => RevocationList; cert?: { certPem: string; keyPem: string } } = {}): Relay {
+function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; directory?: (d: ClusterDirectory) => ClusterDirectory; revocations?: () => RevocationList; cert?: { certPem: string; keyPem: string }; locateTimeout?: number } = {}): Relay {
   const refusals: Refusal[] = [];
   const infos: string[] = [];
   const rules = opts.rules ?? [];
@@ -87,6 +87,7 @@ function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; d
     keepaliveInterval: 60_000,
     random: () => 0.1, // redials within 50 ms, 100 ms, ...
     metrics: registry,
+    locateTimeout: opts.locateTimeout,
   });
   node.mesh = `127.0.0.1:${mesh.port}`;
   cleanups.push(async () => {
@@ -503,6 +504,23 @@ describe("refusals", () => {
     const unavailable = (await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
     expect(unavailable.code).toBe(ErrorCode.OFFLINE);
     expect(unavailable.message).toBe("cannot look for device site-1 on the other relays: the cluster store is unreachable: connection refused; sessions whose two ends this relay holds go on");
+  });
+
+  test("a directory that hangs or fails otherwise: refused as retryable, with the reason", async () => {
+    const dir = new MemoryDirectory();
+    let mode: "hang" | "throw" = "hang";
+    const a = relay(dir, "relay-a", {
+      locateTimeout: 200,
+      directory: (d) => ({ ...d, locate: () => (mode === "hang" ? new Promise<never>(() => {}) : Promise.reject(new Error("presence value for site-1 is not JSON"))) }),
+    });
+    const master = await peer(dir, a, "master", "tech-1");
+    const hung = (await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
+    expect(hung.code).toBe(ErrorCode.OFFLINE);
+    expect(hung.message).toBe("cannot look for device site-1 on the other relays: the cluster store is unreachable: no answer within 0.2 s; sessions whose two ends this relay holds go on");
+    mode = "throw";
+    const failed = (await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
+    expect(failed.code).toBe(ErrorCode.OFFLINE);
+    expect(failed.message).toBe("cannot look for device site-1 on the other relays: the cluster store failed: presence value for site-1 is not JSON; sessions whose two ends this relay holds go on");
   });
 
   test("a relay whose mesh port does not answer: refused with the relay and the address", async () => {

@@ -48,6 +48,8 @@ export interface MeshOptions {
   keepaliveTimeout?: number;
   /** How long a MESH_OPEN may take (the far relay offers the session to its device meanwhile). */
   openTimeout?: number;
+  /** How long the directory may take to locate a device (ms, default 5 s). */
+  locateTimeout?: number;
   /** Jitter of the redial backoff (tests pin it). */
   random?: () => number;
   /** Where the mesh's metric families go (the relay's registry: `server.metrics.registry`). */
@@ -69,6 +71,8 @@ export interface Mesh {
 }
 
 const MESH_OPEN_TIMEOUT = 20_000;
+/** How long the directory may take to say where a device is. */
+const LOCATE_TIMEOUT = 5_000;
 /**
  * Streams one mesh link routes at once: it carries the sessions of every device of the peer
  * that this relay's masters reach, so it gets the connection's whole stream budget rather than
@@ -161,10 +165,12 @@ class MeshNode implements Mesh {
   private async route(onsite: string): Promise<RemoteEnd | null> {
     let node: RelayNode | null;
     try {
-      node = await this.o.directory.locate(onsite);
+      node = await this.locate(onsite);
     } catch (e) {
-      if (!(e instanceof ClusterUnavailableError)) throw e;
-      throw new RemoteError(ErrorCode.OFFLINE, `cannot look for device ${onsite} on the other relays: ${e.message}; sessions whose two ends this relay holds go on`);
+      // Whatever went wrong (the store unreachable, slow, or an answer it refused), the open is
+      // refused as retryable: the master's resume tries again.
+      const why = e instanceof ClusterUnavailableError ? e.message : `the cluster store failed: ${(e as Error).message}`;
+      throw new RemoteError(ErrorCode.OFFLINE, `cannot look for device ${onsite} on the other relays: ${why}; sessions whose two ends this relay holds go on`);
     }
     if (!node || node.id === this.o.directory.self.id) return null;
     let conn: Connection;
@@ -182,6 +188,15 @@ class MeshNode implements Mesh {
         return offerAnswer(await request(conn, Msg.MESH_OPEN, body, timeout));
       },
     };
+  }
+
+  /** The directory's answer, within the lookup deadline. */
+  private locate(onsite: string): Promise<RelayNode | null> {
+    const ms = this.o.locateTimeout ?? LOCATE_TIMEOUT;
+    const clock = this.hooks.clock;
+    let timer: TimerHandle | null = null;
+    const late = new Promise<never>((_, reject) => (timer = clock.setTimeout(() => reject(new ClusterUnavailableError(`no answer within ${ms / 1000} s`)), ms)));
+    return Promise.race([this.o.directory.locate(onsite), late]).finally(() => clock.clearTimeout(timer));
   }
 
   /** The live link to `node`, dialled now if there is none. */
