@@ -11,7 +11,8 @@ import { RelayServer } from "../src/tunnel/relay/server.ts";
 import type { Refusal } from "../src/tunnel/relay/refusals.ts";
 import { Connection, RemoteError, type Stream } from "../src/transport/mux.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
-import { MAX_CONTROL_MESSAGE } from "../src/transport/frame.ts";
+import { Flag, FrameType, MAX_CONTROL_MESSAGE, decodeReset, encodeJson } from "../src/transport/frame.ts";
+import { Router } from "../src/tunnel/relay/router.ts";
 import { ErrorCode, MessageError, Msg, decodeMeshOpen, type SessionInfo } from "../src/transport/messages.ts";
 import type { AccessRule } from "../src/config.ts";
 import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEADER, type CaMaterial, type RevocationList } from "../src/pki.ts";
@@ -596,6 +597,23 @@ describe("refusals", () => {
 });
 
 describe("pure parts", () => {
+  test("the Router holds each connection to its own stream limit and numbers a dialed mesh link's streams odd", () => {
+    const written: { conn: string; type: number; stream: number; reason?: string }[] = [];
+    const fake = (name: string) => ({ name, writeFrame: (type: number, _f: number, stream: number, payload?: Uint8Array) => written.push({ conn: name, type, stream, ...(type === FrameType.RESET && payload ? { reason: decodeReset(payload).reason } : {}) }) }) as unknown as Connection;
+    const master = fake("master");
+    const link = fake("mesh");
+    const session = { id: "s-1a2b3c4d", master: "tech-1", targets: ["10.0.0.5:80"], masterConn: master, onsiteConn: link, streams: 0 };
+    const router = new Router({ window: WINDOW, session: (id) => (id === session.id ? session : undefined), refuse: () => {} });
+    router.attach(master, { id: "tech-1", role: "master" });
+    router.attach(link, { id: "relay-b", role: "onsite" }, 1, 2);
+    const syn = (stream: number) => router.route({ type: FrameType.DATA, flags: Flag.SYN, stream, length: 0, payload: encodeJson({ session: session.id, target: "10.0.0.5:80" }) }, master);
+    syn(1);
+    syn(3);
+    syn(5);
+    expect(written.filter((w) => w.conn === "mesh").map((w) => w.stream)).toEqual([1, 3]);
+    expect(written.filter((w) => w.conn === "master")).toEqual([{ conn: "master", type: FrameType.RESET, stream: 5, reason: "too many streams on one connection (limit 2)" }]);
+  });
+
   test.each([
     ["no master", { onsite: "site-1", targets: ["10.0.0.5:80"], session: "s-1a2b3c4d", address: "a" }, "master: expected a device id"],
     ["no session id (the dialing relay gives it)", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], address: "a" }, "session: expected an id such as s-1a2b3c4d"],
