@@ -10,7 +10,7 @@
 // B's masters reach A's devices over the link B dialed to A. One link per ordered pair, dialled
 // when a session first needs it, reused by every session after, redialled with backoff when it
 // breaks, closed when the directory says the peer is gone. Messages on the link: HELLO/WELCOME
-// (role "relay"), MESH_OPEN, SESSION_CLOSE both ways, TUNNEL_MODE and NAT_REQUEST (docs/protocol.md §9).
+// (role "relay"), MESH_OPEN, SESSION_CLOSE both ways, TUNNEL_MODE and NAT_REQUEST (docs/protocol.md §10).
 import type { TCPSocketListener } from "bun";
 import { Connection, RemoteError, type Log } from "../transport/mux.ts";
 import type { Link } from "../transport/link.ts";
