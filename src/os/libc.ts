@@ -57,6 +57,8 @@ const SYMBOLS = {
   open: { args: [ptr, i32, u32], returns: i32 },
   read: { args: [i32, ptr, u64], returns: i64 },
   write: { args: [i32, ptr, u64], returns: i64 },
+  // int madvise(void *addr, size_t length, int advice): text-trim.ts drops its own text pages
+  madvise: { args: [u64, u64, i32], returns: i32 },
   // int *__errno_location(void): errno of the calling thread (glibc and musl)
   __errno_location: { args: [], returns: ptr },
 } as const;

@@ -256,6 +256,23 @@ export async function loadRoleBundle(role: Role, cfg: Config, log: Logger, now =
   return bundle;
 }
 
+/** After start-up, once: the executable's code pages this process touched while starting are
+ * dropped from its RSS (src/os/text-trim.ts; issue 18's footprint, docs/performance.md). */
+const TEXT_TRIM_DELAY_MS = 10_000;
+function trimTextLater(log: Logger): void {
+  if (process.platform !== "linux") return;
+  const t = setTimeout(() => {
+    void import("../os/text-trim.ts")
+      .then((m) => {
+        const r = m.trimTextPages();
+        if (r.error) log.debug(`text pages not trimmed: ${r.error}`);
+        else log.debug(`text pages trimmed: ${r.mappings} mapping(s), ${Math.round(r.bytes / 1024)} KiB`);
+      })
+      .catch((e: Error) => log.debug(`text pages not trimmed: ${e.message}`));
+  }, TEXT_TRIM_DELAY_MS);
+  t.unref?.();
+}
+
 /** `agent --role R`: loads the bundle, composes the daemon and runs it until a signal. */
 export async function runRole(role: Role, cfg: Config, log: Logger, opts: DaemonOptions = {}): Promise<number> {
   if (role === "onsite" && cfg.enroll) {
@@ -275,6 +292,7 @@ export async function runRole(role: Role, cfg: Config, log: Logger, opts: Daemon
 /** Runs a daemon until SIGTERM or SIGINT; returns the exit code. */
 export async function runUntilSignal(d: Daemon): Promise<number> {
   await d.start();
+  trimTextLater(d.log);
   const sig = await new Promise<NodeJS.Signals>((resolve) => {
     const on = (s: NodeJS.Signals) => resolve(s);
     process.once("SIGTERM", on);

@@ -444,6 +444,15 @@ export class Connection implements PacketLink {
   get packetRoom(): boolean {
     return this.link.queued < Limits.packetLinkHighWater;
   }
+  /** Credit granted beyond the window, over all streams (bounded by CREDIT_GROWTH_BUDGET). */
+  private creditGrown = 0;
+  /** Up to `want` bytes of credit growth for a stream, what the budget has left. */
+  growCredit(want: number): number {
+    const n = Math.max(0, Math.min(want, CREDIT_GROWTH_BUDGET - this.creditGrown));
+    this.creditGrown += n;
+    return n;
+  }
+
   /** A stream (or packet sender) that could not send because the link was full waits for drain. */
   block(s: { flush(): void }): void {
     this.blocked.add(s);
@@ -474,6 +483,7 @@ export class Connection implements PacketLink {
   }
 
   forget(s: Stream): void {
+    if (this.streams.get(s.id) === s) this.creditGrown -= s.grownBy;
     this.streams.delete(s.id);
     this.blocked.delete(s);
     if (s.packetSender) this.blocked.delete(s.packetSender);
@@ -513,6 +523,17 @@ export class Connection implements PacketLink {
   }
 }
 
+/**
+ * Largest credit a receiving stream grants once its consumer keeps up, and the growth beyond
+ * the window all streams of one connection may have together. What a peer (the relay) may
+ * have to queue towards this side is then at most streams x window + the budget, within the
+ * slack maxRoutedStreams keeps under maxQueued. Wire format unchanged: growth is WINDOW
+ * deltas larger than what was consumed, which every version's sender and relay count as
+ * credit. Issue 18: the 256 KiB window was what a single stream waited on.
+ */
+const STREAM_WINDOW_MAX = 1024 * 1024;
+const CREDIT_GROWTH_BUDGET = 4 * 1024 * 1024;
+
 /** Below this much unsent data a stream asks its source for more. */
 const STREAM_HIGH_WATER = 128 * 1024;
 
@@ -547,6 +568,8 @@ export class Stream {
   private remoteFin = false;
   private endDelivered = false;
   private recvAvail: number;
+  /** The credit this side grants its peer: the connection's window, grown (see deliver). */
+  private recvWindow: number;
   private unacked = 0;
   private recvQueue: Uint8Array[] = [];
   private paused = true;
@@ -557,6 +580,7 @@ export class Stream {
   constructor(readonly conn: Connection, readonly id: number, readonly open: Record<string, unknown>) {
     this.sendCredit = conn.window;
     this.recvAvail = conn.window;
+    this.recvWindow = conn.window;
     this.packets = isPacketOpen(open);
     this.packetSender = this.packets ? new PacketSender(conn, id) : null;
   }
@@ -725,9 +749,15 @@ export class Stream {
     // Credit goes back once a quarter window has been consumed: few WINDOW frames, and the
     // sender never idles waiting for credit on a fast path.
     this.unacked += chunk.length;
-    if (this.unacked >= this.conn.window / 4 && !this.done) {
-      this.recvAvail += this.unacked;
-      this.conn.writeFrame(FrameType.WINDOW, 0, this.id, undefined, this.unacked);
+    if (this.unacked >= this.recvWindow / 4 && !this.done) {
+      // A consumer that keeps up earns its sender a larger window (up to STREAM_WINDOW_MAX,
+      // within the connection's CREDIT_GROWTH_BUDGET): the first window was the bottleneck on
+      // a fast path, the sender idling for credit. A reader that stops never grows it.
+      const grow = this.conn.growCredit(Math.min(this.conn.window, STREAM_WINDOW_MAX - this.recvWindow));
+      this.recvWindow += grow;
+      const delta = this.unacked + grow;
+      this.recvAvail += delta;
+      this.conn.writeFrame(FrameType.WINDOW, 0, this.id, undefined, delta);
       this.unacked = 0;
     }
   }
@@ -750,6 +780,11 @@ export class Stream {
 
   receiveReset(code: number, reason: string): void {
     this.abort(new StreamError(code, reason));
+  }
+
+  /** Credit this stream grants beyond the connection's window. */
+  get grownBy(): number {
+    return this.recvWindow - this.conn.window;
   }
 
   private maybeDone(): void {

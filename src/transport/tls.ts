@@ -15,11 +15,15 @@ import { buildTime } from "../version.ts";
 /** TLS 1.3 as Bun wants it (a number: TLS1_3_VERSION). */
 const TLS13 = 0x0304;
 /**
- * Coalesce queued frame pieces into writes of at most this many bytes: one TLS record's worth.
- * Measured on the relay path (interleaved A/B, `BENCH_PATHS=ours make bench B=transport`):
- * relay CPU 2.90 s/GB at 16 KiB, 2.88–3.21 at 64 KiB, 3.08–3.73 at 256 KiB.
+ * Coalesce queued frame pieces into writes of at most this many bytes. Measured on the relay
+ * path (interleaved A/B, `BENCH_PATHS=ours make bench B=transport`) when every batch was a
+ * fresh allocation: relay CPU 2.90 s/GB at 16 KiB, 2.88–3.21 at 64 KiB, 3.08–3.73 at 256 KiB.
+ * With one reused gather buffer (issue 18) it must hold a header and the largest payload, or
+ * the 12-byte header of every full frame goes out as a write (a TLS record) of its own.
  */
-const WRITE_BATCH = 16 * 1024;
+const WRITE_BATCH = 128 * 1024;
+/** Where small pieces are gathered for one write (see SocketLink.flush); reused, never kept. */
+const gather = new Uint8Array(WRITE_BATCH);
 
 export interface TlsMaterial {
   certPem: string;
@@ -76,19 +80,26 @@ export class SocketLink implements Link {
   private flush(): void {
     while (this.queue.length && !this.gone) {
       let buf: Uint8Array;
+      let scratch = false;
       if (this.queue.length === 1 || this.queue[0]!.length >= WRITE_BATCH) {
         buf = this.queue.shift()!;
       } else {
+        // Small pieces (a frame header and its payload, WINDOW frames) are gathered into one
+        // buffer shared by every link, so they cost one write and no allocation: Bun's write
+        // takes what it can synchronously and keeps no reference to it (the rest is copied
+        // below before the buffer is reused).
         let size = 0;
         let n = 0;
         while (n < this.queue.length && size + this.queue[n]!.length <= WRITE_BATCH) size += this.queue[n++]!.length;
-        if (n === 0) n = 1, size = this.queue[0]!.length;
-        buf = new Uint8Array(size);
         let at = 0;
-        for (const c of this.queue.splice(0, n)) {
-          buf.set(c, at);
+        for (let i = 0; i < n; i++) {
+          const c = this.queue[i]!;
+          gather.set(c, at);
           at += c.length;
         }
+        this.queue.splice(0, n);
+        buf = gather.subarray(0, size);
+        scratch = true;
       }
       const written = this.socket.write(buf);
       if (written < 0) {
@@ -98,7 +109,7 @@ export class SocketLink implements Link {
       }
       this.queued -= written;
       if (written < buf.length) {
-        this.queue.unshift(buf.subarray(written));
+        this.queue.unshift(scratch ? buf.slice(written) : buf.subarray(written));
         this.waitingDrain = true;
         return;
       }
