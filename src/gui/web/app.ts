@@ -23,7 +23,7 @@ const banner = document.getElementById("banner")!;
 const nav = document.getElementById("nav")!;
 const who = document.getElementById("who")!;
 /** Per page: state the page keeps between renders (the search text, timed grants). */
-const keep: { search: string; grants: { device: string; service: string; rule: Json; expires: number }[] } = { search: "", grants: [] };
+const keep: { search: string; grants: { device: string; service: string; rule: Json; expires: number }[]; ready: Map<string, { command?: string; url?: string; text: string; session: string }> } = { search: "", grants: [], ready: new Map() };
 let events: EventSource | null = null;
 let refreshQueued = false;
 let rendering = false;
@@ -263,17 +263,24 @@ function connectDialog(d: Json): void {
 }
 
 function serviceRow(s: Json): HTMLElement {
+  const ready = keep.ready.get(`${s.device}/${s.name}`);
   const row = h("div", { class: "svc", "data-service": s.name },
     h("b", {}, s.name),
     h("span", { class: "muted" }, `${s.kind} · ${s.target}`),
-    h("button", { class: "open", disabled: !s.online, onclick: () => void openService(s, row) }, s.offer?.action === "tab" ? "Open" : "Forward"),
+    h("button", { class: "open", disabled: !s.online, onclick: () => void openService(s) }, s.offer?.action === "tab" ? "Open" : "Forward"),
     has("natAdd") ? h("button", { class: "ghost grant", disabled: !s.online, onclick: () => grantDialog({ device: s.device, name: s.name, target: s.target }) }, "Timed access…") : null,
   );
-  return row;
+  if (!ready) return row;
+  const out = h("div", { class: "msg ready" });
+  if (ready.command) out.append("Run: ", h("code", {}, ready.command));
+  else if (ready.url) out.append("Open: ", h("a", { href: ready.url, target: "_blank", rel: "noopener" }, ready.url));
+  else out.append(ready.text);
+  out.append(h("span", { class: "muted" }, ` (session ${ready.session})`));
+  return h("div", {}, row, out);
 }
 
 /** Opens a forward to the service (a session of its own) and, for http/https, the page in a new tab. */
-async function openService(s: Json, row: HTMLElement): Promise<void> {
+async function openService(s: Json): Promise<void> {
   const r = reach();
   const tab = s.offer?.action === "tab" ? window.open("about:blank", "_blank") : null;
   try {
@@ -283,17 +290,19 @@ async function openService(s: Json, row: HTMLElement): Promise<void> {
     const fill = (t: string | null) => (t ?? "").replaceAll("{port}", String(port)).replaceAll("127.0.0.1", r.host);
     const url = fill(s.offer?.url) || `${s.kind === "https" ? "https" : "http"}://${r.host}:${port}/`;
     if (tab) tab.location.href = url;
-    const out = h("div", { class: "msg ready" });
-    if (s.offer?.action === "command") out.append("Run: ", h("code", {}, fill(s.offer.command)));
-    else if (s.offer?.action === "url" || s.offer?.action === "tab") out.append("Open: ", h("a", { href: url, target: "_blank", rel: "noopener" }, url));
-    else out.append(`Forwarded: ${r.host}:${port} → ${s.target}`);
-    out.append(h("span", { class: "muted" }, ` (session ${session.session})`));
-    row.after(out);
+    const action = s.offer?.action;
+    keep.ready.set(`${s.device}/${s.name}`, {
+      session: session.session,
+      text: `Forwarded: ${r.host}:${port} → ${s.target}`,
+      ...(action === "command" && s.offer.command ? { command: fill(s.offer.command) } : {}),
+      ...(action === "url" || action === "tab" ? { url } : {}),
+    });
     flash(`${s.name}: forward ${r.host}:${port} → ${s.target} open`);
   } catch (e) {
     tab?.close();
     flash(`${s.name}: ${(e as Error).message}`, true);
   }
+  await render();
 }
 
 /** What a timed-access grant is for: a service of a device, or any target through a session already open. */
