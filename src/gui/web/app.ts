@@ -183,6 +183,12 @@ function reach(): { bind: string; host: string } {
   return { bind: "0.0.0.0", host };
 }
 
+/** A heartbeat's scalar fields (active uplink, signal, last error...) on one line. */
+function diagnostics(hb: Json | null | undefined): string | null {
+  if (!hb?.payload) return null;
+  return Object.entries(hb.payload as Json).filter(([, v]) => v !== null && v !== "" && typeof v !== "object").map(([k, v]) => `${k}=${v}`).join(", ") || null;
+}
+
 function deviceMatches(d: Json, q: string): boolean {
   if (!q) return true;
   const text = [d.id, d.hostname, d.location, d.address, d.uplink, d.state, d.online ? "online" : "offline"].join(" ").toLowerCase();
@@ -215,6 +221,8 @@ async function masterDevices(): Promise<Node[]> {
         ["uplink", d.uplink],
         ["status", d.status],
         ["heartbeat", d.heartbeat ? `${ago(d.heartbeat.at)} via ${d.heartbeat.via}` : null],
+        ["diagnostics", diagnostics(d.heartbeat)],
+        ["certificate expires", d.cert_expires],
         ["round trip", d.rtt_ms !== null && d.rtt_ms !== undefined ? `${d.rtt_ms} ms` : null],
         ["last seen", d.online ? "now" : ago(d.last_seen)],
       ]),
@@ -417,7 +425,6 @@ async function relayFleet(): Promise<Node[]> {
   const list = h("div", { class: "cards", id: "devices" });
   for (const d of devices) {
     const hb: Json | null = d.heartbeat ?? null;
-    const p: Json = hb?.payload ?? {};
     const card = h("div", { class: `card device ${d.online ? "online" : "offline"}`, "data-id": d.id, "data-search": [d.id, d.hostname, d.location, d.address, d.uplink, d.state].join(" ").toLowerCase() },
       h("div", { class: "loc" }, d.location || "(no location)"),
       h("div", { class: "id" }, d.id, " ", pill(d.state ?? (d.online ? "online" : "offline"))),
@@ -429,7 +436,7 @@ async function relayFleet(): Promise<Node[]> {
         ["agent", d.agent],
         ["last seen", d.online ? "now" : ago(d.last_seen)],
         ["heartbeat", hb ? `${ago(hb.at)} via ${hb.via} from ${hb.from}` : "none"],
-        ["diagnostics", hb ? Object.entries(p).filter(([, v]) => v !== null && typeof v !== "object").map(([k, v]) => `${k}=${v}`).join(", ") : null],
+        ["diagnostics", diagnostics(hb)],
         ["certificate expires", d.cert_expires],
         ["first seen", d.first_seen],
       ]),
