@@ -26,7 +26,7 @@ export function formatServices(list: readonly ServiceEntry[], onsite?: string): 
 
 export const servicesCommand = defineAgentCommand({
   meta: { name: "services", description: "The service catalogue: what the onsite devices advertise and this master's own [[service]] entries, with what to open for each (master)" },
-  args: { ...configArgs, id: { type: "positional", valueHint: "id", description: "only this onsite device's services" }, json: { type: "boolean", description: "print JSON" } },
+  args: { ...configArgs, id: { type: "positional", valueHint: "id", description: "only this onsite device's services", required: false }, json: { type: "boolean", description: "print JSON" } },
   runsOn: ["master"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
