@@ -23,9 +23,14 @@ const DEVICES = Number(process.env.FLEET_DEVICES ?? 5000);
 const PHASE_MS = Number(process.env.FLEET_PHASE_MS ?? HeartbeatTiming.interval);
 const dir = mkdtempSync(join(tmpdir(), "agent-fleet-bench-"));
 
-async function heartbeatCost(floor = false): Promise<number> {
+/**
+ * The heartbeat cost of one relay (`tree`: the source tree whose bench/lib/fleet-relay.ts runs,
+ * default this one). `quiet`: no lines printed, the figures returned (the A/B turns); the first
+ * round then goes fast (all devices in ~2 s), as it is not measured.
+ */
+async function heartbeatCost(floor = false, tree = join(import.meta.dir, ".."), quiet = false): Promise<number> {
   const secret = randomBytes(32);
-  const child = Bun.spawn([BUN, join(import.meta.dir, "lib", "fleet-relay.ts"), floor ? "floor" : join(dir, "hb.db"), String(DEVICES), secret.toString("hex")], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
+  const child = Bun.spawn([BUN, join(tree, "bench", "lib", "fleet-relay.ts"), floor ? "floor" : join(dir, `hb-${Math.random().toString(36).slice(2)}.db`), String(DEVICES), secret.toString("hex")], { stdin: "pipe", stdout: "pipe", stderr: "inherit" });
   const reader = child.stdout.getReader();
   const dec = new TextDecoder();
   let pending = "";
@@ -48,10 +53,11 @@ async function heartbeatCost(floor = false): Promise<number> {
     const { port } = (await line()) as { port: number };
     const keys = Array.from({ length: DEVICES }, (_, i) => deviceKey(secret, `dev-${String(i).padStart(5, "0")}`, "0a"));
     const boot = randomBytes(16);
-    const phase = async (send: boolean, seq = 1n) => {
+    const phase = async (send: boolean, seq = 1n, phaseMs = PHASE_MS) => {
       const r0 = await report();
       const c0 = cpuSeconds(child.pid);
       const t0 = performance.now();
+      const PHASE_MS = phaseMs;
       if (send) {
         // One heartbeat per device over the phase, evenly spread (a 25 s interval's worth).
         const s = dgram.createSocket("udp4");
@@ -74,6 +80,13 @@ async function heartbeatCost(floor = false): Promise<number> {
       const bare = await phase(true, 1n);
       console.log(`  peer, a bare node:dgram socket that only counts (the floor: one event-loop wake per datagram): CPU ${bare.cpuPct.toFixed(2)} % of one core at ${(bare.accepted / (PHASE_MS / 1000)).toFixed(0)}/s`);
       return bare.cpuPct;
+    }
+    if (quiet) {
+      await phase(true, 1n, 2_000);
+      const idle = await phase(false);
+      const beats = await phase(true, 2n);
+      if (beats.accepted < DEVICES * 0.95) throw new Error(`only ${beats.accepted} of ${DEVICES} heartbeats accepted`);
+      return beats.cpuPct - idle.cpuPct;
     }
     const idle = await phase(false);
     // The first heartbeat of each device changes its state (offline → alive) and is written to
@@ -159,6 +172,36 @@ async function listCost(): Promise<void> {
     relay.kill();
     await relay.exited;
   }
+}
+
+/**
+ * FLEET_AB=DIR: interleaved A/B turns of the heartbeat cost, A the source tree in DIR (e.g. a
+ * `git archive` of the commit before a change, with node_modules linked), B this one; FLEET_ROUNDS
+ * pairs (default 3), the order alternating, each a fresh relay. Prints each turn and the medians.
+ */
+async function abTurns(a: string): Promise<void> {
+  const rounds = Number(process.env.FLEET_ROUNDS ?? 3);
+  const here = join(import.meta.dir, "..");
+  const got: Record<"A" | "B", number[]> = { A: [], B: [] };
+  for (let i = 0; i < rounds; i++) {
+    const order: ("A" | "B")[] = i % 2 === 0 ? ["A", "B"] : ["B", "A"];
+    for (const v of order) {
+      const pct = await heartbeatCost(false, v === "A" ? a : here, true);
+      got[v].push(pct);
+      console.log(`  turn ${i + 1} ${v}: heartbeats add ${pct.toFixed(2)} % of one core`);
+    }
+  }
+  const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+  console.log(`A/B, ${DEVICES} devices, ${rounds} turns each: A (${a}) median ${median(got.A).toFixed(2)} %, B (this tree) median ${median(got.B).toFixed(2)} % of one core added by heartbeats`);
+}
+
+if (process.env.FLEET_AB) {
+  try {
+    await abTurns(process.env.FLEET_AB);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  process.exit(0);
 }
 
 try {

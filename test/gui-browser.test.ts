@@ -39,7 +39,10 @@ describe.skipIf(!ok)("web GUI in chromium", () => {
     browser = b;
     fleet = f;
     relay = await fleet.startRelay("relay-1", ["--gui", "127.0.0.1:0"]);
-    await fleet.startOnsite("site-1", ["--allow", "127.0.0.1/32", "--location", LOCATION]);
+    // The device's service catalogue: the LAN web page and an ssh server, as its config declares them.
+    const conf = join(fleet.dir, "site-1.toml");
+    await Bun.write(conf, `[[service]]\nname = "Router web UI"\ntarget = "127.0.0.1:${web.port}"\nkind = "http"\n\n[[service]]\nname = "Gateway shell"\ntarget = "127.0.0.1:22"\nkind = "ssh"\n`);
+    await fleet.startOnsite("site-1", ["--config", conf, "--allow", "127.0.0.1/32", "--location", LOCATION]);
     // The master's user, made with the CLI as a person would (password on stdin), before it starts.
     const add = Bun.spawn([BUN, MAIN, "gui", "user", "add", "alice", "--state-dir", join(fleet.dir, "state-tech-1")], { stdin: new Blob([PASSWORD + "\n"]), stdout: "pipe", stderr: "pipe" });
     expect({ code: await add.exited, err: await new Response(add.stderr).text() }).toEqual({ code: 0, err: "" });
@@ -116,6 +119,37 @@ describe.skipIf(!ok)("web GUI in chromium", () => {
     await watcher.locator(`.session[data-session="${id}"]`).waitFor({ state: "detached", timeout: 15_000 });
     expect(await watcher.evaluate("window.__sameDocument")).toBe(true);
     await p.locator(`.session[data-session="${id}"]`).waitFor({ state: "detached" });
+  });
+
+  test("the service catalogue: one click opens the LAN web service through a forward in a new tab; ssh shows its command; extend", async () => {
+    const p = await page();
+    await logIn(p, masterUrl + "#/services", "alice", PASSWORD);
+    const row = p.locator('.svc[data-service="Router web UI"]');
+    await row.waitFor();
+    expect(await p.locator("#services .loc").first().textContent()).toBe(LOCATION);
+    await shot(p, "master-services");
+    const [tab] = await Promise.all([p.waitForEvent("popup"), row.locator("button.open").click()]);
+    await tab.waitForURL(/^http:\/\/127\.0\.0\.1:\d+\/$/, { timeout: 15_000 });
+    expect(await tab.title()).toBe("Router web UI");
+    const port = Number(new URL(tab.url()).port);
+    expect(port).not.toBe(web.port); // through the forward, not the service itself
+    await tab.close();
+    await p.locator('.svc[data-service="Gateway shell"] button.open').click();
+    await p.locator(".msg.ready code").waitFor();
+    expect(await p.locator(".msg.ready code").textContent()).toMatch(/^ssh -p \d+ .*127\.0\.0\.1/);
+    // Both forwards are sessions of this master; one is extended by an hour.
+    await p.click("nav a[data-page=sessions]");
+    const card = p.locator(".session").first();
+    await card.waitFor();
+    const id = (await card.getAttribute("data-session"))!;
+    const before = (await fleet.json<{ session: string; expires: string }[]>(master, ["sessions"])).find((s) => s.session === id)!.expires;
+    await card.locator("button.extend").click();
+    await waitFor(async () => {
+      const now = (await fleet.json<{ session: string; expires: string }[]>(master, ["sessions"])).find((s) => s.session === id)!.expires;
+      return Date.parse(now) - Date.parse(before) > 50 * 60_000 || undefined;
+    }, 15_000, "the session extended by an hour");
+    for (const s of await fleet.json<{ session: string; state: string }[]>(master, ["sessions"])) if (s.state !== "closed") await fleet.cli(master, ["disconnect", s.session]);
+    await p.locator(".session").first().waitFor({ state: "detached", timeout: 15_000 });
   });
 
   test("the relay: no user yet says how to make one; then kick a device and watch it go offline", async () => {

@@ -21,7 +21,11 @@ describe.skipIf(!ok)("web GUI: tunnels and timed access", () => {
   let url = "";
 
   beforeAll(async () => {
-    const [b, t] = await Promise.all([launchChromium(), Trio.start({ relay: { access: [{ masters: ["tech-1"], onsites: ["site-1"], nat: true }] }, master: { gui: "127.0.0.1:0" }, onsite: { location: "Cellar 2", nat: { min_ttl: "1s" }, tunnel: { enabled: true, bridged: true } } })]);
+    // A fixed port, so the GUI can be stopped and started again where the page expects it.
+    const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = probe.port;
+    probe.stop(true);
+    const [b, t] = await Promise.all([launchChromium(), Trio.start({ relay: { access: [{ masters: ["tech-1"], onsites: ["site-1"], nat: true }] }, master: { gui: `127.0.0.1:${port}` }, onsite: { location: "Cellar 2", nat: { min_ttl: "1s" }, tunnel: { enabled: true, bridged: true } } })]);
     browser = b;
     trio = t;
     await new UserStore(join(trio.dir, "state-tech-1")).add("alice", PASSWORD);
@@ -77,5 +81,21 @@ describe.skipIf(!ok)("web GUI: tunnels and timed access", () => {
     await shot(p, "master-timed-access");
     await waitFor(async () => (await grant.locator(".pill").textContent()) === "expired" || undefined, 20_000, "the grant shown expired");
     await waitFor(async () => (await trio.onsiteApi.call("natList")).rules.length === 0 || undefined, 20_000, "the rule gone from the device");
+  });
+
+  test("a lost connection shows in the page, and the page recovers when the GUI is back", async () => {
+    await p.goto(url + "#/sessions");
+    await p.waitForSelector("body[data-live=yes]");
+    const gui = (trio.master as unknown as { components: { name: string; close(): Promise<void>; start(): Promise<void> }[] }).components.find((c) => c.name === "gui")!;
+    await gui.close();
+    await p.waitForSelector("#banner:not([hidden])", { timeout: 15_000 });
+    expect(await p.textContent("#banner")).toContain("lost");
+    await shot(p, "connection-lost");
+    await gui.start();
+    await p.waitForSelector("#banner", { state: "hidden", timeout: 20_000 });
+    await p.waitForSelector("body[data-live=yes]");
+    // Still logged in, still live: a session opened elsewhere shows up without a reload.
+    const s = await trio.masterApi.call("connect", { onsite: "site-1", forwards: ["127.0.0.1:0:192.168.1.10:80"] });
+    await p.locator(`.session[data-session="${s.session}"]`).waitFor({ timeout: 15_000 });
   });
 });

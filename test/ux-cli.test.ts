@@ -233,7 +233,7 @@ describe("options for another role", () => {
     ["master", { allow: ["10.0.0.0/8"] }, ["--allow has no effect on a master: only an onsite device serves LAN targets"]],
     ["relay", { relay: "r:1", location: "x" }, ["--relay has no effect on a relay: the relay dials no relay; it listens on `listen`", "--location has no effect on a relay: only an onsite device reports a location"]],
     ["onsite", { allow: ["10.0.0.0/8"], relay: "r:1" }, []],
-    ["onsite", { gui: "127.0.0.1:8080" }, ["--gui has no effect on an onsite device: only a master serves the GUI"]],
+    ["onsite", { gui: "127.0.0.1:8080" }, ["--gui has no effect on an onsite device: only a master and a relay serve the GUI"]],
   ] as const)("%s with %p", (role, args, warnings) => {
     expect(flagsIgnoredForRole({ _: [], ...args } as never, role)).toEqual([...warnings]);
   });

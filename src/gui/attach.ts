@@ -38,6 +38,7 @@ export function guiTls(cfg: Config, bundle: GuiRoleParts["bundle"]): { cert: str
 /** The GUI component of a daemon whose config has `gui`, or null. */
 export function guiComponent(cfg: Config, parts: GuiRoleParts, log: Logger): GuiServer | null {
   if (!cfg.gui) return null;
+  if (cfg.gui.host === "0.0.0.0") log.warn(`the web GUI answers on every interface (gui = "0.0.0.0:${cfg.gui.port}"), the uplink too; bind it to the LAN side's address, e.g. gui = "192.168.1.20:${cfg.gui.port}" (see README, Web GUI)`);
   return new GuiServer({
     listen: cfg.gui,
     role: parts.role,

@@ -23,7 +23,7 @@ const banner = document.getElementById("banner")!;
 const nav = document.getElementById("nav")!;
 const who = document.getElementById("who")!;
 /** Per page: state the page keeps between renders (the search text, timed grants). */
-const keep: { search: string; grants: { device: string; service: string; rule: Json; expires: number }[] } = { search: "", grants: [] };
+const keep: { search: string; grants: { device: string; service: string; rule: Json; expires: number }[]; ready: Map<string, { command?: string; url?: string; text: string; session: string }> } = { search: "", grants: [], ready: new Map() };
 let events: EventSource | null = null;
 let refreshQueued = false;
 let rendering = false;
@@ -158,7 +158,7 @@ async function masterStatus(): Promise<Node[]> {
       ),
       h("div", { class: "card", id: "relay-card" },
         h("h2", {}, "Relay connection ", pill(m.state ?? "unknown")),
-        kv([["relay", m.relay], ["since", m.since], ["round trip", m.rtt_ms !== undefined && m.rtt_ms !== null ? `${m.rtt_ms} ms` : null], ["last error", m.last_error]]),
+        kv([["relay", m.relay], ["since", m.since], ["round trip", typeof m.rtt_ms === "number" ? `${m.rtt_ms < 10 ? m.rtt_ms.toFixed(1) : Math.round(m.rtt_ms)} ms` : null], ["last error", m.last_error]]),
       ),
       h("div", { class: "card" },
         h("h2", {}, "Uplink"),
@@ -183,6 +183,12 @@ function reach(): { bind: string; host: string } {
   return { bind: "0.0.0.0", host };
 }
 
+/** A heartbeat's scalar fields (active uplink, signal, last error...) on one line. */
+function diagnostics(hb: Json | null | undefined): string | null {
+  if (!hb?.payload) return null;
+  return Object.entries(hb.payload as Json).filter(([, v]) => v !== null && v !== "" && typeof v !== "object").map(([k, v]) => `${k}=${v}`).join(", ") || null;
+}
+
 function deviceMatches(d: Json, q: string): boolean {
   if (!q) return true;
   const text = [d.id, d.hostname, d.location, d.address, d.uplink, d.state, d.online ? "online" : "offline"].join(" ").toLowerCase();
@@ -192,11 +198,23 @@ function deviceMatches(d: Json, q: string): boolean {
 /** The search box: filters the cards in place (no request), keeps its text across renders. */
 function searchBox(target: () => HTMLElement, match: (el: HTMLElement, q: string) => boolean): HTMLInputElement {
   const box = h("input", { type: "search", id: "search", placeholder: "Search location, host, id, address…", value: keep.search, "aria-label": "search" });
+  // Each card's text read once (dataset reads of thousands of cards cost more than the match).
+  let cards: { el: HTMLElement; text: string }[] | null = null;
   box.addEventListener("input", () => {
     keep.search = box.value;
-    for (const el of Array.from(target().children) as HTMLElement[]) el.hidden = !match(el, box.value);
+    cards ??= (Array.from(target().children) as HTMLElement[]).map((el) => ({ el, text: el.dataset.search ?? "" }));
+    const words = box.value.toLowerCase().split(/\s+/).filter(Boolean);
+    for (const c of cards) {
+      const hide = !(words.length === 0 ? true : match === matchSearch ? words.every((w) => c.text.includes(w)) : match(c.el, box.value));
+      if (c.el.hidden !== hide) c.el.hidden = hide;
+    }
   });
   return box;
+}
+
+/** The cards' own search text (data-search) holds every word typed. */
+function matchSearch(el: HTMLElement, q: string): boolean {
+  return q.toLowerCase().split(/\s+/).every((w) => (el.dataset.search ?? "").includes(w));
 }
 
 async function masterDevices(): Promise<Node[]> {
@@ -214,8 +232,10 @@ async function masterDevices(): Promise<Node[]> {
         ["public address", d.address],
         ["uplink", d.uplink],
         ["status", d.status],
-        ["heartbeat", d.heartbeat ? `${ago(d.heartbeat.at)} via ${d.heartbeat.via}` : null],
-        ["round trip", d.rtt_ms !== null && d.rtt_ms !== undefined ? `${d.rtt_ms} ms` : null],
+        ["heartbeat", d.heartbeat ? `${ago(d.heartbeat.at)}${d.heartbeat.via ? ` via ${d.heartbeat.via}` : ""}` : null],
+        ["diagnostics", diagnostics(d.heartbeat)],
+        ["certificate expires", d.cert_expires],
+        ["round trip", typeof d.rtt_ms === "number" ? `${d.rtt_ms < 10 ? d.rtt_ms.toFixed(1) : Math.round(d.rtt_ms)} ms` : null],
         ["last seen", d.online ? "now" : ago(d.last_seen)],
       ]),
       svc.length ? h("div", {}, ...svc.map((s) => serviceRow(s))) : null,
@@ -226,7 +246,7 @@ async function masterDevices(): Promise<Node[]> {
   }
   return [
     h("h1", {}, `Devices (${devices.filter((d) => d.online).length} online of ${devices.length})`),
-    searchBox(() => list, (el, q) => q.toLowerCase().split(/\s+/).every((w) => (el.dataset.search ?? "").includes(w))),
+    searchBox(() => list, matchSearch),
     devices.length ? list : h("p", { class: "muted" }, "The relay lists no device for this master."),
   ];
 }
@@ -263,17 +283,24 @@ function connectDialog(d: Json): void {
 }
 
 function serviceRow(s: Json): HTMLElement {
+  const ready = keep.ready.get(`${s.device}/${s.name}`);
   const row = h("div", { class: "svc", "data-service": s.name },
     h("b", {}, s.name),
     h("span", { class: "muted" }, `${s.kind} · ${s.target}`),
-    h("button", { class: "open", disabled: !s.online, onclick: () => void openService(s, row) }, s.offer?.action === "tab" ? "Open" : "Forward"),
+    h("button", { class: "open", disabled: !s.online, onclick: () => void openService(s) }, s.offer?.action === "tab" ? "Open" : "Forward"),
     has("natAdd") ? h("button", { class: "ghost grant", disabled: !s.online, onclick: () => grantDialog({ device: s.device, name: s.name, target: s.target }) }, "Timed access…") : null,
   );
-  return row;
+  if (!ready) return row;
+  const out = h("div", { class: "msg ready" });
+  if (ready.command) out.append("Run: ", h("code", {}, ready.command));
+  else if (ready.url) out.append("Open: ", h("a", { href: ready.url, target: "_blank", rel: "noopener" }, ready.url));
+  else out.append(ready.text);
+  out.append(h("span", { class: "muted" }, ` (session ${ready.session})`));
+  return h("div", {}, row, out);
 }
 
 /** Opens a forward to the service (a session of its own) and, for http/https, the page in a new tab. */
-async function openService(s: Json, row: HTMLElement): Promise<void> {
+async function openService(s: Json): Promise<void> {
   const r = reach();
   const tab = s.offer?.action === "tab" ? window.open("about:blank", "_blank") : null;
   try {
@@ -283,17 +310,19 @@ async function openService(s: Json, row: HTMLElement): Promise<void> {
     const fill = (t: string | null) => (t ?? "").replaceAll("{port}", String(port)).replaceAll("127.0.0.1", r.host);
     const url = fill(s.offer?.url) || `${s.kind === "https" ? "https" : "http"}://${r.host}:${port}/`;
     if (tab) tab.location.href = url;
-    const out = h("div", { class: "msg ready" });
-    if (s.offer?.action === "command") out.append("Run: ", h("code", {}, fill(s.offer.command)));
-    else if (s.offer?.action === "url" || s.offer?.action === "tab") out.append("Open: ", h("a", { href: url, target: "_blank", rel: "noopener" }, url));
-    else out.append(`Forwarded: ${r.host}:${port} → ${s.target}`);
-    out.append(h("span", { class: "muted" }, ` (session ${session.session})`));
-    row.after(out);
+    const action = s.offer?.action;
+    keep.ready.set(`${s.device}/${s.name}`, {
+      session: session.session,
+      text: `Forwarded: ${r.host}:${port} → ${s.target}`,
+      ...(action === "command" && s.offer.command ? { command: fill(s.offer.command) } : {}),
+      ...(action === "url" || action === "tab" ? { url } : {}),
+    });
     flash(`${s.name}: forward ${r.host}:${port} → ${s.target} open`);
   } catch (e) {
     tab?.close();
     flash(`${s.name}: ${(e as Error).message}`, true);
   }
+  await render();
 }
 
 /** What a timed-access grant is for: a service of a device, or any target through a session already open. */
@@ -351,7 +380,7 @@ async function masterServices(): Promise<Node[]> {
   }
   return [
     h("h1", {}, `Services (${services.length})`),
-    searchBox(() => list, (el, q) => q.toLowerCase().split(/\s+/).every((w) => (el.dataset.search ?? "").includes(w))),
+    searchBox(() => list, matchSearch),
     services.length ? list : h("p", { class: "muted" }, "No device advertises a service ([[service]] in its config), and this master lists none of its own."),
   ];
 }
@@ -408,7 +437,6 @@ async function relayFleet(): Promise<Node[]> {
   const list = h("div", { class: "cards", id: "devices" });
   for (const d of devices) {
     const hb: Json | null = d.heartbeat ?? null;
-    const p: Json = hb?.payload ?? {};
     const card = h("div", { class: `card device ${d.online ? "online" : "offline"}`, "data-id": d.id, "data-search": [d.id, d.hostname, d.location, d.address, d.uplink, d.state].join(" ").toLowerCase() },
       h("div", { class: "loc" }, d.location || "(no location)"),
       h("div", { class: "id" }, d.id, " ", pill(d.state ?? (d.online ? "online" : "offline"))),
@@ -419,8 +447,8 @@ async function relayFleet(): Promise<Node[]> {
         ["uplink", d.uplink],
         ["agent", d.agent],
         ["last seen", d.online ? "now" : ago(d.last_seen)],
-        ["heartbeat", hb ? `${ago(hb.at)} via ${hb.via} from ${hb.from}` : "none"],
-        ["diagnostics", hb ? Object.entries(p).filter(([, v]) => v !== null && typeof v !== "object").map(([k, v]) => `${k}=${v}`).join(", ") : null],
+        ["heartbeat", hb ? `${ago(hb.at)}${hb.via ? ` via ${hb.via}` : ""} from ${hb.from}` : "none"],
+        ["diagnostics", diagnostics(hb)],
         ["certificate expires", d.cert_expires],
         ["first seen", d.first_seen],
       ]),
@@ -434,7 +462,7 @@ async function relayFleet(): Promise<Node[]> {
   }
   return [
     h("h1", {}, `Fleet (${devices.filter((d) => d.online).length} online of ${devices.length})`),
-    searchBox(() => list, (el, q) => q.toLowerCase().split(/\s+/).every((w) => (el.dataset.search ?? "").includes(w))),
+    searchBox(() => list, matchSearch),
     devices.length ? list : h("p", { class: "muted" }, "No device has connected yet."),
   ];
 }
