@@ -215,7 +215,10 @@ describe.each(runs)("NAT rules inside sessions, $backend backend, relay on $list
     }
     expect(await ruleset()).toBe(before);
     // The relay's audit trail has it, as a policy refusal.
-    const audit = readFileSync(join(fleet!.dir, "state-relay-1", "refusals.log"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { code: string; reason: string; presented: string });
+    // (The relay writes its audit file in batches, off the refusing path: wait for the batch.)
+    const readAudit = () => readFileSync(join(fleet!.dir, "state-relay-1", "refusals.log"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { code: string; reason: string; presented: string });
+    await waitFor(() => readAudit().some((r) => r.code === "policy"), 5_000, "the policy refusal in the audit file");
+    const audit = readAudit();
     expect(audit).toContainEqual(expect.objectContaining({ code: "policy", presented: expect.stringContaining("tech-3"), reason: expect.stringMatching(/^tech-3 may not ask site-1 for NAT rules/) }));
     // At the cap, the same request again extends (it adds no rule).
     const again = await natAdd(tech1, "--session", s1, "--port", "8085", "--to", `${SERVER}:80`, "--ttl", "5m");
