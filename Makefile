@@ -63,6 +63,8 @@ demo: deps
 # peer: wifi's netconnectd-protocol row, uplink's netlink read cost, transport's idle
 # capacity (BENCH_IDLE=1). No test checks a benchmark figure (test/helpers-bench and
 # test/bench-mwan3 check the benchmarks' own machinery and arithmetic).
+# Issue 17: `make bench B=storm` (the full 60 s storm; the suite runs a shorter one) and
+# `make bench B=herd` (2,000 devices, the relay killed and restarted; spread against all at once).
 bench: deps
 	$(BUN) bench/index.ts $(B)
 

@@ -141,7 +141,7 @@ describe("AdmissionTable", () => {
   test("a success from the source forgives half its failures (a NAT shared with a broken device)", () => {
     const a = new AdmissionTable({ failuresFree: 3, earlyDropFrom: 1 }, never);
     for (let i = 0; i < 6; i++) a.failed("203.0.113.1", 0);
-    a.succeeded("203.0.113.1");
+    a.succeeded("203.0.113.1", 0);
     a.failed("203.0.113.1", 100_000); // 3 + 1: held for the base, not for 2^3 bases
     expect(a.admit("203.0.113.1", 100_999).ok).toBe(false);
     expect(a.admit("203.0.113.1", 101_000).ok).toBe(true);
@@ -156,6 +156,19 @@ describe("AdmissionTable", () => {
     expect(a.admit("10.1.0.1", 0)).toMatchObject({ ok: false, why: "early" }); // 6 of 10: chance 2/6, rolled 0.001
     expect(a.admit("10.1.0.1", 0).ok).toBe(true); // chance 2/6, rolled 0.5
     expect(a.dropped.early).toBe(1);
+  });
+
+  test("a source where a device authenticated is spared the early drop for an hour (not the hard caps)", () => {
+    const a = new AdmissionTable({ total: 4, perSource: 4, earlyDropFrom: 0.25, goodMemory: 3_600_000 }, () => 0);
+    a.admit("10.7.0.1", 0); // 0 of 4: no roll
+    expect(a.admit("10.7.0.2", 0)).toMatchObject({ ok: false, why: "early" }); // a stranger rolls and loses
+    a.succeeded("10.7.0.3", 0);
+    expect(a.admit("10.7.0.3", 1).ok).toBe(true);
+    expect(a.admit("10.7.0.3", 2).ok).toBe(true);
+    expect(a.admit("10.7.0.3", 3).ok).toBe(true);
+    expect(a.admit("10.7.0.3", 4)).toMatchObject({ ok: false, why: "capacity" });
+    a.release("10.7.0.3");
+    expect(a.admit("10.7.0.3", 3_600_000)).toMatchObject({ ok: false, why: "early" }); // forgotten after the hour
   });
 
   test("the accept pacer: new connections a second for the whole relay", () => {

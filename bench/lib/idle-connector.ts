@@ -85,3 +85,10 @@ export const connector: IdleConnector = {
     return { close: () => conn.close(0, "bench done") };
   },
 };
+
+/** The TLS material of device `index` (CN site-idle-N), signed by the fleet CA in `pkiDir` (for test/helpers/device-swarm.ts). */
+export async function deviceMaterial(pkiDir: string, index: number): Promise<TlsMaterial> {
+  await connector.prepare!({ relay: "", workDir: "", pkiDir }, index, index + 1);
+  return issued.get(index)!;
+}
+export const deviceId = idOf;

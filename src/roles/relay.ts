@@ -157,7 +157,7 @@ export class RelayRole implements Component {
         trust: () => ({ revocations: this.revocations, roles: ["onsite", "master"] }),
         accept: ({ link, verdict, handshakeMs }) => {
           if (handshakeMs !== undefined) this.server.metrics.handshake.observe(handshakeMs / 1000);
-          this.admission.succeeded(link.remoteAddress);
+          this.admission.succeeded(link.remoteAddress, this.clock.now());
           this.server.accept(link, verdict);
         },
         refuse: (r) => {

@@ -60,8 +60,10 @@ export class AcceptGuard implements Stoppable {
   private count(): number {
     try {
       return (this.o.open ?? openDescriptors)();
-    } catch {
-      return 0;
+    } catch (e) {
+      // Listing /proc/self/fd takes a descriptor itself: failing for want of one is the answer.
+      const code = (e as NodeJS.ErrnoException).code;
+      return code === "EMFILE" || code === "ENFILE" ? Infinity : 0;
     }
   }
 
@@ -73,7 +75,7 @@ export class AcceptGuard implements Stoppable {
     this.listener = null;
     this.paused++;
     this.pauses = 0;
-    this.o.log.warn(`out of descriptors (${open} open of ${this.o.limit}): not accepting new connections until some are free; the devices connected stay`);
+    this.o.log.warn(`out of descriptors (${open === Infinity ? "all" : open} open of ${this.o.limit}): not accepting new connections until some are free; the devices connected stay`);
     this.again();
   }
 

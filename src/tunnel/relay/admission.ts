@@ -12,7 +12,8 @@
 //    source: past `failuresFree` of them it is held off, 1 s doubling up to 5 min, and
 //    forgiven after `failureMemory` without one;
 //  - in total: at most `total`, with random early drop from `earlyDropFrom` of the cap
-//    (the chance of a drop rises linearly to 1 at the cap), and a token bucket of new
+//    (the chance of a drop rises linearly to 1 at the cap; a source where a device
+//    authenticated in the last hour is spared it), and a token bucket of new
 //    connections a second for the whole relay (the accept pacer: a restarted relay takes its
 //    fleet back at the rate it can do handshakes, not all at once);
 //  - the relay's own host (loopback) is capped but neither rate-limited nor held off;
@@ -45,6 +46,8 @@ export interface AdmissionPolicy {
   maxSources: number;
   /** The TLS handshake deadline while the table is past the early-drop threshold (ms). */
   pressureDeadline: number;
+  /** A source where a device authenticated is spared the early drop for this long (ms). */
+  goodMemory: number;
 }
 
 export const DEFAULT_ADMISSION: AdmissionPolicy = {
@@ -61,6 +64,7 @@ export const DEFAULT_ADMISSION: AdmissionPolicy = {
   failureMemory: 600_000,
   maxSources: 65_536,
   pressureDeadline: 3_000,
+  goodMemory: 3_600_000,
 };
 
 /** Why a connection was turned away at open, in one word (for counts), and the sentence. */
@@ -140,6 +144,8 @@ interface SourceState {
   failures: number;
   lastFailure: number;
   heldUntil: number;
+  /** Until then a device authenticated from here recently: no early drop (the hard caps hold). */
+  goodUntil: number;
 }
 
 const secs = (ms: number) => `${Math.ceil(ms / 1000)} s`;
@@ -163,7 +169,7 @@ export class AdmissionTable {
     let s = this.sources.get(key);
     if (s) return s;
     if (this.sources.size >= this.policy.maxSources) this.forgetOne(now);
-    s = { open: 0, bucket: new TokenBucket(this.policy.sourceRate, this.policy.sourceBurst), failures: 0, lastFailure: -Infinity, heldUntil: -Infinity };
+    s = { open: 0, bucket: new TokenBucket(this.policy.sourceRate, this.policy.sourceBurst), failures: 0, lastFailure: -Infinity, heldUntil: -Infinity, goodUntil: -Infinity };
     this.sources.set(key, s);
     return s;
   }
@@ -195,7 +201,7 @@ export class AdmissionTable {
     if (s.open >= p.perSource) return refuse("source", `${s.open} from ${key} (the cap per source)`);
     if (!local && !s.bucket.take(now)) return refuse("rate", `more than ${p.sourceRate} a second from ${key}`);
     const chance = earlyDropChance(this.total, p.total, p.earlyDropFrom);
-    if (chance > 0 && this.random() < chance) return refuse("early", `${this.total} of ${p.total} slots taken (dropped early at random)`);
+    if (chance > 0 && !(now < s.goodUntil) && this.random() < chance) return refuse("early", `${this.total} of ${p.total} slots taken (dropped early at random)`);
     if (!this.pacer.take(now)) return refuse("paced", `more than ${p.acceptRate} new connections a second to this relay`);
     s.open++;
     this.total++;
@@ -237,10 +243,16 @@ export class AdmissionTable {
     if (hold > 0) s.heldUntil = Math.max(s.heldUntil, now + hold);
   }
 
-  /** A device from this source authenticated: half its failures are forgiven (a NAT shared with a broken one). */
-  succeeded(address: string): void {
-    const s = this.sources.get(sourceKey(address));
-    if (s) s.failures = Math.floor(s.failures / 2);
+  /**
+   * A device from this source authenticated: half its failures are forgiven (a NAT shared with
+   * a broken one), and for `goodMemory` the source is spared the early drop (a device that
+   * lost its connection redials from where it was: a storm of strangers does not roll dice
+   * against it, only the hard caps and the pacer hold).
+   */
+  succeeded(address: string, now: number): void {
+    const s = this.state(sourceKey(address), now);
+    s.failures = Math.floor(s.failures / 2);
+    s.goodUntil = now + this.policy.goodMemory;
   }
 
   /** The TLS handshake deadline for a connection opened now. */
@@ -252,7 +264,7 @@ export class AdmissionTable {
   sweep(now: number): number {
     let n = 0;
     for (const [k, s] of this.sources) {
-      if (s.open === 0 && now >= s.heldUntil && now - s.lastFailure >= this.policy.failureMemory && s.bucket.full(now)) {
+      if (s.open === 0 && now >= s.heldUntil && now >= s.goodUntil && now - s.lastFailure >= this.policy.failureMemory && s.bucket.full(now)) {
         this.sources.delete(k);
         n++;
       }
