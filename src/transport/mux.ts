@@ -171,12 +171,13 @@ export class Connection implements PacketLink {
 
   private routineKeepalive(timeout: number): void {
     if (this.closed) return;
-    if (this.writeStalled()) return;
     const quietFor = this.clock.now() - this.lastHeard;
     if (quietFor > timeout) {
       this.close(GoAwayCode.KEEPALIVE, `no frame from the peer for ${Math.round(quietFor / 1000)} s (keepalive timeout)`);
       return;
     }
+    // A silent peer is dead (above); one that talks but takes nothing is stalled.
+    if (this.writeStalled()) return;
     const now = this.clock.now();
     if (this.keepalive && !pingDue(this.keepalive, quietFor, this.lastOwnPing === null ? Infinity : now - this.lastOwnPing)) return;
     this.lastOwnPing = now;
