@@ -14,7 +14,7 @@
 //   37+N    2     payload length P
 //   39+N    P     payload (UTF-8 JSON, HeartbeatPayload)
 //   39+N+P  32    HMAC-SHA256(device key, bytes 0 .. 39+N+P)
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
 
 export const MAGIC = new Uint8Array([0x41, 0x47, 0x48, 0x31]); // "AGH1"
 /** Every heartbeat fits one datagram of this many bytes (no fragmentation on any path). */
@@ -90,9 +90,15 @@ export interface Heartbeat {
 const enc = new TextEncoder();
 const dec = new TextDecoder("utf-8", { fatal: true });
 
+// HMAC-SHA256 through Bun's native hasher: about a third of node:crypto's createHmac per
+// datagram (no Hmac object, stream plumbing or Buffer copy of the digest).
 function mac(key: Uint8Array, data: Uint8Array): Uint8Array {
-  return new Uint8Array(createHmac("sha256", key).update(data).digest());
+  const d = new Bun.CryptoHasher("sha256", key).update(data).digest();
+  return new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
 }
+
+/** Where verifyMac writes the digest it checks (Bun's digest-into wants 64 bytes). One per process: verification is synchronous. */
+const scratch = new Uint8Array(64);
 
 const cut = (s: unknown, n: number) => (typeof s === "string" ? s : "").slice(0, n);
 /** A finite number clamped to [lo, hi] and rounded to `places` decimals, or null. */
@@ -249,7 +255,9 @@ export function parseHeartbeat(d: Uint8Array): ParseResult {
 
 /** Does the MAC match this key? Constant time. */
 export function verifyMac(p: Parsed, key: Uint8Array): boolean {
-  return timingSafeEqual(mac(key, p.signed), p.mac);
+  if (p.mac.length !== MAC_SIZE) return false;
+  new Bun.CryptoHasher("sha256", key).update(p.signed).digest(scratch);
+  return timingSafeEqual(scratch.subarray(0, MAC_SIZE), p.mac);
 }
 
 /** The payload's JSON, checked for the fields the relay shows (bounded again). Null if it is not one. */
