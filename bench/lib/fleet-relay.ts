@@ -5,7 +5,7 @@
 // is the peer: a bare node:dgram socket that only counts what arrives (the cost of receiving).
 import { RelayServer } from "../../src/tunnel/relay/server.ts";
 import { SqliteInventoryStore } from "../../src/tunnel/relay/inventory-store.ts";
-import { openUdp } from "../../src/transport/heartbeat/socket.ts";
+import { openHeartbeatSocket } from "../../src/roles/fleet.ts";
 
 const [file, nText, secretHex] = process.argv.slice(2);
 const n = Number(nText);
@@ -32,7 +32,8 @@ for (let i = 0; i < n; i++) {
   server.inventory.connected(id, { serial: "0a", address: "127.0.0.1", agent: "bench" });
   server.inventory.disconnected(id, undefined, "bench");
 }
-const sock = await openUdp({ address: "127.0.0.1", port: 0 });
+// The socket the relay role opens (src/roles/fleet.ts listenHeartbeats).
+const sock = await openHeartbeatSocket({ address: "127.0.0.1", port: 0 });
 server.heartbeats!.attach(sock);
 console.log(JSON.stringify({ port: sock.local().port }));
 const dec = new TextDecoder();

@@ -40,6 +40,8 @@ const SYMBOLS = {
   sendto: { args: [i32, ptr, u64, i32, ptr, u32], returns: i64 },
   // ssize_t recvfrom(int fd, void *, size_t, int, struct sockaddr *, socklen_t *)
   recvfrom: { args: [i32, ptr, u64, i32, ptr, ptr], returns: i64 },
+  // int getsockname(int fd, struct sockaddr *, socklen_t *): the bound address (port 0 → the chosen one)
+  getsockname: { args: [i32, ptr, ptr], returns: i32 },
   // int setsockopt(int fd, int level, int name, const void *, socklen_t)
   setsockopt: { args: [i32, i32, i32, ptr, u32], returns: i32 },
   // int close(int fd)
@@ -87,6 +89,8 @@ export const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_NETLINK = 16;
 export const SOCK_DGRAM = 2;
+export const SOL_SOCKET = 1;
+export const SO_RCVBUF = 8;
 export const SOCK_RAW = 3;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;

@@ -11,6 +11,7 @@ import type { Logger } from "../log.ts";
 import { writeFileAtomic } from "../os/atomic.ts";
 import { KEY_SIZE, HeartbeatTiming } from "../transport/heartbeat/codec.ts";
 import { openUdp, type DatagramSocket, type OpenDatagram } from "../transport/heartbeat/socket.ts";
+import { openPolledUdp } from "../transport/heartbeat/polled-udp.ts";
 import { HeartbeatSender, loadKey, saveKey, type Diagnostics, type UplinkView } from "../transport/heartbeat/sender.ts";
 import { Msg } from "../transport/messages.ts";
 import { on } from "../transport/typed.ts";
@@ -57,8 +58,14 @@ export function heartbeatSecret(stateDir: string): Uint8Array {
   return secret;
 }
 
+/**
+ * How the relay opens its heartbeat socket: read in batches from a timer (polled-udp.ts) on an
+ * IPv4 literal, node:dgram otherwise (a host name; the polled socket binds addresses only).
+ */
+export const openHeartbeatSocket: OpenDatagram = (o) => (o.address === undefined || /^\d+\.\d+\.\d+\.\d+$/.test(o.address) ? openPolledUdp(o) : openUdp(o));
+
 /** The heartbeat listener: UDP on the relay's host, `port`. */
-export async function listenHeartbeats(server: RelayServer, host: string, port: number, log: Logger, open: OpenDatagram = openUdp): Promise<DatagramSocket | null> {
+export async function listenHeartbeats(server: RelayServer, host: string, port: number, log: Logger, open: OpenDatagram = openHeartbeatSocket): Promise<DatagramSocket | null> {
   if (!server.heartbeats || port === 0) return null;
   const sock = await open({ address: host, port });
   server.heartbeats.attach(sock);

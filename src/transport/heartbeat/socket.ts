@@ -4,6 +4,7 @@
 import DgramAsPromised from "dgram-as-promised";
 
 export interface Datagram {
+  /** Valid only during the handler's call: the polled socket (polled-udp.ts) reuses its buffer. */
   data: Uint8Array;
   /** Sender's address and port. */
   address: string;
