@@ -268,6 +268,10 @@ describe.skipIf(!HAVE)("RedisDirectory on a real redis-server", () => {
     // A relay that starts later reads the shared set.
     const g = node("relay-g");
     await waitFor(() => g.revoked.has("ab12cd"), 5_000, "a later relay reading the set");
+    // A relay whose list was loaded before Redis answered publishes it once connected.
+    const early = node("relay-early");
+    await early.dir.publishRevoked(["ef34"]).catch(() => {}); // may fail: not connected yet
+    await waitFor(() => g.revoked.has("ef34"), 5_000, "the early relay's serial reaching relay-g");
   });
 
   test("the fleet listing: every relay's rows, one per device, each naming its relay; garbage rows refused", async () => {
