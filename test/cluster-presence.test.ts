@@ -11,8 +11,29 @@ import { BunRedis } from "../src/cluster/redis-client.ts";
 import { RedisDirectory, type SharedRow } from "../src/cluster/redis-directory.ts";
 import { TestRedis, redisPresent } from "./helpers/redis.ts";
 import { waitFor } from "./helpers/wait.ts";
+import { redactRedisUrl, resolveConfig } from "../src/config.ts";
 
 const hb = (id: string, extra: Partial<{ mesh: string; boot: number; access: string; bye: boolean }> = {}) => ({ id, mesh: "127.0.0.1:9000", boot: 1, access: "d", ...extra });
+
+describe("[cluster] and relay lists in the config", () => {
+  const file = (raw: Record<string, unknown>) => ({ origin: { kind: "file" as const, path: "/etc/agent/agent.toml" }, raw });
+  test("[cluster] parses; the password never shows in what is logged", () => {
+    const c = resolveConfig([file({ cluster: { redis: "rediss://:s3cret@10.0.0.5:6380", mesh: "10.0.0.1:8444", node: "relay-1" } })]).cluster!;
+    expect(c.redis.protocol).toBe("rediss:");
+    expect(c.mesh).toEqual({ host: "10.0.0.1", port: 8444 });
+    expect(c.node).toBe("relay-1");
+    expect(redactRedisUrl(c.redis)).toBe("rediss://:***@10.0.0.5:6380");
+    expect(resolveConfig([file({})]).cluster).toBeUndefined();
+  });
+  test("relay may be a list: relay is its first, relays all; a flag with one relay replaces the list", () => {
+    const cfg = resolveConfig([file({ relay: ["r1.example.net:443", "r2.example.net:8443"] })]);
+    expect(cfg.relay).toEqual({ host: "r1.example.net", port: 443 });
+    expect(cfg.relays).toEqual([{ host: "r1.example.net", port: 443 }, { host: "r2.example.net", port: 8443 }]);
+    const flagged = resolveConfig([file({ relay: ["r1.example.net:443", "r2.example.net:8443"] }), { origin: { kind: "flag" }, raw: { relay: "r3.example.net:443" } }]);
+    expect(flagged.relays).toEqual([{ host: "r3.example.net", port: 443 }]);
+    expect(resolveConfig([file({ relay: "r1.example.net:443" })]).relays).toEqual([{ host: "r1.example.net", port: 443 }]);
+  });
+});
 
 describe("NodeTable: liveness from heartbeats (fake clock)", () => {
   test("a relay is live while it beats, dead after deadAfter without, back with its next beat", () => {
@@ -247,6 +268,10 @@ describe.skipIf(!HAVE)("RedisDirectory on a real redis-server", () => {
     // A relay that starts later reads the shared set.
     const g = node("relay-g");
     await waitFor(() => g.revoked.has("ab12cd"), 5_000, "a later relay reading the set");
+    // A relay whose list was loaded before Redis answered publishes it once connected.
+    const early = node("relay-early");
+    await early.dir.publishRevoked(["ef34"]).catch(() => {}); // may fail: not connected yet
+    await waitFor(() => g.revoked.has("ef34"), 5_000, "the early relay's serial reaching relay-g");
   });
 
   test("the fleet listing: every relay's rows, one per device, each naming its relay; garbage rows refused", async () => {

@@ -99,6 +99,8 @@ export class RedisDirectory implements ClusterDirectory {
   private lastSessions = "";
   private lastSessionsAt = -Infinity;
   private revoked = new Set<string>();
+  /** This relay's own revoked serials (its list file). */
+  private own: string[] = [];
   private readonly timers: TimerHandle[] = [];
   private readonly boot: number;
   private closed = false;
@@ -247,6 +249,7 @@ export class RedisDirectory implements ClusterDirectory {
     this.lastSessions = "";
     await this.beat();
     await this.snapshot();
+    if (this.own.length) await this.publishRevoked(this.own).catch(() => {});
     await this.readRevoked();
   }
 
@@ -314,6 +317,8 @@ export class RedisDirectory implements ClusterDirectory {
   /** This relay's revocation list (normalized serials): added to the cluster's, and announced. */
   async publishRevoked(serials: readonly string[]): Promise<void> {
     const fresh = serials.filter(isSerial);
+    // Kept: published again whenever Redis comes back (it may have come back empty, or never been reached).
+    this.own = fresh;
     this.addRevoked(fresh);
     if (fresh.length === 0) return;
     for (let i = 0; i < fresh.length; i += 1000) await this.o.redis.cmd("SADD", [K_REVOKED, ...fresh.slice(i, i + 1000)]);

@@ -10,6 +10,14 @@ import { VERSION } from "../version.ts";
 import { lookup } from "node:dns/promises";
 import { RelayRotation } from "../cluster/relay-order.ts";
 
+/** The host each client dialled last (with several relays: the one it is connected to). */
+const dialed = new WeakMap<RelayClient, string>();
+
+/** The relay host `client` dialled last, or undefined before its first dial. */
+export function dialedHost(client: RelayClient | undefined): string | undefined {
+  return client ? dialed.get(client) : undefined;
+}
+
 export function relayClientFor(
   cfg: Config,
   bundle: Bundle,
@@ -23,7 +31,7 @@ export function relayClientFor(
   const relays = cfg.relays ?? [relay];
   const rotation = new RelayRotation(relays, async (host) => (cfg.proxy ? [] : (await lookup(host, { all: true })).map((a) => a.address)));
   const link = log.withTag("link");
-  return new RelayClient({
+  const client: RelayClient = new RelayClient({
     role,
     id: bundle.id,
     agent: VERSION,
@@ -31,9 +39,11 @@ export function relayClientFor(
     log: link,
     dial: async () => {
       const c = await rotation.next();
+      dialed.set(client, c.host);
       if (rotation.several || c.host !== relay.host) link.debug(`dialing relay ${c.name}${c.host !== c.name.replace(/:\d+$/, "") ? ` at ${c.host}` : ""}`);
       return dialTls({ host: c.host, port: c.port, tls: bundle, proxy: cfg.proxy });
     },
     ...hooks,
   });
+  return client;
 }

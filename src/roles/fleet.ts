@@ -1,6 +1,7 @@
 // Fleet operations wired into the roles (issue 14, sections 1-3): the relay's inventory store
 // and heartbeat listener, the onsite device's heartbeat sender. Kept here so that relay.ts and
 // onsite.ts carry only a hook each.
+import { dialedHost } from "./device.ts";
 import { mkdirSync, readFileSync, statfsSync } from "node:fs";
 import { loadavg, uptime } from "node:os";
 import { lookup } from "node:dns/promises";
@@ -99,7 +100,10 @@ export function onsiteHeartbeat(o: OnsiteHeartbeatOptions): { sender: HeartbeatS
   const { cfg, log } = o;
   const sender = new HeartbeatSender({
     id: o.id,
-    host: cfg.relay!.host,
+    // With several relays (issue 16) heartbeats go to the one the tunnel is on: its key is that relay's.
+    get host() {
+      return dialedHost(o.client?.()) ?? cfg.relay!.host;
+    },
     open: o.open ?? openUdp,
     interval: cfg.heartbeat_interval ?? HeartbeatTiming.interval,
     meteredStandbyInterval: Math.max(HeartbeatTiming.meteredStandbyInterval, (cfg.heartbeat_interval ?? 0) * 4),

@@ -1,0 +1,259 @@
+// `make bench B=cluster`: what relay scale-out (issue 16) costs and how fast it recovers.
+//  1. Cross-relay against same-relay sessions in the same run, interleaved turns: iperf3
+//     throughput through a master's forward (master on relay A; device on A, or on B over the
+//     mesh), and the RTT of 64-byte ping-pongs. Goal: cross ≥ 0.8× same.
+//  2. kill -9 of the relay holding a device (its list: the two other relays) → the master's
+//     untouched forward answering again, median and p95 over CLUSTER_KILLS (default 10).
+//     Goal: ≤ 10 s median.
+//  3. Presence load: 10,000 devices over 3 relays' directories (RedisDirectory, in this
+//     process, against a real redis-server): Redis commands per second in steady state, and the
+//     CPU the directories take per relay. The devices are presence entries and inventory rows,
+//     not TLS connections: what is measured is what cluster mode ADDS.
+//  4. Idle memory per device: a relay in cluster mode against a single relay, with
+//     CLUSTER_IDLE (default 2,000) idle authenticated TLS devices each. Goal: ≤ 1.2×.
+// Ratios against peers measured in the same run; no figure is checked by a test.
+import { rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Fleet, type Daemon } from "../test/helpers/fleet.ts";
+import { TestRedis } from "../test/helpers/redis.ts";
+import { cpuSeconds, freePort } from "../test/helpers/proc.ts";
+import { waitFor } from "../test/helpers/wait.ts";
+import { runIperf, startIperfServer } from "../test/helpers/iperf.ts";
+import { percentile, pingPongSamples, startEchoServer } from "./lib/pingpong.ts";
+import { IDLE_CONNECTOR_MODULE, measureIdleCapacity } from "./lib/idle.ts";
+import { RedisDirectory, type SharedRow } from "../src/cluster/redis-directory.ts";
+import { BunRedis } from "../src/cluster/redis-client.ts";
+import { formatTable } from "../src/table.ts";
+
+const env = process.env;
+const TURNS = Number(env.CLUSTER_TURNS ?? 3);
+const KILLS = Number(env.CLUSTER_KILLS ?? 10);
+const PRESENCE = Number(env.CLUSTER_DEVICES ?? 10_000);
+const IDLE = Number(env.CLUSTER_IDLE ?? 2_000);
+const only = (env.CLUSTER_PARTS ?? "1,2,3,4").split(",");
+
+const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+const p95 = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 95);
+
+interface Cluster {
+  fleet: Fleet;
+  redis: TestRedis;
+  relays: Map<string, Daemon>;
+  ports: Map<string, number>;
+  startRelay(id: string, port?: number, cluster?: boolean): Promise<Daemon>;
+  startDevice(role: "onsite" | "master", id: string, on: string[]): Promise<Daemon>;
+  close(): Promise<void>;
+}
+
+async function cluster(): Promise<Cluster> {
+  const redis = await TestRedis.create();
+  const fleet = await Fleet.create();
+  const relays = new Map<string, Daemon>();
+  const ports = new Map<string, number>();
+  const c: Cluster = {
+    fleet,
+    redis,
+    relays,
+    ports,
+    async startRelay(id, port = 0, on = true) {
+      const conf = join(fleet.dir, `${id}.toml`);
+      writeFileSync(conf, on ? `[cluster]\nredis = "${redis.url}"\nmesh = "127.0.0.1:${await freePort()}"\n` : "");
+      rmSync(join(fleet.dir, `${id}.sock`), { force: true });
+      const d = await fleet.startRelay(id, ["--config", conf, "--log-level", "warn"], port);
+      relays.set(id, d);
+      ports.set(id, fleet.relayPort);
+      return d;
+    },
+    async startDevice(role, id, on) {
+      const conf = join(fleet.dir, `${id}.toml`);
+      writeFileSync(conf, `relay = [${on.map((r) => `"127.0.0.1:${ports.get(r)}"`).join(", ")}]\n${role === "onsite" ? 'allow = ["127.0.0.1/32"]\n' : ""}`);
+      await fleet.issue(role, id);
+      const d = await fleet.start(role, id, ["--config", conf, "--log-level", "warn"]);
+      await fleet.waitConnected(d);
+      return d;
+    },
+    async close() {
+      await fleet.close();
+      await redis.close();
+    },
+  };
+  return c;
+}
+
+async function onlineOn(c: Cluster, asked: Daemon, id: string): Promise<string | null> {
+  const rows = await c.fleet.json<{ id: string; online: boolean; relay?: string }[]>(asked, ["devices", "--all"]);
+  const r = rows.find((x) => x.id === id);
+  return r?.online ? (r.relay ?? null) : null;
+}
+
+// ---- 1. cross-relay against same-relay --------------------------------------------------
+
+async function throughputAndRtt(): Promise<void> {
+  const c = await cluster();
+  const iperf = await startIperfServer();
+  const echo = startEchoServer();
+  try {
+    await c.startRelay("relay-a");
+    await c.startRelay("relay-b");
+    await c.startDevice("onsite", "site-a", ["relay-a"]);
+    await c.startDevice("onsite", "site-b", ["relay-b"]);
+    const master = await c.startDevice("master", "tech-1", ["relay-a"]);
+    await waitFor(async () => (await onlineOn(c, c.relays.get("relay-a")!, "site-b")) === "relay-b", 15_000, "site-b listed on relay-b");
+    const fwd = async (dev: string) => (await c.fleet.connect(master, dev, [`127.0.0.1:${iperf.port}`, `127.0.0.1:${echo.port}`])).ports;
+    const same = await fwd("site-a");
+    const cross = await fwd("site-b");
+    const bps: Record<string, number[]> = { same: [], cross: [] };
+    const rtt: Record<string, number[]> = { same: [], cross: [] };
+    for (let t = 0; t < TURNS; t++) {
+      for (const kind of t % 2 === 0 ? ["same", "cross"] : ["cross", "same"]) {
+        const [ip, ep] = kind === "same" ? same : cross;
+        const r = await runIperf({ host: "127.0.0.1", port: ip!, seconds: 3 });
+        bps[kind]!.push(r.receivedBps);
+        const samples = await pingPongSamples("127.0.0.1", ep!, 500);
+        rtt[kind]!.push(...samples.map((ns) => ns / 1e3));
+      }
+    }
+    const mb = (xs: number[]) => (median(xs) / 1e6).toFixed(0);
+    console.log(
+      formatTable(
+        ["session", "iperf3 Mbit/s (median of turns)", "RTT µs median", "RTT µs p95"],
+        [
+          ["same relay (A)", mb(bps.same!), median(rtt.same!).toFixed(0), p95(rtt.same!).toFixed(0)],
+          ["cross relay (A → B, mesh)", mb(bps.cross!), median(rtt.cross!).toFixed(0), p95(rtt.cross!).toFixed(0)],
+        ],
+      ),
+    );
+    console.log(`cross / same throughput: ${(median(bps.cross!) / median(bps.same!)).toFixed(2)}× (goal ≥ 0.8×); RTT cross / same: ${(median(rtt.cross!) / median(rtt.same!)).toFixed(2)}×; ${TURNS} interleaved turns`);
+  } finally {
+    await iperf.stop();
+    await echo.stop();
+    await c.close();
+  }
+}
+
+// ---- 2. kill -9 → answering again -------------------------------------------------------
+
+async function killRecovery(): Promise<void> {
+  const c = await cluster();
+  const web = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("ok") });
+  const get = (p: number) => fetch(`http://127.0.0.1:${p}/`, { signal: AbortSignal.timeout(2_000) }).then((r) => r.text(), () => "");
+  try {
+    for (const id of ["relay-a", "relay-b", "relay-c"]) await c.startRelay(id);
+    await c.startDevice("onsite", "site-k", ["relay-b", "relay-c"]);
+    const master = await c.startDevice("master", "tech-1", ["relay-a"]);
+    const a = c.relays.get("relay-a")!;
+    await waitFor(() => onlineOn(c, a, "site-k"), 15_000, "site-k online");
+    const { ports: [p] } = await c.fleet.connect(master, "site-k", [`127.0.0.1:${web.port}`]);
+    await waitFor(async () => (await get(p!)) === "ok", 10_000, "the forward answering");
+    const times: number[] = [];
+    for (let k = 0; k < KILLS; k++) {
+      const holder = (await waitFor(() => onlineOn(c, a, "site-k"), 20_000, "site-k online"))!;
+      await waitFor(async () => (await get(p!)) === "ok", 30_000, "the forward answering before the kill");
+      const t0 = performance.now();
+      await c.fleet.stop(c.relays.get(holder)!, "SIGKILL");
+      await waitFor(async () => (await get(p!)) === "ok", 60_000, "the forward answering again", { every: 50 });
+      times.push(performance.now() - t0);
+      console.log(`kill ${k + 1}/${KILLS}: ${holder} killed, answering again after ${(times.at(-1)! / 1000).toFixed(2)} s`);
+      await c.startRelay(holder, c.ports.get(holder));
+      await waitFor(async () => ((await c.fleet.status(a)).relay as { cluster: { relays: string[] } }).cluster.relays.length === 3, 20_000, "three relays again");
+    }
+    console.log(`kill -9 → answering again over ${KILLS} kills: median ${(median(times) / 1000).toFixed(2)} s, p95 ${(p95(times) / 1000).toFixed(2)} s (goal ≤ 10 s median)`);
+  } finally {
+    web.stop(true);
+    await c.close();
+  }
+}
+
+// ---- 3. presence load --------------------------------------------------------------------
+
+async function presenceLoad(): Promise<void> {
+  const redis = await TestRedis.create();
+  const dirs: RedisDirectory[] = [];
+  try {
+    const per = Math.ceil(PRESENCE / 3);
+    const wall = Date.now();
+    for (let r = 0; r < 3; r++) {
+      const rows: SharedRow[] = Array.from({ length: per }, (_, i) => ({ id: `dev-${r}-${i}`, hostname: `host-${i}`, location: "Building A", address: "203.0.113.7", agent: "agent/1.0", uptime: 1000 + i, uplink: "eth0", online: true, connected_since: new Date(wall).toISOString(), last_seen: new Date().toISOString(), rtt_ms: 12, state: "online", serial: "0a1b2c" }));
+      const d = new RedisDirectory({
+        redis: new BunRedis({ url: redis.url }),
+        self: { id: `relay-${r}`, mesh: `127.0.0.1:${9000 + r}` },
+        log: { info: () => {}, warn: (m) => console.log(m) },
+        hooks: { replaced: () => {}, revoked: () => {}, since: () => null, rows: () => rows, sessions: () => [], accessDigest: () => "x" },
+      });
+      d.start();
+      dirs.push(d);
+      for (let i = 0; i < per; i++) d.connected(`dev-${r}-${i}`, wall);
+    }
+    const client = await redis.client();
+    const info = async () => {
+      const text = String(await client.send("INFO", ["stats"]));
+      return Number(/total_commands_processed:(\d+)/.exec(text)?.[1] ?? NaN);
+    };
+    const redisCpu = () => cpuSeconds(redis.pid!);
+    // The first writes (every presence key, every row) settle; then a steady window of two refresh cycles.
+    await waitFor(async () => Number(await client.send("DBSIZE", [])) >= PRESENCE, 60_000, "every presence key written");
+    await Bun.sleep(8_000);
+    const windowMs = 12_000;
+    const c0 = await info();
+    const u0 = process.cpuUsage();
+    const r0 = redisCpu();
+    const t0 = performance.now();
+    await Bun.sleep(windowMs);
+    const secs = (performance.now() - t0) / 1000;
+    const cmds = (await info()) - c0 - 1;
+    const u = process.cpuUsage(u0);
+    const cpu = (u.user + u.system) / 1e6;
+    const rcpu = redisCpu() - r0;
+    client.close();
+    console.log(
+      formatTable(
+        ["devices", "relays", "Redis commands/s", "directory CPU % of a core per relay", "redis-server CPU %"],
+        [[String(per * 3), "3", (cmds / secs).toFixed(0), ((cpu / secs / 3) * 100).toFixed(2), ((rcpu / secs) * 100).toFixed(2)]],
+      ),
+    );
+    console.log(`presence: each relay refreshes its ${per} keys every 6 s (a third of the 20 s TTL), heartbeats once a second, and rewrites only changed inventory rows (all of them once a minute)`);
+  } finally {
+    await Promise.allSettled(dirs.map((d) => d.close()));
+    await redis.close();
+  }
+}
+
+// ---- 4. idle memory per device -----------------------------------------------------------
+
+async function idleMemory(): Promise<void> {
+  const c = await cluster();
+  try {
+    const out: string[][] = [];
+    const perDevice: Record<string, number> = {};
+    for (const [id, on] of [["relay-single", false], ["relay-cluster", true]] as const) {
+      const d = await c.startRelay(id, 0, on);
+      const res = await measureIdleCapacity({
+        relayPid: d.proc.pid,
+        connectorModule: IDLE_CONNECTOR_MODULE,
+        context: { relay: `127.0.0.1:${c.ports.get(id)}`, workDir: c.fleet.dir, pkiDir: c.fleet.ca },
+        counts: [IDLE],
+        log: (l) => console.log(`${id}: ${l}`),
+      });
+      const l = res.levels[0]!;
+      perDevice[id] = l.rssPerConnectionKiB;
+      out.push([on ? "cluster" : "single", `${l.opened}`, (l.relayRssKiB / 1024).toFixed(1), l.rssPerConnectionKiB.toFixed(1), l.idleCpuPercent.toFixed(2)]);
+      await c.fleet.stop(d);
+    }
+    console.log(formatTable(["relay", "idle devices", "RSS MiB", "KiB/device", "idle CPU %"], out));
+    console.log(`idle memory per device, cluster / single: ${(perDevice["relay-cluster"]! / perDevice["relay-single"]!).toFixed(2)}× (goal ≤ 1.2×)`);
+  } finally {
+    await c.close();
+  }
+}
+
+for (const [n, name, fn] of [
+  ["1", "cross-relay against same-relay", throughputAndRtt],
+  ["2", "kill -9 → answering again", killRecovery],
+  ["3", "presence load", presenceLoad],
+  ["4", "idle memory per device", idleMemory],
+] as const) {
+  if (!only.includes(n)) continue;
+  console.log(`\n--- ${n}. ${name} ---`);
+  await fn();
+}
+process.exit(0);
