@@ -154,7 +154,7 @@ describe("onsite API", () => {
 
 describe("composeDaemon", () => {
   test.each([
-    ["relay", "devices, devices.forget, devices.history, kick, refusals, refusals.report, sessions, sessions.end, status"],
+    ["relay", "devices, devices.forget, devices.history, enroll.approve, enroll.deny, enroll.list, enroll.pending, enroll.revoke, enroll.token.add, enroll.token.del, enroll.token.list, kick, refusals, refusals.report, sessions, sessions.end, status"],
     ["master", "connect, devices, disconnect, nat.add, services, sessions, sessions.extend, status, tunnel.mode"],
     ["onsite", "nat.add, nat.del, nat.flush, nat.list, redial, sessions, status"],
   ] as const)("%s: the control socket serves the role's API and names the role", async (role, known) => {
