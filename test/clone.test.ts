@@ -51,6 +51,16 @@ describe("CloneWatch", () => {
     expect(w.mark("site-2", 5000)).toBeNull();
   });
 
+  test("one device process redialling (the same HELLO instance) replaces itself however often: a device that moves uplinks is never a clone", () => {
+    const w = new CloneWatch();
+    expect(w.arrive("site-1", "10.92.1.2", null, 0)).toEqual({ action: "accept" });
+    for (let i = 1; i <= 20; i++) expect(w.arrive("site-1", `10.92.${(i % 2) + 1}.2`, `10.92.${((i + 1) % 2) + 1}.2`, i * 1000, true).action).toBe("replace");
+    expect(w.mark("site-1", 21_000)).toBeNull();
+    // Another instance (a second process with the same certificate) still counts from here.
+    for (let i = 0; i < 3; i++) expect(w.arrive("site-1", "a", "b", 30_000 + i).action).toBe("replace");
+    expect(w.arrive("site-1", "b", "a", 30_004).action).toBe("refuse");
+  });
+
   test("no live connection: the newcomer is taken, even while marked (the established one is gone)", () => {
     const w = new CloneWatch();
     for (let i = 0; i < 4; i++) w.arrive("s", `a${i % 2}`, `a${(i + 1) % 2}`, i);

@@ -93,6 +93,8 @@ export class RelayClient {
   /** Abandons the dial (or HELLO/WELCOME exchange) in flight; set while connectOnce runs. */
   private abandonDial: ((why: Error) => void) | null = null;
   private readonly clock: Clock;
+  /** Sent in every HELLO: the relay tells this device redialling from a clone of its certificate. */
+  readonly instance = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
   state: ClientState = "connecting";
   /** Monotonic instant (clock.now()) the state last changed. */
   since: number;
@@ -278,7 +280,7 @@ export class RelayClient {
         const text = why.remote ? `the relay refused us: ${why.message}` : why.message;
         reject(why.remote && why.code === GoAwayCode.REVOKED ? new RevokedError(text) : why.remote && why.code === GoAwayCode.DUPLICATE ? new DuplicateError(text) : new Error(text));
       });
-      const hello: { versions: number[]; role: string; id: string; agent: string; keepalive?: number } = { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent };
+      const hello: { versions: number[]; role: string; id: string; agent: string; keepalive?: number; instance: string } = { versions: [...PROTOCOL_VERSIONS], role: this.o.role, id: this.o.id, agent: this.o.agent, instance: this.instance };
       if (request !== undefined) hello.keepalive = request;
       send(conn, Msg.HELLO, hello);
     });

@@ -234,6 +234,10 @@ export interface HelloBody {
    * an older relay ignores it and its WELCOME says its own). Sent when the device dials over a
    * metered uplink; the relay clamps it to its bounds (src/transport/policy.ts). */
   keepalive?: number;
+  /** A random id the device process picked at start (added in 1, compatible: an older relay
+   * ignores it). A connection that replaces one with the same instance is that device
+   * redialling (it moved uplinks), never a second device with the same certificate. */
+  instance?: string;
 }
 export interface WelcomeBody {
   version: number;
@@ -413,6 +417,11 @@ export function decodeHello(body: unknown): HelloBody {
   }
   const hello: HelloBody = { versions: versions as number[], role: r.str("role"), id: r.str("id"), agent: r.optStr("agent", "") };
   if (r.o.keepalive !== undefined) hello.keepalive = r.num("keepalive", (n) => Number.isInteger(n) && n >= 1 && n <= MAX_KEEPALIVE_REQUEST, `milliseconds (an integer 1–${MAX_KEEPALIVE_REQUEST})`);
+  if (r.o.instance !== undefined) {
+    const instance = r.str("instance", 64);
+    if (!/^[A-Za-z0-9_-]+$/.test(instance)) r.fail("instance", "1-64 letters, digits, '-' or '_'", instance);
+    hello.instance = instance;
+  }
   return hello;
 }
 

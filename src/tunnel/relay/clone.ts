@@ -59,11 +59,15 @@ export class CloneWatch {
 
   /**
    * A connection of `id` from `address` passed its HELLO at monotonic `now`; `live` is the
-   * address of the id's live connection, or null when there is none.
+   * address of the id's live connection, or null when there is none; `sameInstance`: both
+   * HELLOs carried the same `instance` (the same device process).
    */
-  arrive(id: string, address: string, live: string | null, now: number): CloneVerdict {
+  arrive(id: string, address: string, live: string | null, now: number, sameInstance = false): CloneVerdict {
     const mark = this.mark(id, now);
     if (live === null) return { action: "accept" };
+    // The live connection's own process dialling again (its HELLO's `instance` is the same):
+    // one device that moved (a new uplink, a path that died silently), however often.
+    if (sameInstance) return { action: "replace" };
     const times = recentTimes(this.replacements.get(id) ?? [], now, this.policy.window);
     times.push(now);
     this.replacements.set(id, times);

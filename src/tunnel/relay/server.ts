@@ -167,6 +167,8 @@ export class RelayServer {
   certExpiries = 0;
   /** Onsite ids used by two live devices at once (issue 17 §6). */
   readonly clones = new CloneWatch();
+  /** The HELLO `instance` of each onsite connection that sent one (CloneWatch's same-device test). */
+  private readonly instances = new WeakMap<Connection, string>();
   private readonly live: Liveness = (id) => {
     const c = this.onsites.get(id);
     return c && !c.closed ? { lastReceived: c.lastHeard, rtt: c.rtt } : null;
@@ -315,7 +317,7 @@ export class RelayServer {
   }
 
   private welcome(conn: Connection, cert: PeerCert, hello: HelloBody, version: number): void {
-    if (cert.role === "onsite" && this.refusedAsClone(conn, cert)) return;
+    if (cert.role === "onsite" && this.refusedAsClone(conn, cert, hello.instance)) return;
     this.router.attach(conn, cert);
     const role = cert.role === "onsite" ? "onsite" : "master";
     this.welcomed.set(conn, role);
@@ -356,9 +358,11 @@ export class RelayServer {
    * ClonePolicy.replacements times within ClonePolicy.window, the live one stays and the
    * newcomer is closed with GOAWAY DUPLICATE (src/tunnel/relay/clone.ts).
    */
-  private refusedAsClone(conn: Connection, cert: PeerCert): boolean {
+  private refusedAsClone(conn: Connection, cert: PeerCert, instance: string | undefined): boolean {
     const old = this.onsites.get(cert.id);
-    const v = this.clones.arrive(cert.id, conn.remoteAddress, old && !old.closed ? old.remoteAddress : null, this.clock.now());
+    const same = instance !== undefined && old !== undefined && this.instances.get(old) === instance;
+    const v = this.clones.arrive(cert.id, conn.remoteAddress, old && !old.closed ? old.remoteAddress : null, this.clock.now(), same);
+    if (instance !== undefined) this.instances.set(conn, instance);
     if (v.action !== "refuse") return false;
     if (v.first) {
       this.o.log.warn(`${cert.id}: ${ClonePolicy.replacements} replacements within ${ClonePolicy.window / 60_000} min: two devices use this certificate (from ${v.mark.addresses.join(", ")}); keeping the connection from ${old!.remoteAddress}, refusing newcomers; marked duplicated`, { id: cert.id, addresses: v.mark.addresses });
