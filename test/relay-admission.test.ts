@@ -139,12 +139,22 @@ describe("AdmissionTable", () => {
   });
 
   test("a success from the source forgives half its failures (a NAT shared with a broken device)", () => {
-    const a = new AdmissionTable({ failuresFree: 3, earlyDropFrom: 1 }, never);
+    const a = new AdmissionTable({ failuresFree: 3, earlyDropFrom: 1, goodMemory: 50_000 }, never);
     for (let i = 0; i < 6; i++) a.failed("203.0.113.1", 0);
     a.succeeded("203.0.113.1", 0);
-    a.failed("203.0.113.1", 100_000); // 3 + 1: held for the base, not for 2^3 bases
+    a.failed("203.0.113.1", 100_000); // past goodMemory: 3 + 1, held for the base, not for 2^3 bases
     expect(a.admit("203.0.113.1", 100_999).ok).toBe(false);
     expect(a.admit("203.0.113.1", 101_000).ok).toBe(true);
+  });
+
+  test("while a device authenticated from a source lately, its failures do not hold it off (the caps and rate still do); afterwards they count again", () => {
+    const src = "203.0.113.9";
+    const a = new AdmissionTable({ failuresFree: 3, earlyDropFrom: 1, goodMemory: 60_000 }, never);
+    a.succeeded(src, 0);
+    for (let i = 0; i < 10; i++) a.failed(src, 1000);
+    expect(a.admit(src, 1001).ok).toBe(true);
+    a.failed(src, 61_000); // the 11th within the failure memory, the device's hour over
+    expect(a.admit(src, 61_001).ok).toBe(false);
   });
 
   test("random early drop as the table fills: none below the threshold, by the chance above", () => {

@@ -161,8 +161,11 @@ export class RelayRole implements Component {
           this.server.accept(link, verdict);
         },
         refuse: (r) => {
-          // A failed handshake costs its source (issue 17); being turned away for capacity does not.
-          if (tlsRefusalCode(r.reason) !== RefusalCode.CAPACITY) this.admission.failed(r.address, this.clock.now());
+          // A failed handshake costs its source (issue 17); being turned away for capacity does not,
+          // nor a handshake that never came (the deadline): that is what a device's dial over a
+          // path that died looks like, and silent connections are bounded by the caps and rates.
+          const code = tlsRefusalCode(r.reason);
+          if (code !== RefusalCode.CAPACITY && code !== RefusalCode.DEADLINE) this.admission.failed(r.address, this.clock.now());
           this.server.refusedAtTls(r.address, r.presented, this.cfg.proxy_protocol ? r.reason : notTlsHint(r.reason));
         },
         abandoned: () => void this.abandoned++,

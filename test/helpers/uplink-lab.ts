@@ -333,7 +333,8 @@ ${o.extraConfig ?? ""}
  * times). A timeout names what was awaited, the last error and the onsite daemon's log tail.
  */
 export async function labUntil(lab: Lab, fn: () => Promise<boolean>, ms: number, what: string): Promise<number> {
-  await waitFor(fn, ms, what, { every: 50, detail: () => `--- onsite log tail:\n${lab.onsiteLog().slice(-3000)}` });
+  const relay = () => (lab.fleet ? `\n--- relay log tail:\n${lab.fleet.relayLog().slice(-3000)}` : "");
+  await waitFor(fn, ms, what, { every: 50, detail: () => `--- onsite log tail:\n${lab.onsiteLog().slice(-3000)}${relay()}` });
   return Date.now();
 }
 

@@ -231,7 +231,12 @@ export class AdmissionTable {
     this.total = Math.max(0, this.total - 1);
   }
 
-  /** A failed handshake (no or bad certificate, TLS garbage, a deadline): the source pays. */
+  /**
+   * A failed handshake (no or bad certificate, TLS garbage): the source pays, unless a device
+   * authenticated from it within `goodMemory` (a NAT that a device shares with a broken or
+   * hostile client: holding the address off would lock the device out; the caps and the
+   * per-source rate still bound what the address costs).
+   */
   failed(address: string, now: number): void {
     const key = sourceKey(address);
     if (isLoopback(key)) return;
@@ -239,6 +244,7 @@ export class AdmissionTable {
     if (now - s.lastFailure >= this.policy.failureMemory) s.failures = 0;
     s.failures++;
     s.lastFailure = now;
+    if (now < s.goodUntil) return;
     const hold = holdOff(s.failures, this.policy);
     if (hold > 0) s.heldUntil = Math.max(s.heldUntil, now + hold);
   }
