@@ -11,13 +11,18 @@ import { RelayServer } from "../src/tunnel/relay/server.ts";
 import type { Refusal } from "../src/tunnel/relay/refusals.ts";
 import { Connection, RemoteError, type Stream } from "../src/transport/mux.ts";
 import { linkPair, type MemoryLink } from "../src/transport/link.ts";
-import { MAX_CONTROL_MESSAGE } from "../src/transport/frame.ts";
-import { ErrorCode, Msg, type SessionInfo } from "../src/transport/messages.ts";
+import { Flag, FrameType, MAX_CONTROL_MESSAGE, decodeReset, encodeJson } from "../src/transport/frame.ts";
+import { Router } from "../src/tunnel/relay/router.ts";
+import { ErrorCode, MessageError, Msg, decodeMeshOpen, type SessionInfo } from "../src/transport/messages.ts";
 import type { AccessRule } from "../src/config.ts";
 import { createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEADER, type CaMaterial, type RevocationList } from "../src/pki.ts";
 import { ClusterUnavailableError, MemoryDirectory, type ClusterDirectory, type RelayNode } from "../src/cluster/directory.ts";
 import { meshReason, offerAnswer, startMesh, type Mesh } from "../src/cluster/mesh.ts";
 import { makeCert, newCa } from "./helpers/certs.ts";
+import { Registry } from "../src/metrics.ts";
+import { SessionServer } from "../src/tunnel/onsite-server.ts";
+import { MasterSessions, parseForward } from "../src/tunnel/master-forwarder.ts";
+import { parseAllowEntry } from "../src/netaddr.ts";
 import { holdsFor, waitFor } from "./helpers/wait.ts";
 
 setDefaultTimeout(20_000);
@@ -48,6 +53,13 @@ interface Relay {
   rules: AccessRule[];
   /** Links of the devices and masters on this relay, relay side (their queued bytes are this relay's). */
   links: MemoryLink[];
+  metrics: Registry;
+}
+
+/** One sample of the relay's metrics, as scraped. */
+function metric(r: Relay, series: string): number {
+  const line = r.metrics.render().split("\n").find((l) => l.startsWith(series + " "));
+  return line === undefined ? NaN : Number(line.slice(series.length + 1));
 }
 
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -55,15 +67,16 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; directory?: (d: ClusterDirectory) => ClusterDirectory; revocations?: () => RevocationList } = {}): Relay {
+function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; directory?: (d: ClusterDirectory) => ClusterDirectory; revocations?: () => RevocationList; cert?: { certPem: string; keyPem: string }; locateTimeout?: number } = {}): Relay {
   const refusals: Refusal[] = [];
   const infos: string[] = [];
   const rules = opts.rules ?? [];
   const log = { ...quiet, info: (m: unknown) => infos.push(String(m)), warn: (m: unknown) => infos.push(String(m)) };
-  const server = new RelayServer({ id, log, access: () => rules, onRefusal: (r) => refusals.push(r), window: WINDOW, keepaliveInterval: 60_000 });
+  const registry = new Registry();
+  const server = new RelayServer({ id, log, access: () => rules, onRefusal: (r) => refusals.push(r), window: WINDOW, keepaliveInterval: 60_000, metrics: registry });
   const node: RelayNode = { id, mesh: "127.0.0.1:0" };
   const view = dir.view(node);
-  const cert = relayCert(id);
+  const cert = opts.cert ?? relayCert(id);
   const mesh = startMesh({
     server,
     directory: opts.directory ? opts.directory(view) : view,
@@ -74,13 +87,15 @@ function relay(dir: MemoryDirectory, id: string, opts: { rules?: AccessRule[]; d
     agent: "test/1",
     keepaliveInterval: 60_000,
     random: () => 0.1, // redials within 50 ms, 100 ms, ...
+    metrics: registry,
+    locateTimeout: opts.locateTimeout,
   });
   node.mesh = `127.0.0.1:${mesh.port}`;
   cleanups.push(async () => {
     await mesh.close();
     await server.close();
   });
-  return { id, server, mesh, node, refusals, infos, rules, links: [] };
+  return { id, server, mesh, node, refusals, infos, rules, links: [], metrics: registry };
 }
 
 interface Peer {
@@ -90,13 +105,14 @@ interface Peer {
   relayLink: MemoryLink;
 }
 
-async function peer(dir: MemoryDirectory, r: Relay, role: "onsite" | "master", id: string, opts: { offer?: (b: Record<string, unknown>) => unknown } = {}): Promise<Peer> {
+async function peer(dir: MemoryDirectory, r: Relay, role: "onsite" | "master", id: string, opts: { offer?: (b: Record<string, unknown>) => unknown; onStream?: (s: Stream) => void; setup?: (c: Connection) => void } = {}): Promise<Peer> {
   const [link, relayLink] = linkPair("10.0.0.1", "10.9.9.9");
   const streams: Stream[] = [];
   const closes: Peer["closes"] = [];
-  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: (s) => streams.push(s), maxControlIn: MAX_CONTROL_MESSAGE });
+  const conn = new Connection(link, { side: "dialer", window: WINDOW, onStream: opts.onStream ?? ((s) => streams.push(s)), maxControlIn: MAX_CONTROL_MESSAGE });
   conn.on(Msg.SESSION_CLOSE, (b) => closes.push(b as Peer["closes"][number]));
   conn.handle(Msg.SESSION_OFFER, (b) => opts.offer?.(b) ?? {});
+  opts.setup?.(conn);
   const welcome = new Promise((resolve) => conn.on(Msg.WELCOME, resolve));
   r.server.accept(relayLink, { id, role, serial: `serial-${id}` });
   r.links.push(relayLink);
@@ -166,6 +182,12 @@ describe("a master on relay A reaches a device on relay B", () => {
     expect(sha(atDevice)).toBe(sha(up));
     expect(sha(atMaster)).toBe(sha(down));
     await waitFor(() => a.server.stats().streams === 0 && b.server.stats().streams === 0, 5_000, "the stream gone on both relays");
+    // The mesh's own figures: one link each way of who dialed, every byte counted (frames included).
+    expect(metric(a, 'agent_relay_mesh_links{direction="out"}')).toBe(1);
+    expect(metric(b, 'agent_relay_mesh_links{direction="in"}')).toBe(1);
+    expect(metric(a, 'agent_relay_mesh_bytes_total{direction="out"}')).toBeGreaterThan(4_000_777);
+    expect(metric(b, 'agent_relay_mesh_bytes_total{direction="out"}')).toBeGreaterThan(2_012_345);
+    expect(metric(b, 'agent_relay_refusals_total{reason="mesh"}')).toBe(0);
   });
 
   test("a frozen reader on B holds the master to one window: no hop buffers more", async () => {
@@ -285,6 +307,16 @@ test("three relays: a master on A reaches devices on B and C at once, and a mast
   expect(a.mesh.linkTo("relay-b")).toBe(first);
 });
 
+test("masters opening at once before any link exists share one dial", async () => {
+  const { dir, a, b } = await pair();
+  const masters = await Promise.all(["tech-2", "tech-3", "tech-4", "tech-5"].map((id) => peer(dir, a, "master", id)));
+  const infos = await Promise.all(masters.map((m) => open(m, { onsite: "site-1", targets: ["10.0.0.5:80"] })));
+  expect(new Set(infos.map((i) => i.session)).size).toBe(4);
+  expect(b.server.sessionList().map((s) => s.master).sort()).toEqual(["tech-2", "tech-3", "tech-4", "tech-5"]);
+  expect(b.mesh.status().in).toEqual([{ node: "relay-a", address: expect.any(String) }]);
+  expect(b.infos.filter((l) => l.startsWith("mesh: relay relay-a linked in")).length).toBe(1);
+});
+
 describe("session ends cross the hop", () => {
   test("the master ends it: the device hears why, final", async () => {
     const { a, b, device, master } = await pair();
@@ -335,6 +367,21 @@ describe("session ends cross the hop", () => {
     expect(b.server.sessionList().map((s) => s.session)).toEqual([info.session]);
   });
 
+  test("a master re-opens its session while the old one still lives on both relays: the old ones close, the new one stands", async () => {
+    const { a, b, device, master } = await pair();
+    const info = await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] });
+    // No SESSION_CLOSE comes back over the mesh to end the new session while it opens.
+    for (let i = 0; i < 3; i++) expect((await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"], session: info.session })).session).toBe(info.session);
+    expect(a.server.sessionList().map((s) => s.session)).toEqual([info.session]);
+    expect(b.server.sessionList().map((s) => s.session)).toEqual([info.session]);
+    await holdsFor(() => a.server.sessionList().length !== 1 || b.server.sessionList().length !== 1, 200, "the re-opened session was closed afterwards");
+    expect(device.closes.map((c) => c.reason)).toEqual(["re-opened", "re-opened", "re-opened"].map((r) => `ended on relay relay-a: ${r}`));
+    const s = master.conn.openStream({ session: info.session, target: "10.0.0.5:80" });
+    const ds = await waitFor(() => device.streams[0], 5_000, "a stream in the re-opened session");
+    expect(ds.open.session).toBe(info.session);
+    s.reset(0, "done");
+  });
+
   test("a relay the directory declares gone: its link is closed and not dialled again", async () => {
     const { dir, a } = await pair();
     const master2 = await peer(dir, a, "master", "tech-2");
@@ -366,6 +413,74 @@ test("a relay whose certificate is revoked while linked: the link closes on relo
   expect(again.message).toContain("which this relay cannot reach over the mesh");
 });
 
+test("NAT_REQUEST crosses the hop: both relays' policies judge it, the device gets the source A saw", async () => {
+  const nat: AccessRule[] = [{ masters: ["tech-1"], onsites: ["site-1"], nat: true }];
+  const { b, device, master } = await pair({ rulesA: [...nat], rulesB: [...nat] });
+  const asked: Record<string, unknown>[] = [];
+  device.conn.handle(Msg.NAT_REQUEST, (x) => {
+    asked.push(x);
+    return { rule: { id: "r1", proto: "tcp", port: 8080 }, created: true };
+  });
+  const info = await open(master, { onsite: "site-1", targets: ["192.168.1.50:80"] });
+  const r = (await master.conn.request(Msg.NAT_REQUEST, { session: info.session, port: 8080, to: "192.168.1.50:80", ttl: "15m", source: "6.6.6.6" })) as { created: boolean };
+  expect(r.created).toBe(true);
+  expect(asked).toMatchObject([{ session: info.session, port: 8080, to: "192.168.1.50:80", ttl: "15m", source: "10.0.0.1" }]);
+  // B without nat = true refuses, whatever A allowed.
+  b.rules.splice(0, 1, { masters: ["tech-1"], onsites: ["site-1"] });
+  const err = (await master.conn.request(Msg.NAT_REQUEST, { session: info.session, port: 8081, to: "192.168.1.50:80", ttl: "15m" }).catch((e) => e)) as RemoteError;
+  expect(err.code).toBe(ErrorCode.FORBIDDEN);
+  expect(b.refusals).toMatchObject([{ code: "policy", presented: "tech-1", address: "via relay relay-a" }]);
+  expect(asked.length).toBe(1);
+});
+
+test("the real master and onsite ends over the mesh: a TCP forward echoes, the link breaks, the master resumes by itself and the forward echoes again", async () => {
+  const dir = new MemoryDirectory();
+  const a = relay(dir, "relay-a");
+  const b = relay(dir, "relay-b");
+  const echo = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data: (sock, d) => void sock.write(d) } });
+  cleanups.push(() => echo.stop(true));
+  const onsite = new SessionServer({ id: "site-1", allow: () => [parseAllowEntry("127.0.0.1/32")], log: quiet, probeTimeout: 0 });
+  await peer(dir, b, "onsite", "site-1", { onStream: (s) => onsite.serve(s), setup: (c) => onsite.setup(c) });
+  let mconn: Connection | null = null;
+  const sessions = new MasterSessions({ log: quiet, relay: () => mconn, relayState: () => "up" });
+  cleanups.push(() => sessions.close());
+  mconn = (await peer(dir, a, "master", "tech-1", { setup: (c) => sessions.setup(c) })).conn;
+  const view = await sessions.connect("site-1", [parseForward(`0:127.0.0.1:${echo.port}`)], null);
+  const port = view.forwards[0]!.port;
+  const ping = async (text: string) => {
+    let got = "";
+    const sock = await Bun.connect({ hostname: "127.0.0.1", port, socket: { data: (_s, d) => void (got += Buffer.from(d).toString()) } });
+    sock.write(text);
+    try {
+      await waitFor(() => got === text, 5_000, () => `the echo of ${text} (got ${JSON.stringify(got)})`);
+    } finally {
+      sock.end();
+    }
+  };
+  await ping("before the break");
+  a.mesh.linkTo("relay-b")!.link.destroy();
+  await waitFor(() => sessions.list()[0]!.state === "resuming", 5_000, "the master to see the interruption");
+  expect(sessions.list()[0]!.reason).toMatch(/^mesh link to relay relay-b lost/);
+  expect(metric(a, 'agent_relay_mesh_bytes_total{direction="out"}')).toBeGreaterThan(0); // the gone link's bytes stay counted
+  expect(metric(a, 'agent_relay_mesh_dial_failures_total')).toBe(0);
+  await waitFor(() => sessions.list()[0]!.state === "active", 10_000, () => `the master to resume by itself (${sessions.list()[0]!.reason})`);
+  expect(sessions.list()[0]!.session).toBe(view.session);
+  await ping("after the break");
+});
+
+test("a relay whose certificate expires while linked: the peer closes the link at the expiry and says so", async () => {
+  const dir = new MemoryDirectory();
+  const short = makeCert(fleetCa, { role: "relay", id: "relay-a", ips: ["127.0.0.1"], notAfter: new Date(Date.now() + 1500) });
+  const a = relay(dir, "relay-a", { cert: short });
+  const b = relay(dir, "relay-b");
+  await peer(dir, b, "onsite", "site-1");
+  const master = await peer(dir, a, "master", "tech-1");
+  await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] });
+  const c = await waitFor(() => master.closes[0], 5_000, "SESSION_CLOSE at the master");
+  expect(c.reason).toMatch(/^mesh link to relay relay-b lost: .*certificate [0-9a-f]+ of relay relay-a expired at /);
+  expect(b.refusals).toContainEqual(expect.objectContaining({ code: "certificate", presented: "relay-a (relay)" }));
+});
+
 describe("refusals", () => {
   test("B's access policy judges the original master, and logs it", async () => {
     const { b, master } = await pair({ rulesB: [{ masters: ["tech-9"], onsites: ["*"] }] });
@@ -392,6 +507,23 @@ describe("refusals", () => {
     expect(unavailable.message).toBe("cannot look for device site-1 on the other relays: the cluster store is unreachable: connection refused; sessions whose two ends this relay holds go on");
   });
 
+  test("a directory that hangs or fails otherwise: refused as retryable, with the reason", async () => {
+    const dir = new MemoryDirectory();
+    let mode: "hang" | "throw" = "hang";
+    const a = relay(dir, "relay-a", {
+      locateTimeout: 200,
+      directory: (d) => ({ ...d, locate: () => (mode === "hang" ? new Promise<never>(() => {}) : Promise.reject(new Error("presence value for site-1 is not JSON"))) }),
+    });
+    const master = await peer(dir, a, "master", "tech-1");
+    const hung = (await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
+    expect(hung.code).toBe(ErrorCode.OFFLINE);
+    expect(hung.message).toBe("cannot look for device site-1 on the other relays: the cluster store is unreachable: no answer within 0.2 s; sessions whose two ends this relay holds go on");
+    mode = "throw";
+    const failed = (await open(master, { onsite: "site-1", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
+    expect(failed.code).toBe(ErrorCode.OFFLINE);
+    expect(failed.message).toBe("cannot look for device site-1 on the other relays: the cluster store failed: presence value for site-1 is not JSON; sessions whose two ends this relay holds go on");
+  });
+
   test("a relay whose mesh port does not answer: refused with the relay and the address", async () => {
     const dir = new MemoryDirectory();
     const a = relay(dir, "relay-a");
@@ -401,6 +533,8 @@ describe("refusals", () => {
     const err = (await open(master, { onsite: "site-z", targets: ["10.0.0.5:80"] }).catch((e) => e)) as RemoteError;
     expect(err.code).toBe(ErrorCode.OFFLINE);
     expect(err.message).toMatch(/^device site-z is on relay relay-z, which this relay cannot reach over the mesh \(127\.0\.0\.1:1\): cannot connect/);
+    expect(metric(a, "agent_relay_mesh_dial_failures_total")).toBeGreaterThanOrEqual(1);
+    expect(a.infos.filter((l) => l.startsWith("mesh: cannot reach relay relay-z")).length).toBe(1); // said once, however often it redials
   });
 
   /** A TLS client on the mesh port: the bytes it received, once the relay closed it. */
@@ -439,6 +573,7 @@ describe("refusals", () => {
     expect(await knock(b.mesh.port, device)).toBe(0);
     expect(await knock(b.mesh.port, masterCert)).toBe(0);
     await waitFor(() => b.refusals.length === 3, 5_000, "three refusals");
+    expect(metric(b, 'agent_relay_refusals_total{reason="mesh"}')).toBe(3);
     expect(b.refusals).toMatchObject([
       { code: "mesh", presented: "relay-x (relay)", reason: "mesh port: certificate was not issued by this fleet's CA" },
       { code: "mesh", presented: "site-1 (onsite)", reason: "mesh port: a onsite certificate (only relay certificates of this fleet may link in)" },
@@ -462,6 +597,42 @@ describe("refusals", () => {
 });
 
 describe("pure parts", () => {
+  test("the Router holds each connection to its own stream limit and numbers a dialed mesh link's streams odd", () => {
+    const written: { conn: string; type: number; stream: number; reason?: string }[] = [];
+    const fake = (name: string) => ({ name, writeFrame: (type: number, _f: number, stream: number, payload?: Uint8Array) => written.push({ conn: name, type, stream, ...(type === FrameType.RESET && payload ? { reason: decodeReset(payload).reason } : {}) }) }) as unknown as Connection;
+    const master = fake("master");
+    const link = fake("mesh");
+    const session = { id: "s-1a2b3c4d", master: "tech-1", targets: ["10.0.0.5:80"], masterConn: master, onsiteConn: link, streams: 0 };
+    const router = new Router({ window: WINDOW, session: (id) => (id === session.id ? session : undefined), refuse: () => {} });
+    router.attach(master, { id: "tech-1", role: "master" });
+    router.attach(link, { id: "relay-b", role: "onsite" }, 1, 2);
+    const syn = (stream: number) => router.route({ type: FrameType.DATA, flags: Flag.SYN, stream, length: 0, payload: encodeJson({ session: session.id, target: "10.0.0.5:80" }) }, master);
+    syn(1);
+    syn(3);
+    syn(5);
+    expect(written.filter((w) => w.conn === "mesh").map((w) => w.stream)).toEqual([1, 3]);
+    expect(written.filter((w) => w.conn === "master")).toEqual([{ conn: "master", type: FrameType.RESET, stream: 5, reason: "too many streams on one connection (limit 2)" }]);
+  });
+
+  test.each([
+    ["no master", { onsite: "site-1", targets: ["10.0.0.5:80"], session: "s-1a2b3c4d", address: "a" }, "master: expected a device id"],
+    ["no session id (the dialing relay gives it)", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], address: "a" }, "session: expected an id such as s-1a2b3c4d"],
+    ["no address", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], session: "s-1a2b3c4d" }, "address: expected a string, got nothing"],
+    ["an address too long", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], session: "s-1a2b3c4d", address: "x".repeat(65) }, "address: expected an address of at most 64 characters"],
+    ["SESSION_OPEN's own checks", { master: "tech-1", onsite: "site-1", targets: [], session: "s-1a2b3c4d", address: "a" }, "targets: expected 1-64 HOST:PORT strings"],
+    ["a TTL out of range", { master: "tech-1", onsite: "site-1", targets: ["10.0.0.5:80"], ttl: 5, session: "s-1a2b3c4d", address: "a" }, "ttl: expected milliseconds between 1 s and 7 days"],
+  ])("MESH_OPEN with %s is refused naming the field", (_name, body, message) => {
+    let err: Error | null = null;
+    try {
+      decodeMeshOpen(body);
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err).toBeInstanceOf(MessageError);
+    expect(err!.message).toBe(message);
+    expect((err as MessageError).type).toBe(Msg.MESH_OPEN);
+  });
+
   test("meshReason rewords a device certificate's refusal and leaves others", () => {
     expect(meshReason("a onsite certificate cannot connect as a device (allowed: relay)")).toBe("a onsite certificate (only relay certificates of this fleet may link in)");
     expect(meshReason("certificate has expired")).toBe("certificate has expired");

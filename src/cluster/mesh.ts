@@ -10,18 +10,19 @@
 // B's masters reach A's devices over the link B dialed to A. One link per ordered pair, dialled
 // when a session first needs it, reused by every session after, redialled with backoff when it
 // breaks, closed when the directory says the peer is gone. Messages on the link: HELLO/WELCOME
-// (role "relay"), MESH_OPEN, SESSION_CLOSE both ways, TUNNEL_MODE (docs/protocol.md §9).
+// (role "relay"), MESH_OPEN, SESSION_CLOSE both ways, TUNNEL_MODE and NAT_REQUEST (docs/protocol.md §9).
 import type { TCPSocketListener } from "bun";
 import { Connection, RemoteError, type Log } from "../transport/mux.ts";
 import type { Link } from "../transport/link.ts";
 import { GoAwayCode } from "../transport/frame.ts";
 import { ErrorCode, Msg, PROTOCOL_VERSIONS, type SessionInfo } from "../transport/messages.ts";
 import { handle, on, request, send } from "../transport/typed.ts";
-import { Timing, backoffDelay } from "../transport/policy.ts";
+import { Limits, Timing, backoffDelay } from "../transport/policy.ts";
 import { dialTls, listenTls, type SocketLink, type TlsMaterial } from "../transport/tls.ts";
 import { certificateIdentity, isRevoked, type RevocationList } from "../pki.ts";
 import { parseHostPort } from "../netaddr.ts";
 import type { TimerHandle } from "../clock.ts";
+import type { Metrics } from "../metrics.ts";
 import { Admission, judgeHello, type PeerCert } from "../tunnel/relay/front.ts";
 import { RefusalCode } from "../tunnel/relay/refusals.ts";
 import type { MeshHooks, RemoteEnd } from "../tunnel/relay/server.ts";
@@ -47,8 +48,12 @@ export interface MeshOptions {
   keepaliveTimeout?: number;
   /** How long a MESH_OPEN may take (the far relay offers the session to its device meanwhile). */
   openTimeout?: number;
+  /** How long the directory may take to locate a device (ms, default 5 s). */
+  locateTimeout?: number;
   /** Jitter of the redial backoff (tests pin it). */
   random?: () => number;
+  /** Where the mesh's metric families go (the relay's registry: `server.metrics.registry`). */
+  metrics?: Metrics;
 }
 
 /** The mesh as a daemon component: `startMesh(...)` binds and hooks in; `close()` undoes both. */
@@ -66,6 +71,15 @@ export interface Mesh {
 }
 
 const MESH_OPEN_TIMEOUT = 20_000;
+/** How long the directory may take to say where a device is. */
+const LOCATE_TIMEOUT = 5_000;
+/**
+ * Streams one mesh link routes at once: it carries the sessions of every device of the peer
+ * that this relay's masters reach, so it gets the connection's whole stream budget rather than
+ * a device's maxRoutedStreams, and a queue limit that one window per stream fits into.
+ */
+export const MESH_MAX_STREAMS = Limits.maxStreams;
+const meshMaxQueued = (window: number) => MESH_MAX_STREAMS * window + 8 * 1024 * 1024;
 
 /** One outbound link: to one peer relay, dialled when needed and again after it breaks. */
 interface Outbound {
@@ -97,6 +111,9 @@ class MeshNode implements Mesh {
   private readonly serials = new Map<Connection, { id: string; serial: string }>();
   private readonly unsubscribe: () => void;
   private closed = false;
+  /** Bytes of mesh links that are gone, by direction; dials that failed. */
+  private readonly goneBytes = { in: 0, out: 0 };
+  private dialFailures = 0;
 
   constructor(private readonly o: MeshOptions) {
     this.hooks = o.server.mesh;
@@ -114,6 +131,27 @@ class MeshNode implements Mesh {
     }) as TCPSocketListener<unknown>);
     this.hooks.setRemote({ route: (onsite) => this.route(onsite) });
     this.unsubscribe = o.directory.onNodes((nodes) => this.nodesChanged(nodes));
+    if (o.metrics) this.registerMetrics(o.metrics);
+  }
+
+  private registerMetrics(m: Metrics): void {
+    const links = () => {
+      const out = [...this.out.values()].filter((l) => l.conn && !l.conn.closed).map((l) => l.conn!);
+      return { out, in: [...this.inbound.values()] };
+    };
+    m.collect("agent_relay_mesh_links", "Live relay-to-relay mesh links, by who dialed (out: this relay).", "gauge", () => {
+      const l = links();
+      return [{ labels: { direction: "out" }, value: l.out.length }, { labels: { direction: "in" }, value: l.in.length }];
+    }, { direction: ["in", "out"] });
+    m.collect("agent_relay_mesh_bytes_total", "Bytes on relay-to-relay mesh links (frames included), by direction seen from this relay.", "counter", () => {
+      const l = links();
+      const live = [...l.out, ...l.in];
+      return [
+        { labels: { direction: "in" }, value: this.goneBytes.in + live.reduce((n, c) => n + c.bytesIn, 0) },
+        { labels: { direction: "out" }, value: this.goneBytes.out + live.reduce((n, c) => n + c.bytesOut, 0) },
+      ];
+    }, { direction: ["in", "out"] });
+    m.collect("agent_relay_mesh_dial_failures_total", "Dials of a mesh link that failed (TLS, certificate, handshake).", "counter", () => this.dialFailures);
   }
 
   get port(): number {
@@ -127,10 +165,12 @@ class MeshNode implements Mesh {
   private async route(onsite: string): Promise<RemoteEnd | null> {
     let node: RelayNode | null;
     try {
-      node = await this.o.directory.locate(onsite);
+      node = await this.locate(onsite);
     } catch (e) {
-      if (!(e instanceof ClusterUnavailableError)) throw e;
-      throw new RemoteError(ErrorCode.OFFLINE, `cannot look for device ${onsite} on the other relays: ${e.message}; sessions whose two ends this relay holds go on`);
+      // Whatever went wrong (the store unreachable, slow, or an answer it refused), the open is
+      // refused as retryable: the master's resume tries again.
+      const why = e instanceof ClusterUnavailableError ? e.message : `the cluster store failed: ${(e as Error).message}`;
+      throw new RemoteError(ErrorCode.OFFLINE, `cannot look for device ${onsite} on the other relays: ${why}; sessions whose two ends this relay holds go on`);
     }
     if (!node || node.id === this.o.directory.self.id) return null;
     let conn: Connection;
@@ -148,6 +188,15 @@ class MeshNode implements Mesh {
         return offerAnswer(await request(conn, Msg.MESH_OPEN, body, timeout));
       },
     };
+  }
+
+  /** The directory's answer, within the lookup deadline. */
+  private locate(onsite: string): Promise<RelayNode | null> {
+    const ms = this.o.locateTimeout ?? LOCATE_TIMEOUT;
+    const clock = this.hooks.clock;
+    let timer: TimerHandle | null = null;
+    const late = new Promise<never>((_, reject) => (timer = clock.setTimeout(() => reject(new ClusterUnavailableError(`no answer within ${ms / 1000} s`)), ms)));
+    return Promise.race([this.o.directory.locate(onsite), late]).finally(() => clock.clearTimeout(timer));
   }
 
   /** The live link to `node`, dialled now if there is none. */
@@ -195,6 +244,7 @@ class MeshNode implements Mesh {
       },
       (e: Error) => {
         l.dialing = null;
+        this.dialFailures++;
         // Said once per cause, not at every redial of a streak.
         const repeated = l.lastError === e.message;
         l.lastError = e.message;
@@ -252,31 +302,51 @@ class MeshNode implements Mesh {
       throw e;
     }
     conn.peer = { id: node.id, role: "relay" };
-    this.track(conn, node.id, judged.serial);
+    this.track(conn, node.id, judged.serial, judged.notAfter);
     conn.startKeepalive();
-    this.hooks.attach(conn, node.id, "onsite");
+    this.hooks.attach(conn, node.id, "onsite", MESH_MAX_STREAMS);
     // The far relay ended a session (its device went, a TTL, its operator): so does this one.
     on(conn, Msg.SESSION_CLOSE, (b) => this.hooks.end(conn, b.session, b.reason, b.final));
     return conn;
   }
 
   /** The dialed relay is the node the directory named, with a certificate that is not revoked. */
-  private judgeDialed(link: SocketLink, node: RelayNode): string | { serial: string } {
+  private judgeDialed(link: SocketLink, node: RelayNode): string | { serial: string; notAfter: Date } {
     const raw = (link.socket.getPeerCertificate() as { raw?: Uint8Array } | undefined)?.raw;
     if (!raw) return "it presented no certificate";
     try {
       const ident = certificateIdentity(raw);
       if (ident.id !== node.id) return `the relay at ${node.mesh} is ${ident.id}, not ${node.id}`;
       if (isRevoked(this.o.revocations(), ident.serial)) return `its certificate ${ident.serial} is revoked`;
-      return { serial: ident.serial };
+      return { serial: ident.serial, notAfter: ident.notAfter };
     } catch (e) {
       return `its certificate has no valid identity: ${(e as Error).message}`;
     }
   }
 
-  private track(conn: Connection, id: string, serial: string): void {
+  /** A live link: its peer's serial for revocations, and closed when the peer's certificate expires. */
+  private track(conn: Connection, id: string, serial: string, notAfter?: Date): void {
     this.serials.set(conn, { id, serial });
-    void conn.wait().then(() => this.serials.delete(conn));
+    const clock = this.hooks.clock;
+    let timer: TimerHandle | null = null;
+    const arm = () => {
+      const left = notAfter!.getTime() - clock.wall();
+      if (left > 0) {
+        // Re-armed at most daily: the wall clock may step meanwhile, and setTimeout's range is ~24.8 days.
+        timer = clock.setTimeout(arm, Math.min(left, 86_400_000));
+        return;
+      }
+      const reason = `certificate ${serial} of relay ${id} expired at ${notAfter!.toISOString()}`;
+      this.hooks.record(conn.remoteAddress, `${id} (relay)`, RefusalCode.CERTIFICATE, `${reason}; closing its mesh link`);
+      conn.close(GoAwayCode.REVOKED, reason);
+    };
+    if (notAfter) arm();
+    void conn.wait().then(() => {
+      clock.clearTimeout(timer);
+      this.serials.delete(conn);
+      this.goneBytes.in += conn.bytesIn;
+      this.goneBytes.out += conn.bytesOut;
+    });
   }
 
   reload(): void {
@@ -298,6 +368,7 @@ class MeshNode implements Mesh {
       clock: this.hooks.clock,
       keepaliveInterval: this.o.keepaliveInterval,
       keepaliveTimeout: this.o.keepaliveTimeout,
+      maxQueued: meshMaxQueued(this.hooks.window),
       routeFrame: (f, c) => {
         if (!live || live()) this.hooks.route(f, c);
         else this.refuse(c, presented(), "stream frames before HELLO");
@@ -361,7 +432,7 @@ class MeshNode implements Mesh {
       this.pending.delete(conn);
       welcomed = true;
       conn.peer = { id: cert.id, role: "relay" };
-      this.track(conn, cert.id, cert.serial);
+      this.track(conn, cert.id, cert.serial, cert.notAfter);
       this.welcome(conn, cert.id, verdict.version);
     });
     void conn.wait().then((why) => {
@@ -378,7 +449,7 @@ class MeshNode implements Mesh {
     if (old && !old.closed) old.close(GoAwayCode.REPLACED, `replaced by a new mesh link from relay ${peer} (${conn.remoteAddress})`);
     this.inbound.set(peer, conn);
     conn.startKeepalive();
-    this.hooks.attach(conn, peer, "master");
+    this.hooks.attach(conn, peer, "master", MESH_MAX_STREAMS);
     handle(conn, Msg.MESH_OPEN, (b) => {
       const { master, address, ...req } = b;
       return this.hooks.open(conn, master, req, { relay: peer, address });
@@ -389,8 +460,10 @@ class MeshNode implements Mesh {
       if (!s) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(b.session)} from relay ${peer}`);
       return this.hooks.switchTunnel(s, b);
     });
-    handle(conn, Msg.NAT_REQUEST, () => {
-      throw new RemoteError(ErrorCode.REFUSED, "NAT rules are not carried across relays yet: connect the master to the relay that holds the device for agent nat");
+    handle(conn, Msg.NAT_REQUEST, (b) => {
+      const s = this.hooks.session(conn, b.session);
+      if (!s) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(b.session)} from relay ${peer}`);
+      return this.hooks.nat(s, b, peer);
     });
     send(conn, Msg.WELCOME, { version, relay: this.o.directory.self.id, address: conn.remoteAddress, keepalive: conn.keepalive?.interval ?? Timing.keepaliveInterval });
     this.o.log.info(`mesh: relay ${peer} linked in from ${conn.remoteAddress}`, { node: peer, address: conn.remoteAddress });

@@ -125,6 +125,7 @@ export class RelayRole implements Component {
         revocations: () => this.revocations,
         log: this.log.withTag("mesh"),
         agent: `agent/${VERSION}`,
+        metrics: this.server.metrics.registry,
       });
       this.mesh.start();
     }
@@ -197,6 +198,7 @@ export class RelayRole implements Component {
     this.revocations = list;
     this.revocationsLoaded = true;
     this.cluster?.publishRevoked(own.serials);
+    this.mesh?.reload();
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
   }
@@ -213,6 +215,7 @@ export class RelayRole implements Component {
     const list = this.mergedRevocations();
     this.revocations = list;
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
+    this.mesh?.reload();
     if (closed) this.log.info(`cluster: revoked on another relay: closed ${closed} live connection(s)`);
   }
 

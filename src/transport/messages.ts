@@ -565,7 +565,8 @@ export function decodeMeshOpen(body: unknown): MeshOpenBody {
   try {
     open = decodeSessionOpen(body);
   } catch (e) {
-    if (e instanceof MessageError) throw new MessageError(T, e.field, e.expected);
+    // The same field and words, under this message's type.
+    if (e instanceof MessageError) throw Object.assign(new MessageError(T, e.field, e.expected), { message: e.message });
     throw e;
   }
   const r = object(T, body);

@@ -43,6 +43,8 @@ interface Peer {
   role: string;
   nextStreamId: number;
   routes: Map<number, Route>;
+  /** Most streams routed on this connection at once. */
+  limit: number;
 }
 
 export interface RouterOptions {
@@ -67,9 +69,10 @@ export class Router {
   }
 
   /** The connection passed its HELLO: its stream frames are routed from now on. `firstStreamId`:
-   * of the streams the relay opens on it (1 on a mesh link this relay dialed, src/cluster/mesh.ts). */
-  attach(conn: Connection, peer: { id: string; role: string }, firstStreamId = 2): void {
-    this.peers.set(conn, { id: peer.id, role: peer.role, nextStreamId: firstStreamId, routes: new Map() });
+   * of the streams the relay opens on it (1 on a mesh link this relay dialed, src/cluster/mesh.ts);
+   * `limit`: of streams routed on it at once (a mesh link carries many devices' sessions). */
+  attach(conn: Connection, peer: { id: string; role: string }, firstStreamId = 2, limit = this.limit): void {
+    this.peers.set(conn, { id: peer.id, role: peer.role, nextStreamId: firstStreamId, routes: new Map(), limit });
   }
 
   has(conn: Connection): boolean {
@@ -168,7 +171,8 @@ export class Router {
     } else if (typeof open.target !== "string" || !s.targets.includes(open.target)) return reset(ResetCode.REFUSED, `target ${JSON.stringify(open.target)} is not part of session ${s.id}`);
     const other = this.peers.get(s.onsiteConn);
     if (!other) return reset(ResetCode.NO_SESSION, "the onsite device is gone");
-    if (peer.routes.size >= this.limit || other.routes.size >= this.limit) return reset(ResetCode.REFUSED, `too many streams on one connection (limit ${this.limit})`);
+    const full = peer.routes.size >= peer.limit ? peer : other.routes.size >= other.limit ? other : null;
+    if (full) return reset(ResetCode.REFUSED, `too many streams on one connection (limit ${full.limit})`);
     const sid = other.nextStreamId;
     other.nextStreamId += 2;
     const a: Route = { conn, sid: f.stream, session: s, credit: this.o.window, fin: false, peer: null as unknown as Route };

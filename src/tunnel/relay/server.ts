@@ -5,7 +5,7 @@
 import { type Connection, type ConnectionClosed, RemoteError, type Log } from "../../transport/mux.ts";
 import type { Link } from "../../transport/link.ts";
 import { GoAwayCode, type Frame } from "../../transport/frame.ts";
-import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type SessionInfo, type SessionOfferBody, type SessionOfferReply, type SessionOpenBody, type TunnelModeBody, type TunnelOffer } from "../../transport/messages.ts";
+import { ErrorCode, MAX_TARGETS, MessageError, Msg, type DeviceInfo, type HelloBody, type NatReply, type NatRequestBody, type SessionInfo, type SessionOfferBody, type SessionOfferReply, type SessionOpenBody, type TunnelModeBody, type TunnelOffer } from "../../transport/messages.ts";
 import { handle, on, request, send } from "../../transport/typed.ts";
 import { Limits, Timing } from "../../transport/policy.ts";
 import { systemClock, wallOf, type Clock, type TimerHandle } from "../../clock.ts";
@@ -107,17 +107,21 @@ export interface MeshHooks {
   readonly log: Log;
   /** A mesh connection past its handshake: "master" for a link the peer dialed (its masters'
    * streams come in on it), "onsite" for one this relay dialed (streams go out on it, odd ids). */
-  attach(conn: Connection, peer: string, as: "master" | "onsite"): void;
+  attach(conn: Connection, peer: string, as: "master" | "onsite", limit: number): void;
   route(f: Frame, conn: Connection): void;
   /** The mesh connection is gone: its streams are reset and its sessions end (not final). */
   gone(conn: Connection, reason: string): void;
   /** A master on the peer relay opens a session to a device of this relay. */
   open(via: Connection, master: string, req: SessionOpenBody, origin: MeshOrigin): Promise<SessionInfo>;
-  /** The peer relay ended session `id` carried on `via`, in whatever state it is here. */
+  /** The peer relay ended session `id` carried on `via` (not told back over `via`). One still
+   * being opened is dropped only where `via` is its master end (that relay gave up on it); where
+   * `via` is its device end the SESSION_CLOSE is of an earlier session with the same id. */
   end(via: Connection, id: string, reason: string, final: boolean): void;
   /** The active session `id` whose master end is `via`. */
   session(via: Connection, id: string): Session | undefined;
   switchTunnel(s: Session, b: TunnelModeBody): Promise<TunnelOffer>;
+  /** NAT_REQUEST of a session whose master is on the peer relay: this relay's policy, the `source` that relay saw. */
+  nat(s: Session, b: NatRequestBody, peer: string): Promise<NatReply>;
   record(address: string, presented: string | null, code: RefusalCodeId, reason: string): void;
   /** Cluster mode on (the mesh's router of remote devices) or off (null). */
   setRemote(r: RemoteDevices | null): void;
@@ -145,7 +149,6 @@ export class RelayServer {
   private closed = false;
   /** Cluster mode: where devices this relay does not hold are found (src/cluster/mesh.ts). */
   private remote: RemoteDevices | null = null;
-  private readonly window: number;
   /** Judges heartbeat datagrams (a listener in src/roles/relay.ts feeds it); null without a secret. */
   readonly heartbeats: HeartbeatReceiver | null = null;
   private readonly heartbeatKeys = new Map<string, { serial: string; key: Uint8Array }>();
@@ -160,7 +163,6 @@ export class RelayServer {
     this.clock = o.clock ?? systemClock;
     this.idleTimeout = o.sessionIdleTimeout ?? DEFAULT_SESSION_IDLE_TIMEOUT;
     const window = o.window ?? Limits.streamWindow;
-    this.window = window;
     this.inventory = new Inventory(this.clock, o.inventoryStore);
     this.inventory.onStoreError = (e) => o.log.warn(`inventory store: ${e.message}; the inventory goes on in memory (said once until a write works again)`, { reason: e.message });
     const hb = o.heartbeat;
@@ -234,7 +236,7 @@ export class RelayServer {
       window,
       clock: this.clock,
       log: this.o.log,
-      attach: (conn, peer, as) => this.router.attach(conn, { id: peer, role: as }, as === "onsite" && conn.side === "dialer" ? 1 : 2),
+      attach: (conn, peer, as, limit) => this.router.attach(conn, { id: peer, role: as }, as === "onsite" && conn.side === "dialer" ? 1 : 2, limit),
       route: (f, conn) => this.router.route(f, conn),
       gone: (conn, reason) => {
         this.router.detach(conn, reason);
@@ -247,14 +249,23 @@ export class RelayServer {
       end: (via, id, reason, final) => {
         const s = this.sessions.boundTo(via).find((x) => x.id === id);
         if (!s) return;
-        if (s.state === "active") this.closeSession(s, reason, final);
-        else this.sessions.close(s.id, s);
+        if (s.state === "active") this.closeSession(s, reason, final, via);
+        else if (s.masterConn === via) this.sessions.close(s.id, s);
       },
       session: (via, id) => {
         const s = this.sessions.active(id);
         return s && s.masterConn === via ? s : undefined;
       },
       switchTunnel: (s, b) => this.switchTunnel(s, b),
+      nat: (s, b, peer) => {
+        if (!mayAskNat(this.o.access(), s.master, s.onsite)) {
+          const why = `${s.master} may not ask ${s.onsite} for NAT rules (relay access policy: no [[access]] rule covering both has nat = true)`;
+          this.front.record(`via relay ${peer}`, s.master, RefusalCode.POLICY, why);
+          return Promise.reject(new RemoteError(ErrorCode.FORBIDDEN, why));
+        }
+        if (b.source === undefined) return Promise.reject(new RemoteError(ErrorCode.BAD_REQUEST, `relay ${peer} sent a NAT_REQUEST without the master's source address`));
+        return request(s.onsiteConn, Msg.NAT_REQUEST, { ...b, session: s.id, source: b.source });
+      },
       record: (address, presented, code, reason) => this.front.record(address, presented, code, reason),
       setRemote: (r) => {
         this.remote = r;
@@ -513,15 +524,15 @@ export class RelayServer {
     if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session, reason, final: true });
   }
 
-  /** Ends a session: both sides hear why; its streams are reset. */
-  closeSession(s: Session, reason: string, final: boolean): void {
+  /** Ends a session: both sides hear why (but `told`, which said so); its streams are reset. */
+  closeSession(s: Session, reason: string, final: boolean, told?: Connection): void {
     if (!this.sessions.close(s.id, s)) return;
-    this.closed_(s, reason, final);
+    this.closed_(s, reason, final, told);
     this.armExpiry();
   }
 
   /** The effects of a session that the table has closed. */
-  private closed_(s: Session, reason: string, final: boolean): void {
+  private closed_(s: Session, reason: string, final: boolean, told?: Connection): void {
     this.router.dropSession(s, `session ended: ${reason}`);
     const label = sessionEndReason(reason);
     this.metrics.sessionsClosed.inc({ reason: label });
@@ -531,7 +542,7 @@ export class RelayServer {
       this.clock.clearTimeout(this.idleTimer);
       this.idleTimer = null;
     }
-    for (const conn of [s.masterConn, s.onsiteConn]) if (!conn.closed) send(conn, Msg.SESSION_CLOSE, { session: s.id, reason, final });
+    for (const conn of [s.masterConn, s.onsiteConn]) if (!conn.closed && conn !== told) send(conn, Msg.SESSION_CLOSE, { session: s.id, reason, final });
     this.o.log.info(`session ${s.id} closed: ${reason}`, { session: s.id, reason });
   }
 
