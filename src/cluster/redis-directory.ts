@@ -165,6 +165,7 @@ export class RedisDirectory implements ClusterDirectory {
     const r = this.o.redis;
     r.subscribe([CH_NODES, CH_PRESENCE, CH_REVOKED], (m, ch) => this.onMessage(m, ch));
     r.onState((up, why) => {
+      if (this.closed) return;
       if (up) {
         this.table.resume();
         this.o.log.info(`cluster: Redis reachable; publishing ${this.held.size} device(s) held here and catching up`);

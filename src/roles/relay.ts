@@ -145,6 +145,7 @@ export class RelayRole implements Component {
         revocations: () => this.revocations,
         log: this.log.withTag("mesh"),
         agent: `agent/${VERSION}`,
+        metrics: this.server.metrics.registry,
       });
       this.mesh.start();
     }
@@ -243,6 +244,7 @@ export class RelayRole implements Component {
     const list = this.mergeEnrolled();
     this.revocationsLoaded = true;
     this.cluster?.publishRevoked(this.fileRevocations.serials);
+    this.mesh?.reload();
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
   }
@@ -273,6 +275,7 @@ export class RelayRole implements Component {
   private mergeClusterRevocations(): void {
     const list = this.mergeEnrolled();
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
+    this.mesh?.reload();
     if (closed) this.log.info(`cluster: revoked on another relay: closed ${closed} live connection(s)`);
   }
 
