@@ -4,7 +4,7 @@
 // the API; a rebinding Host is refused; failed logins slow the next one (on an injected clock:
 // no wall time asserted). The guards' pure functions are tabled first.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FakeClock } from "../src/clock.ts";
@@ -12,6 +12,8 @@ import { UsageError } from "../src/errors.ts";
 import { EventBus } from "../src/events.ts";
 import { COOKIE, cookieValue, csrfToken, csrfValid, hostAllowList, hostAllowed, hostOf, sameOrigin } from "../src/gui/guard.ts";
 import { GuiServer } from "../src/gui/server.ts";
+import { guiTls } from "../src/gui/attach.ts";
+import { makeCert, newCa } from "./helpers/certs.ts";
 import { UserStore } from "../src/gui/users.ts";
 import { masterDigest, relayDigest } from "../src/gui/digest.ts";
 import { createLogger } from "../src/log.ts";
@@ -281,5 +283,57 @@ describe("a real GUI server", () => {
     const { cookie, csrf } = await login("bob", "bobs password");
     store.del("bob");
     expect((await post("/api/call/sessions", {}, { cookie, "x-csrf-token": csrf })).status).toBe(401);
+  });
+});
+
+describe("the GUI under TLS (gui_cert)", () => {
+  const dir = mkdtempSync(join(tmpdir(), "agent-gui-tls-"));
+  const ca = newCa("gui test CA");
+  const leaf = makeCert(ca, { role: "master", id: "m1", ips: ["127.0.0.1"] });
+  const caFile = join(dir, "ca.crt");
+  writeFileSync(caFile, ca.certPem);
+  const api = { status: () => ({ role: "master", id: "m1" }) };
+  const gui = new GuiServer({ listen: { host: "127.0.0.1", port: 0 }, role: "master", id: "m1", api, events: new EventBus(), stateDir: dir, log, clock: new FakeClock(), tls: guiTls({ gui_cert: "bundle" } as never, { certPem: leaf.certPem, keyPem: leaf.keyPem }) });
+  beforeAll(async () => {
+    await new UserStore(dir).add("alice", "correct horse");
+    await gui.start();
+  });
+  afterAll(async () => {
+    await gui.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const curl = async (args: string[]) => {
+    const p = Bun.spawn(["curl", "-sS", "--cacert", caFile, ...args], { stdout: "pipe", stderr: "pipe" });
+    const [out, err, code] = [await new Response(p.stdout).text(), await new Response(p.stderr).text(), await p.exited];
+    return { out, err, code };
+  };
+
+  test("gui_cert = \"bundle\" serves HTTPS with the daemon's certificate: curl verifies it against the fleet CA, and the login cookie is Secure", async () => {
+    expect(gui.url).toStartWith("https://127.0.0.1:");
+    const info = await curl([new URL("/api/info", gui.url).href]);
+    expect(info.code).toBe(0);
+    expect(JSON.parse(info.out)).toMatchObject({ users: true });
+    const origin = gui.url.replace(/\/$/, "");
+    const login = await curl(["-D", "-", "-o", "/dev/null", "-H", "content-type: application/json", "-H", `Origin: ${origin}`, "--data", '{"user":"alice","password":"correct horse"}', new URL("/api/login", gui.url).href]);
+    expect(login.code).toBe(0);
+    const cookie = login.out.split(/\r?\n/).find((l) => /^set-cookie:/i.test(l)) ?? "";
+    expect(cookie).toContain("HttpOnly");
+    expect(cookie).toContain("SameSite=Strict");
+    expect(cookie).toContain("Secure");
+    // Plain HTTP to the TLS port gets no page.
+    const plain = await curl(["--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", gui.url.replace("https:", "http:")]);
+    expect(plain.out).not.toBe("200");
+  });
+
+  test("a PEM file without a key, or without a certificate, is refused by name", () => {
+    const noKey = join(dir, "nokey.pem");
+    writeFileSync(noKey, leaf.certPem);
+    expect(() => guiTls({ gui_cert: noKey } as never, { certPem: "", keyPem: "" })).toThrow(/found no key/);
+    const noCert = join(dir, "nocert.pem");
+    writeFileSync(noCert, leaf.keyPem);
+    expect(() => guiTls({ gui_cert: noCert } as never, { certPem: "", keyPem: "" })).toThrow(/found no certificate/);
+    const both = join(dir, "both.pem");
+    writeFileSync(both, leaf.certPem + leaf.keyPem);
+    expect(guiTls({ gui_cert: both } as never, { certPem: "", keyPem: "" })).toEqual({ cert: leaf.certPem.trim(), key: leaf.keyPem.trim() });
   });
 });
