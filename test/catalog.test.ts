@@ -12,7 +12,7 @@ import { EventBus, type AgentEvent } from "../src/events.ts";
 import { fillOffer, mergeCatalogue, serviceOffer } from "../src/roles/services.ts";
 import { parseLeases, parseRouteGet, secondaryView } from "../src/roles/master-host.ts";
 import { formatServices } from "../src/cli/services.ts";
-import { Inventory } from "../src/tunnel/relay/inventory.ts";
+import { GOODBYE_GRACE_MS, Inventory } from "../src/tunnel/relay/inventory.ts";
 import { SqliteInventoryStore } from "../src/tunnel/relay/inventory-store.ts";
 import { RelayServer } from "../src/tunnel/relay/server.ts";
 import { decideExtend } from "../src/tunnel/relay/extend.ts";
@@ -239,6 +239,10 @@ describe("device_state events on the relay", () => {
     onsite.conn.close();
     await waitFor(() => states().length === 2, 2000, "the disconnect");
     expect(states()[1]).toEqual(["site-1", "online", "offline"]);
+    // A heartbeat within the goodbye's grace may predate it: it does not make the device alive.
+    r.inventory.beat("site-1", { at: clock.now(), from: "198.51.100.2:4000", payload });
+    expect(states()).toHaveLength(2);
+    clock.advance(GOODBYE_GRACE_MS);
     r.inventory.beat("site-1", { at: clock.now(), from: "198.51.100.2:4000", payload });
     expect(states()[2]).toEqual(["site-1", "offline", "alive"]);
     expect(seen.filter((e) => e.type === "device_state")[2]!.status).toBe("tunnel down, alive over wwan0, last error: connect ECONNREFUSED");

@@ -14,7 +14,7 @@ import { linkPair } from "../src/transport/link.ts";
 import { Connection } from "../src/transport/mux.ts";
 import { GoAwayCode } from "../src/transport/frame.ts";
 import { Msg } from "../src/transport/messages.ts";
-import { deviceState, Inventory, statusLine } from "../src/tunnel/relay/inventory.ts";
+import { deviceState, GOODBYE_GRACE_MS, Inventory, statusLine } from "../src/tunnel/relay/inventory.ts";
 import { HISTORY_LIMIT, MemoryInventoryStore, SqliteInventoryStore, type InventoryStore, type StoredDevice } from "../src/tunnel/relay/inventory-store.ts";
 import { RelayServer } from "../src/tunnel/relay/server.ts";
 import { RefusalCode, type Refusal } from "../src/tunnel/relay/refusals.ts";
@@ -169,6 +169,8 @@ describe("RelayServer with heartbeats and certificate expiry", () => {
     d.conn.close(0, "test: cut");
     await new Promise((r) => setTimeout(r, 10));
     expect(server.deviceRows()[0]!.state).toBe("offline");
+    // The device closed the connection itself: a heartbeat read within the grace may predate that.
+    clock.advance(GOODBYE_GRACE_MS);
     const payload: HeartbeatPayload = { up: 10, act: "eth0", via: "wwan0", iv: 25_000, tun: "waiting", ul: [{ n: "eth0", s: "down", l: 100, r: null }, { n: "wwan0", s: "up", l: 0, r: 50, m: 1 }], err: "connect ETIMEDOUT", load: 0.1, disk: 500 };
     const boot = new Uint8Array(16).fill(2);
     server.heartbeats!.handle({ data: encodeHeartbeat({ id: "site-1", boot, seq: 0n, sentAt: clock.wall(), payload }, key), address: "203.0.113.5", port: 6000 });

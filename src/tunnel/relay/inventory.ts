@@ -17,6 +17,12 @@ import type { DeviceEvent, DeviceEventKind, InventoryStore, StoredDevice } from 
  * nothing a restart needs to the second.
  */
 export const HEARTBEAT_PERSIST_MS = 300_000;
+/**
+ * A heartbeat read this soon after a device's goodbye may have been sent before it: the
+ * receiver reads its socket in batches (every 50 ms), and a datagram may cross the TLS close
+ * on the way. It does not make the device "alive".
+ */
+export const GOODBYE_GRACE_MS = 2_000;
 
 /** Longest stored value of each reported field: the device writes them, the relay bounds them. */
 export const FIELD_LIMITS = { hostname: 253, location: 128, agent: 64, uplink: 32 } as const;
@@ -288,7 +294,7 @@ export class Inventory {
     const rec = this.devices.get(id);
     if (!rec) return;
     rec.connected = false;
-    if (goodbye) this.downAt.set(id, this.clock.now());
+    if (goodbye) this.downAt.set(id, this.clock.now() + GOODBYE_GRACE_MS);
     else this.downAt.delete(id);
     this.heard(id, lastReceived ?? this.clock.now());
     this.noteState(rec);
