@@ -47,6 +47,8 @@ export class RelayRole implements Component {
   private revocations: RevocationList = parseRevocations(REVOCATIONS_HEADER + "\n");
   /** The file's list alone; `revocations` is it merged with the revoked enrolled certificates. */
   private fileRevocations: RevocationList = this.revocations;
+  /** This relay's own revoked serials (its file's and the enrolled ones): what it shares in cluster mode. */
+  private ownSerials: ReadonlySet<string> = new Set();
   /** Issue 14 §8: certificates this relay enrolled and then revoked (`agent enroll revoke`). */
   enrolledRevocations: () => readonly { serial: string; id: string; revoked: number }[] = () => [];
   private revocationsStamp = "";
@@ -135,6 +137,7 @@ export class RelayRole implements Component {
     }
     await this.reloadRevocations(true);
     this.mergeEnrolled(); // also when there is no revocation file
+    this.cluster?.publishRevoked(this.ownSerials); // shared once Redis answers (kept and sent again on every reconnect)
     if (this.cluster) {
       this.cluster.start();
       this.mesh = startMesh({
@@ -243,7 +246,7 @@ export class RelayRole implements Component {
     this.fileRevocations = await loadRevocations(file);
     const list = this.mergeEnrolled();
     this.revocationsLoaded = true;
-    this.cluster?.publishRevoked(this.fileRevocations.serials);
+    this.cluster?.publishRevoked(this.ownSerials);
     this.mesh?.reload();
     const closed = this.server.enforceRevocations((serial) => isRevoked(list, serial));
     this.log.info(`revocation list ${file}: ${list.entries.length} revoked certificate(s)${closed ? `; closed ${closed} live connection(s)` : ""}`);
@@ -253,6 +256,7 @@ export class RelayRole implements Component {
   private mergeEnrolled(): RevocationList {
     const extra = this.enrolledRevocations().map((r) => ({ serial: r.serial, id: r.id, revokedAt: new Date(r.revoked) }));
     const own = extra.length === 0 ? this.fileRevocations : { entries: [...this.fileRevocations.entries, ...extra], serials: new Set([...this.fileRevocations.serials, ...extra.map((r) => r.serial)]) };
+    this.ownSerials = own.serials;
     // Cluster mode: the serials any relay of the cluster revoked, too.
     const shared = this.cluster?.directory.revokedSerials;
     const list = !shared || shared.size === 0 ? own : { entries: own.entries, serials: new Set([...own.serials, ...shared]) };
@@ -266,6 +270,7 @@ export class RelayRole implements Component {
       refuse: (address, presented, reason) => this.server.refusedAtTls(address, presented, reason, RefusalCode.ENROLL),
       revoked: () => {
         const list = this.mergeEnrolled();
+        this.cluster?.publishRevoked(this.ownSerials); // cluster mode: every relay closes it too
         this.server.enforceRevocations((serial) => isRevoked(list, serial));
       },
     };
