@@ -79,6 +79,16 @@ describe.skipIf(!present)("iperf3", () => {
     expect(r.seconds).toBeGreaterThan(0.5);
   }, 30_000);
 
+  test("a client started while the server still runs another test waits its turn instead of failing as busy", async () => {
+    const first = runIperf({ host: "127.0.0.1", port: server.port, seconds: 1 });
+    // iperf3 answers "busy" to a second client while the first one's test runs.
+    await Bun.sleep(200);
+    const second = runIperf({ host: "127.0.0.1", port: server.port, seconds: 1 });
+    const [a, b] = await Promise.all([first, second]);
+    expect(a.receivedBytes).toBeGreaterThan(MB);
+    expect(b.receivedBytes).toBeGreaterThan(MB);
+  }, 30_000);
+
   test("a client with no server fails with iperf3's reason", async () => {
     const port = await freePort();
     await expect(runIperf({ host: "127.0.0.1", port, seconds: 1 })).rejects.toThrow(/iperf3: unable to (connect|send control message)/);

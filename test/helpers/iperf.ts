@@ -98,8 +98,26 @@ export function parseIperfJson(text: string): IperfResult {
   };
 }
 
-/** Runs the iperf3 client to completion (bounded) and returns its parsed report. */
+/** iperf3's server serves one test at a time and frees itself only after the previous
+ * client is gone: a client started right after another one can be told this. */
+const SERVER_BUSY = "the server is busy running a test";
+const BUSY_RETRIES = 10;
+const BUSY_PAUSE_MS = 300;
+
+/** Runs the iperf3 client to completion (bounded) and returns its parsed report. A server
+ * still finishing the previous test ("busy") is asked again, a bounded number of times. */
 export async function runIperf(o: IperfOptions): Promise<IperfResult> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await runIperfOnce(o);
+    } catch (e) {
+      if (attempt >= BUSY_RETRIES || !String((e as Error).message).includes(SERVER_BUSY)) throw e;
+      await Bun.sleep(BUSY_PAUSE_MS);
+    }
+  }
+}
+
+async function runIperfOnce(o: IperfOptions): Promise<IperfResult> {
   const seconds = o.seconds ?? 5;
   const argv = ["iperf3", "-c", o.host, "-p", String(o.port), "-t", String(seconds), "-P", String(o.parallel ?? 1), "-J", "--connect-timeout", "5000"];
   if (o.reverse) argv.push("-R");
