@@ -191,6 +191,8 @@ describe.skipIf(!HAVE)("packet tunnels and UDP across two relays of a cluster", 
       got = e.stdout;
       return got === payload;
     }, 15_000, () => `the echo through the UDP forward (last: ${JSON.stringify(got)})${logs()}`);
+    // Carried over the mesh, not by some other path: relay-a handed it to relay-b.
+    expect(relays.get("relay-a")!.log()).toContain(`session ${s.session}: tech-1 → site-1 via relay relay-b (udp ${LAN_ROUTER}:${UDP_ECHO})`);
     const view = (await sessionOf(s.session))!;
     expect((view.forwards[0] as unknown as { datagrams_out: number }).datagrams_out).toBeGreaterThanOrEqual(1);
     expect((await cli(master, ["disconnect", s.session])).code).toBe(0);
