@@ -5,6 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { RedisClient } from "bun";
+import { nsArgv } from "./netns.ts";
 import { freePort, programsPresent, run, spawnChild, type Child } from "./proc.ts";
 import { waitFor } from "./wait.ts";
 
@@ -18,11 +19,15 @@ export class TestRedis {
   private child: Child | null = null;
   /** With TLS: the CA (PEM file) that signed the server's certificate. */
   caFile: string | null = null;
-  private constructor(readonly port: number, private readonly password?: string, private readonly tls = false) {}
+  private constructor(readonly port: number, private readonly password?: string, private readonly tls = false, private readonly ns?: string) {}
 
-  /** `tls`: Redis speaks only TLS (tls-port), with a certificate for 127.0.0.1 from a CA made here. */
-  static async create(opts: { password?: string; tls?: boolean } = {}): Promise<TestRedis> {
-    const r = new TestRedis(await freePort(), opts.password, opts.tls);
+  /**
+   * `tls`: Redis speaks only TLS (tls-port), with a certificate for 127.0.0.1 from a CA made here.
+   * `ns`: Redis runs in that network namespace (on its own 127.0.0.1, port 6379 unless `port`),
+   * answered by redis-cli there; `client()` cannot reach it from the test's namespace.
+   */
+  static async create(opts: { password?: string; tls?: boolean; ns?: string; port?: number } = {}): Promise<TestRedis> {
+    const r = new TestRedis(opts.port ?? (opts.ns ? 6379 : await freePort()), opts.password, opts.tls, opts.ns);
     if (opts.tls) await r.makeCertificates();
     await r.start();
     return r;
@@ -67,9 +72,14 @@ export class TestRedis {
     const listen = this.tls ? ["--port", "0", "--tls-port", String(this.port), "--tls-cert-file", f("redis.pem"), "--tls-key-file", f("redis.key"), "--tls-ca-cert-file", f("ca.pem"), "--tls-auth-clients", "no"] : ["--port", String(this.port)];
     const argv = ["redis-server", ...listen, "--bind", "127.0.0.1", "--dir", this.dir, "--save", "", "--appendonly", "no", "--protected-mode", "no"];
     if (this.password) argv.push("--requirepass", this.password);
-    this.child = spawnChild("redis-server", argv);
+    this.child = spawnChild("redis-server", this.ns ? nsArgv(this.ns, ...argv) : argv);
     await waitFor(async () => {
       if (!this.child!.running) throw this.child!.failure("redis-server exited");
+      if (this.ns) {
+        const auth = this.password ? ["-a", this.password, "--no-auth-warning"] : [];
+        const r = await run(nsArgv(this.ns, "redis-cli", "-h", "127.0.0.1", "-p", String(this.port), ...auth, "ping"));
+        return r.stdout.trim() === "PONG";
+      }
       const c = new RedisClient(this.url, this.options());
       try {
         await c.connect();
