@@ -5,9 +5,10 @@
 // SANs node-forge reads.
 import { describe, expect, test } from "bun:test";
 import forge from "node-forge";
-import { certificateIdentity, CLOCK_SKEW_MS, createCa, issueCertificate, parseCa } from "../src/pki.ts";
+import { certificateIdentity, CLOCK_SKEW_MS, createCa, issueCertificate, parseCa, parseRevocations, REVOCATIONS_HEADER } from "../src/pki.ts";
 import { checkCsr, createEnrollmentCsr, formatEnroller, generateDeviceKey, issueEnroller, parseEnroller, signEnrollment } from "../src/pki-enroll.ts";
 import { readCertificate } from "../src/x509.ts";
+import { verifyPeer } from "../src/transport/auth.ts";
 
 const NOW = new Date("2026-06-01T12:00:00.456Z");
 const ca = createCa({ name: "sign CA", now: NOW });
@@ -144,5 +145,46 @@ describe("src/x509.ts reads what node-forge reads", () => {
   }
   test("the relay's IPv6 SAN reads as node-forge wrote it (zero run shortened)", () => {
     expect(certificateIdentity(kinds[4]!.pem).hosts).toEqual(["relay.example.net", "10.0.0.1", "2001:db8::1"]);
+  });
+});
+
+describe("damaged certificates: src/x509.ts against node-forge", () => {
+  // Deterministic mutations (a fixed-seed LCG): 1-3 random bytes of a relay certificate's DER.
+  test("where both read a mutated certificate they read the same fields; the relay's verdict never throws", () => {
+    const der = readCertificate(kinds[4]!.pem).der;
+    let seed = 20261201;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff;
+    let both = 0;
+    for (let n = 0; n < 1000; n++) {
+      const b = Buffer.from(der);
+      for (let j = 0, k = 1 + Math.floor(rnd() * 3); j < k; j++) b[Math.floor(rnd() * b.length)] = Math.floor(rnd() * 256);
+      let x: ReturnType<typeof readCertificate> | undefined;
+      try {
+        x = readCertificate(b);
+      } catch (e) {
+        expect(e).toBeInstanceOf(Error);
+      }
+      let f: forge.pki.Certificate | undefined;
+      try {
+        f = forge.pki.certificateFromAsn1(forge.asn1.fromDer(forge.util.createBuffer(b.toString("binary"))));
+      } catch {
+        f = undefined;
+      }
+      if (x && f) {
+        both++;
+        const fAlt = ((f.getExtension("subjectAltName") as { altNames?: { type: number; value: string; ip?: string }[] } | undefined)?.altNames ?? []).map((a) => [a.type, a.value, a.ip]);
+        expect([x.serialNumber, x.notBefore.getTime(), x.notAfter.getTime(), x.subject.map((a) => [a.shortName, a.value]), x.altNames.map((a) => [a.type, a.value, a.ip])]).toEqual([
+          f.serialNumber,
+          f.validity.notBefore.getTime(),
+          f.validity.notAfter.getTime(),
+          f.subject.attributes.map((a) => [a.shortName, String(a.value)]),
+          fAlt,
+        ]);
+      }
+      const v = verifyPeer({ handshakeOk: true, authorized: true, authorizationError: null, peerDer: new Uint8Array(b), protocol: "TLSv1.3" }, { revocations: parseRevocations(REVOCATIONS_HEADER + "\n"), roles: ["relay"] }, NOW);
+      if (v.ok) expect(v.id).toBe("relay-1");
+    }
+    // Most mutations leave a readable certificate (a byte of the key or the signature): the comparison ran.
+    expect(both).toBeGreaterThan(400);
   });
 });
