@@ -23,16 +23,19 @@
 // against its key, so no token holder can claim another device's id.
 //
 // Pure apart from key generation, random serials and the file I/O at the end.
-import forge from "node-forge";
-import { createHash, generateKeyPairSync } from "node:crypto";
+//
+// node-forge is loaded (src/pki.ts `forge()`) only to sign, and to read a device's request on
+// the relay: a relay that loads its enroller at start and a device that enrolls do not load it.
+import type Forge from "node-forge";
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, type KeyObject } from "node:crypto";
 import { readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { RuntimeError, UsageError } from "./errors.ts";
 import { writeFileAtomic } from "./os/atomic.ts";
 import {
   caPaths,
-  CLOCK_SKEW_MS,
   FLEET_ORG,
+  forge,
   isoSeconds,
   isSignedBy,
   isValidId,
@@ -41,9 +44,13 @@ import {
   parseCa,
   parseDays,
   randomSerial,
+  signCertificate,
   validateId,
   type CaMaterial,
 } from "./pki.ts";
+import { fieldValues, permittedRoles, readCertificate, type Certificate } from "./x509.ts";
+
+export { permittedRoles };
 
 export const ENROLLER_HEADER = "# agent enroller v1";
 export const DEFAULT_ENROLLER_DAYS = 1825;
@@ -59,21 +66,16 @@ export const KEY_TAG_DIGITS = 16;
 export const ID_PREFIX_PATTERN = /^[a-z0-9][a-z0-9._-]{0,39}$/;
 
 const DAY_MS = 86_400_000;
-const NAME_CONSTRAINTS_OID = "2.5.29.30";
-const asn1 = forge.asn1;
 
 function wholeSeconds(ms: number): Date {
   return new Date(Math.floor(ms / 1000) * 1000);
 }
 
-function pemOf(cert: forge.pki.Certificate): string {
-  return forge.pki.certificateToPem(cert).replace(/\r\n/g, "\n");
-}
-
 // ---------------------------------------------------------------------------------------
 // Name constraints
 
-function attr(oid: string, value: string): forge.asn1.Asn1 {
+function attr(oid: string, value: string): Forge.asn1.Asn1 {
+  const asn1 = forge().asn1;
   return asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SET, true, [
     asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [
       asn1.create(asn1.Class.UNIVERSAL, asn1.Type.OID, false, asn1.oidToDer(oid).getBytes()),
@@ -88,6 +90,7 @@ function attr(oid: string, value: string): forge.asn1.Asn1 {
  * host, which for agent://onsite/ID is "onsite".
  */
 export function nameConstraintsDer(role: "onsite"): string {
+  const asn1 = forge().asn1;
   const dn = asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [attr("2.5.4.10", FLEET_ORG), attr("2.5.4.11", role)]);
   const permitted = asn1.create(asn1.Class.CONTEXT_SPECIFIC, 0, true, [
     asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [asn1.create(asn1.Class.CONTEXT_SPECIFIC, 6, false, role)]),
@@ -96,45 +99,12 @@ export function nameConstraintsDer(role: "onsite"): string {
   return asn1.toDer(asn1.create(asn1.Class.UNIVERSAL, asn1.Type.SEQUENCE, true, [permitted])).getBytes();
 }
 
-/** The roles an enroller's name constraints permit (URI hosts and OUs that agree), [] if none. */
-export function permittedRoles(cert: forge.pki.Certificate): string[] {
-  const ext = cert.getExtension({ id: NAME_CONSTRAINTS_OID } as unknown as string) as { value?: string } | undefined;
-  if (!ext?.value) return [];
-  try {
-    const nc = asn1.fromDer(ext.value);
-    const permitted = (nc.value as forge.asn1.Asn1[]).find((n) => n.tagClass === asn1.Class.CONTEXT_SPECIFIC && n.type === 0);
-    if (!permitted) return [];
-    const uris: string[] = [];
-    const ous: string[] = [];
-    for (const sub of permitted.value as forge.asn1.Asn1[]) {
-      const base = (sub.value as forge.asn1.Asn1[])[0]!;
-      if (base.tagClass !== asn1.Class.CONTEXT_SPECIFIC) continue;
-      if (base.type === 6) uris.push(String(base.value));
-      if (base.type === 4) {
-        const name = (base.value as forge.asn1.Asn1[])[0]!;
-        for (const set of name.value as forge.asn1.Asn1[]) {
-          const seq = (set.value as forge.asn1.Asn1[])[0]!;
-          const [oid, val] = seq.value as forge.asn1.Asn1[];
-          if (asn1.derToOid(oid!.value as string) === "2.5.4.11") ous.push(String(val!.value));
-        }
-      }
-    }
-    return uris.filter((u) => ous.includes(u));
-  } catch {
-    return [];
-  }
-}
-
 // ---------------------------------------------------------------------------------------
 // The enroller certificate (CA host)
 
-function basicConstraintsOf(cert: forge.pki.Certificate): { cA?: boolean; pathLenConstraint?: number } | undefined {
-  return cert.getExtension("basicConstraints") as { cA?: boolean; pathLenConstraint?: number } | undefined;
-}
-
 /** Why this fleet CA cannot have an enroller under it, or null. Pure. */
-export function caEnrollerProblem(ca: forge.pki.Certificate): string | null {
-  const bc = basicConstraintsOf(ca);
+export function caEnrollerProblem(ca: Certificate): string | null {
+  const bc = ca.basicConstraints;
   if (!bc?.cA) return "the fleet CA certificate is not a CA";
   if (bc.pathLenConstraint === 0) {
     return "the fleet CA has pathlen 0 (made before enrollment existed): TLS refuses any certificate between it and a device";
@@ -152,42 +122,35 @@ export interface IssuedEnroller {
 /** An enroller certificate for `id`, signed by the fleet CA. */
 export function issueEnroller(ca: CaMaterial, req: { id: string; days?: number; now?: Date }): IssuedEnroller {
   validateId(req.id);
-  const problem = caEnrollerProblem(ca.cert);
+  const problem = caEnrollerProblem(readCertificate(ca.certPem));
   if (problem) throw new UsageError(problem, "create a new fleet CA with `agent pki init` (new CAs have pathlen 1), or keep issuing bundles with `agent pki issue`");
   const days = parseDays(req.days ?? DEFAULT_ENROLLER_DAYS, 1, 3650);
   const now = (req.now ?? new Date()).getTime();
   const notAfter = wholeSeconds(Math.min(now + days * DAY_MS, ca.cert.validity.notAfter.getTime()));
   const kp = generateKeyPairSync("rsa", { modulusLength: 2048, publicKeyEncoding: { type: "spki", format: "pem" }, privateKeyEncoding: { type: "pkcs8", format: "pem" } });
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = forge.pki.publicKeyFromPem(kp.publicKey);
   const serial = randomSerial();
-  cert.serialNumber = serial;
-  cert.validity.notBefore = wholeSeconds(now - CLOCK_SKEW_MS);
-  cert.validity.notAfter = notAfter;
-  cert.setSubject([
-    { name: "organizationName", value: FLEET_ORG },
-    { shortName: "OU", value: "enroller" },
-    { name: "commonName", value: req.id },
-  ]);
-  cert.setIssuer(ca.cert.subject.attributes);
-  cert.setExtensions([
-    { name: "basicConstraints", cA: true, pathLenConstraint: 0, critical: true },
-    { name: "keyUsage", keyCertSign: true, critical: true },
-    { id: NAME_CONSTRAINTS_OID, critical: true, value: nameConstraintsDer("onsite") },
-    { name: "subjectKeyIdentifier" },
-    { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },
-  ]);
-  cert.sign(ca.key, forge.md.sha256.create());
-  return { certPem: pemOf(cert), keyPem: kp.privateKey, serial, notAfter };
+  const certPem = signCertificate({
+    ou: "enroller",
+    cn: req.id,
+    publicKey: forge().pki.publicKeyFromPem(kp.publicKey),
+    serial,
+    now,
+    notAfter,
+    issuer: ca.cert,
+    key: ca.key,
+    profile: { kind: "ca", pathLen: 0, cRLSign: false, nameConstraintsDer: nameConstraintsDer("onsite") },
+  });
+  return { certPem, keyPem: kp.privateKey, serial, notAfter };
 }
 
 export interface Enroller {
   id: string;
-  cert: forge.pki.Certificate;
-  key: forge.pki.rsa.PrivateKey;
+  cert: Certificate;
+  /** Its private key, PKCS#8 PEM (node-forge reads it only when it first signs). */
+  keyPem: string;
   certPem: string;
   caPem: string;
-  ca: forge.pki.Certificate;
+  ca: Certificate;
   serial: string;
 }
 
@@ -204,28 +167,29 @@ export function parseEnroller(text: string, file: string): Enroller {
   if (blocks.length !== 3 || blocks[0]![1] !== "CERTIFICATE" || blocks[1]![1] !== "PRIVATE KEY" || blocks[2]![1] !== "CERTIFICATE") {
     throw bad("expected three PEM blocks: the enroller certificate, its PRIVATE KEY, the fleet CA certificate");
   }
-  let cert: forge.pki.Certificate, ca: forge.pki.Certificate, key: forge.pki.rsa.PrivateKey;
+  let cert: Certificate, ca: Certificate, key: KeyObject;
   try {
-    cert = forge.pki.certificateFromPem(blocks[0]![0]);
-    ca = forge.pki.certificateFromPem(blocks[2]![0]);
+    cert = readCertificate(blocks[0]![0]);
+    ca = readCertificate(blocks[2]![0]);
   } catch (e) {
     throw bad(`a certificate cannot be parsed: ${(e as Error).message}`);
   }
   try {
-    key = forge.pki.privateKeyFromPem(blocks[1]![0]) as forge.pki.rsa.PrivateKey;
+    key = createPrivateKey(blocks[1]![0]);
+    if (key.asymmetricKeyType !== "rsa") throw new Error("not RSA");
   } catch {
     throw bad("the private key cannot be parsed (expected an unencrypted RSA PKCS#8 key)");
   }
   const problem = enrollerProblem(cert, ca);
   if (problem) throw bad(problem);
   if (!keyMatchesCertificate(key, cert)) throw bad("the private key does not match the enroller certificate");
-  const cn = cert.subject.getField("CN")?.value as string | undefined;
-  return { id: cn ?? "?", cert, key, certPem: blocks[0]![0] + "\n", caPem: blocks[2]![0] + "\n", ca, serial: normalizeSerial(cert.serialNumber) };
+  const cn = fieldValues(cert.subject, "CN")[0];
+  return { id: cn ?? "?", cert, keyPem: blocks[1]![0] + "\n", certPem: blocks[0]![0] + "\n", caPem: blocks[2]![0] + "\n", ca, serial: normalizeSerial(cert.serialNumber) };
 }
 
 /** Why `cert` is not an enroller of the fleet `ca`, or null. Pure. */
-export function enrollerProblem(cert: forge.pki.Certificate, ca: forge.pki.Certificate): string | null {
-  const bc = basicConstraintsOf(cert);
+export function enrollerProblem(cert: Certificate, ca: Certificate): string | null {
+  const bc = cert.basicConstraints;
   if (!bc?.cA) return "the enroller certificate is not a CA certificate (basicConstraints CA:true missing)";
   if (bc.pathLenConstraint !== 0) return "the enroller certificate must have pathlen 0 (it signs devices, never another CA)";
   const roles = permittedRoles(cert);
@@ -293,36 +257,55 @@ export function generateDeviceKey(): string {
 }
 
 /** The first KEY_TAG_DIGITS hex digits of SHA-256(SubjectPublicKeyInfo DER). Pure. */
-export function keyTag(publicKey: forge.pki.rsa.PublicKey): string {
-  const der = asn1.toDer(forge.pki.publicKeyToAsn1(publicKey)).getBytes();
-  return createHash("sha256").update(Buffer.from(der, "binary")).digest("hex").slice(0, KEY_TAG_DIGITS);
+export function keyTag(publicKey: Forge.pki.rsa.PublicKey | KeyObject): string {
+  const der =
+    "export" in publicKey
+      ? (publicKey.export({ type: "spki", format: "der" }) as Buffer)
+      : Buffer.from(forge().asn1.toDer(forge().pki.publicKeyToAsn1(publicKey)).getBytes(), "binary");
+  return createHash("sha256").update(der).digest("hex").slice(0, KEY_TAG_DIGITS);
 }
 
 /** PREFIX + key tag: the id a device with this key enrolls as. Pure. */
-export function enrollIdFor(publicKey: forge.pki.rsa.PublicKey, prefix = DEFAULT_ID_PREFIX): string {
+export function enrollIdFor(publicKey: Forge.pki.rsa.PublicKey | KeyObject, prefix = DEFAULT_ID_PREFIX): string {
   if (!ID_PREFIX_PATTERN.test(prefix)) throw new UsageError(`invalid id prefix ${JSON.stringify(prefix)}: 1-40 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit`);
   return prefix + keyTag(publicKey);
 }
 
-/** A PKCS#10 request for an onsite certificate with id PREFIX+tag, signed with the device's key. */
+/** One DER element: tag byte, definite length, content. */
+function der(tag: number, ...content: Buffer[]): Buffer {
+  const body = Buffer.concat(content);
+  const n = body.length;
+  const len = n < 0x80 ? [n] : n < 0x100 ? [0x81, n] : [0x82, n >> 8, n & 0xff];
+  return Buffer.concat([Buffer.from([tag, ...len]), body]);
+}
+const OID_O = Buffer.from("060355040a", "hex");
+const OID_OU = Buffer.from("060355040b", "hex");
+const OID_CN = Buffer.from("0603550403", "hex");
+/** AlgorithmIdentifier sha256WithRSAEncryption, NULL parameters. */
+const SHA256_RSA = Buffer.from("300d06092a864886f70d01010b0500", "hex");
+
+/**
+ * A PKCS#10 request for an onsite certificate with id PREFIX+tag, signed with the device's key.
+ * Encoded here with node:crypto (no node-forge in an enrolling device), byte for byte what
+ * node-forge's createCertificationRequest made: subject O, OU, CN as PrintableString, no
+ * attributes, SHA-256 with RSA (PKCS#1 v1.5, deterministic; test/enroll-unit.test.ts).
+ */
 export function createEnrollmentCsr(keyPem: string, prefix = DEFAULT_ID_PREFIX): { csrPem: string; id: string } {
-  const priv = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
-  const pub = forge.pki.setRsaPublicKey(priv.n, priv.e);
+  const priv = createPrivateKey(keyPem);
+  const pub = createPublicKey(priv);
   const id = enrollIdFor(pub, prefix);
-  const csr = forge.pki.createCertificationRequest();
-  csr.publicKey = pub;
-  csr.setSubject([
-    { name: "organizationName", value: FLEET_ORG },
-    { shortName: "OU", value: "onsite" },
-    { name: "commonName", value: id },
-  ]);
-  csr.sign(priv, forge.md.sha256.create());
-  return { csrPem: forge.pki.certificationRequestToPem(csr).replace(/\r\n/g, "\n"), id };
+  const rdn = (oid: Buffer, value: string) => der(0x31, der(0x30, oid, der(0x13, Buffer.from(value, "latin1"))));
+  const subject = der(0x30, rdn(OID_O, FLEET_ORG), rdn(OID_OU, "onsite"), rdn(OID_CN, id));
+  const info = der(0x30, Buffer.from("020100", "hex"), subject, pub.export({ type: "spki", format: "der" }) as Buffer, Buffer.from("a000", "hex"));
+  const signature = sign("sha256", info, priv);
+  const csr = der(0x30, info, SHA256_RSA, der(0x03, Buffer.from([0]), signature));
+  const b64 = csr.toString("base64").match(/.{1,64}/g)!.join("\n");
+  return { csrPem: `-----BEGIN CERTIFICATE REQUEST-----\n${b64}\n-----END CERTIFICATE REQUEST-----\n`, id };
 }
 
 export interface CheckedCsr {
   id: string;
-  publicKey: forge.pki.rsa.PublicKey;
+  publicKey: Forge.pki.rsa.PublicKey;
   /** Key tag: the same key always gives the same tag (a retry, a lost answer). */
   tag: string;
 }
@@ -336,13 +319,13 @@ export class CsrError extends Error {
 export function checkCsr(csrPem: unknown): CheckedCsr {
   if (typeof csrPem !== "string" || csrPem.length === 0) throw new CsrError("no certificate request (csr: a PEM CERTIFICATE REQUEST)");
   if (csrPem.length > MAX_CSR_BYTES) throw new CsrError(`certificate request is ${csrPem.length} bytes, more than the ${MAX_CSR_BYTES} allowed`);
-  let csr: ReturnType<typeof forge.pki.certificationRequestFromPem>;
+  let csr: ReturnType<typeof Forge.pki.certificationRequestFromPem>;
   try {
-    csr = forge.pki.certificationRequestFromPem(csrPem);
+    csr = forge().pki.certificationRequestFromPem(csrPem);
   } catch (e) {
     throw new CsrError(`certificate request cannot be parsed: ${(e as Error).message.slice(0, 100)}`);
   }
-  const pub = csr.publicKey as forge.pki.rsa.PublicKey | null;
+  const pub = csr.publicKey as Forge.pki.rsa.PublicKey | null;
   if (!pub?.n) throw new CsrError("certificate request must carry an RSA key");
   const bits = pub.n.bitLength();
   if (bits < MIN_KEY_BITS || bits > MAX_KEY_BITS) throw new CsrError(`certificate request has an RSA key of ${bits} bits; expected ${MIN_KEY_BITS} to ${MAX_KEY_BITS}`);
@@ -353,7 +336,7 @@ export function checkCsr(csrPem: unknown): CheckedCsr {
     signed = false;
   }
   if (!signed) throw new CsrError("certificate request's signature does not verify (not signed by its own key)");
-  const field = (n: string) => csr.subject.attributes.filter((a: forge.pki.CertificateField) => a.shortName === n).map((a: forge.pki.CertificateField) => String(a.value));
+  const field = (n: string) => csr.subject.attributes.filter((a: Forge.pki.CertificateField) => a.shortName === n).map((a: Forge.pki.CertificateField) => String(a.value));
   const ous = field("OU");
   const cns = field("CN");
   const os = field("O");
@@ -373,32 +356,35 @@ export interface SignedEnrollment {
   notAfter: Date;
 }
 
+/** The enroller as node-forge objects, read once per enroller on its first signature. */
+const signers = new WeakMap<object, { cert: Forge.pki.Certificate; key: Forge.pki.rsa.PrivateKey }>();
+function signerOf(enroller: Pick<Enroller, "certPem" | "keyPem">): { cert: Forge.pki.Certificate; key: Forge.pki.rsa.PrivateKey } {
+  let s = signers.get(enroller);
+  if (!s) {
+    s = { cert: forge().pki.certificateFromPem(enroller.certPem), key: forge().pki.privateKeyFromPem(enroller.keyPem) as Forge.pki.rsa.PrivateKey };
+    signers.set(enroller, s);
+  }
+  return s;
+}
+
 /** Signs a checked request as an onsite certificate with the enroller (same profile as `pki issue`). */
-export function signEnrollment(enroller: Pick<Enroller, "cert" | "key">, csr: CheckedCsr, opts: { days?: number; now?: Date } = {}): SignedEnrollment {
+export function signEnrollment(enroller: Pick<Enroller, "cert" | "certPem" | "keyPem">, csr: CheckedCsr, opts: { days?: number; now?: Date } = {}): SignedEnrollment {
   const now = (opts.now ?? new Date()).getTime();
   const days = opts.days ?? DEFAULT_ENROLLED_DAYS;
-  const notAfter = wholeSeconds(Math.min(now + days * DAY_MS, enroller.cert.validity.notAfter.getTime()));
-  if (notAfter.getTime() <= now) throw new RuntimeError(`the enroller certificate expired on ${isoSeconds(enroller.cert.validity.notAfter)}`, "issue a new one with `agent pki issue-enroller` on the CA host");
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = csr.publicKey;
+  const notAfter = wholeSeconds(Math.min(now + days * DAY_MS, enroller.cert.notAfter.getTime()));
+  if (notAfter.getTime() <= now) throw new RuntimeError(`the enroller certificate expired on ${isoSeconds(enroller.cert.notAfter)}`, "issue a new one with `agent pki issue-enroller` on the CA host");
+  const signer = signerOf(enroller);
   const serial = randomSerial();
-  cert.serialNumber = serial;
-  cert.validity.notBefore = wholeSeconds(now - CLOCK_SKEW_MS);
-  cert.validity.notAfter = notAfter;
-  cert.setSubject([
-    { name: "organizationName", value: FLEET_ORG },
-    { shortName: "OU", value: "onsite" },
-    { name: "commonName", value: csr.id },
-  ]);
-  cert.setIssuer(enroller.cert.subject.attributes);
-  cert.setExtensions([
-    { name: "basicConstraints", cA: false, critical: true },
-    { name: "keyUsage", digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: "extKeyUsage", clientAuth: true },
-    { name: "subjectAltName", altNames: [{ type: 6, value: `agent://onsite/${csr.id}` }] },
-    { name: "subjectKeyIdentifier" },
-    { name: "authorityKeyIdentifier", keyIdentifier: enroller.cert.generateSubjectKeyIdentifier().getBytes() },
-  ]);
-  cert.sign(enroller.key, forge.md.sha256.create());
-  return { certPem: pemOf(cert), serial, notAfter };
+  const certPem = signCertificate({
+    ou: "onsite",
+    cn: csr.id,
+    publicKey: csr.publicKey,
+    serial,
+    now,
+    notAfter,
+    issuer: signer.cert,
+    key: signer.key,
+    profile: { kind: "device", serverAuth: false, altNames: [{ type: 6, value: `agent://onsite/${csr.id}` }] },
+  });
+  return { certPem, serial, notAfter };
 }

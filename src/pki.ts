@@ -35,8 +35,13 @@
 //
 // Pure helpers first, then thin file I/O. Nothing here prints, exits or logs, and no error
 // message ever includes key material.
-import forge from "node-forge";
-import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
+//
+// Reading certificates (bundles, peers, revocation checks) is src/x509.ts, on node:crypto.
+// node-forge (11-15 MiB of RSS once loaded) only signs: it is loaded on first use by
+// `forge()`, i.e. by `agent pki` and by a relay's first enrollment signature, never by a
+// daemon's start or a handshake (test/forge-lazy.test.ts).
+import type Forge from "node-forge";
+import { createPrivateKey, generateKeyPairSync, randomBytes, type KeyObject } from "node:crypto";
 import { existsSync, realpathSync } from "node:fs";
 import { chmod, mkdir, open, readdir, readFile, stat, unlink, type FileHandle } from "node:fs/promises";
 import { isIP } from "node:net";
@@ -45,6 +50,14 @@ import { ROLES, type Role } from "./config.ts";
 import { RuntimeError, UsageError } from "./errors.ts";
 import { isHostname, parseIPv4 } from "./netaddr.ts";
 import { stageFile, writeFileAtomic, type StagedFile } from "./os/atomic.ts";
+import { fieldValues, keyMatches, readCertificate, signedBy, type AltName, type Certificate, type NameAttribute } from "./x509.ts";
+
+let forgeLib: typeof Forge | undefined;
+/** node-forge, loaded on the first call (a plain require: the bundler of build/release.ts
+ * still packs it into the executable, and the signing functions stay synchronous). */
+export function forge(): typeof Forge {
+  return (forgeLib ??= require("node-forge") as typeof Forge);
+}
 
 export { ROLES, type Role };
 
@@ -173,8 +186,8 @@ function wholeSeconds(ms: number): Date {
 export interface KeyPair {
   /** PKCS#8 "PRIVATE KEY" PEM. */
   keyPem: string;
-  privateKey: forge.pki.rsa.PrivateKey;
-  publicKey: forge.pki.rsa.PublicKey;
+  privateKey: Forge.pki.rsa.PrivateKey;
+  publicKey: Forge.pki.rsa.PublicKey;
 }
 
 /** RSA key from node:crypto (native, fast, OS RNG), converted to forge for signing. */
@@ -186,29 +199,25 @@ export function generateKeyPair(bits = RSA_BITS): KeyPair {
   });
   return {
     keyPem: kp.privateKey,
-    privateKey: forge.pki.privateKeyFromPem(kp.privateKey) as forge.pki.rsa.PrivateKey,
-    publicKey: forge.pki.publicKeyFromPem(kp.publicKey) as forge.pki.rsa.PublicKey,
+    privateKey: forge().pki.privateKeyFromPem(kp.privateKey) as Forge.pki.rsa.PrivateKey,
+    publicKey: forge().pki.publicKeyFromPem(kp.publicKey) as Forge.pki.rsa.PublicKey,
   };
 }
 
-function pemOf(cert: forge.pki.Certificate): string {
-  return forge.pki.certificateToPem(cert).replace(/\r\n/g, "\n");
-}
-
+/** "AA:BB:..." SHA-256 of the certificate's DER (the first CERTIFICATE block of the PEM). */
 export function fingerprintSha256(certPem: string): string {
-  const der = forge.asn1.toDer(forge.pki.certificateToAsn1(forge.pki.certificateFromPem(certPem))).getBytes();
-  const hex = createHash("sha256").update(Buffer.from(der, "binary")).digest("hex").toUpperCase();
-  return hex.match(/../g)!.join(":");
+  return readCertificate(certPem).x509.fingerprint256.toUpperCase();
 }
 
 /** "O=agent fleet, OU=onsite, CN=site-1" */
-export function formatName(attrs: forge.pki.CertificateField[]): string {
-  return attrs.map((a) => `${a.shortName ?? a.name ?? a.type}=${String(a.value)}`).join(", ");
+export function formatName(attrs: readonly NameAttribute[]): string {
+  return attrs.map((a) => `${a.shortName ?? a.oid}=${a.value}`).join(", ");
 }
 
+/** The fleet CA, ready to sign (node-forge objects: issuing only). */
 export interface CaMaterial {
-  cert: forge.pki.Certificate;
-  key: forge.pki.rsa.PrivateKey;
+  cert: Forge.pki.Certificate;
+  key: Forge.pki.rsa.PrivateKey;
   certPem: string;
 }
 
@@ -216,6 +225,74 @@ export interface CreateCaOptions {
   name?: string;
   days?: number;
   now?: Date;
+}
+
+/** The kinds of certificate the fleet issues; `signCertificate` turns one into extensions. */
+export type CertProfile =
+  /** The fleet CA (pathlen 1, keyCertSign + cRLSign) or an enroller under it (pathlen 0,
+   * keyCertSign, name-constrained: `nameConstraintsDer`, src/pki-enroll.ts). */
+  | { kind: "ca"; pathLen: number; cRLSign: boolean; nameConstraintsDer?: string }
+  /** A device (clientAuth) or a relay (serverAuth too): the URI SAN agent://ROLE/ID first. */
+  | { kind: "device"; serverAuth: boolean; altNames: Array<{ type: number; value?: string; ip?: string }> };
+
+export interface CertificateSpec {
+  /** Subject O="agent fleet", then OU (absent for the fleet CA), then CN. */
+  ou?: string;
+  cn: string;
+  publicKey: Forge.pki.PublicKey;
+  serial: string;
+  /** Creation time; notBefore is CLOCK_SKEW_MS earlier, in whole seconds. */
+  now: number;
+  notAfter: Date;
+  /** The signing CA's certificate; null: self-signed with `key` (the fleet CA). */
+  issuer: Forge.pki.Certificate | null;
+  /** The issuer's private key. */
+  key: Forge.pki.rsa.PrivateKey;
+  profile: CertProfile;
+}
+
+/**
+ * Builds and signs (SHA-256 with RSA) one certificate: the one place `agent pki init|issue|
+ * issue-enroller` and the relay's enrollment make certificates. Extensions, in this order:
+ * basicConstraints (critical), keyUsage (critical), extKeyUsage and subjectAltName (devices),
+ * nameConstraints (critical; an enroller), subjectKeyIdentifier, authorityKeyIdentifier
+ * (unless self-signed). Returns the PEM (LF line ends).
+ */
+export function signCertificate(spec: CertificateSpec): string {
+  const f = forge();
+  const cert = f.pki.createCertificate();
+  cert.publicKey = spec.publicKey;
+  cert.serialNumber = spec.serial;
+  cert.validity.notBefore = wholeSeconds(spec.now - CLOCK_SKEW_MS);
+  cert.validity.notAfter = spec.notAfter;
+  const subject: Forge.pki.CertificateField[] = [
+    { name: "organizationName", value: FLEET_ORG },
+    ...(spec.ou !== undefined ? [{ shortName: "OU", value: spec.ou }] : []),
+    { name: "commonName", value: spec.cn },
+  ];
+  cert.setSubject(subject);
+  cert.setIssuer(spec.issuer ? spec.issuer.subject.attributes : subject);
+  const p = spec.profile;
+  const exts: object[] = [];
+  if (p.kind === "ca") {
+    exts.push(
+      { name: "basicConstraints", cA: true, pathLenConstraint: p.pathLen, critical: true },
+      { name: "keyUsage", keyCertSign: true, ...(p.cRLSign ? { cRLSign: true } : {}), critical: true },
+    );
+    if (p.nameConstraintsDer !== undefined) exts.push({ id: "2.5.29.30", critical: true, value: p.nameConstraintsDer });
+  } else {
+    exts.push(
+      { name: "basicConstraints", cA: false, critical: true },
+      { name: "keyUsage", digitalSignature: true, keyEncipherment: true, critical: true },
+      p.serverAuth ? { name: "extKeyUsage", serverAuth: true, clientAuth: true } : { name: "extKeyUsage", clientAuth: true },
+      { name: "subjectAltName", altNames: p.altNames },
+    );
+  }
+  exts.push({ name: "subjectKeyIdentifier" });
+  if (spec.issuer) exts.push({ name: "authorityKeyIdentifier", keyIdentifier: spec.issuer.generateSubjectKeyIdentifier().getBytes() });
+  cert.setExtensions(exts);
+  cert.sign(spec.key, f.md.sha256.create());
+  return f.pki.certificateToPem(cert).replace(/\r\n/g, "\n");
 }
 
 /** A self-signed fleet CA. Pure apart from key generation and the random serial. */
@@ -227,55 +304,55 @@ export function createCa(opts: CreateCaOptions = {}): { certPem: string; keyPem:
   const days = parseDays(opts.days ?? DEFAULT_CA_DAYS, 1, MAX_CA_DAYS);
   const now = (opts.now ?? new Date()).getTime();
   const kp = generateKeyPair();
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = kp.publicKey;
-  cert.serialNumber = randomSerial();
-  cert.validity.notBefore = wholeSeconds(now - CLOCK_SKEW_MS);
-  cert.validity.notAfter = wholeSeconds(now + days * DAY_MS);
-  const subject = [
-    { name: "organizationName", value: FLEET_ORG },
-    { name: "commonName", value: name },
-  ];
-  cert.setSubject(subject);
-  cert.setIssuer(subject);
-  cert.setExtensions([
+  const certPem = signCertificate({
+    cn: name,
+    publicKey: kp.publicKey,
+    serial: randomSerial(),
+    now,
+    notAfter: wholeSeconds(now + days * DAY_MS),
+    issuer: null,
+    key: kp.privateKey,
     // pathlen 1: one enroller (CA:true, pathlen 0, name-constrained to onsite) may sit below.
-    { name: "basicConstraints", cA: true, pathLenConstraint: 1, critical: true },
-    { name: "keyUsage", keyCertSign: true, cRLSign: true, critical: true },
-    { name: "subjectKeyIdentifier" },
-  ]);
-  cert.sign(kp.privateKey, forge.md.sha256.create());
-  return { certPem: pemOf(cert), keyPem: kp.keyPem };
+    profile: { kind: "ca", pathLen: 1, cRLSign: true },
+  });
+  return { certPem, keyPem: kp.keyPem };
 }
 
 /** Parses a CA certificate and key and checks they belong together and form a CA. */
 export function parseCa(certPem: string, keyPem: string, where = "CA"): CaMaterial {
-  let cert: forge.pki.Certificate;
-  let key: forge.pki.rsa.PrivateKey;
+  const f = forge();
+  let cert: Forge.pki.Certificate;
+  let key: Forge.pki.rsa.PrivateKey;
   try {
-    cert = forge.pki.certificateFromPem(certPem);
+    cert = f.pki.certificateFromPem(certPem);
   } catch (e) {
     throw new RuntimeError(`${where}: the CA certificate cannot be parsed`, undefined, { cause: e });
   }
   try {
-    key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
+    key = f.pki.privateKeyFromPem(keyPem) as Forge.pki.rsa.PrivateKey;
   } catch {
     // forge's message could quote key bytes; keep the cause out.
     throw new RuntimeError(`${where}: the CA private key cannot be parsed (expected an unencrypted RSA PKCS#8 key)`);
   }
-  if (!keyMatchesCertificate(key, cert)) throw new RuntimeError(`${where}: the CA private key does not match the CA certificate`);
-  if (!isCaCertificate(cert)) throw new RuntimeError(`${where}: the CA certificate is not a CA (basicConstraints CA:true missing)`);
+  const pub = cert.publicKey as Forge.pki.rsa.PublicKey;
+  if (!(pub.n && pub.e && key.n.equals(pub.n) && key.e.equals(pub.e))) throw new RuntimeError(`${where}: the CA private key does not match the CA certificate`);
+  if ((cert.getExtension("basicConstraints") as { cA?: boolean } | undefined)?.cA !== true) {
+    throw new RuntimeError(`${where}: the CA certificate is not a CA (basicConstraints CA:true missing)`);
+  }
   return { cert, key, certPem };
 }
 
-export function keyMatchesCertificate(key: forge.pki.rsa.PrivateKey, cert: forge.pki.Certificate): boolean {
-  const pub = cert.publicKey as forge.pki.rsa.PublicKey;
-  return Boolean(pub.n && pub.e && key.n.equals(pub.n) && key.e.equals(pub.e));
+/** Whether `key` (a PKCS#8 PEM or a KeyObject) is the private key of `cert`. */
+export function keyMatchesCertificate(key: KeyObject | string, cert: Certificate): boolean {
+  try {
+    return keyMatches(typeof key === "string" ? createPrivateKey(key) : key, cert);
+  } catch {
+    return false;
+  }
 }
 
-function isCaCertificate(cert: forge.pki.Certificate): boolean {
-  const bc = cert.getExtension("basicConstraints") as { cA?: boolean } | undefined;
-  return bc?.cA === true;
+function isCaCertificate(cert: Certificate): boolean {
+  return cert.basicConstraints?.cA === true;
 }
 
 export interface IssueRequest {
@@ -331,39 +408,29 @@ export function issueCertificate(ca: CaMaterial, req: IssueRequest): IssuedCerti
     );
   }
   const kp = generateKeyPair();
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = kp.publicKey;
   const serial = randomSerial();
-  cert.serialNumber = serial;
-  cert.validity.notBefore = wholeSeconds(now - CLOCK_SKEW_MS);
-  cert.validity.notAfter = notAfter;
-  cert.setSubject([
-    { name: "organizationName", value: FLEET_ORG },
-    { shortName: "OU", value: req.role },
-    { name: "commonName", value: req.id },
-  ]);
-  cert.setIssuer(ca.cert.subject.attributes);
   const altNames: Array<{ type: number; value?: string; ip?: string }> = [{ type: 6, value: `agent://${req.role}/${req.id}` }];
   for (const h of hosts) altNames.push(h.type === "ip" ? { type: 7, ip: h.value } : { type: 2, value: h.value });
-  cert.setExtensions([
-    { name: "basicConstraints", cA: false, critical: true },
-    { name: "keyUsage", digitalSignature: true, keyEncipherment: true, critical: true },
-    req.role === "relay" ? { name: "extKeyUsage", serverAuth: true, clientAuth: true } : { name: "extKeyUsage", clientAuth: true },
-    { name: "subjectAltName", altNames },
-    { name: "subjectKeyIdentifier" },
-    { name: "authorityKeyIdentifier", keyIdentifier: ca.cert.generateSubjectKeyIdentifier().getBytes() },
-  ]);
-  cert.sign(ca.key, forge.md.sha256.create());
+  const certPem = signCertificate({
+    ou: req.role,
+    cn: req.id,
+    publicKey: kp.publicKey,
+    serial,
+    now,
+    notAfter,
+    issuer: ca.cert,
+    key: ca.key,
+    profile: { kind: "device", serverAuth: req.role === "relay", altNames },
+  });
   return {
-    certPem: pemOf(cert),
+    certPem,
     keyPem: kp.keyPem,
     serial,
-    notBefore: cert.validity.notBefore,
-    notAfter: cert.validity.notAfter,
+    notBefore: wholeSeconds(now - CLOCK_SKEW_MS),
+    notAfter,
     hosts: hosts.map((h) => h.value),
   };
 }
-
 /** The identity a certificate carries failed a check; the relay refuses such a peer. */
 export class IdentityError extends Error {
   override readonly name = "IdentityError";
@@ -385,29 +452,16 @@ export interface CertIdentity {
 }
 
 /** Accepts a PEM string or a DER certificate (node:tls `getPeerCertificate().raw`). */
-export function parseCertificate(cert: string | Uint8Array): forge.pki.Certificate {
+export function parseCertificate(cert: string | Uint8Array): Certificate {
   try {
-    if (typeof cert === "string") return forge.pki.certificateFromPem(cert);
-    const der = forge.util.createBuffer(Buffer.from(cert.buffer, cert.byteOffset, cert.byteLength).toString("binary"));
-    return forge.pki.certificateFromAsn1(forge.asn1.fromDer(der));
+    return readCertificate(cert);
   } catch (e) {
     throw new IdentityError("not a valid X.509 certificate", { cause: e });
   }
 }
 
-interface AltName {
-  type: number;
-  value?: string;
-  ip?: string;
-}
-
-function altNamesOf(cert: forge.pki.Certificate): AltName[] {
-  const ext = cert.getExtension("subjectAltName") as { altNames?: AltName[] } | undefined;
-  return ext?.altNames ?? [];
-}
-
-function fieldValues(name: forge.pki.Certificate["subject"], shortName: string): string[] {
-  return name.attributes.filter((a) => a.shortName === shortName).map((a) => String(a.value));
+function altNamesOf(cert: Certificate): AltName[] {
+  return cert.altNames;
 }
 
 /**
@@ -415,7 +469,7 @@ function fieldValues(name: forge.pki.Certificate["subject"], shortName: string):
  * agent://ROLE/ID, which must all be present, unique and agree. Does not check the
  * signature, validity dates or revocation: the caller's TLS stack and revocation list do.
  */
-export function certificateIdentity(certInput: string | Uint8Array | forge.pki.Certificate): CertIdentity {
+export function certificateIdentity(certInput: string | Uint8Array | Certificate): CertIdentity {
   const cert = typeof certInput === "string" || certInput instanceof Uint8Array ? parseCertificate(certInput) : certInput;
   const cns = fieldValues(cert.subject, "CN");
   const ous = fieldValues(cert.subject, "OU");
@@ -440,12 +494,12 @@ export function certificateIdentity(certInput: string | Uint8Array | forge.pki.C
     id,
     role: ou,
     serial: normalizeSerial(cert.serialNumber),
-    notBefore: cert.validity.notBefore,
-    notAfter: cert.validity.notAfter,
+    notBefore: cert.notBefore,
+    notAfter: cert.notAfter,
     hosts,
     sans,
-    subject: formatName(cert.subject.attributes),
-    issuer: formatName(cert.issuer.attributes),
+    subject: formatName(cert.subject),
+    issuer: formatName(cert.issuer),
   };
 }
 
@@ -455,12 +509,8 @@ export function roleOfCertificate(cert: string | Uint8Array): Role {
 }
 
 /** Whether `cert` was signed by `ca` (issuer name and signature); never throws. */
-export function isSignedBy(cert: forge.pki.Certificate, ca: forge.pki.Certificate): boolean {
-  try {
-    return ca.verify(cert);
-  } catch {
-    return false;
-  }
+export function isSignedBy(cert: Certificate, ca: Certificate): boolean {
+  return signedBy(cert, ca);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -508,14 +558,14 @@ interface PemBlock {
 export interface DecodedBundle {
   path: string;
   header: { role?: string; id?: string };
-  cert: forge.pki.Certificate;
-  ca: forge.pki.Certificate;
-  key: forge.pki.rsa.PrivateKey;
+  cert: Certificate;
+  ca: Certificate;
+  key: KeyObject;
   certPem: string;
   keyPem: string;
   caPem: string;
   /** The optional fourth block: the enroller certificate that signed `cert`. */
-  chain?: forge.pki.Certificate;
+  chain?: Certificate;
   chainPem?: string;
 }
 
@@ -541,11 +591,11 @@ function looksLikeCaDir(dir: string): boolean {
 }
 
 /** The CERTIFICATE blocks of a PEM text that parse as CA certificates (basicConstraints CA:true). */
-function caCertificatesIn(text: string): forge.pki.Certificate[] {
-  const out: forge.pki.Certificate[] = [];
+function caCertificatesIn(text: string): Certificate[] {
+  const out: Certificate[] = [];
   for (const m of text.matchAll(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g)) {
     try {
-      const c = forge.pki.certificateFromPem(m[0]);
+      const c = readCertificate(m[0]);
       if (isCaCertificate(c)) out.push(c);
     } catch {
       // not a certificate we can read: not a CA either
@@ -623,7 +673,7 @@ export function decodeBundle(text: string, file: string): DecodedBundle {
   const [certB, keyB, caB, chainB] = blocks as [PemBlock, PemBlock, PemBlock, PemBlock | undefined];
   const parseCert = (b: PemBlock, what: string) => {
     try {
-      return forge.pki.certificateFromPem(b.pem);
+      return readCertificate(b.pem);
     } catch (e) {
       throw bundleError(file, `the ${what} at line ${b.line} cannot be parsed: ${(e as Error).message}`, header);
     }
@@ -631,10 +681,11 @@ export function decodeBundle(text: string, file: string): DecodedBundle {
   const cert = parseCert(certB, "device certificate");
   const ca = parseCert(caB, "CA certificate");
   const chain = chainB ? parseCert(chainB, "enroller certificate") : undefined;
-  let key: forge.pki.rsa.PrivateKey;
+  let key: KeyObject;
   try {
-    key = forge.pki.privateKeyFromPem(keyB.pem) as forge.pki.rsa.PrivateKey;
-    if (!key || !key.n) throw new Error("not RSA");
+    if (!/^-----BEGIN PRIVATE KEY-----\n/.test(keyB.pem)) throw new Error("not PKCS#8");
+    key = createPrivateKey(keyB.pem);
+    if (key.asymmetricKeyType !== "rsa") throw new Error("not RSA");
   } catch {
     // No cause: a parser's message could echo key bytes.
     throw bundleError(file, `the private key at line ${keyB.line} cannot be parsed (expected an unencrypted RSA PKCS#8 key)`, header);
@@ -765,8 +816,8 @@ export function inspectBundle(text: string, file: string, mode?: number): Bundle
     ...(mode !== undefined ? { mode: mode & 0o777 } : {}),
     header: d.header,
     ...(identity ? { identity } : {}),
-    caSubject: formatName(d.ca.subject.attributes),
-    caNotAfter: d.ca.validity.notAfter,
+    caSubject: formatName(d.ca.subject),
+    caNotAfter: d.ca.notAfter,
     verified: d.chain ? isSignedBy(d.cert, d.chain) && isSignedBy(d.chain, d.ca) : isSignedBy(d.cert, d.ca),
     problems,
   };
@@ -1063,8 +1114,7 @@ export async function initCa(dir: string, opts: CreateCaOptions = {}): Promise<I
     });
     await writeAtomic(p.index, formatIndex([]), 0o644, true);
     await writeAtomic(p.revoked, formatRevocations([]), 0o644, false);
-    const cert = forge.pki.certificateFromPem(ca.certPem);
-    return { paths: p, name, certPem: ca.certPem, fingerprint: fingerprintSha256(ca.certPem), notAfter: cert.validity.notAfter };
+    return { paths: p, name, certPem: ca.certPem, fingerprint: fingerprintSha256(ca.certPem), notAfter: readCertificate(ca.certPem).notAfter };
   });
 }
 

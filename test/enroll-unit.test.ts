@@ -9,6 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createCa, formatBundle, parseBundle, parseCa, type CaMaterial } from "../src/pki.ts";
+import { readCertificate } from "../src/x509.ts";
 import {
   caEnrollerProblem,
   checkCsr,
@@ -158,14 +159,15 @@ describe("the enroller and its name constraints", () => {
 
   test("permits exactly onsite; CA:true pathlen 0", () => {
     expect(permittedRoles(enroller.cert)).toEqual(["onsite"]);
-    expect(enrollerProblem(enroller.cert, caMat.cert)).toBeNull();
-    expect(enrollerProblem(caMat.cert, caMat.cert)).toContain("pathlen 0");
+    expect(enrollerProblem(enroller.cert, readCertificate(ca.certPem))).toBeNull();
+    expect(enrollerProblem(readCertificate(ca.certPem), readCertificate(ca.certPem))).toContain("pathlen 0");
   });
   test("a fleet CA with pathlen 0 (made before enrollment) cannot have an enroller", () => {
     const old = forge.pki.certificateFromPem(ca.certPem);
     old.setExtensions([{ name: "basicConstraints", cA: true, pathLenConstraint: 0, critical: true }]);
-    expect(caEnrollerProblem(old)).toContain("pathlen 0");
-    expect(caEnrollerProblem(caMat.cert)).toBeNull();
+    old.sign(caMat.key, forge.md.sha256.create());
+    expect(caEnrollerProblem(readCertificate(forge.pki.certificateToPem(old)))).toContain("pathlen 0");
+    expect(caEnrollerProblem(readCertificate(ca.certPem))).toBeNull();
   });
   test("a signed device: openssl verifies leaf → enroller → CA, and the bundle holds the chain", () => {
     const s = signEnrollment(enroller, checkCsr(createEnrollmentCsr(deviceKey, "site-").csrPem), { now: new Date() });
@@ -183,9 +185,9 @@ describe("the enroller and its name constraints", () => {
     c.validity.notBefore = new Date(Date.now() - 60_000);
     c.validity.notAfter = new Date(Date.now() + 86_400_000);
     c.setSubject([{ name: "organizationName", value: "agent fleet" }, { shortName: "OU", value: "master" }, { name: "commonName", value: "tech-9" }]);
-    c.setIssuer(enroller.cert.subject.attributes);
+    c.setIssuer(forge.pki.certificateFromPem(enroller.certPem).subject.attributes);
     c.setExtensions([{ name: "subjectAltName", altNames: [{ type: 6, value: "agent://master/tech-9" }] }]);
-    c.sign(enroller.key, forge.md.sha256.create());
+    c.sign(forge.pki.privateKeyFromPem(enroller.keyPem) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
     const r = openssl(forge.pki.certificateToPem(c));
     expect(r.exitCode).not.toBe(0);
     expect(r.stderr.toString() + r.stdout.toString()).toContain("permitted subtree violation");
@@ -316,5 +318,23 @@ describe("[enroll] in the config", () => {
   test("relay: [enroll] needs listen and enroller", () => {
     const cfg = resolveConfig(src({ bundle: "/r.bundle", listen: "0.0.0.0:443", enroll: { listen: "0.0.0.0:8443" } }));
     expect(() => requireForRole(cfg, "relay")).toThrow("enroll.enroller");
+  });
+});
+
+describe("the device's request without node-forge", () => {
+  test("createEnrollmentCsr is byte for byte the request node-forge made (PKCS#1 v1.5 signatures are deterministic)", () => {
+    const { csrPem, id } = createEnrollmentCsr(deviceKey, "site-");
+    const priv = forge.pki.privateKeyFromPem(deviceKey) as forge.pki.rsa.PrivateKey;
+    const csr = forge.pki.createCertificationRequest();
+    csr.publicKey = forge.pki.setRsaPublicKey(priv.n, priv.e);
+    csr.setSubject([
+      { name: "organizationName", value: "agent fleet" },
+      { shortName: "OU", value: "onsite" },
+      { name: "commonName", value: id },
+    ]);
+    csr.sign(priv, forge.md.sha256.create());
+    expect(csrPem).toBe(forge.pki.certificationRequestToPem(csr).replace(/\r\n/g, "\n"));
+    expect(id).toBe(`site-${keyTag(csr.publicKey as forge.pki.rsa.PublicKey)}`);
+    expect(checkCsr(csrPem).id).toBe(id);
   });
 });

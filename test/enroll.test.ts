@@ -189,9 +189,9 @@ describe("flash-and-run enrollment", () => {
     c.validity.notBefore = new Date(Date.now() - 60_000);
     c.validity.notAfter = new Date(Date.now() + 86_400_000);
     c.setSubject([{ name: "organizationName", value: "agent fleet" }, { shortName: "OU", value: "master" }, { name: "commonName", value: "tech-evil" }]);
-    c.setIssuer(e.cert.subject.attributes);
+    c.setIssuer(forge.pki.certificateFromPem(e.certPem).subject.attributes);
     c.setExtensions([{ name: "extKeyUsage", clientAuth: true }, { name: "subjectAltName", altNames: [{ type: 6, value: "agent://master/tech-evil" }] }]);
-    c.sign(e.key, forge.md.sha256.create());
+    c.sign(forge.pki.privateKeyFromPem(e.keyPem) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
     const chain = forge.pki.certificateToPem(c) + e.certPem;
     let got = 0;
     const closed = Promise.withResolvers<void>();

@@ -240,7 +240,7 @@ export async function composeDaemon(role: Role, cfg: Config, bundle: Bundle, log
  * with a wrong clock until NTP answers, and the relay decides with its own clock.
  */
 export async function loadRoleBundle(role: Role, cfg: Config, log: Logger, now = Date.now()): Promise<Bundle> {
-  const { loadBundle } = await import("../pki.ts"); // node-forge: loaded only when a daemon starts
+  const { loadBundle } = await import("../pki.ts"); // loaded when a daemon starts (certificates read with node:crypto, src/x509.ts)
   const bundle = await loadBundle(cfg.bundle!);
   if (bundle.role !== role) {
     throw new UsageError(

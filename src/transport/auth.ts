@@ -1,8 +1,8 @@
 // Judging a peer's certificate on the relay: a pure function of what the TLS stack reported,
 // the certificate itself, the revocation list and the clock. Every refusal names the reason
 // and the id the peer presented (also for ids the relay has never seen), for the refusal log.
-import type forge from "node-forge";
 import { certificateIdentity, parseCertificate, isRevoked, type RevocationList } from "../pki.ts";
+import { fieldValues, type Certificate } from "../x509.ts";
 import { GoAwayCode } from "./frame.ts";
 
 export interface HandshakeFacts {
@@ -24,15 +24,16 @@ export type PeerVerdict =
   | { ok: true; id: string; role: string; serial: string; notAfter: Date }
   | { ok: false; reason: string; presented: string | null; goaway?: number };
 
-function nameOf(cert: forge.pki.Certificate): string {
-  const cn = cert.subject.getField("CN")?.value as string | undefined;
-  const ou = cert.subject.getField("OU")?.value as string | undefined;
+function nameOf(cert: Certificate): string {
+  // The first CN and OU, as node-forge's subject.getField reported them.
+  const cn = fieldValues(cert.subject, "CN")[0];
+  const ou = fieldValues(cert.subject, "OU")[0];
   if (!cn) return "(no CN)";
   return ou ? `${cn} (${ou})` : cn;
 }
 
-/** Parses a peer's certificate once: the forge object (null if unparsable) and its "CN (OU)". */
-function parsePeer(der: Uint8Array | null): { cert: forge.pki.Certificate | null; presented: string | null } {
+/** Parses a peer's certificate once: the parsed certificate (null if unparsable) and its "CN (OU)". */
+function parsePeer(der: Uint8Array | null): { cert: Certificate | null; presented: string | null } {
   if (!der) return { cert: null, presented: null };
   try {
     const cert = parseCertificate(der);
