@@ -421,7 +421,7 @@ async function masterSessions(): Promise<Node[]> {
     const expires = new Date(Date.now() + (Number(g.remaining_ms) || 0)).toISOString();
     const gone = g.state === "expired";
     grants.append(h("div", { class: "card grant" + (gone ? " offline" : ""), "data-rule": g.id ?? "" },
-      h("b", {}, `${g.label || g.to} on ${g.onsite}`), " ", pill(gone ? "expired" : "active"),
+      h("b", {}, `${g.label && g.label !== g.onsite ? g.label : g.to} on ${g.onsite}`), " ", pill(gone ? "expired" : "active"),
       kv([["public port", g.port], ["to", g.to], ["from", g.src], ["expires", expires], ["time left", h("span", { class: "countdown", "data-expires": expires }, left(expires))]]),
       gone || !has("natDel") ? null : h("div", { class: "row" }, h("button", { class: "danger revoke", onclick: () => act(() => call("natDel", { id: g.id }), "timed access revoked") }, "Revoke")),
     ));
