@@ -6,7 +6,7 @@ BUN := node_modules/.bin/bun
 TSC := node_modules/.bin/tsc
 STAMP := node_modules/.stamp
 
-.PHONY: all deps test typecheck release release-check demo bench clean fuzz soak
+.PHONY: all deps test typecheck release release-check demo bench clean fuzz soak screenshots
 
 all: test
 
@@ -55,6 +55,11 @@ release-check:
 
 demo: deps
 	$(BUN) scripts/demo.ts
+
+# The web GUI's screenshots in docs/ (the README shows them): the browser tests with
+# GUI_SCREENSHOTS=1. Without it they check each screenshot in a temp dir and remove it.
+screenshots: deps
+	GUI_SCREENSHOTS=1 $(BUN) test --timeout 30000 test/gui-
 
 # Benchmarks (bench/*.bench.ts; `make bench B=nat` runs the ones whose name starts so).
 # nat, transport and wifi print their figures beside peers measured in the same run (the

@@ -9,6 +9,7 @@ import {
   parseAllowEntry,
   parseCidr,
   parseHostPort,
+  parsePort,
   parseIPv4,
   maskOf,
   PRIVATE_RANGES,
@@ -391,6 +392,24 @@ const hostPort = wrap("HOST:PORT such as relay.example.net:443", (s) => parseHos
 /** A listening address: port 0 lets the system choose (`agent status` then shows the port). */
 const listenHostPort = wrap("HOST:PORT such as 0.0.0.0:443 (port 0: chosen by the system)", (s) => parseHostPort(s, "HOST:PORT", true));
 
+/** `gui`: ":PORT" (or "PORT") is the LAN side (host "": loopback plus the master's [tunnel] secondary, src/gui/lan-bind.ts); "ADDR:PORT" as written. */
+const guiListen = wrap('":PORT" (the LAN side) or "ADDR:PORT", such as ":8080" or "192.168.1.20:8080"', (s) => {
+  const m = /^:?(\d*)$/.exec(s.trim());
+  if (m) {
+    if (m[1] === "0") return { host: "", port: 0 };
+    try {
+      return { host: "", port: parsePort(m[1]!) };
+    } catch {
+      throw new Error(`expected ":PORT" with a port 1-65535 (the LAN side) or "ADDR:PORT", got ${JSON.stringify(s)}`);
+    }
+  }
+  try {
+    return parseHostPort(s, "HOST:PORT", true);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}; or ":PORT" alone for the LAN side (the master's [tunnel] secondary and 127.0.0.1), e.g. gui = ":8080"`);
+  }
+});
+
 
 
 const redisUrl = wrap("a redis://[:password@]host:port or rediss://… URL", (s) => {
@@ -495,7 +514,7 @@ const EXAMPLES: Record<string, string> = {
   revocations: 'revocations = "/var/lib/agent/revoked.json"',
   location: 'location = "Building A, room 2"',
   hostname: 'hostname = "relay.example.net"',
-  gui: 'gui = "127.0.0.1:8080"',
+  gui: 'gui = ":8080"   (the LAN side: the master\'s [tunnel] secondary and 127.0.0.1; or "ADDR:PORT")',
   gui_cert: 'gui_cert = "bundle"   (or a PEM file with certificate and key)',
   operator: 'operator = "support"   (a group name)',
   allow: 'allow = ["192.168.1.0/24", "10.0.0.5/32:22,80"]',
@@ -550,7 +569,7 @@ const TOP: Schema = {
     s.length > 128 || /[\0-\x1f]/.test(s) ? `expected a location label up to 128 characters without control characters, got ${got(s)}` : undefined,
   ),
   hostname: str("a host name", (s) => (/^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$/.test(s) ? undefined : `expected a host name, got ${got(s)}`)),
-  gui: listenHostPort,
+  gui: guiListen,
   gui_cert: nonEmpty('"bundle" or a path to a PEM file with a certificate and its key'),
   operator: str("a group name", (s) => (/^[a-z_][a-z0-9_-]{0,31}\$?$/i.test(s) ? undefined : `expected a group name, got ${got(s)}`)),
   allow: list(wrap("CIDR[:PORTS]", parseAllowEntry), 'a list of "CIDR[:PORTS]" strings such as ["192.168.1.0/24", "10.0.0.5/32:22,80"]'),

@@ -27,6 +27,8 @@ export const EVENT_TYPES = [
   "session_mode", // a session's tunnel switched between routed and bridged: {session, onsite, mode} (relay, master)
   "session_extend", // a session's end moved: {session, onsite, expires} (relay, master)
   "device_state", // a device's state changed: {id, state, previous, status} (relay: online, alive, lost, offline)
+  "nat_grant", // a master's timed-access grant was added on a device: {id, onsite, session, port, to, src, expires} (master)
+  "nat_revoke", // ... and revoked early: {id, onsite, session} (master)
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

@@ -123,3 +123,20 @@ test("a request is bound to its session: a target outside it is refused before a
   expect(res.rule.remaining_ms).toBeLessThanOrEqual(20_000);
   expect(res.capped).toMatch(/^ttl 1m capped to \d+s: the rule ends with session s-2/);
 });
+
+test("a master revokes its session's rule early (NAT_REQUEST revoke); another session's rule, or an unknown id, is refused", async () => {
+  const h = harness();
+  await h.open();
+  await h.relayConn.request(Msg.SESSION_OFFER, { session: "s-3", master: "tech-2", targets: ["192.168.1.50:80"], expires: null });
+  const mine = ((await h.ask()) as { rule: { id: string } }).rule.id;
+  const theirs = ((await h.relayConn.request(Msg.NAT_REQUEST, { session: "s-3", source: "203.0.113.8", proto: "tcp", port: "8081", to: "192.168.1.50:80", ttl: "1m" })) as { rule: { id: string } }).rule.id;
+  expect(h.backend.installed.size).toBe(2);
+  const refused = (session: string, revoke: string) => h.relayConn.request(Msg.NAT_REQUEST, { session, revoke, source: "203.0.113.7" }).then(() => null, (e: unknown) => e);
+  expect(await refused("s-1", theirs)).toMatchObject({ code: ErrorCode.NO_SESSION, message: expect.stringContaining(`no NAT rule "${theirs}" of session s-1 on site-1`) });
+  expect(await refused("s-1", "nope")).toMatchObject({ code: ErrorCode.NO_SESSION });
+  expect(h.backend.installed.size).toBe(2);
+  const res = (await h.relayConn.request(Msg.NAT_REQUEST, { session: "s-1", revoke: mine, source: "203.0.113.7" })) as { rule: { id: string }; revoked: boolean };
+  expect(res).toMatchObject({ rule: { id: mine }, revoked: true });
+  expect(h.svc.list().map((r) => r.id)).toEqual([theirs]);
+  expect(h.backend.installed.size).toBe(1);
+});

@@ -2,7 +2,7 @@
 // control socket. Parsing and printing only; the daemon validates and applies.
 import { formatDuration } from "../duration.ts";
 import type { RuleView } from "../nat/service.ts";
-import type { LocalNatAddRequest, MasterApi, MasterNatAddRequest, NatListing, OnsiteApi } from "../roles/api.ts";
+import type { LocalNatAddRequest, MasterApi, MasterNatAddRequest, MasterNatListing, NatListing, OnsiteApi } from "../roles/api.ts";
 import { formatTable } from "../table.ts";
 import { UsageError } from "../errors.ts";
 import { defineAgentCommand, flag, line, str } from "./args.ts";
@@ -58,28 +58,35 @@ const add = defineAgentCommand({
   },
 });
 
-export function formatNatListing(res: NatListing): string {
+export function formatNatListing(res: NatListing | MasterNatListing): string {
+  if (res.backend === "master") {
+    // A master's timed-access grants (src/roles/master-grants.ts): the rules it asked its sessions' devices for.
+    const rules = (res as MasterNatListing).rules;
+    if (rules.length === 0) return "no timed-access grants on this master (agent nat add --session S ... makes one)\n";
+    const rows = rules.map((r) => [r.id, r.onsite, r.proto, r.src, String(r.port), r.to, r.state === "expired" ? "expired" : left(r.remaining_ms), r.owner, r.label]);
+    return formatTable(["ID", "DEVICE", "PROTO", "SOURCE", "PORT", "TO", "LEFT", "SESSION", "FOR"], rows);
+  }
   if (res.rules.length === 0) return `no active rules (backend ${res.backend})\n`;
   const rows = res.rules.map((r) => [r.id, r.proto, r.src, r.iface ?? "*", String(r.port), r.to, left(r.remaining_ms), r.owner]);
   return formatTable(["ID", "PROTO", "SOURCE", "IN", "PORT", "TO", "LEFT", "OWNER"], rows);
 }
 
 const list = defineAgentCommand({
-  meta: { name: "list", description: "Show the active NAT rules with the time each has left" },
+  meta: { name: "list", description: "Show the active NAT rules with the time each has left (on a master: its timed-access grants)" },
   args: { ...configArgs, ...jsonArg },
-  runsOn: ["onsite"],
+  runsOn: ["onsite", "master"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
-    const res = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natList");
+    const res: NatListing | MasterNatListing = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natList");
     ctx.io.out(flag(args, "json") ? pretty(res) : formatNatListing(res));
     return 0;
   },
 });
 
 const del = defineAgentCommand({
-  meta: { name: "del", description: "Remove one rule now and cut its open connections" },
+  meta: { name: "del", description: "Remove one rule now and cut its open connections (on a master: revoke a grant on its device)" },
   args: { ...configArgs, id: { type: "positional", valueHint: "ID", description: "rule id from `agent nat list`" }, ...jsonArg },
-  runsOn: ["onsite"],
+  runsOn: ["onsite", "master"],
   async exec(args, ctx) {
     const cfg = await configFromArgs(args);
     const r = await daemonClient<OnsiteApi>(ctx, cfg.control).call("natDel", { id: str(args, "id")! });

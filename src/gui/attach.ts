@@ -5,6 +5,8 @@ import { readFileSync } from "node:fs";
 import type { Config } from "../config.ts";
 import { UsageError } from "../errors.ts";
 import type { Logger } from "../log.ts";
+import { realIfAddrs } from "../os/if-addrs.ts";
+import { LanGui } from "./lan-bind.ts";
 import { GuiServer, type EventSource, type GuiOptions } from "./server.ts";
 
 export interface GuiRoleParts {
@@ -35,12 +37,20 @@ export function guiTls(cfg: Config, bundle: GuiRoleParts["bundle"]): { cert: str
   return { cert: certs.join("\n"), key: key[0] };
 }
 
-/** The GUI component of a daemon whose config has `gui`, or null. */
-export function guiComponent(cfg: Config, parts: GuiRoleParts, log: Logger): GuiServer | null {
+/** The GUI component of a daemon whose config has `gui`, or null. `gui = ":PORT"`: loopback and the LAN side (./lan-bind.ts). */
+export function guiComponent(cfg: Config, parts: GuiRoleParts, log: Logger): GuiServer | LanGui | null {
   if (!cfg.gui) return null;
+  if (cfg.gui.host === "") {
+    const gui = guiServer(cfg, { ...cfg, gui: { host: "127.0.0.1", port: cfg.gui.port } }, parts, log);
+    return new LanGui(gui, parts.role === "master" ? cfg.tunnel?.secondary : undefined, realIfAddrs, log.withTag("gui"));
+  }
   if (cfg.gui.host === "0.0.0.0") log.warn(`the web GUI answers on every interface (gui = "0.0.0.0:${cfg.gui.port}"), the uplink too; bind it to the LAN side's address, e.g. gui = "192.168.1.20:${cfg.gui.port}" (see README, Web GUI)`);
+  return guiServer(cfg, cfg, parts, log);
+}
+
+function guiServer(cfg: Config, at: Config, parts: GuiRoleParts, log: Logger): GuiServer {
   return new GuiServer({
-    listen: cfg.gui,
+    listen: at.gui!,
     role: parts.role,
     id: parts.id,
     api: parts.api,

@@ -76,6 +76,7 @@ type Json = Record<string, unknown>;
 export class GuiServer {
   readonly name = "gui";
   private server: Server<undefined> | undefined;
+  private readonly extra = new Map<string, Server<undefined>>();
   private readonly secret = randomBytes(32);
   private readonly sessions = new Map<string, LoginSession>();
   private readonly throttles = new Map<string, LoginThrottle>();
@@ -109,16 +110,7 @@ export class GuiServer {
   }
 
   async start(): Promise<void> {
-    const page = (await import("./web/index.html")).default;
-    this.server = Bun.serve({
-      hostname: this.o.listen.host,
-      port: this.o.listen.port,
-      development: false,
-      idleTimeout: 30,
-      ...(this.o.tls ? { tls: { cert: this.o.tls.cert, key: this.o.tls.key } } : {}),
-      routes: { "/__app/": page },
-      fetch: (req, server) => this.handle(req, server.requestIP(req)?.address ?? ""),
-    });
+    this.server = await this.serveOn(this.o.listen.host, this.o.listen.port);
     if (this.html === undefined) {
       // The bundled page as Bun serves it (its scripts and styles stay on Bun's asset routes);
       // "/" answers it with this server's headers.
@@ -130,10 +122,55 @@ export class GuiServer {
     this.o.log.info(`web GUI at ${this.url}${this.users.has() ? "" : " (no user yet: agent gui user add NAME, password on stdin)"}`);
   }
 
+  /** One listener of this GUI (the same routes and checks on every address it serves). */
+  private async serveOn(host: string, port: number): Promise<Server<undefined>> {
+    const page = (await import("./web/index.html")).default;
+    return Bun.serve({
+      hostname: host,
+      port,
+      development: false,
+      idleTimeout: 30,
+      ...(this.o.tls ? { tls: { cert: this.o.tls.cert, key: this.o.tls.key } } : {}),
+      routes: { "/__app/": page },
+      fetch: (req, server) => this.handle(req, server.requestIP(req)?.address ?? ""),
+    });
+  }
+
+  /** The addresses served besides `listen` (the LAN side's, ./lan-bind.ts). */
+  get alsoServed(): string[] {
+    return [...this.extra.keys()];
+  }
+
+  /**
+   * Serves the page on exactly these addresses besides `listen`, on the same port (once started):
+   * new ones are bound and allowed as Host, gone ones closed. Returns the addresses that failed, with why.
+   */
+  async serveAlso(hosts: readonly string[]): Promise<{ host: string; error: string }[]> {
+    const failed: { host: string; error: string }[] = [];
+    if (!this.server) return failed;
+    for (const [h, srv] of [...this.extra]) {
+      if (hosts.includes(h)) continue;
+      this.extra.delete(h);
+      await srv.stop(true);
+    }
+    for (const h of hosts) {
+      if (this.extra.has(h) || h === this.o.listen.host) continue;
+      (this.hosts.names as Set<string>).add(h.toLowerCase());
+      try {
+        this.extra.set(h, await this.serveOn(h, this.port));
+      } catch (e) {
+        failed.push({ host: h, error: (e as Error).message });
+      }
+    }
+    return failed;
+  }
+
   async close(): Promise<void> {
     this.unsubscribe?.();
     for (const s of [...this.streams]) s.close();
     this.stopTimers();
+    for (const srv of this.extra.values()) await srv.stop(true);
+    this.extra.clear();
     await this.server?.stop(true);
     this.server = undefined;
   }

@@ -12,7 +12,7 @@ import { conntrackCutter } from "./conntrack.ts";
 import { IptablesBackend } from "./iptables.ts";
 import { NftBackend } from "./nft.ts";
 import { fromSeedRequest, FieldError, type NatRequest, type OwnAddress } from "./rule.ts";
-import { NatService, type AddResult } from "./service.ts";
+import { NatService, type AddResult, type RuleView } from "./service.ts";
 import { FileRuleStore } from "./store.ts";
 import type { SessionBinding } from "./session.ts";
 import { parseIPv4 } from "../netaddr.ts";
@@ -42,6 +42,8 @@ export interface NatComponent {
   add(request: NatRequest, owner: string, session?: SessionBinding): Promise<AddResult>;
   /** Called when a session ends: removes the rules it asked for. */
   removeByOwner(owner: string): Promise<number>;
+  /** A master revoking its grant early (issue 15): removes rule `id` if `owner` owns it; null if it does not exist or is another's. */
+  removeOwned(owner: string, id: string): Promise<RuleView | null>;
 }
 
 /** Picks the backend named by `nat.backend`; "auto" decides as `agent doctor` reports. */
@@ -178,6 +180,9 @@ export function createNatComponent(opts: NatComponentOptions): NatComponent {
     },
     removeByOwner(owner) {
       return service ? service.removeByOwner(owner) : Promise.resolve(0);
+    },
+    removeOwned(owner, id) {
+      return need().removeOwned(owner, id);
     },
   };
 }

@@ -275,6 +275,15 @@ export class NatService {
     return this.view(r!);
   }
 
+  /** Deletes rule `id` if `owner` (a session) owns it; null when there is no such rule of that owner. */
+  async removeOwned(owner: string, id: string): Promise<RuleView | null> {
+    this.assertOpen();
+    const r = this.rules.get(id);
+    if (!r || r.owner !== owner) return null;
+    const [gone] = await this.removeWhere((x) => x.id === id && x.owner === owner, "deleted");
+    return gone ? this.view(gone) : null;
+  }
+
   /** Deletes the rule matching a forward (seed 001's `action: del`); the TTL is not compared. */
   async delMatching(req: NatRequest): Promise<RuleView> {
     this.assertOpen();

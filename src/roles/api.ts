@@ -6,6 +6,7 @@
 // outside the process, so each implementation checks the fields it reads and throws a
 // UsageError naming the bad one.
 import type { AddResult, RuleView } from "../nat/service.ts";
+import type { GrantView } from "./master-grants.ts";
 import type { DeviceInfo, ServiceDecl, ServiceKind, SessionInfo } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
 import type { Refusal, RefusalGroup } from "../tunnel/relay/refusals.ts";
@@ -63,6 +64,8 @@ export interface MasterNatAddRequest {
   ttl: string | number;
   proto?: "tcp" | "udp";
   iface?: string;
+  /** What the grant is for, as a page shows it (e.g. the service's name); kept on the master, not sent. */
+  label?: string;
 }
 
 export interface MasterApi extends DaemonApi, Partial<MasterGuiApi> {
@@ -166,6 +169,17 @@ export interface MasterGuiApi {
   services(req?: ServicesRequest): Promise<ServiceEntry[]>;
   /** Moves a live session's end; the answer is the session as the master now holds it. */
   sessionsExtend(req: SessionExtendRequest): Promise<SessionView>;
+  /** The timed-access grants this master holds (`agent nat list` on a master): each device rule, live or just expired. */
+  natList(): MasterNatListing;
+  /** Revokes a grant early (`agent nat del ID` on a master): the device removes the rule and cuts its connections. */
+  natDel(req: { id: string }): Promise<GrantView>;
+}
+
+/** `agent nat list` on a master: the grants (src/roles/master-grants.ts), in NatListing's shape. */
+export interface MasterNatListing {
+  backend: "master";
+  now: string;
+  rules: GrantView[];
 }
 
 // ---- onsite ----

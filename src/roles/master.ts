@@ -15,6 +15,7 @@ import type { Component } from "./daemon.ts";
 import { relayClientFor } from "./device.ts";
 import type { AddResult } from "../nat/service.ts";
 import type { MasterApi } from "./api.ts";
+import { MasterGrants } from "./master-grants.ts";
 import type { Daemon } from "./daemon.ts";
 import { parseTunnelMode, type MasterTunnelHost } from "../tunnel/packet/device.ts";
 import { gateMasterHost } from "../tunnel/packet/sweep-gate.ts";
@@ -60,6 +61,8 @@ export class MasterRole implements Component {
   private readonly log: Logger;
   private readonly events: Events;
   readonly hostFacts: MasterHostFacts;
+  /** The timed-access grants of this master's sessions (issue 15). */
+  readonly grants = new MasterGrants();
   private hostTimer: ReturnType<typeof setInterval> | null = null;
 
   /** With `control`, serves `api` there itself (composeMaster serves the whole API instead). */
@@ -163,10 +166,37 @@ export class MasterRole implements Component {
         if (!conn) throw new RuntimeError(`not connected to the relay (${this.relayState()})`);
         try {
           // The onsite device answers with its NAT service's AddResult (NatReply is an open object).
-          return (await request(conn, Msg.NAT_REQUEST, { session, proto: req.proto, port: req.port, to: req.to, ttl: req.ttl, iface: req.iface })) as unknown as AddResult;
+          const res = (await request(conn, Msg.NAT_REQUEST, { session, proto: req.proto, port: req.port, to: req.to, ttl: req.ttl, iface: req.iface })) as unknown as AddResult;
+          const onsite = this.sessions.list().find((s) => s.session === session)?.onsite ?? "";
+          this.grants.add(onsite, res, typeof req.label === "string" ? req.label.slice(0, 80) : undefined);
+          if (res?.rule) this.events.publish("nat_grant", { id: res.rule.id, onsite, session, port: res.rule.port, to: res.rule.to, src: res.rule.src, expires: res.rule.expires });
+          return res;
         } catch (e) {
           throw natRefusal(e);
         }
+      },
+      // Issue 15: the grants above, for every browser and `agent nat list|del` (src/roles/master-grants.ts).
+      natList: () => {
+        this.grants.keepSessions(new Set(this.sessions.list().filter((s) => s.state !== "closed").map((s) => s.session)));
+        return { backend: "master", now: new Date().toISOString(), rules: this.grants.list(Date.now()) };
+      },
+      natDel: async (req) => {
+        const id = req?.id;
+        if (typeof id !== "string" || !id) throw new UsageError("nat del: missing rule id", "`agent nat list` shows this master's grants");
+        const g = this.grants.get(id);
+        if (!g) throw new NotFoundError(`no grant ${JSON.stringify(id)} on this master`, "`agent nat list` shows this master's grants");
+        const conn = this.client.connection;
+        if (!conn) throw new RuntimeError(`not connected to the relay (${this.relayState()})`);
+        const view = this.grants.list(Date.now()).find((x) => x.id === id) ?? { ...g.rule, onsite: g.onsite, label: g.label, state: "expired" as const };
+        try {
+          await request(conn, Msg.NAT_REQUEST, { session: g.rule.owner, revoke: id });
+        } catch (e) {
+          // Gone on the device already (expired, its session ended): gone here too.
+          if (!(e instanceof RemoteError && e.code === ErrorCode.NO_SESSION)) throw natRefusal(e);
+        }
+        this.grants.remove(id);
+        this.events.publish("nat_revoke", { id, onsite: g.onsite, session: g.rule.owner });
+        return view;
       },
     };
     control?.serve(this.api, "master");
@@ -226,7 +256,7 @@ export function composeMaster(daemon: Daemon, cfg: Config, bundle: Bundle, log: 
     api,
     events: daemon.events,
     bundle,
-    digest: async () => masterDigest(role.sessions.list() as unknown as Record<string, unknown>[], role.client.connection ? ((await api.devices().catch(() => null)) as unknown as Record<string, unknown>[] | null) : null),
+    digest: async () => masterDigest(role.sessions.list() as unknown as Record<string, unknown>[], role.client.connection ? ((await api.devices().catch(() => null)) as unknown as Record<string, unknown>[] | null) : null) + `|grants:${role.grants.digest()}`,
     // Bridged is refused from the secondary interface: the browser's address is the requester, whatever the page says.
     shape: (method, req, peer) => (method === "connect" || method === "tunnelMode" ? { ...req, requester: peer } : req),
   }, log);

@@ -59,7 +59,7 @@ export class OnsiteRole implements Component {
   readonly api: Pick<OnsiteApi, "sessions" | "redial">;
 
   /** With `control`, serves `api` there itself (composeOnsite serves the whole API instead). */
-  constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control?: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner">, tunnelHost?: OnsiteTunnelHost) {
+  constructor(private readonly cfg: Config, bundle: Bundle, private readonly log: Logger, control?: ControlServer, nat?: Pick<NatComponent, "add" | "removeByOwner" | "removeOwned">, tunnelHost?: OnsiteTunnelHost) {
     this.tunnelHost = gateOnsiteHost(tunnelHost ?? refusingOnsiteHost());
     this.tunnels = new OnsiteTunnels({ id: bundle.id, host: this.tunnelHost, policy: () => this.cfg.tunnel, log: log.withTag("tunnel") });
     this.udp = new OnsiteUdpServer(log.withTag("udp"));
@@ -81,6 +81,13 @@ export class OnsiteRole implements Component {
           const session = b.session;
           const binding = this.sessions.natBinding(session);
           if (!binding) throw new RemoteError(ErrorCode.NO_SESSION, `no session ${JSON.stringify(session)} on ${bundle.id}`);
+          // A master revoking its grant early: only a rule this session owns.
+          if (b.revoke !== undefined) {
+            const rule = await nat.removeOwned(session, b.revoke);
+            if (!rule) throw new RemoteError(ErrorCode.NO_SESSION, `no NAT rule ${JSON.stringify(b.revoke)} of session ${session} on ${bundle.id} (expired or removed)`);
+            log.info(`NAT rule ${rule.id} revoked by the session's master`, { session, rule: rule.id });
+            return { rule, revoked: true } as unknown as NatReply;
+          }
           // The source is the session's peer as the relay saw it; nothing the master said.
           // The rule is bound to the session: its targets, its end, the caps (src/nat/session.ts).
           let added;

@@ -370,6 +370,12 @@ export function missingRevocationsWarning(file: string): string {
   );
 }
 
+/** The nymea listener's counts in a daemon status (clients, authenticated, tunnels), or "" without [nymea]. */
+export function nymeaDigest(status: Record<string, unknown>): string {
+  const n = (status.relay as { nymea?: Record<string, unknown> } | undefined)?.nymea;
+  return n ? `|nymea:${[n.clients, n.authenticated, n.tunnels, n.total_clients, n.total_tunnels].join(",")}` : "";
+}
+
 /** The relay's web GUI (issue 15) for `gui = "ADDR:PORT"`: the fleet view over the relay's API object. */
 export function relayGui(cfg: Config, bundle: Bundle, api: RelayApi, events: GuiEvents, log: Logger): Component | null {
   return guiComponent(cfg, {
@@ -378,6 +384,7 @@ export function relayGui(cfg: Config, bundle: Bundle, api: RelayApi, events: Gui
     api,
     events,
     bundle,
-    digest: () => relayDigest(api.devices() as unknown as Record<string, unknown>[], api.sessions() as unknown as Record<string, unknown>[], api.refusals().length),
+    // The nymea listener's counts too, so its card follows clients coming and going.
+    digest: () => relayDigest(api.devices() as unknown as Record<string, unknown>[], api.sessions() as unknown as Record<string, unknown>[], api.refusals().length) + nymeaDigest(api.status() as unknown as Record<string, unknown>),
   }, log);
 }

@@ -338,6 +338,8 @@ export interface NatRequestBody {
   iface?: string;
   /** Set by the relay; whatever a master sends here is replaced. */
   source?: string;
+  /** Instead of adding: remove this rule id now, if it is this session's (a master revoking a grant early). */
+  revoke?: string;
 }
 /** The onsite device's answer to NAT_REQUEST: the rule it added (src/nat/service.ts AddResult). */
 export type NatReply = Record<string, unknown>;
@@ -710,7 +712,7 @@ export function decodeNatRequest(body: unknown): NatRequestBody {
     if (typeof v !== "string" && (typeof v !== "number" || !isCount(v))) r.fail(k, what, v);
     out[k] = v as string | number;
   };
-  for (const k of ["proto", "to", "iface", "source"] as const) if (r.o[k] !== undefined) out[k] = r.str(k);
+  for (const k of ["proto", "to", "iface", "source", "revoke"] as const) if (r.o[k] !== undefined) out[k] = r.str(k);
   strOrNum("port", "a port number (string or number)");
   strOrNum("ttl", "a duration such as \"15m\" (or milliseconds)");
   return out;

@@ -22,8 +22,8 @@ const main = document.getElementById("main")!;
 const banner = document.getElementById("banner")!;
 const nav = document.getElementById("nav")!;
 const who = document.getElementById("who")!;
-/** Per page: state the page keeps between renders (the search text, timed grants). */
-const keep: { search: string; grants: { device: string; service: string; rule: Json; expires: number }[]; ready: Map<string, { command?: string; url?: string; text: string; session: string }> } = { search: "", grants: [], ready: new Map() };
+/** Per page: state the page keeps between renders (the search text, the ready commands). */
+const keep: { search: string; ready: Map<string, { command?: string; url?: string; text: string; session: string }> } = { search: "", ready: new Map() };
 let events: EventSource | null = null;
 let refreshQueued = false;
 let rendering = false;
@@ -356,9 +356,8 @@ function grantDialog(s: GrantTarget): void {
       const ms = parseDuration(dur.value.trim());
       // A NAT request rides a session to the device: the one given, or one with a forward to the target itself.
       const session = s.session ?? (await call("connect", { onsite: s.device, forwards: [`127.0.0.1:0:${to.value.trim()}`], ttl: ms + 60_000 })).session;
-      const res = await call("natAdd", { session, port: port.value, to: to.value.trim(), ttl: dur.value.trim() });
-      const expires = Date.parse(res.rule?.expires ?? "") || Date.now() + ms;
-      keep.grants.push({ device: s.device, service: s.name, rule: res.rule ?? {}, expires });
+      // The master keeps the grant (natList): every browser, and this one after a reload, lists it.
+      await call("natAdd", { session, port: port.value, to: to.value.trim(), ttl: dur.value.trim(), label: s.name });
       location.hash = "#/sessions";
     }, `timed access to ${s.name} granted`);
   });
@@ -387,6 +386,8 @@ async function masterServices(): Promise<Node[]> {
 
 async function masterSessions(): Promise<Node[]> {
   const sessions = (await call<Json[]>("sessions")).filter((s) => s.state !== "closed");
+  // Timed-access grants: the master's list (natList), not this page's memory.
+  const held: Json[] = has("natList") ? ((await call<Json>("natList")).rules ?? []) : [];
   const r = reach();
   const list = h("div", { class: "cards", id: "sessions" });
   for (const s of sessions) {
@@ -416,17 +417,19 @@ async function masterSessions(): Promise<Node[]> {
     list.append(card);
   }
   const grants = h("div", { id: "grants" });
-  for (const g of keep.grants) {
-    const gone = g.expires <= Date.now();
-    grants.append(h("div", { class: "card grant" + (gone ? " offline" : ""), "data-rule": g.rule.id ?? "" },
-      h("b", {}, `${g.service} on ${g.device}`), " ", pill(gone ? "expired" : "active"),
-      kv([["public port", g.rule.port ?? g.rule.dport], ["to", g.rule.to], ["from", g.rule.src], ["expires", new Date(g.expires).toISOString()], ["time left", h("span", { class: "countdown", "data-expires": new Date(g.expires).toISOString() }, left(new Date(g.expires).toISOString()))]]),
+  for (const g of held) {
+    const expires = new Date(Date.now() + (Number(g.remaining_ms) || 0)).toISOString();
+    const gone = g.state === "expired";
+    grants.append(h("div", { class: "card grant" + (gone ? " offline" : ""), "data-rule": g.id ?? "" },
+      h("b", {}, `${g.label && g.label !== g.onsite ? g.label : g.to} on ${g.onsite}`), " ", pill(gone ? "expired" : "active"),
+      kv([["public port", g.port], ["to", g.to], ["from", g.src], ["expires", expires], ["time left", h("span", { class: "countdown", "data-expires": expires }, left(expires))]]),
+      gone || !has("natDel") ? null : h("div", { class: "row" }, h("button", { class: "danger revoke", onclick: () => act(() => call("natDel", { id: g.id }), "timed access revoked") }, "Revoke")),
     ));
   }
   return [
     h("h1", {}, `Sessions (${sessions.length})`),
     sessions.length ? list : h("p", { class: "muted", id: "no-sessions" }, "No session. Open one from Devices or Services."),
-    ...(keep.grants.length ? [h("h2", {}, "Timed access"), grants] : []),
+    ...(held.length ? [h("h2", {}, "Timed access"), grants] : []),
   ];
 }
 
