@@ -146,6 +146,12 @@ describe.skipIf(!run)("web GUI: a real routed tunnel, switched to bridged, disco
     const lease = await lab.lease();
     expect(lease.router).toBe("192.168.77.1");
     expect(await pingable(lab.laptop, LAN_ROUTER, 10_000)).toBe(true);
+    // The card's byte counts follow the traffic without a reload (the digest leaves counts out).
+    const counts = p.locator(`.session[data-session="${id}"] .traffic`);
+    const sent = (await sessions()).find((s) => s.session === id)?.tunnel as { packets?: { bytes_out: number } } | undefined;
+    expect(sent?.packets?.bytes_out).toBeGreaterThan(0);
+    let out = 0;
+    await waitFor(async () => (out = Number(await counts.getAttribute("data-bytes-out", { timeout: 1_000 }))) >= sent!.packets!.bytes_out || undefined, 15_000, () => `the card's bytes out (${out}) reaching the API's ${sent!.packets!.bytes_out}`);
 
     // Bridged, by the live session's switch.
     await p.locator(`.session[data-session="${id}"] button.switch`).click();
