@@ -63,6 +63,9 @@ describe.skipIf(!run)("web GUI: a real routed tunnel, switched to bridged, disco
   let onsite: Daemon;
   let browser: Browser | undefined;
   let p: Page;
+  /** The Status page, open beside the sessions page in the same login. */
+  let st: Page;
+  let url = "";
 
   const links = async (ns: string) => JSON.parse((await inNs(ns, ["ip", "-d", "-j", "link", "show"])).stdout) as Link[];
   const agentLinks = async (ns: string) => (await links(ns)).filter((l) => l.ifname.startsWith("agt-"));
@@ -95,6 +98,18 @@ describe.skipIf(!run)("web GUI: a real routed tunnel, switched to bridged, disco
     return t!;
   }
 
+  /** The Status page's "Secondary interface" card, as text. */
+  const secondaryCard = () => st.locator(".card", { has: st.locator("h2", { hasText: "Secondary interface" }) });
+  /** Waits until the card's text passes `ok`: on the live page, or after reloads when `reload`. */
+  async function secondaryShows(ok: (text: string) => boolean, what: string, reload = false): Promise<string> {
+    let text = "";
+    return waitFor(async () => {
+      if (reload) await st.reload();
+      text = (await secondaryCard().textContent({ timeout: 2_000 }).catch(() => "")) ?? "";
+      return ok(text) ? text : undefined;
+    }, 10_000, () => `the Status page's secondary interface card ${what} (it shows ${JSON.stringify(text)})${logs()}`, { every: 200 });
+  }
+
   beforeAll(async () => {
     lab = await buildTunnelLab("gt", { relay: true });
     fleet = await Fleet.create();
@@ -110,10 +125,13 @@ describe.skipIf(!run)("web GUI: a real routed tunnel, switched to bridged, disco
     master = await fleet.start("master", "tech-1", ["--relay", `${LAB_RELAY}:${PORT}`, "--config", masterConf, "--gui", "127.0.0.1:0"], undefined, lab.master);
     const [b] = await Promise.all([launchChromiumIn(lab.master), fleet.waitConnected(onsite), fleet.waitConnected(master)]);
     browser = b;
-    const url = ((await fleet.status(master)).gui as { url: string }).url;
+    url = ((await fleet.status(master)).gui as { url: string }).url;
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
-    p = await (await browser.newContext({ viewport: { width: 1100, height: 800 } })).newPage();
+    const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+    p = await ctx.newPage();
     await logIn(p, url + "#/devices", "alice", PASSWORD);
+    st = await ctx.newPage();
+    await st.goto(url + "#/status");
   }, 60_000);
 
   afterAll(async () => {
@@ -152,6 +170,9 @@ describe.skipIf(!run)("web GUI: a real routed tunnel, switched to bridged, disco
     expect(sent?.packets?.bytes_out).toBeGreaterThan(0);
     let out = 0;
     await waitFor(async () => (out = Number(await counts.getAttribute("data-bytes-out", { timeout: 1_000 }))) >= sent!.packets!.bytes_out || undefined, 15_000, () => `the card's bytes out (${out}) reaching the API's ${sent!.packets!.bytes_out}`);
+    // The Status page lists the laptop's lease on the secondary interface (dnsmasq's file at each look).
+    const laptopMac = (await links(lab.laptop)).find((l) => l.ifname === "lap0")?.address ?? "none";
+    await secondaryShows((t) => t.includes(lease.ip) && t.includes(laptopMac) && !t.includes("bridge"), `listing the lease ${lease.ip} of ${laptopMac}`, true);
 
     // Bridged, by the live session's switch.
     await p.locator(`.session[data-session="${id}"] button.switch`).click();
@@ -182,6 +203,8 @@ describe.skipIf(!run)("web GUI: a real routed tunnel, switched to bridged, disco
     const neigh = JSON.parse((await inNs(lab.laptop, ["ip", "-j", "neigh", "show", LAN_ROUTER, "dev", "lap0"])).stdout) as { lladdr?: string }[];
     expect(routerMac).toMatch(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
     expect(neigh.map((n) => n.lladdr)).toContain(routerMac);
+    // The Status page, live (no reload), shows eth1 in the bridge: the facts were read again with the switch.
+    await secondaryShows((t) => t.includes(`bridge${bridge!.ifname}`), `showing eth1 in ${bridge!.ifname}`);
     await shot(p, "master-tunnel");
 
     // Disconnect: the card leaves the page without a reload, nothing of the tunnel is left.
@@ -194,6 +217,7 @@ describe.skipIf(!run)("web GUI: a real routed tunnel, switched to bridged, disco
       await waitFor(async () => (last = await leftovers(ns)).length === 0, 15_000, () => `nothing of the tunnel left at the ${what} (${JSON.stringify(last)})${logs()}`);
     }
     expect((await links(lab.master)).find((l) => l.ifname === "eth1")?.master).toBeUndefined();
+    await secondaryShows((t) => t.includes("linkup") && !t.includes("bridge"), "showing eth1 out of the bridge", true);
     expect((await links(lab.onsite)).filter((l) => l.master === "br-lan").map((l) => l.ifname)).toEqual(["lan0"]);
     expect((await inNs(lab.laptop, ["busybox", "ping", "-c", "1", "-W", "1", LAN_ROUTER], true)).code).not.toBe(0);
   }, 90_000);
