@@ -1,14 +1,16 @@
 // What the master's status card shows of its own host (issue 15): its uplink (the interface
 // and source address of its route to the relay) and the secondary interface of `[tunnel]`
 // with what is on it (addresses, the bridge it is in, the DHCP leases the master handed out).
-// Read with `ip -j` through the injected Exec and from dnsmasq's lease file, in the
-// background: `status` is synchronous, so it shows the last reading (null before the first).
+// Read with `ip -j` through the injected Exec in the background (a timer, the relay coming up,
+// a tunnel end made or undone: refreshingHost): `status` is synchronous, so it shows the last
+// reading (null before the first); the leases are read from dnsmasq's file at each look.
 // Parsers are pure and table-tested; the reader is the thin adapter.
 import { readFileSync } from "node:fs";
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { realExec, type Exec } from "../os/spawn.ts";
 import { dhcpPaths } from "../tunnel/packet/dnsmasq.ts";
+import type { MasterTunnelHost } from "../tunnel/packet/device.ts";
 import type { MasterStatusPart, SecondaryView } from "./api.ts";
 
 export type Uplink = MasterStatusPart["uplink"];
@@ -58,12 +60,32 @@ export interface MasterHostOptions {
 /** Reads the host facts again on `refresh()`; `uplink`/`secondary` are the last reading. */
 export class MasterHostFacts {
   uplink: Uplink = null;
-  secondary: SecondaryView | null = null;
+  private reading: SecondaryView | null = null;
   private readonly exec: Exec;
   private running: Promise<void> | null = null;
 
   constructor(private readonly o: MasterHostOptions) {
     this.exec = o.exec ?? realExec;
+  }
+
+  /** The last reading of the secondary interface, with the leases as dnsmasq's file holds them now
+   * (a laptop's lease shows at the next look, not at the next reading). */
+  get secondary(): SecondaryView | null {
+    return this.reading ? { ...this.reading, leases: this.leases(this.reading.iface) } : null;
+  }
+
+  /** A reading that starts after this call (not one already under way): what a change just made shows. */
+  async fresh(): Promise<void> {
+    await this.running?.catch(() => undefined);
+    await this.refresh().catch(() => undefined);
+  }
+
+  private leases(dev: string): SecondaryView["leases"] {
+    try {
+      return parseLeases(readFileSync(dhcpPaths(this.o.stateDir, dev).leases, "utf8"));
+    } catch {
+      return []; // No lease file: no DHCP server running on it (bridged, or dhcp = false).
+    }
   }
 
   /** One reading at a time; a refresh asked for meanwhile shares it. Never throws. */
@@ -81,13 +103,7 @@ export class MasterHostFacts {
     };
     const link = await out(["ip", "-j", "-d", "link", "show", "dev", dev]);
     const addr = link ? await out(["ip", "-j", "-4", "addr", "show", "dev", dev]) : null;
-    let leases: SecondaryView["leases"] = [];
-    try {
-      leases = parseLeases(readFileSync(dhcpPaths(this.o.stateDir, dev).leases, "utf8"));
-    } catch {
-      // No lease file: no DHCP server running on it (bridged, or dhcp = false).
-    }
-    this.secondary = secondaryView(dev, link, addr, leases);
+    this.reading = secondaryView(dev, link, addr, this.leases(dev));
   }
 
   private async readUplink(): Promise<Uplink> {
@@ -97,4 +113,30 @@ export class MasterHostFacts {
     const r = await this.exec(["ip", "-j", "route", "get", addr]);
     return r.code === 0 ? parseRouteGet(r.stdout) : null;
   }
+}
+
+/** The master's tunnel host, reading the host facts again once an end is made or undone: the
+ * status card shows the bridge on the secondary interface (or its end) with the change, not at
+ * the next timer (HOST_FACTS_MS in master.ts). */
+export function refreshingHost(host: MasterTunnelHost, facts: Pick<MasterHostFacts, "fresh">): MasterTunnelHost {
+  return {
+    open: async (req) => {
+      const end = await host.open(req);
+      await facts.fresh();
+      return {
+        device: end.device,
+        info: () => end.info(),
+        close: async () => {
+          try {
+            await end.close();
+          } finally {
+            await facts.fresh();
+          }
+        },
+      };
+    },
+    sweep: () => host.sweep(),
+    onSecondaryChange: (h) => host.onSecondaryChange(h),
+    ...(host.precheck ? { precheck: (req: Parameters<NonNullable<MasterTunnelHost["precheck"]>>[0]) => host.precheck!(req) } : {}),
+  };
 }

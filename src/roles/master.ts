@@ -43,7 +43,7 @@ import { guiComponent } from "../gui/attach.ts";
 import { masterDigest } from "../gui/digest.ts";
 import { noEvents, type Events } from "../events.ts";
 import { mergeCatalogue } from "./services.ts";
-import { MasterHostFacts } from "./master-host.ts";
+import { MasterHostFacts, refreshingHost } from "./master-host.ts";
 import { MAX_SESSION_TTL } from "../transport/messages.ts";
 import type { SessionView } from "../tunnel/master-forwarder.ts";
 
@@ -71,7 +71,7 @@ export class MasterRole implements Component {
     this.log = log;
     this.events = deps.events ?? noEvents;
     this.hostFacts = deps.hostFacts ?? new MasterHostFacts({ relayHost: cfg.relay?.host, secondary: cfg.tunnel.secondary, stateDir: cfg.state_dir });
-    this.tunnelHost = gateMasterHost(deps.tunnelHost ?? masterTunnelHost(cfg, log.withTag("tunnel")));
+    this.tunnelHost = refreshingHost(gateMasterHost(deps.tunnelHost ?? masterTunnelHost(cfg, log.withTag("tunnel"))), this.hostFacts);
     this.sessions = new MasterSessions({
       log: log.withTag("sessions"),
       relay: () => this.client.connection,

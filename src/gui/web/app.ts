@@ -399,7 +399,7 @@ async function masterSessions(): Promise<Node[]> {
         ["opened", ago(s.opened)],
         ["time left", h("span", { class: "countdown", "data-expires": s.expires ?? "" }, left(s.expires))],
         ["tunnel", t ? `${t.mode}, ${t.state}${t.reason ? ` (${t.reason})` : ""}` : null],
-        ["tunnel traffic", t?.packets ? `${bytes(t.packets.bytes_out)} out, ${bytes(t.packets.bytes_in)} in` : null],
+        ["tunnel traffic", t?.packets ? traffic(s.session, t.packets) : null],
         ["subnets", t?.subnets?.join(", ")],
       ]),
       ...(s.forwards ?? []).map((f: Json) =>
@@ -431,6 +431,26 @@ async function masterSessions(): Promise<Node[]> {
     sessions.length ? list : h("p", { class: "muted", id: "no-sessions" }, "No session. Open one from Devices or Services."),
     ...(held.length ? [h("h2", {}, "Timed access"), grants] : []),
   ];
+}
+
+/** A tunnel's byte counts, refreshed in place while the sessions page shows (refreshTraffic). */
+function traffic(session: string, p: Json): HTMLElement {
+  return h("span", { class: "traffic", "data-session": session, "data-bytes-out": p.bytes_out ?? 0, "data-bytes-in": p.bytes_in ?? 0 }, `${bytes(p.bytes_out)} out, ${bytes(p.bytes_in)} in`);
+}
+
+/** The counts move all the time, so the digest leaves them out (no "changed" for them): one
+ * `sessions` call every TRAFFIC_EVERY seconds, only while a tunnel's counts are on screen. */
+const TRAFFIC_EVERY = 5;
+let trafficTick = 0;
+async function refreshTraffic(): Promise<void> {
+  if (++trafficTick % TRAFFIC_EVERY !== 0 || rendering || document.hidden || main.dataset.page !== "sessions" || info?.role !== "master") return;
+  const shown = Array.from(document.querySelectorAll<HTMLElement>(".traffic"));
+  if (!shown.length) return;
+  const byId = new Map((await call<Json[]>("sessions").catch(() => [])).map((s) => [s.session, s.tunnel?.packets]));
+  for (const el of shown) {
+    const p = byId.get(el.dataset.session ?? "");
+    if (p) el.replaceWith(traffic(el.dataset.session!, p));
+  }
 }
 
 async function relayFleet(): Promise<Node[]> {
@@ -631,6 +651,7 @@ window.addEventListener("hashchange", () => {
 });
 // Countdowns tick in the page; nothing is fetched for them.
 setInterval(() => {
+  void refreshTraffic();
   for (const el of Array.from(document.querySelectorAll<HTMLElement>(".countdown"))) {
     const text = left(el.dataset.expires || null);
     el.textContent = text;
