@@ -7,7 +7,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startChecksumServer, transferBothWays, type ChecksumServer } from "./helpers/iperf.ts";
-import { freePort, processTree, programsPresent, socketCount, spawnChild, treeUsage, waitForListen } from "./helpers/proc.ts";
+import { freePort, processAgeSeconds, processTree, programsPresent, socketCount, spawnChild, treeUsage, waitForListen } from "./helpers/proc.ts";
 import { idleReport, levelFigures, measureIdleCapacity } from "../bench/lib/idle.ts";
 import { cpuPerGB, fmt, medianFigures, ratio, report, type PathFigures } from "../bench/lib/measure.ts";
 import { startSshPath, startStunnelPath, stunnelConfig } from "../bench/lib/peers.ts";
@@ -224,6 +224,7 @@ describe("idle capacity machinery", () => {
     try {
       await waitForListen(port, 10_000, server);
       const base = socketCount(server.pid);
+      const logged: string[] = [];
       const res = await measureIdleCapacity({
         relayPid: server.pid,
         connectorModule: join(import.meta.dir, "..", "bench", "lib", "idle-tcp-connector.ts"),
@@ -232,7 +233,11 @@ describe("idle capacity machinery", () => {
         batch: 50,
         idleMs: 300,
         settleMs: 200,
+        // The server is younger than this: the baseline waits (as for a relay's start-up trim).
+        minRelayAgeMs: 1_000 + processAgeSeconds(server.pid) * 1000,
+        log: (l) => void logged.push(l),
       });
+      expect(logged.some((l) => /waiting \d+\.\d s more for the relay's start-up trim/.test(l))).toBe(true);
       expect(res.levels.map((l) => [l.count, l.opened, l.failed])).toEqual([
         [200, 200, 0],
         [600, 600, 0],
@@ -278,6 +283,7 @@ describe("idle capacity machinery", () => {
         batch: 50,
         idleMs: 100,
         settleMs: 100,
+        minRelayAgeMs: 0,
         log: (line) => {
           if (!/ open \(/.test(line)) return;
           expect(socketCount(server.pid)).toBe(base); // still stopped: nothing accepted yet
