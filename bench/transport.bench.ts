@@ -38,6 +38,8 @@
 //   BENCH_ROUNDS=2000       ping-pong round trips per path (split over the repeats)
 //   BENCH_REPEAT=2          runs per path; paths take turns, figures are medians
 //   BENCH_PATHS=direct,splice,ssh,stunnel,ours   which paths, in this order
+//   BENCH_PHASES=iperf,pingpong  what each turn runs, in this order; "pingpong" alone measures
+//                           latency through processes that never carried bulk traffic
 //   BENCH_SPLICE_BUN_ARGS=  extra bun arguments for the splice hops (--cpu-prof: a profile)
 //   BENCH_SOCAT_BUFFER=65536  socat -b (socat's own default is 8192, a weaker peer)
 //   BENCH_IDLE=1            also run the idle-capacity measurement (bench/lib/idle.ts)
@@ -53,7 +55,7 @@ import { dirname, join } from "node:path";
 import { startIperfServer } from "../test/helpers/iperf.ts";
 import { programsPresent } from "../test/helpers/proc.ts";
 import { IDLE_CONNECTOR_MODULE, idleReport, measureIdleCapacity } from "./lib/idle.ts";
-import { measurePaths, report, type PathFigures } from "./lib/measure.ts";
+import { measurePaths, report, type PathFigures, type Phase } from "./lib/measure.ts";
 import { agentCli, startFleet, startOursPath } from "./lib/ours.ts";
 import type { Path } from "./lib/path.ts";
 import { DEFAULT_SOCAT_BUFFER, startSshPath, startStunnelPath } from "./lib/peers.ts";
@@ -77,6 +79,11 @@ if (idleCounts.some((n) => !Number.isInteger(n) || n < 1 || n > MAX_IDLE_COUNT))
 }
 // The connector speaks the protocol of the agent under test: take it from the same checkout.
 const idleConnector = env.BENCH_IDLE_CONNECTOR || (env.BENCH_AGENT_MAIN ? join(dirname(env.BENCH_AGENT_MAIN), "..", "bench", "lib", "idle-connector.ts") : IDLE_CONNECTOR_MODULE);
+const phases = (env.BENCH_PHASES ?? "iperf,pingpong").split(",").map((s) => s.trim());
+if (phases.length === 0 || phases.some((p) => p !== "iperf" && p !== "pingpong")) {
+  console.error(`BENCH_PHASES: want a comma-separated list of iperf and pingpong, got ${JSON.stringify(env.BENCH_PHASES)}`);
+  process.exit(2);
+}
 const wanted = (env.BENCH_PATHS ?? `direct,splice,ssh,stunnel,ours${env.BENCH_BASE_MAIN ? ",base" : ""}`).split(",").map((s) => s.trim());
 
 if (!programsPresent("transport.bench.ts", ["iperf3", "/usr/sbin/sshd", "ssh", "ssh-keygen", "stunnel", "socat", "openssl"])) process.exit(1);
@@ -124,7 +131,7 @@ cleanups.push(() => echo.stop());
 const rows: PathFigures[] = [];
 let failed = false;
 try {
-  console.log(`iperf3 ${seconds} s per run, ${repeat} run(s) per path interleaved, ${rounds} ping-pong rounds per path`);
+  console.log(`iperf3 ${seconds} s per run, ${repeat} run(s) per path interleaved, ${rounds} ping-pong rounds per path; each turn: ${phases.join(" then ")}; load average ${(await Bun.file("/proc/loadavg").text()).split(" ").slice(0, 3).join(" ")}`);
   // Every path is set up first and stays up (idle) while the others are measured.
   const unavailable = new Map<string, string>();
   for (const w of wanted) {
@@ -149,7 +156,7 @@ try {
       }
     }
   }
-  const measured = await measurePaths(started, { seconds, rounds, repeat, log: (l) => console.log(l) });
+  const measured = await measurePaths(started, { seconds, rounds, repeat, phases: phases as Phase[], log: (l) => console.log(l) });
   for (const w of wanted) {
     const name = names[w]!;
     const m = measured.find((f) => f.name === name);

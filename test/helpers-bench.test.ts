@@ -7,9 +7,9 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startChecksumServer, transferBothWays, type ChecksumServer } from "./helpers/iperf.ts";
-import { freePort, processTree, programsPresent, socketCount, spawnChild, treeUsage, waitForListen } from "./helpers/proc.ts";
+import { freePort, processAgeSeconds, processTree, programsPresent, socketCount, spawnChild, treeUsage, waitForListen } from "./helpers/proc.ts";
 import { idleReport, levelFigures, measureIdleCapacity } from "../bench/lib/idle.ts";
-import { cpuPerGB, fmt, ratio, report, type PathFigures } from "../bench/lib/measure.ts";
+import { cpuPerGB, fmt, medianFigures, ratio, report, type PathFigures } from "../bench/lib/measure.ts";
 import { startSshPath, startStunnelPath, stunnelConfig } from "../bench/lib/peers.ts";
 import { percentile, pingPong, startEchoServer, summarize } from "../bench/lib/pingpong.ts";
 
@@ -76,6 +76,25 @@ describe("report arithmetic", () => {
     expect(text).toMatch(/^\(c\) +2\.00x +2\.00x +0\.50x +0\.50x +0\.50x +1\.00x/m);
     expect(text).toMatch(/^ours +n\/a$/m);
     expect(text).toContain("ours: not available: agent connect: unknown command");
+  });
+
+  test("medianFigures: every figure is the median over turns, not pooled; a phase that did not run stays empty", () => {
+    const lat = (p99: number) => ({ rounds: 100, medianUs: p99 / 4, p99Us: p99, maxUs: p99 * 3, meanUs: p99 / 3 });
+    const f = medianFigures("ours", "n", [
+      { gbps1: 1, gbps4: 4, latency: lat(900), relay: { cpuSecondsPerGB: 3, peakRssMiB: 50 }, wholePath: { cpuSecondsPerGB: 9, peakRssMiB: 150 } },
+      { gbps1: 3, gbps4: 2, latency: lat(5000), relay: { cpuSecondsPerGB: 1, peakRssMiB: 70 }, wholePath: { cpuSecondsPerGB: 5, peakRssMiB: 130 } },
+      { gbps1: 2, gbps4: 3, latency: lat(600), relay: { cpuSecondsPerGB: 2, peakRssMiB: 60 }, wholePath: { cpuSecondsPerGB: 7, peakRssMiB: 140 } },
+    ]);
+    expect([f.gbps1, f.gbps4]).toEqual([2, 3]);
+    // One turn's bad tail does not become the figure: the median turn's p99 is.
+    expect(f.latency).toEqual({ rounds: 300, medianUs: 225, p99Us: 900, maxUs: 2700, meanUs: 300 });
+    expect(f.relay).toEqual({ cpuSecondsPerGB: 2, peakRssMiB: 60 });
+    expect(f.wholePath).toEqual({ cpuSecondsPerGB: 7, peakRssMiB: 140 });
+    expect(f.runs).toEqual({ gbps1: [1, 3, 2], gbps4: [4, 2, 3], p99Us: [900, 5000, 600] });
+    const pingOnly = medianFigures("ours", "n", [{ latency: lat(400) }, { latency: lat(800) }]);
+    expect(pingOnly.gbps1).toBeUndefined();
+    expect(pingOnly.relay).toBeUndefined();
+    expect(pingOnly.latency?.p99Us).toBe(600);
   });
 });
 
@@ -205,6 +224,7 @@ describe("idle capacity machinery", () => {
     try {
       await waitForListen(port, 10_000, server);
       const base = socketCount(server.pid);
+      const logged: string[] = [];
       const res = await measureIdleCapacity({
         relayPid: server.pid,
         connectorModule: join(import.meta.dir, "..", "bench", "lib", "idle-tcp-connector.ts"),
@@ -213,7 +233,11 @@ describe("idle capacity machinery", () => {
         batch: 50,
         idleMs: 300,
         settleMs: 200,
+        // The server is younger than this: the baseline waits (as for a relay's start-up trim).
+        minRelayAgeMs: 1_000 + processAgeSeconds(server.pid) * 1000,
+        log: (l) => void logged.push(l),
       });
+      expect(logged.some((l) => /waiting \d+\.\d s more for the relay's start-up trim/.test(l))).toBe(true);
       expect(res.levels.map((l) => [l.count, l.opened, l.failed])).toEqual([
         [200, 200, 0],
         [600, 600, 0],
@@ -259,6 +283,7 @@ describe("idle capacity machinery", () => {
         batch: 50,
         idleMs: 100,
         settleMs: 100,
+        minRelayAgeMs: 0,
         log: (line) => {
           if (!/ open \(/.test(line)) return;
           expect(socketCount(server.pid)).toBe(base); // still stopped: nothing accepted yet

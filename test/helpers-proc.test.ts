@@ -12,6 +12,7 @@ import {
   parseListeners,
   parseListening,
   parseStat,
+  parseStartTicks,
   parseStatusKiB,
   processTree,
   rssKiB,
@@ -41,6 +42,11 @@ describe("parseStat", () => {
   test.each([["no parentheses", "1234 sshd S 1"], ["too short", "1 (x) S 1 2"]])("rejects %s", (_name, text) => {
     expect(() => parseStat(text)).toThrow(/proc\/PID\/stat/);
   });
+});
+
+test("parseStartTicks: field 22, counted from the last ')'", () => {
+  expect(parseStartTicks(stat("a) (b", 9, 100, 200, 300, 400))).toBe(5000);
+  expect(() => parseStartTicks("1 (x) S 1 2")).toThrow(/start time/);
 });
 
 describe("parseStatusKiB", () => {

@@ -17,7 +17,7 @@
 //   ──"exit"────────────────────────────▶   closes everything, exits
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { cpuSeconds, nofileArgv, rssKiB, socketCount, spawnChild, type Child } from "../../test/helpers/proc.ts";
+import { cpuSeconds, nofileArgv, processAgeSeconds, rssKiB, socketCount, spawnChild, type Child } from "../../test/helpers/proc.ts";
 import { formatTable } from "../../src/table.ts";
 
 export const IDLE_CONNECTOR_MODULE = join(import.meta.dir, "idle-connector.ts");
@@ -30,6 +30,13 @@ export const DEFAULT_BATCH = 24;
 export const DEFAULT_IDLE_MS = 10_000;
 /** After a level is reached: let handshakes, GC and lazy allocations settle before sampling. */
 export const SETTLE_MS = 3_000;
+/**
+ * The baseline is taken only once the relay is this old: a daemon drops the executable's code
+ * pages from its RSS 10 s after it started (TEXT_TRIM_DELAY_MS in src/roles/daemon.ts), and a
+ * baseline taken before that is ~25 MiB too high, which makes the per-device figure look
+ * smaller than it is.
+ */
+export const RELAY_SETTLED_AGE_MS = 13_000;
 /** The longest one level may take to open (5,000 TLS handshakes on 2 cores fit well inside). */
 const LEVEL_TIMEOUT_MS = 300_000;
 /**
@@ -115,6 +122,8 @@ export interface IdleOptions {
   settleMs?: number;
   /** How long to wait for the relay to hold the opened connections (default HOLD_TIMEOUT_MS). */
   holdTimeoutMs?: number;
+  /** The relay's age before its baseline is sampled (default RELAY_SETTLED_AGE_MS). */
+  minRelayAgeMs?: number;
   /** How many devices the relay reports online (e.g. via `agent devices --json`): proves they authenticated. */
   listed?: () => Promise<number>;
   /** Progress lines (preparation and each level take minutes at 5,000). */
@@ -138,6 +147,12 @@ export async function measureIdleCapacity(o: IdleOptions): Promise<IdleResult> {
     if (prep.error) throw new Error(`idle connector prepare failed: ${prep.error}`);
     log(`idle: connector prepared ${Math.max(...counts)} devices in ${took()}`);
     await Bun.sleep(settleMs);
+    const age = processAgeSeconds(o.relayPid) * 1000;
+    const minAge = o.minRelayAgeMs ?? RELAY_SETTLED_AGE_MS;
+    if (age < minAge) {
+      log(`idle: waiting ${((minAge - age) / 1000).toFixed(1)} s more for the relay's start-up trim before the baseline`);
+      await Bun.sleep(minAge - age);
+    }
     const baselineRssKiB = rssKiB(o.relayPid);
     const baselineSockets = socketCount(o.relayPid);
     const levels: IdleLevel[] = [];

@@ -25,12 +25,23 @@ export interface PathFigures {
   unavailable?: string;
   gbps1?: number;
   gbps4?: number;
-  /** Every iperf3 run's result, for the report's spread. */
-  runs?: { gbps1: number[]; gbps4: number[] };
+  /** Every turn's figures, in order, for the report's spread. */
+  runs?: { gbps1: number[]; gbps4: number[]; p99Us?: number[] };
   latency?: LatencySummary;
   relay?: ProcessCost;
   wholePath?: ProcessCost;
 }
+
+/** What one turn through one path measured (a phase that did not run leaves its fields out). */
+export interface TurnFigures {
+  gbps1?: number;
+  gbps4?: number;
+  latency?: LatencySummary;
+  relay?: ProcessCost;
+  wholePath?: ProcessCost;
+}
+
+export type Phase = "iperf" | "pingpong";
 
 export interface MeasureOptions {
   /** iperf3 duration per run, seconds. */
@@ -39,6 +50,11 @@ export interface MeasureOptions {
   rounds: number;
   /** Rounds over all paths: each figure is the median of this many runs per path. */
   repeat: number;
+  /**
+   * What each turn runs, in this order (default iperf3 then ping-pong). ["pingpong"] alone
+   * measures latency through processes whose heaps never carried bulk traffic.
+   */
+  phases?: readonly Phase[];
   /** Progress lines. */
   log?: (line: string) => void;
 }
@@ -54,18 +70,51 @@ export function median(values: readonly number[]): number {
   return v.length % 2 ? v[mid]! : (v[mid - 1]! + v[mid]!) / 2;
 }
 
+/** The median over turns of one figure; undefined when no turn measured it. Pure. */
+function medianOf(turns: readonly TurnFigures[], get: (t: TurnFigures) => number | undefined): number | undefined {
+  const v = turns.map(get).filter((x): x is number => x !== undefined && Number.isFinite(x));
+  return v.length ? median(v) : undefined;
+}
+
+/**
+ * Every figure of a path as the median over its turns (issue 18: "same run, medians over
+ * turns"): throughput, each latency statistic (a turn's p99 is over that turn's round trips),
+ * CPU per GB and peak RSS. Pure.
+ */
+export function medianFigures(name: string, notes: string, turns: readonly TurnFigures[]): PathFigures {
+  const m = (get: (t: TurnFigures) => number | undefined) => medianOf(turns, get);
+  const lat = turns.filter((t) => t.latency);
+  const cost = (which: "relay" | "wholePath"): ProcessCost | undefined =>
+    turns.some((t) => t[which]) ? { cpuSecondsPerGB: m((t) => t[which]?.cpuSecondsPerGB) ?? NaN, peakRssMiB: m((t) => t[which]?.peakRssMiB) ?? NaN } : undefined;
+  return {
+    name,
+    notes,
+    gbps1: m((t) => t.gbps1),
+    gbps4: m((t) => t.gbps4),
+    runs: {
+      gbps1: turns.flatMap((t) => (t.gbps1 === undefined ? [] : [t.gbps1])),
+      gbps4: turns.flatMap((t) => (t.gbps4 === undefined ? [] : [t.gbps4])),
+      p99Us: lat.map((t) => t.latency!.p99Us),
+    },
+    latency: lat.length
+      ? {
+          rounds: lat.reduce((a, t) => a + t.latency!.rounds, 0),
+          medianUs: m((t) => t.latency?.medianUs)!,
+          p99Us: m((t) => t.latency?.p99Us)!,
+          maxUs: m((t) => t.latency?.maxUs)!,
+          meanUs: m((t) => t.latency?.meanUs)!,
+        }
+      : undefined,
+    relay: cost("relay"),
+    wholePath: cost("wholePath"),
+  };
+}
+
 type Measured = Pick<Path, "name" | "notes" | "entries" | "relayPids" | "pathPids">;
 
-/** Running totals of one path over all its runs. */
+/** One path's turns so far. */
 class Tally {
-  gbps1: number[] = [];
-  gbps4: number[] = [];
-  samplesNs: number[] = [];
-  bytes = 0;
-  relayCpu = 0;
-  pathCpu = 0;
-  relayPeakKiB = 0;
-  pathPeakKiB = 0;
+  turns: TurnFigures[] = [];
   /** Set when a run through this path failed: the path is left out of the later runs. */
   error: string | undefined;
   constructor(readonly path: Measured) {}
@@ -80,82 +129,86 @@ class Tally {
     }
   }
 
+  /** The figures of the turn under way (the last one). */
+  turn(rep: number): TurnFigures {
+    while (this.turns.length < rep) this.turns.push({});
+    return this.turns[rep - 1]!;
+  }
+
   usage(which: "relay" | "path") {
     const pids = which === "relay" ? this.path.relayPids : this.path.pathPids;
     return pids.length ? treeUsage(pids) : undefined;
   }
 
-  sampleRss(): void {
-    this.relayPeakKiB = Math.max(this.relayPeakKiB, this.usage("relay")?.rssKiB ?? 0);
-    this.pathPeakKiB = Math.max(this.pathPeakKiB, this.usage("path")?.rssKiB ?? 0);
-  }
-
-  /** One iperf3 run through this path, its relay's CPU counted and RSS sampled meanwhile. */
-  async iperf(port: number, seconds: number, parallel: number): Promise<IperfResult> {
+  /** iperf3 with 1 then 4 streams: this turn's throughput, CPU per GB over both runs, peak RSS. */
+  async iperfTurn(t: TurnFigures, port: number, seconds: number): Promise<void> {
+    const peak = { relay: 0, path: 0 };
+    const sample = () => {
+      peak.relay = Math.max(peak.relay, this.usage("relay")?.rssKiB ?? 0);
+      peak.path = Math.max(peak.path, this.usage("path")?.rssKiB ?? 0);
+    };
     const r0 = this.usage("relay");
     const p0 = this.usage("path");
-    const timer = setInterval(() => this.sampleRss(), RSS_SAMPLE_MS);
-    let r: IperfResult;
-    try {
-      r = await runIperf({ host: "127.0.0.1", port, seconds, parallel });
-    } finally {
-      clearInterval(timer);
-    }
-    // A fork-per-connection relay (socat) counts a finished worker's CPU once it has reaped it.
-    await Bun.sleep(REAP_SETTLE_MS);
-    this.sampleRss();
+    let bytes = 0;
+    const run = async (parallel: number): Promise<IperfResult> => {
+      const timer = setInterval(sample, RSS_SAMPLE_MS);
+      let r: IperfResult;
+      try {
+        r = await runIperf({ host: "127.0.0.1", port, seconds, parallel });
+      } finally {
+        clearInterval(timer);
+      }
+      // A fork-per-connection relay (socat) counts a finished worker's CPU once it has reaped it.
+      await Bun.sleep(REAP_SETTLE_MS);
+      sample();
+      // Bytes that went through the path: what the sender wrote (the receiver may miss the tail).
+      bytes += r.sentBytes;
+      return r;
+    };
+    t.gbps1 = (await run(1)).receivedBps / 1e9;
+    t.gbps4 = (await run(4)).receivedBps / 1e9;
     const r1 = this.usage("relay");
     const p1 = this.usage("path");
-    // Bytes that went through the path: what the sender wrote (the receiver may miss the tail).
-    this.bytes += r.sentBytes;
-    if (r0 && r1) this.relayCpu += r1.cpuSeconds - r0.cpuSeconds;
-    if (p0 && p1) this.pathCpu += p1.cpuSeconds - p0.cpuSeconds;
-    return r;
+    if (r0 && r1) t.relay = { cpuSecondsPerGB: cpuPerGB(r1.cpuSeconds - r0.cpuSeconds, bytes), peakRssMiB: peak.relay / 1024 };
+    if (p0 && p1) t.wholePath = { cpuSecondsPerGB: cpuPerGB(p1.cpuSeconds - p0.cpuSeconds, bytes), peakRssMiB: peak.path / 1024 };
   }
 
   figures(): PathFigures {
     if (this.error) return { name: this.path.name, notes: this.path.notes, unavailable: this.error };
-    const hasRelay = this.path.relayPids.length > 0;
-    const hasPath = this.path.pathPids.length > 0;
-    return {
-      name: this.path.name,
-      notes: this.path.notes,
-      gbps1: median(this.gbps1),
-      gbps4: median(this.gbps4),
-      runs: { gbps1: this.gbps1, gbps4: this.gbps4 },
-      latency: summarize(this.samplesNs),
-      relay: hasRelay ? { cpuSecondsPerGB: cpuPerGB(this.relayCpu, this.bytes), peakRssMiB: this.relayPeakKiB / 1024 } : undefined,
-      wholePath: hasPath ? { cpuSecondsPerGB: cpuPerGB(this.pathCpu, this.bytes), peakRssMiB: this.pathPeakKiB / 1024 } : undefined,
-    };
+    return medianFigures(this.path.name, this.path.notes, this.turns);
   }
 }
 
 /**
- * Measures every path, interleaved: each repeat runs iperf3 with 1 then 4 streams through
+ * Measures every path, interleaved: each turn runs iperf3 with 1 then 4 streams through
  * path A, B, C..., then the ping-pong through each; so background load on a shared machine
  * falls on all paths alike instead of on whichever ran during it. Each path's entries are
- * [iperf3, echo]. Throughput is the median over repeats, latency is over all round trips,
- * CPU per GB over all bytes carried, RSS the peak sampled during iperf3.
+ * [iperf3, echo]. Every figure is the median over the turns (medianFigures).
  */
 export async function measurePaths(paths: readonly Measured[], o: MeasureOptions): Promise<PathFigures[]> {
   for (const p of paths) {
     if (p.entries.length !== 2) throw new Error(`${p.name}: want two entries (iperf3, echo), got ${p.entries.length}`);
   }
+  const phases = o.phases ?? ["iperf", "pingpong"];
   const tallies = paths.map((p) => new Tally(p));
   const roundsPerRepeat = Math.max(1, Math.ceil(o.rounds / o.repeat));
   for (let rep = 1; rep <= o.repeat; rep++) {
-    for (const t of tallies) {
-      await t.step("iperf3", async () => {
-        const one = await t.iperf(t.path.entries[0]!, o.seconds, 1);
-        const four = await t.iperf(t.path.entries[0]!, o.seconds, 4);
-        t.gbps1.push(one.receivedBps / 1e9);
-        t.gbps4.push(four.receivedBps / 1e9);
-        o.log?.(`run ${rep}/${o.repeat} ${t.path.name}: ${(one.receivedBps / 1e9).toFixed(2)} Gbit/s x1, ${(four.receivedBps / 1e9).toFixed(2)} Gbit/s x4`);
-      });
-      if (t.error) o.log?.(`${t.path.name}: ${t.error}`);
-    }
-    for (const t of tallies) {
-      await t.step("ping-pong", async () => void t.samplesNs.push(...(await pingPongSamples("127.0.0.1", t.path.entries[1]!, roundsPerRepeat))));
+    for (const phase of phases) {
+      for (const t of tallies) {
+        const turn = t.turn(rep);
+        if (phase === "iperf") {
+          await t.step("iperf3", async () => {
+            await t.iperfTurn(turn, t.path.entries[0]!, o.seconds);
+            o.log?.(`run ${rep}/${o.repeat} ${t.path.name}: ${turn.gbps1!.toFixed(2)} Gbit/s x1, ${turn.gbps4!.toFixed(2)} Gbit/s x4`);
+          });
+        } else {
+          await t.step("ping-pong", async () => {
+            turn.latency = summarize(await pingPongSamples("127.0.0.1", t.path.entries[1]!, roundsPerRepeat));
+            o.log?.(`run ${rep}/${o.repeat} ${t.path.name}: rtt median ${turn.latency.medianUs.toFixed(0)} us, p99 ${turn.latency.p99Us.toFixed(0)} us`);
+          });
+        }
+        if (t.error) o.log?.(`${t.path.name}: ${t.error}`);
+      }
     }
   }
   return tallies.map((t) => t.figures());
@@ -202,7 +255,8 @@ export function report(rows: readonly PathFigures[], peers: readonly PathFigures
     out.push(`ratio to ${peer.name} (throughput: higher is better; latency, CPU, RSS: lower is better)\n` + formatTable(["path", ...METRICS.map((m) => m.label)], lines));
   }
   const spread = (v: number[] | undefined) => (v && v.length ? v.map((x) => x.toFixed(2)).join(" ") : "-");
-  out.push(rows.filter((r) => r.runs).map((r) => `${r.name}: Gbit/s per run x1 [${spread(r.runs?.gbps1)}], x4 [${spread(r.runs?.gbps4)}]`).join("\n") + "\n");
+  const spread0 = (v: number[] | undefined) => (v && v.length ? v.map((x) => x.toFixed(0)).join(" ") : "-");
+  out.push("every figure above is the median over turns; per turn:\n" + rows.filter((r) => r.runs).map((r) => `${r.name}: Gbit/s x1 [${spread(r.runs?.gbps1)}], x4 [${spread(r.runs?.gbps4)}], rtt p99 us [${spread0(r.runs?.p99Us)}]`).join("\n") + "\n");
   out.push(rows.map((r) => `${r.name}: ${r.notes}`).join("\n") + "\n");
   return out.join("\n");
 }

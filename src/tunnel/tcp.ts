@@ -13,6 +13,15 @@ interface SocketData {
 const CLOSED_EARLY = "the connection closed before both directions had finished";
 
 /**
+ * Writes that follow one another in the same tick (the DATA frames one TLS read held) are
+ * gathered up to this many bytes and sent at the tick's end as one write. The first write of a
+ * tick goes straight out: a lone message (a keystroke, a ping) waits for nothing.
+ */
+const GATHER_MAX = 128 * 1024;
+/** Where a tick's gathered pieces are joined for their one write; reused, never kept. */
+const joined = new Uint8Array(GATHER_MAX);
+
+/**
  * A TCP socket as a Duplex. Bun's `write` takes what the kernel will hold and says how much:
  * the rest waits here (and `write` says false) until the socket drains. Data that arrives while
  * paused (a read already under way) waits here too, so `pause()` is exact.
@@ -23,6 +32,15 @@ export class TcpDuplex implements Duplex {
   /** Arrived while paused: chunks, then possibly the peer's FIN and a clean close. */
   private inbox: (Uint8Array | "end" | "close")[] = [];
   private pending: Uint8Array[] = [];
+  /** Written in this tick after a write went straight out: sent together at the tick's end. */
+  private gathered: Uint8Array[] = [];
+  private gatheredBytes = 0;
+  /** A write went out in this tick (the tick-end flush is queued). */
+  private ticking = false;
+  private readonly tickEnd = (): void => {
+    this.ticking = false;
+    if (this.gathered.length && !this.done) this.flushGathered();
+  };
   private endRequested = false;
   private endAfterPending = false;
   private writeShut = false;
@@ -51,17 +69,59 @@ export class TcpDuplex implements Duplex {
       this.pending.push(chunk.slice());
       return false;
     }
-    const n = this.socket.write(chunk);
+    if (this.ticking) {
+      // A write already went out in this tick: this one waits for the tick's end, with the
+      // others that follow, and they go as one write (one syscall instead of several).
+      if (this.gathered.length && this.gatheredBytes + chunk.length > GATHER_MAX && !this.flushGathered()) {
+        this.pending.push(chunk.slice());
+        return false;
+      }
+      // Held, not copied, until the tick's end (one copy then, into the joined write): what
+      // reaches a duplex is a buffer of its own (a data event's, or a mux payload in one), as
+      // mux streams already hold what they are given (Stream.write).
+      this.gathered.push(chunk);
+      this.gatheredBytes += chunk.length;
+      return true;
+    }
+    this.ticking = true;
+    queueMicrotask(this.tickEnd);
+    return this.send(chunk);
+  }
+
+  /** One write of `buf`, what the socket does not take kept (a copy) until drain. */
+  private send(buf: Uint8Array): boolean {
+    const n = this.socket.write(buf);
     if (n < 0) return false; // closing: the close event follows
-    if (n < chunk.length) {
-      this.pending.push(chunk.slice(n));
+    if (n < buf.length) {
+      this.pending.push(buf.slice(n));
       return false;
     }
     return true;
   }
 
+  /** The gathered pieces as one write (joined in a shared buffer, which send does not keep). */
+  private flushGathered(): boolean {
+    const pieces = this.gathered;
+    const size = this.gatheredBytes;
+    this.gathered = [];
+    this.gatheredBytes = 0;
+    if (this.pending.length) {
+      for (const p of pieces) this.pending.push(p.slice());
+      return false;
+    }
+    // One piece (it may be larger than the buffer) goes as it is; several fit (see write).
+    if (pieces.length === 1) return this.send(pieces[0]!);
+    let at = 0;
+    for (const p of pieces) {
+      joined.set(p, at);
+      at += p.length;
+    }
+    return this.send(joined.subarray(0, size));
+  }
+
   end(): void {
     if (this.done || this.endRequested) return;
+    if (this.gathered.length) this.flushGathered();
     this.endRequested = true;
     if (this.pending.length) this.endAfterPending = true;
     else this.shut();
@@ -72,6 +132,7 @@ export class TcpDuplex implements Duplex {
     this.done = true;
     this.inbox = [];
     this.pending = [];
+    this.gathered = [];
     this.socket.terminate();
     this.closeErr = err;
     this.fireClose();
@@ -171,6 +232,7 @@ export class TcpDuplex implements Duplex {
     }
     this.inbox = [];
     this.pending = [];
+    this.gathered = [];
     this.closeErr = err ?? new Error(CLOSED_EARLY);
     this.fireClose();
   }

@@ -38,6 +38,14 @@ export function parseStat(text: string): StatFields {
   return { ppid: num(4), utime: num(14), stime: num(15), cutime: num(16), cstime: num(17) };
 }
 
+/** Field 22 of /proc/PID/stat: when the process started, clock ticks after boot. */
+export function parseStartTicks(text: string): number {
+  const close = text.lastIndexOf(")");
+  const v = Number(close < 0 ? NaN : text.slice(close + 2).trim().split(/\s+/)[22 - 3]);
+  if (!Number.isInteger(v)) throw new Error(`not a /proc/PID/stat line with a start time: ${JSON.stringify(text.slice(0, 80))}`);
+  return v;
+}
+
 /** Reads a "Key:   123 kB" line of /proc/PID/status, in KiB. Kernel threads have no VmRSS: 0. */
 export function parseStatusKiB(text: string, key: "VmRSS" | "VmHWM"): number {
   const m = new RegExp(`^${key}:\\s+(\\d+) kB$`, "m").exec(text);
@@ -85,6 +93,12 @@ export function cpuSeconds(pid: number, opts: { children?: boolean } = {}): numb
   const s = parseStat(readProc(pid, "stat"));
   const ticks = s.utime + s.stime + (opts.children ? s.cutime + s.cstime : 0);
   return ticks / clockTicks();
+}
+
+/** Seconds since `pid` started (/proc/uptime minus its start time). */
+export function processAgeSeconds(pid: number): number {
+  const uptime = Number(readFileSync("/proc/uptime", "utf8").split(" ")[0]);
+  return uptime - parseStartTicks(readProc(pid, "stat")) / clockTicks();
 }
 
 /** Parent pid of every live process (a snapshot of /proc). */
