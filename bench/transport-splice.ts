@@ -6,13 +6,12 @@
 // Mutual authentication with RSA-2048 certificates (the size our PKI issues), TCP_NODELAY on
 // every socket, one TLS connection per TCP connection. No framing, no credit, no streams: what
 // ours adds on top of this is what the benchmark's ratios to this row measure.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BUN } from "../test/helpers/cli.ts";
-import { Children, freePort, waitForListen } from "../test/helpers/proc.ts";
-import { startOrClean, type Path } from "./lib/path.ts";
+import { freePort, waitForListen } from "../test/helpers/proc.ts";
+import type { Path } from "./lib/path.ts";
 import { makeTlsFiles } from "./lib/peers.ts";
+import { inScratch } from "./lib/scratch.ts";
 
 const START_MS = 15_000;
 const HOP = join(import.meta.dir, "transport-splice-hop.ts");
@@ -23,13 +22,7 @@ function bunArgs(): string[] {
 }
 
 export async function startSplicePath(targets: readonly number[]): Promise<Path> {
-  const kids = new Children();
-  const dir = mkdtempSync(join(tmpdir(), "agent-bench-splice-"));
-  const stop = async () => {
-    await kids.stopAll();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  return startOrClean(async () => {
+  return inScratch("agent-bench-splice-", async ({ kids, dir, stop }) => {
     const tls = await makeTlsFiles(dir);
     const ports = async () => Promise.all(targets.map(() => freePort()));
     const [entries, r1, r2] = [await ports(), await ports(), await ports()];
@@ -54,5 +47,5 @@ export async function startSplicePath(targets: readonly number[]): Promise<Path>
       stop,
       [Symbol.asyncDispose]: stop,
     } satisfies Path;
-  }, stop);
+  });
 }

@@ -19,6 +19,7 @@ import {
 } from "./netaddr.ts";
 import { UsageError } from "./errors.ts";
 import { SERVICE_KINDS, SERVICE_LIMITS, type ServiceKind } from "./transport/messages.ts";
+import { Timing } from "./transport/policy.ts";
 import { stat } from "node:fs/promises";
 
 export const ROLES = ["relay", "onsite", "master"] as const;
@@ -172,6 +173,8 @@ export interface Config {
   // ---- fleet operations (issue 14) ----
   /** Relay: a session with no stream and no packet for this long ends (ms). */
   session_idle_timeout: number;
+  /** Relay: a connection with bytes queued for its peer and none taken for this long is closed (ms; never below its keepalive timeout). */
+  write_stall_timeout: number;
   /** Any role: serve Prometheus metrics (GET /metrics) on this address. Unset: no listener. */
   metrics?: HostPort;
   /** Relay: every connection starts with a PROXY protocol v2 header from a load balancer. */
@@ -536,6 +539,7 @@ const EXAMPLES: Record<string, string> = {
   nymea: '[nymea] tcp = "0.0.0.0:2213", ws = "0.0.0.0:2212", tokens = "/etc/agent/nymea-tokens", inactive_timeout = "8s"',
   tunnel: '[tunnel] secondary = "eth1", dhcp = true, pool = "10.99.0.0/16" (master); enabled = true, bridged = false, lan_bridge = "br-lan" (onsite)',
   session_idle_timeout: 'session_idle_timeout = "1h"   (relay; 1s to 30d)',
+  write_stall_timeout: 'write_stall_timeout = "20s"   (relay; 1s to 1h)',
   metrics: 'metrics = "127.0.0.1:9464"   (GET /metrics, Prometheus text format)',
   proxy_protocol: "proxy_protocol = true   (relay behind a load balancer that sends PROXY v2)",
   heartbeat_interval: 'heartbeat_interval = "25s"   (onsite: UDP heartbeat to the relay)',
@@ -579,6 +583,7 @@ const TOP: Schema = {
   json_logs: bool,
   // fleet operations (issue 14)
   session_idle_timeout: duration(1000, 30 * 86_400_000),
+  write_stall_timeout: duration(1000, 3_600_000),
   metrics: listenHostPort,
   proxy_protocol: bool,
   heartbeat_interval: duration(1000, 3_600_000),
@@ -768,6 +773,7 @@ export function defaults(): Config {
     service: [],
     tunnel: { secondary: "eth1", dhcp: true, pool: parseCidr("10.99.0.0/16"), enabled: false, bridged: false, lan_bridge: "br-lan" },
     session_idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
+    write_stall_timeout: Timing.writeStallTimeout,
     proxy_protocol: false,
     // Failover within ~4 s of a black hole (3 failed 1 s rounds), at once on link loss. Three
     // staggered connects per round keep a 10%-lossy link from failing 3 rounds in a row
@@ -1149,6 +1155,7 @@ const ROLE_KEYS: Record<string, { roles: readonly Role[]; why: string; shown: st
   relay: { roles: ["onsite", "master"], why: "the relay dials no relay; it listens on `listen`", shown: "relay" },
   proxy: { roles: ["onsite", "master"], why: "the relay dials nothing; only onsite devices and masters go through a proxy", shown: "proxy" },
   session_idle_timeout: { roles: ["relay"], why: "only the relay holds sessions between masters and devices", shown: "session_idle_timeout" },
+  write_stall_timeout: { roles: ["relay"], why: "it is the relay's limit on peers that stop reading", shown: "write_stall_timeout" },
   proxy_protocol: { roles: ["relay"], why: "only the relay accepts connections from a load balancer", shown: "proxy_protocol" },
   enroll: { roles: ["onsite", "relay"], why: "a master is issued its bundle with `agent pki issue`; only onsite devices enroll", shown: "[enroll]" },
 };

@@ -23,6 +23,7 @@ import type { ConfigFacts } from "./doctor-config.ts";
 import { formatMode } from "./pki.ts";
 import { realExecSync, type ExecSync } from "./os/spawn.ts";
 import { formatTable } from "./table.ts";
+import { natTimeRow, probeNatTime, type NatTimeFact } from "./doctor-nat-time.ts";
 
 export { gatherConfigFacts, RELAY_CONNECT_TIMEOUT_MS, type BundleFacts, type ConfigFacts, type ConfigGatherOptions } from "./doctor-config.ts";
 
@@ -85,6 +86,8 @@ export interface HostFacts {
   ipForward?: { value: string | null; error?: string };
   /** What the config file names, checked; absent when doctor ran without one. */
   config?: ConfigFacts;
+  /** Whether the auto-picked NAT backend can match on time (doctor-nat-time.ts); absent when there is none. */
+  natTime?: NatTimeFact;
 }
 
 /** Parses a CapEff/CapPrm hex field ("000001ffffffffff") into a bit mask. */
@@ -206,6 +209,8 @@ export function gatherFacts(opts: GatherOptions = {}): HostFacts {
 
   const status = readOptional("/proc/self/status");
   const caps = status === undefined ? undefined : capabilitiesFromProcStatus(status);
+  const nat = autoNatBackend({ tools, iptablesBackend });
+  const natTime = nat ? probeNatTime(nat, (nat === "nft" ? tools.nft : tools["iptables-restore"])!, opts.execSync ?? realExecSync) : undefined;
 
   return {
     os: detectOs(readOptional("/etc/os-release"), readOptional("/etc/openwrt_release")),
@@ -217,6 +222,7 @@ export function gatherFacts(opts: GatherOptions = {}): HostFacts {
     tun,
     stateDir: probeStateDir(opts.stateDir ?? DEFAULT_STATE_DIR),
     ipForward: readIpForward(opts.procSys ?? "/proc/sys"),
+    natTime,
   };
 }
 
@@ -251,7 +257,7 @@ export type CheckStatus = "ok" | "missing" | "optional-missing" | "warn";
 export type DoctorRole = Role | "all";
 
 export interface CheckRow {
-  /** Stable id: state-dir, cap-net-bind-service, tun, ip, cap-net-admin, nat, ip-forward, config, bundle, relay, listen, revocations, interfaces, conntrack, hostapd, dnsmasq, wifi-client, cellular. */
+  /** Stable id: state-dir, cap-net-bind-service, tun, ip, cap-net-admin, nat, nat-time, ip-forward, config, bundle, relay, listen, revocations, interfaces, conntrack, hostapd, dnsmasq, wifi-client, cellular. */
   check: string;
   /** Roles that use it (restricted to the chosen role when one is given). */
   roles: Role[];
@@ -298,7 +304,7 @@ export interface EvaluateOptions {
  * kernel tables and nft is the native tool); iptables when it and iptables-restore exist;
  * otherwise nothing.
  */
-export function autoNatBackend(f: HostFacts): NatBackend | undefined {
+export function autoNatBackend(f: Pick<HostFacts, "tools" | "iptablesBackend">): NatBackend | undefined {
   const iptablesUsable = f.tools.iptables !== null && f.tools["iptables-restore"] !== null;
   if (f.tools.nft !== null && (!iptablesUsable || f.iptablesBackend === "nf_tables")) return "nft";
   if (iptablesUsable) return "iptables";
@@ -480,6 +486,12 @@ function specs(opts: EvaluateOptions): Spec[] {
           fix: FIXES.nat[f.os.family],
         };
       },
+    },
+    {
+      check: "nat-time",
+      roles: ["onsite"],
+      required: true,
+      run: (f) => natTimeRow(f.natTime, f.os.family),
     },
     {
       check: "ip-forward",

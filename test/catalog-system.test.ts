@@ -10,7 +10,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
-import { BUN, MAIN } from "./helpers/cli.ts";
+import { monitorJson } from "./helpers/monitor.ts";
 import { waitFor } from "./helpers/wait.ts";
 import type { ServiceEntry } from "../src/roles/api.ts";
 import type { DeviceInfo, SessionInfo } from "../src/transport/messages.ts";
@@ -55,22 +55,9 @@ describe("service catalogue and session extend, real relay, onsite and master", 
   });
 
   function monitor(d: Daemon): Record<string, unknown>[] {
-    const p = Bun.spawn([BUN, MAIN, "monitor", "--json", "--control", d.sock], { stdout: "pipe", stderr: "pipe" });
-    monitors.push(p);
-    const events: Record<string, unknown>[] = [];
-    let buf = "";
-    void (async () => {
-      const dec = new TextDecoder();
-      for await (const c of p.stdout) {
-        buf += dec.decode(c, { stream: true });
-        let nl: number;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          events.push(JSON.parse(buf.slice(0, nl)));
-          buf = buf.slice(nl + 1);
-        }
-      }
-    })();
-    return events;
+    const m = monitorJson(d.sock);
+    monitors.push(m.proc);
+    return m.events;
   }
 
   test("the device's services are in the relay's inventory and the master's catalogue, with the master's own entry", async () => {

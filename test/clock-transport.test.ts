@@ -10,22 +10,12 @@ import { linkPair, type Link } from "../src/transport/link.ts";
 import { Msg } from "../src/transport/messages.ts";
 import { Connection } from "../src/transport/mux.ts";
 import { Timing, backoffDelay } from "../src/transport/policy.ts";
+import { flush, stepper } from "./helpers/fake-time.ts";
 
 const DAY = 24 * 3600_000;
 const quiet = { debug() {}, info() {}, warn() {} };
 
-/** Lets the in-memory links deliver (they hand bytes over on real zero-delay timers). */
-async function flush(): Promise<void> {
-  for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 0));
-}
-
-/** Moves monotonic time by `ms` in steps of `step`, delivering frames between steps. */
-async function run(clock: FakeClock, ms: number, step = 250): Promise<void> {
-  for (let t = 0; t < ms; t += step) {
-    clock.advance(Math.min(step, ms - t));
-    await flush();
-  }
-}
+const run = stepper(250);
 
 function pair(clock: FakeClock) {
   const [a, b] = linkPair();

@@ -19,19 +19,11 @@ import { FakeRouteTable } from "../src/uplink/routes.ts";
 import { WifiService } from "../src/uplink/wifi.ts";
 import type { WpaControl } from "../src/uplink/wpa.ts";
 import { unreachableWpa } from "./helpers/fake-wpa.ts";
+import { flush, stepper } from "./helpers/fake-time.ts";
 
 const DAY = 24 * 3600_000;
 
-async function flush(): Promise<void> {
-  for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 0));
-}
-/** Advances monotonic time in steps, letting the async effects between steps finish. */
-async function run(clock: FakeClock, ms: number, step = 100): Promise<void> {
-  for (let t = 0; t < ms; t += step) {
-    clock.advance(Math.min(step, ms - t));
-    await flush();
-  }
-}
+const run = stepper(100);
 async function runUntil(clock: FakeClock, cond: () => boolean, maxMs: number, step = 100): Promise<number> {
   for (let t = 0; t <= maxMs; t += step) {
     if (cond()) return clock.now();

@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
 import { BUN, MAIN, agent } from "./helpers/cli.ts";
+import { spawnLogged } from "./helpers/logged-spawn.ts";
 import { waitFor } from "./helpers/wait.ts";
 
 interface Device {
@@ -36,14 +37,8 @@ describe("flash-and-run enrollment", () => {
   const startDevice = (name: string, image: string): Device => {
     const state = join(fleet.dir, `dev-${name}`);
     const sock = join(fleet.dir, `dev-${name}.sock`);
-    const proc = Bun.spawn([BUN, MAIN, "--role", "onsite", "--config", image, "--control", sock, "--state-dir", state], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-    let text = "";
-    void (async () => {
-      const dec = new TextDecoder();
-      for await (const c of proc.stderr) text += dec.decode(c, { stream: true });
-    })();
-    void new Response(proc.stdout).text();
-    const d = { name, proc, sock, state, log: () => text };
+    const { proc, log } = spawnLogged([BUN, MAIN, "--role", "onsite", "--config", image, "--control", sock, "--state-dir", state]);
+    const d = { name, proc, sock, state, log };
     devices.push(d);
     return d;
   };

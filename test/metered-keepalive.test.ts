@@ -14,6 +14,7 @@ import { keepaliveRequestFor, negotiateKeepalive, pingDue, RELAY_LEAN, relayKeep
 import { judgeHello } from "../src/tunnel/relay/front.ts";
 import { RelayServer } from "../src/tunnel/relay/server.ts";
 import { RefusalCode } from "../src/tunnel/relay/refusals.ts";
+import { flush, stepper } from "./helpers/fake-time.ts";
 
 const quiet = { debug() {}, info() {}, warn() {} };
 const own = { interval: Timing.keepaliveInterval, timeout: Timing.keepaliveTimeout };
@@ -118,17 +119,7 @@ afterEach(async () => {
   await Promise.all(relays.splice(0).map((r) => r.close()));
 });
 
-/** Lets the in-memory links deliver (they hand bytes over on real zero-delay timers). */
-async function flush(): Promise<void> {
-  for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 0));
-}
-async function run(clock: FakeClock, ms: number, step = 1_000): Promise<void> {
-  for (let t = 0; t < ms; t += step) {
-    clock.advance(Math.min(step, ms - t));
-    await flush();
-  }
-}
-
+const run = stepper(1_000);
 function relay(clock: FakeClock): RelayServer {
   // The relay's defaults: a PING every 5 s, 15 s to a dead peer.
   const r = new RelayServer({ id: "relay-1", log: quiet, access: () => [], clock });

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import type { Socket, Subprocess, TCPSocketListener } from "bun";
 import { BUN, MAIN } from "./helpers/cli.ts";
 import { Fleet, type Daemon } from "./helpers/fleet.ts";
+import { monitorJson, type MonitorReader } from "./helpers/monitor.ts";
 import { waitFor } from "./helpers/wait.ts";
 
 const CI = process.env.CI === "true";
@@ -119,23 +120,10 @@ describe("metrics and the live monitor", () => {
   }, 60_000);
 
   /** `agent monitor --json` against a daemon, its lines collected as they come. */
-  function monitor(d: Daemon): { events: Record<string, unknown>[]; text: () => string } {
-    const p = Bun.spawn([BUN, MAIN, "monitor", "--json", "--control", d.sock], { stdout: "pipe", stderr: "pipe" });
-    monitors.push(p);
-    const events: Record<string, unknown>[] = [];
-    let buf = "";
-    void (async () => {
-      const dec = new TextDecoder();
-      for await (const c of p.stdout) {
-        buf += dec.decode(c, { stream: true });
-        let nl: number;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          events.push(JSON.parse(buf.slice(0, nl)));
-          buf = buf.slice(nl + 1);
-        }
-      }
-    })();
-    return { events, text: () => JSON.stringify(events) };
+  function monitor(d: Daemon): MonitorReader {
+    const m = monitorJson(d.sock);
+    monitors.push(m.proc);
+    return m;
   }
 
   test("agent monitor --json streams the relay's and the device's events as they happen", async () => {

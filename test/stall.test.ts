@@ -23,6 +23,7 @@ import { parseBundle } from "../src/pki.ts";
 import { Fleet } from "./helpers/fleet.ts";
 import { programsPresent } from "./helpers/proc.ts";
 import { waitFor } from "./helpers/wait.ts";
+import { flush, stepper } from "./helpers/fake-time.ts";
 
 describe("judgeWrites: has the peer stopped reading? (pure)", () => {
   const T = 20_000;
@@ -44,16 +45,7 @@ describe("judgeWrites: has the peer stopped reading? (pure)", () => {
   });
 });
 
-/** Lets the in-memory links deliver (they hand bytes over on real zero-delay timers). */
-async function flush(): Promise<void> {
-  for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 0));
-}
-async function run(clock: FakeClock, ms: number, step = 500): Promise<void> {
-  for (let t = 0; t < ms; t += step) {
-    clock.advance(Math.min(step, ms - t));
-    await flush();
-  }
-}
+const run = stepper(500);
 
 describe("a connection whose peer stops reading (fake clock)", () => {
   function setup() {

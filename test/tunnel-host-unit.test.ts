@@ -6,9 +6,11 @@ import { FakeClock } from "../src/clock.ts";
 import { parseAllowEntry } from "../src/netaddr.ts";
 import { E, IFF_NO_PI, IFF_TAP, IFF_TUN, TUNSETIFF, tunIfreq } from "../src/os/libc.ts";
 import { renderSecondaryDnsmasq } from "../src/tunnel/packet/dnsmasq.ts";
-import { iptablesChains, iptablesRemoval, ownedChainsInSave, ownedTablesInList, pickFirewall, renderIptablesRestore, renderNft, type MasterRules, type OnsiteRules } from "../src/tunnel/packet/firewall.ts";
-import { checkMode, checkSession, checkTunnelAddress } from "../src/tunnel/packet/host-onsite.ts";
-import { parseLinks, type IpLink } from "../src/tunnel/packet/host-ip.ts";
+import { iptablesChains, iptablesRemoval, ownedChainsInSave, ownedTablesInList, pickFirewall, renderIptablesRestore, renderNft, type MasterRules, type OnsiteRules, type TunnelFirewall } from "../src/tunnel/packet/firewall.ts";
+import { checkMode, checkSession, checkTunnelAddress, upRouted } from "../src/tunnel/packet/host-onsite.ts";
+import { IpCommands, parseLinks, type IpLink } from "../src/tunnel/packet/host-ip.ts";
+import { TUNNEL_MTU } from "../src/tunnel/packet/device.ts";
+import { MemoryPacketDevice } from "../src/tunnel/packet/memory.ts";
 import { advertisedSubnets, dhcpWanted, fromSecondaryRefusal, masterRoutes, onsiteBridgedRefusal, ownedLinks, tunnelNetwork } from "../src/tunnel/packet/host-rules.ts";
 import { ANY_OWNED_INTERFACE, chainPrefix, deviceName, isOwnedInterface, isOwnedTable, sessionTag, tableName } from "../src/tunnel/packet/names.ts";
 import { secondaryChanges } from "../src/tunnel/packet/netmon.ts";
@@ -360,5 +362,54 @@ describe("the daemons' hosts from the config", () => {
     await expect(masterTunnelHost(cfg, log, "darwin").open({ session: "s", mode: "routed" })).rejects.toThrow("no packet tunnel host");
     expect(onsiteTunnelHost(cfg, log, "linux").constructor.name).toBe("LinuxOnsiteHost");
     expect(masterTunnelHost(cfg, log, "linux").constructor.name).toBe("LinuxMasterHost");
+  });
+});
+
+describe("upRouted: a routed end comes up behind its rules, or is undone", () => {
+  const rules: MasterRules = { role: "master", session: "s-1", dev: "agt-mX", secondary: "eth1" };
+  /** Every step as one line, in order; `failAt` makes the step whose line starts so fail. */
+  async function attempt(failAt: string | null) {
+    const steps: string[] = [];
+    const exec = async (argv: readonly string[]) => {
+      steps.push(argv.join(" "));
+      return failAt && argv.join(" ").startsWith(failAt) ? { code: 2, stdout: "", stderr: "RTNETLINK answers: nope" } : { code: 0, stdout: "", stderr: "" };
+    };
+    const fw: TunnelFirewall = {
+      kind: "nft",
+      apply: async () => {
+        steps.push("fw apply");
+        if (failAt === "fw apply") throw new Error("nft: nope");
+      },
+      remove: async () => void steps.push("fw remove"),
+      sweep: async () => [],
+    };
+    const device = new MemoryPacketDevice("agt-mX", "routed");
+    const writeSysctl = (path: string, v: string) => void steps.push(`sysctl ${path}=${v.trim()}`);
+    const run = upRouted({ ip: new IpCommands(exec), fw, rules, device, name: "agt-mX", address: "10.77.0.1/30", routes: ["192.168.1.0/24"], writeSysctl });
+    const undo = await run.then((u) => u, (e: Error) => e);
+    return { steps, undo, device };
+  }
+  const up = ["fw apply", "sysctl /proc/sys/net/ipv4/ip_forward=1", "ip addr add 10.77.0.1/30 dev agt-mX", `ip link set dev agt-mX mtu ${TUNNEL_MTU.routed} up`, "ip route replace 192.168.1.0/24 dev agt-mX"];
+  const down = ["ip route del 192.168.1.0/24 dev agt-mX", "fw remove", "ip link del dev agt-mX"];
+
+  test("all goes well: the rules before anything else, and the undo it returns takes it all down", async () => {
+    const r = await attempt(null);
+    expect(r.steps).toEqual(up);
+    expect(typeof r.undo).toBe("function");
+    await (r.undo as () => Promise<void>)();
+    expect(r.steps.slice(up.length)).toEqual(down);
+    expect(r.device.closed).toBe(true);
+  });
+
+  test.each([
+    ["fw apply", 1],
+    ["ip addr add", 3],
+    ["ip link set", 4],
+    ["ip route replace", 5],
+  ] as const)("%s fails: the error is thrown and what was done is undone", async (failAt, done) => {
+    const r = await attempt(failAt);
+    expect(r.undo).toBeInstanceOf(Error);
+    expect(r.steps).toEqual([...up.slice(0, done), ...down]);
+    expect(r.device.closed).toBe(true);
   });
 });

@@ -21,16 +21,9 @@ import { FakeRouteTable } from "../src/uplink/routes.ts";
 import { REPEAT_LOG_MS, WifiService } from "../src/uplink/wifi.ts";
 import type { WpaControl } from "../src/uplink/wpa.ts";
 import { unreachableWpa } from "./helpers/fake-wpa.ts";
+import { stepper } from "./helpers/fake-time.ts";
 
-async function flush(): Promise<void> {
-  for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 0));
-}
-async function run(clock: FakeClock, ms: number, step = 500): Promise<void> {
-  for (let t = 0; t < ms; t += step) {
-    clock.advance(Math.min(step, ms - t));
-    await flush();
-  }
-}
+const run = stepper(500);
 
 describe("missingInterfaces", () => {
   test.each([

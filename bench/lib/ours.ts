@@ -3,12 +3,11 @@
 // `agent connect site-1 --forward ...` per target. Any step that fails (for instance while
 // `agent connect` does not exist yet) throws an error that says which step and why; the
 // benchmark prints that as "not available: <reason>" instead of figures.
-import { mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BUN, MAIN as OWN_MAIN, ROOT } from "../../test/helpers/cli.ts";
 import { Children, freePort, nofileArgv, run, waitForListen, type Child } from "../../test/helpers/proc.ts";
 import { startOrClean, type Path } from "./path.ts";
+import { inScratch } from "./scratch.ts";
 
 /** The program under test: this checkout's src/main.ts, or BENCH_AGENT_MAIN (another checkout). */
 export const MAIN = process.env.BENCH_AGENT_MAIN || OWN_MAIN;
@@ -55,13 +54,7 @@ export interface Fleet {
 /** Throwaway PKI, then relay, onsite and master daemons; resolves once the master lists site-1. */
 export async function startFleet(opts: { logLevel?: string; main?: string } = {}): Promise<Fleet> {
   const main = opts.main ?? MAIN;
-  const kids = new Children();
-  const dir = mkdtempSync(join(tmpdir(), "agent-bench-ours-"));
-  const stop = async () => {
-    await kids.stopAll();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  return startOrClean(async () => {
+  return inScratch("agent-bench-ours-", async ({ kids, dir, stop }) => {
     const pki = join(dir, "pki");
     await agentCli("pki init", ["pki", "init", "--dir", pki]);
     const bundles = { relay: join(dir, "relay.bundle"), onsite: join(dir, "onsite.bundle"), master: join(dir, "master.bundle") };
@@ -94,7 +87,7 @@ export async function startFleet(opts: { logLevel?: string; main?: string } = {}
       await Bun.sleep(100);
     }
     return { dir, relayPort, relay, onsite, master, sockets, bundles, kids, stop };
-  }, stop);
+  });
 }
 
 /** What `agent connect --json` prints (the part we use). */

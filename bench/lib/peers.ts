@@ -6,12 +6,12 @@
 //     stunnel (server) → target. The middle two stunnels and socat are the relay.
 // TCP_NODELAY is set wherever the program has a knob (stunnel, socat); OpenSSH has none for
 // forwarded channels.
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Children, freePort, run, waitForListen } from "../../test/helpers/proc.ts";
 import { startSshd, type Sshd } from "../../test/helpers/sshd.ts";
 import { startOrClean, type Path } from "./path.ts";
+import { inScratch } from "./scratch.ts";
 
 const START_MS = 15_000;
 /** socat -b for the (c) relay: 64 KiB rather than socat's 8 KiB (see transport.bench.ts). */
@@ -105,13 +105,7 @@ export function stunnelConfig(o: { mode: "client" | "server"; services: readonly
 }
 
 export async function startStunnelPath(targets: readonly number[], opts: { socatBuffer?: number } = {}): Promise<Path> {
-  const kids = new Children();
-  const dir = mkdtempSync(join(tmpdir(), "agent-bench-stunnel-"));
-  const stop = async () => {
-    await kids.stopAll();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  return startOrClean(async () => {
+  return inScratch("agent-bench-stunnel-", async ({ kids, dir, stop }) => {
     const tls = await makeTlsFiles(dir);
     const ports = async () => Promise.all(targets.map(() => freePort()));
     // entry → [A client] ═TLS═ r1 → [B server] → s → [socat] → m → [C client] ═TLS═ r2 → [D server] → target
@@ -147,5 +141,5 @@ export async function startStunnelPath(targets: readonly number[], opts: { socat
       stop,
       [Symbol.asyncDispose]: stop,
     } satisfies Path;
-  }, stop);
+  });
 }

@@ -8,14 +8,14 @@
 // argv[2]: JSON { relay: "host:port", pki: CA dir, devices, pairs, churnEveryMs, churnCount,
 // pairBytes, pairPauseMs, roundsPerSession }. Prints one JSON line per report; reads "report"
 // and "stop" lines on stdin (stop: everything closes, a last report, exit).
-import { createHash, sign } from "node:crypto";
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import forge from "node-forge";
-import { caPaths, generateKeyPair, parseCa, randomSerial, type CaMaterial, type KeyPair } from "../../src/pki.ts";
+import { caPaths, generateKeyPair, parseCa, type CaMaterial, type KeyPair } from "../../src/pki.ts";
 import { Connection, RemoteError, type Stream } from "../../src/transport/mux.ts";
-import { Msg, PROTOCOL_VERSIONS } from "../../src/transport/messages.ts";
+import { Msg } from "../../src/transport/messages.ts";
 import { dialTls, type TlsMaterial } from "../../src/transport/tls.ts";
 import { request } from "../../src/transport/typed.ts";
+import { helloWelcome, issueDevice } from "./bench-device.ts";
 
 const o = JSON.parse(process.argv[2]!) as {
   relay: string;
@@ -68,25 +68,7 @@ const issued = new Map<string, TlsMaterial>();
 function issue(role: "onsite" | "master", id: string): TlsMaterial {
   const had = issued.get(id);
   if (had) return had;
-  const cert = forge.pki.createCertificate();
-  cert.publicKey = key.publicKey;
-  cert.serialNumber = randomSerial();
-  const now = Date.now();
-  cert.validity.notBefore = new Date(now - 3_600_000);
-  cert.validity.notAfter = new Date(now + 7 * 86_400_000);
-  cert.setSubject([{ name: "organizationName", value: "agent fleet" }, { shortName: "OU", value: role }, { name: "commonName", value: id }]);
-  cert.setIssuer(ca.cert.subject.attributes);
-  cert.setExtensions([
-    { name: "basicConstraints", cA: false, critical: true },
-    { name: "keyUsage", digitalSignature: true, keyEncipherment: true, critical: true },
-    { name: "extKeyUsage", clientAuth: true },
-    { name: "subjectAltName", altNames: [{ type: 6, value: `agent://${role}/${id}` }] },
-  ]);
-  cert.signatureOid = cert.siginfo.algorithmOid = forge.pki.oids.sha256WithRSAEncryption!;
-  const { getTBSCertificate } = forge.pki as unknown as { getTBSCertificate(c: forge.pki.Certificate): forge.asn1.Asn1 };
-  const tbs = forge.asn1.toDer(getTBSCertificate(cert)).getBytes();
-  cert.signature = sign("sha256", Buffer.from(tbs, "binary"), caKeyPem).toString("binary");
-  const m = { certPem: forge.pki.certificateToPem(cert), keyPem: key.keyPem, caPem };
+  const m = issueDevice({ ca, caPem, caKeyPem, key }, role, id, 7);
   issued.set(id, m);
   return m;
 }
@@ -96,18 +78,7 @@ async function dial(role: "onsite" | "master", id: string, onStream?: (s: Stream
   const link = await dialTls({ host, port, tls: issue(role, id), timeout: 15_000 });
   const conn = new Connection(link, { side: "dialer", maxControlIn: 16 * 1024 * 1024, onStream });
   setup?.(conn);
-  await new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error("no WELCOME within 30 s")), 30_000);
-    conn.on(Msg.WELCOME, () => {
-      clearTimeout(t);
-      resolve();
-    });
-    void conn.wait().then((why) => {
-      clearTimeout(t);
-      reject(new Error(`relay closed: ${why.message}`));
-    });
-    conn.send(Msg.HELLO, { versions: [...PROTOCOL_VERSIONS], role, id, agent: "soak" });
-  });
+  await helloWelcome(conn, role, id, "soak");
   if (role === "onsite") conn.send(Msg.INVENTORY, { hostname: id, location: "soak", agent: "soak", uptime: 1, uplink: "lo" });
   conn.startKeepalive();
   return conn;

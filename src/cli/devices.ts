@@ -10,7 +10,7 @@ import type { DeviceRow } from "../tunnel/relay/inventory.ts";
 import type { RefusalGroup } from "../tunnel/relay/refusals.ts";
 import { defineAgentCommand, flag, str, type ParsedArgs } from "./args.ts";
 import { configArgs, configFromArgs, daemonClient } from "./common.ts";
-import { formatDevices } from "./sessions.ts";
+import { DEVICE_COLUMNS, ago, deviceCells, formatDevices } from "./sessions.ts";
 
 const json = { type: "boolean", description: "print JSON" } as const;
 /** Certificates that expire within this are called out under the table. */
@@ -19,11 +19,6 @@ export const CERT_WARN_MS = 30 * 86_400_000;
 export type DeviceFilter = "default" | "all" | "offline";
 
 const isRow = (d: DeviceInfo): d is DeviceRow => typeof (d as Partial<DeviceRow>).state === "string";
-
-function ago(iso: string, now: number): string {
-  const ms = now - Date.parse(iso);
-  return ms < 1000 ? "just now" : `${formatDuration(Math.floor(ms / 1000) * 1000)} ago`;
-}
 
 /**
  * Which devices a listing shows. Default: every device heard since the relay started, and any
@@ -52,17 +47,11 @@ export function formatFleet(list: DeviceInfo[], now = Date.now(), asker: "master
   }
   const rows = list as DeviceRow[];
   let out = formatTable(
-    ["ID", "STATE", "LOCATION", "HOSTNAME", "ADDRESS", "UPLINK", "CONNECTED", "HOST UP", "LAST SEEN", "HEARTBEAT", "AGENT"],
+    ["ID", "STATE", ...DEVICE_COLUMNS, "HEARTBEAT", "AGENT"],
     rows.map((d) => [
       d.id,
       d.state === "alive" ? "tunnel down" : d.state,
-      d.location || "-",
-      d.hostname || "-",
-      d.address,
-      d.uplink || "-",
-      d.online && d.connected_since ? formatDuration(Math.max(0, Math.floor((now - Date.parse(d.connected_since)) / 1000)) * 1000) : "-",
-      d.online ? formatDuration(d.uptime * 1000) : "-",
-      d.online ? "now" : ago(d.last_seen, now),
+      ...deviceCells(d, now),
       d.heartbeat ? `${ago(d.heartbeat.at, now)} via ${d.heartbeat.via || "default"}` : "-",
       d.agent || "-",
     ]),

@@ -16,7 +16,7 @@ import { formatTunnel, parseModeArg, sshPeer } from "./tunnel.ts";
 
 const json = { type: "boolean", description: "print JSON" } as const;
 
-function ago(iso: string, now = Date.now()): string {
+export function ago(iso: string, now = Date.now()): string {
   const ms = now - Date.parse(iso);
   return ms < 1000 ? "just now" : `${formatDuration(Math.floor(ms / 1000) * 1000)} ago`;
 }
@@ -40,20 +40,25 @@ export function formatDevices(list: DeviceInfo[], now = Date.now(), asker: "mast
       : "no onsite devices have connected to this relay since it started\n";
   }
   return formatTable(
-    ["ID", "STATE", "LOCATION", "HOSTNAME", "ADDRESS", "UPLINK", "CONNECTED", "HOST UP", "LAST SEEN", "AGENT"],
-    list.map((d) => [
-      d.id,
-      d.online ? "online" : "offline",
-      d.location || "-",
-      d.hostname || "-",
-      d.address,
-      d.uplink || "-",
-      d.online && d.connected_since ? formatDuration(Math.max(0, Math.floor((now - Date.parse(d.connected_since)) / 1000)) * 1000) : "-",
-      d.online ? formatDuration(d.uptime * 1000) : "-",
-      d.online ? "now" : ago(d.last_seen, now),
-      d.agent || "-",
-    ]),
+    ["ID", "STATE", ...DEVICE_COLUMNS, "AGENT"],
+    list.map((d) => [d.id, d.online ? "online" : "offline", ...deviceCells(d, now), d.agent || "-"]),
   );
+}
+
+/** The columns every devices table has between STATE and its own last ones (the relay's adds HEARTBEAT). */
+export const DEVICE_COLUMNS: readonly string[] = ["LOCATION", "HOSTNAME", "ADDRESS", "UPLINK", "CONNECTED", "HOST UP", "LAST SEEN"];
+
+/** A device's cells under DEVICE_COLUMNS. */
+export function deviceCells(d: DeviceInfo, now: number): string[] {
+  return [
+    d.location || "-",
+    d.hostname || "-",
+    d.address,
+    d.uplink || "-",
+    d.online && d.connected_since ? formatDuration(Math.max(0, Math.floor((now - Date.parse(d.connected_since)) / 1000)) * 1000) : "-",
+    d.online ? formatDuration(d.uptime * 1000) : "-",
+    d.online ? "now" : ago(d.last_seen, now),
+  ];
 }
 
 export const devicesCommand = defineAgentCommand({

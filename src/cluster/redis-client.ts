@@ -113,6 +113,13 @@ export class BunRedis implements RedisPort {
   }
 
   private lost(e: Error): void {
+    this.lastWhy = describe(e, this.o.url);
+    this.dropClients(this.lastWhy);
+    this.schedule();
+  }
+
+  /** Closes both links without their onclose firing; tells the listeners `why` if the link was up. */
+  private dropClients(why: string): void {
     const wasUp = this.isUp;
     this.isUp = false;
     for (const c of [this.cmdClient, this.subClient]) {
@@ -122,9 +129,7 @@ export class BunRedis implements RedisPort {
     }
     this.cmdClient = null;
     this.subClient = null;
-    this.lastWhy = describe(e, this.o.url);
-    if (wasUp) for (const l of this.listeners) l(false, this.lastWhy);
-    this.schedule();
+    if (wasUp) for (const l of this.listeners) l(false, why);
   }
 
   async cmd(name: string, args: string[]): Promise<unknown> {
@@ -157,16 +162,7 @@ export class BunRedis implements RedisPort {
     this.closed = true;
     this.clock.clearTimeout(this.timer);
     this.timer = null;
-    const was = this.isUp;
-    this.isUp = false;
-    for (const c of [this.cmdClient, this.subClient]) {
-      if (!c) continue;
-      c.onclose = null;
-      c.close();
-    }
-    this.cmdClient = null;
-    this.subClient = null;
-    if (was) for (const l of this.listeners) l(false, "closed");
+    this.dropClients("closed");
   }
 }
 

@@ -179,7 +179,7 @@ export class Daemon {
       access.access.splice(0, access.access.length, ...next.access);
       if (this.identity.role === "relay") this.log.info(`SIGHUP: [[access]] ${from} → ${next.access.length} rule(s); new sessions and device lists follow them`, { key: "access", rules: next.access });
     }
-    const restartOnly = ["relay", "listen", "control", "state_dir", "bundle", "json_logs", "proxy", "gui", "nymea", "metrics", "proxy_protocol", "session_idle_timeout"] as const;
+    const restartOnly = ["relay", "listen", "control", "state_dir", "bundle", "json_logs", "proxy", "gui", "nymea", "metrics", "proxy_protocol", "session_idle_timeout", "write_stall_timeout"] as const;
     const changed = restartOnly.filter((k) => JSON.stringify(next[k as keyof Config]) !== JSON.stringify(this.config[k as keyof Config]));
     if (changed.length) this.log.warn(`SIGHUP: ${changed.join(", ")} changed; that takes a restart`, { keys: changed });
   }

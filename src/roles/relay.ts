@@ -96,6 +96,7 @@ export class RelayRole implements Component {
       access: () => this.cfg.access,
       clock,
       sessionIdleTimeout: cfg.session_idle_timeout,
+      writeStallTimeout: cfg.write_stall_timeout,
       metrics: ops.metrics,
       events: ops.events,
       refusalLog: this.auditLog,

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
 import { BUN, MAIN, agent } from "./cli.ts";
+import { spawnLogged } from "./logged-spawn.ts";
 import { nsArgv } from "./netns.ts";
 import { waitFor } from "./wait.ts";
 
@@ -49,17 +50,11 @@ export class Fleet {
     const full = ["--role", role, "--bundle", bundle, ...args, "--control", sock, "--state-dir", join(this.dir, `state-${id}`)];
     // `ip netns exec` execs the program: the pid is the daemon's own.
     const argv = [...this.wrap, BUN, MAIN, ...full];
-    const proc = Bun.spawn(netns ? nsArgv(netns, ...argv) : argv, { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-    let text = "";
-    void (async () => {
-      const dec = new TextDecoder();
-      for await (const c of proc.stderr) text += dec.decode(c, { stream: true });
-    })();
-    void new Response(proc.stdout).text();
-    const d: Daemon = { role, id, proc, sock, bundle, args, netns, log: () => text };
+    const { proc, log } = spawnLogged(netns ? nsArgv(netns, ...argv) : argv);
+    const d: Daemon = { role, id, proc, sock, bundle, args, netns, log };
     this.daemons.push(d);
     await waitFor(() => existsSync(sock) || proc.exitCode !== null, 10_000, `${id} control socket`);
-    if (proc.exitCode !== null) throw new Error(`${id} exited with ${proc.exitCode}: ${text}`);
+    if (proc.exitCode !== null) throw new Error(`${id} exited with ${proc.exitCode}: ${log()}`);
     return d;
   }
 

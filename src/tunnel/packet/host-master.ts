@@ -19,7 +19,7 @@ import type { LinkMonitor } from "../../uplink/monitor.ts";
 import { TUNNEL_MTU, TunnelRefused, type MasterTunnelEnd, type MasterTunnelHost, type MasterTunnelRequest, type PacketDevice, type TunnelEndInfo, type TunnelMode } from "./device.ts";
 import { SecondaryDhcp } from "./dnsmasq.ts";
 import { firewallIfAny, hostFirewall, type FirewallKind, type MasterRules, type TunnelFirewall } from "./firewall.ts";
-import { checkMode, checkSession, checkTunnelAddress, openLinuxDevice, writeProc, type DeviceOpener } from "./host-onsite.ts";
+import { checkMode, checkSession, checkTunnelAddress, openLinuxDevice, upRouted, writeProc, type DeviceOpener } from "./host-onsite.ts";
 import { IpCommands, type IpLink } from "./host-ip.ts";
 import { dhcpWanted, fromSecondaryRefusal, masterRoutes, ownedLinks } from "./host-rules.ts";
 import { deviceName } from "./names.ts";
@@ -106,24 +106,8 @@ export class LinuxMasterHost implements MasterTunnelHost {
     for (const s of skipped) this.log.warn(`session ${session}: ${s}`);
     const name = deviceName("master", "tun", session);
     const rules: MasterRules = { role: "master", session, dev: name, secondary: this.secondary };
-    const fw = this.firewall();
     const device = (this.o.openDevice ?? openLinuxDevice)(name, "routed");
-    const undo = async () => {
-      for (const r of routes) await this.ip.delRoute(r, name);
-      await fw.remove(rules).catch(() => {});
-      await device.close();
-      await this.ip.delLink(name);
-    };
-    try {
-      await fw.apply(rules);
-      (this.o.writeSysctl ?? writeProc)("/proc/sys/net/ipv4/ip_forward", "1\n");
-      await this.ip.addAddress(name, address);
-      await this.ip.up(name, TUNNEL_MTU.routed);
-      for (const r of routes) await this.ip.addRoute(r, name);
-    } catch (e) {
-      await undo();
-      throw e;
-    }
+    const undo = await upRouted({ ip: this.ip, fw: this.firewall(), rules, device, name, address, routes, writeSysctl: this.o.writeSysctl ?? writeProc });
     const info = (): TunnelEndInfo => ({ iface: name, addresses: [address], routes: [...routes] });
     const end = this.track(session, "routed", device, info, undo);
     await this.syncDhcp();

@@ -13,7 +13,7 @@ import type { Logger } from "../../log.ts";
 import type { AllowEntry } from "../../netaddr.ts";
 import { realExec, type Exec } from "../../os/spawn.ts";
 import { parseTunnelMode, TUNNEL_MTU, TunnelRefused, type OnsiteTunnelEnd, type OnsiteTunnelHost, type OnsiteTunnelRequest, type PacketDevice, type TunnelEndInfo, type TunnelMode } from "./device.ts";
-import { firewallIfAny, hostFirewall, type FirewallKind, type OnsiteRules, type TunnelFirewall } from "./firewall.ts";
+import { firewallIfAny, hostFirewall, type FirewallKind, type OnsiteRules, type TunnelFirewall, type TunnelRules } from "./firewall.ts";
 import { IpCommands } from "./host-ip.ts";
 import { advertisedSubnets, bareAddress, onsiteBridgedRefusal, ownedLinks, subnetOf, tunnelNetwork } from "./host-rules.ts";
 import { deviceName } from "./names.ts";
@@ -24,6 +24,41 @@ export type DeviceOpener = (name: string, mode: TunnelMode) => PacketDevice;
 export const openLinuxDevice: DeviceOpener = (name, mode) => LinuxTunDevice.open({ name, mode });
 
 export const writeProc = (path: string, v: string) => writeFileSync(path, v);
+
+/**
+ * Brings a routed end's TUN device up: its firewall rules first (no packet ever crosses
+ * unfiltered), IPv4 forwarding on, the address, the link up, then `routes` through it. On a
+ * failure it undoes what it did and rethrows; otherwise it returns that undo (the end's close).
+ */
+export async function upRouted(o: {
+  ip: IpCommands;
+  fw: TunnelFirewall;
+  rules: TunnelRules;
+  device: PacketDevice;
+  name: string;
+  address: string;
+  routes: readonly string[];
+  writeSysctl: (path: string, v: string) => void;
+}): Promise<() => Promise<void>> {
+  const { ip, fw, rules, device, name } = o;
+  const undo = async () => {
+    for (const r of o.routes) await ip.delRoute(r, name);
+    await fw.remove(rules).catch(() => {});
+    await device.close();
+    await ip.delLink(name);
+  };
+  try {
+    await fw.apply(rules);
+    o.writeSysctl("/proc/sys/net/ipv4/ip_forward", "1\n");
+    await ip.addAddress(name, o.address);
+    await ip.up(name, TUNNEL_MTU.routed);
+    for (const r of o.routes) await ip.addRoute(r, name);
+  } catch (e) {
+    await undo();
+    throw e;
+  }
+  return undo;
+}
 
 export interface OnsiteHostOptions {
   /** The onsite allow list: routed packets reach only these (CIDR and ports). */
@@ -97,22 +132,8 @@ export class LinuxOnsiteHost implements OnsiteTunnelHost {
     if (this.o.allow.length === 0) throw new TunnelRefused("invalid", "the allow list is empty: a routed tunnel would reach nothing");
     const name = deviceName("onsite", "tun", session);
     const rules: OnsiteRules = { role: "onsite", session, dev: name, address: bareAddress(address), tunnelNet: tunnelNetwork(address), allow: this.o.allow };
-    const fw = this.firewall();
     const device = (this.o.openDevice ?? openLinuxDevice)(name, "routed");
-    const undo = async () => {
-      await fw.remove(rules).catch(() => {});
-      await device.close();
-      await this.ip.delLink(name);
-    };
-    try {
-      await fw.apply(rules);
-      (this.o.writeSysctl ?? writeProc)("/proc/sys/net/ipv4/ip_forward", "1\n");
-      await this.ip.addAddress(name, address);
-      await this.ip.up(name, TUNNEL_MTU.routed);
-    } catch (e) {
-      await undo();
-      throw e;
-    }
+    const undo = await upRouted({ ip: this.ip, fw: this.firewall(), rules, device, name, address, routes: [], writeSysctl: this.o.writeSysctl ?? writeProc });
     const subnets = this.subnets;
     const info = (): TunnelEndInfo => ({ iface: name, addresses: [address], routes: [] });
     return this.track(name, { device, subnets, info, close: undo });

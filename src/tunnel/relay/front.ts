@@ -82,6 +82,8 @@ export interface FrontOptions {
   window: number;
   keepaliveInterval: number;
   keepaliveTimeout?: number;
+  /** Closes a connection whose peer stops reading (Connection's writeStallTimeout; default Timing's). */
+  writeStallTimeout?: number;
   /** A stream frame of a connection past its HELLO. */
   route(f: Frame, conn: Connection): void;
   /** The HELLO was good: register the peer and its handlers; answer with the WELCOME. */
@@ -120,6 +122,7 @@ export class Front {
       window: this.o.window,
       keepaliveInterval: this.o.keepaliveInterval,
       keepaliveTimeout: this.o.keepaliveTimeout,
+      writeStallTimeout: this.o.writeStallTimeout,
       clock,
       routeFrame: (f, c) => {
         if (this.live.has(c)) this.o.route(f, c);

@@ -44,6 +44,8 @@ export interface RelayOptions {
   newSessionId?: () => string;
   /** An active session with no open stream and no packet for this long ends (ms); default 1 h. */
   sessionIdleTimeout?: number;
+  /** `write_stall_timeout`: a connection whose peer takes none of its queued bytes for this long is closed (default Timing.writeStallTimeout). */
+  writeStallTimeout?: number;
   /** Where the relay's metric families are registered (src/metrics.ts); default: a private registry. */
   metrics?: Metrics;
   /** What `agent monitor` streams (src/events.ts); default: nowhere. */
@@ -242,6 +244,7 @@ export class RelayServer {
       window,
       keepaliveInterval: o.keepaliveInterval ?? Timing.keepaliveInterval,
       keepaliveTimeout: o.keepaliveTimeout,
+      writeStallTimeout: o.writeStallTimeout,
       route: (f, conn) => this.router.route(f, conn),
       welcome: (conn, cert, hello, version) => this.welcome(conn, cert, hello, version),
       gone: (conn, cert, why) => this.onGone(conn, cert, why),

@@ -5,7 +5,7 @@
 // wall-clock step cannot lengthen or shorten a TTL. `C` is whatever the caller uses to name a
 // connection (the relay: its Connection objects; the table test: strings); the table only
 // compares it.
-import { ErrorCode, type ErrorCodeId, type SessionInfo, type SessionTunnel, type TunnelRequestBody } from "../../transport/messages.ts";
+import { ErrorCode, type ErrorCodeId, type SessionInfo, type SessionOpenBody, type SessionTunnel, type TunnelRequestBody } from "../../transport/messages.ts";
 import { noPacketStats, type PacketStats } from "../../transport/packet.ts";
 
 export type SessionState = "open" | "offered" | "active" | "closed";
@@ -53,15 +53,9 @@ export interface SessionRecord<C> {
   lastActivity: number;
 }
 
-export interface OpenRequest {
+/** The master's SESSION_OPEN as the table takes it: the decoded body, and which master asked. */
+export interface OpenRequest extends SessionOpenBody {
   master: string;
-  onsite: string;
-  targets: string[];
-  ttl: number | null;
-  /** A session id to re-open (a master resuming), or null for a new one. */
-  session: string | null;
-  tunnel?: TunnelRequestBody;
-  udp?: string[];
 }
 
 export type OpenResult<C> =
