@@ -219,7 +219,7 @@ async function presenceLoad(): Promise<void> {
     client.close();
     console.log(
       formatTable(
-        ["devices", "relays", "Redis commands/s", "directory CPU % of a core per relay", "redis-server CPU %"],
+        ["devices", "relays", "Redis commands/s", "relay CPU for cluster mode (its directory), % of a core per relay", "redis-server CPU %"],
         [[String(per * 3), "3", (cmds / secs).toFixed(0), ((cpu / secs / 3) * 100).toFixed(2), ((rcpu / secs) * 100).toFixed(2)]],
       ),
     );
