@@ -22,6 +22,7 @@ import { cpuSeconds } from "../test/helpers/proc.ts";
 const BYTES = Number(process.env.MESH_BYTES ?? 64 * 1024 * 1024);
 const ROUNDS = Number(process.env.MESH_ROUNDS ?? 3);
 const PINGS = Number(process.env.MESH_PINGS ?? 300);
+const PROFILE = process.env.MESH_PROFILE as "same" | "cross" | undefined;
 
 const caText = createCa({ name: "bench fleet CA" });
 const ca = parseCa(caText.certPem, caText.keyPem);
@@ -79,12 +80,13 @@ function serve(s: Stream): void {
   s.resume();
 }
 
-async function throughput(master: Connection, session: SessionInfo, relays: RelayProc[]): Promise<{ mbps: number; cpuPerGB: number[]; ok: boolean }> {
+async function throughput(master: Connection, session: SessionInfo, relays: RelayProc[]): Promise<{ mbps: number; cpuPerGB: number[]; ends: number; ok: boolean }> {
   const s = master.openStream({ session: session.session, target: "10.0.0.5:9" });
   s.resume();
   const chunk = randomBytes(64 * 1024);
   const expect = createHash("sha256");
   const cpu0 = relays.map((r) => cpuSeconds(r.proc.pid));
+  const own0 = process.cpuUsage();
   const t0 = performance.now();
   let sent = 0;
   while (sent < BYTES) {
@@ -101,9 +103,11 @@ async function throughput(master: Connection, session: SessionInfo, relays: Rela
   }
   const secs = (performance.now() - t0) / 1000;
   const cpu = relays.map((r, i) => cpuSeconds(r.proc.pid) - cpu0[i]!);
+  const own = process.cpuUsage(own0);
+  const ends = (own.user + own.system) / 1e6 / secs;
   const ok = sunk.get(session.session)!.hash.digest("hex") === expect.digest("hex");
   sunk.delete(session.session);
-  return { mbps: sent / 1e6 / secs, cpuPerGB: cpu.map((c) => c / (sent / 1e9)), ok };
+  return { mbps: sent / 1e6 / secs, cpuPerGB: cpu.map((c) => c / (sent / 1e9)), ends, ok };
 }
 
 async function rtt(master: Connection, session: SessionInfo): Promise<number[]> {
@@ -129,6 +133,28 @@ async function rtt(master: Connection, session: SessionInfo): Promise<number[]> 
   return out;
 }
 
+/**
+ * MESH_PROFILE=same|cross: one transfer on that path only, with `perf stat` (syscalls, context
+ * switches) on each relay and on this process, per MB moved; PROFILE_EVENTS picks other events.
+ */
+async function profile(path: "same" | "cross", master: Connection, session: SessionInfo, relays: RelayProc[]): Promise<void> {
+  const events = process.env.PROFILE_EVENTS ?? "raw_syscalls:sys_enter,context-switches";
+  const who = [...relays.map((r) => ({ name: r.id, pid: r.proc.pid })), { name: "ends (this process)", pid: process.pid }];
+  const record = process.env.PROFILE_PERF === "1";
+  // PROFILE_PERF=1: `perf record -g` of each process instead (/tmp/perf-mesh-PATH-NAME.data).
+  const perf = who.map((w) => Bun.spawn(record ? ["perf", "record", "-g", "-o", `/tmp/perf-mesh-${path}-${w.name.split(" ")[0]}.data`, "-p", String(w.pid)] : ["perf", "stat", "-x", ",", "-e", events, "-p", String(w.pid)], { stdout: "pipe", stderr: "pipe" }));
+  await Bun.sleep(300);
+  const t = await throughput(master, session, relays);
+  for (const p of perf) p.kill("SIGINT");
+  const outs = await Promise.all(perf.map(async (p) => (await p.exited, await new Response(p.stderr).text())));
+  const mb = BYTES / 1e6;
+  console.log(`${path}: ${t.mbps.toFixed(0)} MB/s, relay CPU ${t.cpuPerGB.map((c) => c.toFixed(2)).join(" / ")} s/GB, this process ${(t.ends * 100).toFixed(0)} % of a core`);
+  who.forEach((w, i) => {
+    const stat = outs[i]!.split("\n").filter((l) => /^\d/.test(l)).map((l) => l.split(","));
+    console.log(`  ${w.name} per MB: ${stat.map((f) => `${f[2]!.replace(/^(raw_)?syscalls:sys_enter_?/, "") || "syscalls"} ${(Number(f[0]) / mb).toFixed(1)}`).join(", ")}`);
+  });
+}
+
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
@@ -147,9 +173,24 @@ try {
   const master = await dial(a, "master", "tech-1");
   const open = (onsite: string) => master.request(Msg.SESSION_OPEN, { onsite, targets: ["10.0.0.5:9", "10.0.0.5:7"] }) as Promise<SessionInfo>;
   const paths = { same: { session: await open("site-a"), relays: [a] }, cross: { session: await open("site-b"), relays: [a, b] } };
-  const figures = { same: { mbps: [] as number[], cpu: [] as number[][], rtt: [] as number[] }, cross: { mbps: [] as number[], cpu: [] as number[][], rtt: [] as number[] } };
+  const figures: Figures = { same: { mbps: [], cpu: [], ends: [], rtt: [] }, cross: { mbps: [], cpu: [], ends: [], rtt: [] } };
   // Warm-up: one small turn each (JIT, TLS session set-up), not counted.
   for (const p of ["same", "cross"] as const) await rtt(master, paths[p].session);
+  if (PROFILE) await profile(PROFILE, master, paths[PROFILE].session, paths[PROFILE].relays);
+  else await turns(master, paths, figures);
+  master.close();
+} finally {
+  // Stdin's end lets each relay close and exit by itself (so a --cpu-prof in BUN_OPTIONS is
+  // written); one that has not within 3 s is killed.
+  for (const r of [a, b]) (r.proc.stdin as import("bun").FileSink).end();
+  await Promise.all([a, b].map((r) => Promise.race([r.proc.exited, Bun.sleep(3_000).then(() => r.proc.kill())])));
+  await Promise.all([a.proc.exited, b.proc.exited]);
+}
+process.exit(0);
+
+type Figures = Record<"same" | "cross", { mbps: number[]; cpu: number[][]; ends: number[]; rtt: number[] }>;
+
+async function turns(master: Connection, paths: Record<"same" | "cross", { session: SessionInfo; relays: RelayProc[] }>, figures: Figures): Promise<void> {
   for (let round = 0; round < ROUNDS; round++) {
     const order = round % 2 === 0 ? (["same", "cross"] as const) : (["cross", "same"] as const);
     for (const p of order) {
@@ -157,6 +198,7 @@ try {
       if (!t.ok) throw new Error(`${p}: the bytes the device read are not the bytes sent`);
       figures[p].mbps.push(t.mbps);
       figures[p].cpu.push(t.cpuPerGB);
+      figures[p].ends.push(t.ends);
       figures[p].rtt.push(...(await rtt(master, paths[p].session)));
     }
   }
@@ -176,12 +218,7 @@ try {
   const ratio = cross.mbps / same.mbps;
   console.log(`  cross/same throughput: ${ratio.toFixed(2)}× (goal ≥ 0.8×: ${ratio >= 0.8 ? "met" : "NOT met"}); RTT median +${(cross.rtt50 - same.rtt50).toFixed(3)} ms for the extra hop`);
   console.log(`  per-turn throughput, MB/s: same ${figures.same.mbps.map((x) => x.toFixed(0)).join(", ")}; cross ${figures.cross.mbps.map((x) => x.toFixed(0)).join(", ")}`);
-  master.close();
-} finally {
-  for (const r of [a, b]) {
-    (r.proc.stdin as import("bun").FileSink).end();
-    r.proc.kill();
-  }
-  await Promise.all([a.proc.exited, b.proc.exited]);
+  // The master and the device both live in this process: while it is busy all the time, it is
+  // the limit of both paths; when it idles on the cross path, the extra hop is.
+  console.log(`  this process (master + device + hashing), % of a core: same ${figures.same.ends.map((x) => (x * 100).toFixed(0)).join(", ")}; cross ${figures.cross.ends.map((x) => (x * 100).toFixed(0)).join(", ")}`);
 }
-process.exit(0);

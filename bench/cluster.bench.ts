@@ -95,8 +95,8 @@ async function throughputAndRtt(): Promise<void> {
   try {
     await c.startRelay("relay-a");
     await c.startRelay("relay-b");
-    await c.startDevice("onsite", "site-a", ["relay-a"]);
-    await c.startDevice("onsite", "site-b", ["relay-b"]);
+    const siteA = await c.startDevice("onsite", "site-a", ["relay-a"]);
+    const siteB = await c.startDevice("onsite", "site-b", ["relay-b"]);
     const master = await c.startDevice("master", "tech-1", ["relay-a"]);
     await waitFor(async () => (await onlineOn(c, c.relays.get("relay-a")!, "site-b")) === "relay-b", 15_000, "site-b listed on relay-b");
     const fwd = async (dev: string) => (await c.fleet.connect(master, dev, [`127.0.0.1:${iperf.port}`, `127.0.0.1:${echo.port}`])).ports;
@@ -104,10 +104,16 @@ async function throughputAndRtt(): Promise<void> {
     const cross = await fwd("site-b");
     const bps: Record<string, number[]> = { same: [], cross: [] };
     const rtt: Record<string, number[]> = { same: [], cross: [] };
+    // CPU seconds per GB of each process on the path, per turn (the master's and relay A's
+    // are on both paths; relay B and site-b only on the cross path, site-a only on the same).
+    const procs: [string, number][] = [["master", master.proc.pid], ["relay A", c.relays.get("relay-a")!.proc.pid], ["relay B", c.relays.get("relay-b")!.proc.pid], ["site-a", siteA.proc.pid], ["site-b", siteB.proc.pid]];
+    const cpuPerGB: Record<string, number[][]> = { same: [], cross: [] };
     for (let t = 0; t < TURNS; t++) {
       for (const kind of t % 2 === 0 ? ["same", "cross"] : ["cross", "same"]) {
         const [ip, ep] = kind === "same" ? same : cross;
-        const r = await runIperf({ host: "127.0.0.1", port: ip!, seconds: 3 });
+        const cpu0 = procs.map(([, pid]) => cpuSeconds(pid));
+        const r = await runIperf({ host: "127.0.0.1", port: ip!, seconds: Number(env.CLUSTER_IPERF_SECONDS ?? 3) });
+        cpuPerGB[kind]!.push(procs.map(([, pid], i) => (cpuSeconds(pid) - cpu0[i]!) / (r.receivedBytes / 1e9)));
         bps[kind]!.push(r.receivedBps);
         const samples = await pingPongSamples("127.0.0.1", ep!, 500);
         rtt[kind]!.push(...samples.map((ns) => ns / 1e3));
@@ -124,6 +130,12 @@ async function throughputAndRtt(): Promise<void> {
       ),
     );
     console.log(`cross / same throughput: ${(median(bps.cross!) / median(bps.same!)).toFixed(2)}× (goal ≥ 0.8×); RTT cross / same: ${(median(rtt.cross!) / median(rtt.same!)).toFixed(2)}×; ${TURNS} interleaved turns`);
+    console.log(`per-turn Mbit/s: same ${bps.same!.map((x) => (x / 1e6).toFixed(0)).join(", ")}; cross ${bps.cross!.map((x) => (x / 1e6).toFixed(0)).join(", ")}`);
+    const cpuRow = (kind: string) => procs.map((_, i) => median(cpuPerGB[kind]!.map((t) => t[i]!)));
+    console.log(formatTable(["CPU s/GB (median of turns)", ...procs.map(([n]) => n), "path"], ["same", "cross"].map((k) => {
+      const row = cpuRow(k);
+      return [k, ...row.map((x) => x.toFixed(2)), row.reduce((a, b) => a + b, 0).toFixed(2)];
+    })));
   } finally {
     await iperf.stop();
     await echo.stop();
@@ -207,7 +219,7 @@ async function presenceLoad(): Promise<void> {
     client.close();
     console.log(
       formatTable(
-        ["devices", "relays", "Redis commands/s", "directory CPU % of a core per relay", "redis-server CPU %"],
+        ["devices", "relays", "Redis commands/s", "relay CPU for cluster mode (its directory), % of a core per relay", "redis-server CPU %"],
         [[String(per * 3), "3", (cmds / secs).toFixed(0), ((cpu / secs / 3) * 100).toFixed(2), ((rcpu / secs) * 100).toFixed(2)]],
       ),
     );
@@ -226,7 +238,13 @@ async function idleMemory(): Promise<void> {
     const out: string[][] = [];
     const perDevice: Record<string, number> = {};
     for (const [id, on] of [["relay-single", false], ["relay-cluster", true]] as const) {
+      const started = performance.now();
       const d = await c.startRelay(id, 0, on);
+      // A daemon drops its executable's code pages from its RSS 10 s after it starts
+      // (src/os/text-trim.ts): a baseline taken before that is ~25 MiB too high, and the
+      // per-device figure too low. The connector's prepare usually outlasts it; this makes sure.
+      const young = 13_000 - (performance.now() - started);
+      if (young > 0) await Bun.sleep(young);
       const res = await measureIdleCapacity({
         relayPid: d.proc.pid,
         connectorModule: IDLE_CONNECTOR_MODULE,

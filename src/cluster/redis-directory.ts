@@ -85,6 +85,19 @@ function stableKey(row: SharedRow): string {
   return JSON.stringify(Object.entries(row).filter(([k]) => !VOLATILE.has(k)));
 }
 
+/**
+ * Presence claims in flight at once when a relay refreshes (or republishes) every device it
+ * holds. All at once, 2,000 devices were 2,000 commands, promises and argument arrays alive
+ * together every 6 s: a heap peak the relay kept as RSS (idle memory per device, cluster
+ * against single, 1.21x). Bun's client pipelines each batch on one connection.
+ */
+const CLAIMS_IN_FLIGHT = 64;
+
+/** `fn` over `items`, at most `n` running at once, in order. */
+async function inBatches<T>(items: readonly T[], n: number, fn: (item: T) => Promise<void>): Promise<void> {
+  for (let i = 0; i < items.length; i += n) await Promise.all(items.slice(i, i + n).map(fn));
+}
+
 export class RedisDirectory implements ClusterDirectory {
   readonly self: RelayNode;
   private readonly clock: Clock;
@@ -93,8 +106,10 @@ export class RedisDirectory implements ClusterDirectory {
   private readonly listeners = new Set<(nodes: RelayNode[]) => void>();
   /** Devices this relay holds: device → the value it wrote to its presence key. */
   private readonly held = new Map<string, { since: number; value: string }>();
-  /** Rows last written to this relay's inventory hash (stable part), by id. */
-  private written = new Map<string, string>();
+  /** Rows last written to this relay's inventory hash, by id: a 64-bit hash of the stable
+   * part (a row's text is ~300 bytes a device, kept for as long as the device is; a hash
+   * collision only delays a rewrite to the next full one, rewriteAll). */
+  private written = new Map<string, number | bigint>();
   private lastRewrite = -Infinity;
   private lastSessions = "";
   private lastSessionsAt = -Infinity;
@@ -241,11 +256,11 @@ export class RedisDirectory implements ClusterDirectory {
 
   private async refreshPresence(): Promise<void> {
     if (!this.o.redis.up) return;
-    await Promise.all([...this.held.keys()].map((d) => this.claim(d, false)));
+    await inBatches([...this.held.keys()], CLAIMS_IN_FLIGHT, (d) => this.claim(d, false));
   }
 
   private async catchUp(): Promise<void> {
-    await Promise.all([...this.held.keys()].map((d) => this.claim(d, true)));
+    await inBatches([...this.held.keys()], CLAIMS_IN_FLIGHT, (d) => this.claim(d, true));
     this.written.clear();
     this.lastSessions = "";
     await this.beat();
@@ -380,7 +395,7 @@ export class RedisDirectory implements ClusterDirectory {
     const next = new Map(this.written);
     for (const row of rows) {
       seen.add(row.id);
-      const key = stableKey(row);
+      const key = Bun.hash(stableKey(row));
       if (!all && this.written.get(row.id) === key) continue;
       const text = JSON.stringify(row);
       if (text.length > ClusterLimits.row) continue;
