@@ -86,9 +86,9 @@ describe("master API", () => {
 
   test("the socket serves exactly the API's methods; another role's command is refused naming this role", async () => {
     const { daemon, api } = master();
-    expect(Object.keys(api).sort()).toEqual(["connect", "devices", "disconnect", "natAdd", "services", "sessions", "sessionsExtend", "status", "tunnelMode"]);
-    const res = await daemon.control.dispatch(JSON.stringify({ cmd: "nat.list" }));
-    expect(res).toEqual({ ok: false, code: "usage", error: 'unknown command "nat.list"; this master daemon knows connect, devices, disconnect, nat.add, services, sessions, sessions.extend, status, tunnel.mode' });
+    expect(Object.keys(api).sort()).toEqual(["connect", "devices", "disconnect", "natAdd", "natDel", "natList", "services", "sessions", "sessionsExtend", "status", "tunnelMode"]);
+    const res = await daemon.control.dispatch(JSON.stringify({ cmd: "nat.flush" }));
+    expect(res).toEqual({ ok: false, code: "usage", error: 'unknown command "nat.flush"; this master daemon knows connect, devices, disconnect, nat.add, nat.del, nat.list, services, sessions, sessions.extend, status, tunnel.mode' });
   });
 });
 
@@ -155,7 +155,7 @@ describe("onsite API", () => {
 describe("composeDaemon", () => {
   test.each([
     ["relay", "devices, devices.forget, devices.history, enroll.approve, enroll.deny, enroll.list, enroll.pending, enroll.revoke, enroll.token.add, enroll.token.del, enroll.token.list, kick, refusals, refusals.report, sessions, sessions.end, status"],
-    ["master", "connect, devices, disconnect, nat.add, services, sessions, sessions.extend, status, tunnel.mode"],
+    ["master", "connect, devices, disconnect, nat.add, nat.del, nat.list, services, sessions, sessions.extend, status, tunnel.mode"],
     ["onsite", "nat.add, nat.del, nat.flush, nat.list, redial, sessions, status"],
   ] as const)("%s: the control socket serves the role's API and names the role", async (role, known) => {
     const d = await composeDaemon(role, config({ listen: "127.0.0.1:0" }), bundle(`${role}-1`), log());
