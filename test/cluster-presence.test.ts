@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { FakeClock } from "../src/clock.ts";
 import { ClusterUnavailableError } from "../src/cluster/directory.ts";
 import { ClusterLimits, GarbageError, NodeTable, decodeHeartbeat, decodePresence, decodeSerials, mergeRows, newer, onAnnounced } from "../src/cluster/presence.ts";
-import { RelayRotation, dialRound, shuffled } from "../src/cluster/relay-order.ts";
+import { RelayRotation, avoidFirst, dialRound, shuffled } from "../src/cluster/relay-order.ts";
 import { BunRedis } from "../src/cluster/redis-client.ts";
 import { RedisDirectory, type SharedRow } from "../src/cluster/redis-directory.ts";
 import { TestRedis, redisPresent } from "./helpers/redis.ts";
@@ -161,6 +161,28 @@ describe("where a device dials: a shuffled rotation (pure)", () => {
   ])("%s", (_, relays, resolved, expected) => {
     const round = dialRound(relays, new Map(Object.entries(resolved)), seq(0.99));
     expect(round.map((c) => `${c.host}:${c.port}`).sort()).toEqual(expected);
+  });
+  const c = (host: string, port = 443) => ({ host, port, name: `${host}:${port}` });
+  test.each([
+    ["the last one first goes to the end", [c("r1"), c("r2"), c("r3")], c("r1"), ["r2", "r3", "r1"]],
+    ["the last one elsewhere: unchanged", [c("r2"), c("r1")], c("r1"), ["r2", "r1"]],
+    ["nothing dialled yet: unchanged", [c("r1"), c("r2")], null, ["r1", "r2"]],
+    ["a single candidate stays", [c("r1")], c("r1"), ["r1"]],
+    ["same host, other port: not the same relay", [c("r1", 1), c("r1", 2)], c("r1", 2), ["r1", "r1"]],
+  ] as const)("avoidFirst: %s", (_, round, last, hosts) => {
+    const out = avoidFirst(round, last);
+    expect(out.map((x) => x.host)).toEqual([...hosts]);
+    expect(out).toHaveLength(round.length);
+  });
+  test("a new round does not start with the relay dialled last (the one just lost)", async () => {
+    // The shuffle of two takes one random number per round: 0.99 keeps [r1, r2], 0 swaps it
+    // to [r2, r1]. So round 1 is r1, r2 and a plain round 2 would start with r2 again.
+    const rot = new RelayRotation([{ host: "10.0.0.1", port: 1 }, { host: "10.0.0.2", port: 2 }], async () => [], seq(0.99, 0));
+    const got = [];
+    for (let i = 0; i < 6; i++) got.push((await rot.next()).port);
+    // Never the same relay twice in a row, across round boundaries too.
+    for (let i = 1; i < got.length; i++) expect(got[i]).not.toBe(got[i - 1]);
+    expect(got.filter((p) => p === 1)).toHaveLength(3);
   });
   test("each dial takes the next; a used-up round is resolved and shuffled again", async () => {
     let resolved = 0;

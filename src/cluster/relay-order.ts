@@ -2,7 +2,7 @@
 // or one name with several addresses. Each dial takes the next candidate of a shuffled round;
 // when the round is used up the names are resolved again and a new round is shuffled. The wait
 // between dials stays the client's own backoff (src/transport/client.ts): after a relay dies the
-// next dial already goes to another one. Shuffled so a fleet spreads over the relays, and does
+// next dial already goes to another one, across a round's end too (`avoidFirst`). Shuffled so a fleet spreads over the relays, and does
 // not all fall on the same second one when the first dies.
 import type { HostPort } from "../netaddr.ts";
 
@@ -45,11 +45,26 @@ export function dialRound(relays: readonly HostPort[], resolved: ReadonlyMap<str
   return shuffled(all, random);
 }
 
+/**
+ * A new round never starts with the candidate dialled last: that is the relay whose connection
+ * just ended (or whose dial just failed), and with two relays a fresh shuffle would put it first
+ * half the time, so a device whose relay was killed would dial the dead one again and wait a
+ * backoff step before the live one. It goes to the end of the round instead. Pure.
+ */
+export function avoidFirst(round: readonly Candidate[], last: Candidate | null): Candidate[] {
+  const out = [...round];
+  if (!last || out.length < 2) return out;
+  const same = (c: Candidate) => c.host === last.host && c.port === last.port;
+  if (same(out[0]!)) out.push(out.shift()!);
+  return out;
+}
+
 const IP = /^(\d{1,3}(\.\d{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:]*)$/;
 
 /** Takes the next candidate at each dial; resolves the names anew for each round. */
 export class RelayRotation {
   private round: Candidate[] = [];
+  private last: Candidate | null = null;
 
   constructor(
     private readonly relays: readonly HostPort[],
@@ -78,8 +93,9 @@ export class RelayRotation {
               }
             }),
         );
-      this.round = dialRound(this.relays, resolved, this.random);
+      this.round = avoidFirst(dialRound(this.relays, resolved, this.random), this.last);
     }
-    return this.round.shift()!;
+    this.last = this.round.shift()!;
+    return this.last;
   }
 }
