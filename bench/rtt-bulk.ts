@@ -37,7 +37,7 @@ const iperfOurs = await startIperfServer();
 const iperfSplice = await startIperfServer();
 // BENCH_OURS_ENV=K=V,K=V: environment for our daemons only (a hypothesis test, e.g. an
 // allocator option); the splice starts with this process's own environment.
-const oursEnv = (process.env.BENCH_OURS_ENV ?? "").split(",").filter(Boolean).map((kv) => kv.split("=") as [string, string]);
+const oursEnv = (process.env.BENCH_OURS_ENV ?? "").split(",").filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)] as [string, string]);
 const saved = { ...process.env };
 for (const [k, v] of oursEnv) process.env[k] = v;
 const fleet = await startFleet();
