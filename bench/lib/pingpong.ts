@@ -134,6 +134,9 @@ export async function pingPongSamples(host: string, port: number, rounds = 2000)
           err ? reject(new Error(`round ${i} to ${host}:${port}`, { cause: err })) : resolve();
         };
       });
+      // If the write below throws, nothing awaits `done`: its rejection (the close that
+      // follows) must not surface as an unhandled one. `await done` still sees it.
+      done.catch(() => {});
       sentAt = Bun.nanoseconds();
       if (socket.write(msg) !== MESSAGE_BYTES) throw new Error(`round ${i}: the socket did not take a ${MESSAGE_BYTES}-byte message`);
       await done;
