@@ -28,27 +28,22 @@ function enrollmentTable(rows: readonly EnrollmentView[]): string {
   );
 }
 
-const pending = defineAgentCommand({
-  meta: { name: "pending", description: "Devices whose enrollment waits for approval (relay)" },
-  args: { ...configArgs, json },
-  runsOn: ["relay"],
-  async exec(args, ctx) {
-    const rows = await call<EnrollmentView[]>(args, ctx, "enrollPending");
-    ctx.io.out(flag(args, "json") ? JSON.stringify(rows, null, 2) + "\n" : rows.length ? enrollmentTable(rows) : "no enrollment waits for approval\n");
-    return 0;
-  },
-});
+/** `pending` and `list`: one relay call, its rows as a table (or JSON), a line when there are none. */
+function enrollmentRows(name: string, description: string, method: string, none: string) {
+  return defineAgentCommand({
+    meta: { name, description },
+    args: { ...configArgs, json },
+    runsOn: ["relay"],
+    async exec(args, ctx) {
+      const rows = await call<EnrollmentView[]>(args, ctx, method);
+      ctx.io.out(flag(args, "json") ? JSON.stringify(rows, null, 2) + "\n" : rows.length ? enrollmentTable(rows) : none);
+      return 0;
+    },
+  });
+}
 
-const list = defineAgentCommand({
-  meta: { name: "list", description: "Every device that asked to enroll: pending, signed, denied, revoked (relay)" },
-  args: { ...configArgs, json },
-  runsOn: ["relay"],
-  async exec(args, ctx) {
-    const rows = await call<EnrollmentView[]>(args, ctx, "enrollList");
-    ctx.io.out(flag(args, "json") ? JSON.stringify(rows, null, 2) + "\n" : rows.length ? enrollmentTable(rows) : "no device has enrolled\n");
-    return 0;
-  },
-});
+const pending = enrollmentRows("pending", "Devices whose enrollment waits for approval (relay)", "enrollPending", "no enrollment waits for approval\n");
+const list = enrollmentRows("list", "Every device that asked to enroll: pending, signed, denied, revoked (relay)", "enrollList", "no device has enrolled\n");
 
 function decision(name: "approve" | "deny" | "revoke", method: string, description: string, said: string) {
   return defineAgentCommand({
