@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createCa, formatBundle, parseBundle, parseCa, type CaMaterial } from "../src/pki.ts";
 import { readCertificate } from "../src/x509.ts";
+import { masterSignedByEnroller } from "./helpers/certs.ts";
 import {
   caEnrollerProblem,
   checkCsr,
@@ -178,17 +179,7 @@ describe("the enroller and its name constraints", () => {
     expect(b.role).toBe("onsite");
   });
   test("a master certificate the enroller signed anyway is refused by openssl: permitted subtree violation", () => {
-    const c = forge.pki.createCertificate();
-    const key = forge.pki.privateKeyFromPem(deviceKey) as forge.pki.rsa.PrivateKey;
-    c.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
-    c.serialNumber = "1234";
-    c.validity.notBefore = new Date(Date.now() - 60_000);
-    c.validity.notAfter = new Date(Date.now() + 86_400_000);
-    c.setSubject([{ name: "organizationName", value: "agent fleet" }, { shortName: "OU", value: "master" }, { name: "commonName", value: "tech-9" }]);
-    c.setIssuer(forge.pki.certificateFromPem(enroller.certPem).subject.attributes);
-    c.setExtensions([{ name: "subjectAltName", altNames: [{ type: 6, value: "agent://master/tech-9" }] }]);
-    c.sign(forge.pki.privateKeyFromPem(enroller.keyPem) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
-    const r = openssl(forge.pki.certificateToPem(c));
+    const r = openssl(masterSignedByEnroller(enroller, deviceKey, "tech-9", "1234"));
     expect(r.exitCode).not.toBe(0);
     expect(r.stderr.toString() + r.stdout.toString()).toContain("permitted subtree violation");
     rmSync(dir, { recursive: true, force: true });

@@ -4,7 +4,6 @@
 // dirs). Heavy (daemons): run under flock /tmp/agent-heavy.lock.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import forge from "node-forge";
 import { generateDeviceKey, parseEnroller } from "../src/pki-enroll.ts";
 import { join } from "node:path";
 import type { Subprocess } from "bun";
@@ -12,6 +11,7 @@ import { Fleet, type Daemon } from "./helpers/fleet.ts";
 import { BUN, MAIN, agent } from "./helpers/cli.ts";
 import { spawnLogged } from "./helpers/logged-spawn.ts";
 import { waitFor } from "./helpers/wait.ts";
+import { masterSignedByEnroller } from "./helpers/certs.ts";
 
 interface Device {
   name: string;
@@ -177,17 +177,7 @@ describe("flash-and-run enrollment", () => {
     // fleet CA, but the enroller may only vouch for onsite identities.
     const e = parseEnroller(readFileSync(join(fleet.dir, "relay-1.enroller"), "utf8"), "relay-1.enroller");
     const keyPem = generateDeviceKey();
-    const key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
-    const c = forge.pki.createCertificate();
-    c.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
-    c.serialNumber = "4242";
-    c.validity.notBefore = new Date(Date.now() - 60_000);
-    c.validity.notAfter = new Date(Date.now() + 86_400_000);
-    c.setSubject([{ name: "organizationName", value: "agent fleet" }, { shortName: "OU", value: "master" }, { name: "commonName", value: "tech-evil" }]);
-    c.setIssuer(forge.pki.certificateFromPem(e.certPem).subject.attributes);
-    c.setExtensions([{ name: "extKeyUsage", clientAuth: true }, { name: "subjectAltName", altNames: [{ type: 6, value: "agent://master/tech-evil" }] }]);
-    c.sign(forge.pki.privateKeyFromPem(e.keyPem) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
-    const chain = forge.pki.certificateToPem(c) + e.certPem;
+    const chain = masterSignedByEnroller(e, keyPem, "tech-evil", "4242") + e.certPem;
     let got = 0;
     const closed = Promise.withResolvers<void>();
     await Bun.connect({

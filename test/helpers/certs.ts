@@ -65,3 +65,22 @@ export function pemToDer(pem: string): Uint8Array {
   const b64 = pem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");
   return new Uint8Array(Buffer.from(b64, "base64"));
 }
+
+/**
+ * A master certificate signed with an enroller's key, as if that key had leaked: its chain
+ * leads to the fleet CA, but the enroller's name constraints allow only onsite identities, so
+ * openssl and the relay must both refuse it. Returns the certificate's PEM.
+ */
+export function masterSignedByEnroller(enroller: { certPem: string; keyPem: string }, keyPem: string, cn: string, serial: string): string {
+  const key = forge.pki.privateKeyFromPem(keyPem) as forge.pki.rsa.PrivateKey;
+  const c = forge.pki.createCertificate();
+  c.publicKey = forge.pki.setRsaPublicKey(key.n, key.e);
+  c.serialNumber = serial;
+  c.validity.notBefore = new Date(Date.now() - 60_000);
+  c.validity.notAfter = new Date(Date.now() + 86_400_000);
+  c.setSubject([{ name: "organizationName", value: "agent fleet" }, { shortName: "OU", value: "master" }, { name: "commonName", value: cn }]);
+  c.setIssuer(forge.pki.certificateFromPem(enroller.certPem).subject.attributes);
+  c.setExtensions([{ name: "extKeyUsage", clientAuth: true }, { name: "subjectAltName", altNames: [{ type: 6, value: `agent://master/${cn}` }] }]);
+  c.sign(forge.pki.privateKeyFromPem(enroller.keyPem) as forge.pki.rsa.PrivateKey, forge.md.sha256.create());
+  return forge.pki.certificateToPem(c);
+}
