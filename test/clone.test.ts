@@ -99,7 +99,10 @@ describe("two real onsite processes on one bundle", () => {
     const b = await fleet.start("onsite", "clone-b", args, bundle);
     const detail = () => `relay:\n${relay.log().slice(-2500)}\nclone-a:\n${a.log().slice(-1200)}\nclone-b:\n${b.log().slice(-1200)}`;
     await waitFor(() => relay.log().includes("site-clone: 4 replacements within 5 min: two devices use this certificate"), 60_000, "the relay to notice the flapping", { detail });
-    expect(relay.log()).toMatch(/refused site-clone \(onsite\) from 127\.0\.0\.1: another device is connected with the certificate of site-clone \(from 127\.0\.0\.1\): two devices share one certificate/);
+    // The refusal comes with the next newcomer's dial, after its backoff: wait for it.
+    const refusal = /refused site-clone \(onsite\) from 127\.0\.0\.1: another device is connected with the certificate of site-clone \(from 127\.0\.0\.1\): two devices share one certificate/;
+    await waitFor(() => refusal.test(relay.log()), 30_000, "the relay to refuse the next newcomer", { detail });
+    expect(relay.log()).toMatch(refusal);
 
     // One of them was refused and says so, backing off; the other stays up.
     const refusedLine = "the relay refused this device as a duplicate: another device is connected with the same certificate (a cloned SD card?); dialling again only every 30 s";
